@@ -1,0 +1,97 @@
+"""Every AnnData key the package reads or writes, in one place.
+
+All names derive from ``key_added`` (default ``"kdcpt"``), so two models can annotate the same
+AnnData side by side (``key_added="kdcpt_a"``, ``key_added="kdcpt_b"``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_KEY = "kdcpt"
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Names of the ``.obs``, ``.var``, ``.obsp`` and ``.uns`` entries for one ``key_added``."""
+
+    key_added: str = DEFAULT_KEY
+
+    # .obs
+    @property
+    def pred(self) -> str:
+        return f"{self.key_added}_pred"
+
+    def proba(self, phenotype: str) -> str:
+        return f"{self.key_added}_proba_{phenotype}"
+
+    @property
+    def proba_prefix(self) -> str:
+        return f"{self.key_added}_proba_"
+
+    @property
+    def confidence(self) -> str:
+        return f"{self.key_added}_confidence"
+
+    @property
+    def uncertainty(self) -> str:
+        return f"{self.key_added}_uncertainty"
+
+    @property
+    def prediction_set(self) -> str:
+        return f"{self.key_added}_prediction_set"
+
+    @property
+    def set_size(self) -> str:
+        return f"{self.key_added}_set_size"
+
+    # .var
+    @property
+    def score(self) -> str:
+        return f"{self.key_added}_score"
+
+    @property
+    def selected_frac(self) -> str:
+        return f"{self.key_added}_selected_frac"
+
+    @property
+    def rank(self) -> str:
+        return f"{self.key_added}_rank"
+
+    @property
+    def key_gene(self) -> str:
+        return f"{self.key_added}_key_gene"
+
+    @property
+    def knockout_effect(self) -> str:
+        return f"{self.key_added}_knockout_effect"
+
+    # .obsp
+    @property
+    def transitions(self) -> str:
+        return f"{self.key_added}_transitions"
+
+    # .uns
+    @property
+    def uns(self) -> str:
+        return self.key_added
+
+    @property
+    def colors(self) -> str:
+        return f"{self.pred}_colors"
+
+
+# names of the entries inside ``.uns[key_added]``
+UNS_PARAMS = "params"
+UNS_CLASSES = "classes"
+UNS_TRANSITION = "transition_matrix"
+UNS_STATIONARY = "stationary"
+UNS_ENTROPY = "entropy"
+UNS_ENTROPY_TOTAL = "entropy_total"
+UNS_KEY_GENES = "key_genes"
+UNS_KNOCKOUT = "knockout"
+UNS_KNOCKOUT_SUMMARY = "knockout_summary"
+UNS_METRICS = "metrics"
+UNS_CALIBRATION = "calibration"
+UNS_HISTORY = "history"
+UNS_VERSION = "version"

@@ -1,0 +1,15 @@
+"""Data for KD-CPT: scanpy's bundled real data, a synthetic generator with planted answers,
+the pancreas endocrinogenesis loader, and transcription-factor lists."""
+
+from ._bundled import krumsiek11, pancreas, pbmc68k_reduced
+from ._synthetic import synthetic
+from ._tf import is_transcription_factor, transcription_factors
+
+__all__ = [
+    "is_transcription_factor",
+    "krumsiek11",
+    "pancreas",
+    "pbmc68k_reduced",
+    "synthetic",
+    "transcription_factors",
+]

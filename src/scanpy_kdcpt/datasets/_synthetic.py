@@ -1,0 +1,93 @@
+"""Synthetic counts with planted regulators, phenotypes and transitions (known answers)."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+
+def synthetic(
+    n_cells: int = 2000,
+    n_genes: int = 200,
+    n_phenotypes: int = 4,
+    n_targets: int = 6,
+    n_decoy_tfs: int = 10,
+    transition_frac: float = 0.3,
+    regulator_mean: float = 12.0,
+    seed: int = 0,
+) -> ad.AnnData:
+    """Counts of a linear lineage ``P0 → P1 → ... → P{n-1}`` with one planted regulator each.
+
+    Each phenotype ``Pi`` has a regulator gene ``Reg_Pi`` (a transcription factor, highly
+    expressed in its phenotype) and ``n_targets`` weakly induced target genes ``Tgt_Pi_j``.
+    A fraction ``transition_frac`` of the cells of ``Pi`` are on their way to ``P(i+1)``:
+    they express a share ``w ~ U(0.15, 0.45)`` of the next program, mostly through its
+    regulator. So the planted transitions are ``Pi → P(i+1)``, carried by ``Reg_P(i+1)``:
+    knocking out ``Reg_P(i+1)`` should terminate ``Pi → P(i+1)``.
+
+    Returns
+    -------
+    AnnData with raw counts (sparse) in ``X``; ``obs["phenotype"]``, ``obs["transitioning"]``,
+    ``obs["w"]``; ``var["is_tf"]`` (regulators and ``n_decoy_tfs`` decoy TFs),
+    ``var["planted_regulator_of"]``; ``uns["synthetic"]`` with ``regulators`` (phenotype →
+    gene), ``transitions`` (source, target, carrier gene).
+    """
+    n_special = n_phenotypes * (1 + n_targets) + n_decoy_tfs
+    if n_genes < n_special + 10:
+        raise ValueError(f"n_genes must be at least {n_special + 10} for these settings.")
+    if n_phenotypes < 2:
+        raise ValueError("n_phenotypes must be at least 2.")
+    rng = np.random.default_rng(seed)
+    phenos = [f"P{i}" for i in range(n_phenotypes)]
+    regs = [f"Reg_{p}" for p in phenos]
+    targets = [[f"Tgt_{p}_{j}" for j in range(n_targets)] for p in phenos]
+    decoys = [f"TF_decoy_{j}" for j in range(n_decoy_tfs)]
+    n_bg = n_genes - n_special
+    background = [f"Gene_{j}" for j in range(n_bg)]
+    genes = regs + [t for ts in targets for t in ts] + decoys + background
+
+    label = rng.integers(0, n_phenotypes, n_cells)
+    transitioning = (rng.random(n_cells) < transition_frac) & (label < n_phenotypes - 1)
+    w = np.where(transitioning, rng.uniform(0.15, 0.45, n_cells), 0.0)
+    # program activity: cells x phenotypes
+    activity = np.zeros((n_cells, n_phenotypes))
+    activity[np.arange(n_cells), label] = 1 - w
+    nxt = np.minimum(label + 1, n_phenotypes - 1)
+    activity[np.arange(n_cells), nxt] += w
+
+    base = rng.lognormal(mean=0.0, sigma=1.0, size=n_genes) * 0.8
+    mu = np.tile(base, (n_cells, 1))
+    g = {name: i for i, name in enumerate(genes)}
+    for p in range(n_phenotypes):
+        mu[:, g[regs[p]]] = 0.2 + regulator_mean * activity[:, p]
+        for t in targets[p]:
+            mu[:, g[t]] = base[g[t]] + 1.5 * activity[:, p] * rng.uniform(0.5, 1.5)
+    decoy_idx = [g[d] for d in decoys]
+    mu[:, decoy_idx] = rng.lognormal(0.5, 0.5, size=len(decoys))
+    size = rng.lognormal(0.0, 0.25, size=(n_cells, 1))
+    counts = rng.poisson(mu * size).astype(np.float32)
+
+    var = pd.DataFrame(index=pd.Index(genes, name="gene"))
+    var["is_tf"] = var.index.isin(regs + decoys)
+    var["planted_regulator_of"] = pd.Categorical(
+        [phenos[regs.index(x)] if x in regs else "none" for x in genes]
+    )
+    obs = pd.DataFrame(
+        {
+            "phenotype": pd.Categorical([phenos[i] for i in label], categories=phenos),
+            "transitioning": transitioning,
+            "w": w,
+        },
+        index=pd.Index([f"cell_{i}" for i in range(n_cells)]),
+    )
+    adata = ad.AnnData(X=sparse.csr_matrix(counts), obs=obs, var=var)
+    adata.uns["synthetic"] = {
+        "regulators": dict(zip(phenos, regs, strict=True)),
+        "transitions": pd.DataFrame(
+            {"source": phenos[:-1], "target": phenos[1:], "carrier": regs[1:]}
+        ),
+        "seed": seed,
+    }
+    return adata

@@ -1,0 +1,267 @@
+"""Building blocks of the KD-CPT network: gene tokens, latent-query encoder, Cell Learner,
+prediction branch and the cross-function fusion module (CFFM). Pure torch."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def log_normalize(x: torch.Tensor, target_sum: float) -> torch.Tensor:
+    """Library-size normalise counts to ``target_sum`` and apply ``log1p``."""
+    lib = x.sum(dim=-1, keepdim=True).clamp_min(1.0)
+    return torch.log1p(x / lib * target_sum)
+
+
+def token_grid(n_tokens: int) -> tuple[int, int]:
+    """Shape ``(h, w)`` with ``h * w == n_tokens`` and ``h`` the largest divisor ≤ sqrt(n)."""
+    h = int(math.isqrt(n_tokens))
+    while n_tokens % h:
+        h -= 1
+    return h, n_tokens // h
+
+
+class GeneTokenizer(nn.Module):
+    """Per cell, the ``n_tokens`` most expressed genes as tokens.
+
+    token = gene-identity embedding + value embedding. Genes with zero expression are masked.
+    """
+
+    def __init__(self, n_genes: int, d_model: int, n_tokens: int):
+        super().__init__()
+        self.n_tokens = min(n_tokens, n_genes)
+        self.gene_embedding = nn.Embedding(n_genes, d_model)
+        self.value_embedding = nn.Sequential(nn.Linear(1, d_model), nn.ReLU(), nn.Linear(d_model, d_model))
+        self.norm = nn.LayerNorm(d_model)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return ``(tokens, gene_idx, values, mask)``; ``mask`` is True for real (expressed) tokens."""
+        values, gene_idx = torch.topk(x, self.n_tokens, dim=-1)
+        mask = values > 0
+        tokens = self.gene_embedding(gene_idx) + self.value_embedding(values.unsqueeze(-1))
+        tokens = self.norm(tokens) * mask.unsqueeze(-1)
+        return tokens, gene_idx, values, mask
+
+
+class LatentCrossAttentionLayer(nn.Module):
+    """A few learned latent queries (the first is CLS) attend over all gene tokens.
+
+    Linear in the number of tokens (Perceiver-style). Returns the updated latents and the
+    attention weights ``(batch, heads, n_latents, n_tokens)``.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float):
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}.")
+        self.n_heads = n_heads
+        self.d_head = d_model // n_heads
+        self.norm_q = nn.LayerNorm(d_model)
+        self.norm_kv = nn.LayerNorm(d_model)
+        self.q = nn.Linear(d_model, d_model)
+        self.kv = nn.Linear(d_model, 2 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+        self.ff = nn.Sequential(
+            nn.LayerNorm(d_model),
+            nn.Linear(d_model, 2 * d_model),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(2 * d_model, d_model),
+        )
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(
+        self, latents: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        b, n_q, d = latents.shape
+        n_t = tokens.shape[1]
+        q = self.q(self.norm_q(latents)).view(b, n_q, self.n_heads, self.d_head).transpose(1, 2)
+        k, v = self.kv(self.norm_kv(tokens)).chunk(2, dim=-1)
+        k = k.view(b, n_t, self.n_heads, self.d_head).transpose(1, 2)
+        v = v.view(b, n_t, self.n_heads, self.d_head).transpose(1, 2)
+        logits = q @ k.transpose(-1, -2) / math.sqrt(self.d_head)
+        logits = logits.masked_fill(~mask[:, None, None, :], float("-inf"))
+        attn = torch.softmax(logits, dim=-1)
+        attn = torch.nan_to_num(attn, nan=0.0)  # cells with no expressed gene
+        out = (self.dropout(attn) @ v).transpose(1, 2).reshape(b, n_q, d)
+        latents = latents + self.out(out)
+        latents = latents + self.ff(latents)
+        return latents, attn
+
+
+class CellLearner(nn.Module):
+    """Screening branch: score gene tokens by CLS attention blended with a prior, keep the top k.
+
+    Gene score = ``(1 - prior_weight) * attention + prior_weight * prior``, where attention is
+    the CLS-row attention aggregated over layers and heads (mean or learned weights) and
+    rescaled to [0, 1] within each cell. The top ``n_selected`` tokens, weighted by their
+    normalised scores (so that selection stays differentiable), pass through full
+    self-attention among themselves and form ``E_t``.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        n_layers: int,
+        n_latents: int,
+        n_selected: int,
+        prior_weight: float,
+        aggregation: str,
+        dropout: float,
+        use_attention: bool = True,
+    ):
+        super().__init__()
+        self.n_selected = n_selected
+        self.prior_weight = prior_weight
+        self.aggregation = aggregation
+        self.use_attention = use_attention
+        self.latents = nn.Parameter(torch.randn(n_latents, d_model) * 0.02)
+        self.layers = nn.ModuleList(
+            [LatentCrossAttentionLayer(d_model, n_heads, dropout) for _ in range(n_layers)]
+        )
+        self.layer_head_logits = nn.Parameter(torch.zeros(n_layers * n_heads))
+        self.selected_encoder = nn.TransformerEncoderLayer(
+            d_model, n_heads, dim_feedforward=2 * d_model, dropout=dropout, batch_first=True
+        )
+        self.cls_norm = nn.LayerNorm(d_model)
+
+    def aggregate(self, attn: torch.Tensor) -> torch.Tensor:
+        """``(batch, layers, heads, tokens)`` → ``(batch, tokens)``."""
+        b, n_l, n_h, n_t = attn.shape
+        if self.aggregation == "learned":
+            w = torch.softmax(self.layer_head_logits, dim=0)
+            return (attn.reshape(b, n_l * n_h, n_t) * w[None, :, None]).sum(1)
+        return attn.mean(dim=(1, 2))
+
+    def forward(
+        self, tokens: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, prior: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        b = tokens.shape[0]
+        if self.use_attention:
+            latents = self.latents.unsqueeze(0).expand(b, -1, -1)
+            cls_rows = []
+            for layer in self.layers:
+                latents, attn = layer(latents, tokens, mask)
+                cls_rows.append(attn[:, :, 0, :])
+            attention = self.aggregate(torch.stack(cls_rows, dim=1))
+            cls = self.cls_norm(latents[:, 0])
+        else:  # ablation: tokens chosen by expression rank
+            attention = values
+            cls = tokens.new_zeros(b, tokens.shape[-1])
+        attention = attention * mask
+        attention = attention / attention.amax(dim=-1, keepdim=True).clamp_min(1e-12)
+        scores = (1 - self.prior_weight) * attention + self.prior_weight * prior
+        scores = scores * mask
+
+        k = min(self.n_selected, tokens.shape[1])
+        ranking = scores.masked_fill(~mask, -1.0)
+        sel_scores, sel_pos = torch.topk(ranking, k, dim=-1)
+        sel_mask = sel_scores > -1.0
+        sel_scores = sel_scores.clamp_min(0.0) * sel_mask
+        n_valid = sel_mask.sum(-1, keepdim=True).clamp_min(1)
+        weights = sel_scores / sel_scores.sum(-1, keepdim=True).clamp_min(1e-12) * n_valid
+        selected = torch.gather(tokens, 1, sel_pos.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+        selected = selected * weights.unsqueeze(-1) + cls.unsqueeze(1)
+        # a cell whose selection is empty would make the attention all -inf: keep one slot open
+        pad = ~sel_mask
+        pad[:, 0] = False
+        e_t = self.selected_encoder(selected, src_key_padding_mask=pad) * sel_mask.unsqueeze(-1)
+        return {
+            "attention": attention,
+            "scores": scores,
+            "selected_pos": sel_pos,
+            "selected_mask": sel_mask,
+            "e_t": e_t,
+            "cls": cls,
+        }
+
+
+class PredictionBranch(nn.Module):
+    """Cell embedding → 3-layer MLP with ReLU → logits; the last hidden state reshaped to ``E_p``."""
+
+    def __init__(self, n_input: int, n_hidden: int, n_classes: int, n_selected: int, d_model: int, dropout: float):
+        super().__init__()
+        self.n_selected = n_selected
+        self.d_model = d_model
+        self.mlp = nn.Sequential(
+            nn.Linear(n_input, n_hidden),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(n_hidden, n_hidden),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+        )
+        self.head = nn.Linear(n_hidden, n_classes)
+        self.to_tokens = nn.Linear(n_hidden, n_selected * d_model)
+
+    def forward(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.mlp(embedding)
+        e_p = self.to_tokens(h).view(-1, self.n_selected, self.d_model)
+        return self.head(h), e_p
+
+
+class CFFM(nn.Module):
+    """Cross-function fusion module.
+
+    ``E_p`` and ``E_t`` (``k × c`` each) are laid out as ``h × w`` token grids with ``c``
+    channels. Q/K/V of ``E_p`` come from a 1×1 convolution (global, per token), of ``E_t``
+    from a 7×7 convolution (local, across neighbouring tokens of the score-ordered grid;
+    depthwise then pointwise to keep it cheap on CPU). The two are concatenated along the
+    token axis, Q and K are layer-normalised, and multi-head attention with scale
+    ``sqrt(c / n_heads)`` mixes them; a feed-forward block, a transposed convolution and a
+    projection map back, with a residual to the inputs. Mean pooling gives the fused state.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, n_selected: int, dropout: float):
+        super().__init__()
+        self.grid = token_grid(n_selected)
+        self.n_heads = n_heads
+        c = d_model
+        self.qkv_p = nn.Conv2d(c, 3 * c, kernel_size=1)
+        self.qkv_t = nn.Sequential(
+            nn.Conv2d(c, c, kernel_size=7, padding=3, groups=c),
+            nn.Conv2d(c, 3 * c, kernel_size=1),
+        )
+        self.norm_q = nn.LayerNorm(c)
+        self.norm_k = nn.LayerNorm(c)
+        self.attn_out = nn.Linear(c, c)
+        self.ff = nn.Sequential(
+            nn.LayerNorm(c), nn.Linear(c, 2 * c), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * c, c)
+        )
+        self.deconv_p = nn.ConvTranspose2d(c, c, kernel_size=1)
+        self.deconv_t = nn.ConvTranspose2d(c, c, kernel_size=7, padding=3, groups=c)
+        self.proj = nn.Linear(c, c)
+        self.out_norm = nn.LayerNorm(c)
+        self.dropout = dropout
+
+    def _to_grid(self, e: torch.Tensor) -> torch.Tensor:
+        b, k, c = e.shape
+        return e.transpose(1, 2).reshape(b, c, *self.grid)
+
+    @staticmethod
+    def _from_grid(g: torch.Tensor) -> torch.Tensor:
+        return g.flatten(2).transpose(1, 2)
+
+    def forward(self, e_p: torch.Tensor, e_t: torch.Tensor) -> torch.Tensor:
+        b, k, c = e_p.shape
+        qkv = torch.cat(
+            [self._from_grid(self.qkv_p(self._to_grid(e_p))), self._from_grid(self.qkv_t(self._to_grid(e_t)))],
+            dim=1,
+        )  # (b, 2k, 3c)
+        q, key, v = qkv.chunk(3, dim=-1)
+        q, key = self.norm_q(q), self.norm_k(key)
+        heads = lambda t: t.view(b, 2 * k, self.n_heads, c // self.n_heads).transpose(1, 2)  # noqa: E731
+        # scaled_dot_product_attention scales by 1 / sqrt(c / n_heads)
+        y = F.scaled_dot_product_attention(
+            heads(q), heads(key), heads(v), dropout_p=self.dropout if self.training else 0.0
+        )
+        y = self.attn_out(y.transpose(1, 2).reshape(b, 2 * k, c))
+        y = y + self.ff(y)
+        y_p = self._from_grid(self.deconv_p(self._to_grid(y[:, :k])))
+        y_t = self._from_grid(self.deconv_t(self._to_grid(y[:, k:])))
+        z = torch.cat([e_p, e_t], dim=1) + self.proj(torch.cat([y_p, y_t], dim=1))
+        return self.out_norm(z.mean(dim=1))

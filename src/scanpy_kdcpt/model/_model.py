@@ -1,0 +1,660 @@
+"""KDCPT: the scvi-tools model class that owns the data registration, training and `get_*`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Literal
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import torch
+from scvi.data import AnnDataManager
+from scvi.data.fields import CategoricalObsField, LabelsWithUnlabeledObsField, LayerField, ObsmField
+from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
+from scvi.utils import setup_anndata_dsp, track
+
+from .._constants import LABELS_COPY_KEY, REGISTRY_KEYS, UNLABELED_CATEGORY
+from . import _data
+from ._module import KDCPTModule
+from ._trainingplan import KDCPTTrainingPlan
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+logger = logging.getLogger(__name__)
+
+_MODEL_FILE = "model.pt"
+_META_FILE = "model.json"
+_ADATA_FILE = "adata.h5ad"
+
+
+class KDCPT(UnsupervisedTrainingMixin, BaseModelClass):
+    """KD-CPT: dual-branch model of cell phenotypes and their transitions.
+
+    A prediction branch reads a cell embedding (an external one from ``.obsm``, or the model's
+    own frozen PCA encoder); a Cell Learner selects key gene tokens by CLS attention blended
+    with a prior (e.g. transcription factors); the cross-function fusion module (CFFM) fuses
+    the two into phenotype logits.
+
+    Parameters
+    ----------
+    adata
+        AnnData registered with :meth:`setup_anndata`.
+    n_tokens
+        Gene tokens per cell: its ``n_tokens`` most expressed genes (fewer when fewer expressed).
+    n_selected
+        Tokens kept by the Cell Learner (``k``).
+    d_model
+        Token width (``c``).
+    n_layers, n_heads, n_latents
+        Latent-query attention layers, heads, and learned queries (the first is CLS).
+    n_hidden
+        Width of the prediction branch MLP.
+    n_pcs
+        Components of the internal encoder when no ``embedding_key`` was registered.
+    prior_weight
+        λ in ``(1 - λ) * attention + λ * prior`` (ignored without a ``prior_key``).
+    aggregation
+        ``"mean"`` or ``"learned"`` weighting of CLS attention over layers and heads.
+    use_cell_learner, use_cffm
+        Ablation switches (paper Table 1). Without the Cell Learner, tokens are chosen by
+        expression rank; without CFFM, the two branches' logits are averaged.
+    aux_weight
+        Weight of the auxiliary per-branch losses.
+    class_weights
+        ``None``, ``"balanced"`` (inverse phenotype frequency, for rare phenotypes), or a
+        sequence with one weight per phenotype.
+    dropout
+        Dropout rate.
+    """
+
+    _module_cls = KDCPTModule
+    _training_plan_cls = KDCPTTrainingPlan
+    _fit_encoder_on_init = True
+
+    def __init__(
+        self,
+        adata: AnnData,
+        n_tokens: int = 256,
+        n_selected: int = 32,
+        d_model: int = 64,
+        n_layers: int = 2,
+        n_heads: int = 4,
+        n_latents: int = 4,
+        n_hidden: int = 256,
+        n_pcs: int = 50,
+        prior_weight: float = 0.3,
+        aggregation: Literal["mean", "learned"] = "mean",
+        use_cell_learner: bool = True,
+        use_cffm: bool = True,
+        aux_weight: float = 0.5,
+        class_weights: Literal["balanced"] | Sequence[float] | None = None,
+        dropout: float = 0.1,
+    ):
+        super().__init__(adata)
+        if aggregation not in ("mean", "learned"):
+            raise ValueError(f"aggregation must be 'mean' or 'learned', not {aggregation!r}.")
+        if not 0 <= prior_weight <= 1:
+            raise ValueError(f"prior_weight must be in [0, 1], got {prior_weight}.")
+        setup = self.adata_manager.registry["setup_args"]
+        labels_state = self.adata_manager.get_state_registry(REGISTRY_KEYS.LABELS_KEY)
+        mapping = list(labels_state.categorical_mapping)
+        self.classes_ = [str(c) for c in mapping if c != labels_state.unlabeled_category]
+        self.data_type_ = setup["data_type"]
+        self.temperature_ = 1.0
+        self.var_names_ = list(map(str, self.adata.var_names))
+        external = setup["embedding_key"] is not None
+        n_pcs = int(min(n_pcs, self.adata.n_obs - 1, self.adata.n_vars - 1))
+        n_embedding = self.adata.obsm[setup["embedding_key"]].shape[1] if external else n_pcs
+        n_batch = self.summary_stats.get("n_batch", 0) if setup["batch_key"] is not None else 0
+
+        self.module = self._module_cls(
+            n_genes=self.adata.n_vars,
+            n_classes=len(self.classes_),
+            n_embedding=n_embedding,
+            external_embedding=external,
+            is_counts=self.data_type_ == "counts",
+            n_batch=n_batch,
+            n_tokens=n_tokens,
+            n_selected=n_selected,
+            d_model=d_model,
+            n_layers=n_layers,
+            n_heads=n_heads,
+            n_latents=n_latents,
+            n_hidden=n_hidden,
+            prior_weight=prior_weight if setup["prior_key"] is not None else 0.0,
+            aggregation=aggregation,
+            use_cell_learner=use_cell_learner,
+            use_cffm=use_cffm,
+            aux_weight=aux_weight,
+            dropout=dropout,
+        )
+        if self._fit_encoder_on_init:
+            self._fit_inputs(class_weights)
+        self._model_summary_string = (
+            f"KDCPT: {len(self.classes_)} phenotypes, {self.adata.n_vars} genes, "
+            f"{'embedding ' + repr(setup['embedding_key']) if external else f'{n_pcs}-PC internal encoder'}, "
+            f"data {self.data_type_}, prior {setup['prior_key']!r}, "
+            f"cell_learner={use_cell_learner}, cffm={use_cffm}"
+        )
+        self.init_params_ = self._get_init_params(locals())
+
+    # ---------------------------------------------------------------------------------------
+    # set-up
+    # ---------------------------------------------------------------------------------------
+    @classmethod
+    @setup_anndata_dsp.dedent
+    def setup_anndata(
+        cls,
+        adata: AnnData,
+        labels_key: str,
+        layer: str | None = None,
+        embedding_key: str | None = None,
+        prior_key: str | None = None,
+        batch_key: str | None = None,
+        unlabeled_category: str | None = None,
+        data_type: Literal["auto", "counts", "log"] = "auto",
+        **kwargs,
+    ):
+        """Register an AnnData for KDCPT.
+
+        Parameters
+        ----------
+        adata
+            AnnData with cells × genes.
+        labels_key
+            ``.obs`` column with each cell's phenotype. Missing values (and
+            ``unlabeled_category``) mark cells that are predicted but left out of the loss.
+        layer
+            Layer with counts or log-normalised expression; ``None`` for ``adata.X``.
+            Scaled (z-scored, negative) values are refused.
+        embedding_key
+            ``.obsm`` key of a pretrained cell embedding (scGPT, Geneformer, UCE, scVI, ...).
+            Without it, the model fits its own frozen PCA encoder.
+        prior_key
+            Boolean or [0, 1] ``.var`` column of prior regulators (e.g. ``is_tf``).
+        batch_key
+            ``.obs`` column of batches, embedded into the prediction branch.
+        unlabeled_category
+            Value of ``labels_key`` that marks unlabelled cells.
+        data_type
+            ``"counts"`` (normalised + log1p inside the model), ``"log"`` (used as is), or
+            ``"auto"`` to detect it (integers → counts). The resolved value is recorded.
+        """
+        setup_method_args = cls._get_setup_method_args(**locals())
+        X = _data.get_matrix(adata, layer)
+        _data.check_values(X, f"adata.layers[{layer!r}]" if layer else "adata.X")
+        if data_type == "auto":
+            data_type = _data.detect_data_type(X)
+        elif data_type not in ("counts", "log"):
+            raise ValueError(f"data_type must be 'auto', 'counts' or 'log', not {data_type!r}.")
+        setup_method_args["setup_args"]["data_type"] = data_type
+        logger.info("KDCPT: expression treated as %s.", data_type)
+
+        labels_obs_key = cls._check_labels(adata, labels_key, unlabeled_category)
+        if unlabeled_category is None:
+            unlabeled_category = UNLABELED_CATEGORY
+        fields = [
+            LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=False),
+            LabelsWithUnlabeledObsField(REGISTRY_KEYS.LABELS_KEY, labels_obs_key, unlabeled_category),
+        ]
+        if batch_key is not None:
+            if batch_key not in adata.obs:
+                raise KeyError(f"batch_key {batch_key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)}).")
+            fields.append(CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key))
+        if embedding_key is not None:
+            cls._check_embedding(adata, embedding_key)
+            fields.append(ObsmField(REGISTRY_KEYS.EMBEDDING_KEY, embedding_key))
+        if prior_key is not None:
+            cls._check_prior(adata, prior_key)
+        adata_manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
+        adata_manager.register_fields(adata, **kwargs)
+        cls.register_manager(adata_manager)
+
+    @staticmethod
+    def _check_labels(adata: AnnData, labels_key: str, unlabeled_category) -> str:
+        if labels_key not in adata.obs:
+            raise KeyError(
+                f"labels_key {labels_key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)})."
+            )
+        labels = adata.obs[labels_key]
+        known = labels[labels.notna()]
+        if unlabeled_category is not None:
+            known = known[known != unlabeled_category]
+        n_classes = known.nunique()
+        if n_classes < 2:
+            raise ValueError(
+                f"adata.obs[{labels_key!r}] has {n_classes} labelled phenotype(s); KDCPT needs at least two. "
+                "Check the column or the unlabeled_category."
+            )
+        if labels.isna().any():
+            # missing labels become the unlabelled category in a private column; the user's
+            # column is left as it is
+            fill = UNLABELED_CATEGORY if unlabeled_category is None else unlabeled_category
+            copy = labels.astype(object).where(labels.notna(), fill).astype(str)
+            adata.obs[LABELS_COPY_KEY] = pd.Categorical(copy)
+            logger.info("%d cells without a label are predicted but left out of the loss.", int(labels.isna().sum()))
+            return LABELS_COPY_KEY
+        return labels_key
+
+    @staticmethod
+    def _check_embedding(adata: AnnData, embedding_key: str) -> None:
+        if embedding_key not in adata.obsm:
+            raise KeyError(
+                f"embedding_key {embedding_key!r} is not in adata.obsm (keys: {list(adata.obsm.keys())})."
+            )
+        emb = np.asarray(adata.obsm[embedding_key])
+        if emb.ndim != 2 or emb.shape[0] != adata.n_obs:
+            raise ValueError(
+                f"adata.obsm[{embedding_key!r}] has shape {emb.shape}; expected (n_obs={adata.n_obs}, n_dims)."
+            )
+        if not np.isfinite(emb).all():
+            raise ValueError(f"adata.obsm[{embedding_key!r}] contains NaN or infinite values.")
+
+    @staticmethod
+    def _check_prior(adata: AnnData, prior_key: str) -> None:
+        if prior_key not in adata.var:
+            raise KeyError(
+                f"prior_key {prior_key!r} is not a column of adata.var (columns: {list(adata.var.columns)}). "
+                'For transcription factors: adata.var["is_tf"] = '
+                'kdcpt.datasets.is_transcription_factor(adata.var_names, species="human").'
+            )
+        prior = pd.to_numeric(adata.var[prior_key], errors="coerce").astype(float).to_numpy()
+        if not np.isfinite(prior).all() or prior.min() < 0 or prior.max() > 1:
+            raise ValueError(f"adata.var[{prior_key!r}] must be boolean or numbers in [0, 1] with no missing values.")
+
+    def _fit_inputs(self, class_weights) -> None:
+        """Fit the frozen encoder / embedding standardisation, the prior and class weights."""
+        setup = self.adata_manager.registry["setup_args"]
+        m = self.module
+        if setup["prior_key"] is not None:
+            prior = self.adata.var[setup["prior_key"]].astype(float).to_numpy()
+            m.prior.copy_(torch.as_tensor(prior, dtype=torch.float32))
+        if m.external_embedding:
+            emb = np.asarray(self.adata.obsm[setup["embedding_key"]], dtype=np.float32)
+            m.embedding_mean.copy_(torch.as_tensor(emb.mean(0)))
+            m.embedding_scale.copy_(torch.as_tensor(np.maximum(emb.std(0), 1e-6)))
+        else:
+            from scvi import settings
+
+            X = _data.log_normalize(self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY), self.data_type_)
+            mean, loadings, std = _data.fit_pca(X, m.loadings.shape[1], seed=settings.seed or 0)
+            m.gene_mean.copy_(torch.as_tensor(mean))
+            m.loadings.copy_(torch.as_tensor(loadings))
+            m.embedding_scale.copy_(torch.as_tensor(std))
+        if class_weights is not None:
+            codes = self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY).ravel()
+            if isinstance(class_weights, str):
+                if class_weights != "balanced":
+                    raise ValueError(f"class_weights must be None, 'balanced' or a sequence, not {class_weights!r}.")
+                counts = np.bincount(codes[codes < len(self.classes_)].astype(int), minlength=len(self.classes_))
+                w = counts.sum() / (len(self.classes_) * np.maximum(counts, 1))
+            else:
+                w = np.asarray(class_weights, dtype=float)
+                if w.shape != (len(self.classes_),):
+                    raise ValueError(f"class_weights needs one weight per phenotype ({len(self.classes_)}), got {w.shape}.")
+            m.class_weights.copy_(torch.as_tensor(w, dtype=torch.float32))
+
+    # ---------------------------------------------------------------------------------------
+    # training
+    # ---------------------------------------------------------------------------------------
+    def train(
+        self,
+        max_epochs: int | None = None,
+        *,
+        accelerator: str = "auto",
+        devices: int | list[int] | str = "auto",
+        train_size: float = 0.9,
+        validation_size: float | None = None,
+        batch_size: int = 128,
+        early_stopping: bool = True,
+        early_stopping_patience: int = 8,
+        lr: float = 1e-3,
+        plan_kwargs: dict | None = None,
+        **trainer_kwargs,
+    ):
+        """Train the model (GPU when present, CPU otherwise) with a progress bar.
+
+        Parameters
+        ----------
+        max_epochs
+            Passes through the data; default ``min(60, max(15, 30000 // n_cells))``.
+        accelerator, devices
+            Lightning's; ``"auto"`` takes a GPU when there is one. ``strategy="ddp"`` in
+            ``trainer_kwargs`` trains on several GPUs.
+        train_size, validation_size
+            Fractions of cells for training / validation (validation drives early stopping).
+        batch_size
+            Cells per minibatch.
+        early_stopping, early_stopping_patience
+            Stop when ``validation_loss`` has not improved for that many epochs.
+        lr
+            Learning rate (AdamW).
+        plan_kwargs
+            Keyword arguments for :class:`~scanpy_kdcpt.model.KDCPTTrainingPlan`.
+        **trainer_kwargs
+            Passed to :class:`scvi.train.Trainer` (``enable_progress_bar``, ``strategy``, ...).
+
+        Returns
+        -------
+        None. ``model.history`` holds per-epoch ``train_loss``, ``validation_loss``,
+        ``*_accuracy`` and ``*_f1``.
+        """
+        if max_epochs is None:
+            max_epochs = int(min(60, max(15, 30_000 // max(self.adata.n_obs, 1))))
+        plan_kwargs = {"lr": lr, **(plan_kwargs or {}), "n_classes": len(self.classes_)}
+        has_validation = (validation_size or (1 - train_size)) > 0
+        if early_stopping and has_validation:
+            trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
+            trainer_kwargs.setdefault("early_stopping_patience", early_stopping_patience)
+        trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
+        super().train(
+            max_epochs=max_epochs,
+            accelerator=accelerator,
+            devices=devices,
+            train_size=train_size,
+            validation_size=validation_size,
+            batch_size=batch_size,
+            early_stopping=early_stopping and has_validation,
+            plan_kwargs=plan_kwargs,
+            **trainer_kwargs,
+        )
+        self.module.eval()
+
+    # ---------------------------------------------------------------------------------------
+    # running the module
+    # ---------------------------------------------------------------------------------------
+    def _prepare_adata(self, adata: AnnData | None) -> AnnData:
+        """The registered AnnData itself, or a light AnnData built from a query.
+
+        A query is aligned to the model's genes by name (missing ones zero-filled with a
+        warning), checked, and registered with this model's setup; the user's object is not
+        modified.
+        """
+        if adata is None or adata is self.adata:
+            return self.adata
+        setup = self.adata_manager.registry["setup_args"]
+        if self.adata_manager.adata is adata:
+            return adata
+        layer = setup["layer"]
+        X = _data.get_matrix(adata, layer if layer in adata.layers else None)
+        X = _data.align_genes(X, adata.var_names, pd.Index(self.var_names_))
+        _data.check_values(X, "the query's expression matrix")
+        if _data.detect_data_type(X) == "counts" and self.data_type_ == "log":
+            raise ValueError(
+                "The query holds counts but the model was trained on log-normalised values. "
+                "Normalise the query the same way (sc.pp.normalize_total + sc.pp.log1p) or pass a log layer."
+            )
+        obs = pd.DataFrame(index=adata.obs_names.copy())
+        labels_state = self.adata_manager.get_state_registry(REGISTRY_KEYS.LABELS_KEY)
+        obs[labels_state.original_key] = pd.Categorical(
+            [labels_state.unlabeled_category] * adata.n_obs, categories=labels_state.categorical_mapping
+        )
+        obsm = {}
+        if setup["embedding_key"] is not None:
+            key = setup["embedding_key"]
+            if key not in adata.obsm:
+                raise KeyError(
+                    f"The model reads the embedding adata.obsm[{key!r}], which the query lacks "
+                    f"(keys: {list(adata.obsm.keys())}). Embed the query with the same model first."
+                )
+            emb = np.asarray(adata.obsm[key])
+            width = self.module.embedding_mean.shape[0]
+            if emb.shape[1] != width:
+                raise ValueError(f"adata.obsm[{key!r}] has {emb.shape[1]} dimensions; the model was trained on {width}.")
+            if not np.isfinite(emb).all():
+                raise ValueError(f"adata.obsm[{key!r}] contains NaN or infinite values.")
+            obsm[key] = emb
+        if setup["batch_key"] is not None:
+            key = setup["batch_key"]
+            if key not in adata.obs:
+                raise KeyError(f"The model was set up with batch_key {key!r}, which the query's .obs lacks.")
+            obs[key] = adata.obs[key].to_numpy()
+        query = ad.AnnData(X=X, obs=obs, obsm=obsm, var=pd.DataFrame(index=pd.Index(self.var_names_)))
+        return self._validate_anndata(query)
+
+    def _iterate(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+        transform: Callable[[torch.Tensor, np.ndarray], torch.Tensor] | None = None,
+        progress: bool = False,
+        description: str = "KDCPT",
+    ) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+        """Yield ``(positions, module outputs)`` per minibatch under ``torch.inference_mode``.
+
+        ``positions`` index into ``indices`` (or all cells); ``transform(x, positions)`` may
+        perturb the expression tensor of a batch (knockouts) before the forward pass.
+        """
+        adata = self._prepare_adata(adata)
+        if indices is None:
+            indices = np.arange(adata.n_obs)
+        indices = np.asarray(indices)
+        batch_size = batch_size or 512
+        dl = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size, shuffle=False)
+        self.module.eval()
+        start = 0
+        it = track(dl, description=description, disable=not progress, style="tqdm") if progress else dl
+        with torch.inference_mode():
+            for tensors in it:
+                n = tensors[REGISTRY_KEYS.X_KEY].shape[0]
+                pos = np.arange(start, start + n)
+                start += n
+                inputs = self.module._get_inference_input(tensors)
+                if transform is not None:
+                    inputs["x"] = transform(inputs["x"].to(self.device), pos)
+                yield pos, self.module.inference(**inputs)
+
+    def _collect(self, keys: Sequence[str], **kwargs) -> dict[str, np.ndarray]:
+        out: dict[str, list[np.ndarray]] = {k: [] for k in keys}
+        for _, res in self._iterate(**kwargs):
+            for k in keys:
+                out[k].append(res[k].float().cpu().numpy())
+        return {k: np.concatenate(v) for k, v in out.items()}
+
+    def get_logits(self, adata: AnnData | None = None, indices=None, batch_size: int | None = None) -> np.ndarray:
+        """Final (fused) logits, cells × phenotypes, before temperature scaling."""
+        self._check_if_trained(warn=True)
+        return self._collect(["logits"], adata=adata, indices=indices, batch_size=batch_size)["logits"]
+
+    def predict(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        soft: bool = False,
+        batch_size: int | None = None,
+    ) -> pd.Series | pd.DataFrame:
+        """Predict phenotypes.
+
+        Parameters
+        ----------
+        adata
+            The registered AnnData (default) or a query with the same or partly the same
+            genes (aligned by name; missing genes are zero-filled with a warning).
+        indices
+            Cells to predict (default all).
+        soft
+            Return probabilities (cells × phenotypes) instead of labels.
+        batch_size
+            Cells per forward pass.
+
+        Returns
+        -------
+        A categorical :class:`~pandas.Series` of phenotypes, or a DataFrame of probabilities
+        (softmax of the logits divided by ``temperature_``), indexed by ``obs_names``.
+        """
+        obs_names = (adata if adata is not None else self.adata).obs_names
+        if indices is not None:
+            obs_names = obs_names[np.asarray(indices)]
+        proba = self._softmax(self.get_logits(adata, indices=indices, batch_size=batch_size))
+        if soft:
+            return pd.DataFrame(proba, index=obs_names, columns=self.classes_)
+        return pd.Series(
+            pd.Categorical.from_codes(proba.argmax(1), categories=self.classes_), index=obs_names, name="prediction"
+        )
+
+    def _softmax(self, logits: np.ndarray) -> np.ndarray:
+        z = logits / float(self.temperature_)
+        z = z - z.max(1, keepdims=True)
+        p = np.exp(z)
+        return p / p.sum(1, keepdims=True)
+
+    def get_latent_representation(self, adata: AnnData | None = None, indices=None, batch_size: int | None = None) -> np.ndarray:
+        """Fused representation (the CFFM output), cells × ``d_model``."""
+        self._check_if_trained(warn=True)
+        return self._collect(["fused"], adata=adata, indices=indices, batch_size=batch_size)["fused"]
+
+    def labels_(self, adata: AnnData | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Known phenotype codes of ``adata`` (``-1`` where unlabelled) and the labelled mask."""
+        adata = self._prepare_adata(adata)
+        manager = self.get_anndata_manager(adata, required=True)
+        codes = manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY).ravel().astype(int)
+        labelled = codes < len(self.classes_)
+        return np.where(labelled, codes, -1), labelled
+
+    # ---------------------------------------------------------------------------------------
+    # save / load: tensors with torch.save (loaded with weights_only=True), the rest as JSON
+    # ---------------------------------------------------------------------------------------
+    def save(self, dir_path: str, overwrite: bool = False, save_anndata: bool = False, **anndata_write_kwargs) -> None:
+        """Save the model to ``dir_path``: ``model.pt`` (tensors only) and ``model.json``.
+
+        A saved model cannot run code when loaded: tensors are read with
+        ``torch.load(weights_only=True)`` and everything else is JSON.
+        """
+        if os.path.exists(dir_path) and os.listdir(dir_path) and not overwrite:
+            raise ValueError(f"{dir_path} exists and is not empty; pass overwrite=True to replace it.")
+        os.makedirs(dir_path, exist_ok=True)
+        torch.save({k: v.detach().cpu() for k, v in self.module.state_dict().items()}, os.path.join(dir_path, _MODEL_FILE))
+        history = {k: v.reset_index().to_dict(orient="list") for k, v in (self.history or {}).items()}
+        meta = {
+            "init_params": self.init_params_,
+            "registry": self.adata_manager.registry,
+            "attrs": {
+                "classes_": self.classes_,
+                "data_type_": self.data_type_,
+                "temperature_": float(self.temperature_),
+                "var_names_": self.var_names_,
+                "is_trained_": bool(self.is_trained_),
+                "extra_": getattr(self, "extra_", {}),
+            },
+            "history": history,
+            "version": _version(),
+        }
+        with open(os.path.join(dir_path, _META_FILE), "w") as f:
+            json.dump(meta, f, cls=_Encoder)
+        if save_anndata:
+            self.adata.write_h5ad(os.path.join(dir_path, _ADATA_FILE), **anndata_write_kwargs)
+
+    @classmethod
+    def load(
+        cls,
+        dir_path: str,
+        adata: AnnData | None = None,
+        accelerator: str = "auto",
+        device: int | str = "auto",
+    ) -> KDCPT:
+        """Load a model saved with :meth:`save`.
+
+        Parameters
+        ----------
+        dir_path
+            Folder written by :meth:`save`.
+        adata
+            AnnData with the model's genes (in any order is not enough: the same genes in the
+            same order). Default: the AnnData saved with ``save_anndata=True``.
+        accelerator, device
+            Where to put the model (``"auto"``: GPU when present).
+        """
+        from scvi.model._utils import parse_device_args
+
+        meta_path = os.path.join(dir_path, _META_FILE)
+        if not os.path.exists(meta_path):
+            raise FileNotFoundError(f"No KDCPT model in {dir_path!r} (missing {_META_FILE}).")
+        with open(meta_path) as f:
+            meta = json.load(f, object_hook=_decode)
+        attrs = meta["attrs"]
+        if adata is None:
+            path = os.path.join(dir_path, _ADATA_FILE)
+            if not os.path.exists(path):
+                raise ValueError("Pass adata=...: the model was saved without its AnnData (save_anndata=False).")
+            adata = ad.read_h5ad(path)
+        _check_same_genes(adata.var_names, attrs["var_names_"])
+        registry = meta["registry"]
+        setup_args = dict(registry["setup_args"])
+        if cls._get_most_recent_anndata_manager(adata) is None:
+            cls.setup_anndata(adata, source_registry=registry, **setup_args)
+        init = meta["init_params"]
+        kwargs = {**init.get("non_kwargs", {}), **init.get("kwargs", {})}
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("adata", "kwargs", "class_weights")}
+        cls._fit_encoder_on_init = False
+        try:
+            model = cls(adata, **kwargs)
+        finally:
+            cls._fit_encoder_on_init = True
+        state = torch.load(os.path.join(dir_path, _MODEL_FILE), map_location="cpu", weights_only=True)
+        model.module.load_state_dict(state)
+        for k in ("classes_", "data_type_", "temperature_", "var_names_", "is_trained_", "extra_"):
+            setattr(model, k, attrs[k])
+        model.init_params_ = init
+        if meta.get("history"):
+            model.history_ = {k: pd.DataFrame(v).set_index("epoch") for k, v in meta["history"].items()}
+        _, _, dev = parse_device_args(accelerator=accelerator, devices=device, return_device="torch")
+        model.to_device(dev)
+        model.module.eval()
+        return model
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def _check_same_genes(var_names: pd.Index, model_genes: list[str]) -> None:
+    genes = pd.Index(list(map(str, var_names)))
+    if genes.equals(pd.Index(model_genes)):
+        return
+    missing = pd.Index(model_genes).difference(genes)
+    extra = genes.difference(pd.Index(model_genes))
+    detail = (
+        f"{len(missing)} model genes missing from adata (e.g. {list(missing[:5])}), "
+        f"{len(extra)} adata genes unknown to the model (e.g. {list(extra[:5])})"
+    )
+    if not len(missing) and not len(extra):
+        detail = "same genes in a different order"
+    raise ValueError(
+        f"adata's genes do not match the model's: {detail}. Load with the AnnData the model was trained on "
+        "(or adata[:, model_genes]); for query data with other genes, load with the training AnnData and "
+        "call model.predict(query), which aligns genes by name."
+    )
+
+
+class _Encoder(json.JSONEncoder):
+    """JSON with numpy arrays / scalars and pandas indexes."""
+
+    def default(self, o):
+        if isinstance(o, np.ndarray):
+            return {"__ndarray__": o.tolist(), "dtype": str(o.dtype)}
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, pd.Index):
+            return {"__ndarray__": o.tolist(), "dtype": "object"}
+        if isinstance(o, (set, tuple)):
+            return list(o)
+        return super().default(o)
+
+
+def _decode(d: dict):
+    if "__ndarray__" in d:
+        dtype = d["dtype"]
+        return np.asarray(d["__ndarray__"], dtype=object if dtype.startswith("<U") or dtype == "object" else dtype)
+    return d
+
+
+warnings.filterwarnings("ignore", message=".*does not have many workers.*")

@@ -1,0 +1,190 @@
+"""KDCPTModule: the dual-branch network as a scvi-tools module. Tensors in, logits out."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
+from torch import nn
+
+from .._constants import REGISTRY_KEYS, TARGET_SUM
+from ._components import CFFM, CellLearner, GeneTokenizer, PredictionBranch, log_normalize
+
+
+class KDCPTModule(BaseModuleClass):
+    """Dual-branch KD-CPT network.
+
+    Parameters
+    ----------
+    n_genes
+        Number of genes (input features).
+    n_classes
+        Number of phenotypes.
+    n_embedding
+        Width of the cell embedding fed to the prediction branch: the external embedding's
+        width, or the number of principal components of the internal frozen linear encoder.
+    external_embedding
+        Whether the embedding comes from ``.obsm`` (``True``) or from the internal encoder.
+    is_counts
+        Whether inputs are counts (normalised + ``log1p`` inside) or already log-normalised.
+    n_batch
+        Number of batches (0 for none); a batch embedding is added to the prediction branch.
+    n_tokens, n_selected, d_model, n_layers, n_heads, n_latents, n_hidden
+        Sizes of the gene-token encoder, the Cell Learner and the prediction branch.
+    prior_weight
+        λ in ``(1 - λ) * attention + λ * prior``.
+    aggregation
+        How CLS attention is aggregated over layers and heads: ``"mean"`` or ``"learned"``.
+    use_cell_learner, use_cffm
+        Ablation switches.
+    aux_weight
+        Weight of the auxiliary per-branch cross-entropy losses.
+    dropout
+        Dropout rate.
+    """
+
+    def __init__(
+        self,
+        n_genes: int,
+        n_classes: int,
+        n_embedding: int,
+        *,
+        external_embedding: bool = False,
+        is_counts: bool = False,
+        n_batch: int = 0,
+        n_tokens: int = 256,
+        n_selected: int = 32,
+        d_model: int = 64,
+        n_layers: int = 2,
+        n_heads: int = 4,
+        n_latents: int = 4,
+        n_hidden: int = 256,
+        prior_weight: float = 0.3,
+        aggregation: str = "mean",
+        use_cell_learner: bool = True,
+        use_cffm: bool = True,
+        aux_weight: float = 0.5,
+        dropout: float = 0.1,
+    ):
+        super().__init__()
+        self.n_genes = n_genes
+        self.n_classes = n_classes
+        self.external_embedding = external_embedding
+        self.is_counts = is_counts
+        self.use_cell_learner = use_cell_learner
+        self.use_cffm = use_cffm
+        self.aux_weight = aux_weight
+        n_selected = min(n_selected, n_tokens, n_genes)
+
+        self.register_buffer("prior", torch.zeros(n_genes))
+        self.register_buffer("class_weights", torch.ones(n_classes))
+        self.register_buffer("embedding_mean", torch.zeros(n_embedding))
+        self.register_buffer("embedding_scale", torch.ones(n_embedding))
+        self.register_buffer("gene_mean", torch.zeros(n_genes))
+        # frozen linear encoder (PCA loadings); unused with an external embedding
+        self.register_buffer("loadings", torch.zeros(0 if external_embedding else n_genes, n_embedding))
+
+        self.tokenizer = GeneTokenizer(n_genes, d_model, n_tokens)
+        self.cell_learner = CellLearner(
+            d_model,
+            n_heads,
+            n_layers,
+            n_latents,
+            n_selected,
+            prior_weight,
+            aggregation,
+            dropout,
+            use_attention=use_cell_learner,
+        )
+        self.batch_embedding = nn.Embedding(n_batch, n_embedding) if n_batch > 1 else None
+        self.prediction = PredictionBranch(n_embedding, n_hidden, n_classes, n_selected, d_model, dropout)
+        self.selection_head = nn.Sequential(nn.LayerNorm(d_model), nn.Linear(d_model, n_classes))
+        self.cffm = CFFM(d_model, n_heads, n_selected, dropout) if use_cffm else None
+        self.fused_head = nn.Linear(d_model, n_classes) if use_cffm else None
+
+    # -- scvi-tools plumbing ------------------------------------------------------------------
+    def _get_inference_input(self, tensors, **kwargs):
+        return {
+            "x": tensors[REGISTRY_KEYS.X_KEY],
+            "embedding": tensors.get(REGISTRY_KEYS.EMBEDDING_KEY),
+            "batch_index": tensors.get(REGISTRY_KEYS.BATCH_KEY),
+        }
+
+    def _get_generative_input(self, tensors, inference_outputs, **kwargs):
+        return {}
+
+    def generative(self, **kwargs):
+        """No generative part: KD-CPT is discriminative."""
+        return {}
+
+    # -- the network --------------------------------------------------------------------------
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Input values as log-normalised expression."""
+        return log_normalize(x, TARGET_SUM) if self.is_counts else x
+
+    def embed(self, x_log: torch.Tensor, embedding: torch.Tensor | None, batch_index) -> torch.Tensor:
+        """Standardised cell embedding: external, or the frozen PCA encoder of ``x_log``."""
+        if self.external_embedding:
+            if embedding is None:
+                raise ValueError("This model was set up with an embedding_key but got no embedding.")
+            e = embedding.float()
+        else:
+            e = (x_log - self.gene_mean) @ self.loadings
+        e = (e - self.embedding_mean) / self.embedding_scale
+        if self.batch_embedding is not None and batch_index is not None:
+            e = e + self.batch_embedding(batch_index.long().view(-1))
+        return e
+
+    @auto_move_data
+    def inference(self, x, embedding=None, batch_index=None) -> dict[str, torch.Tensor]:
+        """Run both branches and the fusion; return logits and Cell Learner outputs."""
+        x_log = self.normalize(x.float())
+        tokens, gene_idx, values, mask = self.tokenizer(x_log)
+        prior = self.prior[gene_idx] * mask
+        cl = self.cell_learner(tokens, values, mask, prior)
+        logits_p, e_p = self.prediction(self.embed(x_log, embedding, batch_index))
+        e_t = cl["e_t"]
+        denom = cl["selected_mask"].sum(1, keepdim=True).clamp_min(1)
+        pooled_t = e_t.sum(1) / denom + cl["cls"]
+        logits_t = self.selection_head(pooled_t)
+        if self.use_cffm:
+            fused = self.cffm(e_p, e_t)
+            logits = self.fused_head(fused)
+        else:  # ablation: late fusion of the two branches' logits
+            fused = torch.cat([e_p.mean(1), pooled_t], dim=-1)
+            logits = 0.5 * (logits_p + logits_t)
+        return {
+            "logits": logits,
+            "logits_p": logits_p,
+            "logits_t": logits_t,
+            "fused": fused,
+            "gene_idx": gene_idx,
+            "token_mask": mask,
+            "attention": cl["attention"],
+            "scores": cl["scores"],
+            "selected_pos": cl["selected_pos"],
+            "selected_mask": cl["selected_mask"],
+        }
+
+    def loss(self, tensors, inference_outputs, generative_outputs, **kwargs) -> LossOutput:
+        """Cross-entropy on fused logits + ``aux_weight`` × each branch's; unlabelled cells skipped."""
+        y = tensors[REGISTRY_KEYS.LABELS_KEY].long().view(-1)
+        labelled = y < self.n_classes
+        logits = inference_outputs["logits"]
+        n = logits.shape[0]
+
+        def ce(lg):
+            if not labelled.any():
+                return lg.sum() * 0.0
+            return F.cross_entropy(lg[labelled], y[labelled], weight=self.class_weights)
+
+        main = ce(logits)
+        aux = ce(inference_outputs["logits_p"]) + ce(inference_outputs["logits_t"])
+        loss = main + self.aux_weight * aux
+        return LossOutput(
+            loss=loss,
+            n_obs_minibatch=n,
+            classification_loss=main,
+            logits=logits[labelled],
+            true_labels=y[labelled].unsqueeze(-1),
+        )

@@ -1,0 +1,3 @@
+"""Plots of KD-CPT results, drawn from AnnData keys only (scanpy conventions)."""
+
+__all__: list[str] = []
