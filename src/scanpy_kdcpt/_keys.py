@@ -11,6 +11,11 @@ from dataclasses import dataclass
 DEFAULT_KEY = "kdcpt"
 
 
+def safe_name(name: str) -> str:
+    """A phenotype name usable inside an h5ad key: ``/`` (a path separator in HDF5) → ``_``."""
+    return str(name).replace("/", "_")
+
+
 @dataclass(frozen=True)
 class Keys:
     """Names of the ``.obs``, ``.var``, ``.obsp`` and ``.uns`` entries for one ``key_added``."""
@@ -23,7 +28,7 @@ class Keys:
         return f"{self.key_added}_pred"
 
     def proba(self, phenotype: str) -> str:
-        return f"{self.key_added}_proba_{phenotype}"
+        return f"{self.key_added}_proba_{safe_name(phenotype)}"
 
     @property
     def proba_prefix(self) -> str:

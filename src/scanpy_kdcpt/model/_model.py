@@ -19,9 +19,14 @@ from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 from scvi.utils import setup_anndata_dsp, track
 
 from .._constants import LABELS_COPY_KEY, REGISTRY_KEYS, UNLABELED_CATEGORY
+from .. import _keys
+from ..metrics import classification_report
 from . import _data
+from ._knockout import KnockoutMixin
 from ._module import KDCPTModule
 from ._trainingplan import KDCPTTrainingPlan
+from ._transition import TransitionMixin
+from ._uncertainty import confidence, cosine_uncertainty
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -33,7 +38,7 @@ _META_FILE = "model.json"
 _ADATA_FILE = "adata.h5ad"
 
 
-class KDCPT(UnsupervisedTrainingMixin, BaseModelClass):
+class KDCPT(TransitionMixin, KnockoutMixin, UnsupervisedTrainingMixin, BaseModelClass):
     """KD-CPT: dual-branch model of cell phenotypes and their transitions.
 
     A prediction branch reads a cell embedding (an external one from ``.obsm``, or the model's
@@ -519,6 +524,104 @@ class KDCPT(UnsupervisedTrainingMixin, BaseModelClass):
         return np.where(labelled, codes, -1), labelled
 
     # ---------------------------------------------------------------------------------------
+    # writing into AnnData
+    # ---------------------------------------------------------------------------------------
+    def annotate(
+        self,
+        adata: AnnData | None = None,
+        *,
+        key_added: str = _keys.DEFAULT_KEY,
+        batch_size: int | None = None,
+        copy: bool = False,
+    ) -> AnnData | None:
+        """Predict every cell and write the results into ``adata``.
+
+        Parameters
+        ----------
+        adata
+            The registered AnnData (default) or a query (genes aligned by name).
+        key_added
+            Prefix of every key written.
+        batch_size
+            Cells per forward pass.
+        copy
+            Write into a copy and return it instead of modifying ``adata``.
+
+        Returns
+        -------
+        ``None`` (or the annotated copy with ``copy=True``). Sets
+
+        - ``.obs``: ``{key}_pred`` (categorical), ``{key}_proba_<phenotype>``,
+          ``{key}_confidence``, ``{key}_uncertainty`` (cosine index, 0 = certain, 1 = uniform);
+        - ``.uns["{key}_pred_colors"]``;
+        - ``.uns[key]``: ``params``, ``classes``, ``metrics`` (on labelled cells, and on the
+          validation cells when ``adata`` is the training data), ``history``, ``version``,
+          plus what the transition and key-gene writers add.
+        """
+        target = self.adata if adata is None else adata
+        if copy:
+            target = target.copy()
+        keys = _keys.Keys(key_added)
+        proba = self.predict(None if target is self.adata else target, soft=True, batch_size=batch_size)
+        pred = pd.Categorical.from_codes(proba.to_numpy().argmax(1), categories=self.classes_)
+        obs = {keys.pred: pred}
+        for c in self.classes_:
+            obs[keys.proba(c)] = proba[c].to_numpy(np.float32)
+        obs[keys.confidence] = confidence(proba.to_numpy()).astype(np.float32)
+        obs[keys.uncertainty] = cosine_uncertainty(proba.to_numpy()).astype(np.float32)
+        for k, v in obs.items():
+            target.obs[k] = v
+        logger.info("added .obs: %s", ", ".join(obs))
+        target.uns[keys.colors] = self._colors(target)
+
+        codes, labelled = self.labels_(None if target is self.adata else target)
+        labels = pd.Series(
+            np.where(labelled, np.asarray(self.classes_, dtype=object)[np.maximum(codes, 0)], None),
+            index=target.obs_names,
+        )
+        uns = target.uns.setdefault(keys.uns, {})
+        uns[_keys.UNS_CLASSES] = np.asarray(self.classes_, dtype=object)
+        uns[_keys.UNS_PARAMS] = _h5ad_safe(
+            {**self.init_params_.get("non_kwargs", {}), **self.adata_manager.registry["setup_args"],
+             "temperature": float(self.temperature_)}
+        )
+        uns[_keys.UNS_METRICS] = self._metrics_dict(labels, pd.Series(pred, index=target.obs_names), target)
+        if self.history_:
+            uns[_keys.UNS_HISTORY] = pd.concat(list(self.history_.values()), axis=1).astype(float).reset_index()
+        uns[_keys.UNS_VERSION] = _version()
+        self._write_transitions(target, keys, proba, labels)
+        self._write_key_genes(target, keys)
+        logger.info("added .uns[%r]: %s", keys.uns, ", ".join(uns))
+        return target if copy else None
+
+    def _metrics_dict(self, labels: pd.Series, pred: pd.Series, target: AnnData) -> dict:
+        out = {}
+        known = labels.notna().to_numpy()
+        if known.any():
+            out["labelled"] = classification_report(labels[known], pred[known])
+        if target is self.adata and self.validation_indices is not None and len(self.validation_indices):
+            val = np.asarray(self.validation_indices)
+            val = val[known[val]]
+            if val.size:
+                out["validation"] = classification_report(labels.iloc[val], pred.iloc[val])
+        return out
+
+    def _colors(self, target: AnnData) -> np.ndarray:
+        """Phenotype colours: those of ``labels_key`` when scanpy has them, else scanpy's palette."""
+        from scanpy.plotting import palettes
+
+        labels_key = self.adata_manager.registry["setup_args"]["labels_key"]
+        source = self.adata.uns.get(f"{labels_key}_colors")
+        cats = self.adata.obs[labels_key].astype("category").cat.categories.astype(str)
+        if source is not None and len(source) == len(cats):
+            lookup = dict(zip(cats, source, strict=True))
+            if all(c in lookup for c in self.classes_):
+                return np.asarray([lookup[c] for c in self.classes_], dtype=object)
+        n = len(self.classes_)
+        pal = palettes.default_20 if n <= 20 else palettes.default_28 if n <= 28 else palettes.default_102
+        return np.asarray([pal[i % len(pal)] for i in range(n)], dtype=object)
+
+    # ---------------------------------------------------------------------------------------
     # save / load: tensors with torch.save (loaded with weights_only=True), the rest as JSON
     # ---------------------------------------------------------------------------------------
     def save(self, dir_path: str, overwrite: bool = False, save_anndata: bool = False, **anndata_write_kwargs) -> None:
@@ -608,6 +711,21 @@ class KDCPT(UnsupervisedTrainingMixin, BaseModelClass):
         model.to_device(dev)
         model.module.eval()
         return model
+
+
+def _h5ad_safe(d: dict) -> dict:
+    """Values that ``write_h5ad`` accepts (``None`` → ``"None"``, sequences → arrays)."""
+    out = {}
+    for k, v in d.items():
+        if v is None:
+            out[k] = "None"
+        elif isinstance(v, dict):
+            out[k] = _h5ad_safe(v)
+        elif isinstance(v, (list, tuple)):
+            out[k] = np.asarray(v)
+        else:
+            out[k] = v
+    return out
 
 
 def _version() -> str:
