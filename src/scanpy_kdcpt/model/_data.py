@@ -12,6 +12,7 @@ import pandas as pd
 from scipy import sparse
 
 from .._constants import TARGET_SUM
+from .._errors import KeyNotFoundError
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -26,7 +27,7 @@ def get_matrix(adata: AnnData, layer: str | None):
             raise ValueError("adata.X is empty. Pass layer=... naming the layer with expression values.")
         return adata.X
     if layer not in adata.layers:
-        raise KeyError(
+        raise KeyNotFoundError(
             f"Layer {layer!r} is not in adata.layers (available: {list(adata.layers.keys())}). "
             "Pass layer=None to use adata.X."
         )

@@ -20,6 +20,7 @@ from scvi.utils import setup_anndata_dsp, track
 
 from .._constants import LABELS_COPY_KEY, REGISTRY_KEYS, UNLABELED_CATEGORY
 from .. import _keys
+from .._errors import KeyNotFoundError
 from ..metrics import classification_report
 from . import _data
 from ._knockout import KnockoutMixin
@@ -210,7 +211,7 @@ class KDCPT(TransitionMixin, KnockoutMixin, UnsupervisedTrainingMixin, BaseModel
         ]
         if batch_key is not None:
             if batch_key not in adata.obs:
-                raise KeyError(f"batch_key {batch_key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)}).")
+                raise KeyNotFoundError(f"batch_key {batch_key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)}).")
             fields.append(CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key))
         if embedding_key is not None:
             cls._check_embedding(adata, embedding_key)
@@ -224,7 +225,7 @@ class KDCPT(TransitionMixin, KnockoutMixin, UnsupervisedTrainingMixin, BaseModel
     @staticmethod
     def _check_labels(adata: AnnData, labels_key: str, unlabeled_category) -> str:
         if labels_key not in adata.obs:
-            raise KeyError(
+            raise KeyNotFoundError(
                 f"labels_key {labels_key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)})."
             )
         labels = adata.obs[labels_key]
@@ -250,7 +251,7 @@ class KDCPT(TransitionMixin, KnockoutMixin, UnsupervisedTrainingMixin, BaseModel
     @staticmethod
     def _check_embedding(adata: AnnData, embedding_key: str) -> None:
         if embedding_key not in adata.obsm:
-            raise KeyError(
+            raise KeyNotFoundError(
                 f"embedding_key {embedding_key!r} is not in adata.obsm (keys: {list(adata.obsm.keys())})."
             )
         emb = np.asarray(adata.obsm[embedding_key])
@@ -264,7 +265,7 @@ class KDCPT(TransitionMixin, KnockoutMixin, UnsupervisedTrainingMixin, BaseModel
     @staticmethod
     def _check_prior(adata: AnnData, prior_key: str) -> None:
         if prior_key not in adata.var:
-            raise KeyError(
+            raise KeyNotFoundError(
                 f"prior_key {prior_key!r} is not a column of adata.var (columns: {list(adata.var.columns)}). "
                 'For transcription factors: adata.var["is_tf"] = '
                 'kdcpt.datasets.is_transcription_factor(adata.var_names, species="human").'
@@ -404,7 +405,7 @@ class KDCPT(TransitionMixin, KnockoutMixin, UnsupervisedTrainingMixin, BaseModel
         if setup["embedding_key"] is not None:
             key = setup["embedding_key"]
             if key not in adata.obsm:
-                raise KeyError(
+                raise KeyNotFoundError(
                     f"The model reads the embedding adata.obsm[{key!r}], which the query lacks "
                     f"(keys: {list(adata.obsm.keys())}). Embed the query with the same model first."
                 )
@@ -418,7 +419,7 @@ class KDCPT(TransitionMixin, KnockoutMixin, UnsupervisedTrainingMixin, BaseModel
         if setup["batch_key"] is not None:
             key = setup["batch_key"]
             if key not in adata.obs:
-                raise KeyError(f"The model was set up with batch_key {key!r}, which the query's .obs lacks.")
+                raise KeyNotFoundError(f"The model was set up with batch_key {key!r}, which the query's .obs lacks.")
             obs[key] = adata.obs[key].to_numpy()
         query = ad.AnnData(X=X, obs=obs, obsm=obsm, var=pd.DataFrame(index=pd.Index(self.var_names_)))
         return self._validate_anndata(query)

@@ -1,0 +1,65 @@
+"""Datasets (bundled, synthetic, TF lists) and classification metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import scanpy_kdcpt as kdcpt
+from scanpy_kdcpt import metrics
+
+
+def test_tf_lists():
+    human = kdcpt.datasets.transcription_factors("human")
+    mouse = kdcpt.datasets.transcription_factors("mouse")
+    assert len(human) > 1500 and "SPI1" in human and "GATA1" in human
+    assert len(mouse) > 1500 and "Neurog3" in mouse and "Pax4" in mouse
+    mask = kdcpt.datasets.is_transcription_factor(["SPI1", "spi1", "CD3E", "ACTB"], species="human")
+    np.testing.assert_array_equal(mask, [True, True, False, False])
+    with pytest.raises(ValueError, match="No transcription-factor list for species 'fly'"):
+        kdcpt.datasets.transcription_factors("fly")
+
+
+def test_pbmc_has_log_values_and_labels():
+    adata = kdcpt.datasets.pbmc68k_reduced()
+    assert adata.shape == (700, 765)
+    assert adata.X.min() >= 0 and adata.X.max() < 20
+    assert adata.obs["bulk_labels"].nunique() == 10
+    assert "X_umap" in adata.obsm
+
+
+def test_krumsiek11_is_nonnegative_with_known_regulators():
+    adata = kdcpt.datasets.krumsiek11()
+    assert adata.X.min() >= 0
+    assert {"Gata1", "Pu.1", "Cebpa"} <= set(adata.var_names)
+    assert set(adata.obs["cell_type"].unique()) == {"progenitor", "Ery", "Mk", "Mo", "Neu"}
+
+
+def test_synthetic_plants_regulators_and_transitions():
+    adata = kdcpt.datasets.synthetic(n_cells=500, n_phenotypes=3, seed=0)
+    planted = adata.uns["synthetic"]
+    assert planted["regulators"] == {"P0": "Reg_P0", "P1": "Reg_P1", "P2": "Reg_P2"}
+    assert planted["transitions"][["source", "target"]].values.tolist() == [["P0", "P1"], ["P1", "P2"]]
+    X = adata.X.toarray()
+    for p, reg in planted["regulators"].items():
+        cells = (adata.obs["phenotype"] == p).to_numpy() & ~adata.obs["transitioning"].to_numpy()
+        col = adata.var_names.get_loc(reg)
+        assert X[cells, col].mean() > 3 * X[~cells, col].mean()
+    assert adata.var.loc["Reg_P1", "is_tf"] and not adata.var.loc["Gene_0", "is_tf"]
+    # transitioning cells of P0 express the next regulator more than settled P0 cells
+    p0 = (adata.obs["phenotype"] == "P0").to_numpy()
+    trans = adata.obs["transitioning"].to_numpy()
+    col = adata.var_names.get_loc("Reg_P1")
+    assert X[p0 & trans, col].mean() > 2 * X[p0 & ~trans, col].mean()
+
+
+def test_classification_report_by_hand():
+    y = ["a", "a", "b", "b", "c", None]
+    p = ["a", "b", "b", "b", "c", "a"]
+    r = metrics.classification_report(y, p)
+    assert r["n_cells"] == 5
+    assert r["accuracy"] == pytest.approx(4 / 5)
+    # F1: a = 2/3, b = 0.8, c = 1
+    assert r["macro_f1"] == pytest.approx((2 / 3 + 0.8 + 1) / 3)
+    # kappa: po = 0.8, pe = (2*1 + 2*3 + 1*1) / 25 = 9/25
+    assert r["kappa"] == pytest.approx((0.8 - 9 / 25) / (1 - 9 / 25))

@@ -1,0 +1,201 @@
+"""The KDCPT model: training, prediction, annotation, save/load, query data."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import scvi
+
+import scanpy_kdcpt as kdcpt
+from scanpy_kdcpt.metrics import classification_report
+
+
+def test_planted_phenotypes_are_learned(synthetic_model):
+    query = kdcpt.datasets.synthetic(n_cells=600, seed=1)  # fresh cells from the same design
+    pred = synthetic_model.predict(query)
+    assert classification_report(query.obs["phenotype"], pred)["accuracy"] >= 0.9
+
+
+def test_history_logs_loss_accuracy_f1(synthetic_model):
+    hist = synthetic_model.history
+    for key in ("train_loss", "validation_loss", "train_accuracy", "validation_accuracy", "validation_f1"):
+        assert key in hist, key
+    assert hist["train_loss"]["train_loss"].iloc[-1] < hist["train_loss"]["train_loss"].iloc[0]
+
+
+def test_pbmc_beats_majority_baseline(pbmc_model):
+    adata = pbmc_model.adata
+    val = np.asarray(pbmc_model.validation_indices)
+    truth = adata.obs["bulk_labels"].iloc[val].astype(str)
+    pred = pbmc_model.predict(indices=val)
+    report = classification_report(truth, pred)
+    train_truth = adata.obs["bulk_labels"].iloc[pbmc_model.train_indices].astype(str)
+    majority = (truth == train_truth.value_counts().idxmax()).mean()
+    assert report["accuracy"] >= majority + 0.4, (report, majority)
+    assert report["macro_f1"] >= 0.45, report
+
+
+def test_predict_soft_is_a_distribution(pbmc_model):
+    proba = pbmc_model.predict(soft=True)
+    assert list(proba.columns) == pbmc_model.classes_
+    assert proba.index.equals(pbmc_model.adata.obs_names)
+    np.testing.assert_allclose(proba.sum(1), 1.0, atol=1e-5)
+    hard = pbmc_model.predict()
+    assert (hard.astype(str).to_numpy() == proba.idxmax(1).to_numpy()).all()
+
+
+def test_annotate_writes_obs_keys_with_dtypes(synthetic_model):
+    adata = synthetic_model.adata
+    before = adata.obs["phenotype"].copy()
+    synthetic_model.annotate()
+    obs = adata.obs
+    assert isinstance(obs["kdcpt_pred"].dtype, pd.CategoricalDtype)
+    assert list(obs["kdcpt_pred"].cat.categories) == synthetic_model.classes_
+    for c in synthetic_model.classes_:
+        assert obs[f"kdcpt_proba_{c}"].dtype == np.float32
+    assert obs["kdcpt_confidence"].between(1 / len(synthetic_model.classes_), 1).all()
+    assert obs["kdcpt_uncertainty"].between(0, 1).all()
+    # confident cells are the certain ones
+    assert np.corrcoef(obs["kdcpt_confidence"], obs["kdcpt_uncertainty"])[0, 1] < -0.9
+    assert len(adata.uns["kdcpt_pred_colors"]) == len(synthetic_model.classes_)
+    assert adata.uns["kdcpt"]["metrics"]["validation"]["accuracy"] >= 0.9
+    pd.testing.assert_series_equal(adata.obs["phenotype"], before)
+
+
+def test_annotate_copy_leaves_input_untouched(synthetic_model):
+    q = kdcpt.datasets.synthetic(n_cells=50, seed=3)
+    out = synthetic_model.annotate(q, copy=True)
+    assert "kdcpt_pred" in out.obs and "kdcpt_pred" not in q.obs
+
+
+def test_save_load_identical_probabilities(synthetic_model, tmp_path):
+    synthetic_model.save(tmp_path / "m", overwrite=True)
+    loaded = kdcpt.KDCPT.load(tmp_path / "m", synthetic_model.adata)
+    a = synthetic_model.predict(soft=True)
+    b = loaded.predict(soft=True)
+    np.testing.assert_array_equal(a.to_numpy(), b.to_numpy())
+    assert loaded.classes_ == synthetic_model.classes_
+    assert "validation_loss" in loaded.history
+    with pytest.raises(ValueError, match="not empty"):
+        synthetic_model.save(tmp_path / "m")
+
+
+def test_saved_model_loads_with_weights_only(synthetic_model, tmp_path):
+    import torch
+
+    synthetic_model.save(tmp_path / "m")
+    state = torch.load(tmp_path / "m" / "model.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+
+
+def test_load_against_other_genes_names_the_difference(synthetic_model, tmp_path):
+    synthetic_model.save(tmp_path / "m")
+    other = synthetic_model.adata[:, 5:].copy()
+    with pytest.raises(ValueError, match=r"5 model genes missing from adata.*Reg_P0"):
+        kdcpt.KDCPT.load(tmp_path / "m", other)
+
+
+def test_query_with_missing_genes_is_zero_filled_with_warning(synthetic_model):
+    query = kdcpt.datasets.synthetic(n_cells=300, seed=2)
+    keep = query.var_names[query.var_names.str.startswith("Gene_")][:10]
+    query = query[:, query.var_names.difference(keep)[::-1]].copy()  # other order, 10 genes fewer
+    with pytest.warns(UserWarning, match="10 of the model's 200 genes are missing"):
+        pred = synthetic_model.predict(query)
+    assert pred.index.equals(query.obs_names)
+    assert (pred.astype(str) == query.obs["phenotype"].astype(str)).mean() >= 0.85
+    assert "_scvi_labels" not in query.obs  # the user's query is not modified
+
+
+def test_query_with_no_shared_genes_fails(synthetic_model):
+    query = kdcpt.datasets.synthetic(n_cells=20, seed=2)
+    query.var_names = [f"X{i}" for i in range(query.n_vars)]
+    with pytest.raises(ValueError, match="None of the model's genes"):
+        synthetic_model.predict(query)
+
+
+def test_query_log_data_for_counts_model_is_refused(synthetic_model):
+    query = kdcpt.datasets.synthetic(n_cells=20, seed=2)
+    query.X = query.X.log1p() if hasattr(query.X, "log1p") else np.log1p(query.X)
+    pred = synthetic_model.predict(query)  # log data into a counts model is allowed (values differ)
+    assert len(pred) == 20
+
+
+def _tiny_train(adata, **model_kwargs):
+    model = kdcpt.KDCPT(adata, n_tokens=64, n_selected=16, d_model=32, n_hidden=64, **model_kwargs)
+    model.train(max_epochs=2, enable_progress_bar=False)
+    return model
+
+
+def test_seed_makes_training_reproducible():
+    probas = []
+    for _ in range(2):
+        scvi.settings.seed = 0
+        adata = kdcpt.datasets.synthetic(n_cells=300, seed=0)
+        kdcpt.KDCPT.setup_anndata(adata, labels_key="phenotype", prior_key="is_tf")
+        probas.append(_tiny_train(adata).predict(soft=True).to_numpy())
+    np.testing.assert_allclose(probas[0], probas[1], atol=1e-6)
+
+
+def test_unlabelled_cells_are_predicted_but_left_out_of_the_loss():
+    adata = kdcpt.datasets.synthetic(n_cells=400, seed=0)
+    labels = adata.obs["phenotype"].astype(object)
+    labels.iloc[:100] = np.nan
+    adata.obs["partial"] = labels
+    kdcpt.KDCPT.setup_anndata(adata, labels_key="partial")
+    assert adata.obs["partial"].isna().sum() == 100  # the user's column is left as it was
+    model = _tiny_train(adata)
+    assert model.classes_ == ["P0", "P1", "P2", "P3"]
+    codes, labelled = model.labels_()
+    assert (~labelled[:100]).all() and labelled[100:].all()
+    pred = model.predict()
+    assert pred.iloc[:100].notna().all()
+
+
+def test_unlabeled_category_is_not_a_phenotype():
+    adata = kdcpt.datasets.synthetic(n_cells=300, seed=0)
+    labels = adata.obs["phenotype"].astype(str).to_numpy()
+    labels[:50] = "Unknown"
+    adata.obs["lab"] = pd.Categorical(labels)
+    kdcpt.KDCPT.setup_anndata(adata, labels_key="lab", unlabeled_category="Unknown")
+    model = kdcpt.KDCPT(adata)
+    assert "Unknown" not in model.classes_ and len(model.classes_) == 4
+
+
+@pytest.mark.parametrize(("use_cell_learner", "use_cffm"), [(False, False), (False, True), (True, False)])
+def test_ablations_train_and_predict(use_cell_learner, use_cffm):
+    adata = kdcpt.datasets.synthetic(n_cells=300, seed=0)
+    kdcpt.KDCPT.setup_anndata(adata, labels_key="phenotype", prior_key="is_tf")
+    model = _tiny_train(adata, use_cell_learner=use_cell_learner, use_cffm=use_cffm)
+    assert (model.module.cffm is None) == (not use_cffm)
+    proba = model.predict(soft=True)
+    np.testing.assert_allclose(proba.sum(1), 1, atol=1e-5)
+
+
+def test_external_embedding_and_balanced_class_weights():
+    adata = kdcpt.datasets.pbmc68k_reduced()
+    kdcpt.KDCPT.setup_anndata(adata, labels_key="bulk_labels", embedding_key="X_pca")
+    model = _tiny_train(adata, class_weights="balanced")
+    w = model.module.class_weights.cpu().numpy()
+    counts = adata.obs["bulk_labels"].value_counts().reindex(model.classes_).to_numpy()
+    assert np.argmax(w) == np.argmin(counts) and np.argmin(w) == np.argmax(counts)
+    query = adata[:20].copy()
+    query.obsm["X_pca"] = query.obsm["X_pca"][:, :10]
+    with pytest.raises(ValueError, match="10 dimensions; the model was trained on 50"):
+        model.predict(query)
+    del query.obsm["X_pca"]
+    with pytest.raises(KeyError, match="X_pca"):
+        model.predict(query)
+
+
+def test_more_than_4096_cells_end_to_end():
+    adata = kdcpt.datasets.synthetic(n_cells=5000, n_genes=120, n_targets=4, seed=0)
+    kdcpt.KDCPT.setup_anndata(adata, labels_key="phenotype", prior_key="is_tf")
+    model = kdcpt.KDCPT(adata, n_tokens=64, n_selected=16, d_model=32, n_hidden=64)
+    model.train(max_epochs=1, batch_size=256, enable_progress_bar=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        model.annotate()
+    assert adata.obs["kdcpt_pred"].notna().all() and len(adata.obs) == 5000

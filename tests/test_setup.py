@@ -1,0 +1,92 @@
+"""setup_anndata: registration, data-type detection and clear errors for bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import sparse
+
+import scanpy_kdcpt as kdcpt
+
+KDCPT = kdcpt.KDCPT
+
+
+@pytest.fixture
+def adata():
+    return kdcpt.datasets.synthetic(n_cells=200, seed=0)
+
+
+def _setup_type(a, **kw):
+    KDCPT.setup_anndata(a, labels_key="phenotype", **kw)
+    return KDCPT._get_most_recent_anndata_manager(a).registry["setup_args"]["data_type"]
+
+
+def test_counts_and_log_data_are_detected(adata):
+    assert _setup_type(adata) == "counts"
+    log = adata.copy()
+    log.X = log.X.log1p()
+    assert _setup_type(log) == "log"
+    assert _setup_type(adata.copy(), data_type="log") == "log"  # overridable
+
+
+def test_missing_labels_key(adata):
+    with pytest.raises(KeyError, match="labels_key 'cell_type' is not a column of adata.obs.*phenotype"):
+        KDCPT.setup_anndata(adata, labels_key="cell_type")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nan_or_inf_values(adata, bad):
+    X = adata.X.toarray()
+    X[3, 4] = bad
+    adata.X = sparse.csr_matrix(X)
+    with pytest.raises(ValueError, match="1 NaN or infinite values"):
+        KDCPT.setup_anndata(adata, labels_key="phenotype")
+
+
+def test_scaled_values_are_refused_with_the_fix():
+    import scanpy as sc
+
+    raw = sc.datasets.pbmc68k_reduced()  # z-scored values in X
+    with pytest.raises(ValueError, match="negative values.*scaled.*counts or log-normalised"):
+        KDCPT.setup_anndata(raw, labels_key="bulk_labels")
+
+
+def test_single_phenotype(adata):
+    adata.obs["one"] = "A"
+    with pytest.raises(ValueError, match="at least two"):
+        KDCPT.setup_anndata(adata, labels_key="one")
+
+
+def test_missing_layer(adata):
+    with pytest.raises(KeyError, match="Layer 'counts' is not in adata.layers"):
+        KDCPT.setup_anndata(adata, labels_key="phenotype", layer="counts")
+
+
+def test_missing_or_bad_embedding(adata):
+    with pytest.raises(KeyError, match="embedding_key 'X_scgpt' is not in adata.obsm"):
+        KDCPT.setup_anndata(adata, labels_key="phenotype", embedding_key="X_scgpt")
+    emb = np.random.default_rng(0).normal(size=(adata.n_obs, 8))
+    emb[0, 0] = np.nan
+    adata.obsm["X_emb"] = emb
+    with pytest.raises(ValueError, match=r"obsm\['X_emb'\] contains NaN"):
+        KDCPT.setup_anndata(adata, labels_key="phenotype", embedding_key="X_emb")
+
+
+def test_embedding_with_wrong_number_of_rows_is_refused(adata):
+    # AnnData itself refuses an .obsm entry whose rows differ from n_obs, with a clear message
+    with pytest.raises(ValueError, match="200"):
+        adata.obsm["X_emb"] = np.zeros((adata.n_obs - 1, 4))
+
+
+def test_prior_checks(adata):
+    with pytest.raises(KeyError, match="prior_key 'tf' is not a column of adata.var.*is_transcription_factor"):
+        KDCPT.setup_anndata(adata, labels_key="phenotype", prior_key="tf")
+    adata.var["bad"] = 2.0
+    with pytest.raises(ValueError, match=r"boolean or numbers in \[0, 1\]"):
+        KDCPT.setup_anndata(adata, labels_key="phenotype", prior_key="bad")
+
+
+def test_prior_reaches_the_module(adata):
+    KDCPT.setup_anndata(adata, labels_key="phenotype", prior_key="is_tf")
+    model = KDCPT(adata)
+    np.testing.assert_array_equal(model.module.prior.numpy().astype(bool), adata.var["is_tf"].to_numpy())
