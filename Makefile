@@ -27,5 +27,15 @@ lint: $(STAMP)
 	$(BIN)/python -m pip install -q ruff
 	$(BIN)/ruff check src tests benchmarks
 
+# documentation: offline, warnings are errors; notebooks are rendered as committed (not executed)
+docs: $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[doc]"
+	$(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html
+	@echo "open docs/_build/html/index.html"
+
+# re-execute the tutorial notebooks in place (epochs: KDCPT_TUTORIAL_EPOCHS)
+tutorials: $(STAMP)
+	cd tutorials && ../$(BIN)/python run_notebooks.py *.ipynb
+
 clean:
-	rm -rf results docs/_build
+	rm -rf results docs/_build docs/generated

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 EXIT_USAGE = 2
+logger = logging.getLogger(__name__)
 
 _DESCRIPTION = """\
 Train KD-CPT on an AnnData file and write everything it finds:
@@ -70,6 +71,53 @@ def _load_input(args):
     return adata, str(path)
 
 
+#: figures of ``kdcpt run``: (file stem, title, ``kdcpt.pl`` function, keyword arguments)
+FIGURES = (
+    ("transition_matrix", "Transition matrix", "transition_matrix", {}),
+    ("transition_graph", "Transition graph", "transition_graph", {}),
+    ("entropy", "Entropy per phenotype", "entropy", {}),
+    ("reliability", "Reliability diagram", "reliability", {}),
+    ("key_genes", "Key genes per phenotype", "key_genes", {}),
+    ("knockout_effects", "Knockout effects", "knockout_effects", {}),
+    ("knockout", "Knockout changes of the transition matrix", "knockout", {}),
+    ("training_history", "Training history", "training_history", {}),
+)
+
+
+def draw_figures(adata, out: Path, *, key_added: str = "kdcpt") -> list[tuple[str, str]]:
+    """Draw every figure the AnnData's keys allow into ``out``; return ``(title, relative path)`` pairs.
+
+    A figure whose keys are absent (e.g. knockout plots with ``--knockout-top 0``) is skipped.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from . import _keys, pl
+
+    uns = adata.uns.get(key_added, {})
+    needs = {"knockout_effects": _keys.UNS_KNOCKOUT_SUMMARY, "knockout": _keys.UNS_KNOCKOUT}
+    out.mkdir(parents=True, exist_ok=True)
+    drawn = []
+    for stem, title, name, kwargs in FIGURES:
+        func = getattr(pl, name, None)
+        if func is None or (name in needs and needs[name] not in uns):
+            continue
+        try:
+            fig = func(adata, key_added=key_added, show=False, return_fig=True, **kwargs)
+        except (KeyError, ValueError) as err:  # a figure the data cannot support is left out
+            logger.warning("figure %s skipped: %s", stem, err)
+            plt.close("all")
+            continue
+        fig = fig if hasattr(fig, "savefig") else fig.figure
+        path = out / f"{stem}.png"
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+        plt.close(fig)
+        drawn.append((title, f"{out.name}/{path.name}"))
+    return drawn
+
+
 def run(args) -> int:
     import scvi
 
@@ -81,11 +129,16 @@ def run(args) -> int:
     adata, source = _load_input(args)
     if args.labels not in adata.obs:
         raise _UsageError(f"--labels {args.labels!r} is not an obs column; columns: {list(adata.obs.columns)}")
+    if args.knockout_top < 0:
+        raise _UsageError("--knockout-top must be 0 or more")
+    if args.epochs is not None and args.epochs < 1:
+        raise _UsageError("--epochs must be 1 or more")
     prior_key = args.prior
     if args.species is not None:
         prior_key = "kdcpt_prior_tf"
         adata.var[prior_key] = datasets.is_transcription_factor(adata.var_names, species=args.species)
     scvi.settings.seed = args.seed
+    scvi.settings.progress_bar_style = "tqdm"
     t0 = time.time()
     try:
         KDCPT.setup_anndata(
@@ -94,14 +147,38 @@ def run(args) -> int:
     except (KeyError, ValueError) as err:
         raise _UsageError(str(err).strip("'\"")) from err
     model = KDCPT(adata)
+    _say(args, f"training on {adata.n_obs} cells x {adata.n_vars} genes ({source})")
     model.train(max_epochs=args.epochs, enable_progress_bar=not args.quiet)
+    _say(args, "annotating")
     model.annotate()
+    if args.knockout_top > 0:
+        _say(args, f"knocking out the {args.knockout_top} top key genes")
+        _knockout(model, args.knockout_top, progress=not args.quiet)
     out.mkdir(parents=True, exist_ok=True)
     model.save(str(out / "model"), overwrite=True)
     adata.write_h5ad(out / "annotated.h5ad")
-    report = write_report(adata, out, source=source, seconds=time.time() - t0)
-    print(f"wrote {out / 'annotated.h5ad'}, {out / 'model'}, {report}")
+    _say(args, "drawing figures")
+    figures = draw_figures(adata, out / "figures")
+    report = write_report(adata, out, source=source, seconds=time.time() - t0, figures=figures)
+    print(f"wrote {out / 'annotated.h5ad'}, {out / 'model'}, {out / 'figures'}, {report}")
     return 0
+
+
+def _knockout(model, n_top: int, *, progress: bool) -> None:
+    import inspect
+
+    if not hasattr(model, "knockout"):
+        logger.warning("this version of scanpy-kdcpt has no knockouts: --knockout-top ignored")
+        return
+    kwargs = {"n_top": n_top}
+    if "progress" in inspect.signature(model.knockout).parameters:
+        kwargs["progress"] = progress
+    model.knockout("key", **kwargs)
+
+
+def _say(args, message: str) -> None:
+    if not args.quiet:
+        print(f"kdcpt: {message}", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 
 from . import _keys
@@ -13,27 +15,138 @@ if TYPE_CHECKING:
     from anndata import AnnData
 
 
-def _table(df: pd.DataFrame, floatfmt: str = "{:.3f}") -> str:
-    df = df.copy()
-    for c in df.columns:
-        if pd.api.types.is_float_dtype(df[c]):
-            df[c] = df[c].map(floatfmt.format)
-    header = "| " + " | ".join([str(df.index.name or "")] + list(map(str, df.columns))) + " |"
-    sep = "|" + "---|" * (len(df.columns) + 1)
-    rows = ["| " + " | ".join([str(i)] + [str(v) for v in r]) + " |" for i, r in zip(df.index, df.to_numpy(), strict=True)]
-    return "\n".join([header, sep, *rows])
+def _fmt(v, floatfmt: str) -> str:
+    if isinstance(v, (float, np.floating)):
+        return "" if np.isnan(v) else floatfmt.format(v)
+    if isinstance(v, (bool, np.bool_)):
+        return "yes" if v else ""
+    return str(v).replace("|", "\\|")
+
+
+def _table(df: pd.DataFrame, floatfmt: str = "{:.3f}", index: bool = True) -> str:
+    """A DataFrame as a Markdown table."""
+    cols = list(map(str, df.columns))
+    head = ([str(df.index.name or "")] if index else []) + cols
+    lines = ["| " + " | ".join(h.replace("|", "\\|") for h in head) + " |", "|" + "---|" * len(head)]
+    for i, row in zip(df.index, df.itertuples(index=False), strict=True):
+        cells = ([_fmt(i, floatfmt)] if index else []) + [_fmt(v, floatfmt) for v in row]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _as_series(x, index: Sequence[str] | None, name: str) -> pd.Series:
+    if isinstance(x, pd.Series):
+        return x.rename(name)
+    if isinstance(x, pd.DataFrame):
+        return x.iloc[:, 0].rename(name)
+    if isinstance(x, dict):
+        return pd.Series(x, name=name)
+    arr = np.asarray(x, dtype=float).ravel()
+    return pd.Series(arr, index=list(index)[: len(arr)] if index is not None else None, name=name)
+
+
+def _transitions_section(uns: dict, classes: list[str]) -> list[str]:
+    if _keys.UNS_TRANSITION not in uns:
+        return []
+    P = uns[_keys.UNS_TRANSITION]
+    P = P if isinstance(P, pd.DataFrame) else pd.DataFrame(np.asarray(P), index=classes, columns=classes)
+    P = P.copy()
+    P.index.name = "from \\ to"
+    lines = ["## Transition matrix", "", "Row *i*, column *j*: probability that phenotype *i* shades into *j*.", ""]
+    lines += [_table(P, "{:.2f}"), ""]
+    table = pd.DataFrame(index=pd.Index(P.index, name="phenotype"))
+    if _keys.UNS_ENTROPY in uns:
+        table["entropy"] = _as_series(uns[_keys.UNS_ENTROPY], P.index, "entropy").reindex(table.index)
+    if _keys.UNS_STATIONARY in uns:
+        table["stationary"] = _as_series(uns[_keys.UNS_STATIONARY], P.index, "stationary").reindex(table.index)
+    if len(table.columns):
+        total = uns.get(_keys.UNS_ENTROPY_TOTAL)
+        lines += ["## Entropy", ""]
+        if total is not None:
+            lines += [f"Overall entropy (prior-weighted average of the rows): **{float(total):.3f}** nats.", ""]
+        lines += [_table(table), ""]
+    return lines
+
+
+def _key_genes_section(adata: AnnData, keys: _keys.Keys, uns: dict, n_top: int) -> list[str]:
+    kg = uns.get(_keys.UNS_KEY_GENES)
+    lines = []
+    if isinstance(kg, pd.DataFrame) and len(kg):
+        lines += ["## Top key genes per phenotype", ""]
+        if {"phenotype", "gene"} <= set(kg.columns):  # tidy ranking
+            sort = [c for c in ("rank",) if c in kg.columns]
+            kg = kg.sort_values(["phenotype", *sort]) if sort else kg
+            grouped = kg.groupby("phenotype", observed=True, sort=False)["gene"]
+            top = grouped.apply(lambda g: ", ".join(map(str, g[:n_top])))
+        else:  # one column per phenotype, ranked rows
+            top = pd.Series({c: ", ".join(map(str, kg[c].iloc[:n_top])) for c in kg.columns})
+        lines += [_table(top.rename("key genes").to_frame().rename_axis("phenotype")), ""]
+    elif keys.score in adata.var:
+        top = adata.var[keys.score].sort_values(ascending=False).head(n_top * 2)
+        lines += ["## Top key genes", "", _table(top.to_frame().rename_axis("gene")), ""]
+    return lines
+
+
+def _knockout_section(uns: dict, n_top: int) -> list[str]:
+    summary = uns.get(_keys.UNS_KNOCKOUT_SUMMARY)
+    if not isinstance(summary, pd.DataFrame) or not len(summary):
+        return []
+    summary = summary.copy()
+    if "gene" in summary.columns:
+        summary = summary.set_index("gene")
+    if "effect" in summary.columns:
+        summary = summary.sort_values("effect", ascending=False)
+    summary.index.name = "gene"
+    lines = ["## Strongest knockouts", "", _table(summary.head(n_top)), ""]
+    ko = uns.get(_keys.UNS_KNOCKOUT)
+    if isinstance(ko, pd.DataFrame) and "terminated" in ko.columns:
+        term = ko[ko["terminated"].astype(bool)]
+        lines += ["### Terminated transitions", ""]
+        if len(term):
+            cols = [c for c in ("gene", "source", "target", "p_base", "p_ko", "delta") if c in term.columns]
+            lines += [_table(term[cols].reset_index(drop=True), index=False), ""]
+        else:
+            lines += ["No knockout terminated a transition.", ""]
+    return lines
 
 
 def write_report(
-    adata: AnnData, out: Path, *, source: str, seconds: float, key_added: str = _keys.DEFAULT_KEY, figures=()
+    adata: AnnData,
+    out: Path,
+    *,
+    source: str,
+    seconds: float,
+    key_added: str = _keys.DEFAULT_KEY,
+    figures: Sequence[tuple[str, str]] = (),
+    n_top: int = 10,
 ) -> Path:
-    """Write ``out/report.md`` from the keys ``annotate`` / ``knockout`` wrote; return its path."""
+    """Write ``out/report.md`` from the keys ``annotate`` / ``knockout`` wrote; return its path.
+
+    Parameters
+    ----------
+    adata
+        AnnData annotated by :meth:`~scanpy_kdcpt.KDCPT.annotate` (and possibly ``knockout``).
+    out
+        Output folder.
+    source
+        Where the data came from (printed in the header).
+    seconds
+        Run time to report.
+    key_added
+        Prefix of the keys to read.
+    figures
+        ``(title, path relative to out)`` pairs, shown inline.
+    n_top
+        Key genes per phenotype and knockouts listed.
+
+    """
     keys = _keys.Keys(key_added)
     uns = adata.uns[keys.uns]
+    classes = [str(c) for c in uns[_keys.UNS_CLASSES]]
     lines = [
         "# KD-CPT report",
         "",
-        f"Data: {source} — {adata.n_obs} cells × {adata.n_vars} genes, {len(uns[_keys.UNS_CLASSES])} phenotypes. "
+        f"Data: {source} — {adata.n_obs} cells × {adata.n_vars} genes, {len(classes)} phenotypes. "
         f"Run time {seconds:.0f} s. scanpy-kdcpt {uns.get(_keys.UNS_VERSION, '?')}.",
         "",
         "## Metrics",
@@ -47,8 +160,13 @@ def write_report(
     counts["mean uncertainty"] = adata.obs.groupby(keys.pred, observed=True)[keys.uncertainty].mean()
     counts.index.name = "predicted phenotype"
     lines += ["## Predicted phenotypes", "", _table(counts), ""]
-    for title, fig in figures:
-        lines += [f"## {title}", "", f"![{title}]({fig})", ""]
+    lines += _transitions_section(uns, classes)
+    lines += _key_genes_section(adata, keys, uns, n_top)
+    lines += _knockout_section(uns, n_top)
+    if figures:
+        lines += ["## Figures", ""]
+        for title, fig in figures:
+            lines += [f"### {title}", "", f"![{title}]({fig})", ""]
     path = Path(out) / "report.md"
     path.write_text("\n".join(lines))
     return path

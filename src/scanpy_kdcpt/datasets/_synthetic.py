@@ -18,7 +18,7 @@ def synthetic(
     regulator_mean: float = 12.0,
     seed: int = 0,
 ) -> ad.AnnData:
-    """Counts of a linear lineage ``P0 → P1 → ... → P{n-1}`` with one planted regulator each.
+    """Counts of a linear lineage ``P0 → P1 → … → P{n-1}`` with one planted regulator each.
 
     Each phenotype ``Pi`` has a regulator gene ``Reg_Pi`` (a transcription factor, highly
     expressed in its phenotype) and ``n_targets`` weakly induced target genes ``Tgt_Pi_j``.

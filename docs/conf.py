@@ -1,0 +1,119 @@
+"""Sphinx configuration of scanpy-kdcpt: builds offline, warnings are errors (``make docs``)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import date
+from pathlib import Path
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE.parent / "src"))
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import scanpy_kdcpt  # noqa: E402
+
+project = "scanpy-kdcpt"
+author = "scanpy-kdcpt developers"
+copyright = f"{date.today().year}, {author}"
+release = version = scanpy_kdcpt.__version__
+
+extensions = [
+    "myst_nb",
+    "sphinx.ext.autodoc",
+    "sphinx.ext.autosummary",
+    "sphinx.ext.napoleon",
+    "sphinx.ext.mathjax",
+    "sphinx.ext.viewcode",
+    "sphinx_autodoc_typehints",
+]
+
+# offline: no intersphinx (it would fetch inventories over the network)
+templates_path = ["_templates"]
+exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "**.ipynb_checkpoints", "tutorials/run_notebooks.py"]
+source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
+master_doc = "index"
+
+# notebooks are committed executed (``make tutorials`` re-runs them): never execute here
+nb_execution_mode = "off"
+nb_merge_streams = True
+myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
+myst_heading_anchors = 3
+
+autosummary_generate = True
+autodoc_member_order = "groupwise"
+autodoc_typehints = "description"
+autodoc_default_options = {"members": True, "show-inheritance": False}
+napoleon_google_docstring = False
+napoleon_numpy_docstring = True
+napoleon_use_rtype = True
+napoleon_use_param = True
+typehints_defaults = "braces"
+always_document_param_types = False
+# scvi-tools and lightning are heavy and their docstrings are not ours: keep them importable but
+# do not let their formatting warnings fail our build
+suppress_warnings = ["myst.header", "autosummary.import_cycle"]
+
+html_theme = "sphinx_book_theme"
+html_title = "scanpy-kdcpt"
+html_static_path = ["_static"]
+html_theme_options = {"navigation_with_keys": False, "show_toc_level": 2}
+# MathJax is loaded by the browser (from its CDN) when a page is opened; the build itself is offline.
+# For reading the docs without a network, point KDCPT_DOCS_MATHJAX at a local MathJax (e.g. Debian's
+# libjs-mathjax: /usr/share/javascript/mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML).
+if os.environ.get("KDCPT_DOCS_MATHJAX"):
+    mathjax_path = os.environ["KDCPT_DOCS_MATHJAX"]
+
+
+# --- generated parts of pages ------------------------------------------------------------
+def _public_functions(module) -> list[str]:
+    import inspect
+
+    names = getattr(module, "__all__", None)
+    if names is None:
+        names = [
+            n for n, obj in vars(module).items()
+            if not n.startswith("_") and inspect.isfunction(obj) and obj.__module__ == module.__name__
+        ]
+    return sorted(names)
+
+
+def _write_api_page() -> None:
+    """``api.md`` from ``_api.md.in``: every public plot and metric is listed without editing a page.
+
+    Written before Sphinx reads the sources, so that autosummary generates a page for each.
+    """
+    from scanpy_kdcpt import metrics, pl
+
+    def block(prefix, names):
+        return "\n".join(f"   {prefix}.{n}" for n in names)
+
+    text = (HERE / "_api.md.in").read_text()
+    text = text.replace("%PL%", block("pl", _public_functions(pl)))
+    text = text.replace("%METRICS%", block("metrics", _public_functions(metrics)))
+    target = HERE / "api.md"
+    if not target.exists() or target.read_text() != text:
+        target.write_text(text)
+
+
+_write_api_page()
+
+
+from docutils import nodes  # noqa: E402
+from sphinx.util.docutils import SphinxDirective  # noqa: E402
+
+
+class KdcptHelp(SphinxDirective):
+    """``.. kdcpt-help::`` — the ``kdcpt run --help`` text, straight from the argument parser."""
+
+    def run(self):
+        from scanpy_kdcpt.cli import build_parser
+
+        parser = build_parser()
+        sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+        text = sub.choices["run"].format_help()
+        return [nodes.literal_block(text, text, language="text")]
+
+
+def setup(app):
+    app.add_directive("kdcpt-help", KdcptHelp)
