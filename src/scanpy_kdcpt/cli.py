@@ -149,6 +149,9 @@ def run(args) -> int:
     model = KDCPT(adata)
     _say(args, f"training on {adata.n_obs} cells x {adata.n_vars} genes ({source})")
     model.train(max_epochs=args.epochs, enable_progress_bar=not args.quiet)
+    if hasattr(model, "calibrate") and model.validation_indices is not None and len(model.validation_indices):
+        _say(args, "calibrating on the held-out cells")
+        model.calibrate()
     _say(args, "annotating")
     model.annotate()
     if args.knockout_top > 0:
