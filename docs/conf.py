@@ -30,7 +30,7 @@ extensions = [
 
 # offline: no intersphinx (it would fetch inventories over the network)
 templates_path = ["_templates"]
-exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "**.ipynb_checkpoints", "tutorials/run_notebooks.py"]
+exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "**.ipynb_checkpoints", "tutorials/run_notebooks.py", "tutorials/README.md", "tutorials/.test_*"]
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
 master_doc = "index"
 
@@ -41,6 +41,31 @@ myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
 myst_heading_anchors = 3
 
 autosummary_generate = True
+
+
+def _own_members(cls) -> list[str]:
+    """Public methods of ``cls`` defined in this package (its mixins included, scvi-tools' not)."""
+    import inspect
+
+    names = set()
+    for klass in cls.__mro__:
+        if not klass.__module__.startswith("scanpy_kdcpt"):
+            continue
+        for name, obj in vars(klass).items():
+            if name.startswith("_"):
+                continue
+            func = obj.__func__ if isinstance(obj, (classmethod, staticmethod)) else obj
+            if inspect.isfunction(func) or isinstance(obj, property):
+                names.add(name)
+    return sorted(names)
+
+
+autosummary_context = {
+    "kdcpt_members": {
+        f"scanpy_kdcpt.{c.__name__}": _own_members(c)
+        for c in (scanpy_kdcpt.KDCPT, scanpy_kdcpt.KDCPTModule, scanpy_kdcpt.KDCPTTrainingPlan)
+    }
+}
 autodoc_member_order = "groupwise"
 autodoc_typehints = "description"
 autodoc_default_options = {"members": True, "show-inheritance": False}
@@ -63,6 +88,9 @@ html_theme_options = {"navigation_with_keys": False, "show_toc_level": 2}
 # libjs-mathjax: /usr/share/javascript/mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML).
 if os.environ.get("KDCPT_DOCS_MATHJAX"):
     mathjax_path = os.environ["KDCPT_DOCS_MATHJAX"]
+    if "MathJax.js" in mathjax_path:  # MathJax 2 reads its configuration differently
+        myst_update_mathjax = False
+        mathjax2_config = {"tex2jax": {"inlineMath": [["\\(", "\\)"]], "displayMath": [["\\[", "\\]"]]}}
 
 
 # --- generated parts of pages ------------------------------------------------------------
