@@ -45,3 +45,70 @@ def classification_report(y_true: Sequence, y_pred: Sequence) -> dict[str, float
         "kappa": kappa(t, p),
         "n_cells": int(keep.sum()),
     }
+
+
+def _proba_and_codes(y_true: Sequence, proba, classes: Sequence | None) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities and integer codes of the known phenotypes (cells without a label dropped)."""
+    if isinstance(proba, pd.DataFrame):
+        if classes is None:
+            classes = list(proba.columns)
+        proba = proba.to_numpy()
+    p = np.asarray(proba, dtype=float)
+    if p.ndim != 2:
+        raise ValueError(f"proba must be a cells × phenotypes matrix, got shape {p.shape}.")
+    if classes is None:
+        raise ValueError("Pass classes=[...] (the phenotype of each column) or proba as a DataFrame with them as columns.")
+    classes = [str(c) for c in classes]
+    if len(classes) != p.shape[1]:
+        raise ValueError(f"{len(classes)} classes for {p.shape[1]} probability columns.")
+    y = pd.Series(np.asarray(y_true, dtype=object))
+    if len(y) != len(p):
+        raise ValueError(f"{len(y)} labels for {len(p)} rows of probabilities.")
+    keep = y.notna().to_numpy()
+    y = y[keep].astype(str)
+    unknown = sorted(set(y) - set(classes))
+    if unknown:
+        raise ValueError(
+            f"Labels {unknown[:5]} are not among the probability columns {classes[:10]}; "
+            "score only cells of phenotypes the model predicts."
+        )
+    if not keep.any():
+        raise ValueError("No cell has a known phenotype: nothing to score.")
+    lookup = {c: i for i, c in enumerate(classes)}
+    return p[keep], y.map(lookup).to_numpy(int)
+
+
+def ece(y_true: Sequence, proba, *, classes: Sequence | None = None, n_bins: int = 15) -> float:
+    """Expected calibration error of the top-label confidence (``n_bins`` equal-width bins).
+
+    Parameters
+    ----------
+    y_true
+        Known phenotype per cell (missing values are left out).
+    proba
+        Cells × phenotypes probabilities: a DataFrame with phenotypes as columns, or an array
+        with ``classes``.
+    classes
+        Phenotype of each column of an array ``proba``.
+    n_bins
+        Confidence bins.
+
+    Returns
+    -------
+    ``Σ_b (n_b / n) |accuracy_b - confidence_b|``: 0 for a calibrated model.
+    """
+    from .model._uncertainty import expected_calibration_error
+
+    p, y = _proba_and_codes(y_true, proba, classes)
+    return expected_calibration_error(p, y, n_bins)
+
+
+def brier(y_true: Sequence, proba, *, classes: Sequence | None = None) -> float:
+    """Multi-class Brier score: mean over cells of ``Σ_j (p_j - 1[j = y])²`` (0 best, 2 worst).
+
+    Parameters are those of :func:`ece`.
+    """
+    from .model._uncertainty import brier_score
+
+    p, y = _proba_and_codes(y_true, proba, classes)
+    return brier_score(p, y)

@@ -475,6 +475,7 @@ class KDCPT(TransitionMixin, KnockoutMixin, UnsupervisedTrainingMixin, BaseModel
         indices: Sequence[int] | None = None,
         soft: bool = False,
         batch_size: int | None = None,
+        conformal_alpha: float | None = None,
     ) -> pd.Series | pd.DataFrame:
         """Predict phenotypes.
 
@@ -489,16 +490,24 @@ class KDCPT(TransitionMixin, KnockoutMixin, UnsupervisedTrainingMixin, BaseModel
             Return probabilities (cells × phenotypes) instead of labels.
         batch_size
             Cells per forward pass.
+        conformal_alpha
+            Return split-conformal prediction sets at this level instead (e.g. ``0.1``: each
+            set holds the true phenotype of ≥ 90 % of exchangeable cells). Needs
+            :meth:`calibrate` first.
 
         Returns
         -------
         A categorical :class:`~pandas.Series` of phenotypes, or a DataFrame of probabilities
-        (softmax of the logits divided by ``temperature_``), indexed by ``obs_names``.
+        (softmax of the logits divided by ``temperature_``), indexed by ``obs_names``. With
+        ``conformal_alpha``: a boolean DataFrame cells × phenotypes, True for the phenotypes
+        in each cell's prediction set (``.sum(axis=1)`` is the set size).
         """
         obs_names = (adata if adata is not None else self.adata).obs_names
         if indices is not None:
             obs_names = obs_names[np.asarray(indices)]
         proba = self._softmax(self.get_logits(adata, indices=indices, batch_size=batch_size))
+        if conformal_alpha is not None:
+            return self._prediction_sets(pd.DataFrame(proba, index=obs_names, columns=self.classes_), conformal_alpha)
         if soft:
             return pd.DataFrame(proba, index=obs_names, columns=self.classes_)
         return pd.Series(
@@ -533,6 +542,7 @@ class KDCPT(TransitionMixin, KnockoutMixin, UnsupervisedTrainingMixin, BaseModel
         *,
         key_added: str = _keys.DEFAULT_KEY,
         batch_size: int | None = None,
+        conformal_alpha: float | None = None,
         copy: bool = False,
     ) -> AnnData | None:
         """Predict every cell and write the results into ``adata``.
@@ -545,6 +555,8 @@ class KDCPT(TransitionMixin, KnockoutMixin, UnsupervisedTrainingMixin, BaseModel
             Prefix of every key written.
         batch_size
             Cells per forward pass.
+        conformal_alpha
+            Also write split-conformal prediction sets at this level (needs :meth:`calibrate`).
         copy
             Write into a copy and return it instead of modifying ``adata``.
 
@@ -554,15 +566,20 @@ class KDCPT(TransitionMixin, KnockoutMixin, UnsupervisedTrainingMixin, BaseModel
 
         - ``.obs``: ``{key}_pred`` (categorical), ``{key}_proba_<phenotype>``,
           ``{key}_confidence``, ``{key}_uncertainty`` (cosine index, 0 = certain, 1 = uniform);
+          with ``conformal_alpha``: ``{key}_prediction_set`` (e.g. ``"B|T"``), ``{key}_set_size``;
         - ``.uns["{key}_pred_colors"]``;
         - ``.uns[key]``: ``params``, ``classes``, ``metrics`` (on labelled cells, and on the
           validation cells when ``adata`` is the training data), ``history``, ``version``,
-          plus what the transition and key-gene writers add.
+          ``calibration`` (temperature, ECE / Brier before and after :meth:`calibrate`,
+          reliability tables), ``transition_matrix``, ``stationary``, ``entropy``,
+          ``entropy_total``, ``entropy_total_normalized``, plus what the key-gene writer adds.
         """
         target = self.adata if adata is None else adata
         if copy:
             target = target.copy()
         keys = _keys.Keys(key_added)
+        if conformal_alpha is not None:
+            self._conformal_threshold(conformal_alpha)  # fails early, before anything is written
         proba = self.predict(None if target is self.adata else target, soft=True, batch_size=batch_size)
         pred = pd.Categorical.from_codes(proba.to_numpy().argmax(1), categories=self.classes_)
         obs = {keys.pred: pred}
@@ -573,6 +590,8 @@ class KDCPT(TransitionMixin, KnockoutMixin, UnsupervisedTrainingMixin, BaseModel
         for k, v in obs.items():
             target.obs[k] = v
         logger.info("added .obs: %s", ", ".join(obs))
+        if conformal_alpha is not None:
+            self._write_prediction_sets(target, keys, proba, conformal_alpha)
         target.uns[keys.colors] = self._colors(target)
 
         codes, labelled = self.labels_(None if target is self.adata else target)
@@ -590,6 +609,7 @@ class KDCPT(TransitionMixin, KnockoutMixin, UnsupervisedTrainingMixin, BaseModel
         if self.history_:
             uns[_keys.UNS_HISTORY] = pd.concat(list(self.history_.values()), axis=1).astype(float).reset_index()
         uns[_keys.UNS_VERSION] = _version()
+        self._write_calibration(target, keys, proba, labels, conformal_alpha)
         self._write_transitions(target, keys, proba, labels)
         self._write_key_genes(target, keys)
         logger.info("added .uns[%r]: %s", keys.uns, ", ".join(uns))

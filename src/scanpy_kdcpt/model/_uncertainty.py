@@ -1,8 +1,9 @@
-"""Confidence and uncertainty of phenotype probabilities. numpy only."""
+"""Confidence, uncertainty, calibration (temperature scaling, ECE, Brier) and conformal sets."""
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 
 def confidence(proba: np.ndarray) -> np.ndarray:
@@ -20,3 +21,132 @@ def cosine_uncertainty(proba: np.ndarray) -> np.ndarray:
     n_classes = p.shape[1]
     cos = p.max(axis=1) / np.maximum(np.linalg.norm(p, axis=1), 1e-12)
     return np.clip((1.0 - cos) / (1.0 - 1.0 / np.sqrt(n_classes)), 0.0, 1.0)
+
+
+# -------------------------------------------------------------------------------------------
+# temperature scaling, calibration metrics, split-conformal prediction sets
+# -------------------------------------------------------------------------------------------
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Row-wise softmax of ``logits / temperature``."""
+    z = np.asarray(logits, dtype=float) / float(temperature)
+    z = z - z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def _check_codes(proba: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    p = np.asarray(proba, dtype=float)
+    y = np.asarray(codes).ravel()
+    if p.ndim != 2:
+        raise ValueError(f"Probabilities must be a cells × phenotypes matrix, got shape {p.shape}.")
+    if y.shape[0] != p.shape[0]:
+        raise ValueError(f"{y.shape[0]} labels for {p.shape[0]} cells: pass one known phenotype per cell.")
+    if y.size and (y.min() < 0 or y.max() >= p.shape[1]):
+        raise ValueError("Label codes must lie in [0, n_phenotypes); drop unlabelled cells first.")
+    return p, y.astype(int)
+
+
+def nll(logits: np.ndarray, codes: np.ndarray, temperature: float = 1.0) -> float:
+    """Mean negative log-likelihood of the known phenotypes under ``softmax(logits / T)``."""
+    z = np.asarray(logits, dtype=float) / float(temperature)
+    z = z - z.max(axis=1, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    y = np.asarray(codes, dtype=int).ravel()
+    return float(-log_p[np.arange(len(y)), y].mean())
+
+
+def fit_temperature(logits: np.ndarray, codes: np.ndarray, bounds: tuple[float, float] = (0.05, 20.0)) -> float:
+    """Temperature ``T`` minimising the negative log-likelihood of held-out cells.
+
+    A one-dimensional bounded search over ``log T`` (scipy's ``minimize_scalar``); ``T > 1``
+    softens an over-confident model, ``T < 1`` sharpens an under-confident one. The predicted
+    phenotype (argmax) does not change.
+    """
+    from scipy.optimize import minimize_scalar
+
+    logits = np.asarray(logits, dtype=float)
+    _check_codes(logits, codes)
+    if len(logits) == 0:
+        raise ValueError("No labelled held-out cells to fit a temperature on.")
+    res = minimize_scalar(
+        lambda log_t: nll(logits, codes, np.exp(log_t)),
+        bounds=(np.log(bounds[0]), np.log(bounds[1])),
+        method="bounded",
+        options={"xatol": 1e-4},
+    )
+    return float(np.exp(res.x))
+
+
+def reliability_table(proba: np.ndarray, codes: np.ndarray, n_bins: int = 15) -> pd.DataFrame:
+    """Confidence (max probability) in ``n_bins`` equal-width bins against accuracy.
+
+    Returns
+    -------
+    DataFrame with one row per bin: ``lower``, ``upper``, ``confidence`` (mean in the bin),
+    ``accuracy`` (fraction correct), ``count`` (cells); empty bins have NaN means and count 0.
+    """
+    p, y = _check_codes(proba, codes)
+    conf = p.max(axis=1)
+    correct = (p.argmax(axis=1) == y).astype(float)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    # bins (lower, upper]; a confidence of exactly 0 falls in the first bin
+    idx = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, n_bins - 1)
+    count = np.bincount(idx, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_conf = np.bincount(idx, weights=conf, minlength=n_bins) / count
+        acc = np.bincount(idx, weights=correct, minlength=n_bins) / count
+    return pd.DataFrame(
+        {"lower": edges[:-1], "upper": edges[1:], "confidence": mean_conf, "accuracy": acc, "count": count}
+    )
+
+
+def expected_calibration_error(proba: np.ndarray, codes: np.ndarray, n_bins: int = 15) -> float:
+    """Top-label ECE: ``Σ_b (n_b / n) |accuracy_b - confidence_b|`` over ``n_bins`` equal bins."""
+    table = reliability_table(proba, codes, n_bins)
+    n = table["count"].sum()
+    if n == 0:
+        raise ValueError("No cells to compute the ECE on.")
+    filled = table["count"] > 0
+    gap = (table["accuracy"] - table["confidence"]).abs()[filled]
+    return float((table["count"][filled] / n * gap).sum())
+
+
+def brier_score(proba: np.ndarray, codes: np.ndarray) -> float:
+    """Multi-class Brier score: mean over cells of ``Σ_j (p_j - 1[j = y])²`` (0 best, 2 worst)."""
+    p, y = _check_codes(proba, codes)
+    onehot = np.zeros_like(p)
+    onehot[np.arange(len(y)), y] = 1.0
+    return float(((p - onehot) ** 2).sum(axis=1).mean())
+
+
+def conformal_scores(proba: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Split-conformal non-conformity scores ``1 - p(true phenotype)`` of calibration cells."""
+    p, y = _check_codes(proba, codes)
+    return 1.0 - p[np.arange(len(y)), y]
+
+
+def conformal_threshold(scores: np.ndarray, alpha: float) -> float:
+    """The ``⌈(n + 1)(1 - α)⌉ / n`` empirical quantile of calibration scores.
+
+    Sets ``{j : 1 - p_j ≤ q}`` then cover the true phenotype of an exchangeable cell with
+    probability at least ``1 - α``.
+    """
+    if not 0 < alpha < 1:
+        raise ValueError(f"conformal_alpha must be in (0, 1), e.g. 0.1 for 90 % coverage; got {alpha}.")
+    scores = np.sort(np.asarray(scores, dtype=float))
+    n = len(scores)
+    if n == 0:
+        raise ValueError("No calibration scores: call model.calibrate() on labelled held-out cells first.")
+    rank = int(np.ceil((n + 1) * (1 - alpha)))
+    if rank > n:
+        # too few calibration cells for this alpha: the only valid set is every phenotype
+        return float("inf")
+    return float(scores[rank - 1])
+
+
+def prediction_sets(proba: np.ndarray, threshold: float) -> np.ndarray:
+    """Boolean cells × phenotypes membership: ``1 - p_j ≤ threshold``, the argmax always in."""
+    p = np.asarray(proba, dtype=float)
+    sets = (1.0 - p) <= threshold + 1e-12
+    sets[np.arange(len(p)), p.argmax(axis=1)] = True
+    return sets

@@ -1,0 +1,102 @@
+"""Training curves (loss, accuracy, macro-F1 per epoch)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from .. import _keys
+from . import _read
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+_LABELS = {"loss": "loss", "classification_loss": "classification loss", "accuracy": "accuracy", "f1": "macro-F1"}
+
+
+def _history(model_or_adata, key: str) -> pd.DataFrame:
+    from anndata import AnnData
+
+    if isinstance(model_or_adata, AnnData):
+        hist = pd.DataFrame(_read.uns_entry(model_or_adata, key, _keys.UNS_HISTORY, "model.annotate() after training"))
+    else:
+        history = getattr(model_or_adata, "history", None)
+        if not history:
+            raise ValueError("The model has no training history: train it first (model.train()).")
+        hist = pd.concat(list(history.values()), axis=1).reset_index()
+    if "epoch" not in hist.columns:
+        hist = hist.reset_index().rename(columns={"index": "epoch"})
+    return hist
+
+
+def training_history(
+    model_or_adata,
+    *,
+    key: str = _keys.DEFAULT_KEY,
+    metrics: Sequence[str] = ("loss", "accuracy", "f1"),
+    ax: Axes | Sequence[Axes] | None = None,
+    show: bool | None = None,
+    return_fig: bool = False,
+    save: str | None = None,
+) -> list[Axes] | Figure | None:
+    """Training and validation curves per epoch, one panel per metric.
+
+    Parameters
+    ----------
+    model_or_adata
+        A trained :class:`~scanpy_kdcpt.KDCPT` (its ``history``) or an AnnData annotated by
+        ``model.annotate()`` (``.uns[key]["history"]``).
+    key
+        The ``key_added`` of ``annotate`` (AnnData only).
+    metrics
+        Among ``"loss"``, ``"classification_loss"``, ``"accuracy"``, ``"f1"``.
+    ax
+        One Axes per metric.
+    show, return_fig, save
+        As in :func:`~scanpy_kdcpt.pl.transition_matrix`.
+
+    Returns
+    -------
+    The list of Axes (``None`` when shown; the Figure with ``return_fig=True``).
+    """
+    import matplotlib.pyplot as plt
+
+    hist = _history(model_or_adata, key)
+    metrics = [metrics] if isinstance(metrics, str) else list(metrics)
+    unknown = [m for m in metrics if m not in _LABELS]
+    if unknown:
+        raise ValueError(f"Unknown metrics {unknown}; choose among {list(_LABELS)}.")
+    if ax is None:
+        fig, axes = plt.subplots(1, len(metrics), figsize=(3.4 * len(metrics), 3.0), layout="constrained", squeeze=False)
+        axes = list(axes.ravel())
+    else:
+        axes = [ax] if not isinstance(ax, Sequence | np.ndarray) else list(np.ravel(ax))
+        if len(axes) != len(metrics):
+            raise ValueError(f"Pass one Axes per metric: {len(metrics)} metrics, {len(axes)} Axes.")
+        fig = axes[0].figure
+    epoch = pd.to_numeric(hist["epoch"], errors="coerce").to_numpy(float)
+    for a, m in zip(axes, metrics, strict=True):
+        drawn = False
+        for mode, colour in (("train", "#1f77b4"), ("validation", "#ff7f0e")):
+            col = f"{mode}_{m}"
+            if col in hist.columns:
+                y = pd.to_numeric(hist[col], errors="coerce").to_numpy(float)
+                ok = np.isfinite(y)
+                if ok.any():
+                    a.plot(epoch[ok], y[ok], marker="o", markersize=2.5, linewidth=1.3, color=colour, label=mode)
+                    drawn = True
+        if not drawn:
+            a.text(0.5, 0.5, f"no {m} logged", transform=a.transAxes, ha="center", va="center", color="0.4")
+        a.set_xlabel("epoch")
+        a.set_title(_LABELS[m], fontsize=10)
+        if m in ("accuracy", "f1"):
+            a.set_ylim(max(0.0, a.get_ylim()[0]), 1.01)
+        a.spines[["top", "right"]].set_visible(False)
+        if drawn:
+            a.legend(fontsize=7, frameon=False)
+    return _read.finish(fig, axes, show, return_fig, save)
