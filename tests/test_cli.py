@@ -33,13 +33,20 @@ def test_run_writes_annotated_model_and_report(demo_run):
     np.testing.assert_allclose(proba.sum(1), 1.0, atol=1e-5)
     report = (out / "report.md").read_text()
     assert report.startswith("# KD-CPT report")
-    assert "## Metrics" in report
+    for section in ("## Metrics", "## Transition matrix", "## Entropy", "## Top key genes", "## Strongest knockouts"):
+        assert section in report, section
+    uns = adata.uns["kdcpt"]
+    assert len(uns["knockout_summary"]) == 2  # --knockout-top 2
+    for gene in uns["knockout_summary"]["gene"]:
+        assert f"| {gene} |" in report
 
 
 def test_report_shows_every_figure_it_drew(demo_run):
     _, out = demo_run
     report = (out / "report.md").read_text()
-    pngs = sorted((out / "figures").glob("*.png")) if (out / "figures").exists() else []
+    pngs = sorted((out / "figures").glob("*.png"))
+    names = {p.stem for p in pngs}
+    assert {"transition_matrix", "transition_graph", "entropy", "reliability", "knockout_effects"} <= names, names
     for png in pngs:
         assert png.stat().st_size > 1000, png
         assert f"figures/{png.name})" in report, png.name

@@ -84,7 +84,7 @@ FIGURES = (
 )
 
 
-def draw_figures(adata, out: Path, *, key_added: str = "kdcpt") -> list[tuple[str, str]]:
+def draw_figures(adata, out: Path) -> list[tuple[str, str]]:
     """Draw every figure the AnnData's keys allow into ``out``; return ``(title, relative path)`` pairs.
 
     A figure whose keys are absent (e.g. knockout plots with ``--knockout-top 0``) is skipped.
@@ -96,7 +96,7 @@ def draw_figures(adata, out: Path, *, key_added: str = "kdcpt") -> list[tuple[st
 
     from . import _keys, pl
 
-    uns = adata.uns.get(key_added, {})
+    uns = adata.uns.get(_keys.DEFAULT_KEY, {})
     needs = {"knockout_effects": _keys.UNS_KNOCKOUT_SUMMARY, "knockout": _keys.UNS_KNOCKOUT}
     out.mkdir(parents=True, exist_ok=True)
     drawn = []
@@ -105,7 +105,7 @@ def draw_figures(adata, out: Path, *, key_added: str = "kdcpt") -> list[tuple[st
         if func is None or (name in needs and needs[name] not in uns):
             continue
         try:
-            fig = func(adata, key_added=key_added, show=False, return_fig=True, **kwargs)
+            fig = func(adata, show=False, return_fig=True, **kwargs)
         except (KeyError, ValueError) as err:  # a figure the data cannot support is left out
             logger.warning("figure %s skipped: %s", stem, err)
             plt.close("all")

@@ -15,9 +15,11 @@ if TYPE_CHECKING:
     from anndata import AnnData
 
 
-def _fmt(v, floatfmt: str) -> str:
+def _fmt(v, floatfmt: str, integer: bool = False) -> str:
     if isinstance(v, (float, np.floating)):
-        return "" if np.isnan(v) else floatfmt.format(v)
+        if np.isnan(v):
+            return ""
+        return str(int(v)) if integer and float(v).is_integer() else floatfmt.format(v)
     if isinstance(v, (bool, np.bool_)):
         return "yes" if v else ""
     return str(v).replace("|", "\\|")
@@ -28,8 +30,11 @@ def _table(df: pd.DataFrame, floatfmt: str = "{:.3f}", index: bool = True) -> st
     cols = list(map(str, df.columns))
     head = ([str(df.index.name or "")] if index else []) + cols
     lines = ["| " + " | ".join(h.replace("|", "\\|") for h in head) + " |", "|" + "---|" * len(head)]
+    integer = [c.startswith("n_") or c == "cells" for c in cols]
     for i, row in zip(df.index, df.itertuples(index=False), strict=True):
-        cells = ([_fmt(i, floatfmt)] if index else []) + [_fmt(v, floatfmt) for v in row]
+        cells = ([_fmt(i, floatfmt)] if index else []) + [
+            _fmt(v, floatfmt, is_int) for v, is_int in zip(row, integer, strict=True)
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -45,7 +50,17 @@ def _as_series(x, index: Sequence[str] | None, name: str) -> pd.Series:
     return pd.Series(arr, index=list(index)[: len(arr)] if index is not None else None, name=name)
 
 
-def _transitions_section(uns: dict, classes: list[str]) -> list[str]:
+def _figures(figures: dict[str, tuple[str, str]], *stems: str) -> list[str]:
+    """Inline Markdown images of the figures named by ``stems`` (removed from ``figures``)."""
+    lines = []
+    for stem in stems:
+        if stem in figures:
+            title, path = figures.pop(stem)
+            lines += [f"![{title}]({path})", ""]
+    return lines
+
+
+def _transitions_section(uns: dict, classes: list[str], figures: dict) -> list[str]:
     if _keys.UNS_TRANSITION not in uns:
         return []
     P = uns[_keys.UNS_TRANSITION]
@@ -54,6 +69,7 @@ def _transitions_section(uns: dict, classes: list[str]) -> list[str]:
     P.index.name = "from \\ to"
     lines = ["## Transition matrix", "", "Row *i*, column *j*: probability that phenotype *i* shades into *j*.", ""]
     lines += [_table(P, "{:.2f}"), ""]
+    lines += _figures(figures, "transition_matrix", "transition_graph")
     table = pd.DataFrame(index=pd.Index(P.index, name="phenotype"))
     if _keys.UNS_ENTROPY in uns:
         table["entropy"] = _as_series(uns[_keys.UNS_ENTROPY], P.index, "entropy").reindex(table.index)
@@ -65,10 +81,11 @@ def _transitions_section(uns: dict, classes: list[str]) -> list[str]:
         if total is not None:
             lines += [f"Overall entropy (prior-weighted average of the rows): **{float(total):.3f}** nats.", ""]
         lines += [_table(table), ""]
+        lines += _figures(figures, "entropy")
     return lines
 
 
-def _key_genes_section(adata: AnnData, keys: _keys.Keys, uns: dict, n_top: int) -> list[str]:
+def _key_genes_section(adata: AnnData, keys: _keys.Keys, uns: dict, n_top: int, figures: dict) -> list[str]:
     kg = uns.get(_keys.UNS_KEY_GENES)
     lines = []
     if isinstance(kg, pd.DataFrame) and len(kg):
@@ -84,10 +101,10 @@ def _key_genes_section(adata: AnnData, keys: _keys.Keys, uns: dict, n_top: int) 
     elif keys.score in adata.var:
         top = adata.var[keys.score].sort_values(ascending=False).head(n_top * 2)
         lines += ["## Top key genes", "", _table(top.to_frame().rename_axis("gene")), ""]
-    return lines
+    return lines + _figures(figures, "key_genes")
 
 
-def _knockout_section(uns: dict, n_top: int) -> list[str]:
+def _knockout_section(uns: dict, n_top: int, figures: dict) -> list[str]:
     summary = uns.get(_keys.UNS_KNOCKOUT_SUMMARY)
     if not isinstance(summary, pd.DataFrame) or not len(summary):
         return []
@@ -97,7 +114,21 @@ def _knockout_section(uns: dict, n_top: int) -> list[str]:
     if "effect" in summary.columns:
         summary = summary.sort_values("effect", ascending=False)
     summary.index.name = "gene"
-    lines = ["## Strongest knockouts", "", _table(summary.head(n_top)), ""]
+    cols = [c for c in ("mode", "effect", "frac_changed", "n_terminated", "pval") if c in summary.columns]
+    summary = summary[cols] if cols else summary
+    summary = summary.loc[:, summary.notna().any()]  # e.g. no p-values without a null
+    if "mode" in summary.columns and summary["mode"].nunique() == 1:
+        summary = summary.drop(columns="mode")
+    lines = [
+        "## Strongest knockouts",
+        "",
+        "Effect: mean total-variation distance between the rows of the transition matrix before and after the "
+        "knockout; frac_changed: fraction of cells whose predicted phenotype changes.",
+        "",
+        _table(summary.head(n_top)),
+        "",
+    ]
+    lines += _figures(figures, "knockout_effects")
     ko = uns.get(_keys.UNS_KNOCKOUT)
     if isinstance(ko, pd.DataFrame) and "terminated" in ko.columns:
         term = ko[ko["terminated"].astype(bool)]
@@ -107,7 +138,7 @@ def _knockout_section(uns: dict, n_top: int) -> list[str]:
             lines += [_table(term[cols].reset_index(drop=True), index=False), ""]
         else:
             lines += ["No knockout terminated a transition.", ""]
-    return lines
+    return lines + _figures(figures, "knockout")
 
 
 def write_report(
@@ -135,7 +166,8 @@ def write_report(
     key_added
         Prefix of the keys to read.
     figures
-        ``(title, path relative to out)`` pairs, shown inline.
+        ``(title, path relative to out)`` pairs, shown inline next to their tables (matched by the
+        file's stem: ``transition_matrix``, ``entropy``, ``key_genes``, ...), the others at the end.
     n_top
         Key genes per phenotype and knockouts listed.
 
@@ -152,20 +184,22 @@ def write_report(
         "## Metrics",
         "",
     ]
+    placed = {Path(path).stem: (title, path) for title, path in figures}
     metrics = pd.DataFrame(uns[_keys.UNS_METRICS]).T
     metrics.index.name = "cells"
     lines += [_table(metrics), ""]
+    lines += _figures(placed, "training_history", "reliability")
     counts = adata.obs[keys.pred].value_counts().rename("cells").to_frame()
     counts["mean confidence"] = adata.obs.groupby(keys.pred, observed=True)[keys.confidence].mean()
     counts["mean uncertainty"] = adata.obs.groupby(keys.pred, observed=True)[keys.uncertainty].mean()
     counts.index.name = "predicted phenotype"
     lines += ["## Predicted phenotypes", "", _table(counts), ""]
-    lines += _transitions_section(uns, classes)
-    lines += _key_genes_section(adata, keys, uns, n_top)
-    lines += _knockout_section(uns, n_top)
-    if figures:
-        lines += ["## Figures", ""]
-        for title, fig in figures:
+    lines += _transitions_section(uns, classes, placed)
+    lines += _key_genes_section(adata, keys, uns, n_top, placed)
+    lines += _knockout_section(uns, n_top, placed)
+    if placed:
+        lines += ["## Other figures", ""]
+        for title, fig in placed.values():
             lines += [f"### {title}", "", f"![{title}]({fig})", ""]
     path = Path(out) / "report.md"
     path.write_text("\n".join(lines))
