@@ -34,7 +34,7 @@ class GeneTokenizer(nn.Module):
         super().__init__()
         self.n_tokens = min(n_tokens, n_genes)
         self.gene_embedding = nn.Embedding(n_genes, d_model)
-        self.value_embedding = nn.Sequential(nn.Linear(1, d_model), nn.ReLU(), nn.Linear(d_model, d_model))
+        self.value_embedding = nn.Linear(1, d_model)
         self.norm = nn.LayerNorm(d_model)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -49,7 +49,8 @@ class GeneTokenizer(nn.Module):
 class LatentCrossAttentionLayer(nn.Module):
     """A few learned latent queries (the first is CLS) attend over all gene tokens.
 
-    Linear in the number of tokens (Perceiver-style). Returns the updated latents and the
+    Linear in the number of tokens (Perceiver-style). Keys and values of the tokens are
+    computed once by the caller and shared by all layers. Returns the updated latents and the
     attention weights ``(batch, heads, n_latents, n_tokens)``.
     """
 
@@ -60,9 +61,7 @@ class LatentCrossAttentionLayer(nn.Module):
         self.n_heads = n_heads
         self.d_head = d_model // n_heads
         self.norm_q = nn.LayerNorm(d_model)
-        self.norm_kv = nn.LayerNorm(d_model)
         self.q = nn.Linear(d_model, d_model)
-        self.kv = nn.Linear(d_model, 2 * d_model)
         self.out = nn.Linear(d_model, d_model)
         self.ff = nn.Sequential(
             nn.LayerNorm(d_model),
@@ -71,22 +70,17 @@ class LatentCrossAttentionLayer(nn.Module):
             nn.Dropout(dropout),
             nn.Linear(2 * d_model, d_model),
         )
-        self.dropout = nn.Dropout(dropout)
 
     def forward(
-        self, latents: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor
+        self, latents: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``keys``/``values``: ``(batch, tokens, heads, d_head)``; ``mask``: True for real tokens."""
         b, n_q, d = latents.shape
-        n_t = tokens.shape[1]
-        q = self.q(self.norm_q(latents)).view(b, n_q, self.n_heads, self.d_head).transpose(1, 2)
-        k, v = self.kv(self.norm_kv(tokens)).chunk(2, dim=-1)
-        k = k.view(b, n_t, self.n_heads, self.d_head).transpose(1, 2)
-        v = v.view(b, n_t, self.n_heads, self.d_head).transpose(1, 2)
-        logits = q @ k.transpose(-1, -2) / math.sqrt(self.d_head)
+        q = self.q(self.norm_q(latents)).view(b, n_q, self.n_heads, self.d_head)
+        logits = torch.einsum("bqhd,bthd->bhqt", q, keys) / math.sqrt(self.d_head)
         logits = logits.masked_fill(~mask[:, None, None, :], float("-inf"))
-        attn = torch.softmax(logits, dim=-1)
-        attn = torch.nan_to_num(attn, nan=0.0)  # cells with no expressed gene
-        out = (self.dropout(attn) @ v).transpose(1, 2).reshape(b, n_q, d)
+        attn = torch.nan_to_num(torch.softmax(logits, dim=-1), nan=0.0)  # cells with no expressed gene
+        out = torch.einsum("bhqt,bthd->bqhd", attn, values).reshape(b, n_q, d)
         latents = latents + self.out(out)
         latents = latents + self.ff(latents)
         return latents, attn
@@ -120,6 +114,9 @@ class CellLearner(nn.Module):
         self.aggregation = aggregation
         self.use_attention = use_attention
         self.latents = nn.Parameter(torch.randn(n_latents, d_model) * 0.02)
+        self.n_heads = n_heads
+        self.norm_kv = nn.LayerNorm(d_model)
+        self.kv = nn.Linear(d_model, 2 * d_model)
         self.layers = nn.ModuleList(
             [LatentCrossAttentionLayer(d_model, n_heads, dropout) for _ in range(n_layers)]
         )
@@ -143,9 +140,10 @@ class CellLearner(nn.Module):
         b = tokens.shape[0]
         if self.use_attention:
             latents = self.latents.unsqueeze(0).expand(b, -1, -1)
+            keys, vals = self.kv(self.norm_kv(tokens)).view(b, tokens.shape[1], 2 * self.n_heads, -1).chunk(2, dim=2)
             cls_rows = []
             for layer in self.layers:
-                latents, attn = layer(latents, tokens, mask)
+                latents, attn = layer(latents, keys, vals, mask)
                 cls_rows.append(attn[:, :, 0, :])
             attention = self.aggregate(torch.stack(cls_rows, dim=1))
             cls = self.cls_norm(latents[:, 0])
@@ -236,7 +234,6 @@ class CFFM(nn.Module):
         self.deconv_t = nn.ConvTranspose2d(c, c, kernel_size=7, padding=3, groups=c)
         self.proj = nn.Linear(c, c)
         self.out_norm = nn.LayerNorm(c)
-        self.dropout = dropout
 
     def _to_grid(self, e: torch.Tensor) -> torch.Tensor:
         b, k, c = e.shape
@@ -257,8 +254,7 @@ class CFFM(nn.Module):
         heads = lambda t: t.view(b, 2 * k, self.n_heads, c // self.n_heads).transpose(1, 2)  # noqa: E731
         # scaled_dot_product_attention scales by 1 / sqrt(c / n_heads)
         y = F.scaled_dot_product_attention(
-            heads(q), heads(key), heads(v), dropout_p=self.dropout if self.training else 0.0
-        )
+heads(q), heads(key), heads(v))
         y = self.attn_out(y.transpose(1, 2).reshape(b, 2 * k, c))
         y = y + self.ff(y)
         y_p = self._from_grid(self.deconv_p(self._to_grid(y[:, :k])))
