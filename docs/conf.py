@@ -60,11 +60,17 @@ def _own_members(cls) -> list[str]:
     return sorted(names)
 
 
+_CLASSES = (scanpy_kdcpt.KDCPT, scanpy_kdcpt.KDCPTModule, scanpy_kdcpt.KDCPTTrainingPlan)
 autosummary_context = {
-    "kdcpt_members": {
-        f"scanpy_kdcpt.{c.__name__}": _own_members(c)
-        for c in (scanpy_kdcpt.KDCPT, scanpy_kdcpt.KDCPTModule, scanpy_kdcpt.KDCPTTrainingPlan)
-    }
+    # methods listed in a class's summary table
+    "kdcpt_members": {f"scanpy_kdcpt.{c.__name__}": _own_members(c) for c in _CLASSES},
+    # base classes of other packages (scvi-tools, Lightning, torch) whose members are not documented here
+    "kdcpt_foreign_bases": {
+        f"scanpy_kdcpt.{c.__name__}": ", ".join(
+            sorted({k.__name__ for k in c.__mro__ if not k.__module__.startswith("scanpy_kdcpt")})
+        )
+        for c in _CLASSES
+    },
 }
 autodoc_member_order = "groupwise"
 autodoc_typehints = "description"
