@@ -30,7 +30,15 @@ extensions = [
 
 # offline: no intersphinx (it would fetch inventories over the network)
 templates_path = ["_templates"]
-exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "**.ipynb_checkpoints", "tutorials/run_notebooks.py", "tutorials/README.md", "tutorials/.test_*"]
+exclude_patterns = [
+    "_build",
+    "Thumbs.db",
+    ".DS_Store",
+    "**.ipynb_checkpoints",
+    "tutorials/run_notebooks.py",
+    "tutorials/README.md",
+    "tutorials/.test_*",
+]
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
 master_doc = "index"
 
@@ -106,7 +114,8 @@ def _public_functions(module) -> list[str]:
     names = getattr(module, "__all__", None)
     if names is None:
         names = [
-            n for n, obj in vars(module).items()
+            n
+            for n, obj in vars(module).items()
             if not n.startswith("_") and inspect.isfunction(obj) and obj.__module__ == module.__name__
         ]
     return sorted(names)
@@ -143,6 +152,7 @@ class KdcptHelp(SphinxDirective):
     def run(self):
         from scanpy_kdcpt.cli import build_parser
 
+        os.environ["COLUMNS"] = "88"  # argparse wraps the help to the terminal's width
         parser = build_parser()
         sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
         text = sub.choices["run"].format_help()

@@ -12,11 +12,22 @@ EXIT_USAGE = 2
 logger = logging.getLogger(__name__)
 
 _DESCRIPTION = """\
-Train KD-CPT on an AnnData file and write everything it finds:
-an annotated .h5ad (phenotype probabilities, confidence and uncertainty in .obs, key genes in
-.var, the transition matrix, entropies and knockout results in .uns), the saved model, PNG
-figures and a Markdown report. With no INPUT it runs on scanpy's bundled PBMC data
-(700 cells, labels 'bulk_labels', human TF prior).
+Train KD-CPT on an AnnData file and write everything it finds into --out:
+
+  annotated.h5ad  phenotype probabilities, confidence and uncertainty (.obs),
+                  key genes (.var), transition matrix, entropies, metrics,
+                  calibration and knockout results (.uns["kdcpt"])
+  model/          the trained model (kdcpt.KDCPT.load)
+  figures/        PNG figures
+  report.md       a Markdown report with the tables and the figures
+
+With no INPUT it runs on scanpy's bundled PBMC data (700 cells, labels
+'bulk_labels', human TF prior): that is `make demo`.
+"""
+
+_EPILOG = """\
+exit status: 0 on success, 2 for a bad path, a missing key or an unreadable file.
+example: kdcpt run data.h5ad --labels cell_type --species mouse --out results/mine
 """
 
 
@@ -28,23 +39,38 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kdcpt", description="KD-CPT for AnnData (scverse).")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser(
-        "run", help="train, annotate, screen knockouts, draw figures, write a report", description=_DESCRIPTION,
+        "run",
+        help="train, annotate, screen knockouts, draw figures, write a report",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_argument("input", nargs="?", help="an .h5ad file (default: the bundled PBMC data)")
     run.add_argument("--labels", help="obs column with each cell's phenotype (required with INPUT)")
-    run.add_argument("--layer", help="layer with counts or log-normalised values (default: X)")
+    run.add_argument(
+        "--layer", help="layer with counts or log-normalised values (default: X); counts are normalised inside"
+    )
     run.add_argument("--embedding", help="obsm key of a pretrained cell embedding (default: internal PCA encoder)")
     prior = run.add_mutually_exclusive_group()
     prior.add_argument("--prior", help="var column (boolean or [0, 1]) of prior regulators")
     prior.add_argument(
         "--species", choices=["human", "mouse"], help="use the shipped transcription-factor list as the prior"
     )
-    run.add_argument("--epochs", type=int, default=None, help="maximum training epochs (default: by data size)")
-    run.add_argument("--knockout-top", type=int, default=10, help="knock out the N top key genes (0: none)")
-    run.add_argument("--seed", type=int, default=0, help="random seed (scvi.settings.seed)")
-    run.add_argument("--out", required=True, help="output folder (created)")
-    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="maximum training epochs (default: by data size, 15-60; early stopping may end sooner)",
+    )
+    run.add_argument(
+        "--knockout-top",
+        type=int,
+        default=10,
+        help="knock out the N top key genes one at a time (default: 10; 0: none)",
+    )
+    run.add_argument("--seed", type=int, default=0, help="random seed, scvi.settings.seed (default: 0)")
+    run.add_argument("--out", required=True, help="output folder (created; existing files are replaced)")
+    run.add_argument("--quiet", action="store_true", help="no progress bars or progress messages")
     return parser
 
 
