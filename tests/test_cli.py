@@ -46,7 +46,8 @@ def test_report_shows_every_figure_it_drew(demo_run):
     report = (out / "report.md").read_text()
     pngs = sorted((out / "figures").glob("*.png"))
     names = {p.stem for p in pngs}
-    assert {"transition_matrix", "transition_graph", "entropy", "reliability", "knockout_effects"} <= names, names
+    expected = {"transition_matrix", "transition_graph", "entropy", "reliability", "key_genes", "knockout_effects"}
+    assert expected <= names, names
     for png in pngs:
         assert png.stat().st_size > 1000, png
         assert f"figures/{png.name})" in report, png.name

@@ -110,10 +110,11 @@ FIGURES = (
 )
 
 
-def draw_figures(adata, out: Path) -> list[tuple[str, str]]:
+def draw_figures(adata, out: Path, *, labels_key: str | None = None) -> list[tuple[str, str]]:
     """Draw every figure the AnnData's keys allow into ``out``; return ``(title, relative path)`` pairs.
 
     A figure whose keys are absent (e.g. knockout plots with ``--knockout-top 0``) is skipped.
+    Key genes are shown per known phenotype (``labels_key``) when given.
     """
     import matplotlib
 
@@ -130,6 +131,8 @@ def draw_figures(adata, out: Path) -> list[tuple[str, str]]:
         func = getattr(pl, name, None)
         if func is None or (name in needs and needs[name] not in uns):
             continue
+        if name == "key_genes" and labels_key is not None:
+            kwargs = {**kwargs, "groupby": labels_key}
         try:
             fig = func(adata, show=False, return_fig=True, **kwargs)
         except (KeyError, ValueError) as err:  # a figure the data cannot support is left out
@@ -187,7 +190,7 @@ def run(args) -> int:
     model.save(str(out / "model"), overwrite=True)
     adata.write_h5ad(out / "annotated.h5ad")
     _say(args, "drawing figures")
-    figures = draw_figures(adata, out / "figures")
+    figures = draw_figures(adata, out / "figures", labels_key=args.labels)
     report = write_report(adata, out, source=source, seconds=time.time() - t0, figures=figures)
     print(f"wrote {out / 'annotated.h5ad'}, {out / 'model'}, {out / 'figures'}, {report}")
     return 0
