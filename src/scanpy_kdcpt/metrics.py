@@ -57,7 +57,9 @@ def _proba_and_codes(y_true: Sequence, proba, classes: Sequence | None) -> tuple
     if p.ndim != 2:
         raise ValueError(f"proba must be a cells × phenotypes matrix, got shape {p.shape}.")
     if classes is None:
-        raise ValueError("Pass classes=[...] (the phenotype of each column) or proba as a DataFrame with them as columns.")
+        raise ValueError(
+            "Pass classes=[...] (the phenotype of each column) or proba as a DataFrame with them as columns."
+        )
     classes = [str(c) for c in classes]
     if len(classes) != p.shape[1]:
         raise ValueError(f"{len(classes)} classes for {p.shape[1]} probability columns.")
@@ -96,6 +98,7 @@ def ece(y_true: Sequence, proba, *, classes: Sequence | None = None, n_bins: int
     Returns
     -------
     ``Σ_b (n_b / n) |accuracy_b - confidence_b|``: 0 for a calibrated model.
+
     """
     from .model._uncertainty import expected_calibration_error
 

@@ -84,7 +84,8 @@ def knn_transition_matrix(
 
 def coarse_grain(T: sparse.spmatrix | np.ndarray, assigned: np.ndarray, n_phenotypes: int) -> np.ndarray:
     """Phenotype-level chain of a cell-level one: ``P[i, j]`` = mean over cells of ``i`` of
-    the probability of moving into a cell of ``j``."""
+    the probability of moving into a cell of ``j``.
+    """
     assigned = np.asarray(assigned, dtype=int)
     n = len(assigned)
     M = sparse.csr_matrix((np.ones(n), (np.arange(n), assigned)), shape=(n, n_phenotypes))
@@ -131,6 +132,7 @@ def transition_entropy(P: np.ndarray | pd.DataFrame, priors: np.ndarray | None =
     -------
     A DataFrame indexed by phenotype with ``entropy``, ``entropy_normalized`` (divided by
     ``log(n_phenotypes)``, in [0, 1]) and ``prior``; and the overall entropy.
+
     """
     names = list(P.index) if isinstance(P, pd.DataFrame) else [str(i) for i in range(len(P))]
     P = np.asarray(P, dtype=float)
@@ -143,7 +145,9 @@ def transition_entropy(P: np.ndarray | pd.DataFrame, priors: np.ndarray | None =
         raise ValueError(f"priors must be {n} non-negative weights (one per phenotype).")
     pi = pi / pi.sum()
     norm = np.log(n) if n > 1 else 1.0
-    table = pd.DataFrame({"entropy": h, "entropy_normalized": h / norm, "prior": pi}, index=pd.Index(names, name="phenotype"))
+    table = pd.DataFrame(
+        {"entropy": h, "entropy_normalized": h / norm, "prior": pi}, index=pd.Index(names, name="phenotype")
+    )
     return table, float(pi @ h)
 
 
@@ -209,6 +213,7 @@ class TransitionMixin:
         A phenotypes × phenotypes DataFrame (or a dict condition → DataFrame with
         ``groupby``). The stationary distribution is :func:`stationary_distribution` of it.
         Sets ``.obsp[f"{key_added}_transitions"]`` for ``method="latent"``.
+
         """
         if method not in ("posterior", "latent"):
             raise ValueError(f"method must be 'posterior' or 'latent', not {method!r}.")
@@ -217,7 +222,12 @@ class TransitionMixin:
         proba = self.predict(adata, soft=True, batch_size=batch_size).to_numpy()
         assigned = self._assigned_codes(adata, proba)
         C = len(self.classes_)
-        frame = lambda P: pd.DataFrame(P, index=pd.Index(self.classes_, name="source"), columns=pd.Index(self.classes_, name="target"))  # noqa: E731
+
+        def frame(P: np.ndarray) -> pd.DataFrame:
+            return pd.DataFrame(
+                P, index=pd.Index(self.classes_, name="source"), columns=pd.Index(self.classes_, name="target")
+            )
+
         out: dict[str, pd.DataFrame] = {}
         if method == "posterior":
             for name, idx in groups.items():
@@ -241,8 +251,12 @@ class TransitionMixin:
                     logger.info("replacing .obsp[%r]", key)
                 target.obsp[key] = T_all
                 logger.info("added .obsp[%r] (cell-level kNN Markov chain, rows sum to 1)", key)
-        for name, P in out.items():
-            empty = [c for c, k in zip(self.classes_, np.bincount(assigned[groups[name]], minlength=C), strict=True) if k == 0]
+        for name in out:
+            empty = [
+                c
+                for c, k in zip(self.classes_, np.bincount(assigned[groups[name]], minlength=C), strict=True)
+                if k == 0
+            ]
             if empty:
                 where = f" in {groupby}={name!r}" if groupby is not None else ""
                 logger.warning("No cells of %s%s: their rows are absorbing (1 on the diagonal).", empty, where)
@@ -288,6 +302,7 @@ class TransitionMixin:
         -------
         A DataFrame indexed by phenotype (``entropy``, ``entropy_normalized`` = entropy /
         log(number of phenotypes), ``prior``) and the overall entropy.
+
         """
         proba = self.predict(adata, soft=True, batch_size=batch_size).to_numpy()
         priors = np.bincount(self._assigned_codes(adata, proba), minlength=len(self.classes_))
@@ -323,9 +338,17 @@ class TransitionMixin:
         uns[_keys.UNS_ENTROPY_TOTAL] = float(total)
         uns[UNS_ENTROPY_TOTAL_NORMALIZED] = float(total / np.log(C)) if C > 1 else 0.0
         logger.info(
-            "added .uns[%r]: %s", keys.uns,
-            ", ".join([_keys.UNS_TRANSITION, _keys.UNS_STATIONARY, _keys.UNS_ENTROPY, _keys.UNS_ENTROPY_TOTAL,
-                       UNS_ENTROPY_TOTAL_NORMALIZED]),
+            "added .uns[%r]: %s",
+            keys.uns,
+            ", ".join(
+                [
+                    _keys.UNS_TRANSITION,
+                    _keys.UNS_STATIONARY,
+                    _keys.UNS_ENTROPY,
+                    _keys.UNS_ENTROPY_TOTAL,
+                    UNS_ENTROPY_TOTAL_NORMALIZED,
+                ]
+            ),
         )
 
     # ---------------------------------------------------------------- calibration
@@ -367,6 +390,7 @@ class TransitionMixin:
         ``brier_before``, ``brier_after``, ``nll_before``, ``nll_after`` (before: at the
         model's temperature before this call, 1 unless set), ``n_cells``, ``n_bins``.
         ``annotate()`` then writes them to ``.uns[key]["calibration"]``.
+
         """
         self._check_if_trained(warn=True)
         target = self.adata if adata is None else adata
@@ -386,9 +410,13 @@ class TransitionMixin:
         codes = self._held_out_codes(target, indices, labels_key)
         keep = codes >= 0
         if keep.sum() < 2:
-            raise ValueError(f"Only {int(keep.sum())} of the {len(indices)} held-out cells are labelled; calibration needs more.")
+            raise ValueError(
+                f"Only {int(keep.sum())} of the {len(indices)} held-out cells are labelled; calibration needs more."
+            )
         if keep.sum() < 50:
-            logger.warning("Calibrating on %d labelled cells only: temperature and conformal sets will be noisy.", int(keep.sum()))
+            logger.warning(
+                "Calibrating on %d labelled cells only: temperature and conformal sets will be noisy.", int(keep.sum())
+            )
         logits = self.get_logits(adata, indices=indices[keep], batch_size=batch_size)
         codes = codes[keep]
         T0 = float(self.temperature_)
@@ -415,18 +443,26 @@ class TransitionMixin:
             "codes": np.asarray(codes, dtype=np.int64),
         }
         logger.info(
-            "temperature %.3f: ECE %.4f → %.4f on %d held-out cells", T, result["ece_before"], result["ece_after"], len(codes)
+            "temperature %.3f: ECE %.4f → %.4f on %d held-out cells",
+            T,
+            result["ece_before"],
+            result["ece_after"],
+            len(codes),
         )
         return result
 
     def _held_out_codes(self, target: AnnData, indices: np.ndarray, labels_key: str | None) -> np.ndarray:
         if labels_key is None:
             if target is not self.adata:
-                raise ValueError("Pass labels_key= (the .obs column of known phenotypes) to calibrate on another AnnData.")
+                raise ValueError(
+                    "Pass labels_key= (the .obs column of known phenotypes) to calibrate on another AnnData."
+                )
             codes, _ = self.labels_(None)
             return codes[indices]
         if labels_key not in target.obs:
-            raise KeyError(f"labels_key {labels_key!r} is not a column of adata.obs (columns: {list(target.obs.columns)}).")
+            raise KeyError(
+                f"labels_key {labels_key!r} is not a column of adata.obs (columns: {list(target.obs.columns)})."
+            )
         lookup = {c: i for i, c in enumerate(self.classes_)}
         labels = target.obs[labels_key].iloc[indices]
         return labels.map(lambda x: lookup.get(str(x), -1) if pd.notna(x) else -1).to_numpy(int)
@@ -460,7 +496,12 @@ class TransitionMixin:
         logger.info("added .obs: %s, %s (conformal alpha=%g)", keys.prediction_set, keys.set_size, alpha)
 
     def _write_calibration(
-        self, adata: AnnData, keys: _keys.Keys, proba: pd.DataFrame, labels: pd.Series, conformal_alpha: float | None = None
+        self,
+        adata: AnnData,
+        keys: _keys.Keys,
+        proba: pd.DataFrame,
+        labels: pd.Series,
+        conformal_alpha: float | None = None,
     ) -> None:
         """Set ``.uns[key]["calibration"]``.
 
@@ -476,8 +517,12 @@ class TransitionMixin:
             logits = np.asarray(state["logits"], dtype=float)
             codes = np.asarray(state["codes"], dtype=int)
             after = softmax(logits, float(self.temperature_))
-            out.update({k: float(state[k]) for k in ("ece_before", "ece_after", "brier_before", "brier_after",
-                                                    "nll_before", "nll_after")})
+            out.update(
+                {
+                    k: float(state[k])
+                    for k in ("ece_before", "ece_after", "brier_before", "brier_after", "nll_before", "nll_after")
+                }
+            )
             out["ece"] = expected_calibration_error(after, codes, n_bins)
             out["brier"] = brier_score(after, codes)
             out["n_cells"] = int(len(codes))
@@ -485,7 +530,11 @@ class TransitionMixin:
             out["reliability_before"] = reliability_table(softmax(logits, out["temperature_before"]), codes, n_bins)
             out["reliability"] = reliability_table(after, codes, n_bins)
             out["cells"] = "calibration (held-out) cells"
-        elif adata is self.adata and getattr(self, "validation_indices", None) is not None and len(self.validation_indices):
+        elif (
+            adata is self.adata
+            and getattr(self, "validation_indices", None) is not None
+            and len(self.validation_indices)
+        ):
             val = np.asarray(self.validation_indices)
             val = val[labels.iloc[val].notna().to_numpy()]
             if val.size:

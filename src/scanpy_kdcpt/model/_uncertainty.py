@@ -84,6 +84,7 @@ def reliability_table(proba: np.ndarray, codes: np.ndarray, n_bins: int = 15) ->
     -------
     DataFrame with one row per bin: ``lower``, ``upper``, ``confidence`` (mean in the bin),
     ``accuracy`` (fraction correct), ``count`` (cells); empty bins have NaN means and count 0.
+
     """
     p, y = _check_codes(proba, codes)
     conf = p.max(axis=1)

@@ -86,6 +86,7 @@ def reliability(
     Returns
     -------
     The Axes (``None`` when shown; the Figure with ``return_fig=True``).
+
     """
     if source not in ("auto", "uns", "obs"):
         raise ValueError(f"source must be 'auto', 'uns' or 'obs', not {source!r}.")
@@ -111,17 +112,42 @@ def reliability(
     t = table[filled]
     w = width[filled]
     shade = 0.35 + 0.65 * np.sqrt(t["count"] / t["count"].max()) if len(t) else []
-    ax.bar(t["lower"], t["accuracy"], width=w, align="edge", color=[(0.19, 0.42, 0.70, a) for a in shade],
-           edgecolor="black", linewidth=0.5, label="accuracy")
+    ax.bar(
+        t["lower"],
+        t["accuracy"],
+        width=w,
+        align="edge",
+        color=[(0.19, 0.42, 0.70, a) for a in shade],
+        edgecolor="black",
+        linewidth=0.5,
+        label="accuracy",
+    )
     gap_low = np.minimum(t["accuracy"], t["confidence"])
     gap = np.abs(t["accuracy"] - t["confidence"])
-    ax.bar(t["lower"], gap, bottom=gap_low, width=w, align="edge", color=(0.85, 0.2, 0.2, 0.35),
-           edgecolor=(0.7, 0.1, 0.1), linewidth=0.6, hatch="//", label="gap")
+    ax.bar(
+        t["lower"],
+        gap,
+        bottom=gap_low,
+        width=w,
+        align="edge",
+        color=(0.85, 0.2, 0.2, 0.35),
+        edgecolor=(0.7, 0.1, 0.1),
+        linewidth=0.6,
+        hatch="//",
+        label="gap",
+    )
     ax.plot([0, 1], [0, 1], linestyle="--", color="black", linewidth=1, label="perfect")
     if before is not None:
         b = before[before["count"] > 0]
-        ax.plot(b["confidence"], b["accuracy"], marker="o", markersize=3, color="0.45", linewidth=1,
-                label=f"before (ECE {_ece(before):.3f})")
+        ax.plot(
+            b["confidence"],
+            b["accuracy"],
+            marker="o",
+            markersize=3,
+            color="0.45",
+            linewidth=1,
+            label=f"before (ECE {_ece(before):.3f})",
+        )
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("confidence (max probability)")

@@ -12,7 +12,6 @@ from .. import _keys
 from . import _read
 
 if TYPE_CHECKING:
-    from anndata import AnnData
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
@@ -63,6 +62,7 @@ def training_history(
     Returns
     -------
     The list of Axes (``None`` when shown; the Figure with ``return_fig=True``).
+
     """
     import matplotlib.pyplot as plt
 
@@ -72,7 +72,9 @@ def training_history(
     if unknown:
         raise ValueError(f"Unknown metrics {unknown}; choose among {list(_LABELS)}.")
     if ax is None:
-        fig, axes = plt.subplots(1, len(metrics), figsize=(3.4 * len(metrics), 3.0), layout="constrained", squeeze=False)
+        fig, axes = plt.subplots(
+            1, len(metrics), figsize=(3.4 * len(metrics), 3.0), layout="constrained", squeeze=False
+        )
         axes = list(axes.ravel())
     else:
         axes = [ax] if not isinstance(ax, Sequence | np.ndarray) else list(np.ravel(ax))

@@ -53,8 +53,9 @@ def wrap(name: str, width: int = 16) -> str:
     name = str(name)
     if len(name) <= width:
         return name
-    # allow breaks after "/" too
-    return "\n".join(textwrap.wrap(name.replace("/", "/\u200b"), width=width, break_long_words=False)).replace("\u200b", "")
+    # allow breaks after "/" too: wrap with a space after each "/", then drop it again
+    lines = textwrap.wrap(name.replace("/", "/ "), width=width, break_long_words=False)
+    return "\n".join(line.replace("/ ", "/") for line in lines)
 
 
 def new_axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
@@ -67,7 +68,7 @@ def new_axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axe
 
 
 def finish(fig: Figure, axes, show: bool | None, return_fig: bool, save: str | None):
-    """scanpy's ending: save, show (``None``: ``scanpy.settings.autoshow``), return."""
+    """Scanpy's ending: save, show (``None``: ``scanpy.settings.autoshow``), return."""
     import matplotlib.pyplot as plt
 
     if save is not None:

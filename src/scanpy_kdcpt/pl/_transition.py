@@ -86,6 +86,7 @@ def transition_matrix(
     Returns
     -------
     The Axes (``None`` when shown; the Figure with ``return_fig=True``).
+
     """
     from matplotlib.colors import PowerNorm
     from matplotlib.patches import Rectangle
@@ -118,9 +119,17 @@ def transition_matrix(
                 label = format(v, fmt)
                 if v > 0 and float(label) == 0:
                     label = "<" + format(10 ** -int(fmt.strip(".f") or 2), fmt).lstrip("0")
-                dark = v ** gamma > 0.6
-                ax.text(j, i, label, ha="center", va="center", fontsize=text_size,
-                        color="white" if dark else "black", fontweight="bold" if i == j else "normal")
+                dark = v**gamma > 0.6
+                ax.text(
+                    j,
+                    i,
+                    label,
+                    ha="center",
+                    va="center",
+                    fontsize=text_size,
+                    color="white" if dark else "black",
+                    fontweight="bold" if i == j else "normal",
+                )
     for spine in ax.spines.values():
         spine.set_visible(False)
     ax.set_xlim(-0.7, n - 0.5)
@@ -187,6 +196,7 @@ def transition_graph(
     Returns
     -------
     The Axes (``None`` when shown; the Figure with ``return_fig=True``).
+
     """
     from matplotlib.patches import FancyArrowPatch
 
@@ -199,7 +209,9 @@ def transition_graph(
     top = off.max() if off.size else 0.0
     if threshold is None:
         threshold = 0.05 * top
-    edges = [(i, j, off[i, j]) for i in range(n) for j in range(n) if i != j and off[i, j] > 0 and off[i, j] >= threshold]
+    edges = [
+        (i, j, off[i, j]) for i in range(n) for j in range(n) if i != j and off[i, j] > 0 and off[i, j] >= threshold
+    ]
     edges.sort(key=lambda e: -e[2])
     if max_edges is not None:
         edges = edges[:max_edges]
@@ -214,16 +226,31 @@ def transition_graph(
     for i, j, p in edges[::-1]:  # weakest first, strongest on top
         width = 0.4 + (max_width - 0.4) * p / top if top > 0 else 1.0
         arrow = FancyArrowPatch(
-            xy[i], xy[j], connectionstyle="arc3,rad=0.18", arrowstyle="-|>",
-            mutation_scale=8 + 2.2 * width, linewidth=width, color=cols[names[i]], alpha=0.85,
-            shrinkA=radius_pt[i] + 1, shrinkB=radius_pt[j] + 2, zorder=2,
+            xy[i],
+            xy[j],
+            connectionstyle="arc3,rad=0.18",
+            arrowstyle="-|>",
+            mutation_scale=8 + 2.2 * width,
+            linewidth=width,
+            color=cols[names[i]],
+            alpha=0.85,
+            shrinkA=radius_pt[i] + 1,
+            shrinkB=radius_pt[j] + 2,
+            zorder=2,
         )
         ax.add_patch(arrow)
         if edge_labels:
             mid = 0.5 * (xy[i] + xy[j])
             normal = np.array([xy[j][1] - xy[i][1], xy[i][0] - xy[j][0]]) * 0.09
-            ax.text(*(mid + normal), f"{p:.2g}", fontsize=7, ha="center", va="center",
-                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8}, zorder=4)
+            ax.text(
+                *(mid + normal),
+                f"{p:.2g}",
+                fontsize=7,
+                ha="center",
+                va="center",
+                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8},
+                zorder=4,
+            )
     # labels outside the circle of nodes, with each phenotype's stability
     centre = xy.mean(0)
     span = max(np.ptp(xy[:, 0]), np.ptp(xy[:, 1]), 1e-9)
@@ -234,8 +261,14 @@ def transition_graph(
         ha = "left" if d[0] > 0.3 else "right" if d[0] < -0.3 else "center"
         va = "bottom" if d[1] > 0.3 else "top" if d[1] < -0.3 else "center"
         ax.annotate(
-            f"{_read.wrap(c, wrap)}\n(stay {values[k, k]:.2f})", xy[k], xytext=(d[0] * off_pt, d[1] * off_pt),
-            textcoords="offset points", ha=ha, va=va, fontsize=8, zorder=5,
+            f"{_read.wrap(c, wrap)}\n(stay {values[k, k]:.2f})",
+            xy[k],
+            xytext=(d[0] * off_pt, d[1] * off_pt),
+            textcoords="offset points",
+            ha=ha,
+            va=va,
+            fontsize=8,
+            zorder=5,
         )
     pad = 0.42 * span
     ax.set_xlim(xy[:, 0].min() - pad, xy[:, 0].max() + pad)
@@ -261,7 +294,9 @@ def _layout(layout, names: list[str], off: np.ndarray) -> dict[str, np.ndarray]:
         try:
             import networkx as nx
         except ImportError as err:
-            raise ImportError("layout='spring' needs networkx (pip install networkx); layout='circle' does not.") from err
+            raise ImportError(
+                "layout='spring' needs networkx (pip install networkx); layout='circle' does not."
+            ) from err
         g = nx.DiGraph()
         g.add_nodes_from(range(n))
         for i in range(n):
@@ -329,6 +364,7 @@ def entropy(
     Returns
     -------
     The Axes (``None`` when shown; the Figure with ``return_fig=True``).
+
     """
     table = pd.DataFrame(_read.uns_entry(adata, key, _keys.UNS_ENTROPY))
     total = float(_read.uns_entry(adata, key, _keys.UNS_ENTROPY_TOTAL))
@@ -348,7 +384,14 @@ def entropy(
     ax.axvline(total, color="black", linestyle="--", linewidth=1)
     ax.text(total, -0.7, f" overall {total:.3f}", fontsize=8, va="bottom", ha="left")
     for k, yy in zip(order, y, strict=True):
-        ax.text(h[k], yy, f" {h[k]:.3f}", va="center", fontsize=7)
+        ax.text(
+            h[k],
+            yy,
+            f" {h[k]:.3f}",
+            va="center",
+            fontsize=7,
+            bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.8},
+        )
     upper = max(h.max() if h.size else 0.0, total)
     ax.set_xlim(0, min(h_max, upper * 1.25 + 1e-9) if upper > 0 else h_max)
     ax.set_ylim(len(order) - 0.5, -1.2)
