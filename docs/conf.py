@@ -45,6 +45,7 @@ master_doc = "index"
 # notebooks are committed executed (``make tutorials`` re-runs them): never execute here
 nb_execution_mode = "off"
 nb_merge_streams = True
+nb_output_stderr = "remove"  # warnings and Lightning banners: noise in rendered tutorials
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
 myst_heading_anchors = 3
 
