@@ -1,0 +1,104 @@
+"""Transition, entropy, reliability and history plots after a write_h5ad / read_h5ad round trip."""
+
+from __future__ import annotations
+
+import copy
+
+import anndata as ad
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.patches import FancyArrowPatch
+
+import scanpy_kdcpt as kdcpt
+
+matplotlib.use("Agg")
+
+
+@pytest.fixture(scope="module")
+def reread(synthetic_model, tmp_path_factory):
+    """The synthetic data annotated (calibrated, conformal sets), written and read back."""
+    model = synthetic_model
+    T, extra = model.temperature_, copy.deepcopy(getattr(model, "extra_", {}))
+    try:
+        model.calibrate()
+        model.annotate(conformal_alpha=0.1)
+        path = tmp_path_factory.mktemp("h5ad") / "annotated.h5ad"
+        model.adata.write_h5ad(path)
+    finally:
+        model.temperature_, model.extra_ = T, extra
+    return ad.read_h5ad(path)
+
+
+def test_annotate_keys_survive_h5ad(reread):
+    uns = reread.uns["kdcpt"]
+    P = uns["transition_matrix"]
+    assert isinstance(P, pd.DataFrame) and P.shape == (4, 4)
+    np.testing.assert_allclose(P.sum(1), 1.0, atol=1e-6)
+    ent = pd.DataFrame(uns["entropy"])
+    np.testing.assert_allclose(ent["entropy"], -(P.to_numpy() * np.log(P.to_numpy())).sum(1), rtol=1e-6)
+    assert uns["entropy_total"] == pytest.approx((ent["prior"] * ent["entropy"]).sum())
+    assert uns["entropy_total_normalized"] == pytest.approx(uns["entropy_total"] / np.log(4))
+    pi = np.asarray(uns["stationary"])
+    np.testing.assert_allclose(pi @ P.to_numpy(), pi, atol=1e-6)
+    calib = uns["calibration"]
+    assert calib["calibrated"] and calib["conformal_alpha"] == 0.1
+    assert {"ece_before", "ece_after", "reliability", "reliability_before"} <= set(calib)
+    sets = reread.obs["kdcpt_prediction_set"].astype(str)
+    sizes = reread.obs["kdcpt_set_size"]
+    assert (sets.str.count(r"\|") + 1 == sizes).all()
+    pred = reread.obs["kdcpt_pred"].astype(str)
+    assert all(p in s.split("|") for p, s in zip(pred, sets, strict=True))
+
+
+def test_every_plot_draws_from_reread_file(reread, synthetic_model):
+    ax = kdcpt.pl.transition_matrix(reread, show=False)
+    assert len(ax.texts) == 16  # one annotation per cell
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["P0", "P1", "P2", "P3"]
+
+    ax = kdcpt.pl.transition_graph(reread, show=False, threshold=0.0)
+    arrows = [p for p in ax.patches if isinstance(p, FancyArrowPatch)]
+    assert len(arrows) == int((reread.uns["kdcpt"]["transition_matrix"].to_numpy() > 0).sum() - 4)
+    widths = [a.get_linewidth() for a in arrows]
+    assert max(widths) > min(widths)  # widths follow P
+
+    ax = kdcpt.pl.entropy(reread, show=False)
+    assert len(ax.patches) == 4
+
+    ax = kdcpt.pl.reliability(reread, show=False)
+    assert "ECE" in ax.get_title()
+    ax = kdcpt.pl.reliability(reread, source="obs", show=False)
+    assert "ECE" in ax.get_title()
+
+    axes = kdcpt.pl.training_history(reread, show=False)
+    assert len(axes) == 3 and all(len(a.lines) == 2 for a in axes)
+    axes = kdcpt.pl.training_history(synthetic_model, metrics=["loss"], show=False)
+    assert len(axes[0].lines) == 2
+
+    fig = kdcpt.pl.entropy(reread, normalized=True, return_fig=True)
+    assert isinstance(fig, plt.Figure)
+    plt.close("all")
+
+
+def test_plots_with_long_phenotype_names_and_given_axes(reread):
+    long = ["CD4+/CD45RA+/CD25- Naive T", "CD14+ Monocyte", "CD8+/CD45RA+ Naive Cytotoxic", "Dendritic"]
+    a = reread.copy()
+    a.uns["kdcpt"]["classes"] = np.asarray(long, dtype=object)
+    a.uns["kdcpt"]["entropy"] = pd.DataFrame(a.uns["kdcpt"]["entropy"]).set_axis(long)
+    fig, axs = plt.subplots(1, 3, figsize=(15, 4))
+    assert kdcpt.pl.transition_matrix(a, ax=axs[0], show=False) is axs[0]
+    labels = [t.get_text() for t in axs[0].get_yticklabels()]
+    assert all(len(line) <= 16 for lab in labels for line in lab.split("\n"))  # long names are wrapped
+    assert kdcpt.pl.transition_graph(a, ax=axs[1], show=False) is axs[1]
+    assert kdcpt.pl.entropy(a, ax=axs[2], show=False) is axs[2]
+    plt.close("all")
+
+
+def test_plots_explain_missing_keys():
+    a = ad.AnnData(np.zeros((3, 2)))
+    with pytest.raises(KeyError, match="model.annotate"):
+        kdcpt.pl.transition_matrix(a, show=False)
+    with pytest.raises(KeyError, match="model.annotate"):
+        kdcpt.pl.training_history(a, show=False)
