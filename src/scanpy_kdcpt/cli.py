@@ -178,7 +178,7 @@ def run(args) -> int:
     model = KDCPT(adata)
     _say(args, f"training on {adata.n_obs} cells x {adata.n_vars} genes ({source})")
     model.train(max_epochs=args.epochs, enable_progress_bar=not args.quiet)
-    if hasattr(model, "calibrate") and model.validation_indices is not None and len(model.validation_indices):
+    if model.validation_indices is not None and len(model.validation_indices):
         _say(args, "calibrating on the held-out cells")
         model.calibrate()
     _say(args, "annotating")
@@ -197,15 +197,7 @@ def run(args) -> int:
 
 
 def _knockout(model, n_top: int, *, progress: bool) -> None:
-    import inspect
-
-    if not hasattr(model, "knockout"):
-        logger.warning("this version of scanpy-kdcpt has no knockouts: --knockout-top ignored")
-        return
-    kwargs = {"n_top": n_top}
-    if "progress" in inspect.signature(model.knockout).parameters:
-        kwargs["progress"] = progress
-    model.knockout("key", **kwargs)
+    model.knockout("key", n_top=n_top, progress=progress)
 
 
 def _say(args, message: str) -> None:
