@@ -16,6 +16,7 @@ def synthetic(
     n_decoy_tfs: int = 10,
     transition_frac: float = 0.3,
     regulator_mean: float = 12.0,
+    transition_labels: str = "source",
     seed: int = 0,
 ) -> ad.AnnData:
     """Counts of a linear lineage ``P0 → P1 → … → P{n-1}`` with one planted regulator each.
@@ -27,9 +28,18 @@ def synthetic(
     regulator. So the planted transitions are ``Pi → P(i+1)``, carried by ``Reg_P(i+1)``:
     knocking out ``Reg_P(i+1)`` should terminate ``Pi → P(i+1)``.
 
+    With ``transition_labels="source"`` every cell is labelled with the phenotype it leaves,
+    so a calibrated classifier gives transitioning cells (almost) no probability of the next
+    phenotype and the posterior transition matrix cannot show the planted transitions. With
+    ``"sampled"`` a transitioning cell is labelled ``P(i+1)`` with probability ``w`` (the
+    annotation of a cell half-way between two states is itself uncertain): then ``p(P(i+1))``
+    of such a cell estimates ``w`` and ``P[Pi, P(i+1)] ≈ transition_frac · E[w]``. The source
+    phenotype is kept in ``obs["source_phenotype"]``.
+
     Returns
     -------
-    AnnData with raw counts (sparse) in ``X``; ``obs["phenotype"]``, ``obs["transitioning"]``,
+    AnnData with raw counts (sparse) in ``X``; ``obs["phenotype"]`` (the label),
+    ``obs["source_phenotype"]``, ``obs["transitioning"]``,
     ``obs["w"]``; ``var["is_tf"]`` (regulators and ``n_decoy_tfs`` decoy TFs),
     ``var["planted_regulator_of"]``; ``uns["synthetic"]`` with ``regulators`` (phenotype →
     gene), ``transitions`` (source, target, carrier gene).
@@ -48,6 +58,8 @@ def synthetic(
     background = [f"Gene_{j}" for j in range(n_bg)]
     genes = regs + [t for ts in targets for t in ts] + decoys + background
 
+    if transition_labels not in ("source", "sampled"):
+        raise ValueError(f"transition_labels must be 'source' or 'sampled', not {transition_labels!r}.")
     label = rng.integers(0, n_phenotypes, n_cells)
     transitioning = (rng.random(n_cells) < transition_frac) & (label < n_phenotypes - 1)
     w = np.where(transitioning, rng.uniform(0.15, 0.45, n_cells), 0.0)
@@ -68,6 +80,9 @@ def synthetic(
     mu[:, decoy_idx] = rng.lognormal(0.5, 0.5, size=len(decoys))
     size = rng.lognormal(0.0, 0.25, size=(n_cells, 1))
     counts = rng.poisson(mu * size).astype(np.float32)
+    source = label
+    if transition_labels == "sampled":
+        label = np.where(transitioning & (rng.random(n_cells) < w), nxt, label)
 
     var = pd.DataFrame(index=pd.Index(genes, name="gene"))
     var["is_tf"] = var.index.isin(regs + decoys)
@@ -77,6 +92,7 @@ def synthetic(
     obs = pd.DataFrame(
         {
             "phenotype": pd.Categorical([phenos[i] for i in label], categories=phenos),
+            "source_phenotype": pd.Categorical([phenos[i] for i in source], categories=phenos),
             "transitioning": transitioning,
             "w": w,
         },

@@ -1,0 +1,164 @@
+"""Key genes per phenotype: a scanpy dotplot of their expression."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from .. import _keys
+from ._knockout import _finish, _uns
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+
+def key_genes(
+    adata: AnnData,
+    *,
+    n_genes: int = 5,
+    key_added: str = _keys.DEFAULT_KEY,
+    groupby: str | None = None,
+    phenotypes: Sequence[str] | None = None,
+    layer: str | None = None,
+    normalize: bool | None = None,
+    standard_scale: str | None = "var",
+    ax: Axes | None = None,
+    show: bool | None = None,
+    return_fig: bool = False,
+    save: str | None = None,
+    **kwds,
+) -> Axes | Figure | None:
+    """Dotplot of the expression of each phenotype's top key genes.
+
+    Genes come from ``.uns[key_added]["key_genes"]`` (written by
+    :meth:`~scanpy_kdcpt.KDCPT.annotate`); each phenotype gets its ``n_genes`` best-ranked genes
+    not already shown for an earlier phenotype. Cells are grouped by ``{key_added}_pred``.
+    Drawn with :func:`scanpy.pl.dotplot`: dot size = fraction of cells expressing the gene,
+    colour = mean expression (scaled per gene with ``standard_scale="var"``).
+
+    Parameters
+    ----------
+    adata
+        AnnData annotated by ``model.annotate()`` (a re-read ``.h5ad`` works; no model needed).
+    n_genes
+        Genes per phenotype.
+    key_added
+        The ``key_added`` of ``annotate``.
+    groupby
+        ``.obs`` column grouping the cells (default ``{key_added}_pred``).
+    phenotypes
+        Phenotypes whose key genes are shown (default all).
+    layer
+        Layer to plot instead of ``X``.
+    normalize
+        Library-size normalise + ``log1p`` before plotting; default: when the values are counts.
+    standard_scale
+        Passed to :func:`scanpy.pl.dotplot` (``"var"``, ``"group"`` or ``None``).
+    ax
+        Axes to draw into (default a new figure).
+    show
+        Show the figure (default ``scanpy.settings.autoshow``).
+    return_fig
+        Return the :class:`~matplotlib.figure.Figure`.
+    save
+        Path to save the figure to.
+    **kwds
+        More keyword arguments for :func:`scanpy.pl.dotplot`.
+
+    Returns
+    -------
+    The main :class:`~matplotlib.axes.Axes` (``None`` when shown), or the figure with
+    ``return_fig=True``.
+
+    """
+    import anndata as ad
+    import scanpy as sc
+    from scipy import sparse
+
+    if n_genes < 1:
+        raise ValueError(f"n_genes must be 1 or more, got {n_genes}.")
+    ranking = _uns(adata, key_added, _keys.UNS_KEY_GENES, "model.annotate()")
+    if not isinstance(ranking, pd.DataFrame) or not {"phenotype", "gene", "rank"} <= set(ranking.columns):
+        raise ValueError(f"adata.uns[{key_added!r}]['key_genes'] is not a key-gene ranking; rerun model.annotate().")
+    keys = _keys.Keys(key_added)
+    groupby = keys.pred if groupby is None else groupby
+    if groupby not in adata.obs:
+        raise KeyError(
+            f"{groupby!r} is not a column of adata.obs: run model.annotate() (it writes {keys.pred!r}) "
+            "or pass groupby=."
+        )
+    order = (
+        list(ranking["phenotype"].cat.categories)
+        if hasattr(ranking["phenotype"], "cat")
+        else list(dict.fromkeys(ranking["phenotype"].astype(str)))
+    )
+    if phenotypes is not None:
+        unknown = [p for p in phenotypes if p not in order]
+        if unknown:
+            raise KeyError(f"Unknown phenotype(s) {unknown}; phenotypes: {order}.")
+        order = list(phenotypes)
+    var_names = set(map(str, adata.var_names))
+    shown: set[str] = set()
+    groups: dict[str, list[str]] = {}
+    for ph in order:
+        rows = ranking[ranking["phenotype"].astype(str) == ph].sort_values("rank")
+        genes = []
+        for g in rows["gene"].astype(str):
+            if g in shown or g not in var_names:
+                continue
+            genes.append(g)
+            shown.add(g)
+            if len(genes) == n_genes:
+                break
+        if genes:
+            groups[ph] = genes
+    if not groups:
+        raise ValueError("No key gene of the ranking is among adata.var_names.")
+
+    # a light AnnData with only the plotted genes (the user's object is not touched)
+    genes = [g for gs in groups.values() for g in gs]
+    X = adata.layers[layer] if layer is not None else adata.X
+    cols = adata.var_names.get_indexer(genes)
+    sub = X[:, cols]
+    sub = sub.toarray() if sparse.issparse(sub) else np.asarray(sub)
+    sub = sub.astype(np.float32)
+    if normalize is None:
+        sample = X[: min(adata.n_obs, 500)]
+        vals = sample.data if sparse.issparse(sample) else np.asarray(sample).ravel()
+        vals = vals[vals != 0]
+        normalize = bool(vals.size) and np.allclose(vals, np.round(vals)) and vals.max() > 1
+    if normalize:
+        lib = np.asarray(X.sum(1)).ravel().astype(np.float32)
+        sub = np.log1p(sub / np.maximum(lib, 1)[:, None] * 1e4)
+    obs = pd.DataFrame({groupby: pd.Categorical(adata.obs[groupby].astype("category"))}, index=adata.obs_names)
+    cats = [c for c in order if c in set(obs[groupby].astype(str))]
+    rest = [c for c in obs[groupby].cat.categories if c not in cats]
+    obs[groupby] = obs[groupby].cat.reorder_categories(cats + rest)
+    tmp = ad.AnnData(X=sub, obs=obs, var=pd.DataFrame(index=pd.Index(genes)))
+    colors = adata.uns.get(f"{groupby}_colors")
+    if colors is not None and len(colors) == len(adata.obs[groupby].astype("category").cat.categories):
+        lookup = dict(zip(adata.obs[groupby].astype("category").cat.categories, colors, strict=True))
+        tmp.uns[f"{groupby}_colors"] = [lookup[c] for c in tmp.obs[groupby].cat.categories]
+
+    kwds.setdefault(
+        "colorbar_title", "mean expression\nscaled per gene" if standard_scale == "var" else "mean expression"
+    )
+    dp = sc.pl.dotplot(
+        tmp,
+        var_names=groups,
+        groupby=groupby,
+        standard_scale=standard_scale,
+        ax=ax,
+        show=False,
+        return_fig=True,
+        title=kwds.pop("title", "Key genes per phenotype"),
+        **kwds,
+    )
+    dp.make_figure()
+    axes = dp.get_axes()
+    return _finish(dp.fig, axes["mainplot_ax"], show, return_fig, save)

@@ -1,0 +1,280 @@
+"""Knockout plots: the change of the transition matrix for one gene, and effects ranked."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from .. import _keys
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+
+# -- helpers shared by the key-gene and knockout plots ---------------------------------------
+def _uns(adata: AnnData, key: str, entry: str, producer: str):
+    if key not in adata.uns:
+        raise KeyError(
+            f"adata.uns[{key!r}] not found: run {producer} first (or pass key_added= the key you used; "
+            f"uns keys: {list(adata.uns.keys())})."
+        )
+    if entry not in adata.uns[key]:
+        raise KeyError(
+            f"adata.uns[{key!r}][{entry!r}] not found: run {producer} first "
+            f"(entries present: {list(adata.uns[key].keys())})."
+        )
+    return adata.uns[key][entry]
+
+
+def _axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
+    import matplotlib.pyplot as plt
+
+    if ax is not None:
+        return ax.figure, ax
+    fig, ax = plt.subplots(figsize=figsize, layout="constrained")
+    return fig, ax
+
+
+def _finish(fig: Figure, ax, show: bool | None, return_fig: bool, save: str | None):
+    """Scanpy's ending: save, show (``None``: ``scanpy.settings.autoshow``), return."""
+    import matplotlib.pyplot as plt
+
+    if save is not None:
+        fig.savefig(save, dpi=150, bbox_inches="tight")
+    if return_fig:
+        return fig
+    if show is None:
+        from scanpy import settings
+
+        show = settings.autoshow
+    if show:
+        plt.show()
+        return None
+    return ax
+
+
+def _pick_mode(frame: pd.DataFrame, mode: str | None) -> pd.DataFrame:
+    modes = list(dict.fromkeys(frame["mode"].astype(str))) if "mode" in frame.columns else []
+    if mode is None:
+        return (
+            frame
+            if len(modes) <= 1
+            else frame[frame["mode"].astype(str) == ("delete" if "delete" in modes else modes[0])]
+        )
+    if mode not in modes:
+        raise ValueError(f"No knockout with mode={mode!r} in the AnnData; modes screened: {modes}.")
+    return frame[frame["mode"].astype(str) == mode]
+
+
+# -- the plots --------------------------------------------------------------------------------
+def knockout(
+    adata: AnnData,
+    gene: str | None = None,
+    *,
+    mode: str | None = None,
+    key_added: str = _keys.DEFAULT_KEY,
+    cmap: str = "RdBu_r",
+    annotate: bool | None = None,
+    ax: Axes | None = None,
+    show: bool | None = None,
+    return_fig: bool = False,
+    save: str | None = None,
+) -> Axes | Figure | None:
+    """Heatmap of the change of the transition matrix, ``delta = P_ko - P``, for one knockout.
+
+    Rows are source phenotypes, columns target phenotypes; blue cells lose probability, red
+    cells gain it. Terminated transitions (``P`` above the floor falling below a fraction of
+    itself) are outlined in black and marked ``×``.
+
+    Parameters
+    ----------
+    adata
+        AnnData with ``.uns[key_added]["knockout"]`` (written by ``model.knockout``; a re-read
+        ``.h5ad`` works, no model needed).
+    gene
+        Knocked-out gene or gene-set name (default: the one with the largest effect).
+    mode
+        ``"delete"`` or ``"overexpress"`` when both were screened (default ``"delete"``).
+    key_added
+        The ``key_added`` of ``knockout``.
+    cmap
+        Diverging colormap, centred on 0.
+    annotate
+        Write ``delta`` in each cell (default: for up to 12 phenotypes).
+    ax
+        Axes to draw into.
+    show
+        Show the figure (default ``scanpy.settings.autoshow``).
+    return_fig
+        Return the :class:`~matplotlib.figure.Figure`.
+    save
+        Path to save the figure to.
+
+    Returns
+    -------
+    The :class:`~matplotlib.axes.Axes` (``None`` when shown), or the figure with ``return_fig=True``.
+
+    """
+    table = _pick_mode(_uns(adata, key_added, _keys.UNS_KNOCKOUT, "model.knockout(...)"), mode)
+    if gene is None:
+        summary = _uns(adata, key_added, _keys.UNS_KNOCKOUT_SUMMARY, "model.knockout(...)")
+        summary = _pick_mode(summary, mode)
+        gene = str(summary.sort_values("effect", ascending=False)["gene"].iloc[0])
+    rows = table[table["gene"].astype(str) == str(gene)]
+    if not len(rows):
+        import difflib
+
+        screened = list(dict.fromkeys(table["gene"].astype(str)))
+        close = difflib.get_close_matches(str(gene), screened, n=3)
+        raise KeyError(
+            f"No knockout of {gene!r} in adata.uns[{key_added!r}]['knockout']"
+            + (f"; did you mean {close}?" if close else f"; screened: {screened[:10]}")
+            + " Run model.knockout(gene) first."
+        )
+    src_order = list(rows["source"].cat.categories) if hasattr(rows["source"], "cat") else None
+    tgt_order = list(rows["target"].cat.categories) if hasattr(rows["target"], "cat") else None
+    delta = rows.pivot_table(index="source", columns="target", values="delta", observed=False, sort=False)
+    term = rows.pivot_table(index="source", columns="target", values="terminated", aggfunc="max", observed=False)
+    if src_order is not None:
+        delta = delta.reindex(index=src_order, columns=tgt_order)
+        term = term.reindex(index=src_order, columns=tgt_order)
+    D = delta.to_numpy(dtype=float)
+    T = term.fillna(False).to_numpy(dtype=bool)
+    n_r, n_c = D.shape
+    fig, ax = _axes(ax, (1.2 + 0.55 * n_c, 1.0 + 0.5 * n_r))
+    vmax = float(np.nanmax(np.abs(D))) if np.isfinite(D).any() else 1.0
+    vmax = vmax if vmax > 0 else 1e-3
+    im = ax.imshow(D, cmap=cmap, vmin=-vmax, vmax=vmax, aspect="auto")
+    ax.set_xticks(range(n_c), [str(c) for c in delta.columns], rotation=45, ha="right")
+    ax.set_yticks(range(n_r), [str(r) for r in delta.index])
+    ax.set_xlabel("target phenotype")
+    ax.set_ylabel("source phenotype")
+    mode_name = str(rows["mode"].iloc[0]) if "mode" in rows.columns else "delete"
+    verb = "knockout" if mode_name == "delete" else "overexpression"
+    ax.set_title(f"{gene} {verb}: change of transition probabilities")
+    if annotate is None:
+        annotate = max(n_r, n_c) <= 12
+    if annotate:
+        for i in range(n_r):
+            for j in range(n_c):
+                if np.isfinite(D[i, j]):
+                    strong = abs(D[i, j]) > 0.6 * vmax
+                    ax.text(
+                        j,
+                        i,
+                        f"{D[i, j]:+.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if strong else "black",
+                    )
+    from matplotlib.patches import Rectangle
+
+    for i, j in zip(*np.nonzero(T), strict=True):
+        ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=2.2))
+        ax.text(j + 0.42, i - 0.42, "×", ha="right", va="top", fontsize=9, fontweight="bold", color="black")
+    cb = fig.colorbar(im, ax=ax, shrink=0.8)
+    cb.set_label("Δ P (knockout − base)")
+    if T.any():
+        ax.set_title(
+            f"{gene} {verb}: change of transition probabilities\n(boxed ×: terminated transition)", fontsize=10
+        )
+    return _finish(fig, ax, show, return_fig, save)
+
+
+def knockout_effects(
+    adata: AnnData,
+    *,
+    n_genes: int = 30,
+    mode: str | None = None,
+    key_added: str = _keys.DEFAULT_KEY,
+    alpha: float = 0.05,
+    ax: Axes | None = None,
+    show: bool | None = None,
+    return_fig: bool = False,
+    save: str | None = None,
+) -> Axes | Figure | None:
+    """Knockout effects ranked, with the band of expression-matched random genes.
+
+    Each knocked-out gene (or gene set) is a dot at its effect (mean total-variation distance
+    between the rows of ``P_ko`` and ``P``); the grey bar spans the 2.5–97.5 % range of its
+    null (expression-matched random genes, when ``n_null > 0``). Genes with ``pval < alpha``
+    are filled, others hollow; a gene that terminated a transition is drawn in red.
+
+    Parameters
+    ----------
+    adata
+        AnnData with ``.uns[key_added]["knockout_summary"]`` (a re-read ``.h5ad`` works).
+    n_genes
+        Strongest knockouts shown.
+    mode
+        ``"delete"`` or ``"overexpress"`` when both were screened (default ``"delete"``).
+    key_added
+        The ``key_added`` of ``knockout``.
+    alpha
+        Significance level of the filled dots.
+    ax
+        Axes to draw into.
+    show
+        Show the figure (default ``scanpy.settings.autoshow``).
+    return_fig
+        Return the :class:`~matplotlib.figure.Figure`.
+    save
+        Path to save the figure to.
+
+    Returns
+    -------
+    The :class:`~matplotlib.axes.Axes` (``None`` when shown), or the figure with ``return_fig=True``.
+
+    """
+    if n_genes < 1:
+        raise ValueError(f"n_genes must be 1 or more, got {n_genes}.")
+    summary = _pick_mode(_uns(adata, key_added, _keys.UNS_KNOCKOUT_SUMMARY, "model.knockout(...)"), mode)
+    s = summary.sort_values("effect", ascending=False).head(n_genes).reset_index(drop=True)
+    n = len(s)
+    fig, ax = _axes(ax, (max(3.5, 1.0 + 0.28 * n), 3.4))
+    x = np.arange(n)
+    has_null = "null_low" in s.columns and s["null_low"].notna().any()
+    if has_null:
+        lo, hi = s["null_low"].to_numpy(float), s["null_high"].to_numpy(float)
+        ax.bar(x, hi - lo, bottom=lo, width=0.6, color="0.85", edgecolor="none", label="null 2.5–97.5 %", zorder=1)
+        ax.scatter(x, s["null_mean"], marker="_", color="0.45", s=60, zorder=2, label="null mean")
+    sig = s["pval"].to_numpy(float) < alpha if "pval" in s.columns else np.zeros(n, bool)
+    term = s["n_terminated"].to_numpy() > 0 if "n_terminated" in s.columns else np.zeros(n, bool)
+    color = np.where(term, "#d62728", "#1f77b4")
+    y = s["effect"].to_numpy(float)
+    face = np.where(sig | (not has_null), color, "white")
+    ax.scatter(x, y, s=36, facecolors=face, edgecolors=color, linewidths=1.4, zorder=3)
+    # legend proxies
+    from matplotlib.lines import Line2D
+
+    handles = [
+        Line2D([], [], marker="o", ls="", color="#d62728", label="terminates a transition"),
+        Line2D([], [], marker="o", ls="", color="#1f77b4", label="terminates none"),
+    ]
+    if has_null:
+        handles.append(
+            Line2D(
+                [],
+                [],
+                marker="o",
+                ls="",
+                markerfacecolor="white",
+                markeredgecolor="0.3",
+                label=f"not significant (p ≥ {alpha:g})",
+            )
+        )
+    h0, _ = ax.get_legend_handles_labels()
+    ax.legend(handles=h0 + handles, fontsize=7, frameon=False, loc="upper right")
+    ax.set_xticks(x, s["gene"].astype(str), rotation=90, fontsize=8)
+    ax.set_xlim(-0.7, n - 0.3)
+    ax.set_ylim(bottom=0)
+    ax.set_ylabel("effect (mean TV distance)")
+    mode_name = str(s["mode"].iloc[0]) if "mode" in s.columns and n else "delete"
+    ax.set_title("Knockout effects" if mode_name == "delete" else "Overexpression effects")
+    ax.spines[["top", "right"]].set_visible(False)
+    return _finish(fig, ax, show, return_fig, save)

@@ -1,0 +1,110 @@
+"""Key genes: planted regulators are found, batched accumulation is exact, writes survive h5ad."""
+
+from __future__ import annotations
+
+import anndata as ad
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+
+import scanpy_kdcpt as kdcpt
+from scanpy_kdcpt import _keys
+from scanpy_kdcpt.model._knockout import KeyGenes
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """One torch thread: on a loaded 2-core machine two threads run many times slower."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def key_genes(synthetic_model):
+    return synthetic_model.get_key_genes()
+
+
+def test_planted_regulators_rank_top3_of_their_phenotype(synthetic_model, key_genes):
+    regulators = synthetic_model.adata.uns["synthetic"]["regulators"]
+    for phenotype, reg in regulators.items():
+        top3 = key_genes.top(phenotype, 3).index
+        assert reg in top3, f"{reg} not in the top 3 of {phenotype}: {list(top3)}"
+
+
+def test_key_gene_statistics_are_consistent(synthetic_model, key_genes):
+    ov = key_genes.overall
+    assert list(ov.index) == list(synthetic_model.adata.var_names)
+    assert ov["selected_frac"].between(0, 1).all()
+    assert sorted(ov["rank"]) == list(range(1, len(ov) + 1))
+    assert ov["rank"].idxmin() == ov["score"].idxmax()
+    # the overall score is the cell-weighted mean of the per-phenotype scores
+    w = key_genes.n_cells / key_genes.n_cells.sum()
+    np.testing.assert_allclose(ov["score"], key_genes.scores @ w, rtol=1e-6, atol=1e-9)
+    assert key_genes.n_cells.sum() == synthetic_model.adata.n_obs
+    # a regulator is selected in nearly every cell of its phenotype, a background gene is not
+    assert key_genes.selected_frac.loc["Reg_P2", "P2"] > 0.9
+    assert key_genes.selected_frac.loc["Reg_P2", "P2"] > key_genes.selected_frac.loc["Gene_0", "P2"]
+
+
+def test_minibatch_accumulation_matches_one_batch(synthetic_model, key_genes):
+    small = synthetic_model.get_key_genes(batch_size=97)
+    np.testing.assert_allclose(small.scores, key_genes.scores, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(small.selected_frac, key_genes.selected_frac, rtol=1e-6, atol=1e-9)
+
+
+def test_write_key_genes_sets_var_and_uns(synthetic_model, key_genes):
+    adata = synthetic_model.adata.copy()
+    keys = _keys.Keys("kgtest")
+    synthetic_model._write_key_genes(adata, keys, n_top=7, key_genes=key_genes)
+    var = adata.var
+    assert int(var[keys.key_gene].sum()) == 7
+    assert set(var.index[var[keys.key_gene]]) == set(var[keys.rank].nsmallest(7).index)
+    np.testing.assert_allclose(var[keys.score], key_genes.overall["score"], rtol=1e-6)
+    ranking = adata.uns["kgtest"][_keys.UNS_KEY_GENES]
+    assert {"phenotype", "gene", "rank", "score", "selected_frac"} <= set(ranking.columns)
+    first = ranking[ranking["rank"] == 1].set_index("phenotype")["gene"]
+    assert first["P2"] == "Reg_P2"
+
+
+def test_phenotype_names_with_slash_survive_h5ad_and_plot(tmp_path):
+    genes = pd.Index([f"g{i}" for i in range(6)])
+    phen = ["CD4+/CD45RA+ naive", "B/plasma"]
+    rng = np.random.default_rng(0)
+    scores = pd.DataFrame(rng.random((6, 2)), index=genes, columns=phen)
+    kg = KeyGenes(
+        overall=pd.DataFrame({"score": scores.mean(1), "selected_frac": 0.5, "rank": np.arange(1, 7)}, index=genes),
+        scores=scores,
+        selected_frac=scores / 2,
+        n_cells=pd.Series([5, 5], index=phen),
+    )
+    adata = ad.AnnData(
+        X=rng.poisson(2, (10, 6)).astype(np.float32),
+        obs=pd.DataFrame({"kdcpt_pred": pd.Categorical(phen * 5)}, index=[f"c{i}" for i in range(10)]),
+        var=pd.DataFrame(index=genes),
+    )
+
+    class _Stub:
+        adata = None
+        _write_key_genes = kdcpt.KDCPT._write_key_genes
+
+    _Stub()._write_key_genes(adata, _keys.Keys(), key_genes=kg)
+    path = tmp_path / "slash.h5ad"
+    adata.write_h5ad(path)
+    back = ad.read_h5ad(path)
+    ranking = back.uns["kdcpt"]["key_genes"]
+    assert list(ranking["phenotype"].cat.categories) == phen
+    ax = kdcpt.pl.key_genes(back, n_genes=2, show=False)
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert len(labels) == 4 and len(set(labels)) == 4  # 2 genes per phenotype, none repeated
+    plt.close("all")
+
+
+def test_key_genes_plot_needs_annotate():
+    adata = ad.AnnData(np.ones((3, 2), dtype=np.float32))
+    with pytest.raises(KeyError, match="annotate"):
+        kdcpt.pl.key_genes(adata, show=False)

@@ -1,0 +1,188 @@
+"""In-silico knockouts: planted transitions terminate, controls do not, data untouched, h5ad + plots."""
+
+from __future__ import annotations
+
+import anndata as ad
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import scvi
+from matplotlib.image import AxesImage
+from matplotlib.patches import Rectangle
+
+import scanpy_kdcpt as kdcpt
+
+RANDOM_GENES = ["Gene_7", "Gene_40", "Gene_91"]
+FLOOR = 0.03  # P of the planted transitions is about 0.05 with this model
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """One torch thread: on a loaded 2-core machine two threads run many times slower."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def transition_model():
+    """A small KDCPT on synthetic data whose transitioning cells carry uncertain labels.
+
+    With ``transition_labels="sampled"`` the planted transitions ``Pi -> P(i+1)`` show in the
+    posterior transition matrix (``P[Pi, P(i+1)]`` about 0.05), so a knockout can terminate them.
+    """
+    scvi.settings.seed = 0
+    adata = kdcpt.datasets.synthetic(n_cells=1200, seed=0, transition_labels="sampled")
+    kdcpt.KDCPT.setup_anndata(adata, labels_key="phenotype", prior_key="is_tf")
+    model = kdcpt.KDCPT(adata, n_tokens=64, n_selected=16, d_model=32, n_hidden=64, n_pcs=20)
+    model.train(max_epochs=25, enable_progress_bar=False)
+    return model
+
+
+@pytest.fixture(scope="module")
+def krumsiek_model():
+    """A KDCPT trained on krumsiek11 (simulated myeloid network with known regulators)."""
+    scvi.settings.seed = 0
+    adata = kdcpt.datasets.krumsiek11()
+    kdcpt.KDCPT.setup_anndata(adata, labels_key="cell_type", prior_key="is_tf")
+    model = kdcpt.KDCPT(adata)
+    model.train(max_epochs=30, enable_progress_bar=False)
+    return model
+
+
+@pytest.fixture(scope="module")
+def screen(transition_model):
+    """Planted carriers and random genes, each against 50 expression-matched random genes."""
+    carriers = list(transition_model.adata.uns["synthetic"]["transitions"]["carrier"])
+    return transition_model.knockout(carriers + RANDOM_GENES, n_null=50, floor=FLOOR, inplace=False, progress=False)
+
+
+def _terminated(res, gene):
+    t = res.table
+    return set(map(tuple, t[(t["gene"] == gene) & t["terminated"]][["source", "target"]].astype(str).to_numpy()))
+
+
+def test_planted_carrier_terminates_its_transition(transition_model, screen):
+    transitions = transition_model.adata.uns["synthetic"]["transitions"]
+    for src, tgt, carrier in transitions[["source", "target", "carrier"]].itertuples(index=False):
+        assert (src, tgt) in _terminated(screen, carrier), f"{carrier} knockout does not terminate {src}->{tgt}"
+    planted = set(map(tuple, transitions[["source", "target"]].to_numpy()))
+    for gene in RANDOM_GENES:
+        assert not (_terminated(screen, gene) & planted), f"random gene {gene} terminates a planted transition"
+
+
+def test_planted_carriers_beat_expression_matched_null(transition_model, screen):
+    s = screen.summary.set_index("gene")
+    for carrier in transition_model.adata.uns["synthetic"]["transitions"]["carrier"]:
+        assert s.loc[carrier, "pval"] < 0.05
+        assert s.loc[carrier, "effect"] > s.loc[RANDOM_GENES, "effect"].max()
+    assert (s["pval"] >= 1 / 51).all()  # the smallest p-value 50 null genes can give
+    assert len(screen.null) == 50 * len(s)
+    assert not screen.null["null_gene"].isin(s.index).any()  # nulls exclude the screened genes
+
+
+def test_table_is_consistent_with_summary(screen):
+    t = screen.table
+    np.testing.assert_allclose(t["delta"], t["p_ko"] - t["p_base"], atol=1e-12)
+    one = t[t["gene"] == "Reg_P1"]
+    P = one.pivot_table(index="source", columns="target", values="p_base", observed=False).to_numpy()
+    Q = one.pivot_table(index="source", columns="target", values="p_ko", observed=False).to_numpy()
+    np.testing.assert_allclose(P.sum(1), 1, atol=1e-6)
+    np.testing.assert_allclose(Q.sum(1), 1, atol=1e-6)
+    effect = 0.5 * np.abs(Q - P).sum(1).mean()
+    assert screen.summary.set_index("gene").loc["Reg_P1", "effect"] == pytest.approx(effect)
+
+
+def test_sparse_recompute_equals_recomputing_every_cell(transition_model):
+    genes = ["Reg_P1", "Gene_7"]
+    fast = transition_model.knockout(genes, inplace=False, progress=False)
+    full = transition_model.knockout(genes, inplace=False, progress=False, only_expressing=False)
+    np.testing.assert_allclose(fast.table["p_ko"], full.table["p_ko"], atol=1e-5)
+    n_expr = int((transition_model.adata[:, "Gene_7"].X.toarray() > 0).sum())
+    s = fast.summary.set_index("gene")
+    assert s.loc["Gene_7", "n_recomputed"] == n_expr < transition_model.adata.n_obs
+
+
+def test_gene_set_is_knocked_out_together_and_overexpress_runs(transition_model):
+    X = transition_model.adata.X.copy()
+    res = transition_model.knockout({"two regs": ["Reg_P1", "Reg_P2"]}, inplace=False, progress=False)
+    single = transition_model.knockout(["Reg_P1", "Reg_P2"], inplace=False, progress=False)
+    s, one = res.summary.set_index("gene"), single.summary.set_index("gene")
+    assert s.loc["two regs", "effect"] > one["effect"].max()
+    union = np.asarray((transition_model.adata[:, ["Reg_P1", "Reg_P2"]].X.toarray() > 0).any(1)).sum()
+    assert s.loc["two regs", "n_recomputed"] == union
+    over = transition_model.knockout("Gene_7", mode="overexpress", inplace=False, progress=False)
+    assert over.summary["mode"].iloc[0] == "overexpress" and over.summary["n_recomputed"].iloc[0] > 0
+    assert (transition_model.adata.X != X).nnz == 0  # nothing in X changed
+
+
+def test_unknown_gene_names_the_closest(transition_model):
+    with pytest.raises(KeyError, match="Reg_P1"):
+        transition_model.knockout(["Reg_P1", "Reg_p11"], progress=False)
+    with pytest.raises(ValueError, match="mode"):
+        transition_model.knockout("Reg_P1", mode="silence", progress=False)
+    with pytest.raises(ValueError, match="empty"):
+        transition_model.knockout([], progress=False)
+
+
+def test_external_embedding_warns_once():
+    adata = kdcpt.datasets.synthetic(n_cells=120, seed=1)
+    adata.obsm["X_emb"] = np.random.default_rng(0).normal(size=(adata.n_obs, 5)).astype(np.float32)
+    kdcpt.KDCPT.setup_anndata(adata, labels_key="phenotype", embedding_key="X_emb")
+    model = kdcpt.KDCPT(adata, n_tokens=16, n_selected=4, d_model=16, n_hidden=16)
+    model.is_trained_ = True
+    with pytest.warns(UserWarning, match="only the gene-token"):
+        model.knockout("Reg_P1", inplace=False, progress=False)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        model.knockout("Reg_P1", inplace=False, progress=False)
+
+
+def test_krumsiek_gata1_knockout_hits_erythroid_megakaryocyte_cells(krumsiek_model):
+    res = krumsiek_model.knockout("all", inplace=False, progress=False)
+    t = res.table
+    block = t[t["source"].isin(["Ery", "Mk"]) & t["target"].isin(["Ery", "Mk"])]
+    # change of p(Ery) + p(Mk), averaged over the Ery and Mk rows
+    drop = block.groupby("gene", observed=True)["delta"].sum() / 2
+    non_erythroid = ["Pu.1", "Cebpa", "cJun", "EgrNab", "Gfi1"]
+    assert drop["Gata1"] < 0
+    for gene in non_erythroid:
+        assert drop["Gata1"] < drop[gene], f"{gene} lowers Ery/Mk more than Gata1: {drop.to_dict()}"
+
+
+def test_knockout_writes_survive_h5ad_and_plots_draw(transition_model, tmp_path):
+    model = transition_model
+    adata = model.adata
+    model.annotate()
+    model.knockout(["Reg_P1", "Gene_7"], n_null=5, progress=False)
+    model.knockout(["Reg_P2"], progress=False)  # a second call adds to the first
+    summary = adata.uns["kdcpt"]["knockout_summary"]
+    assert set(summary["gene"]) == {"Reg_P1", "Gene_7", "Reg_P2"}
+    eff = adata.var["kdcpt_knockout_effect"]
+    assert eff.notna().sum() == 3 and eff.idxmax() in {"Reg_P1", "Reg_P2"}
+    path = tmp_path / "ko.h5ad"
+    adata.write_h5ad(path)
+    back = ad.read_h5ad(path)
+    t0, t1 = adata.uns["kdcpt"]["knockout"], back.uns["kdcpt"]["knockout"]
+    np.testing.assert_allclose(t1["delta"], t0["delta"])
+    assert (t1["terminated"].to_numpy() == t0["terminated"].to_numpy()).all()
+
+    ax = kdcpt.pl.knockout(back, "Reg_P1", show=False)
+    img = [c for c in ax.get_children() if isinstance(c, AxesImage)][0]
+    rows = t1[t1["gene"] == "Reg_P1"]
+    n_cls = len(model.classes_)
+    np.testing.assert_allclose(np.asarray(img.get_array()), rows["delta"].to_numpy().reshape(n_cls, n_cls))
+    boxes = [p for p in ax.patches if isinstance(p, Rectangle) and not p.get_fill()]
+    assert len(boxes) == int(rows["terminated"].sum())
+    ax = kdcpt.pl.knockout_effects(back, show=False)
+    assert [t.get_text() for t in ax.get_xticklabels()][0] == summary.sort_values("effect")["gene"].iloc[-1]
+    ax = kdcpt.pl.key_genes(back, n_genes=2, show=False)
+    assert "Reg_P0" in [t.get_text() for t in ax.get_xticklabels()]
+    with pytest.raises(KeyError, match="Reg_P1"):
+        kdcpt.pl.knockout(back, "Reg_P11", show=False)
+    plt.close("all")
