@@ -193,7 +193,7 @@ def main(argv=None) -> int:
     is_counts = model.data_type_ == "counts"
     rng = np.random.default_rng(0)
     labels = adata.obs[labels_key].astype(str).to_numpy()
-    y_all = pd.Categorical(labels, categories=classes).codes
+    y_all = pd.Categorical(labels, categories=classes).codes.astype(np.int64)
     # evaluation cells: stratified sample, preferring the model's validation cells
     val = np.asarray(model.validation_indices if model.validation_indices is not None else [], dtype=int)
     per = max(1, args.eval_cells // n_cls)
