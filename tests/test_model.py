@@ -116,11 +116,31 @@ def test_query_with_no_shared_genes_fails(synthetic_model):
         synthetic_model.predict(query)
 
 
-def test_query_log_data_for_counts_model_is_refused(synthetic_model):
+def test_query_of_the_wrong_data_type_is_refused(synthetic_model):
     query = kdcpt.datasets.synthetic(n_cells=20, seed=2)
-    query.X = query.X.log1p() if hasattr(query.X, "log1p") else np.log1p(query.X)
-    pred = synthetic_model.predict(query)  # log data into a counts model is allowed (values differ)
-    assert len(pred) == 20
+    query.X = query.X.log1p()
+    with pytest.raises(ValueError, match="looks like log values but the model was trained on counts"):
+        synthetic_model.predict(query)
+
+
+def test_query_counts_in_the_registered_layer():
+    adata = kdcpt.datasets.synthetic(n_cells=300, seed=0)
+    adata.layers["counts"] = adata.X.copy()
+    adata.X = adata.X.log1p()
+    kdcpt.KDCPT.setup_anndata(adata, labels_key="phenotype", layer="counts")
+    model = _tiny_train(adata)
+    query = kdcpt.datasets.synthetic(n_cells=40, seed=5)
+    query.layers["counts"] = query.X.copy()
+    query.X = query.X.log1p()
+    assert len(model.predict(query)) == 40
+
+
+def test_train_without_validation_cells():
+    adata = kdcpt.datasets.synthetic(n_cells=200, seed=0)
+    kdcpt.KDCPT.setup_anndata(adata, labels_key="phenotype")
+    model = kdcpt.KDCPT(adata, n_tokens=32, n_selected=8, d_model=16, n_hidden=32)
+    model.train(max_epochs=1, train_size=1.0, enable_progress_bar=False)
+    assert "validation_loss" not in model.history and "train_loss" in model.history
 
 
 def _tiny_train(adata, **model_kwargs):

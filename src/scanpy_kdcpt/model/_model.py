@@ -93,7 +93,7 @@ class KDCPT(TransitionMixin, KnockoutMixin, UnsupervisedTrainingMixin, BaseModel
         n_heads: int = 4,
         n_latents: int = 4,
         n_hidden: int = 256,
-        n_pcs: int = 50,
+        n_pcs: int = 100,
         prior_weight: float = 0.3,
         aggregation: Literal["mean", "learned"] = "mean",
         use_cell_learner: bool = True,
@@ -329,7 +329,8 @@ class KDCPT(TransitionMixin, KnockoutMixin, UnsupervisedTrainingMixin, BaseModel
         Parameters
         ----------
         max_epochs
-            Passes through the data; default ``min(60, max(15, 30000 // n_cells))``.
+            Passes through the data; default ``min(60, max(30, 30000 // n_cells))`` (early
+            stopping usually ends training sooner).
         accelerator, devices
             Lightning's; ``"auto"`` takes a GPU when there is one. ``strategy="ddp"`` in
             ``trainer_kwargs`` trains on several GPUs.
@@ -352,13 +353,14 @@ class KDCPT(TransitionMixin, KnockoutMixin, UnsupervisedTrainingMixin, BaseModel
         ``*_accuracy`` and ``*_f1``.
         """
         if max_epochs is None:
-            max_epochs = int(min(60, max(15, 30_000 // max(self.adata.n_obs, 1))))
+            max_epochs = int(min(60, max(30, 30_000 // max(self.adata.n_obs, 1))))
         plan_kwargs = {"lr": lr, **(plan_kwargs or {}), "n_classes": len(self.classes_)}
         has_validation = (validation_size or (1 - train_size)) > 0
         if early_stopping and has_validation:
             trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
             trainer_kwargs.setdefault("early_stopping_patience", early_stopping_patience)
-        trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
+        if has_validation:
+            trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
         super().train(
             max_epochs=max_epochs,
             accelerator=accelerator,
@@ -391,10 +393,17 @@ class KDCPT(TransitionMixin, KnockoutMixin, UnsupervisedTrainingMixin, BaseModel
         X = _data.get_matrix(adata, layer if layer in adata.layers else None)
         X = _data.align_genes(X, adata.var_names, pd.Index(self.var_names_))
         _data.check_values(X, "the query's expression matrix")
-        if _data.detect_data_type(X) == "counts" and self.data_type_ == "log":
+        query_type = _data.detect_data_type(X)
+        if query_type != self.data_type_:
+            where = f"adata.layers[{layer!r}]" if layer in adata.layers else "adata.X"
+            fix = (
+                "Pass the query's raw counts (same layer name as at setup, or in X)."
+                if self.data_type_ == "counts"
+                else "Normalise the query the same way (sc.pp.normalize_total + sc.pp.log1p)."
+            )
             raise ValueError(
-                "The query holds counts but the model was trained on log-normalised values. "
-                "Normalise the query the same way (sc.pp.normalize_total + sc.pp.log1p) or pass a log layer."
+                f"The query's {where} looks like {query_type} values but the model was trained on "
+                f"{self.data_type_} values. {fix}"
             )
         obs = pd.DataFrame(index=adata.obs_names.copy())
         labels_state = self.adata_manager.get_state_registry(REGISTRY_KEYS.LABELS_KEY)
@@ -421,7 +430,11 @@ class KDCPT(TransitionMixin, KnockoutMixin, UnsupervisedTrainingMixin, BaseModel
             if key not in adata.obs:
                 raise KeyNotFoundError(f"The model was set up with batch_key {key!r}, which the query's .obs lacks.")
             obs[key] = adata.obs[key].to_numpy()
-        query = ad.AnnData(X=X, obs=obs, obsm=obsm, var=pd.DataFrame(index=pd.Index(self.var_names_)))
+        var = pd.DataFrame(index=pd.Index(self.var_names_))
+        if layer is None:
+            query = ad.AnnData(X=X, obs=obs, obsm=obsm, var=var)
+        else:  # the registry reads this layer
+            query = ad.AnnData(obs=obs, obsm=obsm, var=var, layers={layer: X})
         return self._validate_anndata(query)
 
     def _iterate(
