@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--epochs",
         type=int,
         default=None,
-        help="maximum training epochs (default: by data size, 15-60; early stopping may end sooner)",
+        help="maximum training epochs (default: by data size, 30-60; early stopping may end sooner)",
     )
     run.add_argument(
         "--knockout-top",
