@@ -108,3 +108,31 @@ def test_key_genes_plot_needs_annotate():
     adata = ad.AnnData(np.ones((3, 2), dtype=np.float32))
     with pytest.raises(KeyError, match="annotate"):
         kdcpt.pl.key_genes(adata, show=False)
+
+
+def test_key_genes_plot_with_a_phenotype_no_cell_is_assigned_to():
+    genes = pd.Index([f"g{i}" for i in range(6)])
+    phen = ["A", "B", "C"]
+    rng = np.random.default_rng(1)
+    scores = pd.DataFrame(rng.random((6, 3)), index=genes, columns=phen)
+    kg = KeyGenes(
+        overall=pd.DataFrame({"score": scores.mean(1), "selected_frac": 0.5, "rank": np.arange(1, 7)}, index=genes),
+        scores=scores,
+        selected_frac=scores / 2,
+        n_cells=pd.Series([5, 5, 0], index=phen),
+    )
+    adata = ad.AnnData(
+        X=rng.poisson(2, (10, 6)).astype(np.float32),
+        obs=pd.DataFrame({"kdcpt_pred": pd.Categorical(["A", "B"] * 5, categories=phen)}, index=[f"c{i}" for i in range(10)]),
+        var=pd.DataFrame(index=genes),
+    )
+
+    class _Stub:
+        adata = None
+        _write_key_genes = kdcpt.KDCPT._write_key_genes
+
+    _Stub()._write_key_genes(adata, _keys.Keys(), key_genes=kg)
+    ax = kdcpt.pl.key_genes(adata, n_genes=1, show=False)  # "C" has no cells: its group is left out
+    group_labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert "C" not in group_labels and {"A", "B"} <= set(group_labels)
+    plt.close("all")

@@ -136,6 +136,8 @@ def key_genes(
         lib = np.asarray(X.sum(1)).ravel().astype(np.float32)
         sub = np.log1p(sub / np.maximum(lib, 1)[:, None] * 1e4)
     obs = pd.DataFrame({groupby: pd.Categorical(adata.obs[groupby].astype("category"))}, index=adata.obs_names)
+    # a phenotype no cell is assigned to would be an empty group, which the dotplot cannot average
+    obs[groupby] = obs[groupby].cat.remove_unused_categories()
     cats = [c for c in order if c in set(obs[groupby].astype(str))]
     rest = [c for c in obs[groupby].cat.categories if c not in cats]
     obs[groupby] = obs[groupby].cat.reorder_categories(cats + rest)
