@@ -12,6 +12,7 @@ import pytest
 matplotlib.use("Agg")
 
 import scvi  # noqa: E402
+import torch  # noqa: E402
 
 import scanpy_kdcpt as kdcpt  # noqa: E402
 
@@ -21,6 +22,11 @@ PANCREAS = SHARED_DATA / "pancreas_endocrinogenesis" / "pancreas_bastidas_ponce2
 needs_shared = pytest.mark.skipif(
     not SHARED_DATA.exists(), reason=f"{SHARED_DATA} is absent (a user's clone): tests on its data are skipped"
 )
+
+
+# one intra-op thread: the models here are small, and on a busy 2-core machine two threads
+# contend badly (measured 5-10x slower); test time stays predictable
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

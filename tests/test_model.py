@@ -83,6 +83,19 @@ def test_save_load_identical_probabilities(synthetic_model, tmp_path):
         synthetic_model.save(tmp_path / "m")
 
 
+def test_load_with_the_reread_h5ad_in_the_same_session(synthetic_model, tmp_path):
+    import anndata as ad
+
+    synthetic_model.save(tmp_path / "m")
+    synthetic_model.adata.write_h5ad(tmp_path / "a.h5ad")
+    reread = ad.read_h5ad(tmp_path / "a.h5ad")  # carries the scvi id of the in-memory object
+    loaded = kdcpt.KDCPT.load(tmp_path / "m", reread)
+    np.testing.assert_allclose(
+        loaded.predict(soft=True).to_numpy(), synthetic_model.predict(soft=True).to_numpy(), atol=1e-6
+    )
+    assert synthetic_model.predict().notna().all()  # the original model still works
+
+
 def test_saved_model_loads_with_weights_only(synthetic_model, tmp_path):
     import torch
 

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 from scvi.data import AnnDataManager
+from scvi.data._utils import _assign_adata_uuid
 from scvi.data.fields import CategoricalObsField, LabelsWithUnlabeledObsField, LayerField, ObsmField
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 from scvi.utils import setup_anndata_dsp, track
@@ -724,7 +725,12 @@ class KDCPT(TransitionMixin, KnockoutMixin, UnsupervisedTrainingMixin, BaseModel
         _check_same_genes(adata.var_names, attrs["var_names_"])
         registry = meta["registry"]
         setup_args = dict(registry["setup_args"])
-        if cls._get_most_recent_anndata_manager(adata) is None:
+        try:
+            manager = cls._get_most_recent_anndata_manager(adata)
+        except ValueError:  # a copy or a re-read file carrying the id of another set-up object
+            _assign_adata_uuid(adata, overwrite=True)
+            manager = None
+        if manager is None:
             cls.setup_anndata(adata, source_registry=registry, **setup_args)
         init = meta["init_params"]
         kwargs = {**init.get("non_kwargs", {}), **init.get("kwargs", {})}
