@@ -66,3 +66,18 @@ def pbmc_model():
     kdcpt.KDCPT.setup_anndata(adata, labels_key="bulk_labels", prior_key="is_tf")
     model = kdcpt.KDCPT(adata)
     return _quiet_train(model, max_epochs=25)
+
+
+@pytest.fixture(scope="session")
+def transition_model():
+    """A small KDCPT on synthetic data whose transitioning cells carry uncertain labels.
+
+    With ``transition_labels="sampled"`` a cell on its way ``Pi -> P(i+1)`` is labelled
+    ``P(i+1)`` with probability ``w``, so the planted lineage shows in the posterior
+    transition matrix (``P[Pi, P(i+1)]`` about 0.03-0.06) and a knockout can terminate it.
+    """
+    scvi.settings.seed = 0
+    adata = kdcpt.datasets.synthetic(n_cells=1200, seed=0, transition_labels="sampled")
+    kdcpt.KDCPT.setup_anndata(adata, labels_key="phenotype", prior_key="is_tf")
+    model = kdcpt.KDCPT(adata, n_tokens=64, n_selected=16, d_model=32, n_hidden=64, n_pcs=20)
+    return _quiet_train(model, max_epochs=25)
