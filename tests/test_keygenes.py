@@ -123,7 +123,9 @@ def test_key_genes_plot_with_a_phenotype_no_cell_is_assigned_to():
     )
     adata = ad.AnnData(
         X=rng.poisson(2, (10, 6)).astype(np.float32),
-        obs=pd.DataFrame({"kdcpt_pred": pd.Categorical(["A", "B"] * 5, categories=phen)}, index=[f"c{i}" for i in range(10)]),
+        obs=pd.DataFrame(
+            {"kdcpt_pred": pd.Categorical(["A", "B"] * 5, categories=phen)}, index=[f"c{i}" for i in range(10)]
+        ),
         var=pd.DataFrame(index=genes),
     )
 

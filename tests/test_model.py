@@ -71,6 +71,15 @@ def test_annotate_copy_leaves_input_untouched(synthetic_model):
     assert "kdcpt_pred" in out.obs and "kdcpt_pred" not in q.obs
 
 
+def test_annotate_copy_of_the_training_data_keeps_labels_and_validation_metrics(synthetic_model):
+    out = synthetic_model.annotate(copy=True)
+    assert out is not synthetic_model.adata
+    metrics = out.uns["kdcpt"]["metrics"]
+    assert metrics["validation"]["accuracy"] >= 0.9 and metrics["labelled"]["n_cells"] == out.n_obs
+    assert 0 <= metrics["validation"]["ece"] < 0.2
+    assert 0 < metrics["labelled"]["mean_confidence"] <= 1 and 0 <= metrics["labelled"]["mean_uncertainty"] <= 1
+
+
 def test_save_load_identical_probabilities(synthetic_model, tmp_path):
     synthetic_model.save(tmp_path / "m", overwrite=True)
     loaded = kdcpt.KDCPT.load(tmp_path / "m", synthetic_model.adata)

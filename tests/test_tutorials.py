@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import PANCREAS
 
 TUTORIALS = Path(__file__).resolve().parents[1] / "tutorials"
@@ -49,6 +48,8 @@ def test_krumsiek11_tutorial(tmp_path, monkeypatch):
 
 
 @pytest.mark.shared_data
-@pytest.mark.skipif(not PANCREAS.exists(), reason=f"{PANCREAS} is absent (a user's clone): the pancreas tutorial needs it")
+@pytest.mark.skipif(
+    not PANCREAS.exists(), reason=f"{PANCREAS} is absent (a user's clone): the pancreas tutorial needs it"
+)
 def test_pancreas_tutorial(tmp_path, monkeypatch):
     _execute("pancreas.ipynb", tmp_path, monkeypatch, KDCPT_PANCREAS_PATH=str(PANCREAS))

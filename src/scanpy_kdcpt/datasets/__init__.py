@@ -1,5 +1,6 @@
 """Data for KD-CPT: scanpy's bundled real data, a synthetic generator with planted answers,
-the pancreas endocrinogenesis loader, and transcription-factor lists."""
+the pancreas endocrinogenesis loader, and transcription-factor lists.
+"""
 
 from ._bundled import krumsiek11, pancreas, pbmc68k_reduced
 from ._synthetic import synthetic

@@ -66,6 +66,7 @@ def pancreas(path: str | os.PathLike | None = None, cache_dir: str | os.PathLike
         source into ``cache_dir`` (default ``~/.cache/scanpy-kdcpt``).
     cache_dir
         Where the download is cached.
+
     """
     if path is None:
         cache = Path(cache_dir or Path.home() / ".cache" / "scanpy-kdcpt")
@@ -79,8 +80,7 @@ def pancreas(path: str | os.PathLike | None = None, cache_dir: str | os.PathLike
                 urllib.request.urlretrieve(_PANCREAS_URL, tmp)
             except OSError as err:
                 raise OSError(
-                    f"Could not download the pancreas data from {_PANCREAS_URL} ({err}). "
-                    "Pass path=... to a local copy."
+                    f"Could not download the pancreas data from {_PANCREAS_URL} ({err}). Pass path=... to a local copy."
                 ) from err
             tmp.rename(path)
     path = Path(path)

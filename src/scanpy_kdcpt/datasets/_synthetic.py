@@ -43,6 +43,7 @@ def synthetic(
     ``obs["w"]``; ``var["is_tf"]`` (regulators and ``n_decoy_tfs`` decoy TFs),
     ``var["planted_regulator_of"]``; ``uns["synthetic"]`` with ``regulators`` (phenotype →
     gene), ``transitions`` (source, target, carrier gene).
+
     """
     n_special = n_phenotypes * (1 + n_targets) + n_decoy_tfs
     if n_genes < n_special + 10:
@@ -86,9 +87,7 @@ def synthetic(
 
     var = pd.DataFrame(index=pd.Index(genes, name="gene"))
     var["is_tf"] = var.index.isin(regs + decoys)
-    var["planted_regulator_of"] = pd.Categorical(
-        [phenos[regs.index(x)] if x in regs else "none" for x in genes]
-    )
+    var["planted_regulator_of"] = pd.Categorical([phenos[regs.index(x)] if x in regs else "none" for x in genes])
     obs = pd.DataFrame(
         {
             "phenotype": pd.Categorical([phenos[i] for i in label], categories=phenos),
@@ -101,9 +100,7 @@ def synthetic(
     adata = ad.AnnData(X=sparse.csr_matrix(counts), obs=obs, var=var)
     adata.uns["synthetic"] = {
         "regulators": dict(zip(phenos, regs, strict=True)),
-        "transitions": pd.DataFrame(
-            {"source": phenos[:-1], "target": phenos[1:], "carrier": regs[1:]}
-        ),
+        "transitions": pd.DataFrame({"source": phenos[:-1], "target": phenos[1:], "carrier": regs[1:]}),
         "seed": seed,
     }
     return adata

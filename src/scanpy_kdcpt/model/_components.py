@@ -1,5 +1,6 @@
 """Building blocks of the KD-CPT network: gene tokens, latent-query encoder, Cell Learner,
-prediction branch and the cross-function fusion module (CFFM). Pure torch."""
+prediction branch and the cross-function fusion module (CFFM). Pure torch.
+"""
 
 from __future__ import annotations
 
@@ -117,9 +118,7 @@ class CellLearner(nn.Module):
         self.n_heads = n_heads
         self.norm_kv = nn.LayerNorm(d_model)
         self.kv = nn.Linear(d_model, 2 * d_model)
-        self.layers = nn.ModuleList(
-            [LatentCrossAttentionLayer(d_model, n_heads, dropout) for _ in range(n_layers)]
-        )
+        self.layers = nn.ModuleList([LatentCrossAttentionLayer(d_model, n_heads, dropout) for _ in range(n_layers)])
         self.layer_head_logits = nn.Parameter(torch.zeros(n_layers * n_heads))
         self.selected_encoder = nn.TransformerEncoderLayer(
             d_model, n_heads, dim_feedforward=2 * d_model, dropout=dropout, batch_first=True
@@ -280,8 +279,7 @@ class CFFM(nn.Module):
         q, key = self.norm_q(q), self.norm_k(key)
         heads = lambda t: t.view(b, 2 * k, self.n_heads, c // self.n_heads).transpose(1, 2)  # noqa: E731
         # scaled_dot_product_attention scales by 1 / sqrt(c / n_heads)
-        y = F.scaled_dot_product_attention(
-heads(q), heads(key), heads(v))
+        y = F.scaled_dot_product_attention(heads(q), heads(key), heads(v))
         y = self.attn_out(y.transpose(1, 2).reshape(b, 2 * k, c))
         y = y + self.ff(y)
         y_p = self.deconv_p(y[:, :k])

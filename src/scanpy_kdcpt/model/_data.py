@@ -1,5 +1,6 @@
 """Checks and transforms of the expression matrix: value checks, counts vs log detection,
-normalisation, PCA encoder fit, gene alignment of query data. numpy / scipy only."""
+normalisation, PCA encoder fit, gene alignment of query data. numpy / scipy only.
+"""
 
 from __future__ import annotations
 

@@ -21,6 +21,7 @@ from scipy import sparse
 
 from .. import _keys
 from .._constants import REGISTRY_KEYS
+from .._errors import KeyNotFoundError
 from . import _data
 
 if TYPE_CHECKING:
@@ -64,7 +65,7 @@ class KeyGenes:
     def top(self, phenotype: str, n: int = 10) -> pd.Series:
         """The ``n`` genes with the highest mean score in ``phenotype`` (score as values)."""
         if phenotype not in self.scores.columns:
-            raise KeyError(f"{phenotype!r} is not a phenotype; phenotypes: {list(self.scores.columns)}.")
+            raise KeyNotFoundError(f"{phenotype!r} is not a phenotype; phenotypes: {list(self.scores.columns)}.")
         return self.scores[phenotype].nlargest(n)
 
     def ranking(self, n: int = N_RANKED) -> pd.DataFrame:
@@ -563,7 +564,7 @@ class KnockoutMixin:
                 detail = "; ".join(
                     f"{g!r}: did you mean {c}?" if c else f"{g!r}: no close name" for g, c in close.items()
                 )
-                raise KeyError(f"{len(missing)} gene(s) not among the model's genes — {detail}")
+                raise KeyNotFoundError(f"{len(missing)} gene(s) not among the model's genes — {detail}")
             return tuple(dict.fromkeys(lookup[g] for g in names))
 
         if isinstance(genes, str) and genes in ("key", "all") and genes not in lookup:
@@ -615,7 +616,9 @@ class KnockoutMixin:
             codes, labelled = self.labels_(query)
             return np.where(labelled, codes, base_pred).astype(np.int64), list(self.classes_)
         if groupby not in target.obs:
-            raise KeyError(f"groupby {groupby!r} is not a column of adata.obs (columns: {list(target.obs.columns)}).")
+            raise KeyNotFoundError(
+                f"groupby {groupby!r} is not a column of adata.obs (columns: {list(target.obs.columns)})."
+            )
         col = target.obs[groupby].astype("category")
         return col.cat.codes.to_numpy().astype(np.int64), list(map(str, col.cat.categories))
 

@@ -19,8 +19,8 @@ from scvi.data.fields import CategoricalObsField, LabelsWithUnlabeledObsField, L
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 from scvi.utils import setup_anndata_dsp, track
 
-from .._constants import LABELS_COPY_KEY, REGISTRY_KEYS, UNLABELED_CATEGORY
 from .. import _keys
+from .._constants import LABELS_COPY_KEY, REGISTRY_KEYS, UNLABELED_CATEGORY
 from .._errors import KeyNotFoundError
 from ..metrics import classification_report
 from . import _data
@@ -78,6 +78,7 @@ class KDCPT(TransitionMixin, KnockoutMixin, UnsupervisedTrainingMixin, BaseModel
         sequence with one weight per phenotype.
     dropout
         Dropout rate.
+
     """
 
     _module_cls = KDCPTModule
@@ -192,6 +193,9 @@ class KDCPT(TransitionMixin, KnockoutMixin, UnsupervisedTrainingMixin, BaseModel
         data_type
             ``"counts"`` (normalised + log1p inside the model), ``"log"`` (used as is), or
             ``"auto"`` to detect it (integers → counts). The resolved value is recorded.
+        **kwargs
+            Passed to :meth:`scvi.data.AnnDataManager.register_fields` (e.g. ``source_registry``).
+
         """
         setup_method_args = cls._get_setup_method_args(**locals())
         X = _data.get_matrix(adata, layer)
@@ -212,7 +216,9 @@ class KDCPT(TransitionMixin, KnockoutMixin, UnsupervisedTrainingMixin, BaseModel
         ]
         if batch_key is not None:
             if batch_key not in adata.obs:
-                raise KeyNotFoundError(f"batch_key {batch_key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)}).")
+                raise KeyNotFoundError(
+                    f"batch_key {batch_key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)})."
+                )
             fields.append(CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key))
         if embedding_key is not None:
             cls._check_embedding(adata, embedding_key)
@@ -304,7 +310,9 @@ class KDCPT(TransitionMixin, KnockoutMixin, UnsupervisedTrainingMixin, BaseModel
             else:
                 w = np.asarray(class_weights, dtype=float)
                 if w.shape != (len(self.classes_),):
-                    raise ValueError(f"class_weights needs one weight per phenotype ({len(self.classes_)}), got {w.shape}.")
+                    raise ValueError(
+                        f"class_weights needs one weight per phenotype ({len(self.classes_)}), got {w.shape}."
+                    )
             m.class_weights.copy_(torch.as_tensor(w, dtype=torch.float32))
 
     # ---------------------------------------------------------------------------------------
@@ -352,6 +360,7 @@ class KDCPT(TransitionMixin, KnockoutMixin, UnsupervisedTrainingMixin, BaseModel
         -------
         None. ``model.history`` holds per-epoch ``train_loss``, ``validation_loss``,
         ``*_accuracy`` and ``*_f1``.
+
         """
         if max_epochs is None:
             max_epochs = int(min(60, max(30, 30_000 // max(self.adata.n_obs, 1))))
@@ -422,7 +431,9 @@ class KDCPT(TransitionMixin, KnockoutMixin, UnsupervisedTrainingMixin, BaseModel
             emb = np.asarray(adata.obsm[key])
             width = self.module.embedding_mean.shape[0]
             if emb.shape[1] != width:
-                raise ValueError(f"adata.obsm[{key!r}] has {emb.shape[1]} dimensions; the model was trained on {width}.")
+                raise ValueError(
+                    f"adata.obsm[{key!r}] has {emb.shape[1]} dimensions; the model was trained on {width}."
+                )
             if not np.isfinite(emb).all():
                 raise ValueError(f"adata.obsm[{key!r}] contains NaN or infinite values.")
             obsm[key] = emb
@@ -515,6 +526,7 @@ class KDCPT(TransitionMixin, KnockoutMixin, UnsupervisedTrainingMixin, BaseModel
         (softmax of the logits divided by ``temperature_``), indexed by ``obs_names``. With
         ``conformal_alpha``: a boolean DataFrame cells × phenotypes, True for the phenotypes
         in each cell's prediction set (``.sum(axis=1)`` is the set size).
+
         """
         obs_names = (adata if adata is not None else self.adata).obs_names
         if indices is not None:
@@ -534,7 +546,9 @@ class KDCPT(TransitionMixin, KnockoutMixin, UnsupervisedTrainingMixin, BaseModel
         p = np.exp(z)
         return p / p.sum(1, keepdims=True)
 
-    def get_latent_representation(self, adata: AnnData | None = None, indices=None, batch_size: int | None = None) -> np.ndarray:
+    def get_latent_representation(
+        self, adata: AnnData | None = None, indices=None, batch_size: int | None = None
+    ) -> np.ndarray:
         """Fused representation (the CFFM output), cells × ``d_model``."""
         self._check_if_trained(warn=True)
         return self._collect(["fused"], adata=adata, indices=indices, batch_size=batch_size)["fused"]
@@ -587,14 +601,15 @@ class KDCPT(TransitionMixin, KnockoutMixin, UnsupervisedTrainingMixin, BaseModel
           ``calibration`` (temperature, ECE / Brier before and after :meth:`calibrate`,
           reliability tables), ``transition_matrix``, ``stationary``, ``entropy``,
           ``entropy_total``, ``entropy_total_normalized``, plus what the key-gene writer adds.
+
         """
-        target = self.adata if adata is None else adata
-        if copy:
-            target = target.copy()
+        source = self.adata if adata is None else adata
+        query = None if source is self.adata else source  # None: the registered (training) data
+        target = source.copy() if copy else source
         keys = _keys.Keys(key_added)
         if conformal_alpha is not None:
             self._conformal_threshold(conformal_alpha)  # fails early, before anything is written
-        proba = self.predict(None if target is self.adata else target, soft=True, batch_size=batch_size)
+        proba = self.predict(query, soft=True, batch_size=batch_size)
         pred = pd.Categorical.from_codes(proba.to_numpy().argmax(1), categories=self.classes_)
         obs = {keys.pred: pred}
         for c in self.classes_:
@@ -608,7 +623,7 @@ class KDCPT(TransitionMixin, KnockoutMixin, UnsupervisedTrainingMixin, BaseModel
             self._write_prediction_sets(target, keys, proba, conformal_alpha)
         target.uns[keys.colors] = self._colors(target)
 
-        codes, labelled = self.labels_(None if target is self.adata else target)
+        codes, labelled = self.labels_(query)
         labels = pd.Series(
             np.where(labelled, np.asarray(self.classes_, dtype=object)[np.maximum(codes, 0)], None),
             index=target.obs_names,
@@ -616,29 +631,46 @@ class KDCPT(TransitionMixin, KnockoutMixin, UnsupervisedTrainingMixin, BaseModel
         uns = target.uns.setdefault(keys.uns, {})
         uns[_keys.UNS_CLASSES] = np.asarray(self.classes_, dtype=object)
         uns[_keys.UNS_PARAMS] = _h5ad_safe(
-            {**self.init_params_.get("non_kwargs", {}), **self.adata_manager.registry["setup_args"],
-             "temperature": float(self.temperature_)}
+            {
+                **self.init_params_.get("non_kwargs", {}),
+                **self.adata_manager.registry["setup_args"],
+                "temperature": float(self.temperature_),
+            }
         )
-        uns[_keys.UNS_METRICS] = self._metrics_dict(labels, pd.Series(pred, index=target.obs_names), target)
+        uns[_keys.UNS_METRICS] = self._metrics_dict(labels, proba, is_training=query is None)
         if self.history_:
             uns[_keys.UNS_HISTORY] = pd.concat(list(self.history_.values()), axis=1).astype(float).reset_index()
         uns[_keys.UNS_VERSION] = _version()
-        self._write_calibration(target, keys, proba, labels, conformal_alpha)
+        self._write_calibration(target, keys, proba, labels, conformal_alpha, is_training=query is None)
         self._write_transitions(target, keys, proba, labels)
         self._write_key_genes(target, keys)
         logger.info("added .uns[%r]: %s", keys.uns, ", ".join(uns))
         return target if copy else None
 
-    def _metrics_dict(self, labels: pd.Series, pred: pd.Series, target: AnnData) -> dict:
+    def _metrics_dict(self, labels: pd.Series, proba: pd.DataFrame, *, is_training: bool) -> dict:
+        """Accuracy, macro-F1, kappa, ECE, mean confidence and uncertainty on labelled cells,
+        and on the validation cells when the cells are the training data."""
+        from ..metrics import ece
+
         out = {}
         known = labels.notna().to_numpy()
+        p = proba.to_numpy()
+        pred = pd.Series(np.asarray(self.classes_, dtype=object)[p.argmax(1)], index=labels.index)
+
+        def report(idx: np.ndarray) -> dict:
+            r = classification_report(labels.iloc[idx], pred.iloc[idx])
+            r["ece"] = ece(labels.iloc[idx].astype(str), p[idx], classes=self.classes_)
+            r["mean_confidence"] = float(confidence(p[idx]).mean())
+            r["mean_uncertainty"] = float(cosine_uncertainty(p[idx]).mean())
+            return r
+
         if known.any():
-            out["labelled"] = classification_report(labels[known], pred[known])
-        if target is self.adata and self.validation_indices is not None and len(self.validation_indices):
+            out["labelled"] = report(np.flatnonzero(known))
+        if is_training and self.validation_indices is not None and len(self.validation_indices):
             val = np.asarray(self.validation_indices)
             val = val[known[val]]
             if val.size:
-                out["validation"] = classification_report(labels.iloc[val], pred.iloc[val])
+                out["validation"] = report(val)
         return out
 
     def _colors(self, target: AnnData) -> np.ndarray:
@@ -668,7 +700,9 @@ class KDCPT(TransitionMixin, KnockoutMixin, UnsupervisedTrainingMixin, BaseModel
         if os.path.exists(dir_path) and os.listdir(dir_path) and not overwrite:
             raise ValueError(f"{dir_path} exists and is not empty; pass overwrite=True to replace it.")
         os.makedirs(dir_path, exist_ok=True)
-        torch.save({k: v.detach().cpu() for k, v in self.module.state_dict().items()}, os.path.join(dir_path, _MODEL_FILE))
+        torch.save(
+            {k: v.detach().cpu() for k, v in self.module.state_dict().items()}, os.path.join(dir_path, _MODEL_FILE)
+        )
         history = {k: v.reset_index().to_dict(orient="list") for k, v in (self.history or {}).items()}
         meta = {
             "init_params": self.init_params_,
@@ -708,6 +742,7 @@ class KDCPT(TransitionMixin, KnockoutMixin, UnsupervisedTrainingMixin, BaseModel
             same order). Default: the AnnData saved with ``save_anndata=True``.
         accelerator, device
             Where to put the model (``"auto"``: GPU when present).
+
         """
         from scvi.model._utils import parse_device_args
 

@@ -41,6 +41,7 @@ class KDCPTModule(BaseModuleClass):
         Weight of the auxiliary per-branch cross-entropy losses.
     dropout
         Dropout rate.
+
     """
 
     def __init__(

@@ -39,7 +39,9 @@ class KDCPTTrainingPlan(TrainingPlan):
     def compute_and_log_metrics(self, loss_output: LossOutput, metrics, mode: str):
         """Log classification loss, accuracy and macro-F1 (epoch-level)."""
         n = loss_output.n_obs_minibatch
-        self.log(f"{mode}_classification_loss", loss_output.classification_loss, on_step=False, on_epoch=True, batch_size=n)
+        self.log(
+            f"{mode}_classification_loss", loss_output.classification_loss, on_step=False, on_epoch=True, batch_size=n
+        )
         if loss_output.true_labels is None or loss_output.true_labels.numel() == 0:
             return
         preds = loss_output.logits.argmax(-1)

@@ -16,6 +16,7 @@ import pandas as pd
 from scipy import sparse
 
 from .. import _keys
+from .._errors import KeyNotFoundError
 from ._uncertainty import (
     brier_score,
     conformal_scores,
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 #: ``.uns[key]`` entry with the overall entropy divided by ``log(n_phenotypes)``
-UNS_ENTROPY_TOTAL_NORMALIZED = "entropy_total_normalized"
+UNS_ENTROPY_TOTAL_NORMALIZED = _keys.UNS_ENTROPY_TOTAL_NORMALIZED
 _SET_SEP = "|"
 
 
@@ -267,7 +268,9 @@ class TransitionMixin:
         if groupby is None:
             return {None: np.arange(adata.n_obs)}
         if groupby not in adata.obs:
-            raise KeyError(f"groupby {groupby!r} is not a column of adata.obs (columns: {list(adata.obs.columns)}).")
+            raise KeyNotFoundError(
+                f"groupby {groupby!r} is not a column of adata.obs (columns: {list(adata.obs.columns)})."
+            )
         col = adata.obs[groupby]
         if col.isna().any():
             raise ValueError(f"adata.obs[{groupby!r}] has missing values; fill or drop them before grouping.")
@@ -460,7 +463,7 @@ class TransitionMixin:
             codes, _ = self.labels_(None)
             return codes[indices]
         if labels_key not in target.obs:
-            raise KeyError(
+            raise KeyNotFoundError(
                 f"labels_key {labels_key!r} is not a column of adata.obs (columns: {list(target.obs.columns)})."
             )
         lookup = {c: i for i, c in enumerate(self.classes_)}
@@ -502,6 +505,7 @@ class TransitionMixin:
         proba: pd.DataFrame,
         labels: pd.Series,
         conformal_alpha: float | None = None,
+        is_training: bool | None = None,
     ) -> None:
         """Set ``.uns[key]["calibration"]``.
 
@@ -531,7 +535,7 @@ class TransitionMixin:
             out["reliability"] = reliability_table(after, codes, n_bins)
             out["cells"] = "calibration (held-out) cells"
         elif (
-            adata is self.adata
+            (adata is self.adata if is_training is None else is_training)
             and getattr(self, "validation_indices", None) is not None
             and len(self.validation_indices)
         ):

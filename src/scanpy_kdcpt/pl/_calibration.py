@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from .. import _keys
+from .._errors import KeyNotFoundError
 from . import _read
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ def _from_obs(adata: AnnData, key: str, labels_key: str | None, n_bins: int) -> 
     cols = [keys.proba(c) for c in names]
     missing = [c for c in cols if c not in adata.obs]
     if missing:
-        raise KeyError(f"adata.obs lacks {missing[:3]}: run model.annotate() (key_added={key!r}) first.")
+        raise KeyNotFoundError(f"adata.obs lacks {missing[:3]}: run model.annotate() (key_added={key!r}) first.")
     if labels_key is None:
         params = adata.uns.get(key, {}).get(_keys.UNS_PARAMS, {})
         labels_key = params.get("labels_key")
@@ -33,7 +34,7 @@ def _from_obs(adata: AnnData, key: str, labels_key: str | None, n_bins: int) -> 
             raise ValueError("Pass labels_key= (the .obs column of known phenotypes).")
         labels_key = str(labels_key)
     if labels_key not in adata.obs:
-        raise KeyError(f"labels_key {labels_key!r} is not a column of adata.obs.")
+        raise KeyNotFoundError(f"labels_key {labels_key!r} is not a column of adata.obs.")
     labels = adata.obs[labels_key].astype(object)
     lookup = {c: i for i, c in enumerate(names)}
     codes = labels.map(lambda x: lookup.get(str(x), -1) if pd.notna(x) else -1).to_numpy(int)
@@ -98,7 +99,7 @@ def reliability(
         if show_before and "reliability_before" in calib:
             before = pd.DataFrame(calib["reliability_before"])
     elif source == "uns":
-        raise KeyError(
+        raise KeyNotFoundError(
             f"adata.uns[{key!r}][{_keys.UNS_CALIBRATION!r}] has no reliability table: train with validation cells "
             "(train_size < 1) or call model.calibrate(), then model.annotate()."
         )

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from .. import _keys
+from .._errors import KeyNotFoundError
 from ._knockout import _finish, _uns
 
 if TYPE_CHECKING:
@@ -88,7 +89,7 @@ def key_genes(
     keys = _keys.Keys(key_added)
     groupby = keys.pred if groupby is None else groupby
     if groupby not in adata.obs:
-        raise KeyError(
+        raise KeyNotFoundError(
             f"{groupby!r} is not a column of adata.obs: run model.annotate() (it writes {keys.pred!r}) "
             "or pass groupby=."
         )
@@ -100,7 +101,7 @@ def key_genes(
     if phenotypes is not None:
         unknown = [p for p in phenotypes if p not in order]
         if unknown:
-            raise KeyError(f"Unknown phenotype(s) {unknown}; phenotypes: {order}.")
+            raise KeyNotFoundError(f"Unknown phenotype(s) {unknown}; phenotypes: {order}.")
         order = list(phenotypes)
     var_names = set(map(str, adata.var_names))
     shown: set[str] = set()

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from .. import _keys
+from .._errors import KeyNotFoundError
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -18,12 +19,12 @@ if TYPE_CHECKING:
 # -- helpers shared by the key-gene and knockout plots ---------------------------------------
 def _uns(adata: AnnData, key: str, entry: str, producer: str):
     if key not in adata.uns:
-        raise KeyError(
+        raise KeyNotFoundError(
             f"adata.uns[{key!r}] not found: run {producer} first (or pass key_added= the key you used; "
             f"uns keys: {list(adata.uns.keys())})."
         )
     if entry not in adata.uns[key]:
-        raise KeyError(
+        raise KeyNotFoundError(
             f"adata.uns[{key!r}][{entry!r}] not found: run {producer} first "
             f"(entries present: {list(adata.uns[key].keys())})."
         )
@@ -130,7 +131,7 @@ def knockout(
 
         screened = list(dict.fromkeys(table["gene"].astype(str)))
         close = difflib.get_close_matches(str(gene), screened, n=3)
-        raise KeyError(
+        raise KeyNotFoundError(
             f"No knockout of {gene!r} in adata.uns[{key_added!r}]['knockout']"
             + (f"; did you mean {close}?" if close else f"; screened: {screened[:10]}")
             + " Run model.knockout(gene) first."

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .. import _keys
+from .._errors import KeyNotFoundError
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -18,12 +19,12 @@ if TYPE_CHECKING:
 def uns_entry(adata: AnnData, key: str, entry: str, producer: str = "model.annotate()"):
     """``adata.uns[key][entry]``, or a KeyError that says what writes it."""
     if key not in adata.uns:
-        raise KeyError(
+        raise KeyNotFoundError(
             f"adata.uns[{key!r}] not found: run {producer} first (or pass key= the key_added you used; "
             f"uns keys: {list(adata.uns.keys())})."
         )
     if entry not in adata.uns[key]:
-        raise KeyError(
+        raise KeyNotFoundError(
             f"adata.uns[{key!r}][{entry!r}] not found: run {producer} with this version of scanpy-kdcpt "
             f"(entries present: {list(adata.uns[key].keys())})."
         )
