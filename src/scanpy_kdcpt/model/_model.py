@@ -649,7 +649,8 @@ class KDCPT(TransitionMixin, KnockoutMixin, UnsupervisedTrainingMixin, BaseModel
 
     def _metrics_dict(self, labels: pd.Series, proba: pd.DataFrame, *, is_training: bool) -> dict:
         """Accuracy, macro-F1, kappa, ECE, mean confidence and uncertainty on labelled cells,
-        and on the validation cells when the cells are the training data."""
+        and on the validation cells when the cells are the training data.
+        """
         from ..metrics import ece
 
         out = {}

@@ -9,53 +9,14 @@ import pandas as pd
 
 from .. import _keys
 from .._errors import KeyNotFoundError
+from ._read import finish as _finish
+from ._read import new_axes as _axes
+from ._read import uns_entry as _uns
 
 if TYPE_CHECKING:
     from anndata import AnnData
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
-
-
-# -- helpers shared by the key-gene and knockout plots ---------------------------------------
-def _uns(adata: AnnData, key: str, entry: str, producer: str):
-    if key not in adata.uns:
-        raise KeyNotFoundError(
-            f"adata.uns[{key!r}] not found: run {producer} first (or pass key_added= the key you used; "
-            f"uns keys: {list(adata.uns.keys())})."
-        )
-    if entry not in adata.uns[key]:
-        raise KeyNotFoundError(
-            f"adata.uns[{key!r}][{entry!r}] not found: run {producer} first "
-            f"(entries present: {list(adata.uns[key].keys())})."
-        )
-    return adata.uns[key][entry]
-
-
-def _axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
-    import matplotlib.pyplot as plt
-
-    if ax is not None:
-        return ax.figure, ax
-    fig, ax = plt.subplots(figsize=figsize, layout="constrained")
-    return fig, ax
-
-
-def _finish(fig: Figure, ax, show: bool | None, return_fig: bool, save: str | None):
-    """Scanpy's ending: save, show (``None``: ``scanpy.settings.autoshow``), return."""
-    import matplotlib.pyplot as plt
-
-    if save is not None:
-        fig.savefig(save, dpi=150, bbox_inches="tight")
-    if return_fig:
-        return fig
-    if show is None:
-        from scanpy import settings
-
-        show = settings.autoshow
-    if show:
-        plt.show()
-        return None
-    return ax
 
 
 def _pick_mode(frame: pd.DataFrame, mode: str | None) -> pd.DataFrame:
