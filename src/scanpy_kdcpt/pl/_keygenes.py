@@ -9,7 +9,9 @@ import numpy as np
 import pandas as pd
 
 from .. import _keys
+from .._constants import TARGET_SUM
 from .._errors import KeyNotFoundError
+from ..model._data import detect_data_type
 from ._knockout import _finish, _uns
 
 if TYPE_CHECKING:
@@ -129,13 +131,10 @@ def key_genes(
     sub = sub.toarray() if sparse.issparse(sub) else np.asarray(sub)
     sub = sub.astype(np.float32)
     if normalize is None:
-        sample = X[: min(adata.n_obs, 500)]
-        vals = sample.data if sparse.issparse(sample) else np.asarray(sample).ravel()
-        vals = vals[vals != 0]
-        normalize = bool(vals.size) and np.allclose(vals, np.round(vals)) and vals.max() > 1
-    if normalize:
+        normalize = detect_data_type(X) == "counts"
+    if normalize:  # library size of all genes, as the model normalises counts
         lib = np.asarray(X.sum(1)).ravel().astype(np.float32)
-        sub = np.log1p(sub / np.maximum(lib, 1)[:, None] * 1e4)
+        sub = np.log1p(sub / np.maximum(lib, 1)[:, None] * TARGET_SUM)
     obs = pd.DataFrame({groupby: pd.Categorical(adata.obs[groupby].astype("category"))}, index=adata.obs_names)
     # a phenotype no cell is assigned to would be an empty group, which the dotplot cannot average
     obs[groupby] = obs[groupby].cat.remove_unused_categories()
