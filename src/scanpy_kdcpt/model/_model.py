@@ -28,7 +28,7 @@ from ._knockout import KnockoutMixin
 from ._module import KDCPTModule
 from ._trainingplan import KDCPTTrainingPlan
 from ._transition import TransitionMixin
-from ._uncertainty import confidence, cosine_uncertainty
+from ._uncertainty import confidence, cosine_uncertainty, softmax
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -541,10 +541,8 @@ class KDCPT(TransitionMixin, KnockoutMixin, UnsupervisedTrainingMixin, BaseModel
         )
 
     def _softmax(self, logits: np.ndarray) -> np.ndarray:
-        z = logits / float(self.temperature_)
-        z = z - z.max(1, keepdims=True)
-        p = np.exp(z)
-        return p / p.sum(1, keepdims=True)
+        """Probabilities at the model's temperature."""
+        return softmax(logits, float(self.temperature_))
 
     def get_latent_representation(
         self, adata: AnnData | None = None, indices=None, batch_size: int | None = None
