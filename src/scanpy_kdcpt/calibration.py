@@ -1,4 +1,7 @@
-"""Confidence, uncertainty, calibration (temperature scaling, ECE, Brier) and conformal sets."""
+"""Confidence, uncertainty and calibration: temperature scaling, ECE, Brier, split-conformal sets.
+
+The torch-free numerical core of the prediction quality; used by the model, metrics and plots.
+"""
 
 from __future__ import annotations
 
