@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 import scanpy_kdcpt as kdcpt
-from scanpy_kdcpt.model._uncertainty import (
+from scanpy_kdcpt.calibration import (
     conformal_scores,
     conformal_threshold,
     cosine_uncertainty,

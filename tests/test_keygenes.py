@@ -10,7 +10,8 @@ import pytest
 
 import scanpy_kdcpt as kdcpt
 from scanpy_kdcpt import _keys
-from scanpy_kdcpt.model._knockout import KeyGenes
+from scanpy_kdcpt import writers
+from scanpy_kdcpt.results import KeyGenes
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -60,7 +61,7 @@ def test_minibatch_accumulation_matches_one_batch(synthetic_model, key_genes):
 def test_write_key_genes_sets_var_and_uns(synthetic_model, key_genes):
     adata = synthetic_model.adata.copy()
     keys = _keys.Keys("kgtest")
-    synthetic_model._write_key_genes(adata, keys, n_top=7, key_genes=key_genes)
+    writers.write_key_genes(adata, key_genes, key_added="kgtest", n_top=7)
     var = adata.var
     assert int(var[keys.key_gene].sum()) == 7
     assert set(var.index[var[keys.key_gene]]) == set(var[keys.rank].nsmallest(7).index)
@@ -88,11 +89,7 @@ def test_phenotype_names_with_slash_survive_h5ad_and_plot(tmp_path):
         var=pd.DataFrame(index=genes),
     )
 
-    class _Stub:
-        adata = None
-        _write_key_genes = kdcpt.KDCPT._write_key_genes
-
-    _Stub()._write_key_genes(adata, _keys.Keys(), key_genes=kg)
+    writers.write_key_genes(adata, kg)
     path = tmp_path / "slash.h5ad"
     adata.write_h5ad(path)
     back = ad.read_h5ad(path)
@@ -129,11 +126,7 @@ def test_key_genes_plot_with_a_phenotype_no_cell_is_assigned_to():
         var=pd.DataFrame(index=genes),
     )
 
-    class _Stub:
-        adata = None
-        _write_key_genes = kdcpt.KDCPT._write_key_genes
-
-    _Stub()._write_key_genes(adata, _keys.Keys(), key_genes=kg)
+    writers.write_key_genes(adata, kg)
     ax = kdcpt.pl.key_genes(adata, n_genes=1, show=False)  # "C" has no cells: its group is left out
     group_labels = [t.get_text() for t in ax.get_yticklabels()]
     assert "C" not in group_labels and {"A", "B"} <= set(group_labels)

@@ -9,7 +9,20 @@ try:
 except PackageNotFoundError:  # running from a source tree
     __version__ = "0.0.0"
 
-from . import datasets, metrics, pl
+from . import calibration, datasets, markov, metrics, pl, results, stats, writers
 from .model import KDCPT, KDCPTModule, KDCPTTrainingPlan
 
-__all__ = ["KDCPT", "KDCPTModule", "KDCPTTrainingPlan", "datasets", "metrics", "pl", "__version__"]
+__all__ = [
+    "KDCPT",
+    "KDCPTModule",
+    "KDCPTTrainingPlan",
+    "__version__",
+    "calibration",
+    "datasets",
+    "markov",
+    "metrics",
+    "pl",
+    "results",
+    "stats",
+    "writers",
+]

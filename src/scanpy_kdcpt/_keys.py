@@ -76,6 +76,11 @@ class Keys:
     def transitions(self) -> str:
         return f"{self.key_added}_transitions"
 
+    # .obsm
+    @property
+    def fate_probabilities(self) -> str:
+        return f"{self.key_added}_fate_probabilities"
+
     # .uns
     @property
     def uns(self) -> str:
@@ -97,6 +102,13 @@ UNS_ENTROPY_TOTAL_NORMALIZED = "entropy_total_normalized"
 UNS_KEY_GENES = "key_genes"
 UNS_KNOCKOUT = "knockout"
 UNS_KNOCKOUT_SUMMARY = "knockout_summary"
+UNS_KNOCKOUT_PARAMS = "knockout_params"
+UNS_KNOCKOUT_FATE = "knockout_fate"
+UNS_FLUX = "flux"
+UNS_TRANSITION_METHOD = "transition_method"
+UNS_DIRECTION = "direction"
+UNS_FATE = "fate"
+UNS_FATE_TERMINAL = "fate_terminal"
 UNS_METRICS = "metrics"
 UNS_CALIBRATION = "calibration"
 UNS_HISTORY = "history"

@@ -107,12 +107,16 @@ def reliability_table(proba: np.ndarray, codes: np.ndarray, n_bins: int = 15) ->
 def expected_calibration_error(proba: np.ndarray, codes: np.ndarray, n_bins: int = 15) -> float:
     """Top-label ECE: ``Σ_b (n_b / n) |accuracy_b - confidence_b|`` over ``n_bins`` equal bins."""
     table = reliability_table(proba, codes, n_bins)
-    n = table["count"].sum()
-    if n == 0:
+    if table["count"].sum() == 0:
         raise ValueError("No cells to compute the ECE on.")
-    filled = table["count"] > 0
-    gap = (table["accuracy"] - table["confidence"]).abs()[filled]
-    return float((table["count"][filled] / n * gap).sum())
+    return ece_from_table(table)
+
+
+def ece_from_table(table: pd.DataFrame) -> float:
+    """The ECE of a :func:`reliability_table` (NaN for a table without cells)."""
+    t = table[table["count"] > 0]
+    n = t["count"].sum()
+    return float((t["count"] / n * (t["accuracy"] - t["confidence"]).abs()).sum()) if n else float("nan")
 
 
 def brier_score(proba: np.ndarray, codes: np.ndarray) -> float:

@@ -69,9 +69,7 @@ def memberships(assigned: np.ndarray, n_phenotypes: int) -> sparse.csr_matrix:
     assigned = np.asarray(assigned, dtype=int).ravel()
     ok = assigned >= 0
     rows = np.flatnonzero(ok)
-    return sparse.csr_matrix(
-        (np.ones(len(rows)), (rows, assigned[ok])), shape=(len(assigned), int(n_phenotypes))
-    )
+    return sparse.csr_matrix((np.ones(len(rows)), (rows, assigned[ok])), shape=(len(assigned), int(n_phenotypes)))
 
 
 def coarse_grain(T: sparse.spmatrix | np.ndarray, M: sparse.spmatrix | np.ndarray) -> np.ndarray:
@@ -126,7 +124,7 @@ def knn_transition_matrix(
         raise ValueError(f"n_neighbors must be at least 1, got {n_neighbors}.")
     k = int(min(n_neighbors, n - 1))
     idx, dist = knn(Z, k, random_state=random_state, exact_below=exact_below)
-    sim = 1.0 - dist
+    sim = 1.0 - np.asarray(dist, dtype=np.float64)
     z = softmax_scale * sim
     z -= z.max(1, keepdims=True)
     w = np.exp(z)
@@ -258,7 +256,9 @@ def absorption_probabilities(
     t_ok = t[reach[t]]
     if len(t_ok):
         Q = T[t_ok][:, t_ok]
-        R = T[t_ok][:, a] @ sparse.csr_matrix((np.ones(len(a)), (np.arange(len(a)), targets[a])), shape=(len(a), n_targets))
+        R = T[t_ok][:, a] @ sparse.csr_matrix(
+            (np.ones(len(a)), (np.arange(len(a)), targets[a])), shape=(len(a), n_targets)
+        )
         A = (sparse.identity(len(t_ok), format="csc") - Q).tocsc()
         out[t_ok] = np.clip(splu(A).solve(np.asarray(R.todense())), 0.0, 1.0)
         s = out[t_ok].sum(1, keepdims=True)

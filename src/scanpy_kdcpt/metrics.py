@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score
 
+from . import calibration
+
 
 def _as_labels(y) -> np.ndarray:
     return np.asarray(pd.Series(y).astype(str))
@@ -100,10 +102,8 @@ def ece(y_true: Sequence, proba, *, classes: Sequence | None = None, n_bins: int
     ``Σ_b (n_b / n) |accuracy_b - confidence_b|``: 0 for a calibrated model.
 
     """
-    from .model._uncertainty import expected_calibration_error
-
     p, y = _proba_and_codes(y_true, proba, classes)
-    return expected_calibration_error(p, y, n_bins)
+    return calibration.expected_calibration_error(p, y, n_bins)
 
 
 def brier(y_true: Sequence, proba, *, classes: Sequence | None = None) -> float:
@@ -111,7 +111,34 @@ def brier(y_true: Sequence, proba, *, classes: Sequence | None = None) -> float:
 
     Parameters are those of :func:`ece`.
     """
-    from .model._uncertainty import brier_score
-
     p, y = _proba_and_codes(y_true, proba, classes)
-    return brier_score(p, y)
+    return calibration.brier_score(p, y)
+
+
+def prediction_metrics(labels: pd.Series, proba: pd.DataFrame, subsets: dict[str, np.ndarray]) -> dict[str, dict]:
+    """Accuracy, macro-F1, kappa, ECE, mean confidence and mean uncertainty per subset of cells.
+
+    Parameters
+    ----------
+    labels
+        Known phenotype of each cell (missing: unlabelled).
+    proba
+        Cells × phenotypes probabilities (phenotypes as columns).
+    subsets
+        Name → positions of labelled cells (empty subsets are skipped).
+
+    """
+    p = proba.to_numpy()
+    names = np.asarray(list(map(str, proba.columns)), dtype=object)
+    pred = pd.Series(names[p.argmax(1)], index=labels.index)
+    out = {}
+    for name, idx in subsets.items():
+        idx = np.asarray(idx, dtype=int)
+        if not idx.size:
+            continue
+        r = classification_report(labels.iloc[idx], pred.iloc[idx])
+        r["ece"] = ece(labels.iloc[idx].astype(str), p[idx], classes=list(names))
+        r["mean_confidence"] = float(calibration.confidence(p[idx]).mean())
+        r["mean_uncertainty"] = float(calibration.cosine_uncertainty(p[idx]).mean())
+        out[name] = r
+    return out

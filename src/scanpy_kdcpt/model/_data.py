@@ -1,92 +1,23 @@
-"""Checks and transforms of the expression matrix: value checks, counts vs log detection,
-normalisation, PCA encoder fit, gene alignment of query data. numpy / scipy only.
+"""Data in and out of the model: set-up checks, value checks, counts vs log detection,
+normalisation, the PCA encoder fit, and query data aligned to the model's genes. No torch.
 """
 
 from __future__ import annotations
 
-import difflib
 import warnings
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+from scanpy import logging as logg
 from scipy import sparse
 
-from .._constants import TARGET_SUM
+from .._constants import LABELS_COPY_KEY, UNLABELED_CATEGORY
 from .._errors import KeyNotFoundError
+from .._expression import check_values, detect_data_type, get_matrix
 
 if TYPE_CHECKING:
     from anndata import AnnData
-
-DataType = Literal["counts", "log"]
-
-
-def get_matrix(adata: AnnData, layer: str | None):
-    """``adata.layers[layer]`` or ``adata.X``, with a clear error for a missing layer."""
-    if layer is None:
-        if adata.X is None:
-            raise ValueError("adata.X is empty. Pass layer=... naming the layer with expression values.")
-        return adata.X
-    if layer not in adata.layers:
-        raise KeyNotFoundError(
-            f"Layer {layer!r} is not in adata.layers (available: {list(adata.layers.keys())}). "
-            "Pass layer=None to use adata.X."
-        )
-    return adata.layers[layer]
-
-
-def _values_sample(X, max_rows: int = 2000) -> np.ndarray:
-    """Nonzero values of up to ``max_rows`` evenly spaced rows (dense or sparse, backed or not)."""
-    n = X.shape[0]
-    rows = np.unique(np.linspace(0, n - 1, min(n, max_rows)).astype(int))
-    sub = X[rows]
-    if sparse.issparse(sub):
-        return np.asarray(sub.data)
-    return np.asarray(sub).ravel()
-
-
-def check_values(X, what: str = "the expression matrix") -> None:
-    """Refuse NaN / inf and scaled (z-scored, negative) values with a message naming the fix."""
-    data = X.data if sparse.issparse(X) else np.asarray(X)
-    if not np.all(np.isfinite(data)):
-        n_bad = int(np.size(data) - np.isfinite(data).sum())
-        raise ValueError(
-            f"{what} contains {n_bad} NaN or infinite values. Remove or impute them "
-            "(e.g. `adata = adata[:, np.isfinite(X).all(0)]`) before setup_anndata."
-        )
-    if data.size and data.min() < 0:
-        raise ValueError(
-            f"{what} has negative values (min {data.min():.3g}): it looks scaled (z-scored). "
-            "KD-CPT needs counts or log-normalised expression: pass layer=... with counts, "
-            "or use log-normalised values (for scanpy's pbmc68k_reduced they are in adata.raw; "
-            "kdcpt.datasets.pbmc68k_reduced() returns them in X)."
-        )
-
-
-def detect_data_type(X) -> DataType:
-    """``"counts"`` when the sampled values are all non-negative integers, else ``"log"``."""
-    vals = _values_sample(X)
-    vals = vals[vals != 0]
-    if vals.size == 0:
-        return "log"
-    if np.allclose(vals, np.round(vals)) and vals.max() > 1:
-        return "counts"
-    return "log"
-
-
-def log_normalize(X, data_type: DataType):
-    """Library-size normalise + log1p when ``data_type == "counts"`` (keeps sparsity)."""
-    if data_type != "counts":
-        return X
-    if sparse.issparse(X):
-        X = sparse.csr_matrix(X, dtype=np.float32)
-        lib = np.asarray(X.sum(1)).ravel()
-        X = sparse.diags((TARGET_SUM / np.maximum(lib, 1.0)).astype(np.float32)) @ X
-        X.data = np.log1p(X.data)
-        return X
-    X = np.asarray(X, dtype=np.float32)
-    lib = np.maximum(X.sum(1, keepdims=True), 1.0)
-    return np.log1p(X / lib * TARGET_SUM)
 
 
 def fit_pca(X, n_components: int, seed: int, max_cells: int = 20_000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -111,19 +42,6 @@ def fit_pca(X, n_components: int, seed: int, max_cells: int = 20_000) -> tuple[n
     pca = PCA(n_components=n_components, svd_solver=solver, random_state=seed).fit(X)
     std = np.sqrt(np.maximum(pca.explained_variance_, 1e-8))
     return pca.mean_.astype(np.float32), pca.components_.T.astype(np.float32), std.astype(np.float32)
-
-
-def closest_names(names, universe, n: int = 3) -> dict[str, list[str]]:
-    """For each unknown name, the closest names in ``universe`` (case-insensitive first)."""
-    universe = list(map(str, universe))
-    upper = {u.upper(): u for u in universe}
-    out = {}
-    for name in names:
-        if str(name).upper() in upper:
-            out[name] = [upper[str(name).upper()]]
-        else:
-            out[name] = difflib.get_close_matches(str(name), universe, n=n)
-    return out
 
 
 def align_genes(X, query_genes: pd.Index, model_genes: pd.Index):
@@ -160,3 +78,114 @@ def align_genes(X, query_genes: pd.Index, model_genes: pd.Index):
     out = np.zeros((X.shape[0], len(model_genes)), dtype=np.float32)
     out[:, present] = X[:, pos[present]]
     return out
+
+
+# ----------------------------------------------------------------- set-up checks
+def check_labels(adata: AnnData, labels_key: str, unlabeled_category) -> str:
+    if labels_key not in adata.obs:
+        raise KeyNotFoundError(
+            f"labels_key {labels_key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)})."
+        )
+    labels = adata.obs[labels_key]
+    known = labels[labels.notna()]
+    if unlabeled_category is not None:
+        known = known[known != unlabeled_category]
+    n_classes = known.nunique()
+    if n_classes < 2:
+        raise ValueError(
+            f"adata.obs[{labels_key!r}] has {n_classes} labelled phenotype(s); KDCPT needs at least two. "
+            "Check the column or the unlabeled_category."
+        )
+    if labels.isna().any():
+        # missing labels become the unlabelled category in a private column; the user's
+        # column is left as it is
+        fill = UNLABELED_CATEGORY if unlabeled_category is None else unlabeled_category
+        copy = labels.astype(object).where(labels.notna(), fill).astype(str)
+        adata.obs[LABELS_COPY_KEY] = pd.Categorical(copy)
+        logg.info(f"{int(labels.isna().sum())} cells without a label are predicted but left out of the loss.")
+        return LABELS_COPY_KEY
+    return labels_key
+
+
+def check_embedding(adata: AnnData, embedding_key: str) -> None:
+    if embedding_key not in adata.obsm:
+        raise KeyNotFoundError(
+            f"embedding_key {embedding_key!r} is not in adata.obsm (keys: {list(adata.obsm.keys())})."
+        )
+    emb = np.asarray(adata.obsm[embedding_key])
+    if emb.ndim != 2 or emb.shape[0] != adata.n_obs:
+        raise ValueError(
+            f"adata.obsm[{embedding_key!r}] has shape {emb.shape}; expected (n_obs={adata.n_obs}, n_dims)."
+        )
+    if not np.isfinite(emb).all():
+        raise ValueError(f"adata.obsm[{embedding_key!r}] contains NaN or infinite values.")
+
+
+def check_prior(adata: AnnData, prior_key: str) -> None:
+    if prior_key not in adata.var:
+        raise KeyNotFoundError(
+            f"prior_key {prior_key!r} is not a column of adata.var (columns: {list(adata.var.columns)}). "
+            'For transcription factors: adata.var["is_tf"] = '
+            'kdcpt.datasets.is_transcription_factor(adata.var_names, species="human").'
+        )
+    prior = pd.to_numeric(adata.var[prior_key], errors="coerce").astype(float).to_numpy()
+    if not np.isfinite(prior).all() or prior.min() < 0 or prior.max() > 1:
+        raise ValueError(f"adata.var[{prior_key!r}] must be boolean or numbers in [0, 1] with no missing values.")
+
+
+# ----------------------------------------------------------------- query data
+def query_anndata(
+    adata: AnnData, *, setup: dict, labels_state, var_names: list[str], data_type: str, embedding_width: int
+) -> AnnData:
+    """A light AnnData holding what the model reads from a query, aligned to its genes.
+
+    Genes are aligned by name (missing ones zero-filled with a warning); values, data type,
+    embedding and batch column are checked against the model's setup. ``adata`` is not modified.
+    """
+    import anndata as ad
+
+    layer = setup["layer"]
+    X = get_matrix(adata, layer if layer in adata.layers else None)
+    X = align_genes(X, adata.var_names, pd.Index(var_names))
+    check_values(X, "the query's expression matrix")
+    query_type = detect_data_type(X)
+    if query_type != data_type:
+        where = f"adata.layers[{layer!r}]" if layer in adata.layers else "adata.X"
+        fix = (
+            "Pass the query's raw counts (same layer name as at setup, or in X)."
+            if data_type == "counts"
+            else "Normalise the query the same way (sc.pp.normalize_total + sc.pp.log1p)."
+        )
+        raise ValueError(
+            f"The query's {where} looks like {query_type} values but the model was trained on {data_type} values. {fix}"
+        )
+    obs = pd.DataFrame(index=adata.obs_names.copy())
+    obs[labels_state.original_key] = pd.Categorical(
+        [labels_state.unlabeled_category] * adata.n_obs, categories=labels_state.categorical_mapping
+    )
+    obsm = {}
+    if setup["embedding_key"] is not None:
+        obsm[setup["embedding_key"]] = _query_embedding(adata, setup["embedding_key"], embedding_width)
+    if setup["batch_key"] is not None:
+        key = setup["batch_key"]
+        if key not in adata.obs:
+            raise KeyNotFoundError(f"The model was set up with batch_key {key!r}, which the query's .obs lacks.")
+        obs[key] = adata.obs[key].to_numpy()
+    var = pd.DataFrame(index=pd.Index(var_names))
+    if layer is None:
+        return ad.AnnData(X=X, obs=obs, obsm=obsm, var=var)
+    return ad.AnnData(obs=obs, obsm=obsm, var=var, layers={layer: X})  # the registry reads this layer
+
+
+def _query_embedding(adata: AnnData, key: str, width: int) -> np.ndarray:
+    if key not in adata.obsm:
+        raise KeyNotFoundError(
+            f"The model reads the embedding adata.obsm[{key!r}], which the query lacks "
+            f"(keys: {list(adata.obsm.keys())}). Embed the query with the same model first."
+        )
+    emb = np.asarray(adata.obsm[key])
+    if emb.shape[1] != width:
+        raise ValueError(f"adata.obsm[{key!r}] has {emb.shape[1]} dimensions; the model was trained on {width}.")
+    if not np.isfinite(emb).all():
+        raise ValueError(f"adata.obsm[{key!r}] contains NaN or infinite values.")
+    return emb

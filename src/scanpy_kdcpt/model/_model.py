@@ -2,45 +2,37 @@
 
 from __future__ import annotations
 
-import json
-import logging
-import os
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Literal
 
-import anndata as ad
 import numpy as np
 import pandas as pd
 import torch
+from scanpy import logging as logg
 from scvi.data import AnnDataManager
-from scvi.data._utils import _assign_adata_uuid
 from scvi.data.fields import CategoricalObsField, LabelsWithUnlabeledObsField, LayerField, ObsmField
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 from scvi.utils import setup_anndata_dsp, track
 
-from .. import _keys
-from .._constants import LABELS_COPY_KEY, REGISTRY_KEYS, UNLABELED_CATEGORY
+from .. import _expression, _keys, metrics, writers
+from .. import calibration as cal
+from .._constants import REGISTRY_KEYS, UNLABELED_CATEGORY
 from .._errors import KeyNotFoundError
-from ..metrics import classification_report
-from . import _data
+from .._utils import default_palette
+from ..results import KeyGenes, Predictions
+from . import _data, _save_load
+from ._calibration import CalibrationMixin
+from ._keygenes import KeyGeneAccumulator, KeyGenesMixin
 from ._knockout import KnockoutMixin
 from ._module import KDCPTModule
 from ._trainingplan import KDCPTTrainingPlan
-from ._transition import TransitionMixin
-from ._uncertainty import confidence, cosine_uncertainty, softmax
+from ._transitions import TransitionMixin
 
 if TYPE_CHECKING:
     from anndata import AnnData
 
-logger = logging.getLogger(__name__)
 
-_MODEL_FILE = "model.pt"
-_META_FILE = "model.json"
-_ADATA_FILE = "adata.h5ad"
-
-
-class KDCPT(TransitionMixin, KnockoutMixin, UnsupervisedTrainingMixin, BaseModelClass):
+class KDCPT(CalibrationMixin, TransitionMixin, KeyGenesMixin, KnockoutMixin, UnsupervisedTrainingMixin, BaseModelClass):
     """KD-CPT: dual-branch model of cell phenotypes and their transitions.
 
     A prediction branch reads a cell embedding (an external one from ``.obsm``, or the model's
@@ -198,16 +190,16 @@ class KDCPT(TransitionMixin, KnockoutMixin, UnsupervisedTrainingMixin, BaseModel
 
         """
         setup_method_args = cls._get_setup_method_args(**locals())
-        X = _data.get_matrix(adata, layer)
-        _data.check_values(X, f"adata.layers[{layer!r}]" if layer else "adata.X")
+        X = _expression.get_matrix(adata, layer)
+        _expression.check_values(X, f"adata.layers[{layer!r}]" if layer else "adata.X")
         if data_type == "auto":
-            data_type = _data.detect_data_type(X)
+            data_type = _expression.detect_data_type(X)
         elif data_type not in ("counts", "log"):
             raise ValueError(f"data_type must be 'auto', 'counts' or 'log', not {data_type!r}.")
         setup_method_args["setup_args"]["data_type"] = data_type
-        logger.info("KDCPT: expression treated as %s.", data_type)
+        logg.info(f"KDCPT: expression treated as {data_type}.")
 
-        labels_obs_key = cls._check_labels(adata, labels_key, unlabeled_category)
+        labels_obs_key = _data.check_labels(adata, labels_key, unlabeled_category)
         if unlabeled_category is None:
             unlabeled_category = UNLABELED_CATEGORY
         fields = [
@@ -221,65 +213,13 @@ class KDCPT(TransitionMixin, KnockoutMixin, UnsupervisedTrainingMixin, BaseModel
                 )
             fields.append(CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key))
         if embedding_key is not None:
-            cls._check_embedding(adata, embedding_key)
+            _data.check_embedding(adata, embedding_key)
             fields.append(ObsmField(REGISTRY_KEYS.EMBEDDING_KEY, embedding_key))
         if prior_key is not None:
-            cls._check_prior(adata, prior_key)
+            _data.check_prior(adata, prior_key)
         adata_manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
         adata_manager.register_fields(adata, **kwargs)
         cls.register_manager(adata_manager)
-
-    @staticmethod
-    def _check_labels(adata: AnnData, labels_key: str, unlabeled_category) -> str:
-        if labels_key not in adata.obs:
-            raise KeyNotFoundError(
-                f"labels_key {labels_key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)})."
-            )
-        labels = adata.obs[labels_key]
-        known = labels[labels.notna()]
-        if unlabeled_category is not None:
-            known = known[known != unlabeled_category]
-        n_classes = known.nunique()
-        if n_classes < 2:
-            raise ValueError(
-                f"adata.obs[{labels_key!r}] has {n_classes} labelled phenotype(s); KDCPT needs at least two. "
-                "Check the column or the unlabeled_category."
-            )
-        if labels.isna().any():
-            # missing labels become the unlabelled category in a private column; the user's
-            # column is left as it is
-            fill = UNLABELED_CATEGORY if unlabeled_category is None else unlabeled_category
-            copy = labels.astype(object).where(labels.notna(), fill).astype(str)
-            adata.obs[LABELS_COPY_KEY] = pd.Categorical(copy)
-            logger.info("%d cells without a label are predicted but left out of the loss.", int(labels.isna().sum()))
-            return LABELS_COPY_KEY
-        return labels_key
-
-    @staticmethod
-    def _check_embedding(adata: AnnData, embedding_key: str) -> None:
-        if embedding_key not in adata.obsm:
-            raise KeyNotFoundError(
-                f"embedding_key {embedding_key!r} is not in adata.obsm (keys: {list(adata.obsm.keys())})."
-            )
-        emb = np.asarray(adata.obsm[embedding_key])
-        if emb.ndim != 2 or emb.shape[0] != adata.n_obs:
-            raise ValueError(
-                f"adata.obsm[{embedding_key!r}] has shape {emb.shape}; expected (n_obs={adata.n_obs}, n_dims)."
-            )
-        if not np.isfinite(emb).all():
-            raise ValueError(f"adata.obsm[{embedding_key!r}] contains NaN or infinite values.")
-
-    @staticmethod
-    def _check_prior(adata: AnnData, prior_key: str) -> None:
-        if prior_key not in adata.var:
-            raise KeyNotFoundError(
-                f"prior_key {prior_key!r} is not a column of adata.var (columns: {list(adata.var.columns)}). "
-                'For transcription factors: adata.var["is_tf"] = '
-                'kdcpt.datasets.is_transcription_factor(adata.var_names, species="human").'
-            )
-        prior = pd.to_numeric(adata.var[prior_key], errors="coerce").astype(float).to_numpy()
-        if not np.isfinite(prior).all() or prior.min() < 0 or prior.max() > 1:
-            raise ValueError(f"adata.var[{prior_key!r}] must be boolean or numbers in [0, 1] with no missing values.")
 
     def _fit_inputs(self, class_weights) -> None:
         """Fit the frozen encoder / embedding standardisation, the prior and class weights."""
@@ -295,7 +235,7 @@ class KDCPT(TransitionMixin, KnockoutMixin, UnsupervisedTrainingMixin, BaseModel
         else:
             from scvi import settings
 
-            X = _data.log_normalize(self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY), self.data_type_)
+            X = _expression.log_normalize(self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY), self.data_type_)
             mean, loadings, std = _data.fit_pca(X, m.loadings.shape[1], seed=settings.seed or 0)
             m.gene_mean.copy_(torch.as_tensor(mean))
             m.loadings.copy_(torch.as_tensor(loadings))
@@ -394,59 +334,16 @@ class KDCPT(TransitionMixin, KnockoutMixin, UnsupervisedTrainingMixin, BaseModel
         warning), checked, and registered with this model's setup; the user's object is not
         modified.
         """
-        if adata is None or adata is self.adata:
-            return self.adata
-        setup = self.adata_manager.registry["setup_args"]
-        if self.adata_manager.adata is adata:
-            return adata
-        layer = setup["layer"]
-        X = _data.get_matrix(adata, layer if layer in adata.layers else None)
-        X = _data.align_genes(X, adata.var_names, pd.Index(self.var_names_))
-        _data.check_values(X, "the query's expression matrix")
-        query_type = _data.detect_data_type(X)
-        if query_type != self.data_type_:
-            where = f"adata.layers[{layer!r}]" if layer in adata.layers else "adata.X"
-            fix = (
-                "Pass the query's raw counts (same layer name as at setup, or in X)."
-                if self.data_type_ == "counts"
-                else "Normalise the query the same way (sc.pp.normalize_total + sc.pp.log1p)."
-            )
-            raise ValueError(
-                f"The query's {where} looks like {query_type} values but the model was trained on "
-                f"{self.data_type_} values. {fix}"
-            )
-        obs = pd.DataFrame(index=adata.obs_names.copy())
-        labels_state = self.adata_manager.get_state_registry(REGISTRY_KEYS.LABELS_KEY)
-        obs[labels_state.original_key] = pd.Categorical(
-            [labels_state.unlabeled_category] * adata.n_obs, categories=labels_state.categorical_mapping
+        if adata is None or adata is self.adata or self.adata_manager.adata is adata:
+            return self.adata if adata is None else adata
+        query = _data.query_anndata(
+            adata,
+            setup=self.adata_manager.registry["setup_args"],
+            labels_state=self.adata_manager.get_state_registry(REGISTRY_KEYS.LABELS_KEY),
+            var_names=self.var_names_,
+            data_type=self.data_type_,
+            embedding_width=int(self.module.embedding_mean.shape[0]),
         )
-        obsm = {}
-        if setup["embedding_key"] is not None:
-            key = setup["embedding_key"]
-            if key not in adata.obsm:
-                raise KeyNotFoundError(
-                    f"The model reads the embedding adata.obsm[{key!r}], which the query lacks "
-                    f"(keys: {list(adata.obsm.keys())}). Embed the query with the same model first."
-                )
-            emb = np.asarray(adata.obsm[key])
-            width = self.module.embedding_mean.shape[0]
-            if emb.shape[1] != width:
-                raise ValueError(
-                    f"adata.obsm[{key!r}] has {emb.shape[1]} dimensions; the model was trained on {width}."
-                )
-            if not np.isfinite(emb).all():
-                raise ValueError(f"adata.obsm[{key!r}] contains NaN or infinite values.")
-            obsm[key] = emb
-        if setup["batch_key"] is not None:
-            key = setup["batch_key"]
-            if key not in adata.obs:
-                raise KeyNotFoundError(f"The model was set up with batch_key {key!r}, which the query's .obs lacks.")
-            obs[key] = adata.obs[key].to_numpy()
-        var = pd.DataFrame(index=pd.Index(self.var_names_))
-        if layer is None:
-            query = ad.AnnData(X=X, obs=obs, obsm=obsm, var=var)
-        else:  # the registry reads this layer
-            query = ad.AnnData(obs=obs, obsm=obsm, var=var, layers={layer: X})
         return self._validate_anndata(query)
 
     def _iterate(
@@ -533,16 +430,42 @@ class KDCPT(TransitionMixin, KnockoutMixin, UnsupervisedTrainingMixin, BaseModel
             obs_names = obs_names[np.asarray(indices)]
         proba = self._softmax(self.get_logits(adata, indices=indices, batch_size=batch_size))
         if conformal_alpha is not None:
-            return self._prediction_sets(pd.DataFrame(proba, index=obs_names, columns=self.classes_), conformal_alpha)
+            return self.get_prediction_sets(
+                pd.DataFrame(proba, index=obs_names, columns=self.classes_), conformal_alpha
+            )
         if soft:
             return pd.DataFrame(proba, index=obs_names, columns=self.classes_)
         return pd.Series(
             pd.Categorical.from_codes(proba.argmax(1), categories=self.classes_), index=obs_names, name="prediction"
         )
 
+    def get_predictions(self, adata: AnnData | None = None, *, batch_size: int | None = None) -> Predictions:
+        """Phenotype probabilities of every cell, with the known labels beside them.
+
+        Returns
+        -------
+        :class:`~scanpy_kdcpt.results.Predictions` (``proba``, ``labels``, ``pred``,
+        ``confidence``, ``uncertainty``); :func:`scanpy_kdcpt.writers.write_predictions`
+        writes it into ``.obs``.
+
+        """
+        codes, labelled = self.labels_(adata)
+        proba = self._softmax(self.get_logits(adata, batch_size=batch_size))
+        return self._predictions(adata, proba, codes, labelled)
+
+    def _predictions(self, adata, proba: np.ndarray, codes: np.ndarray, labelled: np.ndarray) -> Predictions:
+        obs_names = (adata if adata is not None else self.adata).obs_names
+        names = np.asarray(self.classes_, dtype=object)
+        labels = pd.Series(np.where(labelled, names[np.maximum(codes, 0)], None), index=obs_names, dtype=object)
+        return Predictions(
+            proba=pd.DataFrame(proba, index=obs_names, columns=self.classes_),
+            labels=labels,
+            temperature=float(self.temperature_),
+        )
+
     def _softmax(self, logits: np.ndarray) -> np.ndarray:
         """Probabilities at the model's temperature."""
-        return softmax(logits, float(self.temperature_))
+        return cal.softmax(logits, float(self.temperature_))
 
     def get_latent_representation(
         self, adata: AnnData | None = None, indices=None, batch_size: int | None = None
@@ -603,92 +526,83 @@ class KDCPT(TransitionMixin, KnockoutMixin, UnsupervisedTrainingMixin, BaseModel
         """
         source = self.adata if adata is None else adata
         query = None if source is self.adata else source  # None: the registered (training) data
-        target = source.copy() if copy else source
-        keys = _keys.Keys(key_added)
         if conformal_alpha is not None:
             self._conformal_threshold(conformal_alpha)  # fails early, before anything is written
-        proba = self.predict(query, soft=True, batch_size=batch_size)
-        pred = pd.Categorical.from_codes(proba.to_numpy().argmax(1), categories=self.classes_)
-        obs = {keys.pred: pred}
-        for c in self.classes_:
-            obs[keys.proba(c)] = proba[c].to_numpy(np.float32)
-        obs[keys.confidence] = confidence(proba.to_numpy()).astype(np.float32)
-        obs[keys.uncertainty] = cosine_uncertainty(proba.to_numpy()).astype(np.float32)
-        for k, v in obs.items():
-            target.obs[k] = v
-        logger.info("added .obs: %s", ", ".join(obs))
+        predictions, key_genes = self._predict_with_key_genes(query, batch_size=batch_size)
+        calibration = self.get_calibration(predictions if query is None else None, conformal_alpha=conformal_alpha)
+        transitions = self.get_transition_matrix(query, predictions=predictions)
+        target = source.copy() if copy else source
+        writers.write_predictions(target, predictions, key_added=key_added, colors=self._colors())
         if conformal_alpha is not None:
-            self._write_prediction_sets(target, keys, proba, conformal_alpha)
-        target.uns[keys.colors] = self._colors(target)
-
-        codes, labelled = self.labels_(query)
-        labels = pd.Series(
-            np.where(labelled, np.asarray(self.classes_, dtype=object)[np.maximum(codes, 0)], None),
-            index=target.obs_names,
-        )
-        uns = target.uns.setdefault(keys.uns, {})
-        uns[_keys.UNS_CLASSES] = np.asarray(self.classes_, dtype=object)
-        uns[_keys.UNS_PARAMS] = _h5ad_safe(
-            {
+            sets = self.get_prediction_sets(predictions.proba, conformal_alpha)
+            writers.write_prediction_sets(target, sets, conformal_alpha, key_added=key_added)
+        writers.write_summary(
+            target,
+            key_added=key_added,
+            phenotypes=self.classes_,
+            params={
                 **self.init_params_.get("non_kwargs", {}),
                 **self.adata_manager.registry["setup_args"],
                 "temperature": float(self.temperature_),
-            }
+            },
+            metrics=self.get_metrics(predictions, is_training=query is None),
+            history=pd.concat(list(self.history_.values()), axis=1).astype(float).reset_index()
+            if self.history_
+            else None,
+            version=_version(),
         )
-        uns[_keys.UNS_METRICS] = self._metrics_dict(labels, proba, is_training=query is None)
-        if self.history_:
-            uns[_keys.UNS_HISTORY] = pd.concat(list(self.history_.values()), axis=1).astype(float).reset_index()
-        uns[_keys.UNS_VERSION] = _version()
-        self._write_calibration(target, keys, proba, labels, conformal_alpha, is_training=query is None)
-        self._write_transitions(target, keys, proba, labels)
-        self._write_key_genes(target, keys)
-        logger.info("added .uns[%r]: %s", keys.uns, ", ".join(uns))
+        writers.write_calibration(target, calibration, key_added=key_added)
+        writers.write_transitions(target, transitions, key_added=key_added)
+        writers.write_key_genes(target, key_genes, key_added=key_added)
         return target if copy else None
 
-    def _metrics_dict(self, labels: pd.Series, proba: pd.DataFrame, *, is_training: bool) -> dict:
-        """Accuracy, macro-F1, kappa, ECE, mean confidence and uncertainty on labelled cells,
-        and on the validation cells when the cells are the training data.
+    def _predict_with_key_genes(
+        self, adata: AnnData | None, *, batch_size: int | None = None
+    ) -> tuple[Predictions, KeyGenes]:
+        """Predictions and key genes from one pass of the network over the cells."""
+        self._check_if_trained(warn=True)
+        codes, labelled = self.labels_(adata)
+        acc = KeyGeneAccumulator(self.classes_, self.var_names_)
+        logits = []
+        for pos, out in self._iterate(adata, batch_size=batch_size):
+            lg = out["logits"].float().cpu().numpy()
+            logits.append(lg)
+            acc.add(out, np.where(labelled[pos], codes[pos], lg.argmax(1)))
+        proba = self._softmax(np.concatenate(logits))
+        return self._predictions(adata, proba, codes, labelled), acc.result()
+
+    def get_metrics(self, predictions: Predictions, *, is_training: bool = True) -> dict[str, dict[str, float]]:
+        """Accuracy, macro-F1, kappa, ECE, mean confidence and uncertainty.
+
+        ``"labelled"``: every labelled cell (training cells included when ``predictions`` are of
+        the registered data: a training fit, not a held-out estimate); ``"validation"`` and
+        ``"calibration"``: the held-out cells of :meth:`train`, when the cells are the training data.
         """
-        from ..metrics import ece
+        known = predictions.labels.notna().to_numpy()
+        subsets = {"labelled": np.flatnonzero(known)}
+        if is_training:
+            for name, held in (
+                ("validation", self.validation_indices),
+                ("calibration", getattr(self, "calibration_indices_", None)),
+            ):
+                if held is not None and len(held):
+                    held = np.asarray(held)
+                    subsets[name] = held[known[held]]
+        return metrics.prediction_metrics(predictions.labels, predictions.proba, subsets)
 
-        out = {}
-        known = labels.notna().to_numpy()
-        p = proba.to_numpy()
-        pred = pd.Series(np.asarray(self.classes_, dtype=object)[p.argmax(1)], index=labels.index)
-
-        def report(idx: np.ndarray) -> dict:
-            r = classification_report(labels.iloc[idx], pred.iloc[idx])
-            r["ece"] = ece(labels.iloc[idx].astype(str), p[idx], classes=self.classes_)
-            r["mean_confidence"] = float(confidence(p[idx]).mean())
-            r["mean_uncertainty"] = float(cosine_uncertainty(p[idx]).mean())
-            return r
-
-        if known.any():
-            out["labelled"] = report(np.flatnonzero(known))
-        if is_training and self.validation_indices is not None and len(self.validation_indices):
-            val = np.asarray(self.validation_indices)
-            val = val[known[val]]
-            if val.size:
-                out["validation"] = report(val)
-        return out
-
-    def _colors(self, target: AnnData) -> np.ndarray:
+    def _colors(self) -> np.ndarray:
         """Phenotype colours: those of ``labels_key`` when scanpy has them, else scanpy's palette."""
-        from scanpy.plotting import palettes
-
         labels_key = self.adata_manager.registry["setup_args"]["labels_key"]
         source = self.adata.uns.get(f"{labels_key}_colors")
         cats = self.adata.obs[labels_key].astype("category").cat.categories.astype(str)
         if source is not None and len(source) == len(cats):
             lookup = dict(zip(cats, source, strict=True))
             if all(c in lookup for c in self.classes_):
-                return np.asarray([lookup[c] for c in self.classes_], dtype=object)
-        n = len(self.classes_)
-        pal = palettes.default_20 if n <= 20 else palettes.default_28 if n <= 28 else palettes.default_102
-        return np.asarray([pal[i % len(pal)] for i in range(n)], dtype=object)
+                return [lookup[c] for c in self.classes_]
+        return default_palette(len(self.classes_))
 
     # ---------------------------------------------------------------------------------------
-    # save / load: tensors with torch.save (loaded with weights_only=True), the rest as JSON
+    # save / load (model/_save_load.py)
     # ---------------------------------------------------------------------------------------
     def save(self, dir_path: str, overwrite: bool = False, save_anndata: bool = False, **anndata_write_kwargs) -> None:
         """Save the model to ``dir_path``: ``model.pt`` (tensors only) and ``model.json``.
@@ -696,39 +610,11 @@ class KDCPT(TransitionMixin, KnockoutMixin, UnsupervisedTrainingMixin, BaseModel
         A saved model cannot run code when loaded: tensors are read with
         ``torch.load(weights_only=True)`` and everything else is JSON.
         """
-        if os.path.exists(dir_path) and os.listdir(dir_path) and not overwrite:
-            raise ValueError(f"{dir_path} exists and is not empty; pass overwrite=True to replace it.")
-        os.makedirs(dir_path, exist_ok=True)
-        torch.save(
-            {k: v.detach().cpu() for k, v in self.module.state_dict().items()}, os.path.join(dir_path, _MODEL_FILE)
-        )
-        history = {k: v.reset_index().to_dict(orient="list") for k, v in (self.history or {}).items()}
-        meta = {
-            "init_params": self.init_params_,
-            "registry": self.adata_manager.registry,
-            "attrs": {
-                "classes_": self.classes_,
-                "data_type_": self.data_type_,
-                "temperature_": float(self.temperature_),
-                "var_names_": self.var_names_,
-                "is_trained_": bool(self.is_trained_),
-                "extra_": getattr(self, "extra_", {}),
-            },
-            "history": history,
-            "version": _version(),
-        }
-        with open(os.path.join(dir_path, _META_FILE), "w") as f:
-            json.dump(meta, f, cls=_Encoder)
-        if save_anndata:
-            self.adata.write_h5ad(os.path.join(dir_path, _ADATA_FILE), **anndata_write_kwargs)
+        _save_load.save(self, dir_path, overwrite=overwrite, save_anndata=save_anndata, **anndata_write_kwargs)
 
     @classmethod
     def load(
-        cls,
-        dir_path: str,
-        adata: AnnData | None = None,
-        accelerator: str = "auto",
-        device: int | str = "auto",
+        cls, dir_path: str, adata: AnnData | None = None, accelerator: str = "auto", device: int | str = "auto"
     ) -> KDCPT:
         """Load a model saved with :meth:`save`.
 
@@ -737,116 +623,16 @@ class KDCPT(TransitionMixin, KnockoutMixin, UnsupervisedTrainingMixin, BaseModel
         dir_path
             Folder written by :meth:`save`.
         adata
-            AnnData with the model's genes (in any order is not enough: the same genes in the
-            same order). Default: the AnnData saved with ``save_anndata=True``.
+            AnnData with the model's genes in the same order. Default: the AnnData saved with
+            ``save_anndata=True``.
         accelerator, device
             Where to put the model (``"auto"``: GPU when present).
 
         """
-        from scvi.model._utils import parse_device_args
-
-        meta_path = os.path.join(dir_path, _META_FILE)
-        if not os.path.exists(meta_path):
-            raise FileNotFoundError(f"No KDCPT model in {dir_path!r} (missing {_META_FILE}).")
-        with open(meta_path) as f:
-            meta = json.load(f, object_hook=_decode)
-        attrs = meta["attrs"]
-        if adata is None:
-            path = os.path.join(dir_path, _ADATA_FILE)
-            if not os.path.exists(path):
-                raise ValueError("Pass adata=...: the model was saved without its AnnData (save_anndata=False).")
-            adata = ad.read_h5ad(path)
-        _check_same_genes(adata.var_names, attrs["var_names_"])
-        registry = meta["registry"]
-        setup_args = dict(registry["setup_args"])
-        try:
-            manager = cls._get_most_recent_anndata_manager(adata)
-        except ValueError:  # a copy or a re-read file carrying the id of another set-up object
-            _assign_adata_uuid(adata, overwrite=True)
-            manager = None
-        if manager is None:
-            cls.setup_anndata(adata, source_registry=registry, **setup_args)
-        init = meta["init_params"]
-        kwargs = {**init.get("non_kwargs", {}), **init.get("kwargs", {})}
-        kwargs = {k: v for k, v in kwargs.items() if k not in ("adata", "kwargs", "class_weights")}
-        cls._fit_encoder_on_init = False
-        try:
-            model = cls(adata, **kwargs)
-        finally:
-            cls._fit_encoder_on_init = True
-        state = torch.load(os.path.join(dir_path, _MODEL_FILE), map_location="cpu", weights_only=True)
-        model.module.load_state_dict(state)
-        for k in ("classes_", "data_type_", "temperature_", "var_names_", "is_trained_", "extra_"):
-            setattr(model, k, attrs[k])
-        model.init_params_ = init
-        if meta.get("history"):
-            model.history_ = {k: pd.DataFrame(v).set_index("epoch") for k, v in meta["history"].items()}
-        _, _, dev = parse_device_args(accelerator=accelerator, devices=device, return_device="torch")
-        model.to_device(dev)
-        model.module.eval()
-        return model
-
-
-def _h5ad_safe(d: dict) -> dict:
-    """Values that ``write_h5ad`` accepts (``None`` → ``"None"``, sequences → arrays)."""
-    out = {}
-    for k, v in d.items():
-        if v is None:
-            out[k] = "None"
-        elif isinstance(v, dict):
-            out[k] = _h5ad_safe(v)
-        elif isinstance(v, (list, tuple)):
-            out[k] = np.asarray(v)
-        else:
-            out[k] = v
-    return out
+        return _save_load.load(cls, dir_path, adata=adata, accelerator=accelerator, device=device)
 
 
 def _version() -> str:
     from .. import __version__
 
     return __version__
-
-
-def _check_same_genes(var_names: pd.Index, model_genes: list[str]) -> None:
-    genes = pd.Index(list(map(str, var_names)))
-    if genes.equals(pd.Index(model_genes)):
-        return
-    missing = pd.Index(model_genes).difference(genes)
-    extra = genes.difference(pd.Index(model_genes))
-    detail = (
-        f"{len(missing)} model genes missing from adata (e.g. {list(missing[:5])}), "
-        f"{len(extra)} adata genes unknown to the model (e.g. {list(extra[:5])})"
-    )
-    if not len(missing) and not len(extra):
-        detail = "same genes in a different order"
-    raise ValueError(
-        f"adata's genes do not match the model's: {detail}. Load with the AnnData the model was trained on "
-        "(or adata[:, model_genes]); for query data with other genes, load with the training AnnData and "
-        "call model.predict(query), which aligns genes by name."
-    )
-
-
-class _Encoder(json.JSONEncoder):
-    """JSON with numpy arrays / scalars and pandas indexes."""
-
-    def default(self, o):
-        if isinstance(o, np.ndarray):
-            return {"__ndarray__": o.tolist(), "dtype": str(o.dtype)}
-        if isinstance(o, np.generic):
-            return o.item()
-        if isinstance(o, pd.Index):
-            return {"__ndarray__": o.tolist(), "dtype": "object"}
-        if isinstance(o, (set, tuple)):
-            return list(o)
-        return super().default(o)
-
-
-def _decode(d: dict):
-    if "__ndarray__" in d:
-        dtype = d["dtype"]
-        return np.asarray(d["__ndarray__"], dtype=object if dtype.startswith("<U") or dtype == "object" else dtype)
-    return d
-
-
-warnings.filterwarnings("ignore", message=".*does not have many workers.*")

@@ -9,6 +9,7 @@ import pandas as pd
 
 from .. import _keys
 from .._errors import KeyNotFoundError
+from ..calibration import ece_from_table, reliability_table
 from . import _read
 
 if TYPE_CHECKING:
@@ -19,8 +20,6 @@ if TYPE_CHECKING:
 
 def _from_obs(adata: AnnData, key: str, labels_key: str | None, n_bins: int) -> tuple[pd.DataFrame, str]:
     """Reliability table of the labelled cells from ``.obs`` probability columns."""
-    from ..model._uncertainty import reliability_table
-
     keys = _keys.Keys(key)
     names = _read.classes(adata, key)
     cols = [keys.proba(c) for c in names]
@@ -105,7 +104,7 @@ def reliability(
         )
     else:
         table, cells = _from_obs(adata, key, labels_key, n_bins)
-    ece = _ece(table)
+    ece = ece_from_table(table)
 
     fig, ax = _read.new_axes(ax, (4.6, 4.4))
     width = (table["upper"] - table["lower"]).to_numpy(float)
@@ -147,7 +146,7 @@ def reliability(
             markersize=3,
             color="0.45",
             linewidth=1,
-            label=f"before (ECE {_ece(before):.3f})",
+            label=f"before (ECE {ece_from_table(before):.3f})",
         )
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
@@ -163,9 +162,3 @@ def reliability(
     ax.set_title(title, fontsize=10)
     ax.spines[["top", "right"]].set_visible(False)
     return _read.finish(fig, ax, show, return_fig, save)
-
-
-def _ece(table: pd.DataFrame) -> float:
-    t = table[table["count"] > 0]
-    n = t["count"].sum()
-    return float((t["count"] / n * (t["accuracy"] - t["confidence"]).abs()).sum()) if n else float("nan")

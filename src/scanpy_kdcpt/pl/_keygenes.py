@@ -9,9 +9,8 @@ import numpy as np
 import pandas as pd
 
 from .. import _keys
-from .._constants import TARGET_SUM
 from .._errors import KeyNotFoundError
-from ..model._data import detect_data_type
+from .._expression import detect_data_type, log_normalize
 from ._knockout import _finish, _uns
 
 if TYPE_CHECKING:
@@ -133,8 +132,7 @@ def key_genes(
     if normalize is None:
         normalize = detect_data_type(X) == "counts"
     if normalize:  # library size of all genes, as the model normalises counts
-        lib = np.asarray(X.sum(1)).ravel().astype(np.float32)
-        sub = np.log1p(sub / np.maximum(lib, 1)[:, None] * TARGET_SUM)
+        sub = log_normalize(sub, "counts", library=np.asarray(X.sum(1)).ravel())
     obs = pd.DataFrame({groupby: pd.Categorical(adata.obs[groupby].astype("category"))}, index=adata.obs_names)
     # a phenotype no cell is assigned to would be an empty group, which the dotplot cannot average
     obs[groupby] = obs[groupby].cat.remove_unused_categories()

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from .. import _keys
+from ..markov import stationary_distribution
 from . import _read
 
 if TYPE_CHECKING:
@@ -314,8 +315,6 @@ def _node_sizes(adata, key, names, node_size, matrix) -> np.ndarray:
     if node_size == "stationary" and matrix is None and _keys.UNS_STATIONARY in adata.uns.get(key, {}):
         weights = np.asarray(adata.uns[key][_keys.UNS_STATIONARY], dtype=float)
     elif node_size == "stationary" and matrix is not None:
-        from ..model._transition import stationary_distribution
-
         weights = stationary_distribution(matrix.to_numpy(dtype=float))
     elif node_size == "prior" and _keys.UNS_ENTROPY in adata.uns.get(key, {}):
         weights = np.asarray(pd.DataFrame(adata.uns[key][_keys.UNS_ENTROPY])["prior"], dtype=float)

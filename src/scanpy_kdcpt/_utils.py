@@ -1,0 +1,44 @@
+"""Small helpers shared by the model, the writers and the plots (no torch, no model state)."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+
+def default_palette(n: int) -> list[str]:
+    """Scanpy's default categorical palette for ``n`` categories (20, 28 or 102 colours)."""
+    from scanpy.plotting import palettes
+
+    pal = palettes.default_20 if n <= 20 else palettes.default_28 if n <= 28 else palettes.default_102
+    return [pal[i % len(pal)] for i in range(n)]
+
+
+def closest_names(names: Iterable[str], universe: Sequence[str], n: int = 3) -> dict[str, list[str]]:
+    """For each name, the closest names in ``universe`` (an exact case-insensitive match first)."""
+    universe = list(map(str, universe))
+    upper = {u.upper(): u for u in universe}
+    out = {}
+    for name in names:
+        if str(name).upper() in upper:
+            out[name] = [upper[str(name).upper()]]
+        else:
+            out[name] = difflib.get_close_matches(str(name), universe, n=n)
+    return out
+
+
+def did_you_mean(names: Iterable[str], universe: Sequence[str]) -> str:
+    """``"'Gata': did you mean ['Gata1']?; ..."`` for a KeyError message."""
+    close = closest_names(names, universe)
+    return "; ".join(f"{g!r}: did you mean {c}?" if c else f"{g!r}: no close name" for g, c in close.items())
+
+
+def codes_of(labels, phenotypes: Sequence[str]) -> np.ndarray:
+    """Integer code of each label among ``phenotypes``; ``-1`` for missing or unknown labels."""
+    import pandas as pd
+
+    lookup = {str(c): i for i, c in enumerate(phenotypes)}
+    s = pd.Series(np.asarray(labels, dtype=object))
+    return s.map(lambda x: lookup.get(str(x), -1) if pd.notna(x) else -1).to_numpy(int)

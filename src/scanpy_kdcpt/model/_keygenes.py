@@ -1,0 +1,114 @@
+"""Key genes from the Cell Learner's token scores (methods mixed into KDCPT).
+
+Scores are accumulated per phenotype over minibatches (phenotypes × genes sums, never
+cells × genes). :class:`KeyGeneAccumulator` lets ``annotate()`` collect them in the same pass
+over the data as the predictions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..results import KeyGenes
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+    from ._base import KDCPTLike
+
+
+class KeyGeneAccumulator:
+    """Sums of Cell Learner scores and selections per phenotype × gene, fed one minibatch at a time."""
+
+    def __init__(self, phenotypes: list[str], genes: list[str]):
+        self.phenotypes, self.genes = list(phenotypes), list(genes)
+        n = len(phenotypes) * len(genes)
+        self.score_sum = np.zeros(n)
+        self.sel_sum = np.zeros(n)
+        self.n_cells = np.zeros(len(phenotypes))
+
+    def add(self, out: dict[str, torch.Tensor], group: np.ndarray) -> None:
+        """Add a minibatch's module outputs; ``group`` is each cell's phenotype code."""
+        n_genes = len(self.genes)
+        group = np.asarray(group, dtype=np.int64)
+        self.n_cells += np.bincount(group, minlength=len(self.phenotypes))
+        gene_idx = out["gene_idx"]
+        mask = out["token_mask"].cpu().numpy()
+        flat = (group[:, None] * n_genes + gene_idx.cpu().numpy())[mask]
+        scores = out["scores"].float().cpu().numpy()[mask]
+        self.score_sum += np.bincount(flat, weights=scores, minlength=self.score_sum.size)
+        sel_genes = torch.gather(gene_idx, 1, out["selected_pos"]).cpu().numpy()
+        flat = (group[:, None] * n_genes + sel_genes)[out["selected_mask"].cpu().numpy()]
+        self.sel_sum += np.bincount(flat, minlength=self.sel_sum.size)
+
+    def result(self) -> KeyGenes:
+        shape = (len(self.phenotypes), len(self.genes))
+        score_sum, sel_sum = self.score_sum.reshape(shape), self.sel_sum.reshape(shape)
+        total = max(self.n_cells.sum(), 1)
+        genes = pd.Index(self.genes, name="gene")
+        overall = pd.DataFrame(
+            {"score": score_sum.sum(0) / total, "selected_frac": sel_sum.sum(0) / total}, index=genes
+        )
+        overall["rank"] = overall["score"].rank(ascending=False, method="first").astype(np.int64)
+        denom = np.maximum(self.n_cells, 1)[:, None]
+        return KeyGenes(
+            overall=overall,
+            scores=pd.DataFrame((score_sum / denom).T, index=genes, columns=self.phenotypes),
+            selected_frac=pd.DataFrame((sel_sum / denom).T, index=genes, columns=self.phenotypes),
+            n_cells=pd.Series(self.n_cells.astype(np.int64), index=self.phenotypes, name="n_cells"),
+        )
+
+
+class KeyGenesMixin:
+    """Key genes of each phenotype."""
+
+    def get_key_genes(
+        self: KDCPTLike,
+        adata: AnnData | None = None,
+        *,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+        progress: bool = False,
+    ) -> KeyGenes:
+        """Key genes from the Cell Learner's token scores.
+
+        For every gene: its mean Cell Learner score (attention blended with the prior) over all
+        cells and over the cells of each phenotype (0 in cells where it is not a token), and
+        the fraction of cells in which it is among the selected tokens. Cells are grouped by
+        their known phenotype, else by their prediction.
+
+        Parameters
+        ----------
+        adata
+            The registered AnnData (default) or a query (genes aligned by name).
+        indices
+            Cells to use (default all).
+        batch_size
+            Cells per forward pass.
+        progress
+            Show a progress bar.
+
+        Returns
+        -------
+        :class:`~scanpy_kdcpt.results.KeyGenes` with ``overall`` (genes × ``score``,
+        ``selected_frac``, ``rank``), ``scores`` and ``selected_frac`` (genes × phenotypes)
+        and ``n_cells`` per phenotype. :func:`scanpy_kdcpt.writers.write_key_genes` writes it.
+
+        """
+        self._check_if_trained(warn=True)
+        codes, labelled = self.labels_(adata)
+        if indices is not None:
+            indices = np.asarray(indices)
+            codes, labelled = codes[indices], labelled[indices]
+        acc = KeyGeneAccumulator(self.classes_, self.var_names_)
+        for pos, out in self._iterate(
+            adata, indices=indices, batch_size=batch_size, progress=progress, description="key genes"
+        ):
+            pred = out["logits"].argmax(-1).cpu().numpy()
+            acc.add(out, np.where(labelled[pos], codes[pos], pred))
+        return acc.result()

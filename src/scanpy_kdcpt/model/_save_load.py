@@ -1,0 +1,143 @@
+"""Saving and loading KDCPT models: tensors with ``torch.save`` (read back with
+``weights_only=True``), everything else as JSON, so that a model file cannot run code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import TYPE_CHECKING
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import torch
+from scvi.data._utils import _assign_adata_uuid
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+MODEL_FILE = "model.pt"
+META_FILE = "model.json"
+ADATA_FILE = "adata.h5ad"
+#: model attributes (ending in ``_``) that survive save / load
+STATE_ATTRS = ("classes_", "data_type_", "temperature_", "var_names_", "is_trained_", "extra_")
+
+
+def save(model, dir_path: str, *, overwrite: bool = False, save_anndata: bool = False, **anndata_write_kwargs) -> None:
+    """Write ``model.pt`` (tensors), ``model.json`` (settings, registry, state, history)."""
+    from ._model import _version
+
+    if os.path.exists(dir_path) and os.listdir(dir_path) and not overwrite:
+        raise ValueError(f"{dir_path} exists and is not empty; pass overwrite=True to replace it.")
+    os.makedirs(dir_path, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in model.module.state_dict().items()}
+    torch.save(state, os.path.join(dir_path, MODEL_FILE))
+    history = {k: v.reset_index().to_dict(orient="list") for k, v in (model.history or {}).items()}
+    attrs = {k: getattr(model, k, {} if k == "extra_" else None) for k in STATE_ATTRS}
+    attrs["temperature_"] = float(attrs["temperature_"])
+    attrs["is_trained_"] = bool(attrs["is_trained_"])
+    for k in ("calibration_indices_",):
+        if getattr(model, k, None) is not None:
+            attrs[k] = np.asarray(getattr(model, k))
+    meta = {
+        "init_params": model.init_params_,
+        "registry": model.adata_manager.registry,
+        "attrs": attrs,
+        "history": history,
+        "version": _version(),
+    }
+    with open(os.path.join(dir_path, META_FILE), "w") as f:
+        json.dump(meta, f, cls=Encoder)
+    if save_anndata:
+        model.adata.write_h5ad(os.path.join(dir_path, ADATA_FILE), **anndata_write_kwargs)
+
+
+def load(cls, dir_path: str, *, adata: AnnData | None = None, accelerator: str = "auto", device="auto"):
+    """A model of class ``cls`` from ``dir_path`` (see :meth:`KDCPT.load`)."""
+    from scvi.model._utils import parse_device_args
+
+    meta = read_meta(dir_path)
+    attrs = meta["attrs"]
+    if adata is None:
+        path = os.path.join(dir_path, ADATA_FILE)
+        if not os.path.exists(path):
+            raise ValueError("Pass adata=...: the model was saved without its AnnData (save_anndata=False).")
+        adata = ad.read_h5ad(path)
+    check_same_genes(adata.var_names, attrs["var_names_"])
+    registry = meta["registry"]
+    try:
+        manager = cls._get_most_recent_anndata_manager(adata)
+    except ValueError:  # a copy or a re-read file carrying the id of another set-up object
+        _assign_adata_uuid(adata, overwrite=True)
+        manager = None
+    if manager is None:
+        cls.setup_anndata(adata, source_registry=registry, **dict(registry["setup_args"]))
+    init = meta["init_params"]
+    kwargs = {**init.get("non_kwargs", {}), **init.get("kwargs", {})}
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("adata", "kwargs", "class_weights")}
+    cls._fit_encoder_on_init = False
+    try:
+        model = cls(adata, **kwargs)
+    finally:
+        cls._fit_encoder_on_init = True
+    state = torch.load(os.path.join(dir_path, MODEL_FILE), map_location="cpu", weights_only=True)
+    model.module.load_state_dict(state)
+    for k, v in attrs.items():
+        setattr(model, k, v)
+    model.init_params_ = init
+    if meta.get("history"):
+        model.history_ = {k: pd.DataFrame(v).set_index("epoch") for k, v in meta["history"].items()}
+    _, _, dev = parse_device_args(accelerator=accelerator, devices=device, return_device="torch")
+    model.to_device(dev)
+    model.module.eval()
+    return model
+
+
+def read_meta(dir_path: str) -> dict:
+    meta_path = os.path.join(dir_path, META_FILE)
+    if not os.path.exists(meta_path):
+        raise FileNotFoundError(f"No KDCPT model in {dir_path!r} (missing {META_FILE}).")
+    with open(meta_path) as f:
+        return json.load(f, object_hook=decode)
+
+
+def check_same_genes(var_names: pd.Index, model_genes: list[str]) -> None:
+    genes = pd.Index(list(map(str, var_names)))
+    if genes.equals(pd.Index(model_genes)):
+        return
+    missing = pd.Index(model_genes).difference(genes)
+    extra = genes.difference(pd.Index(model_genes))
+    detail = (
+        f"{len(missing)} model genes missing from adata (e.g. {list(missing[:5])}), "
+        f"{len(extra)} adata genes unknown to the model (e.g. {list(extra[:5])})"
+    )
+    if not len(missing) and not len(extra):
+        detail = "same genes in a different order"
+    raise ValueError(
+        f"adata's genes do not match the model's: {detail}. Load with the AnnData the model was trained on "
+        "(or adata[:, model_genes]); for query data with other genes, load with the training AnnData and "
+        "call model.predict(query), which aligns genes by name."
+    )
+
+
+class Encoder(json.JSONEncoder):
+    """JSON with numpy arrays / scalars and pandas indexes."""
+
+    def default(self, o):
+        if isinstance(o, np.ndarray):
+            return {"__ndarray__": o.tolist(), "dtype": str(o.dtype)}
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, pd.Index):
+            return {"__ndarray__": o.tolist(), "dtype": "object"}
+        if isinstance(o, (set, tuple)):
+            return list(o)
+        return super().default(o)
+
+
+def decode(d: dict):
+    if "__ndarray__" in d:
+        dtype = d["dtype"]
+        return np.asarray(d["__ndarray__"], dtype=object if dtype.startswith("<U") or dtype == "object" else dtype)
+    return d

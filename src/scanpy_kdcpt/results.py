@@ -1,0 +1,294 @@
+"""What the model's ``get_*`` methods return: small result objects, written into AnnData by
+:mod:`scanpy_kdcpt.writers`.
+
+Each result is a dataclass with ``to_frame()`` (the main table) and ``to_dict()`` (every field);
+none holds a reference to the model or the AnnData.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+from . import calibration, markov
+from ._errors import KeyNotFoundError
+
+#: genes ranked per phenotype in ``.uns[key]["key_genes"]``
+N_RANKED = 100
+#: default number of genes flagged ``{key}_key_gene``
+N_KEY_GENES = 50
+
+__all__ = ["Calibration", "KeyGenes", "KnockoutResult", "Predictions", "Transitions"]
+
+
+class _Result:
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Predictions(_Result):
+    """Phenotype probabilities of every cell (softmax of the logits at the model's temperature).
+
+    Attributes
+    ----------
+    proba
+        Cells × phenotypes probabilities, indexed by ``obs_names``.
+    labels
+        Known phenotype of each cell (``None`` where unlabelled), indexed by ``obs_names``.
+    temperature
+        The temperature the probabilities were computed at.
+
+    """
+
+    proba: pd.DataFrame
+    labels: pd.Series
+    temperature: float = 1.0
+
+    @property
+    def phenotypes(self) -> list[str]:
+        return list(map(str, self.proba.columns))
+
+    @property
+    def codes(self) -> np.ndarray:
+        """Predicted phenotype code (argmax) of each cell."""
+        return self.proba.to_numpy().argmax(1)
+
+    @property
+    def pred(self) -> pd.Series:
+        """Predicted phenotype (categorical) of each cell."""
+        return pd.Series(
+            pd.Categorical.from_codes(self.codes, categories=self.phenotypes), index=self.proba.index, name="prediction"
+        )
+
+    @property
+    def assigned(self) -> np.ndarray:
+        """Each cell's phenotype code: its known label where there is one, its prediction otherwise."""
+        lookup = {c: i for i, c in enumerate(self.phenotypes)}
+        known = self.labels.notna().to_numpy()
+        out = self.codes.copy()
+        out[known] = self.labels[known].astype(str).map(lookup).to_numpy(int)
+        return out
+
+    @property
+    def confidence(self) -> np.ndarray:
+        return calibration.confidence(self.proba.to_numpy())
+
+    @property
+    def uncertainty(self) -> np.ndarray:
+        return calibration.cosine_uncertainty(self.proba.to_numpy())
+
+    def to_frame(self) -> pd.DataFrame:
+        """Cells × (``pred``, ``confidence``, ``uncertainty``, one column of probabilities per phenotype)."""
+        out = pd.DataFrame(
+            {"pred": self.pred, "confidence": self.confidence, "uncertainty": self.uncertainty}, index=self.proba.index
+        )
+        return pd.concat([out, self.proba], axis=1)
+
+
+@dataclass
+class Transitions(_Result):
+    """A phenotype transition matrix, its stationary distribution, entropies and net flux.
+
+    Attributes
+    ----------
+    matrix
+        Phenotypes × phenotypes, row-stochastic (``source`` × ``target``).
+    stationary
+        Stationary distribution (one value per phenotype).
+    entropy
+        Per phenotype: ``entropy``, ``entropy_normalized``, ``prior``.
+    entropy_total
+        Prior-weighted overall entropy.
+    flux
+        Net flux ``F - Fᵀ`` with ``F = diag(n) P`` (``n``: cells per phenotype).
+    method
+        ``"posterior"``, ``"latent"`` or ``"directed"``.
+    cell_chain
+        The cell-level chain (sparse, row-stochastic) it was coarse-grained from, if any.
+    direction
+        What biased the cell-level chain, and its parameters.
+
+    """
+
+    matrix: pd.DataFrame
+    stationary: np.ndarray
+    entropy: pd.DataFrame
+    entropy_total: float
+    flux: pd.DataFrame
+    method: str = "posterior"
+    cell_chain: sparse.csr_matrix | None = None
+    direction: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_matrix(
+        cls,
+        P: np.ndarray,
+        phenotypes: list[str],
+        sizes: np.ndarray,
+        *,
+        method: str,
+        cell_chain: sparse.spmatrix | None = None,
+        direction: dict | None = None,
+    ) -> Transitions:
+        """Stationary distribution, entropies (priors: ``sizes``) and net flux of a phenotype chain."""
+        P = markov.check_stochastic(P)
+        sizes = np.asarray(sizes, dtype=float)
+        names = list(map(str, phenotypes))
+        start = sizes / sizes.sum() if sizes.sum() > 0 else None
+        table, total = markov.entropy(pd.DataFrame(P, index=names), sizes if sizes.sum() > 0 else None)
+        frame = pd.DataFrame(P, index=pd.Index(names, name="source"), columns=pd.Index(names, name="target"))
+        return cls(
+            matrix=frame,
+            stationary=markov.stationary_distribution(P, start=start),
+            entropy=table,
+            entropy_total=total,
+            flux=pd.DataFrame(markov.net_flux(P, sizes), index=frame.index, columns=frame.columns),
+            method=method,
+            cell_chain=None if cell_chain is None else sparse.csr_matrix(cell_chain),
+            direction=dict(direction or {}),
+        )
+
+    @property
+    def entropy_total_normalized(self) -> float:
+        n = self.matrix.shape[0]
+        return float(self.entropy_total / np.log(n)) if n > 1 else 0.0
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.matrix
+
+    def to_dict(self) -> dict:
+        return {
+            "matrix": self.matrix,
+            "stationary": self.stationary,
+            "entropy": self.entropy,
+            "entropy_total": self.entropy_total,
+            "entropy_total_normalized": self.entropy_total_normalized,
+            "flux": self.flux,
+            "method": self.method,
+            "direction": self.direction,
+        }
+
+
+@dataclass
+class Calibration(_Result):
+    """Temperature scaling and conformal calibration state, or the validation-cell diagnostics.
+
+    ``summary`` holds the scalars (``temperature``, ``ece`` ...), ``reliability`` the
+    reliability table at the model's temperature and ``reliability_before`` before calibration.
+    """
+
+    summary: dict
+    reliability: pd.DataFrame | None = None
+    reliability_before: pd.DataFrame | None = None
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.reliability if self.reliability is not None else pd.DataFrame()
+
+    def to_dict(self) -> dict:
+        out = dict(self.summary)
+        if self.reliability is not None:
+            out["reliability"] = self.reliability
+        if self.reliability_before is not None:
+            out["reliability_before"] = self.reliability_before
+        return out
+
+
+@dataclass
+class KeyGenes(_Result):
+    """Key genes of a KDCPT model.
+
+    Attributes
+    ----------
+    overall
+        Genes × ``score`` (mean Cell Learner score over all cells; 0 where the gene is not a
+        token), ``selected_frac`` (fraction of cells in which the Cell Learner selects it) and
+        ``rank`` (1 = highest score), indexed by ``var_names``.
+    scores
+        Genes × phenotypes: mean score over the cells of each phenotype.
+    selected_frac
+        Genes × phenotypes: fraction of each phenotype's cells in which the gene is selected.
+    n_cells
+        Cells per phenotype (known label, else prediction).
+
+    """
+
+    overall: pd.DataFrame
+    scores: pd.DataFrame
+    selected_frac: pd.DataFrame
+    n_cells: pd.Series
+
+    def top(self, phenotype: str, n: int = 10) -> pd.Series:
+        """The ``n`` genes with the highest mean score in ``phenotype`` (score as values)."""
+        if phenotype not in self.scores.columns:
+            raise KeyNotFoundError(f"{phenotype!r} is not a phenotype; phenotypes: {list(self.scores.columns)}.")
+        return self.scores[phenotype].nlargest(n)
+
+    def ranking(self, n: int = N_RANKED) -> pd.DataFrame:
+        """Tidy per-phenotype ranking: ``phenotype``, ``gene``, ``rank``, ``score``, ``selected_frac``."""
+        rows = []
+        n = min(n, self.scores.shape[0])
+        for ph in self.scores.columns:
+            top = self.scores[ph].nlargest(n)
+            rows.append(
+                pd.DataFrame(
+                    {
+                        "phenotype": ph,
+                        "gene": top.index.astype(str),
+                        "rank": np.arange(1, len(top) + 1),
+                        "score": top.to_numpy(np.float64),
+                        "selected_frac": self.selected_frac.loc[top.index, ph].to_numpy(np.float64),
+                    }
+                )
+            )
+        out = pd.concat(rows, ignore_index=True)
+        out["phenotype"] = pd.Categorical(out["phenotype"], categories=list(map(str, self.scores.columns)))
+        return out
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.overall
+
+
+@dataclass
+class KnockoutResult(_Result):
+    """Result of :meth:`~scanpy_kdcpt.KDCPT.knockout`.
+
+    Attributes
+    ----------
+    table
+        Tidy: ``gene``, ``mode``, ``source``, ``target``, ``p_base``, ``p_ko``, ``delta``,
+        ``terminated`` — one row per knocked-out gene (or gene set) and transition.
+    summary
+        One row per gene (or gene set): ``gene``, ``mode``, ``effect`` (mean total-variation
+        distance between the rows of ``P_ko`` and ``P``), ``frac_changed`` (fraction of cells
+        whose predicted phenotype changes), ``n_recomputed`` (cells rerun), ``n_terminated``,
+        ``pval`` (empirical, against expression-matched random genes; NaN without a null),
+        ``qval`` (Benjamini–Hochberg across the genes screened), ``null_mean``, ``null_low``,
+        ``null_high`` (2.5 / 97.5 % of the null effects).
+    transition_matrix
+        The unperturbed transition matrix ``P`` (sources × phenotypes).
+    null
+        Tidy null draws: ``gene`` (the tested gene), ``null_gene``, ``effect``.
+    params
+        Parameters of the screen.
+
+    """
+
+    table: pd.DataFrame
+    summary: pd.DataFrame
+    transition_matrix: pd.DataFrame
+    null: pd.DataFrame = field(default_factory=pd.DataFrame)
+    params: dict = field(default_factory=dict)
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.summary
+
+    def __repr__(self) -> str:
+        return (
+            f"KnockoutResult: {len(self.summary)} knockout(s) ({self.params.get('mode', '?')}), "
+            f"{int(self.table['terminated'].sum()) if len(self.table) else 0} terminated transition(s); "
+            "fields table, summary, transition_matrix, null, params"
+        )

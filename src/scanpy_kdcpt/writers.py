@@ -1,0 +1,248 @@
+"""Writers: results → AnnData keys.
+
+The only module that writes into an AnnData. Every key name comes from :mod:`._keys`, and every
+key written is logged through scanpy's ``logg`` (shown at ``sc.settings.verbosity = "info"``).
+``annotate()`` and ``knockout()`` call these; users can too, with results from ``get_*``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+from scanpy import logging as logg
+
+from . import _keys
+from .results import N_KEY_GENES, N_RANKED
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+    from .results import Calibration, KeyGenes, KnockoutResult, Predictions, Transitions
+
+__all__ = [
+    "write_calibration",
+    "write_key_genes",
+    "write_knockout",
+    "write_prediction_sets",
+    "write_predictions",
+    "write_summary",
+    "write_transitions",
+]
+
+_SET_SEP = "|"
+
+
+def _added(where: str, names) -> None:
+    logg.info(f"added {where}: " + ", ".join(map(repr, names)))
+
+
+def _uns(adata: AnnData, key_added: str) -> dict:
+    return adata.uns.setdefault(_keys.Keys(key_added).uns, {})
+
+
+def write_predictions(
+    adata: AnnData, result: Predictions, *, key_added: str = _keys.DEFAULT_KEY, colors: list[str] | None = None
+) -> None:
+    """Set ``.obs``: ``{key}_pred``, ``{key}_proba_<phenotype>``, ``{key}_confidence``,
+    ``{key}_uncertainty``; and ``.uns["{key}_pred_colors"]``.
+    """
+    keys = _keys.Keys(key_added)
+    obs = {keys.pred: result.pred.array}
+    for c in result.phenotypes:
+        obs[keys.proba(c)] = result.proba[c].to_numpy(np.float32)
+    obs[keys.confidence] = result.confidence.astype(np.float32)
+    obs[keys.uncertainty] = result.uncertainty.astype(np.float32)
+    for k, v in obs.items():
+        adata.obs[k] = v
+    _added(".obs", obs)
+    if colors is not None:
+        adata.uns[keys.colors] = np.asarray(colors, dtype=object)
+        _added(".uns", [keys.colors])
+
+
+def write_prediction_sets(
+    adata: AnnData, sets: pd.DataFrame, alpha: float, *, key_added: str = _keys.DEFAULT_KEY
+) -> None:
+    """Set ``.obs[{key}_prediction_set]`` (e.g. ``"B|T"``) and ``.obs[{key}_set_size]``."""
+    keys = _keys.Keys(key_added)
+    names = np.asarray(list(map(str, sets.columns)), dtype=object)
+    members = [_SET_SEP.join(names[row]) for row in sets.to_numpy()]
+    adata.obs[keys.prediction_set] = pd.Categorical(members)
+    adata.obs[keys.set_size] = sets.sum(1).to_numpy(np.int32)
+    _added(f".obs (conformal alpha={alpha:g})", [keys.prediction_set, keys.set_size])
+
+
+def write_summary(
+    adata: AnnData,
+    *,
+    key_added: str = _keys.DEFAULT_KEY,
+    phenotypes: list[str],
+    params: dict,
+    metrics: dict,
+    history: pd.DataFrame | None,
+    version: str,
+) -> None:
+    """Set ``.uns[key]``: ``classes``, ``params``, ``metrics``, ``history``, ``version``."""
+    uns = _uns(adata, key_added)
+    uns[_keys.UNS_CLASSES] = np.asarray(phenotypes, dtype=object)
+    uns[_keys.UNS_PARAMS] = h5ad_safe(params)
+    uns[_keys.UNS_METRICS] = metrics
+    written = [_keys.UNS_CLASSES, _keys.UNS_PARAMS, _keys.UNS_METRICS]
+    if history is not None:
+        uns[_keys.UNS_HISTORY] = history
+        written.append(_keys.UNS_HISTORY)
+    uns[_keys.UNS_VERSION] = version
+    _added(f".uns[{key_added!r}]", [*written, _keys.UNS_VERSION])
+
+
+def write_calibration(adata: AnnData, result: Calibration, *, key_added: str = _keys.DEFAULT_KEY) -> None:
+    """Set ``.uns[key]["calibration"]``."""
+    _uns(adata, key_added)[_keys.UNS_CALIBRATION] = result.to_dict()
+    _added(f".uns[{key_added!r}]", [_keys.UNS_CALIBRATION])
+
+
+def write_transitions(adata: AnnData, result: Transitions, *, key_added: str = _keys.DEFAULT_KEY) -> None:
+    """Set ``.uns[key]``: ``transition_matrix`` (its columns h5ad-safe names), ``stationary``,
+    ``entropy``, ``entropy_total``, ``entropy_total_normalized``, ``flux``, ``transition_method``,
+    ``direction``; and ``.obsp["{key}_transitions"]`` when the result carries a cell-level chain.
+    """
+    keys = _keys.Keys(key_added)
+    uns = _uns(adata, key_added)
+    names = list(map(str, result.matrix.index))
+    safe = pd.Index([_keys.safe_name(c) for c in names], name="target")
+    uns[_keys.UNS_TRANSITION] = pd.DataFrame(
+        result.matrix.to_numpy(float), index=pd.Index(names, name="source"), columns=safe
+    )
+    uns[_keys.UNS_STATIONARY] = np.asarray(result.stationary, dtype=float)
+    uns[_keys.UNS_ENTROPY] = result.entropy
+    uns[_keys.UNS_ENTROPY_TOTAL] = float(result.entropy_total)
+    uns[_keys.UNS_ENTROPY_TOTAL_NORMALIZED] = result.entropy_total_normalized
+    uns[_keys.UNS_FLUX] = pd.DataFrame(result.flux.to_numpy(float), index=pd.Index(names, name="source"), columns=safe)
+    uns[_keys.UNS_TRANSITION_METHOD] = result.method
+    uns[_keys.UNS_DIRECTION] = h5ad_safe(result.direction)
+    written = [
+        _keys.UNS_TRANSITION,
+        _keys.UNS_STATIONARY,
+        _keys.UNS_ENTROPY,
+        _keys.UNS_ENTROPY_TOTAL,
+        _keys.UNS_ENTROPY_TOTAL_NORMALIZED,
+        _keys.UNS_FLUX,
+        _keys.UNS_TRANSITION_METHOD,
+        _keys.UNS_DIRECTION,
+    ]
+    _added(f".uns[{key_added!r}]", written)
+    if result.cell_chain is not None:
+        if keys.transitions in adata.obsp:
+            logg.info(f"replacing .obsp[{keys.transitions!r}]")
+        adata.obsp[keys.transitions] = result.cell_chain.tocsr()
+        _added(".obsp (cell-level Markov chain, rows sum to 1)", [keys.transitions])
+
+
+def write_key_genes(
+    adata: AnnData, result: KeyGenes, *, key_added: str = _keys.DEFAULT_KEY, n_top: int | None = None
+) -> None:
+    """Set ``.var``: ``{key}_score``, ``{key}_selected_frac``, ``{key}_rank``, ``{key}_key_gene``
+    (the ``n_top`` highest scores; default ``min(50, max(5, n_genes // 10))``) and
+    ``.uns[key]["key_genes"]``: a tidy DataFrame (``phenotype``, ``gene``, ``rank``, ``score``,
+    ``selected_frac``) of the top genes of each phenotype.
+    """
+    keys = _keys.Keys(key_added)
+    overall = result.overall
+    n = len(overall)
+    n_top = min(N_KEY_GENES, max(5, n // 10)) if n_top is None else n_top
+    n_top = min(int(n_top), n)
+    # a query's genes may be ordered differently: align by name, genes unknown to the model get NaN
+    ov = overall.reindex(adata.var_names.astype(str))
+    columns = {
+        keys.score: ov["score"].to_numpy(np.float32),
+        keys.selected_frac: ov["selected_frac"].to_numpy(np.float32),
+        keys.rank: ov["rank"].to_numpy(np.float64),
+        keys.key_gene: (ov["rank"] <= n_top).to_numpy(bool),
+    }
+    for extra in ("attention",):
+        if extra in ov:
+            columns[f"{key_added}_{extra}"] = ov[extra].to_numpy(np.float32)
+    for k, v in columns.items():
+        adata.var[k] = v
+    _uns(adata, key_added)[_keys.UNS_KEY_GENES] = result.ranking(N_RANKED)
+    _added(".var", columns)
+    _added(f".uns[{key_added!r}]", [_keys.UNS_KEY_GENES])
+
+
+def write_knockout(adata: AnnData, result: KnockoutResult, *, key_added: str = _keys.DEFAULT_KEY) -> None:
+    """Set ``.uns[key]``: ``knockout`` (tidy table), ``knockout_summary``, ``knockout_params``
+    (and ``knockout_fate`` when the result has fate deltas); ``.var["{key}_knockout_effect"]``.
+
+    Earlier results of the same genes and mode are replaced, others kept (when they used the
+    same ``groupby`` / ``floor`` / ``fraction``).
+    """
+    keys = _keys.Keys(key_added)
+    uns = _uns(adata, key_added)
+    table, summary = _merge_earlier(uns, result, key_added)
+    for frame in (table, summary):
+        for col in ("gene", "mode"):
+            frame[col] = frame[col].astype(str)
+    uns[_keys.UNS_KNOCKOUT] = table
+    uns[_keys.UNS_KNOCKOUT_SUMMARY] = summary
+    params = {k: v for k, v in result.params.items() if k != "gene_sets"}
+    params["gene_sets"] = {_keys.safe_name(k): v for k, v in result.params.get("gene_sets", {}).items() if len(v) > 1}
+    uns[_keys.UNS_KNOCKOUT_PARAMS] = h5ad_safe(params)
+    written = [_keys.UNS_KNOCKOUT, _keys.UNS_KNOCKOUT_SUMMARY, _keys.UNS_KNOCKOUT_PARAMS]
+    fate = getattr(result, "fate", None)
+    if isinstance(fate, pd.DataFrame) and len(fate):
+        uns[_keys.UNS_KNOCKOUT_FATE] = fate
+        written.append(_keys.UNS_KNOCKOUT_FATE)
+    # .var: effect of single-gene deletions
+    single = summary[(summary["mode"] == "delete") & summary["gene"].isin(list(map(str, adata.var_names)))]
+    effect = pd.Series(np.nan, index=adata.var_names.astype(str), dtype=np.float64)
+    effect.loc[single["gene"].to_numpy()] = single["effect"].to_numpy(np.float64)
+    adata.var[keys.knockout_effect] = effect.to_numpy()
+    _added(f".uns[{key_added!r}]", written)
+    _added(".var", [keys.knockout_effect])
+
+
+def _merge_earlier(uns: dict, result: KnockoutResult, key_added: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The new knockout table and summary, with earlier results of other genes kept."""
+    table, summary = result.table.copy(), result.summary.copy()
+    old_t, old_s = uns.get(_keys.UNS_KNOCKOUT), uns.get(_keys.UNS_KNOCKOUT_SUMMARY)
+    if not (isinstance(old_t, pd.DataFrame) and isinstance(old_s, pd.DataFrame) and len(old_s)):
+        return table, summary
+    old_params = uns.get(_keys.UNS_KNOCKOUT_PARAMS, {})
+    same = all(str(old_params.get(k)) == str(result.params.get(k)) for k in ("groupby", "floor", "fraction"))
+    if not same or "mode" not in old_s.columns:
+        logg.warning(
+            f"earlier knockout results in .uns[{key_added!r}] used other settings (groupby / floor / fraction) "
+            "and are replaced"
+        )
+        return table, summary
+    done = set(zip(summary["gene"], summary["mode"], strict=True))
+
+    def keep(frame: pd.DataFrame) -> np.ndarray:
+        return ~pd.Series(list(zip(frame["gene"], frame["mode"], strict=True))).isin(done).to_numpy()
+
+    keep_s, keep_t = keep(old_s), keep(old_t)
+    if (~keep_s).any():
+        logg.info(f"replaced earlier knockout results of {int((~keep_s).sum())} gene(s)")
+    summary = pd.concat([old_s[keep_s], summary], ignore_index=True)
+    table = pd.concat([old_t[keep_t], table], ignore_index=True)
+    for col in ("source", "target"):
+        table[col] = table[col].astype(str).astype(result.table[col].dtype)
+    summary = summary.sort_values("effect", ascending=False, kind="stable").reset_index(drop=True)
+    return table, summary
+
+
+def h5ad_safe(d: dict) -> dict:
+    """Values that ``write_h5ad`` accepts (``None`` → ``"None"``, sequences → arrays)."""
+    out = {}
+    for k, v in d.items():
+        if v is None:
+            out[k] = "None"
+        elif isinstance(v, dict):
+            out[k] = h5ad_safe(v)
+        elif isinstance(v, (list, tuple)):
+            out[k] = np.asarray(v)
+        else:
+            out[k] = v
+    return out
