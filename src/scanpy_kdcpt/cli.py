@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 from pathlib import Path
 
 EXIT_USAGE = 2
-logger = logging.getLogger(__name__)
 
 _DESCRIPTION = """\
 Train KD-CPT on an AnnData file and write everything it finds into --out:
@@ -120,6 +118,7 @@ def draw_figures(adata, out: Path, *, labels_key: str | None = None) -> list[tup
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from scanpy import logging as logg
 
     from . import _keys, pl
 
@@ -136,7 +135,7 @@ def draw_figures(adata, out: Path, *, labels_key: str | None = None) -> list[tup
         try:
             fig = func(adata, show=False, return_fig=True, **kwargs)
         except (KeyError, ValueError) as err:  # a figure the data cannot support is left out
-            logger.warning("figure %s skipped: %s", stem, err)
+            logg.warning(f"figure {stem} skipped: {err}")
             plt.close("all")
             continue
         fig = fig if hasattr(fig, "savefig") else fig.figure
@@ -209,7 +208,6 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``kdcpt`` command."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
         return run(args)
     except _UsageError as err:

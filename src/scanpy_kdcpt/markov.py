@@ -10,13 +10,9 @@ phenotype memberships (cells × phenotypes, rows sum to 1), ``P`` a phenotype-le
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import pandas as pd
 from scipy import sparse
-
-logger = logging.getLogger(__name__)
 
 __all__ = [
     "absorption_probabilities",

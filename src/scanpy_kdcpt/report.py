@@ -147,7 +147,7 @@ def write_report(
     *,
     source: str,
     seconds: float,
-    key_added: str = _keys.DEFAULT_KEY,
+    key: str = _keys.DEFAULT_KEY,
     figures: Sequence[tuple[str, str]] = (),
     n_top: int = 10,
 ) -> Path:
@@ -163,8 +163,8 @@ def write_report(
         Where the data came from (printed in the header).
     seconds
         Run time to report.
-    key_added
-        Prefix of the keys to read.
+    key
+        The ``key_added`` the results were written under (default ``"kdcpt"``).
     figures
         ``(title, path relative to out)`` pairs, shown inline next to their tables (matched by the
         file's stem: ``transition_matrix``, ``entropy``, ``key_genes``, ...), the others at the end.
@@ -172,7 +172,7 @@ def write_report(
         Key genes per phenotype and knockouts listed.
 
     """
-    keys = _keys.Keys(key_added)
+    keys = _keys.Keys(key)
     uns = adata.uns[keys.uns]
     classes = [str(c) for c in uns[_keys.UNS_CLASSES]]
     lines = [

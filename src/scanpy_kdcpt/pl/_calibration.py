@@ -9,8 +9,10 @@ import pandas as pd
 
 from .. import _keys
 from .._errors import KeyNotFoundError
+from .._utils import codes_of
 from ..calibration import ece_from_table, reliability_table
 from . import _read
+from ._docs import doc_params
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -34,9 +36,7 @@ def _from_obs(adata: AnnData, key: str, labels_key: str | None, n_bins: int) -> 
         labels_key = str(labels_key)
     if labels_key not in adata.obs:
         raise KeyNotFoundError(f"labels_key {labels_key!r} is not a column of adata.obs.")
-    labels = adata.obs[labels_key].astype(object)
-    lookup = {c: i for i, c in enumerate(names)}
-    codes = labels.map(lambda x: lookup.get(str(x), -1) if pd.notna(x) else -1).to_numpy(int)
+    codes = codes_of(adata.obs[labels_key], names)
     keep = codes >= 0
     if not keep.any():
         raise ValueError(f"No cell of adata.obs[{labels_key!r}] has a phenotype the model predicts.")
@@ -44,6 +44,7 @@ def _from_obs(adata: AnnData, key: str, labels_key: str | None, n_bins: int) -> 
     return reliability_table(proba, codes[keep], n_bins), f"{int(keep.sum())} labelled cells (training included)"
 
 
+@doc_params("doc_key", "doc_show_save_ax", "doc_returns")
 def reliability(
     adata: AnnData,
     *,
@@ -56,7 +57,7 @@ def reliability(
     ax: Axes | None = None,
     show: bool | None = None,
     return_fig: bool = False,
-    save: str | None = None,
+    save: str | bool | None = None,
 ) -> Axes | Figure | None:
     """Reliability diagram: accuracy against confidence in bins, with the ECE in the title.
 
@@ -68,8 +69,7 @@ def reliability(
     ----------
     adata
         AnnData annotated by ``model.annotate()``.
-    key
-        The ``key_added`` of ``annotate``.
+    {doc_key}
     source
         ``"uns"``: the held-out cells' table in ``.uns[key]["calibration"]``; ``"obs"``: the
         ``.obs`` probabilities of all labelled cells (training cells included, hence
@@ -80,12 +80,13 @@ def reliability(
         Confidence bins for ``source="obs"``.
     show_before
         Draw the pre-calibration curve when stored.
-    title, ax, show, return_fig, save
-        As in :func:`~scanpy_kdcpt.pl.transition_matrix`.
+    title
+        Axes title (default: the ECE, and the temperature after calibration).
+    {doc_show_save_ax}
 
     Returns
     -------
-    The Axes (``None`` when shown; the Figure with ``return_fig=True``).
+    {doc_returns}
 
     """
     if source not in ("auto", "uns", "obs"):

@@ -10,6 +10,7 @@ import pandas as pd
 
 from .. import _keys
 from . import _read
+from ._docs import doc_params
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -33,6 +34,7 @@ def _history(model_or_adata, key: str) -> pd.DataFrame:
     return hist
 
 
+@doc_params("doc_show_save_ax")
 def training_history(
     model_or_adata,
     *,
@@ -41,7 +43,7 @@ def training_history(
     ax: Axes | Sequence[Axes] | None = None,
     show: bool | None = None,
     return_fig: bool = False,
-    save: str | None = None,
+    save: str | bool | None = None,
 ) -> list[Axes] | Figure | None:
     """Training and validation curves per epoch, one panel per metric.
 
@@ -51,13 +53,11 @@ def training_history(
         A trained :class:`~scanpy_kdcpt.KDCPT` (its ``history``) or an AnnData annotated by
         ``model.annotate()`` (``.uns[key]["history"]``).
     key
-        The ``key_added`` of ``annotate`` (AnnData only).
+        The ``key_added`` the results were written under (AnnData only; default ``"kdcpt"``).
     metrics
         Among ``"loss"``, ``"classification_loss"``, ``"accuracy"``, ``"f1"``.
-    ax
-        One Axes per metric.
-    show, return_fig, save
-        As in :func:`~scanpy_kdcpt.pl.transition_matrix`.
+    {doc_show_save_ax}
+        With several metrics, pass one Axes per metric.
 
     Returns
     -------

@@ -11,7 +11,8 @@ import pandas as pd
 from .. import _keys
 from .._errors import KeyNotFoundError
 from .._expression import detect_data_type, log_normalize
-from ._knockout import _finish, _uns
+from . import _read
+from ._docs import doc_params
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -19,11 +20,12 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
+@doc_params("doc_key", "doc_show_save_ax", "doc_returns")
 def key_genes(
     adata: AnnData,
     *,
     n_genes: int = 5,
-    key_added: str = _keys.DEFAULT_KEY,
+    key: str = _keys.DEFAULT_KEY,
     groupby: str | None = None,
     phenotypes: Sequence[str] | None = None,
     layer: str | None = None,
@@ -32,14 +34,14 @@ def key_genes(
     ax: Axes | None = None,
     show: bool | None = None,
     return_fig: bool = False,
-    save: str | None = None,
+    save: str | bool | None = None,
     **kwds,
 ) -> Axes | Figure | None:
     """Dotplot of the expression of each phenotype's top key genes.
 
-    Genes come from ``.uns[key_added]["key_genes"]`` (written by
+    Genes come from ``.uns[key]["key_genes"]`` (written by
     :meth:`~scanpy_kdcpt.KDCPT.annotate`); each phenotype gets its ``n_genes`` best-ranked genes
-    not already shown for an earlier phenotype. Cells are grouped by ``{key_added}_pred``.
+    not already shown for an earlier phenotype. Cells are grouped by ``{key}_pred``.
     Drawn with :func:`scanpy.pl.dotplot`: dot size = fraction of cells expressing the gene,
     colour = mean expression (scaled per gene with ``standard_scale="var"``).
 
@@ -49,10 +51,9 @@ def key_genes(
         AnnData annotated by ``model.annotate()`` (a re-read ``.h5ad`` works; no model needed).
     n_genes
         Genes per phenotype.
-    key_added
-        The ``key_added`` of ``annotate``.
+    {doc_key}
     groupby
-        ``.obs`` column grouping the cells (default ``{key_added}_pred``).
+        ``.obs`` column grouping the cells (default ``{key}_pred``).
     phenotypes
         Phenotypes whose key genes are shown (default all).
     layer
@@ -61,21 +62,14 @@ def key_genes(
         Library-size normalise + ``log1p`` before plotting; default: when the values are counts.
     standard_scale
         Passed to :func:`scanpy.pl.dotplot` (``"var"``, ``"group"`` or ``None``).
-    ax
-        Axes to draw into (default a new figure).
-    show
-        Show the figure (default ``scanpy.settings.autoshow``).
-    return_fig
-        Return the :class:`~matplotlib.figure.Figure`.
-    save
-        Path to save the figure to.
+    {doc_show_save_ax}
     **kwds
         More keyword arguments for :func:`scanpy.pl.dotplot`.
 
     Returns
     -------
-    The main :class:`~matplotlib.axes.Axes` (``None`` when shown), or the figure with
-    ``return_fig=True``.
+    {doc_returns}
+    With ``ax``, the dotplot's main Axes is drawn inside it.
 
     """
     import anndata as ad
@@ -84,10 +78,10 @@ def key_genes(
 
     if n_genes < 1:
         raise ValueError(f"n_genes must be 1 or more, got {n_genes}.")
-    ranking = _uns(adata, key_added, _keys.UNS_KEY_GENES, "model.annotate()")
+    ranking = _read.uns_entry(adata, key, _keys.UNS_KEY_GENES, "model.annotate()")
     if not isinstance(ranking, pd.DataFrame) or not {"phenotype", "gene", "rank"} <= set(ranking.columns):
-        raise ValueError(f"adata.uns[{key_added!r}]['key_genes'] is not a key-gene ranking; rerun model.annotate().")
-    keys = _keys.Keys(key_added)
+        raise ValueError(f"adata.uns[{key!r}]['key_genes'] is not a key-gene ranking; rerun model.annotate().")
+    keys = _keys.Keys(key)
     groupby = keys.pred if groupby is None else groupby
     if groupby not in adata.obs:
         raise KeyNotFoundError(
@@ -161,4 +155,4 @@ def key_genes(
     )
     dp.make_figure()
     axes = dp.get_axes()
-    return _finish(dp.fig, axes["mainplot_ax"], show, return_fig, save)
+    return _read.finish(dp.fig, axes["mainplot_ax"], show, return_fig, save)

@@ -9,9 +9,9 @@ import pandas as pd
 
 from .. import _keys
 from .._errors import KeyNotFoundError
-from ._read import finish as _finish
-from ._read import new_axes as _axes
-from ._read import uns_entry as _uns
+from .._utils import closest_names
+from . import _read
+from ._docs import doc_params
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -33,18 +33,19 @@ def _pick_mode(frame: pd.DataFrame, mode: str | None) -> pd.DataFrame:
 
 
 # -- the plots --------------------------------------------------------------------------------
+@doc_params("doc_key", "doc_show_save_ax", "doc_returns")
 def knockout(
     adata: AnnData,
     gene: str | None = None,
     *,
     mode: str | None = None,
-    key_added: str = _keys.DEFAULT_KEY,
+    key: str = _keys.DEFAULT_KEY,
     cmap: str = "RdBu_r",
     annotate: bool | None = None,
     ax: Axes | None = None,
     show: bool | None = None,
     return_fig: bool = False,
-    save: str | None = None,
+    save: str | bool | None = None,
 ) -> Axes | Figure | None:
     """Heatmap of the change of the transition matrix, ``delta = P_ko - P``, for one knockout.
 
@@ -55,45 +56,35 @@ def knockout(
     Parameters
     ----------
     adata
-        AnnData with ``.uns[key_added]["knockout"]`` (written by ``model.knockout``; a re-read
+        AnnData with ``.uns[key]["knockout"]`` (written by ``model.knockout``; a re-read
         ``.h5ad`` works, no model needed).
     gene
         Knocked-out gene or gene-set name (default: the one with the largest effect).
     mode
         ``"delete"`` or ``"overexpress"`` when both were screened (default ``"delete"``).
-    key_added
-        The ``key_added`` of ``knockout``.
+    {doc_key}
     cmap
         Diverging colormap, centred on 0.
     annotate
         Write ``delta`` in each cell (default: for up to 12 phenotypes).
-    ax
-        Axes to draw into.
-    show
-        Show the figure (default ``scanpy.settings.autoshow``).
-    return_fig
-        Return the :class:`~matplotlib.figure.Figure`.
-    save
-        Path to save the figure to.
+    {doc_show_save_ax}
 
     Returns
     -------
-    The :class:`~matplotlib.axes.Axes` (``None`` when shown), or the figure with ``return_fig=True``.
+    {doc_returns}
 
     """
-    table = _pick_mode(_uns(adata, key_added, _keys.UNS_KNOCKOUT, "model.knockout(...)"), mode)
+    table = _pick_mode(_read.uns_entry(adata, key, _keys.UNS_KNOCKOUT, "model.knockout(...)"), mode)
     if gene is None:
-        summary = _uns(adata, key_added, _keys.UNS_KNOCKOUT_SUMMARY, "model.knockout(...)")
+        summary = _read.uns_entry(adata, key, _keys.UNS_KNOCKOUT_SUMMARY, "model.knockout(...)")
         summary = _pick_mode(summary, mode)
         gene = str(summary.sort_values("effect", ascending=False)["gene"].iloc[0])
     rows = table[table["gene"].astype(str) == str(gene)]
     if not len(rows):
-        import difflib
-
         screened = list(dict.fromkeys(table["gene"].astype(str)))
-        close = difflib.get_close_matches(str(gene), screened, n=3)
+        close = closest_names([str(gene)], screened)[str(gene)]
         raise KeyNotFoundError(
-            f"No knockout of {gene!r} in adata.uns[{key_added!r}]['knockout']"
+            f"No knockout of {gene!r} in adata.uns[{key!r}]['knockout']"
             + (f"; did you mean {close}?" if close else f"; screened: {screened[:10]}")
             + " Run model.knockout(gene) first."
         )
@@ -107,7 +98,7 @@ def knockout(
     D = delta.to_numpy(dtype=float)
     T = term.fillna(False).to_numpy(dtype=bool)
     n_r, n_c = D.shape
-    fig, ax = _axes(ax, (1.2 + 0.55 * n_c, 1.0 + 0.5 * n_r))
+    fig, ax = _read.new_axes(ax, (1.2 + 0.55 * n_c, 1.0 + 0.5 * n_r))
     vmax = float(np.nanmax(np.abs(D))) if np.isfinite(D).any() else 1.0
     vmax = vmax if vmax > 0 else 1e-3
     im = ax.imshow(D, cmap=cmap, vmin=-vmax, vmax=vmax, aspect="auto")
@@ -145,20 +136,21 @@ def knockout(
         ax.set_title(
             f"{gene} {verb}: change of transition probabilities\n(boxed ×: terminated transition)", fontsize=10
         )
-    return _finish(fig, ax, show, return_fig, save)
+    return _read.finish(fig, ax, show, return_fig, save)
 
 
+@doc_params("doc_key", "doc_show_save_ax", "doc_returns")
 def knockout_effects(
     adata: AnnData,
     *,
     n_genes: int = 30,
     mode: str | None = None,
-    key_added: str = _keys.DEFAULT_KEY,
+    key: str = _keys.DEFAULT_KEY,
     alpha: float = 0.05,
     ax: Axes | None = None,
     show: bool | None = None,
     return_fig: bool = False,
-    save: str | None = None,
+    save: str | bool | None = None,
 ) -> Axes | Figure | None:
     """Knockout effects ranked, with the band of expression-matched random genes.
 
@@ -170,35 +162,27 @@ def knockout_effects(
     Parameters
     ----------
     adata
-        AnnData with ``.uns[key_added]["knockout_summary"]`` (a re-read ``.h5ad`` works).
+        AnnData with ``.uns[key]["knockout_summary"]`` (a re-read ``.h5ad`` works).
     n_genes
         Strongest knockouts shown.
     mode
         ``"delete"`` or ``"overexpress"`` when both were screened (default ``"delete"``).
-    key_added
-        The ``key_added`` of ``knockout``.
+    {doc_key}
     alpha
         Significance level of the filled dots.
-    ax
-        Axes to draw into.
-    show
-        Show the figure (default ``scanpy.settings.autoshow``).
-    return_fig
-        Return the :class:`~matplotlib.figure.Figure`.
-    save
-        Path to save the figure to.
+    {doc_show_save_ax}
 
     Returns
     -------
-    The :class:`~matplotlib.axes.Axes` (``None`` when shown), or the figure with ``return_fig=True``.
+    {doc_returns}
 
     """
     if n_genes < 1:
         raise ValueError(f"n_genes must be 1 or more, got {n_genes}.")
-    summary = _pick_mode(_uns(adata, key_added, _keys.UNS_KNOCKOUT_SUMMARY, "model.knockout(...)"), mode)
+    summary = _pick_mode(_read.uns_entry(adata, key, _keys.UNS_KNOCKOUT_SUMMARY, "model.knockout(...)"), mode)
     s = summary.sort_values("effect", ascending=False).head(n_genes).reset_index(drop=True)
     n = len(s)
-    fig, ax = _axes(ax, (max(3.5, 1.0 + 0.28 * n), 3.4))
+    fig, ax = _read.new_axes(ax, (max(3.5, 1.0 + 0.28 * n), 3.4))
     x = np.arange(n)
     has_null = "null_low" in s.columns and s["null_low"].notna().any()
     if has_null:
@@ -239,4 +223,4 @@ def knockout_effects(
     mode_name = str(s["mode"].iloc[0]) if "mode" in s.columns and n else "delete"
     ax.set_title("Knockout effects" if mode_name == "delete" else "Overexpression effects")
     ax.spines[["top", "right"]].set_visible(False)
-    return _finish(fig, ax, show, return_fig, save)
+    return _read.finish(fig, ax, show, return_fig, save)

@@ -1,14 +1,17 @@
-"""Helpers of the transition / calibration / history plots: read AnnData keys, finish a figure."""
+"""Helpers shared by every plot: read AnnData keys, phenotype colours, new axes, save / show / return."""
 
 from __future__ import annotations
 
+import sys
 import textwrap
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .. import _keys
 from .._errors import KeyNotFoundError
+from .._utils import default_palette
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -41,10 +44,7 @@ def colors(adata: AnnData, key: str, names: list[str]) -> dict[str, str]:
     cols = adata.uns.get(_keys.Keys(key).colors)
     all_names = classes(adata, key)
     if cols is None or len(cols) != len(all_names):
-        from scanpy.plotting import palettes
-
-        pal = palettes.default_20 if len(all_names) <= 20 else palettes.default_102
-        cols = [pal[i % len(pal)] for i in range(len(all_names))]
+        cols = default_palette(len(all_names))
     lookup = dict(zip(all_names, map(str, cols), strict=True))
     return {n: lookup.get(n, "#999999") for n in names}
 
@@ -68,22 +68,59 @@ def new_axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axe
     return fig, ax
 
 
-def finish(fig: Figure, axes, show: bool | None, return_fig: bool, save: str | None):
-    """Scanpy's ending: save, show (``None``: ``scanpy.settings.autoshow``), return."""
-    import matplotlib.pyplot as plt
+def finish(
+    fig: Figure,
+    axes,
+    show: bool | None,
+    return_fig: bool,
+    save: str | bool | None,
+    *,
+    writekey: str | None = None,
+):
+    """Scanpy's ending of a plot: save (:func:`savefig`), show, return.
 
-    if save is not None:
-        fig.savefig(save, dpi=150, bbox_inches="tight")
+    ``show=None`` follows ``scanpy.settings.autoshow``. Returns the Figure with ``return_fig``,
+    ``None`` when shown, else ``axes``. ``writekey`` names the saved file (default: the name of
+    the calling plot function, e.g. ``transition_matrix``).
+    """
+    import matplotlib.pyplot as plt
+    from scanpy import settings
+
+    if writekey is None:
+        writekey = sys._getframe(1).f_code.co_name
+    saved = savefig(fig, writekey, save)
     if return_fig:
         return fig
-    if show is None:
-        try:
-            from scanpy import settings
-
-            show = settings.autoshow
-        except ImportError:  # pragma: no cover
-            show = True
+    show = settings.autoshow if show is None else show
     if show:
         plt.show()
+    if saved is not None:
+        plt.close(fig)  # as scanpy: a saved figure is closed
+    return None if show else axes
+
+
+def savefig(fig: Figure, writekey: str, save: str | bool | None) -> Path | None:
+    """Save ``fig`` as scanpy's ``savefig_or_show`` does; return the path written (or ``None``).
+
+    ``save=True``: ``settings.figdir / f"{writekey}{settings.plot_suffix}.{settings.file_format_figs}"``;
+    a string is appended to ``writekey`` and its extension (``.png``, ``.pdf``, ``.svg``), if
+    any, sets the format; ``None`` follows ``settings.autosave``; ``False`` saves nothing.
+    """
+    from scanpy import logging as logg
+    from scanpy import settings
+
+    ext = None
+    if isinstance(save, str):
+        for try_ext in (".svg", ".pdf", ".png"):
+            if save.endswith(try_ext):
+                ext, save = try_ext[1:], save[: -len(try_ext)]
+                break
+        writekey, save = writekey + save, True
+    if not (settings.autosave if save is None else save):
         return None
-    return axes
+    figdir = Path(settings.figdir)
+    figdir.mkdir(parents=True, exist_ok=True)
+    path = figdir / f"{writekey}{settings.plot_suffix}.{ext or settings.file_format_figs}"
+    logg.warning(f"saving figure to file {path}")  # scanpy's level: the user should see where it went
+    fig.savefig(path, bbox_inches="tight")  # dpi: rcParams["savefig.dpi"], as scanpy
+    return path

@@ -10,6 +10,7 @@ import pandas as pd
 from .. import _keys
 from ..markov import stationary_distribution
 from . import _read
+from ._docs import doc_params
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -35,6 +36,7 @@ def _matrix(adata: AnnData, key: str, matrix: pd.DataFrame | None) -> pd.DataFra
     return P
 
 
+@doc_params("doc_key", "doc_show_save_ax", "doc_returns")
 def transition_matrix(
     adata: AnnData,
     *,
@@ -49,7 +51,7 @@ def transition_matrix(
     ax: Axes | None = None,
     show: bool | None = None,
     return_fig: bool = False,
-    save: str | None = None,
+    save: str | bool | None = None,
 ) -> Axes | Figure | None:
     """Heatmap of the phenotype transition matrix; the framed diagonal is each phenotype's stability.
 
@@ -57,8 +59,7 @@ def transition_matrix(
     ----------
     adata
         AnnData annotated by ``model.annotate()`` (``.uns[key]["transition_matrix"]``).
-    key
-        The ``key_added`` of ``annotate``.
+    {doc_key}
     matrix
         Draw this matrix instead (e.g. one condition of
         ``model.get_transition_matrix(groupby=...)``).
@@ -75,18 +76,11 @@ def transition_matrix(
         Break phenotype names longer than this over lines.
     title
         Axes title.
-    ax
-        Draw into this Axes.
-    show
-        Show the figure (default ``scanpy.settings.autoshow``).
-    return_fig
-        Return the Figure.
-    save
-        Path to save the figure to.
+    {doc_show_save_ax}
 
     Returns
     -------
-    The Axes (``None`` when shown; the Figure with ``return_fig=True``).
+    {doc_returns}
 
     """
     from matplotlib.colors import PowerNorm
@@ -141,6 +135,7 @@ def transition_matrix(
     return _read.finish(fig, ax, show, return_fig, save)
 
 
+@doc_params("doc_key", "doc_show_save_ax", "doc_returns")
 def transition_graph(
     adata: AnnData,
     *,
@@ -157,7 +152,7 @@ def transition_graph(
     ax: Axes | None = None,
     show: bool | None = None,
     return_fig: bool = False,
-    save: str | None = None,
+    save: str | bool | None = None,
 ) -> Axes | Figure | None:
     """Phenotypes as nodes, transitions ``i → j`` as arrows whose width grows with ``P[i, j]``.
 
@@ -168,8 +163,7 @@ def transition_graph(
     ----------
     adata
         AnnData annotated by ``model.annotate()``.
-    key
-        The ``key_added`` of ``annotate``.
+    {doc_key}
     matrix
         Draw this matrix instead of the stored one.
     threshold
@@ -191,12 +185,11 @@ def transition_graph(
         Break phenotype names longer than this over lines.
     title
         Axes title.
-    ax, show, return_fig, save
-        As in :func:`transition_matrix`.
+    {doc_show_save_ax}
 
     Returns
     -------
-    The Axes (``None`` when shown; the Figure with ``return_fig=True``).
+    {doc_returns}
 
     """
     from matplotlib.patches import FancyArrowPatch
@@ -326,6 +319,7 @@ def _node_sizes(adata, key, names, node_size, matrix) -> np.ndarray:
     return 180.0 + 900.0 * np.sqrt(w)
 
 
+@doc_params("doc_key", "doc_show_save_ax", "doc_returns")
 def entropy(
     adata: AnnData,
     *,
@@ -337,7 +331,7 @@ def entropy(
     ax: Axes | None = None,
     show: bool | None = None,
     return_fig: bool = False,
-    save: str | None = None,
+    save: str | bool | None = None,
 ) -> Axes | Figure | None:
     """Bars of each phenotype's transition entropy, with the overall (prior-weighted) entropy.
 
@@ -349,20 +343,20 @@ def entropy(
     adata
         AnnData annotated by ``model.annotate()`` (``.uns[key]["entropy"]``,
         ``["entropy_total"]``).
-    key
-        The ``key_added`` of ``annotate``.
+    {doc_key}
     normalized
         Divide by ``log(number of phenotypes)`` (1 = uniform row).
     sort
         Highest entropy first.
     wrap
         Break phenotype names longer than this over lines.
-    title, ax, show, return_fig, save
-        As in :func:`transition_matrix`.
+    title
+        Axes title.
+    {doc_show_save_ax}
 
     Returns
     -------
-    The Axes (``None`` when shown; the Figure with ``return_fig=True``).
+    {doc_returns}
 
     """
     table = pd.DataFrame(_read.uns_entry(adata, key, _keys.UNS_ENTROPY))

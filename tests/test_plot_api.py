@@ -1,0 +1,118 @@
+"""One plot API: every ``kdcpt.pl`` function takes ``key``, ``ax``, ``show``, ``save``, ``return_fig``;
+``save`` behaves as scanpy's (files in ``sc.settings.figdir``); ``pl`` imports no model internals."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from pathlib import Path
+
+import anndata as ad
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import scanpy as sc
+
+import scanpy_kdcpt as kdcpt
+from scanpy_kdcpt import results, writers
+
+PL = Path(kdcpt.pl.__file__).parent
+#: the modules ``pl/`` may import from the package: keys, helpers, the public torch-free core
+ALLOWED = {"_keys", "_utils", "_expression", "_errors", "markov", "calibration", "stats", "results"}
+
+
+@pytest.fixture
+def annotated():
+    """An AnnData with a transition matrix written by the writers (no model needed)."""
+    names = ["A", "B", "C"]
+    P = np.array([[0.8, 0.15, 0.05], [0.1, 0.7, 0.2], [0.0, 0.1, 0.9]])
+    adata = ad.AnnData(np.zeros((6, 2), dtype=np.float32))
+    adata.uns["kdcpt"] = {"classes": np.asarray(names, dtype=object)}
+    writers.write_transitions(adata, results.Transitions.from_matrix(P, names, np.array([2, 2, 2]), method="posterior"))
+    return adata
+
+
+@pytest.fixture
+def figdir(tmp_path):
+    """scanpy's figure settings pointed at ``tmp_path`` (restored afterwards)."""
+    names = ("figdir", "file_format_figs", "plot_suffix", "autosave")
+    before = {n: getattr(sc.settings, n) for n in names}
+    sc.settings.figdir, sc.settings.file_format_figs = tmp_path / "figures", "png"
+    sc.settings.plot_suffix, sc.settings.autosave = "", False
+    yield tmp_path / "figures"
+    for n, v in before.items():
+        setattr(sc.settings, n, v)
+    plt.close("all")
+
+
+def _plots():
+    return [getattr(kdcpt.pl, name) for name in kdcpt.pl.__all__]
+
+
+@pytest.mark.parametrize("func", _plots(), ids=lambda f: f.__name__)
+def test_every_plot_has_the_scanpy_signature(func):
+    params = inspect.signature(func).parameters
+    for name in ("key", "ax", "show", "save", "return_fig"):
+        assert name in params, name
+        assert params[name].kind is inspect.Parameter.KEYWORD_ONLY, name
+    assert "key_added" not in params  # readers take key=, writers key_added=
+    assert params["key"].default == "kdcpt"
+    assert "bool" in str(params["save"].annotation)  # save=True works, as in scanpy
+    # one docstring template: the shared parameter text, filled in
+    doc = func.__doc__
+    assert "{doc_" not in doc
+    assert "scanpy.settings.figdir" in doc and "scanpy.settings.autoshow" in doc
+
+
+def test_save_true_writes_into_figdir_under_the_plot_name(annotated, figdir):
+    ax = kdcpt.pl.transition_matrix(annotated, show=False, save=True)
+    assert (figdir / "transition_matrix.png").stat().st_size > 1000
+    assert ax is not None  # still returns the Axes
+
+
+def test_save_string_is_a_suffix_and_sets_the_format(annotated, figdir):
+    kdcpt.pl.entropy(annotated, show=False, save="_pbmc.pdf")
+    out = figdir / "entropy_pbmc.pdf"
+    assert out.read_bytes()[:4] == b"%PDF"
+    kdcpt.pl.transition_matrix(annotated, show=False, save="_plain")
+    assert (figdir / "transition_matrix_plain.png").exists()
+
+
+def test_save_none_follows_autosave_and_false_saves_nothing(annotated, figdir):
+    kdcpt.pl.transition_matrix(annotated, show=False)
+    kdcpt.pl.transition_matrix(annotated, show=False, save=False)
+    assert not figdir.exists()
+    sc.settings.autosave = True
+    kdcpt.pl.transition_graph(annotated, show=False)
+    assert (figdir / "transition_graph.png").exists()
+    kdcpt.pl.transition_matrix(annotated, show=False, save=False)
+    assert not (figdir / "transition_matrix.png").exists()
+
+
+def test_save_with_a_given_axes_saves_its_figure(annotated, figdir):
+    fig, axs = plt.subplots(1, 2)
+    other = plt.figure()  # the current figure is another one: the plot's own figure must be saved
+    assert kdcpt.pl.entropy(annotated, ax=axs[1], show=False, save=True) is axs[1]
+    saved = plt.imread(figdir / "entropy.png")
+    assert saved.shape[1] > saved.shape[0]  # the 1 × 2 layout of fig, not the empty square figure
+
+
+def test_return_fig_and_key(annotated, figdir):
+    annotated.uns["other"] = annotated.uns.pop("kdcpt")
+    with pytest.raises(KeyError, match="pass key="):
+        kdcpt.pl.transition_matrix(annotated, show=False)
+    fig = kdcpt.pl.transition_matrix(annotated, key="other", return_fig=True)
+    assert isinstance(fig, plt.Figure)
+
+
+def test_pl_imports_only_keys_helpers_and_the_public_core():
+    for path in PL.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 2:  # from ..x import y
+                top = (node.module or "").split(".")[0]
+                names = [a.name for a in node.names] if not node.module else [top]
+                for name in names:
+                    assert name in ALLOWED, f"{path.name} imports ..{name}"
+            if isinstance(node, ast.ImportFrom) and node.module and "scanpy_kdcpt.model" in node.module:
+                raise AssertionError(f"{path.name} imports {node.module}")
