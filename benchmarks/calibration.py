@@ -56,7 +56,7 @@ def scores(logits_cal, y_cal, logits_test, y_test, classes, alpha: float) -> dic
     from sklearn.metrics import roc_auc_score
 
     from scanpy_kdcpt.metrics import accuracy, macro_f1
-    from scanpy_kdcpt.model._uncertainty import (
+    from scanpy_kdcpt.calibration import (
         brier_score,
         conformal_scores,
         conformal_threshold,
@@ -310,15 +310,14 @@ def main(argv=None) -> None:
             flush=True,
         )
         if name == "pancreas":
-            P_fit = model.get_transition_matrix(key_added=None)
+            P_fit = model.get_transition_matrix().matrix
             a_test = ds.adata[test].copy()
-            from scanpy_kdcpt.model._transition import posterior_transition_matrix
+            from scanpy_kdcpt.markov import memberships, posterior_transition_matrix
 
             proba = model.predict(a_test, soft=True).to_numpy()
+            M = memberships(codes_of(a_test.obs[ds.labels_key], model.classes_), len(model.classes_))
             P_test = pd.DataFrame(
-                posterior_transition_matrix(
-                    proba, codes_of(a_test.obs[ds.labels_key], model.classes_), len(model.classes_)
-                ),
+                posterior_transition_matrix(proba, M),
                 index=model.classes_,
                 columns=model.classes_,
             )

@@ -124,17 +124,25 @@ def run_knn(ds, train, test):
 
 
 def run_mlp_embedding(ds, train, test):
-    """The prediction branch's input alone: KDCPT's frozen PCA encoder (same fit), then an MLP."""
+    """The prediction branch's input alone: a PCA encoder as KDCPT's frozen one, then an MLP.
+
+    KDCPT's encoder (``n_pcs=50``) is the whitened PCA of the training cells' log-normalised
+    expression, ``(x - mean) @ loadings / component_std``: sklearn's ``PCA(whiten=True)`` is the
+    same map (the package's own fit is private to the model).
+    """
+    from scipy import sparse
+    from sklearn.decomposition import PCA
     from sklearn.neural_network import MLPClassifier
 
-    from scanpy_kdcpt.model import _data
-
     X = ds.adata.X  # log-normalised, as the model sees it after its own normalisation
-    mean, loadings, std = _data.fit_pca(X[train], 50, seed=C.SEED)
-    emb = lambda idx: ((X[idx] - mean) @ loadings) / std  # noqa: E731
+    X = sparse.csr_matrix(X, dtype=np.float32) if sparse.issparse(X) else np.asarray(X, dtype=np.float32)
+    n_pcs = int(min(50, len(train) - 1, X.shape[1] - 1))
+    solver = "covariance_eigh" if X.shape[1] <= 4000 else ("arpack" if sparse.issparse(X) else "randomized")
+    pca = PCA(n_components=n_pcs, svd_solver=solver, whiten=True, random_state=C.SEED).fit(X[train])
+    emb = lambda idx: pca.transform(X[idx])  # noqa: E731
     clf = MLPClassifier(hidden_layer_sizes=(256, 256), early_stopping=True, random_state=C.SEED, max_iter=300)
     clf.fit(emb(train), ds.labels.iloc[train])
-    return clf.predict(emb(test)), {"n_pcs": int(loadings.shape[1]), "hidden": [256, 256], "n_iter": int(clf.n_iter_)}
+    return clf.predict(emb(test)), {"n_pcs": n_pcs, "hidden": [256, 256], "n_iter": int(clf.n_iter_)}
 
 
 def run_celltypist(ds, train, test):

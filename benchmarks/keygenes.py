@@ -77,13 +77,15 @@ class Runner:
         self.batch_size = batch_size
 
     def proba(self, X: np.ndarray) -> np.ndarray:
+        from scanpy_kdcpt.calibration import softmax
+
         torch = self.torch
         out = []
         with torch.inference_mode():
             for s in range(0, len(X), self.batch_size):
                 x = torch.as_tensor(X[s : s + self.batch_size])
                 out.append(self.module.inference(x)["logits"].float().numpy())
-        return self.model._softmax(np.concatenate(out))
+        return softmax(np.concatenate(out), float(self.model.temperature_))
 
 
 def log_norm(X: np.ndarray, is_counts: bool) -> np.ndarray:
