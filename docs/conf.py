@@ -127,14 +127,15 @@ def _write_api_page() -> None:
 
     Written before Sphinx reads the sources, so that autosummary generates a page for each.
     """
-    from scanpy_kdcpt import metrics, pl
+    import importlib
 
     def block(prefix, names):
         return "\n".join(f"   {prefix}.{n}" for n in names)
 
     text = (HERE / "_api.md.in").read_text()
-    text = text.replace("%PL%", block("pl", _public_functions(pl)))
-    text = text.replace("%METRICS%", block("metrics", _public_functions(metrics)))
+    for name in ("pl", "metrics", "markov", "calibration", "stats", "results", "writers"):
+        module = importlib.import_module(f"scanpy_kdcpt.{name}")
+        text = text.replace(f"%{name.upper()}%", block(name, _public_functions(module)))
     target = HERE / "api.md"
     if not target.exists() or target.read_text() != text:
         target.write_text(text)

@@ -101,7 +101,16 @@ def test_conformal_sets_cover_held_out_cells_and_survive_save_load(synthetic_mod
         truth = model.adata.obs["phenotype"].astype(str).iloc[test]
         covered = np.array([sets.loc[c, t] for c, t in zip(sets.index, truth, strict=True)])
         assert covered.mean() >= 1 - alpha - 0.05
-        assert (sets.sum(1) >= 1).all()
+        # the split-conformal rule by hand: q = the ⌈(n + 1)(1 - α)⌉-th smallest score 1 - p(true) of
+        # the calibration cells; a phenotype j is in a test cell's set when 1 - p_j ≤ q
+        p_cal = model.predict(indices=cal, soft=True)
+        y_cal = model.adata.obs["phenotype"].astype(str).iloc[cal]
+        scores = np.sort(1 - np.array([p_cal.loc[c, t] for c, t in zip(p_cal.index, y_cal, strict=True)]))
+        q = scores[int(np.ceil((len(cal) + 1) * (1 - alpha))) - 1]
+        p_test = model.predict(indices=test, soft=True)
+        expected = (1 - p_test.to_numpy()) <= q + 1e-9
+        expected[np.arange(len(test)), p_test.to_numpy().argmax(1)] = True
+        np.testing.assert_array_equal(sets.to_numpy(), expected)
         wide = model.predict(indices=test, conformal_alpha=0.01).sum(1)
         narrow = model.predict(indices=test, conformal_alpha=0.5).sum(1)
         assert (wide >= narrow).all()

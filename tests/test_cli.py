@@ -29,8 +29,11 @@ def test_run_writes_annotated_model_and_report(demo_run):
     for k in ("_scvi_uuid", "_scvi_manager_uuid"):
         adata.uns.pop(k, None)
     model = kdcpt.KDCPT.load(str(out / "model"), adata=adata)
+    # the saved model gives the probabilities written into annotated.h5ad (temperature included)
     proba = model.predict(soft=True)
-    np.testing.assert_allclose(proba.sum(1), 1.0, atol=1e-5)
+    written = adata.obs[[f"kdcpt_proba_{c}" for c in model.classes_]].to_numpy()
+    np.testing.assert_allclose(proba.to_numpy(), written, atol=1e-5)
+    assert (adata.obs["kdcpt_pred"].astype(str).to_numpy() == proba.idxmax(1).to_numpy()).all()
     report = (out / "report.md").read_text()
     assert report.startswith("# KD-CPT report")
     for section in ("## Metrics", "## Transition matrix", "## Entropy", "## Top key genes", "## Strongest knockouts"):

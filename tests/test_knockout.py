@@ -80,7 +80,7 @@ def test_sparse_recompute_equals_recomputing_every_cell(transition_model):
     assert s.loc["Gene_7", "n_recomputed"] == n_expr < transition_model.adata.n_obs
 
 
-def test_gene_set_is_knocked_out_together_and_overexpress_runs(transition_model):
+def test_gene_set_is_knocked_out_together(transition_model):
     X = transition_model.adata.X.copy()
     res = transition_model.knockout({"two regs": ["Reg_P1", "Reg_P2"]}, inplace=False, progress=False)
     single = transition_model.knockout(["Reg_P1", "Reg_P2"], inplace=False, progress=False)
@@ -88,9 +88,21 @@ def test_gene_set_is_knocked_out_together_and_overexpress_runs(transition_model)
     assert s.loc["two regs", "effect"] > one["effect"].max()
     union = np.asarray((transition_model.adata[:, ["Reg_P1", "Reg_P2"]].X.toarray() > 0).any(1)).sum()
     assert s.loc["two regs", "n_recomputed"] == union
-    over = transition_model.knockout("Gene_7", mode="overexpress", inplace=False, progress=False)
-    assert over.summary["mode"].iloc[0] == "overexpress" and over.summary["n_recomputed"].iloc[0] > 0
     assert (transition_model.adata.X != X).nnz == 0  # nothing in X changed
+
+
+def test_overexpressing_a_planted_regulator_raises_its_phenotype(transition_model):
+    over = transition_model.knockout(["Reg_P2", "Gene_7"], mode="overexpress", inplace=False, progress=False)
+    assert set(over.summary["mode"]) == {"overexpress"}
+    t = over.table
+    # probability that moves into each target phenotype from the other phenotypes (posterior form)
+    gain = t[t["source"].astype(str) != t["target"].astype(str)].groupby(["gene", "target"], observed=True)["delta"]
+    gain = gain.sum().unstack()
+    assert gain.loc["Reg_P2", "P2"] > 0.05  # cells of other phenotypes now look more like P2
+    assert gain.loc["Reg_P2", "P2"] == gain.loc["Reg_P2"].max()
+    assert gain.loc["Reg_P2", "P2"] > 5 * abs(gain.loc["Gene_7", "P2"])  # a random gene barely moves it
+    s = over.summary.set_index("gene")
+    assert s.loc["Reg_P2", "effect"] > s.loc["Gene_7", "effect"]
 
 
 def test_unknown_gene_names_the_closest(transition_model):

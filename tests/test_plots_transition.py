@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import anndata as ad
 import matplotlib
@@ -67,10 +68,13 @@ def test_every_plot_draws_from_reread_file(reread, synthetic_model):
     ax = kdcpt.pl.entropy(reread, show=False)
     assert len(ax.patches) == 4
 
-    ax = kdcpt.pl.reliability(reread, show=False)
-    assert "ECE" in ax.get_title()
+    calib = reread.uns["kdcpt"]["calibration"]
+    ax = kdcpt.pl.reliability(reread, show=False)  # the held-out cells' table after calibration
+    assert _title_ece(ax) == pytest.approx(calib["ece_after"], abs=5e-4)
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert f"before (ECE {calib['ece_before']:.3f})" in legend  # the grey curve before calibration
     ax = kdcpt.pl.reliability(reread, source="obs", show=False)
-    assert "ECE" in ax.get_title()
+    assert _title_ece(ax) == pytest.approx(_hand_ece(reread), abs=5e-4)
 
     axes = kdcpt.pl.training_history(reread, show=False)
     assert len(axes) == 3 and all(len(a.lines) == 2 for a in axes)
@@ -80,6 +84,21 @@ def test_every_plot_draws_from_reread_file(reread, synthetic_model):
     fig = kdcpt.pl.entropy(reread, normalized=True, return_fig=True)
     assert isinstance(fig, plt.Figure)
     plt.close("all")
+
+
+def _title_ece(ax) -> float:
+    return float(re.search(r"ECE ([0-9.]+)", ax.get_title()).group(1))
+
+
+def _hand_ece(adata, n_bins: int = 15) -> float:
+    """Top-label ECE of the labelled cells from the .obs probabilities, bins (k/15, (k+1)/15]."""
+    names = [str(c) for c in adata.uns["kdcpt"]["classes"]]
+    proba = adata.obs[[f"kdcpt_proba_{c}" for c in names]].to_numpy(float)
+    truth = adata.obs["phenotype"].astype(str).to_numpy()
+    conf = proba.max(1)
+    correct = np.asarray(names)[proba.argmax(1)] == truth
+    b = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
+    return sum(abs(correct[b == k].mean() - conf[b == k].mean()) * (b == k).mean() for k in np.unique(b))
 
 
 def test_plots_with_long_phenotype_names_and_given_axes(reread):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import sparse
 
@@ -72,10 +73,27 @@ def test_missing_or_bad_embedding(adata):
         KDCPT.setup_anndata(adata, labels_key="phenotype", embedding_key="X_emb")
 
 
-def test_embedding_with_wrong_number_of_rows_is_refused(adata):
-    # AnnData itself refuses an .obsm entry whose rows differ from n_obs, with a clear message
-    with pytest.raises(ValueError, match="200"):
-        adata.obsm["X_emb"] = np.zeros((adata.n_obs - 1, 4))
+def test_batch_key_is_registered_and_used(adata):
+    KDCPT.setup_anndata(adata, labels_key="phenotype")
+    plain = KDCPT(adata, n_tokens=16, n_selected=4, d_model=16, n_hidden=16)
+    assert plain.module.batch_embedding is None
+    adata.obs["batch"] = pd.Categorical(np.where(np.arange(adata.n_obs) % 2 == 0, "b1", "b2"))
+    KDCPT.setup_anndata(adata, labels_key="phenotype", batch_key="batch")
+    manager = KDCPT._get_most_recent_anndata_manager(adata)
+    assert manager.registry["setup_args"]["batch_key"] == "batch"
+    assert manager.summary_stats["n_batch"] == 2
+    model = KDCPT(adata, n_tokens=16, n_selected=4, d_model=16, n_hidden=16)
+    assert model.module.batch_embedding.num_embeddings == 2  # the prediction branch sees the batch
+    model.is_trained_ = True
+    query = adata[:20].copy()
+    proba = model.predict(query, soft=True)
+    query.obs["batch"] = pd.Categorical(np.where(query.obs["batch"] == "b1", "b2", "b1"))  # swap the batches
+    assert not np.allclose(model.predict(query, soft=True).to_numpy(), proba.to_numpy())
+    del query.obs["batch"]
+    with pytest.raises(KeyError, match="batch_key 'batch'"):
+        model.predict(query)
+    with pytest.raises(KeyError, match="batch_key 'lane' is not a column"):
+        KDCPT.setup_anndata(adata, labels_key="phenotype", batch_key="lane")
 
 
 def test_prior_checks(adata):

@@ -76,6 +76,26 @@ def test_posterior_transition_matrix_of_model(synthetic_model, syn_proba):
     assert (np.diag(P) > 0.5).all()  # phenotypes are mostly stable
 
 
+def test_groupby_returns_one_result_per_condition_from_its_own_cells(synthetic_model, syn_proba):
+    adata = synthetic_model.adata
+    cond = np.where(np.arange(adata.n_obs) % 3 == 0, "treated", "control")
+    adata.obs["condition"] = pd.Categorical(cond)
+    try:
+        per = synthetic_model.get_transition_matrix(groupby="condition")
+    finally:
+        del adata.obs["condition"]
+    assert set(per) == {"treated", "control"}
+    labels = adata.obs["phenotype"].astype(str).to_numpy()
+    for name, result in per.items():
+        cells = cond == name
+        # each condition's matrix is the posterior form over that condition's cells only
+        expected = syn_proba[cells].groupby(labels[cells]).mean().loc[result.matrix.index, result.matrix.columns]
+        np.testing.assert_allclose(result.matrix.to_numpy(), expected.to_numpy(), atol=1e-5)
+        n = pd.Series(labels[cells]).value_counts().reindex(result.matrix.index).to_numpy()
+        np.testing.assert_allclose(result.entropy["prior"], n / n.sum())
+    assert not np.allclose(per["treated"].matrix, per["control"].matrix)  # not one matrix copied
+
+
 def test_planted_transition_is_largest_off_diagonal(transition_model):
     """The planted lineage P0 -> P1 -> P2 -> P3 shows in the posterior transition matrix.
 

@@ -1,8 +1,9 @@
 """Every tutorial notebook runs from top to bottom (tiny epoch budget, subsampled cells).
 
 The committed notebooks are executed with a realistic budget by ``make tutorials``; here each is
-executed in a scratch copy with ``KDCPT_TUTORIAL_EPOCHS=1`` so that an API change that breaks a
-tutorial fails the tests. Deselect with ``-m "not tutorials"``.
+executed in a scratch copy in ``tmp_path`` with ``KDCPT_TUTORIAL_EPOCHS=1`` (see
+``tutorials/run_notebooks.py``) so that an API change that breaks a tutorial fails the tests.
+Deselect with ``-m "not tutorials"``.
 """
 
 from __future__ import annotations
@@ -25,18 +26,21 @@ def _execute(name: str, tmp_path: Path, monkeypatch, **env) -> None:
 
     monkeypatch.setenv("KDCPT_TUTORIAL_EPOCHS", "1")
     monkeypatch.setenv("KDCPT_TUTORIAL_MAX_CELLS", "300")
+    monkeypatch.setenv("KDCPT_TUTORIAL_MAX_NULL", "2")
     monkeypatch.setenv("MPLBACKEND", "Agg")
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    # executed in a copy inside the tutorials folder (relative data paths stay valid), not written back
-    copy = TUTORIALS / f".test_{name}"
+    # a scratch copy run inside tmp_path: nothing is written into tutorials/
+    copy = tmp_path / name
     shutil.copy(TUTORIALS / name, copy)
-    try:
-        nb = execute(copy, write=False, timeout=600)
-    finally:
-        copy.unlink(missing_ok=True)
+    before = sorted(p.name for p in TUTORIALS.iterdir())
+    nb = execute(copy, write=False, timeout=600, cwd=tmp_path)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
+    assert sorted(p.name for p in TUTORIALS.iterdir()) == before
+    # the reader's notebook starts with its own first cell: the harness cell is not kept
+    first = next(c for c in nb.cells if c.cell_type == "code")
+    assert first.execution_count == 1 and "filterwarnings" not in first.source
 
 
 def test_pbmc_tutorial(tmp_path, monkeypatch):

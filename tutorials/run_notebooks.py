@@ -1,7 +1,19 @@
-"""Execute tutorial notebooks in place with nbclient (``make tutorials``).
+"""Execute tutorial notebooks with nbclient (``make tutorials``; ``tests/test_tutorials.py``).
 
-Usage: ``python run_notebooks.py [--no-write] NOTEBOOK.ipynb ...`` from this folder. The epoch
-budget of every notebook is read from ``KDCPT_TUTORIAL_EPOCHS`` (unset: each notebook's own).
+Usage: ``python run_notebooks.py [--no-write] NOTEBOOK.ipynb ...`` from this folder.
+
+The notebooks hold only what a reader would type. What a run needs besides is set up here, in
+a cell run before the first one and left out of the saved notebook:
+
+- Lightning's "GPU available" banner and ``UserWarning`` noise are silenced;
+- ``KDCPT_TUTORIAL_EPOCHS``: at most this many training epochs (``model.train(max_epochs=...)``);
+- ``KDCPT_TUTORIAL_MAX_CELLS``: the bundled data sets (``kdcpt.datasets.*``) subsampled to this
+  many cells;
+- ``KDCPT_TUTORIAL_MAX_NULL``: at most this many null genes per knockout (``n_null``);
+- ``KDCPT_PANCREAS_PATH``: the local file ``kdcpt.datasets.pancreas()`` reads (default: the
+  project's shared copy when present, else scVelo's download).
+
+The tests run each notebook with a tiny budget in a temporary folder.
 """
 
 from __future__ import annotations
@@ -14,15 +26,104 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
+#: the project's copy of the pancreas data (``../../shared/data`` next to the repository)
+SHARED_PANCREAS = (
+    Path(__file__).resolve().parents[2]
+    / "shared"
+    / "data"
+    / "pancreas_endocrinogenesis"
+    / "pancreas_bastidas_ponce2019_3696x2000.h5ad"
+)
 
-def execute(path: str | os.PathLike, *, write: bool = True, timeout: int = 1800) -> nbformat.NotebookNode:
-    """Run every cell of the notebook at ``path`` (in its own folder); save outputs when ``write``."""
+_SETUP = '''\
+import functools as _functools
+import logging as _logging
+import warnings as _warnings
+
+import scanpy as _sc
+import scanpy_kdcpt as _kdcpt
+
+_logging.getLogger("lightning.pytorch").setLevel(_logging.ERROR)  # no "GPU available: False" banner
+_warnings.filterwarnings("ignore", category=UserWarning)
+_EPOCHS, _MAX_CELLS, _MAX_NULL, _PANCREAS = {epochs!r}, {max_cells!r}, {max_null!r}, {pancreas!r}
+
+
+def _capped(func, name, cap, *, default_to_cap=False):
+    @_functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        if cap and kwargs.get(name) is not None:
+            kwargs[name] = min(int(kwargs[name]), cap)
+        elif cap and default_to_cap:
+            kwargs[name] = cap
+        return func(*args, **kwargs)
+
+    return wrapper
+
+
+def _subsampled(loader):
+    @_functools.wraps(loader)
+    def wrapper(*args, **kwargs):
+        adata = loader(*args, **kwargs)
+        if _MAX_CELLS and adata.n_obs > _MAX_CELLS:
+            _sc.pp.subsample(adata, n_obs=_MAX_CELLS, random_state=0)
+        return adata
+
+    return wrapper
+
+
+_kdcpt.KDCPT.train = _capped(_kdcpt.KDCPT.train, "max_epochs", _EPOCHS, default_to_cap=True)
+_kdcpt.KDCPT.knockout = _capped(_kdcpt.KDCPT.knockout, "n_null", _MAX_NULL)
+for _name in ("pbmc68k_reduced", "krumsiek11", "pancreas"):
+    setattr(_kdcpt.datasets, _name, _subsampled(getattr(_kdcpt.datasets, _name)))
+if _PANCREAS:
+    _kdcpt.datasets.pancreas = _functools.partial(_kdcpt.datasets.pancreas, _PANCREAS)
+'''
+
+
+def _int_env(name: str) -> int | None:
+    value = os.environ.get(name)
+    return int(value) if value else None
+
+
+def setup_code() -> str:
+    """The harness cell: warning / logging filters and the budget caps from the environment."""
+    pancreas = os.environ.get("KDCPT_PANCREAS_PATH") or (str(SHARED_PANCREAS) if SHARED_PANCREAS.exists() else None)
+    return _SETUP.format(
+        epochs=_int_env("KDCPT_TUTORIAL_EPOCHS"),
+        max_cells=_int_env("KDCPT_TUTORIAL_MAX_CELLS"),
+        max_null=_int_env("KDCPT_TUTORIAL_MAX_NULL"),
+        pancreas=pancreas,
+    )
+
+
+def execute(
+    path: str | os.PathLike, *, write: bool = True, timeout: int = 1800, cwd: str | os.PathLike | None = None
+) -> nbformat.NotebookNode:
+    """Run every cell of the notebook at ``path`` after the harness cell; save outputs when ``write``.
+
+    Cells run in ``cwd`` (default: the notebook's folder). The harness cell is removed again
+    and the execution counts renumbered, so the saved notebook starts at ``[1]``.
+    """
     path = Path(path)
     nb = nbformat.read(path, as_version=4)
+    nb.cells.insert(0, nbformat.v4.new_code_cell(setup_code()))
+    workdir = Path(cwd) if cwd is not None else path.parent
     client = NotebookClient(
-        nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent.resolve())}}
+        nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(workdir.resolve())}}
     )
-    client.execute()
+    try:
+        client.execute()
+    finally:
+        harness = nb.cells.pop(0)
+        errors = [o for o in harness.get("outputs", []) if o.output_type == "error"]
+        if errors:
+            raise RuntimeError(f"the harness cell failed: {errors[0].get('evalue')}")
+        for cell in nb.cells:
+            if cell.cell_type == "code" and cell.get("execution_count"):
+                cell.execution_count -= 1
+                for out in cell.get("outputs", []):
+                    if out.get("execution_count"):
+                        out.execution_count -= 1
     if write:
         nbformat.write(nb, path)
     return nb
