@@ -84,8 +84,6 @@ def reliability(
         Axes title (default: the ECE, and the temperature after calibration).
     {doc_show_save_ax}
 
-    Returns
-    -------
     {doc_returns}
 
     """

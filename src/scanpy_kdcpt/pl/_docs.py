@@ -1,7 +1,7 @@
 """Docstring fragments shared by every ``kdcpt.pl`` function (scanpy's ``_doc_params`` pattern).
 
-Write ``{doc_key}``, ``{doc_show_save_ax}`` or ``{doc_returns}`` on a line of its own in a
-numpy docstring and decorate the function with ``@doc_params(...)``; only the placeholders
+Write ``{doc_key}``, ``{doc_show_save_ax}``, ``{doc_wrap_title}`` or ``{doc_returns}`` (the
+whole Returns section) on a line of its own in a numpy docstring and decorate the function with ``@doc_params(...)``; only the placeholders
 named are replaced, so other braces in the docstring (``{key}_pred``) stay as written.
 """
 
@@ -32,10 +32,23 @@ return_fig
     Return the :class:`~matplotlib.figure.Figure` instead of the Axes."""
 
 doc_returns = """\
+Returns
+-------
 The :class:`~matplotlib.axes.Axes` (``None`` when shown; the
 :class:`~matplotlib.figure.Figure` with ``return_fig=True``)."""
 
-_FRAGMENTS = {"doc_key": doc_key, "doc_show_save_ax": doc_show_save_ax, "doc_returns": doc_returns}
+doc_wrap_title = """\
+wrap
+    Break phenotype names longer than this over lines.
+title
+    Axes title."""
+
+_FRAGMENTS = {
+    "doc_key": doc_key,
+    "doc_show_save_ax": doc_show_save_ax,
+    "doc_returns": doc_returns,
+    "doc_wrap_title": doc_wrap_title,
+}
 
 
 def doc_params(*names: str, **replacements: str):

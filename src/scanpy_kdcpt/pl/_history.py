@@ -55,9 +55,9 @@ def training_history(
     key
         The ``key_added`` the results were written under (AnnData only; default ``"kdcpt"``).
     metrics
-        Among ``"loss"``, ``"classification_loss"``, ``"accuracy"``, ``"f1"``.
+        Among ``"loss"``, ``"classification_loss"``, ``"accuracy"``, ``"f1"``; one panel each
+        (with ``ax``, pass one Axes per metric).
     {doc_show_save_ax}
-        With several metrics, pass one Axes per metric.
 
     Returns
     -------

@@ -66,8 +66,6 @@ def key_genes(
     **kwds
         More keyword arguments for :func:`scanpy.pl.dotplot`.
 
-    Returns
-    -------
     {doc_returns}
     With ``ax``, the dotplot's main Axes is drawn inside it.
 

@@ -69,8 +69,6 @@ def knockout(
         Write ``delta`` in each cell (default: for up to 12 phenotypes).
     {doc_show_save_ax}
 
-    Returns
-    -------
     {doc_returns}
 
     """
@@ -172,8 +170,6 @@ def knockout_effects(
         Significance level of the filled dots.
     {doc_show_save_ax}
 
-    Returns
-    -------
     {doc_returns}
 
     """

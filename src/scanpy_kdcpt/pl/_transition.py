@@ -36,7 +36,7 @@ def _matrix(adata: AnnData, key: str, matrix: pd.DataFrame | None) -> pd.DataFra
     return P
 
 
-@doc_params("doc_key", "doc_show_save_ax", "doc_returns")
+@doc_params("doc_key", "doc_wrap_title", "doc_show_save_ax", "doc_returns")
 def transition_matrix(
     adata: AnnData,
     *,
@@ -72,14 +72,9 @@ def transition_matrix(
         next to a dominant diagonal; ``1`` is linear).
     cmap
         Matplotlib colour map.
-    wrap
-        Break phenotype names longer than this over lines.
-    title
-        Axes title.
+    {doc_wrap_title}
     {doc_show_save_ax}
 
-    Returns
-    -------
     {doc_returns}
 
     """
@@ -135,7 +130,7 @@ def transition_matrix(
     return _read.finish(fig, ax, show, return_fig, save)
 
 
-@doc_params("doc_key", "doc_show_save_ax", "doc_returns")
+@doc_params("doc_key", "doc_wrap_title", "doc_show_save_ax", "doc_returns")
 def transition_graph(
     adata: AnnData,
     *,
@@ -181,14 +176,9 @@ def transition_graph(
         Write the probability on each arrow.
     max_width
         Width (points) of the strongest arrow.
-    wrap
-        Break phenotype names longer than this over lines.
-    title
-        Axes title.
+    {doc_wrap_title}
     {doc_show_save_ax}
 
-    Returns
-    -------
     {doc_returns}
 
     """
@@ -319,7 +309,7 @@ def _node_sizes(adata, key, names, node_size, matrix) -> np.ndarray:
     return 180.0 + 900.0 * np.sqrt(w)
 
 
-@doc_params("doc_key", "doc_show_save_ax", "doc_returns")
+@doc_params("doc_key", "doc_wrap_title", "doc_show_save_ax", "doc_returns")
 def entropy(
     adata: AnnData,
     *,
@@ -348,14 +338,9 @@ def entropy(
         Divide by ``log(number of phenotypes)`` (1 = uniform row).
     sort
         Highest entropy first.
-    wrap
-        Break phenotype names longer than this over lines.
-    title
-        Axes title.
+    {doc_wrap_title}
     {doc_show_save_ax}
 
-    Returns
-    -------
     {doc_returns}
 
     """
