@@ -55,7 +55,6 @@ def scores(logits_cal, y_cal, logits_test, y_test, classes, alpha: float) -> dic
     """Every number of the protocol from calibration / test logits (or log-probabilities)."""
     from sklearn.metrics import roc_auc_score
 
-    from scanpy_kdcpt.metrics import accuracy, macro_f1
     from scanpy_kdcpt.calibration import (
         brier_score,
         conformal_scores,
@@ -67,6 +66,7 @@ def scores(logits_cal, y_cal, logits_test, y_test, classes, alpha: float) -> dic
         prediction_sets,
         softmax,
     )
+    from scanpy_kdcpt.metrics import accuracy, macro_f1
 
     T = fit_temperature(logits_cal, y_cal)
     raw, cal = softmax(logits_test), softmax(logits_test, T)

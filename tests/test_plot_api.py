@@ -91,7 +91,7 @@ def test_save_none_follows_autosave_and_false_saves_nothing(annotated, figdir):
 
 def test_save_with_a_given_axes_saves_its_figure(annotated, figdir):
     fig, axs = plt.subplots(1, 2)
-    other = plt.figure()  # the current figure is another one: the plot's own figure must be saved
+    plt.figure()  # the current figure is another one: the plot's own figure must be saved
     assert kdcpt.pl.entropy(annotated, ax=axs[1], show=False, save=True) is axs[1]
     saved = plt.imread(figdir / "entropy.png")
     assert saved.shape[1] > saved.shape[0]  # the 1 × 2 layout of fig, not the empty square figure

@@ -35,7 +35,7 @@ SHARED_PANCREAS = (
     / "pancreas_bastidas_ponce2019_3696x2000.h5ad"
 )
 
-_SETUP = '''\
+_SETUP = """\
 import functools as _functools
 import logging as _logging
 import warnings as _warnings
@@ -77,7 +77,7 @@ for _name in ("pbmc68k_reduced", "krumsiek11", "pancreas"):
     setattr(_kdcpt.datasets, _name, _subsampled(getattr(_kdcpt.datasets, _name)))
 if _PANCREAS:
     _kdcpt.datasets.pancreas = _functools.partial(_kdcpt.datasets.pancreas, _PANCREAS)
-'''
+"""
 
 
 def _int_env(name: str) -> int | None:

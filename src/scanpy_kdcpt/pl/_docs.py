@@ -1,8 +1,9 @@
 """Docstring fragments shared by every ``kdcpt.pl`` function (scanpy's ``_doc_params`` pattern).
 
 Write ``{doc_key}``, ``{doc_show_save_ax}``, ``{doc_wrap_title}`` or ``{doc_returns}`` (the
-whole Returns section) on a line of its own in a numpy docstring and decorate the function with ``@doc_params(...)``; only the placeholders
-named are replaced, so other braces in the docstring (``{key}_pred``) stay as written.
+whole Returns section) on a line of its own in a numpy docstring and decorate the function
+with ``@doc_params(...)``; only the placeholders named are replaced, so other braces in the
+docstring (``{key}_pred``) stay as written.
 """
 
 from __future__ import annotations
