@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import scanpy_kdcpt as kdcpt
-from scanpy_kdcpt import cli
+from scanpy_kdcpt import _keys, cli
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def test_run_writes_annotated_model_and_report(demo_run):
     model = kdcpt.KDCPT.load(str(out / "model"), adata=adata)
     # the saved model gives the probabilities written into annotated.h5ad (temperature included)
     proba = model.predict(soft=True)
-    written = adata.obs[[f"kdcpt_proba_{c}" for c in model.classes_]].to_numpy()
+    written = adata.obs[[_keys.Keys("kdcpt").proba(c) for c in model.classes_]].to_numpy()
     np.testing.assert_allclose(proba.to_numpy(), written, atol=1e-5)
     assert (adata.obs["kdcpt_pred"].astype(str).to_numpy() == proba.idxmax(1).to_numpy()).all()
     report = (out / "report.md").read_text()
