@@ -80,7 +80,7 @@ class KDCPTModule(BaseModuleClass):
         dropout: float = 0.1,
         use_wide: bool = True,
         wide_l2: float = 1e-3,
-        balanced_softmax: bool = False,
+        balanced_softmax: bool = True,
     ):
         super().__init__()
         self.n_genes = n_genes
