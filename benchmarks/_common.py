@@ -77,8 +77,25 @@ def load_dataset(name: str) -> Dataset:
         a = ad.AnnData(X=_log_normalize_counts(counts), obs=src.obs[["cell_type"]].copy(),
                        var=pd.DataFrame(index=src.var_names.copy()), layers={"counts": counts})
         ds = Dataset("paul15", a, "cell_type", "mouse", has_counts=True)
+    elif name == "snare":
+        # RNA of SNARE-seq mouse cortex (raw UMI counts, 1,677 genes, 23 cell types); stratified
+        # subsample to SNARE_N_CELLS cells (default 4,000, seed 0) to fit the session's time
+        import mudata as md
+
+        src = md.read_h5ad(str(SHARED_DATA / "snare_mouse_cortex" / "snare_mouse_cortex.h5mu"), "rna")
+        n_cells = int(os.environ.get("SNARE_N_CELLS", 4000))
+        if n_cells < src.n_obs:
+            from sklearn.model_selection import train_test_split
+
+            keep, _ = train_test_split(np.arange(src.n_obs), train_size=n_cells, random_state=0,
+                                       stratify=src.obs["cell_type"].astype(str).to_numpy())
+            src = src[np.sort(keep)].copy()
+        counts = _dense(src.X)
+        a = ad.AnnData(X=_log_normalize_counts(counts), obs=src.obs[["cell_type"]].copy(),
+                       var=pd.DataFrame(index=src.var_names.copy()), layers={"counts": counts})
+        ds = Dataset("snare_rna", a, "cell_type", "mouse", has_counts=True)
     else:
-        raise ValueError(f"unknown dataset {name!r}; use pbmc, pancreas or paul15")
+        raise ValueError(f"unknown dataset {name!r}; use pbmc, pancreas, paul15 or snare")
     ds.adata.obs[ds.labels_key] = ds.adata.obs[ds.labels_key].astype(str).astype("category")
     ds.adata.obs_names_make_unique()
     ds.adata.var["is_tf"] = kdcpt.datasets.is_transcription_factor(ds.adata.var_names, species=ds.species)

@@ -177,13 +177,48 @@ class CellLearner(nn.Module):
         }
 
 
-class PredictionBranch(nn.Module):
-    """Cell embedding → 3-layer MLP with ReLU → logits; the last hidden state reshaped to ``E_p``."""
+class WidePath(nn.Module):
+    """Linear logits over every registered gene's log-normalised value ("wide" path).
 
-    def __init__(self, n_input: int, n_hidden: int, n_classes: int, n_selected: int, d_model: int, dropout: float):
+    A bias-free ``n_genes → n_classes`` linear map, initialised at zero, so that the
+    prediction branch is never weaker than a (L2-regularised, see ``penalty``) linear model on
+    the same genes. It reads the module's input directly: a knockout that zeroes a gene in
+    ``x`` reaches it. The minibatch is dense, so this is one dense matmul.
+    """
+
+    def __init__(self, n_genes: int, n_classes: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(n_classes, n_genes))
+
+    def forward(self, x_log: torch.Tensor) -> torch.Tensor:
+        return x_log @ self.weight.t()
+
+    def penalty(self) -> torch.Tensor:
+        """``0.5 * ||W||²`` (ridge penalty, scaled by the module's ``wide_l2``)."""
+        return 0.5 * self.weight.pow(2).sum()
+
+
+class PredictionBranch(nn.Module):
+    """Cell embedding → 3-layer MLP with ReLU → logits; the last hidden state reshaped to ``E_p``.
+
+    With ``n_genes`` given, a :class:`WidePath` over all genes' log-normalised values is added
+    to the MLP's logits (wide & deep); call it as ``branch(embedding, x_log)``.
+    """
+
+    def __init__(
+        self,
+        n_input: int,
+        n_hidden: int,
+        n_classes: int,
+        n_selected: int,
+        d_model: int,
+        dropout: float,
+        n_genes: int | None = None,
+    ):
         super().__init__()
         self.n_selected = n_selected
         self.d_model = d_model
+        self.wide = WidePath(n_genes, n_classes) if n_genes else None
         self.mlp = nn.Sequential(
             nn.Linear(n_input, n_hidden),
             nn.ReLU(),
@@ -195,10 +230,15 @@ class PredictionBranch(nn.Module):
         self.head = nn.Linear(n_hidden, n_classes)
         self.to_tokens = nn.Linear(n_hidden, n_selected * d_model)
 
-    def forward(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, embedding: torch.Tensor, x_log: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.mlp(embedding)
         e_p = self.to_tokens(h).view(-1, self.n_selected, self.d_model)
-        return self.head(h), e_p
+        logits = self.head(h)
+        if self.wide is not None:
+            if x_log is None:
+                raise ValueError("This prediction branch has a wide path and needs the genes' values x_log.")
+            logits = logits + self.wide(x_log)
+        return logits, e_p
 
 
 class GridDepthwiseConv(nn.Module):

@@ -41,6 +41,18 @@ class KDCPTModule(BaseModuleClass):
         Weight of the auxiliary per-branch cross-entropy losses.
     dropout
         Dropout rate.
+    use_wide
+        Add a linear "wide" path over all genes' log-normalised values to the prediction
+        branch's logits (wide & deep), so that the model is never weaker than a linear model
+        on the same genes. The final logits add the prediction branch's logits to the CFFM's
+        (a residual), so the fused model starts from the prediction branch.
+    wide_l2
+        Ridge penalty ``wide_l2 * 0.5 * ||W||²`` on the wide path's weights, added to the loss.
+    balanced_softmax
+        Balanced-softmax (logit-adjusted) loss for rare phenotypes: during the loss, logits
+        are shifted by ``log_prior`` (log class frequencies of the training labels, set by
+        the model before training); predictions use the unshifted logits, i.e. a
+        class-balanced posterior.
 
     """
 
@@ -66,6 +78,9 @@ class KDCPTModule(BaseModuleClass):
         use_cffm: bool = True,
         aux_weight: float = 0.5,
         dropout: float = 0.1,
+        use_wide: bool = True,
+        wide_l2: float = 1e-3,
+        balanced_softmax: bool = True,
     ):
         super().__init__()
         self.n_genes = n_genes
@@ -75,10 +90,15 @@ class KDCPTModule(BaseModuleClass):
         self.use_cell_learner = use_cell_learner
         self.use_cffm = use_cffm
         self.aux_weight = aux_weight
+        self.use_wide = use_wide
+        self.wide_l2 = wide_l2
+        self.balanced_softmax = balanced_softmax
         n_selected = min(n_selected, n_tokens, n_genes)
 
         self.register_buffer("prior", torch.zeros(n_genes))
         self.register_buffer("class_weights", torch.ones(n_classes))
+        # log class frequencies for the balanced-softmax loss (zeros = plain cross-entropy)
+        self.register_buffer("log_prior", torch.zeros(n_classes))
         self.register_buffer("embedding_mean", torch.zeros(n_embedding))
         self.register_buffer("embedding_scale", torch.ones(n_embedding))
         self.register_buffer("gene_mean", torch.zeros(n_genes))
@@ -98,7 +118,9 @@ class KDCPTModule(BaseModuleClass):
             use_attention=use_cell_learner,
         )
         self.batch_embedding = nn.Embedding(n_batch, n_embedding) if n_batch > 1 else None
-        self.prediction = PredictionBranch(n_embedding, n_hidden, n_classes, n_selected, d_model, dropout)
+        self.prediction = PredictionBranch(
+            n_embedding, n_hidden, n_classes, n_selected, d_model, dropout, n_genes=n_genes if use_wide else None
+        )
         self.selection_head = nn.Sequential(nn.LayerNorm(d_model), nn.Linear(d_model, n_classes))
         self.cffm = CFFM(d_model, n_heads, n_selected, dropout) if use_cffm else None
         self.fused_head = nn.Linear(d_model, n_classes) if use_cffm else None
@@ -143,7 +165,8 @@ class KDCPTModule(BaseModuleClass):
         tokens, gene_idx, values, mask = self.tokenizer(x_log)
         prior = self.prior[gene_idx] * mask
         cl = self.cell_learner(tokens, values, mask, prior)
-        logits_p, e_p = self.prediction(self.embed(x_log, embedding, batch_index))
+        # the wide path reads x itself (log-normalised): a knocked-out gene reaches it
+        logits_p, e_p = self.prediction(self.embed(x_log, embedding, batch_index), x_log)
         e_t = cl["e_t"]
         denom = cl["selected_mask"].sum(1, keepdim=True).clamp_min(1)
         pooled_t = e_t.sum(1) / denom + cl["cls"]
@@ -151,6 +174,8 @@ class KDCPTModule(BaseModuleClass):
         if self.use_cffm:
             fused = self.cffm(e_p, e_t)
             logits = self.fused_head(fused)
+            if self.use_wide:  # residual: the fused model starts from the (wide & deep) branch
+                logits = logits + logits_p
         else:  # ablation: late fusion of the two branches' logits
             fused = torch.cat([e_p.mean(1), pooled_t], dim=-1)
             logits = 0.5 * (logits_p + logits_t)
@@ -168,20 +193,29 @@ class KDCPTModule(BaseModuleClass):
         }
 
     def loss(self, tensors, inference_outputs, generative_outputs, **kwargs) -> LossOutput:
-        """Cross-entropy on fused logits + ``aux_weight`` × each branch's; unlabelled cells skipped."""
+        """Cross-entropy on fused logits + ``aux_weight`` × each branch's (+ the wide path's ridge
+        penalty); balanced softmax when set; unlabelled cells skipped.
+        """
         y = tensors[REGISTRY_KEYS.LABELS_KEY].long().view(-1)
         labelled = y < self.n_classes
         logits = inference_outputs["logits"]
         n = logits.shape[0]
 
+        shift = self.log_prior if self.balanced_softmax else None
+
         def ce(lg):
             if not labelled.any():
                 return lg.sum() * 0.0
-            return F.cross_entropy(lg[labelled], y[labelled], weight=self.class_weights)
+            lg = lg[labelled]
+            if shift is not None:  # balanced softmax: train on logits + log prior
+                lg = lg + shift
+            return F.cross_entropy(lg, y[labelled], weight=self.class_weights)
 
         main = ce(logits)
         aux = ce(inference_outputs["logits_p"]) + ce(inference_outputs["logits_t"])
         loss = main + self.aux_weight * aux
+        if self.prediction.wide is not None and self.wide_l2 > 0:
+            loss = loss + self.wide_l2 * self.prediction.wide.penalty()
         return LossOutput(
             loss=loss,
             n_obs_minibatch=n,
