@@ -99,21 +99,6 @@ def check_var_names(adata: AnnData) -> None:
         )
 
 
-def check_phenotype_names(phenotypes, key_added: str = _keys.DEFAULT_KEY, where: str = "the labels") -> None:
-    """Two phenotypes whose names map to one output key (``a/b`` and ``a_b``) lose one's results."""
-    keys = _keys.Keys(key_added)
-    seen: dict[str, str] = {}
-    for p in map(str, phenotypes):
-        col = keys.proba(p)
-        if col in seen:
-            raise InvalidInputError(
-                f"Phenotypes {seen[col]!r} and {p!r} in {where} both map to the column {col!r} "
-                "('/' is not allowed in h5ad keys and becomes '_'). Rename one, e.g. "
-                f"adata.obs[labels_key] = adata.obs[labels_key].cat.rename_categories({{{p!r}: ...}})."
-            )
-        seen[col] = p
-
-
 def check_labels(adata: AnnData, labels_key: str, unlabeled_category) -> str:
     if labels_key not in adata.obs:
         raise KeyNotFoundError(
@@ -129,7 +114,7 @@ def check_labels(adata: AnnData, labels_key: str, unlabeled_category) -> str:
             f"adata.obs[{labels_key!r}] has {n_classes} labelled phenotype(s); KDCPT needs at least two. "
             "Check the column or the unlabeled_category."
         )
-    check_phenotype_names(known.astype(str).unique(), where=f"adata.obs[{labels_key!r}]")
+    _keys.check_phenotype_keys(known.astype(str).unique(), where=f"adata.obs[{labels_key!r}]")
     values = labels.cat.categories if isinstance(labels.dtype, pd.CategoricalDtype) else known.unique()
     not_text = not all(isinstance(v, str) for v in values)
     if labels.isna().any() or not_text:

@@ -598,7 +598,7 @@ class KDCPT(CalibrationMixin, TransitionMixin, KeyGenesMixin, KnockoutMixin, Uns
         """
         keys = _keys.Keys(key_added)
         setup = self.adata_manager.registry["setup_args"]
-        _data.check_phenotype_names(self.classes_, key_added, where="the model's phenotypes")
+        _keys.check_phenotype_keys(self.classes_, key_added, where="the model's phenotypes")
         obs_out = {keys.pred, keys.confidence, keys.uncertainty, keys.prediction_set, keys.set_size}
         obs_out |= {keys.proba(c) for c in self.classes_}
         var_out = {keys.score, keys.selected_frac, keys.rank, keys.key_gene, keys.knockout_effect}
