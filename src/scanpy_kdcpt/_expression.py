@@ -105,8 +105,8 @@ def check_values(X, what: str = "the expression matrix") -> None:
             raise InvalidInputError(f"{what} holds {data.dtype} values; it needs numbers (counts or log-normalised).")
         finite = np.isfinite(data)
         n_bad += int(data.size - finite.sum())
-        if data.size:
-            vmin = min(vmin, float(np.min(data, initial=np.inf, where=finite)))
+        if finite.any():
+            vmin = min(vmin, float(data[finite].min()))
         n_nonzero += int(np.count_nonzero(data[finite]))
     if n_bad:
         raise InvalidInputError(
