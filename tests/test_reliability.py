@@ -194,6 +194,10 @@ def test_8_backed_sparse_anndata(tmp_path):
     # the same model on the same values in memory gives the same probabilities
     in_memory = ad.read_h5ad(path)
     np.testing.assert_allclose(model.predict(in_memory, soft=True).to_numpy(), proba.to_numpy(), atol=1e-5)
+    # a backed query with the genes in another order is aligned block by block
+    in_memory[:, ::-1].copy().write_h5ad(tmp_path / "reordered.h5ad")
+    query = ad.read_h5ad(tmp_path / "reordered.h5ad", backed="r")
+    np.testing.assert_allclose(model.predict(query, soft=True).to_numpy(), proba.to_numpy(), atol=1e-5)
 
 
 # 9 ---------------------------------------------------------------------------------------

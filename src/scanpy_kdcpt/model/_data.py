@@ -15,7 +15,16 @@ from scipy import sparse
 from .._constants import LABELS_COPY_KEY, UNLABELED_CATEGORY, UNSEEN_BATCH_KEY
 from .. import _keys
 from .._errors import InvalidInputError, KeyNotFoundError
-from .._expression import check_logged, check_values, detect_data_type, get_matrix, log_normalize, read_rows
+from .._expression import (
+    check_logged,
+    check_values,
+    detect_data_type,
+    get_matrix,
+    is_backed,
+    iter_rows,
+    log_normalize,
+    read_rows,
+)
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -73,13 +82,17 @@ def align_genes(X, query_genes: pd.Index, model_genes: pd.Index):
             UserWarning,
             stacklevel=3,
         )
+    # a 0/1 selection matrix (query genes × model genes) keeps everything sparse
+    cols = np.flatnonzero(present)
+    sel = sparse.csr_matrix(
+        (np.ones(cols.size, dtype=np.float32), (pos[present], cols)), shape=(len(query_genes), len(model_genes))
+    )
     if sparse.issparse(X):
-        # a 0/1 selection matrix (query genes × model genes) keeps everything sparse
-        cols = np.flatnonzero(present)
-        sel = sparse.csr_matrix(
-            (np.ones(cols.size, dtype=np.float32), (pos[present], cols)), shape=(len(query_genes), len(model_genes))
-        )
         return sparse.csr_matrix(X @ sel, dtype=np.float32)
+    if is_backed(X):
+        # on disk: read row blocks; the aligned matrix is held sparse (the model's genes only)
+        blocks = [sparse.csr_matrix(block, dtype=np.float32) @ sel for _, block in iter_rows(X)]
+        return sparse.vstack(blocks, format="csr", dtype=np.float32)
     X = np.asarray(X)
     out = np.zeros((X.shape[0], len(model_genes)), dtype=np.float32)
     out[:, present] = X[:, pos[present]]

@@ -290,7 +290,8 @@ class KDCPT(CalibrationMixin, TransitionMixin, KeyGenesMixin, KnockoutMixin, Uns
             stopping usually ends training sooner).
         accelerator, devices
             Lightning's; ``"auto"`` takes a GPU when there is one. ``strategy="ddp"`` in
-            ``trainer_kwargs`` trains on several GPUs.
+            ``trainer_kwargs`` trains on several GPUs (or CPU processes with ``accelerator="cpu"``);
+            it runs as ``"ddp_find_unused_parameters_true"``. See the "Large data" docs page.
         train_size, validation_size
             Fractions of cells for training / validation (validation drives early stopping).
         batch_size
@@ -312,6 +313,10 @@ class KDCPT(CalibrationMixin, TransitionMixin, KeyGenesMixin, KnockoutMixin, Uns
         """
         if max_epochs is None:
             max_epochs = int(min(60, max(30, 30_000 // max(self.adata.n_obs, 1))))
+        if trainer_kwargs.get("strategy") in ("ddp", "ddp_spawn", "ddp_notebook"):
+            # some parameters do not reach every loss (e.g. the learned layer weights with
+            # aggregation="mean"): DDP must look for unused parameters or it stops at the first step
+            trainer_kwargs["strategy"] = f"{trainer_kwargs['strategy']}_find_unused_parameters_true"
         plan_kwargs = {"lr": lr, **(plan_kwargs or {}), "n_classes": len(self.classes_)}
         has_validation = (validation_size or (1 - train_size)) > 0
         if early_stopping and has_validation:
