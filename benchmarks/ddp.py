@@ -65,7 +65,8 @@ def fit(mode: str, seed: int) -> dict | None:
         return None
     pred = model.predict(held).astype(str).to_numpy()
     truth = held.obs["phenotype"].astype(str).to_numpy()
-    hist = model.history.get("train_loss_epoch")
+    history = model.history or {}
+    hist = next((history[k] for k in ("train_loss_epoch", "train_loss") if k in history), None)
     return {
         "mode": mode,
         "seed": seed,
