@@ -30,30 +30,64 @@ if TYPE_CHECKING:
     from anndata import AnnData
 
 
+#: genes up to which the encoder is fit by a streamed gene × gene covariance (32 MB at 2,000 genes)
+MAX_GENES_STREAMED = 4000
+
+
 def fit_pca(
-    X, n_components: int, seed: int, max_cells: int = 20_000, *, data_type: str = "log"
+    X, n_components: int, seed: int, max_cells: int = 20_000, *, data_type: str = "log", chunk: int = 2048
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """PCA of the log-normalised expression ``X`` fit on up to ``max_cells`` cells.
 
-    ``X`` is read only at the sampled rows, in blocks (in memory, sparse or backed), and those
-    rows alone are log-normalised when ``data_type == "counts"``: the whole matrix is never
-    copied, normalised or densified.
+    ``X`` is read only at the sampled rows, ``chunk`` rows at a time (in memory, sparse or
+    backed), and each block alone is log-normalised when ``data_type == "counts"``. Up to
+    :data:`MAX_GENES_STREAMED` genes, the gene × gene covariance is accumulated block by block
+    and eigendecomposed (what scikit-learn's ``covariance_eigh`` solver does in one piece):
+    memory is one block plus the covariance, never a copy of the matrix. With more genes, the
+    sampled rows are gathered (sparse) and fit by scikit-learn.
 
     Returns ``(gene_mean, loadings (genes × components), component_std)``.
     """
+    rng = np.random.default_rng(seed)
+    n, n_genes = X.shape
+    rows = np.sort(rng.choice(n, max_cells, replace=False)) if n > max_cells else np.arange(n)
+    n_components = int(min(n_components, len(rows) - 1, n_genes - 1))
+    if n_genes > MAX_GENES_STREAMED:
+        return _fit_pca_sklearn(log_normalize(read_rows(X, rows), data_type), n_components, seed)
+    total = np.zeros(n_genes)
+    gram = np.zeros((n_genes, n_genes))
+    for s in range(0, len(rows), chunk):
+        block = log_normalize(read_rows(X, rows[s : s + chunk]), data_type)
+        if sparse.issparse(block):
+            block = sparse.csr_matrix(block, dtype=np.float64)
+            total += np.asarray(block.sum(0)).ravel()
+            gram += (block.T @ block).toarray()
+        else:
+            block = np.asarray(block, dtype=np.float64)
+            total += block.sum(0)
+            gram += block.T @ block
+    m = len(rows)
+    mean = total / m
+    cov = (gram - m * np.outer(mean, mean)) / max(m - 1, 1)
+    values, vectors = np.linalg.eigh(cov)
+    order = np.argsort(values)[::-1][:n_components]
+    values, vectors = np.maximum(values[order], 0.0), vectors[:, order]
+    # deterministic signs (scikit-learn's svd_flip): the largest-magnitude loading of each component positive
+    signs = np.sign(vectors[np.abs(vectors).argmax(0), np.arange(vectors.shape[1])])
+    vectors = vectors * np.where(signs == 0, 1.0, signs)
+    std = np.sqrt(np.maximum(values, 1e-8))
+    return mean.astype(np.float32), vectors.astype(np.float32), std.astype(np.float32)
+
+
+def _fit_pca_sklearn(X, n_components: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     from sklearn.decomposition import PCA
 
-    rng = np.random.default_rng(seed)
-    n = X.shape[0]
-    rows = np.sort(rng.choice(n, max_cells, replace=False)) if n > max_cells else np.arange(n)
-    X = log_normalize(read_rows(X, rows), data_type)
-    n_components = int(min(n_components, X.shape[0] - 1, X.shape[1] - 1))
     if sparse.issparse(X):
-        solver = "covariance_eigh" if X.shape[1] <= 4000 else "arpack"
         X = sparse.csr_matrix(X, dtype=np.float32)
+        solver = "arpack"
     else:
-        solver = "covariance_eigh" if X.shape[1] <= 4000 else "randomized"
         X = np.asarray(X, dtype=np.float32)
+        solver = "randomized"
     pca = PCA(n_components=n_components, svd_solver=solver, random_state=seed).fit(X)
     std = np.sqrt(np.maximum(pca.explained_variance_, 1e-8))
     return pca.mean_.astype(np.float32), pca.components_.T.astype(np.float32), std.astype(np.float32)
