@@ -151,6 +151,8 @@ def main() -> None:
         if args.epoch:
             cmd.append("--epoch")
         load_before = os.getloadavg()
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "src"], capture_output=True, text=True).stdout.strip()
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             print(proc.stderr[-3000:], file=sys.stderr)
@@ -166,9 +168,7 @@ def main() -> None:
                 "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "command": "python benchmarks/scale.py " + " ".join(sys.argv[1:]),
                 "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), shared; no GPU; torch threads 1",
-                "commit": subprocess.run(
-                    ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-                ).stdout.strip(),
+                "commit": commit + ("+uncommitted src" if dirty else ""),
             }
         )
         for s, v in run["steps"].items():
