@@ -21,7 +21,6 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-
 #: outcome of each example (read by the last test: the strategy must reach both branches)
 OUTCOMES: list[str] = []
 

@@ -12,8 +12,8 @@ import pandas as pd
 from scanpy import logging as logg
 from scipy import sparse
 
-from .._constants import LABELS_COPY_KEY, UNLABELED_CATEGORY, UNSEEN_BATCH_KEY
 from .. import _keys
+from .._constants import LABELS_COPY_KEY, UNLABELED_CATEGORY, UNSEEN_BATCH_KEY
 from .._errors import InvalidInputError, KeyNotFoundError
 from .._expression import (
     check_logged,
@@ -201,7 +201,9 @@ def check_prior(adata: AnnData, prior_key: str) -> None:
         )
     prior = pd.to_numeric(adata.var[prior_key], errors="coerce").astype(float).to_numpy()
     if not np.isfinite(prior).all() or prior.min() < 0 or prior.max() > 1:
-        raise InvalidInputError(f"adata.var[{prior_key!r}] must be boolean or numbers in [0, 1] with no missing values.")
+        raise InvalidInputError(
+            f"adata.var[{prior_key!r}] must be boolean or numbers in [0, 1] with no missing values."
+        )
 
 
 # ----------------------------------------------------------------- query data

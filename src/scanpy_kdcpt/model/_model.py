@@ -374,8 +374,7 @@ class KDCPT(CalibrationMixin, TransitionMixin, KeyGenesMixin, KnockoutMixin, Uns
         """
         if not self.is_trained_:
             raise NotTrainedError(
-                message
-                or "The model has not been trained: call model.train() first (or KDCPT.load() a trained model)."
+                message or "The model has not been trained: call model.train() first (or KDCPT.load() a trained model)."
             )
         return True
 

@@ -71,9 +71,7 @@ def load(cls, dir_path: str, *, adata: AnnData | None = None, accelerator: str =
     if adata is None:
         path = os.path.join(dir_path, ADATA_FILE)
         if not os.path.exists(path) or not meta.get("saved_anndata", True):
-            raise InvalidInputError(
-                "Pass adata=...: the model was saved without its AnnData (save_anndata=False)."
-            )
+            raise InvalidInputError("Pass adata=...: the model was saved without its AnnData (save_anndata=False).")
         adata = ad.read_h5ad(path)
     check_same_genes(adata.var_names, attrs["var_names_"])
     registry = meta["registry"]
