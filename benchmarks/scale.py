@@ -210,6 +210,9 @@ def write_markdown(results: dict) -> None:
             f" | `{r['command']}` |"
         )
     lines += ["", f"Machine: {results['runs'][-1]['machine']}. No GPU is available to this project.", ""]
+    notes = HERE / "_notes" / "scale.md"
+    if notes.exists():
+        lines += [notes.read_text()]
     (RESULTS / "scale.md").write_text("\n".join(lines))
 
 
