@@ -327,3 +327,19 @@ def test_query_from_donor_unseen_at_training():
     # annotate writes into the query; its donor column is left as it was
     model.annotate(query)
     assert "kdcpt_pred" in query.obs and set(query.obs["donor"]) == {"d2"}
+
+
+# 3 (large data) ----------------------------------------------------------------------------
+def test_encoder_pca_streamed_in_blocks_matches_scikit_learn():
+    from sklearn.decomposition import PCA
+
+    from scanpy_kdcpt._expression import log_normalize
+    from scanpy_kdcpt.model._data import fit_pca
+
+    rng = np.random.default_rng(0)
+    X = sparse.csr_matrix(rng.poisson(rng.gamma(0.5, 1, 80), (500, 80)).astype(np.float32))
+    mean, loadings, std = fit_pca(X, 10, seed=0, data_type="counts", chunk=64)  # 8 blocks
+    ref = PCA(10, svd_solver="covariance_eigh").fit(log_normalize(X, "counts").toarray())
+    np.testing.assert_allclose(mean, ref.mean_, atol=1e-5)
+    np.testing.assert_allclose(loadings, ref.components_.T, atol=1e-3)  # signs included
+    np.testing.assert_allclose(std, np.sqrt(ref.explained_variance_), rtol=1e-4)
