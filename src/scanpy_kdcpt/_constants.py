@@ -20,3 +20,5 @@ TARGET_SUM = 1e4
 UNLABELED_CATEGORY = "kdcpt_unlabeled"
 #: private `.obs` column holding labels when missing values had to be recoded
 LABELS_COPY_KEY = "_kdcpt_labels"
+#: `.obs` column of a model-built query AnnData: cells of batches unseen at training
+UNSEEN_BATCH_KEY = "_kdcpt_unseen_batch"

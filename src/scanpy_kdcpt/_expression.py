@@ -10,7 +10,7 @@ import numpy as np
 from scipy import sparse
 
 from ._constants import TARGET_SUM
-from ._errors import KeyNotFoundError
+from ._errors import InvalidInputError, KeyNotFoundError
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -22,7 +22,7 @@ def get_matrix(adata: AnnData, layer: str | None):
     """``adata.layers[layer]`` or ``adata.X``, with a clear error for a missing layer."""
     if layer is None:
         if adata.X is None:
-            raise ValueError("adata.X is empty. Pass layer=... naming the layer with expression values.")
+            raise InvalidInputError("adata.X is empty. Pass layer=... naming the layer with expression values.")
         return adata.X
     if layer not in adata.layers:
         raise KeyNotFoundError(
@@ -42,21 +42,100 @@ def _values_sample(X, max_rows: int = 2000) -> np.ndarray:
     return np.asarray(sub).ravel()
 
 
+#: rows read at a time when a matrix is streamed (backed or large)
+CHUNK_ROWS = 10_000
+#: the largest value of log-normalised data: log1p(1e6) ≈ 13.8 (log2(TPM + 1) ≈ 20); beyond this,
+#: non-integer values are normalised but not logged
+MAX_LOG_VALUE = 50.0
+
+
+def is_backed(X) -> bool:
+    """True for an on-disk (backed) matrix: an h5py dataset or anndata's backed sparse dataset."""
+    return not (sparse.issparse(X) or isinstance(X, np.ndarray)) and hasattr(X, "shape")
+
+
+def iter_rows(X, chunk: int = CHUNK_ROWS):
+    """Yield ``(start, block)``: blocks of up to ``chunk`` rows (scipy sparse or numpy), read in turn.
+
+    In-memory, backed (``read_h5ad(..., backed="r")``) and sparse matrices alike; never more than
+    ``chunk`` rows in memory at once.
+    """
+    n = X.shape[0]
+    for start in range(0, n, chunk):
+        block = X[start : min(start + chunk, n)]
+        if not sparse.issparse(block):
+            block = np.asarray(block)
+        yield start, block
+
+
+def read_rows(X, rows: np.ndarray, chunk: int = CHUNK_ROWS):
+    """Rows ``rows`` (sorted positions) of ``X`` as one in-memory matrix (sparse stays sparse)."""
+    rows = np.asarray(rows)
+    blocks = []
+    for s in range(0, len(rows), chunk):
+        block = X[rows[s : s + chunk]]
+        blocks.append(block if sparse.issparse(block) else np.asarray(block))
+    if not blocks:
+        return X[rows]
+    if sparse.issparse(blocks[0]):
+        return sparse.vstack(blocks, format="csr")
+    return np.concatenate(blocks)
+
+
+def row_sums(X, chunk: int = CHUNK_ROWS) -> np.ndarray:
+    """Each row's sum (library size), read in blocks."""
+    out = np.zeros(X.shape[0], dtype=np.float64)
+    for start, block in iter_rows(X, chunk):
+        out[start : start + block.shape[0]] = np.asarray(block.sum(1)).ravel()
+    return out
+
+
+def _block_values(block) -> np.ndarray:
+    return np.asarray(block.data) if sparse.issparse(block) else np.asarray(block).ravel()
+
+
 def check_values(X, what: str = "the expression matrix") -> None:
-    """Refuse NaN / inf and scaled (z-scored, negative) values with a message naming the fix."""
-    data = X.data if sparse.issparse(X) else np.asarray(X)
-    if not np.all(np.isfinite(data)):
-        n_bad = int(np.size(data) - np.isfinite(data).sum())
-        raise ValueError(
+    """Refuse NaN / inf, scaled (z-scored, negative) values and an all-zero matrix, with a
+    message naming the fix. The matrix is read in row blocks (backed and sparse alike).
+    """
+    n_bad, vmin, n_nonzero = 0, np.inf, 0
+    for _, block in iter_rows(X):
+        data = _block_values(block)
+        if not np.issubdtype(data.dtype, np.number):
+            raise InvalidInputError(f"{what} holds {data.dtype} values; it needs numbers (counts or log-normalised).")
+        finite = np.isfinite(data)
+        n_bad += int(data.size - finite.sum())
+        if finite.any():
+            vmin = min(vmin, float(data[finite].min()))
+        n_nonzero += int(np.count_nonzero(data[finite]))
+    if n_bad:
+        raise InvalidInputError(
             f"{what} contains {n_bad} NaN or infinite values. Remove or impute them "
             "(e.g. `adata = adata[:, np.isfinite(X).all(0)]`) before setup_anndata."
         )
-    if data.size and data.min() < 0:
-        raise ValueError(
-            f"{what} has negative values (min {data.min():.3g}): it looks scaled (z-scored). "
+    if vmin < 0:
+        raise InvalidInputError(
+            f"{what} has negative values (min {vmin:.3g}): it looks scaled (z-scored). "
             "KD-CPT needs counts or log-normalised expression: pass layer=... with counts, "
             "or use log-normalised values (for scanpy's pbmc68k_reduced they are in adata.raw; "
             "kdcpt.datasets.pbmc68k_reduced() returns them in X)."
+        )
+    if X.shape[0] and X.shape[1] and n_nonzero == 0:
+        raise InvalidInputError(
+            f"{what} is all zeros: there is nothing to learn from. Check the layer (layer=...) "
+            "or that the matrix was filled."
+        )
+
+
+def check_logged(X, what: str = "the expression matrix") -> None:
+    """Refuse non-integer values above :data:`MAX_LOG_VALUE`: normalised but not log-transformed."""
+    vals = _values_sample(X)
+    vals = vals[vals != 0]
+    if vals.size and vals.max() > MAX_LOG_VALUE and not np.allclose(vals, np.round(vals)):
+        raise InvalidInputError(
+            f"{what} looks normalised but not log-transformed (non-integer values up to {vals.max():.6g}; "
+            f"log-normalised values stay below {MAX_LOG_VALUE:g}). Call sc.pp.log1p(adata) after "
+            "sc.pp.normalize_total, or pass the raw counts (layer=...)."
         )
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ._errors import InvalidInputError
+
 DEFAULT_KEY = "kdcpt"
 
 
@@ -89,6 +91,21 @@ class Keys:
     @property
     def colors(self) -> str:
         return f"{self.pred}_colors"
+
+
+def check_phenotype_keys(phenotypes, key_added: str = DEFAULT_KEY, where: str = "the labels") -> None:
+    """Refuse phenotypes whose names map to one output key (``a/b`` and ``a_b``): one's results would be lost."""
+    keys = Keys(key_added)
+    seen: dict[str, str] = {}
+    for p in map(str, phenotypes):
+        col = keys.proba(p)
+        if col in seen:
+            raise InvalidInputError(
+                f"Phenotypes {seen[col]!r} and {p!r} in {where} both map to the column {col!r} "
+                "('/' is not allowed in h5ad keys and becomes '_'). Rename one, e.g. "
+                f"adata.obs[labels_key] = adata.obs[labels_key].cat.rename_categories({{{p!r}: ...}})."
+            )
+        seen[col] = p
 
 
 # names of the entries inside ``.uns[key_added]``

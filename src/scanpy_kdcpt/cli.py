@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import sys
 import time
 from pathlib import Path
+
+from ._errors import KDCPTError
 
 EXIT_USAGE = 2
 
@@ -146,6 +150,48 @@ def draw_figures(adata, out: Path, *, labels_key: str | None = None) -> list[tup
     return drawn
 
 
+def check_out(out: Path) -> None:
+    """Fail before any training when ``out`` cannot hold the results (a file, unwritable, ...)."""
+    if out.exists() and not out.is_dir():
+        raise _UsageError(f"--out {out} is a file, not a folder: pass a folder path")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".kdcpt_write_test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise _UsageError(f"--out {out} cannot be written ({err.strerror or err}): pass a writable folder") from err
+
+
+def _remove_stale_figures(figures: Path) -> None:
+    """Figures of an earlier run in the same --out would pass for this run's: remove ours only."""
+    for stem, *_ in FIGURES:
+        (figures / f"{stem}.png").unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _silenced(quiet: bool):
+    """--quiet: Lightning's banners (GPU available, tips, model summary) and library warnings off,
+    restored afterwards (``main`` may run inside a larger Python process).
+    """
+    if not quiet:
+        yield
+        return
+    import warnings
+
+    names = ("lightning", "lightning.pytorch", "lightning.fabric", "scvi")
+    levels = {n: logging.getLogger(n).level for n in names}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for n in names:
+                logging.getLogger(n).setLevel(logging.ERROR)
+            yield
+    finally:
+        for n, level in levels.items():
+            logging.getLogger(n).setLevel(level)
+
+
 def run(args) -> int:
     import scvi
 
@@ -154,6 +200,7 @@ def run(args) -> int:
     from .report import write_report
 
     out = Path(args.out)
+    check_out(out)
     adata, source = _load_input(args)
     if args.labels not in adata.obs:
         raise _UsageError(f"--labels {args.labels!r} is not an obs column; columns: {list(adata.obs.columns)}")
@@ -176,7 +223,8 @@ def run(args) -> int:
         raise _UsageError(str(err).strip("'\"")) from err
     model = KDCPT(adata)
     _say(args, f"training on {adata.n_obs} cells x {adata.n_vars} genes ({source})")
-    model.train(max_epochs=args.epochs, enable_progress_bar=not args.quiet)
+    quiet = {"enable_model_summary": False} if args.quiet else {}
+    model.train(max_epochs=args.epochs, enable_progress_bar=not args.quiet, **quiet)
     if model.validation_indices is not None and len(model.validation_indices):
         _say(args, "calibrating on the held-out cells")
         model.calibrate()
@@ -189,6 +237,7 @@ def run(args) -> int:
     model.save(str(out / "model"), overwrite=True)
     adata.write_h5ad(out / "annotated.h5ad")
     _say(args, "drawing figures")
+    _remove_stale_figures(out / "figures")
     figures = draw_figures(adata, out / "figures", labels_key=args.labels)
     report = write_report(adata, out, source=source, seconds=time.time() - t0, figures=figures)
     print(f"wrote {out / 'annotated.h5ad'}, {out / 'model'}, {out / 'figures'}, {report}")
@@ -209,8 +258,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return run(args)
+        with _silenced(args.quiet):
+            return run(args)
     except _UsageError as err:
+        print(f"kdcpt: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KDCPTError as err:  # bad input found by the package: one line, not a traceback
         print(f"kdcpt: error: {err}", file=sys.stderr)
         return EXIT_USAGE
 

@@ -49,6 +49,7 @@ def write_predictions(
     ``{key}_uncertainty``; and ``.uns["{key}_pred_colors"]``.
     """
     keys = _keys.Keys(key_added)
+    _keys.check_phenotype_keys(result.phenotypes, key_added, where="the predictions")  # before anything is written
     obs = {keys.pred: result.pred.array}
     for c in result.phenotypes:
         obs[keys.proba(c)] = result.proba[c].to_numpy(np.float32)

@@ -12,33 +12,82 @@ import pandas as pd
 from scanpy import logging as logg
 from scipy import sparse
 
-from .._constants import LABELS_COPY_KEY, UNLABELED_CATEGORY
-from .._errors import KeyNotFoundError
-from .._expression import check_values, detect_data_type, get_matrix
+from .. import _keys
+from .._constants import LABELS_COPY_KEY, UNLABELED_CATEGORY, UNSEEN_BATCH_KEY
+from .._errors import InvalidInputError, KeyNotFoundError
+from .._expression import (
+    check_logged,
+    check_values,
+    detect_data_type,
+    get_matrix,
+    is_backed,
+    iter_rows,
+    log_normalize,
+    read_rows,
+)
 
 if TYPE_CHECKING:
     from anndata import AnnData
 
 
-def fit_pca(X, n_components: int, seed: int, max_cells: int = 20_000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """PCA of (log-normalised) ``X`` on up to ``max_cells`` cells.
+#: genes up to which the encoder is fit by a streamed gene × gene covariance (32 MB at 2,000 genes)
+MAX_GENES_STREAMED = 4000
+
+
+def fit_pca(
+    X, n_components: int, seed: int, max_cells: int = 20_000, *, data_type: str = "log", chunk: int = 2048
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """PCA of the log-normalised expression ``X`` fit on up to ``max_cells`` cells.
+
+    ``X`` is read only at the sampled rows, ``chunk`` rows at a time (in memory, sparse or
+    backed), and each block alone is log-normalised when ``data_type == "counts"``. Up to
+    :data:`MAX_GENES_STREAMED` genes, the gene × gene covariance is accumulated block by block
+    and eigendecomposed (what scikit-learn's ``covariance_eigh`` solver does in one piece):
+    memory is one block plus the covariance, never a copy of the matrix. With more genes, the
+    sampled rows are gathered (sparse) and fit by scikit-learn.
 
     Returns ``(gene_mean, loadings (genes × components), component_std)``.
-    Sparse input is never densified whole.
     """
+    rng = np.random.default_rng(seed)
+    n, n_genes = X.shape
+    rows = np.sort(rng.choice(n, max_cells, replace=False)) if n > max_cells else np.arange(n)
+    n_components = int(min(n_components, len(rows) - 1, n_genes - 1))
+    if n_genes > MAX_GENES_STREAMED:
+        return _fit_pca_sklearn(log_normalize(read_rows(X, rows), data_type), n_components, seed)
+    total = np.zeros(n_genes)
+    gram = np.zeros((n_genes, n_genes))
+    for s in range(0, len(rows), chunk):
+        block = log_normalize(read_rows(X, rows[s : s + chunk]), data_type)
+        if sparse.issparse(block):
+            block = sparse.csr_matrix(block, dtype=np.float64)
+            total += np.asarray(block.sum(0)).ravel()
+            gram += (block.T @ block).toarray()
+        else:
+            block = np.asarray(block, dtype=np.float64)
+            total += block.sum(0)
+            gram += block.T @ block
+    m = len(rows)
+    mean = total / m
+    cov = (gram - m * np.outer(mean, mean)) / max(m - 1, 1)
+    values, vectors = np.linalg.eigh(cov)
+    order = np.argsort(values)[::-1][:n_components]
+    values, vectors = np.maximum(values[order], 0.0), vectors[:, order]
+    # deterministic signs (scikit-learn's svd_flip): the largest-magnitude loading of each component positive
+    signs = np.sign(vectors[np.abs(vectors).argmax(0), np.arange(vectors.shape[1])])
+    vectors = vectors * np.where(signs == 0, 1.0, signs)
+    std = np.sqrt(np.maximum(values, 1e-8))
+    return mean.astype(np.float32), vectors.astype(np.float32), std.astype(np.float32)
+
+
+def _fit_pca_sklearn(X, n_components: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     from sklearn.decomposition import PCA
 
-    rng = np.random.default_rng(seed)
-    n = X.shape[0]
-    if n > max_cells:
-        X = X[np.sort(rng.choice(n, max_cells, replace=False))]
-    n_components = int(min(n_components, X.shape[0] - 1, X.shape[1] - 1))
     if sparse.issparse(X):
-        solver = "covariance_eigh" if X.shape[1] <= 4000 else "arpack"
         X = sparse.csr_matrix(X, dtype=np.float32)
+        solver = "arpack"
     else:
-        solver = "covariance_eigh" if X.shape[1] <= 4000 else "randomized"
         X = np.asarray(X, dtype=np.float32)
+        solver = "randomized"
     pca = PCA(n_components=n_components, svd_solver=solver, random_state=seed).fit(X)
     std = np.sqrt(np.maximum(pca.explained_variance_, 1e-8))
     return pca.mean_.astype(np.float32), pca.components_.T.astype(np.float32), std.astype(np.float32)
@@ -50,12 +99,12 @@ def align_genes(X, query_genes: pd.Index, model_genes: pd.Index):
         return X
     if query_genes.has_duplicates:
         dup = query_genes[query_genes.duplicated()].unique()[:5].tolist()
-        raise ValueError(f"Query var_names are not unique (e.g. {dup}). Call adata.var_names_make_unique().")
+        raise InvalidInputError(f"Query var_names are not unique (e.g. {dup}). Call adata.var_names_make_unique().")
     pos = query_genes.get_indexer(model_genes)
     present = pos >= 0
     n_missing = int((~present).sum())
     if present.sum() == 0:
-        raise ValueError(
+        raise InvalidInputError(
             "None of the model's genes are in the query's var_names "
             f"(model: {list(model_genes[:3])}..., query: {list(query_genes[:3])}...). "
             "Check that both use the same gene identifiers (symbols vs Ensembl IDs)."
@@ -67,13 +116,17 @@ def align_genes(X, query_genes: pd.Index, model_genes: pd.Index):
             UserWarning,
             stacklevel=3,
         )
+    # a 0/1 selection matrix (query genes × model genes) keeps everything sparse
+    cols = np.flatnonzero(present)
+    sel = sparse.csr_matrix(
+        (np.ones(cols.size, dtype=np.float32), (pos[present], cols)), shape=(len(query_genes), len(model_genes))
+    )
     if sparse.issparse(X):
-        # a 0/1 selection matrix (query genes × model genes) keeps everything sparse
-        cols = np.flatnonzero(present)
-        sel = sparse.csr_matrix(
-            (np.ones(cols.size, dtype=np.float32), (pos[present], cols)), shape=(len(query_genes), len(model_genes))
-        )
         return sparse.csr_matrix(X @ sel, dtype=np.float32)
+    if is_backed(X):
+        # on disk: read row blocks; the aligned matrix is held sparse (the model's genes only)
+        blocks = [sparse.csr_matrix(block, dtype=np.float32) @ sel for _, block in iter_rows(X)]
+        return sparse.vstack(blocks, format="csr", dtype=np.float32)
     X = np.asarray(X)
     out = np.zeros((X.shape[0], len(model_genes)), dtype=np.float32)
     out[:, present] = X[:, pos[present]]
@@ -81,6 +134,18 @@ def align_genes(X, query_genes: pd.Index, model_genes: pd.Index):
 
 
 # ----------------------------------------------------------------- set-up checks
+def check_var_names(adata: AnnData) -> None:
+    """Gene names must be unique: results are written per gene name."""
+    names = adata.var_names
+    if names.has_duplicates:
+        dup = names[names.duplicated()].unique()
+        raise InvalidInputError(
+            f"adata.var_names has {len(dup)} duplicated gene name(s) (e.g. {list(map(str, dup[:5]))}); "
+            "key genes and knockouts are reported per gene name. Call adata.var_names_make_unique() "
+            "(or aggregate the duplicates) before setup_anndata."
+        )
+
+
 def check_labels(adata: AnnData, labels_key: str, unlabeled_category) -> str:
     if labels_key not in adata.obs:
         raise KeyNotFoundError(
@@ -92,17 +157,23 @@ def check_labels(adata: AnnData, labels_key: str, unlabeled_category) -> str:
         known = known[known != unlabeled_category]
     n_classes = known.nunique()
     if n_classes < 2:
-        raise ValueError(
+        raise InvalidInputError(
             f"adata.obs[{labels_key!r}] has {n_classes} labelled phenotype(s); KDCPT needs at least two. "
             "Check the column or the unlabeled_category."
         )
-    if labels.isna().any():
-        # missing labels become the unlabelled category in a private column; the user's
-        # column is left as it is
+    _keys.check_phenotype_keys(known.astype(str).unique(), where=f"adata.obs[{labels_key!r}]")
+    values = labels.cat.categories if isinstance(labels.dtype, pd.CategoricalDtype) else known.unique()
+    not_text = not all(isinstance(v, str) for v in values)
+    if labels.isna().any() or not_text:
+        # missing labels become the unlabelled category, and non-text labels (integers, ...)
+        # their text, in a private column; the user's column is left as it is
         fill = UNLABELED_CATEGORY if unlabeled_category is None else unlabeled_category
         copy = labels.astype(object).where(labels.notna(), fill).astype(str)
         adata.obs[LABELS_COPY_KEY] = pd.Categorical(copy)
-        logg.info(f"{int(labels.isna().sum())} cells without a label are predicted but left out of the loss.")
+        if labels.isna().any():
+            logg.info(f"{int(labels.isna().sum())} cells without a label are predicted but left out of the loss.")
+        if not_text:
+            logg.info(f"adata.obs[{labels_key!r}] holds non-text labels: phenotypes are named by their text.")
         return LABELS_COPY_KEY
     return labels_key
 
@@ -114,11 +185,11 @@ def check_embedding(adata: AnnData, embedding_key: str) -> None:
         )
     emb = np.asarray(adata.obsm[embedding_key])
     if emb.ndim != 2 or emb.shape[0] != adata.n_obs:
-        raise ValueError(
+        raise InvalidInputError(
             f"adata.obsm[{embedding_key!r}] has shape {emb.shape}; expected (n_obs={adata.n_obs}, n_dims)."
         )
     if not np.isfinite(emb).all():
-        raise ValueError(f"adata.obsm[{embedding_key!r}] contains NaN or infinite values.")
+        raise InvalidInputError(f"adata.obsm[{embedding_key!r}] contains NaN or infinite values.")
 
 
 def check_prior(adata: AnnData, prior_key: str) -> None:
@@ -130,24 +201,39 @@ def check_prior(adata: AnnData, prior_key: str) -> None:
         )
     prior = pd.to_numeric(adata.var[prior_key], errors="coerce").astype(float).to_numpy()
     if not np.isfinite(prior).all() or prior.min() < 0 or prior.max() > 1:
-        raise ValueError(f"adata.var[{prior_key!r}] must be boolean or numbers in [0, 1] with no missing values.")
+        raise InvalidInputError(
+            f"adata.var[{prior_key!r}] must be boolean or numbers in [0, 1] with no missing values."
+        )
 
 
 # ----------------------------------------------------------------- query data
 def query_anndata(
-    adata: AnnData, *, setup: dict, labels_state, var_names: list[str], data_type: str, embedding_width: int
+    adata: AnnData,
+    *,
+    setup: dict,
+    labels_state,
+    var_names: list[str],
+    data_type: str,
+    embedding_width: int,
+    batch_categories=None,
 ) -> AnnData:
     """A light AnnData holding what the model reads from a query, aligned to its genes.
 
     Genes are aligned by name (missing ones zero-filled with a warning); values, data type,
-    embedding and batch column are checked against the model's setup. ``adata`` is not modified.
+    embedding and batch column are checked against the model's setup. Cells of batches the
+    model never saw (``batch_categories``: the training batches) are flagged in
+    ``.obs[UNSEEN_BATCH_KEY]`` and predicted batch-free (the mean batch embedding), with a
+    warning. ``adata`` is not modified.
     """
     import anndata as ad
 
+    if adata.n_obs == 0:
+        raise InvalidInputError("The query has no cells (adata.n_obs == 0): pass an AnnData with cells to predict.")
     layer = setup["layer"]
     X = get_matrix(adata, layer if layer in adata.layers else None)
     X = align_genes(X, adata.var_names, pd.Index(var_names))
     check_values(X, "the query's expression matrix")
+    check_logged(X, "the query's expression matrix")
     query_type = detect_data_type(X)
     if query_type != data_type:
         where = f"adata.layers[{layer!r}]" if layer in adata.layers else "adata.X"
@@ -156,7 +242,7 @@ def query_anndata(
             if data_type == "counts"
             else "Normalise the query the same way (sc.pp.normalize_total + sc.pp.log1p)."
         )
-        raise ValueError(
+        raise InvalidInputError(
             f"The query's {where} looks like {query_type} values but the model was trained on {data_type} values. {fix}"
         )
     obs = pd.DataFrame(index=adata.obs_names.copy())
@@ -169,12 +255,36 @@ def query_anndata(
     if setup["batch_key"] is not None:
         key = setup["batch_key"]
         if key not in adata.obs:
-            raise KeyNotFoundError(f"The model was set up with batch_key {key!r}, which the query's .obs lacks.")
-        obs[key] = adata.obs[key].to_numpy()
+            raise KeyNotFoundError(
+                f"The model was set up with batch_key {key!r}, which the query's .obs lacks. Add the column "
+                "(any value; batches unseen at training are predicted batch-free)."
+            )
+        obs[key], obs[UNSEEN_BATCH_KEY] = _known_batches(adata.obs[key], batch_categories)
     var = pd.DataFrame(index=pd.Index(var_names))
     if layer is None:
         return ad.AnnData(X=X, obs=obs, obsm=obsm, var=var)
     return ad.AnnData(obs=obs, obsm=obsm, var=var, layers={layer: X})  # the registry reads this layer
+
+
+def _known_batches(values: pd.Series, categories) -> tuple[np.ndarray, np.ndarray]:
+    """Batch values with those unseen at training replaced by a known one, and the unseen mask."""
+    vals = values.astype(object).to_numpy()
+    if categories is None:
+        return vals, np.zeros(len(vals), dtype=bool)
+    cats = list(categories)
+    known = pd.Index(cats)
+    unseen = ~pd.Index(vals).isin(known)
+    if unseen.any():
+        new = pd.unique(vals[unseen])
+        warnings.warn(
+            f"{int(unseen.sum())} query cells come from batches unseen at training ({list(map(str, new[:5]))}); "
+            "they are predicted batch-free (with the mean of the training batches' embeddings).",
+            UserWarning,
+            stacklevel=4,
+        )
+        vals = vals.copy()
+        vals[unseen] = cats[0]  # a placeholder registry code; the module ignores it for these cells
+    return vals, unseen
 
 
 def _query_embedding(adata: AnnData, key: str, width: int) -> np.ndarray:
@@ -185,7 +295,7 @@ def _query_embedding(adata: AnnData, key: str, width: int) -> np.ndarray:
         )
     emb = np.asarray(adata.obsm[key])
     if emb.shape[1] != width:
-        raise ValueError(f"adata.obsm[{key!r}] has {emb.shape[1]} dimensions; the model was trained on {width}.")
+        raise InvalidInputError(f"adata.obsm[{key!r}] has {emb.shape[1]} dimensions; the model was trained on {width}.")
     if not np.isfinite(emb).all():
-        raise ValueError(f"adata.obsm[{key!r}] contains NaN or infinite values.")
+        raise InvalidInputError(f"adata.obsm[{key!r}] contains NaN or infinite values.")
     return emb

@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from scipy import sparse
 
-from .. import _keys, markov, stats, writers
+from .. import _expression, _keys, markov, stats, writers
 from .._constants import REGISTRY_KEYS
 from .._errors import KeyNotFoundError
 from .._utils import did_you_mean
@@ -331,7 +331,7 @@ class _Perturbation:
         n_cells = X.shape[0]
         genes = np.unique(np.concatenate([np.asarray(u) for u in units]))
         nonzero = dict(zip(genes.tolist(), _columns_nonzero(X, genes), strict=True))
-        library = np.asarray(X.sum(1)).ravel().astype(np.float64) if mode == "overexpress" and is_counts else None
+        library = _expression.row_sums(X) if mode == "overexpress" and is_counts else None
         level = {g: 0.0 for g in genes.tolist()}
         if mode == "overexpress":
             for g, rows in nonzero.items():
@@ -466,14 +466,20 @@ def _null_summary(effect: float, null_effects: list[float]) -> dict:
 # -------------------------------------------------------------------------------------------
 # matrix access that never densifies X whole
 # -------------------------------------------------------------------------------------------
-def _columns_nonzero(X, genes: np.ndarray) -> list[np.ndarray]:
-    """For each gene (column), the rows where it is nonzero."""
-    if sparse.issparse(X):
-        Xc = sparse.csc_matrix(X[:, genes]) if len(genes) < X.shape[1] else sparse.csc_matrix(X)
-        Xc.eliminate_zeros()
-        return [Xc.indices[Xc.indptr[i] : Xc.indptr[i + 1]] for i in range(len(genes))]
-    X = np.asarray(X)
-    return [np.flatnonzero(X[:, g]) for g in genes]
+def _columns_nonzero(X, genes: np.ndarray, chunk: int = 8192) -> list[np.ndarray]:
+    """For each gene (column), the rows where it is nonzero; ``X`` read in row blocks (backed too)."""
+    genes = np.asarray(genes)
+    found: list[list[np.ndarray]] = [[] for _ in genes]
+    for start, block in _expression.iter_rows(X, chunk):
+        if sparse.issparse(block):
+            Xc = sparse.csc_matrix(sparse.csr_matrix(block)[:, genes])
+            Xc.eliminate_zeros()
+            for i in range(len(genes)):
+                found[i].append(start + Xc.indices[Xc.indptr[i] : Xc.indptr[i + 1]])
+        else:
+            for i, g in enumerate(genes):
+                found[i].append(start + np.flatnonzero(block[:, g]))
+    return [np.sort(np.concatenate(f)) if f else np.zeros(0, dtype=int) for f in found]
 
 
 def _gene_stats(X, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
@@ -494,7 +500,13 @@ def _gene_stats(X, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _dense_column(X, rows: np.ndarray, gene: int) -> np.ndarray:
-    col = X[rows][:, gene] if sparse.issparse(X) else np.asarray(X)[rows, gene]
+    """Values of one gene at ``rows`` (any order), reading only those rows."""
+    rows = np.asarray(rows)
+    order = np.argsort(rows, kind="stable")
+    sub = _expression.read_rows(X, rows[order])
+    col = sub[:, gene]
     if sparse.issparse(col):
         col = col.toarray()
-    return np.asarray(col, dtype=np.float64).ravel()
+    out = np.empty(len(rows), dtype=np.float64)
+    out[order] = np.asarray(col, dtype=np.float64).ravel()
+    return out

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
+import rich.pretty  # noqa: F401 - scvi's view_anndata_setup calls rich.pretty, which rich 15 no longer imports
 import torch
 from scanpy import logging as logg
 from scvi.data import AnnDataManager
@@ -16,8 +17,8 @@ from scvi.utils import setup_anndata_dsp, track
 
 from .. import _expression, _keys, metrics, writers
 from .. import calibration as cal
-from .._constants import REGISTRY_KEYS, UNLABELED_CATEGORY
-from .._errors import KeyNotFoundError
+from .._constants import REGISTRY_KEYS, UNLABELED_CATEGORY, UNSEEN_BATCH_KEY
+from .._errors import InvalidInputError, KeyNotFoundError, NotTrainedError
 from .._utils import default_palette
 from ..results import KeyGenes, Predictions
 from . import _data, _save_load
@@ -207,12 +208,16 @@ class KDCPT(CalibrationMixin, TransitionMixin, KeyGenesMixin, KnockoutMixin, Uns
 
         """
         setup_method_args = cls._get_setup_method_args(**locals())
+        if data_type not in ("auto", "counts", "log"):
+            raise InvalidInputError(f"data_type must be 'auto', 'counts' or 'log', not {data_type!r}.")
+        _data.check_var_names(adata)
         X = _expression.get_matrix(adata, layer)
-        _expression.check_values(X, f"adata.layers[{layer!r}]" if layer else "adata.X")
+        where = f"adata.layers[{layer!r}]" if layer else "adata.X"
+        _expression.check_values(X, where)
         if data_type == "auto":
             data_type = _expression.detect_data_type(X)
-        elif data_type not in ("counts", "log"):
-            raise ValueError(f"data_type must be 'auto', 'counts' or 'log', not {data_type!r}.")
+        if data_type == "log":
+            _expression.check_logged(X, where)
         setup_method_args["setup_args"]["data_type"] = data_type
         logg.info(f"KDCPT: expression treated as {data_type}.")
 
@@ -252,8 +257,11 @@ class KDCPT(CalibrationMixin, TransitionMixin, KeyGenesMixin, KnockoutMixin, Uns
         else:
             from scvi import settings
 
-            X = _expression.log_normalize(self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY), self.data_type_)
-            mean, loadings, std = _data.fit_pca(X, m.loadings.shape[1], seed=settings.seed or 0)
+            # fit on a subsample read in blocks; only those rows are normalised (backed data stays on disk)
+            X = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+            mean, loadings, std = _data.fit_pca(
+                X, m.loadings.shape[1], seed=settings.seed or 0, data_type=self.data_type_
+            )
             m.gene_mean.copy_(torch.as_tensor(mean))
             m.loadings.copy_(torch.as_tensor(loadings))
             m.embedding_scale.copy_(torch.as_tensor(std))
@@ -307,7 +315,8 @@ class KDCPT(CalibrationMixin, TransitionMixin, KeyGenesMixin, KnockoutMixin, Uns
             stopping usually ends training sooner).
         accelerator, devices
             Lightning's; ``"auto"`` takes a GPU when there is one. ``strategy="ddp"`` in
-            ``trainer_kwargs`` trains on several GPUs.
+            ``trainer_kwargs`` trains on several GPUs (or CPU processes with ``accelerator="cpu"``);
+            it runs as ``"ddp_find_unused_parameters_true"``. See the "Large data" docs page.
         train_size, validation_size, calibration_size
             Fractions of cells for training, validation and calibration. By default
             validation and calibration take ``0.1`` each and training the rest. When only
@@ -344,6 +353,10 @@ class KDCPT(CalibrationMixin, TransitionMixin, KeyGenesMixin, KnockoutMixin, Uns
         """
         if max_epochs is None:
             max_epochs = int(min(60, max(30, 30_000 // max(self.adata.n_obs, 1))))
+        if trainer_kwargs.get("strategy") in ("ddp", "ddp_spawn", "ddp_notebook"):
+            # some parameters do not reach every loss (e.g. the learned layer weights with
+            # aggregation="mean"): DDP must look for unused parameters or it stops at the first step
+            trainer_kwargs["strategy"] = f"{trainer_kwargs['strategy']}_find_unused_parameters_true"
         train_size, validation_size, calibration_size = self._split_sizes(train_size, validation_size, calibration_size)
         self._fit_log_prior()
         plan_kwargs = {
@@ -424,8 +437,27 @@ class KDCPT(CalibrationMixin, TransitionMixin, KeyGenesMixin, KnockoutMixin, Uns
             var_names=self.var_names_,
             data_type=self.data_type_,
             embedding_width=int(self.module.embedding_mean.shape[0]),
+            batch_categories=self._batch_categories(),
         )
         return self._validate_anndata(query)
+
+    def _batch_categories(self) -> list | None:
+        """The batches seen at training (``None`` without a ``batch_key``)."""
+        if self.adata_manager.registry["setup_args"].get("batch_key") is None:
+            return None
+        return list(self.adata_manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY).categorical_mapping)
+
+    def _check_if_trained(self, warn: bool = True, message: str | None = None) -> bool:
+        """Raise :class:`~scanpy_kdcpt._errors.NotTrainedError` unless the model was trained.
+
+        An untrained network predicts one phenotype for every cell; its results must not reach
+        an AnnData, so this refuses rather than warns (``warn`` is kept for scvi-tools' signature).
+        """
+        if not self.is_trained_:
+            raise NotTrainedError(
+                message or "The model has not been trained: call model.train() first (or KDCPT.load() a trained model)."
+            )
+        return True
 
     def _iterate(
         self,
@@ -446,6 +478,7 @@ class KDCPT(CalibrationMixin, TransitionMixin, KeyGenesMixin, KnockoutMixin, Uns
             indices = np.arange(adata.n_obs)
         indices = np.asarray(indices)
         batch_size = batch_size or 512
+        unseen = adata.obs[UNSEEN_BATCH_KEY].to_numpy(bool) if UNSEEN_BATCH_KEY in adata.obs else None
         dl = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size, shuffle=False)
         self.module.eval()
         start = 0
@@ -456,6 +489,9 @@ class KDCPT(CalibrationMixin, TransitionMixin, KeyGenesMixin, KnockoutMixin, Uns
                 pos = np.arange(start, start + n)
                 start += n
                 inputs = self.module._get_inference_input(tensors)
+                if unseen is not None and inputs.get("batch_index") is not None and unseen[indices[pos]].any():
+                    inputs["batch_index"] = inputs["batch_index"].clone()
+                    inputs["batch_index"][torch.as_tensor(unseen[indices[pos]])] = -1
                 if transform is not None:
                     inputs["x"] = transform(inputs["x"].to(self.device), pos)
                 yield pos, self.module.inference(**inputs)
@@ -607,6 +643,8 @@ class KDCPT(CalibrationMixin, TransitionMixin, KeyGenesMixin, KnockoutMixin, Uns
         """
         source = self.adata if adata is None else adata
         query = None if source is self.adata else source  # None: the registered (training) data
+        self._check_if_trained()
+        self._check_outputs_free(source, key_added)
         if conformal_alpha is not None:
             self._conformal_threshold(conformal_alpha)  # fails early, before anything is written
         predictions, key_genes = self._predict_with_key_genes(query, batch_size=batch_size)
@@ -636,6 +674,30 @@ class KDCPT(CalibrationMixin, TransitionMixin, KeyGenesMixin, KnockoutMixin, Uns
         writers.write_transitions(target, transitions, key_added=key_added)
         writers.write_key_genes(target, key_genes, key_added=key_added)
         return target if copy else None
+
+    def _check_outputs_free(self, adata: AnnData, key_added: str) -> None:
+        """Refuse before anything is written when an output key would overwrite the user's input.
+
+        The labels, batch and prior columns the model was set up with must not be named like an
+        output (``labels_key="kdcpt_pred"``); phenotype names must map to distinct columns.
+        """
+        keys = _keys.Keys(key_added)
+        setup = self.adata_manager.registry["setup_args"]
+        _keys.check_phenotype_keys(self.classes_, key_added, where="the model's phenotypes")
+        obs_out = {keys.pred, keys.confidence, keys.uncertainty, keys.prediction_set, keys.set_size}
+        obs_out |= {keys.proba(c) for c in self.classes_}
+        var_out = {keys.score, keys.selected_frac, keys.rank, keys.key_gene, keys.knockout_effect}
+        for kind, name, outputs in (
+            ("labels_key", setup.get("labels_key"), obs_out),
+            ("batch_key", setup.get("batch_key"), obs_out),
+            ("prior_key", setup.get("prior_key"), var_out),
+        ):
+            if name is not None and name in outputs:
+                raise InvalidInputError(
+                    f"The model's {kind} {name!r} is also an output column of key_added={key_added!r}: writing "
+                    f"would overwrite your {kind}. Pass another key_added (e.g. key_added='kdcpt_model') "
+                    f"or rename the column before setup_anndata."
+                )
 
     def _predict_with_key_genes(
         self, adata: AnnData | None, *, batch_size: int | None = None

@@ -155,7 +155,12 @@ class KDCPTModule(BaseModuleClass):
             e = (x_log - self.gene_mean) @ self.loadings
         e = (e - self.embedding_mean) / self.embedding_scale
         if self.batch_embedding is not None and batch_index is not None:
-            e = e + self.batch_embedding(batch_index.long().view(-1))
+            idx = batch_index.long().view(-1)
+            unseen = idx < 0  # batches unseen at training: the mean batch embedding (batch-free)
+            b = self.batch_embedding(idx.clamp(min=0))
+            if bool(unseen.any()):
+                b = torch.where(unseen[:, None], self.batch_embedding.weight.mean(0, keepdim=True), b)
+            e = e + b
         return e
 
     @auto_move_data

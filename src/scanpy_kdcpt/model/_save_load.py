@@ -14,6 +14,10 @@ import pandas as pd
 import torch
 from scvi.data._utils import _assign_adata_uuid
 
+from .. import _expression
+from .._constants import REGISTRY_KEYS
+from .._errors import InvalidInputError, ModelFileError
+
 if TYPE_CHECKING:
     from anndata import AnnData
 
@@ -29,8 +33,12 @@ def save(model, dir_path: str, *, overwrite: bool = False, save_anndata: bool = 
     from ._model import _version
 
     if os.path.exists(dir_path) and os.listdir(dir_path) and not overwrite:
-        raise ValueError(f"{dir_path} exists and is not empty; pass overwrite=True to replace it.")
+        raise InvalidInputError(f"{dir_path} exists and is not empty; pass overwrite=True to replace it.")
     os.makedirs(dir_path, exist_ok=True)
+    stale = os.path.join(dir_path, ADATA_FILE)
+    if not save_anndata and os.path.exists(stale):
+        # an AnnData of an earlier save must not be paired with these weights by load()
+        os.remove(stale)
     state = {k: v.detach().cpu() for k, v in model.module.state_dict().items()}
     torch.save(state, os.path.join(dir_path, MODEL_FILE))
     history = {k: v.reset_index().to_dict(orient="list") for k, v in (model.history or {}).items()}
@@ -46,6 +54,7 @@ def save(model, dir_path: str, *, overwrite: bool = False, save_anndata: bool = 
         "attrs": attrs,
         "history": history,
         "version": _version(),
+        "saved_anndata": bool(save_anndata),
     }
     with open(os.path.join(dir_path, META_FILE), "w") as f:
         json.dump(meta, f, cls=Encoder)
@@ -61,11 +70,12 @@ def load(cls, dir_path: str, *, adata: AnnData | None = None, accelerator: str =
     attrs = meta["attrs"]
     if adata is None:
         path = os.path.join(dir_path, ADATA_FILE)
-        if not os.path.exists(path):
-            raise ValueError("Pass adata=...: the model was saved without its AnnData (save_anndata=False).")
+        if not os.path.exists(path) or not meta.get("saved_anndata", True):
+            raise InvalidInputError("Pass adata=...: the model was saved without its AnnData (save_anndata=False).")
         adata = ad.read_h5ad(path)
     check_same_genes(adata.var_names, attrs["var_names_"])
     registry = meta["registry"]
+    check_data(adata, registry, attrs)
     try:
         manager = cls._get_most_recent_anndata_manager(adata)
     except ValueError:  # a copy or a re-read file carrying the id of another set-up object
@@ -81,8 +91,7 @@ def load(cls, dir_path: str, *, adata: AnnData | None = None, accelerator: str =
         model = cls(adata, **kwargs)
     finally:
         cls._fit_encoder_on_init = True
-    state = torch.load(os.path.join(dir_path, MODEL_FILE), map_location="cpu", weights_only=True)
-    model.module.load_state_dict(state)
+    model.module.load_state_dict(read_weights(dir_path))
     for k, v in attrs.items():
         setattr(model, k, v)
     model.init_params_ = init
@@ -98,8 +107,79 @@ def read_meta(dir_path: str) -> dict:
     meta_path = os.path.join(dir_path, META_FILE)
     if not os.path.exists(meta_path):
         raise FileNotFoundError(f"No KDCPT model in {dir_path!r} (missing {META_FILE}).")
-    with open(meta_path) as f:
-        return json.load(f, object_hook=decode)
+    try:
+        with open(meta_path) as f:
+            meta = json.load(f, object_hook=decode)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ModelFileError(
+            f"{meta_path} is corrupt ({type(err).__name__}: {err}); it is not a file written by KDCPT.save. "
+            "Save the model again (model.save(dir_path, overwrite=True))."
+        ) from err
+    missing = [k for k in ("init_params", "registry", "attrs") if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise ModelFileError(
+            f"{meta_path} lacks {missing}: it is not a file written by KDCPT.save. Save the model again."
+        )
+    return meta
+
+
+def read_weights(dir_path: str) -> dict:
+    """The module's tensors from ``model.pt`` (``weights_only=True``), with a clear error when unreadable."""
+    path = os.path.join(dir_path, MODEL_FILE)
+    if not os.path.exists(path):
+        raise ModelFileError(f"No weights in {dir_path!r} (missing {MODEL_FILE}). Save the model again.")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises RuntimeError, OSError, EOFError, UnpicklingError
+        raise ModelFileError(
+            f"{path} cannot be read ({type(err).__name__}): it is truncated, corrupt, or not written by "
+            "KDCPT.save. Save the model again (model.save(dir_path, overwrite=True))."
+        ) from err
+
+
+def check_data(adata: AnnData, registry: dict, attrs: dict) -> None:
+    """The AnnData a model is loaded with must hold the values, labels and batches it was trained on.
+
+    Values: counts vs log, as recorded at training. Labels and batches: no category unseen at
+    training (scvi-tools would ask for ``extend_categories``, which ``load`` cannot take).
+    """
+    setup = registry["setup_args"]
+    layer = setup.get("layer")
+    where = f"adata.layers[{layer!r}]" if layer else "adata.X"
+    X = _expression.get_matrix(adata, layer)
+    _expression.check_values(X, where)
+    trained_on = attrs.get("data_type_")
+    found = _expression.detect_data_type(X)
+    if trained_on is not None and found != trained_on:
+        fix = (
+            "Load with the raw counts in that layer"
+            if trained_on == "counts"
+            else "Normalise it the same way (sc.pp.normalize_total + sc.pp.log1p)"
+        )
+        raise InvalidInputError(
+            f"{where} looks like {found} values but the model was trained on {trained_on} values. {fix}."
+        )
+    fields = registry.get("field_registries", {})
+    unlabeled = setup.get("unlabeled_category")
+    for kind, key, registry_key in (
+        ("phenotype labels", setup.get("labels_key"), REGISTRY_KEYS.LABELS_KEY),
+        ("batches", setup.get("batch_key"), REGISTRY_KEYS.BATCH_KEY),
+    ):
+        if key is None or key not in adata.obs:
+            continue
+        known = fields.get(registry_key, {}).get("state_registry", {}).get("categorical_mapping")
+        if known is None:
+            continue
+        values = adata.obs[key]
+        values = values[values.notna()].astype(str).unique()
+        new = sorted(set(values) - set(map(str, known)) - {str(unlabeled)})
+        if new:
+            raise InvalidInputError(
+                f"adata.obs[{key!r}] holds {kind} never seen at training ({new[:5]}). Load the model with its "
+                "training AnnData (KDCPT.load(dir_path, adata=training_adata)) and call model.predict(adata) or "
+                "model.annotate(adata): new data is then treated as a query (labels ignored, unseen batches "
+                "predicted batch-free)."
+            )
 
 
 def check_same_genes(var_names: pd.Index, model_genes: list[str]) -> None:
@@ -114,7 +194,7 @@ def check_same_genes(var_names: pd.Index, model_genes: list[str]) -> None:
     )
     if not len(missing) and not len(extra):
         detail = "same genes in a different order"
-    raise ValueError(
+    raise InvalidInputError(
         f"adata's genes do not match the model's: {detail}. Load with the AnnData the model was trained on "
         "(or adata[:, model_genes]); for query data with other genes, load with the training AnnData and "
         "call model.predict(query), which aligns genes by name."
