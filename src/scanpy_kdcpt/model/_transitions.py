@@ -107,21 +107,20 @@ class TransitionMixin:
         return out
 
     def get_encoder_representation(self: KDCPTLike, adata: AnnData | None = None, *, batch_size: int = 4096) -> np.ndarray:
-        """The model's input embedding of each cell: its frozen PCA encoder (or the standardised
-        ``.obsm`` embedding it was set up with), cells × dimensions.
+        """The model's input embedding of each cell: its PCA encoder coordinates (or the
+        ``.obsm`` embedding it was set up with), cells × dimensions, not whitened.
 
         Unlike the fused latent (:meth:`get_latent_representation`), which the classifier
         squeezes into one tight cluster per phenotype, this keeps the manifold between
-        phenotypes: it is what the directed cell chain is built on.
+        phenotypes: it is what the directed cell chain is built on. Components keep their
+        variance (the network's input standardises them, which would give noise components
+        the weight of the leading ones in a kNN search).
         """
         adata = self._prepare_adata(adata)
         manager = self.get_anndata_manager(adata, required=True)
         m = self.module
-        emb_mean = m.embedding_mean.detach().cpu().numpy()
-        emb_scale = m.embedding_scale.detach().cpu().numpy()
         if m.external_embedding:
-            E = np.asarray(manager.get_from_registry(REGISTRY_KEYS.EMBEDDING_KEY), dtype=np.float32)
-            return (E - emb_mean) / emb_scale
+            return np.asarray(manager.get_from_registry(REGISTRY_KEYS.EMBEDDING_KEY), dtype=np.float32)
         X = manager.get_from_registry(REGISTRY_KEYS.X_KEY)
         gene_mean = m.gene_mean.detach().cpu().numpy()
         loadings = m.loadings.detach().cpu().numpy()
@@ -129,7 +128,7 @@ class TransitionMixin:
         for start in range(0, X.shape[0], batch_size):
             xb = _expression.log_normalize(X[start : start + batch_size], self.data_type_)
             xb = xb.toarray() if sparse.issparse(xb) else np.asarray(xb)
-            out.append(((xb - gene_mean) @ loadings - emb_mean) / emb_scale)
+            out.append((xb - gene_mean) @ loadings)
         return np.concatenate(out).astype(np.float32)
 
     def compute_transitions(
