@@ -41,7 +41,7 @@ from ._errors import KeyNotFoundError
 if TYPE_CHECKING:
     from anndata import AnnData
 
-__all__ = ["DIRECTIONS", "directed_chain", "resolve_direction", "root_cell"]
+__all__ = ["DIRECTIONS", "directed_chain", "resolve_direction", "root_candidates", "root_cell"]
 
 #: the direction signals :func:`directed_chain` knows
 DIRECTIONS = ("velocity", "pseudotime", "time", "cytotrace", "connectivity")
@@ -165,6 +165,26 @@ def root_cell(diffmap: np.ndarray, codes: np.ndarray, root_code: int) -> int:
     return int(cand[np.argmax(d)])
 
 
+def root_candidates(diffmap: np.ndarray, codes: np.ndarray, root_code: int, n_components: int = 3) -> list[int]:
+    """Candidate root cells of a phenotype: its extreme cell (:func:`root_cell`), its medoid,
+    and its extremes along the leading diffusion components.
+
+    :func:`directed_chain` computes diffusion pseudotime from each and keeps the root whose
+    pseudotime puts the root phenotype earliest (lowest mean rank): on Paul 2015 the extreme
+    cell of the multipotent progenitors sits at the erythroid tip (their pseudotime would make
+    erythrocytes the earliest type) while the medoid gives the known order; on pancreas-like
+    data the extreme cell is the right one.
+    """
+    codes = np.asarray(codes)
+    cand = np.flatnonzero(codes == root_code)
+    out = [root_cell(diffmap, codes, root_code)]
+    D = diffmap[cand]
+    out.append(int(cand[np.argmin(np.linalg.norm(D - np.median(D, 0), axis=1))]))
+    for k in range(min(n_components, diffmap.shape[1])):
+        out += [int(cand[np.argmin(D[:, k])]), int(cand[np.argmax(D[:, k])])]
+    return list(dict.fromkeys(out))
+
+
 # ------------------------------------------------------------------------------------------
 def _check_inputs(weights, adata, *, time_key, root, phenotypes, codes) -> None:
     if "velocity" in weights:
@@ -279,15 +299,29 @@ def _pseudotime_kernel(light, adata, *, codes, phenotypes, time_key, root, **_):
     with _quiet():
         sc.tl.diffmap(light, n_comps=min(15, light.n_obs - 2))
     dm = np.asarray(light.obsm["X_diffmap"])[:, 1:]
-    cell = root_cell(dm, np.asarray(codes), root_code)
-    light.uns["iroot"] = cell
-    with _quiet():
-        sc.tl.dpt(light, n_dcs=min(10, dm.shape[1] + 1))
-    pt = np.asarray(light.obs["dpt_pseudotime"], dtype=float)
+    codes = np.asarray(codes)
+    in_root = codes == root_code
+    best = None
+    for cell in root_candidates(dm, codes, root_code):
+        light.uns["iroot"] = int(cell)
+        with _quiet():
+            sc.tl.dpt(light, n_dcs=min(10, dm.shape[1] + 1))
+        pt = np.asarray(light.obs["dpt_pseudotime"], dtype=float)
+        rank = pd.Series(np.where(np.isfinite(pt), pt, np.inf)).rank(pct=True).to_numpy()
+        score = float(rank[in_root].mean())  # the root phenotype should come first
+        if best is None or score < best[0]:
+            best = (score, int(cell), pt)
+    score, cell, pt = best
+    pt = pt.copy()
     finite = np.isfinite(pt)
     n_unreached = int((~finite).sum())
     pt[~finite] = pt[finite].max() if finite.any() else 0.0
-    params = {"root": str(root), "root_cell": str(light.obs_names[cell]), "pseudotime": "diffusion (dpt)"}
+    params = {
+        "root": str(root),
+        "root_cell": str(light.obs_names[cell]),
+        "pseudotime": "diffusion (dpt)",
+        "root_mean_rank": round(score, 4),
+    }
     if n_unreached:
         params["n_unreached"] = n_unreached
     return _pseudotime_from_values(light, pt, params)
