@@ -277,3 +277,28 @@ def test_directed_plots_draw_from_reread_h5ad(transition_model, tmp_path):
     with pytest.raises(KeyNotFoundError, match="compute_transitions"):
         kdcpt.pl.transition_stream(ad.AnnData(np.zeros((3, 2))), show=False)
     assert _keys.Keys().fate_probabilities == "kdcpt_fate_probabilities"
+
+
+# ------------------------------------------------------------------------------------------
+# kdcpt run
+# ------------------------------------------------------------------------------------------
+
+
+def test_cli_run_with_a_root_reports_net_flux_and_fates(tmp_path, capsys):
+    from scanpy_kdcpt import cli
+
+    a = kdcpt.datasets.synthetic(n_cells=600, seed=0, transition_labels="sampled")
+    path = tmp_path / "syn.h5ad"
+    a.write_h5ad(path)
+    out = tmp_path / "run"
+    argv = ["run", str(path), "--labels", "phenotype", "--prior", "is_tf", "--epochs", "2"]
+    code = cli.main([*argv, "--knockout-top", "0", "--root", "P0", "--quiet", "--out", str(out)])
+    assert code == 0
+    report = (out / "report.md").read_text()
+    assert "**pseudotime**" in report and "### Net flux" in report and "### Fate probabilities" in report
+    back = ad.read_h5ad(out / "annotated.h5ad")
+    assert back.uns["kdcpt"]["transition_method"] == "directed"
+    assert "kdcpt_transitions" in back.obsp and "kdcpt_fate_probabilities" in back.obsm
+    assert (out / "figures" / "fate_probabilities.png").exists()
+    code = cli.main([*argv, "--direction", "velocity", "--quiet", "--out", str(tmp_path / "bad")])
+    assert code != 0 and "spliced" in capsys.readouterr().err
