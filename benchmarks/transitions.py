@@ -175,7 +175,10 @@ def run_synthetic(seeds) -> dict:
             row[rep]["P(P0->P1)"] = round(float(P.loc["P0", "P1"]), 4)
             row[rep]["P(P1->P0)"] = round(float(P.loc["P1", "P0"]), 4)
         post = model.get_transition_matrix().matrix
-        row["posterior"] = {"P(P0->P1)": round(float(post.loc["P0", "P1"]), 4), "P(P1->P0)": round(float(post.loc["P1", "P0"]), 4)}
+        row["posterior"] = {
+            "P(P0->P1)": round(float(post.loc["P0", "P1"]), 4),
+            "P(P1->P0)": round(float(post.loc["P1", "P0"]), 4),
+        }
         print(row, flush=True)
         res.append(row)
     return {"runs": res}
@@ -226,8 +229,14 @@ def run_speed(sizes) -> dict:
         cmd = [sys.executable, __file__, "--speed-one", str(n)]
         r = subprocess.run(cmd, capture_output=True, text=True, check=True)
         base = subprocess.run(
-            [sys.executable, "-c", "import resource, scanpy_kdcpt, cellrank; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"],
-            capture_output=True, text=True, check=True,
+            [
+                sys.executable,
+                "-c",
+                "import resource, scanpy_kdcpt, cellrank; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
         )
         row = json.loads(r.stdout.strip().splitlines()[-1])
         row["import_rss_mb"] = round(int(base.stdout.strip()) / 1024, 0)
@@ -236,44 +245,131 @@ def run_speed(sizes) -> dict:
     return {"rows": rows}
 
 
+def _row(cells) -> str:
+    return "| " + " | ".join(map(str, cells)) + " |"
+
+
 def _md(results: dict, command: str) -> str:
-    lines = ["# Directed transitions benchmark (issue 9)", "", f"Command: `{command}`  ", f"Date: {results['date']}, commit {results['commit']}, machine: {results['machine']['host_cpus']} CPUs shared by six developers, {results['machine']['platform']}, torch threads 1.", ""]
+    lines = [
+        "# Directed transitions benchmark (issue 9)",
+        "",
+        f"Command: `{command}`  ",
+        f"Date: {results['date']}, commit {results['commit']}, machine: {results['machine']['host_cpus']} CPUs "
+        f"shared by six developers, {results['machine']['platform']}, torch threads 1.",
+        "",
+    ]
     lines.append(__doc__.split("Public API")[0].strip().split("\n", 1)[1].strip())
     lines.append("")
     for name in ("pancreas", "paul15"):
         if name not in results:
             continue
         r = results[name]
-        lines += [f"## {name}", "", f"{r['n_cells']} cells, KDCPT trained {r['epochs']} epochs ({r['train_seconds']} s, training accuracy {r['train_accuracy']}).", ""]
+        lines += [
+            f"## {name}",
+            "",
+            f"{r['n_cells']} cells, KDCPT trained {r['epochs']} epochs ({r['train_seconds']} s, "
+            f"training accuracy {r['train_accuracy']}).",
+            "",
+        ]
         rows = r["rows"]
         steps = list(next(iter(rows.values()))["flux"])
         lines.append("| chain | " + " | ".join(steps) + " | positive steps | sinks (terminal) | s |")
         lines.append("|---|" + "---|" * (len(steps) + 3))
         for k, v in rows.items():
-            lines.append(f"| {k} | " + " | ".join(f"{v['flux'][s]:+.1f}" for s in steps)
-                         + f" | {v['n_positive_steps']}/{v['n_steps']} | {', '.join(v['sinks'])} | {v['seconds']} |")
+            lines.append(
+                f"| {k} | "
+                + " | ".join(f"{v['flux'][s]:+.1f}" for s in steps)
+                + f" | {v['n_positive_steps']}/{v['n_steps']} | {', '.join(v['sinks'])} | {v['seconds']} |"
+            )
         lines.append("")
         lines.append("Mean fate of the progenitor phenotypes (absorption into the expected terminal phenotypes):")
         lines.append("")
         for k, v in rows.items():
-            prog = {p: f for p, f in v["mean_fate"].items() if p in ("Ductal", "Ngn3 low EP", "Ngn3 high EP", "Pre-endocrine", "Multipotent progenitors", "GMP")}
-            lines.append(f"- {k}: " + "; ".join(f"{p}: " + ", ".join(f"{t} {x:.2f}" for t, x in f.items()) for p, f in prog.items()))
+            prog = {
+                p: f
+                for p, f in v["mean_fate"].items()
+                if p in ("Ductal", "Ngn3 low EP", "Ngn3 high EP", "Pre-endocrine", "Multipotent progenitors", "GMP")
+            }
+            lines.append(
+                f"- {k}: "
+                + "; ".join(f"{p}: " + ", ".join(f"{t} {x:.2f}" for t, x in f.items()) for p, f in prog.items())
+            )
         lines.append("")
     if "synthetic" in results:
-        lines += ["## synthetic planted lineage (root P0)", "", "| seed | repr | P0→P1 flux | P1→P2 | P2→P3 | P(P0→P1) | P(P1→P0) | posterior P(P0→P1) | posterior P(P1→P0) |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "## synthetic planted lineage (root P0)",
+            "",
+            _row(
+                [
+                    "seed",
+                    "repr",
+                    "P0→P1 flux",
+                    "P1→P2",
+                    "P2→P3",
+                    "P(P0→P1)",
+                    "P(P1→P0)",
+                    "posterior P(P0→P1)",
+                    "posterior P(P1→P0)",
+                ]
+            ),
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for row in results["synthetic"]["runs"]:
             for rep in ("encoder", "latent"):
                 v = row[rep]
-                lines.append(f"| {row['seed']} | {rep} | {v['P0->P1']:+.1f} | {v['P1->P2']:+.1f} | {v['P2->P3']:+.1f} | {v['P(P0->P1)']:.3f} | {v['P(P1->P0)']:.3f} | {row['posterior']['P(P0->P1)']:.3f} | {row['posterior']['P(P1->P0)']:.3f} |")
+                post = row["posterior"]
+                lines.append(
+                    _row(
+                        [
+                            row["seed"],
+                            rep,
+                            f"{v['P0->P1']:+.1f}",
+                            f"{v['P1->P2']:+.1f}",
+                            f"{v['P2->P3']:+.1f}",
+                            f"{v['P(P0->P1)']:.3f}",
+                            f"{v['P(P1->P0)']:.3f}",
+                            f"{post['P(P0->P1)']:.3f}",
+                            f"{post['P(P1->P0)']:.3f}",
+                        ]
+                    )
+                )
         for rep in ("encoder", "latent"):
             for step in ("P0->P1", "P1->P2", "P2->P3"):
                 vals = np.array([row[rep][step] for row in results["synthetic"]["runs"]])
-                lines.append(f"\n{rep} {step}: mean ± sd {vals.mean():+.1f} ± {vals.std(ddof=1) if len(vals) > 1 else 0:.1f}")
+                lines.append(
+                    f"\n{rep} {step}: mean ± sd {vals.mean():+.1f} ± {vals.std(ddof=1) if len(vals) > 1 else 0:.1f}"
+                )
         lines.append("")
     if "speed" in results:
-        lines += ["## speed and memory of the cell chain", "", "Wall seconds on a machine whose load average was far above its 2 cores (shown); CPU seconds are the process's own time. JIT: numba compilation on first use, once per process (timed apart on 5,000 cells).", "", "| cells | kNN graph s (CPU) | kernel s (CPU) | coarse-grain s | total s (CPU) | JIT s (CPU) | peak RSS MB | RSS after imports MB | nnz | load avg |", "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "## speed and memory of the cell chain",
+            "",
+            "Wall seconds on a machine whose load average was far above its 2 cores (shown); CPU seconds are the "
+            "process's own time. JIT: numba compilation on first use, once per process (timed apart on 5,000 cells).",
+            "",
+            _row(
+                [
+                    "cells",
+                    "kNN graph s (CPU)",
+                    "kernel s (CPU)",
+                    "coarse-grain s",
+                    "total s (CPU)",
+                    "JIT s (CPU)",
+                    "peak RSS MB",
+                    "RSS after imports MB",
+                    "nnz",
+                    "load avg",
+                ]
+            ),
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in results["speed"]["rows"]:
-            lines.append(f"| {r['n_cells']} | {r['knn_graph_seconds']} ({r['knn_graph_cpu_seconds']}) | {r['kernel_seconds']} ({r['kernel_cpu_seconds']}) | {r['coarse_grain_seconds']} | {r['total_seconds']} ({r['total_cpu_seconds']}) | {r['warmup_jit_seconds']} ({r['warmup_jit_cpu_seconds']}) | {r['peak_rss_mb']:.0f} | {r['import_rss_mb']:.0f} | {r['chain_nnz']} | {r['load_average'][0]} |")
+            cells = [r["n_cells"], f"{r['knn_graph_seconds']} ({r['knn_graph_cpu_seconds']})"]
+            cells += [f"{r['kernel_seconds']} ({r['kernel_cpu_seconds']})", r["coarse_grain_seconds"]]
+            cells += [f"{r['total_seconds']} ({r['total_cpu_seconds']})"]
+            cells += [f"{r['warmup_jit_seconds']} ({r['warmup_jit_cpu_seconds']})", f"{r['peak_rss_mb']:.0f}"]
+            cells += [f"{r['import_rss_mb']:.0f}", r["chain_nnz"], r["load_average"][0]]
+            lines.append(_row(cells))
         lines.append("")
     return "\n".join(lines) + "\n"
 

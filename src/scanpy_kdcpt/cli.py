@@ -147,9 +147,7 @@ def draw_figures(adata, out: Path, *, labels_key: str | None = None) -> list[tup
         func = getattr(pl, name, None)
         if func is None or (name in needs and needs[name] not in uns):
             continue
-        if name == "transition_stream" and (
-            _keys.Keys().transitions not in adata.obsp or "X_umap" not in adata.obsm
-        ):
+        if name == "transition_stream" and (_keys.Keys().transitions not in adata.obsp or "X_umap" not in adata.obsm):
             continue
         if name == "key_genes" and labels_key is not None:
             kwargs = {**kwargs, "groupby": labels_key}

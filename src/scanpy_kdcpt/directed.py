@@ -76,7 +76,9 @@ def resolve_direction(
         return {"velocity": 0.8, "connectivity": 0.2}
     if direction in DIRECTIONS:
         return {direction: 1.0}
-    raise ValueError(f"direction must be 'auto', None, one of {list(DIRECTIONS)} or a dict of weights; got {direction!r}.")
+    raise ValueError(
+        f"direction must be 'auto', None, one of {list(DIRECTIONS)} or a dict of weights; got {direction!r}."
+    )
 
 
 def directed_chain(

@@ -306,7 +306,7 @@ def terminated_transitions(P: np.ndarray, P_ko: np.ndarray, *, floor: float, fra
 def knn_graph(
     Z: np.ndarray, n_neighbors: int = 30, *, random_state: int = 0, exact_below: int = 4096
 ) -> tuple[sparse.csr_matrix, sparse.csr_matrix]:
-    """kNN ``distances`` and symmetric ``connectivities`` of a representation (what
+    """The ``distances`` and symmetric ``connectivities`` of a kNN graph of a representation (what
     ``sc.pp.neighbors`` writes into ``.obsp``, without calling it).
 
     Neighbours by cosine distance (:func:`knn`: exact below ``exact_below`` cells, pynndescent
@@ -317,6 +317,7 @@ def knn_graph(
     Returns
     -------
     ``(distances, connectivities)``, both cells × cells CSR without a diagonal.
+
     """
     Z = np.asarray(Z, dtype=np.float32)
     n = Z.shape[0]
@@ -364,6 +365,7 @@ def fate_probabilities(
     -------
     Cells × terminals (in the order of ``terminal``); NaN rows for cells from which no
     terminal state is reachable.
+
     """
     M = M.toarray() if sparse.issparse(M) else np.asarray(M, dtype=float)
     terminal = np.asarray(terminal, dtype=int).ravel()

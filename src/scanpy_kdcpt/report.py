@@ -95,13 +95,17 @@ def _direction_section(uns: dict, names, figures: dict) -> list[str]:
         if method == "posterior":
             lines += [
                 "The posterior transition matrix is symmetric (reversible) by construction: it shows which "
-                "phenotypes shade into each other, not a direction (`kdcpt run --direction ...` builds a directed one).",
+                "phenotypes shade into each other, not a direction "
+                "(`kdcpt run --direction ...` builds a directed one).",
                 "",
             ]
         return lines
     kind = direction.get("kind", "?") if isinstance(direction, dict) else "?"
-    lines += [f"Directed: a cell-level Markov chain biased by **{kind}** (CellRank 2 kernels), coarse-grained with "
-              "the soft phenotype memberships.", ""]
+    lines += [
+        f"Directed: a cell-level Markov chain biased by **{kind}** (CellRank 2 kernels), coarse-grained with "
+        "the soft phenotype memberships.",
+        "",
+    ]
     if _keys.UNS_FLUX in uns:
         F = pd.DataFrame(np.asarray(uns[_keys.UNS_FLUX], dtype=float), index=list(names), columns=list(names))
         pairs = [(a, b, F.loc[a, b]) for a in F.index for b in F.columns if F.loc[a, b] > 0]
@@ -115,8 +119,13 @@ def _direction_section(uns: dict, names, figures: dict) -> list[str]:
         terminal = [str(t) for t in np.asarray(uns.get(_keys.UNS_FATE_TERMINAL, fate.columns))]
         fate.columns = terminal
         fate.index.name = "phenotype"
-        lines += ["### Fate probabilities", "", f"Terminal phenotypes: {', '.join(terminal)}. Mean probability that "
-                  "a cell of each phenotype ends in each terminal phenotype:", ""]
+        lines += [
+            "### Fate probabilities",
+            "",
+            f"Terminal phenotypes: {', '.join(terminal)}. Mean probability that "
+            "a cell of each phenotype ends in each terminal phenotype:",
+            "",
+        ]
         lines += [_table(fate, "{:.2f}"), ""]
         lines += _figures(figures, "fate_probabilities")
     return lines

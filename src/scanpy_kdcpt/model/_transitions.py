@@ -106,7 +106,9 @@ class TransitionMixin:
                 out[name].cell_chain = _embed_chain(out[name].cell_chain, idx, target.n_obs)
         return out
 
-    def get_encoder_representation(self: KDCPTLike, adata: AnnData | None = None, *, batch_size: int = 4096) -> np.ndarray:
+    def get_encoder_representation(
+        self: KDCPTLike, adata: AnnData | None = None, *, batch_size: int = 4096
+    ) -> np.ndarray:
         """The model's input embedding of each cell: its PCA encoder coordinates (or the
         ``.obsm`` embedding it was set up with), cells × dimensions, not whitened.
 

@@ -135,8 +135,15 @@ def transition_stream(
             sel = (col.astype(str) == name).to_numpy()
             if sel.any():
                 m = np.median(X[sel], 0)
-                ax.text(*m, _read.wrap(name, 14), fontsize=8, ha="center", va="center", zorder=4,
-                        bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.7})
+                ax.text(
+                    *m,
+                    _read.wrap(name, 14),
+                    fontsize=8,
+                    ha="center",
+                    va="center",
+                    zorder=4,
+                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.7},
+                )
     else:
         ax.scatter(X[:, 0], X[:, 1], s=6, c="#bbbbbb", linewidths=0, rasterized=True, zorder=1)
     speed = np.sqrt(np.nan_to_num(U) ** 2 + np.nan_to_num(W) ** 2)
@@ -248,8 +255,9 @@ def fate_probabilities(
             nan = np.isnan(f)
             a.scatter(X[nan, 0], X[nan, 1], s=4, c="#dddddd", linewidths=0, rasterized=True)
             order = np.argsort(np.where(nan, -1, f))[int(nan.sum()) :]
-            sc_ = a.scatter(X[order, 0], X[order, 1], s=4, c=f[order], cmap=cmap, vmin=0, vmax=1, linewidths=0,
-                            rasterized=True)
+            sc_ = a.scatter(
+                X[order, 0], X[order, 1], s=4, c=f[order], cmap=cmap, vmin=0, vmax=1, linewidths=0, rasterized=True
+            )
             a.set_title(f"fate: {_read.wrap(t, 24)}", fontsize=10)
             a.set_xticks([])
             a.set_yticks([])

@@ -226,7 +226,9 @@ def transition_graph(
     top = off.max() if off.size else 0.0
     if threshold is None:
         threshold = (0.10 if weights == "flux" else 0.05) * top
-    edges = [(i, j, off[i, j]) for i in range(n) for j in range(n) if i != j and off[i, j] > 0 and off[i, j] >= threshold]
+    edges = [
+        (i, j, off[i, j]) for i in range(n) for j in range(n) if i != j and off[i, j] > 0 and off[i, j] >= threshold
+    ]
     edges.sort(key=lambda e: -e[2])
     if max_edges is not None:
         edges = edges[:max_edges]
