@@ -59,7 +59,7 @@ def test_every_plot_draws_from_reread_file(reread, synthetic_model):
     assert len(ax.texts) == 16  # one annotation per cell
     assert [t.get_text() for t in ax.get_yticklabels()] == ["P0", "P1", "P2", "P3"]
 
-    ax = kdcpt.pl.transition_graph(reread, show=False, threshold=0.0)
+    ax = kdcpt.pl.transition_graph(reread, show=False, threshold=0.0, weights="probability")
     arrows = [p for p in ax.patches if isinstance(p, FancyArrowPatch)]
     assert len(arrows) == int((reread.uns["kdcpt"]["transition_matrix"].to_numpy() > 0).sum() - 4)
     widths = [a.get_linewidth() for a in arrows]

@@ -70,6 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=10,
         help="knock out the N top key genes one at a time (default: 10; 0: none)",
     )
+    run.add_argument(
+        "--direction",
+        choices=["posterior", "auto", "velocity", "pseudotime", "time", "cytotrace", "none"],
+        default=None,
+        help="direction of the phenotype transitions: a directed cell chain (CellRank 2 kernels; 'auto': velocity "
+        "with spliced/unspliced layers, else pseudotime with --time-key/--root, else CytoTRACE) or 'posterior' "
+        "(undirected similarity). Default: 'auto' when --time-key or --root is given, else 'posterior'",
+    )
+    run.add_argument("--time-key", help="obs column of a pseudotime or of experimental time points")
+    run.add_argument("--root", help="root phenotype for diffusion pseudotime")
     run.add_argument("--seed", type=int, default=0, help="random seed, scvi.settings.seed (default: 0)")
     run.add_argument("--out", required=True, help="output folder (created; existing files are replaced)")
     run.add_argument("--quiet", action="store_true", help="no progress bars or progress messages")
@@ -103,6 +113,8 @@ def _load_input(args):
 FIGURES = (
     ("transition_matrix", "Transition matrix", "transition_matrix", {}),
     ("transition_graph", "Transition graph", "transition_graph", {}),
+    ("transition_stream", "Cell chain on the embedding", "transition_stream", {}),
+    ("fate_probabilities", "Fate probabilities", "fate_probabilities", {"kind": "phenotype"}),
     ("entropy", "Entropy per phenotype", "entropy", {}),
     ("reliability", "Reliability diagram", "reliability", {}),
     ("key_genes", "Key genes per phenotype", "key_genes", {}),
@@ -127,12 +139,18 @@ def draw_figures(adata, out: Path, *, labels_key: str | None = None) -> list[tup
     from . import _keys, pl
 
     uns = adata.uns.get(_keys.DEFAULT_KEY, {})
-    needs = {"knockout_effects": _keys.UNS_KNOCKOUT_SUMMARY, "knockout": _keys.UNS_KNOCKOUT}
+    needs = {
+        "knockout_effects": _keys.UNS_KNOCKOUT_SUMMARY,
+        "knockout": _keys.UNS_KNOCKOUT,
+        "fate_probabilities": _keys.UNS_FATE,
+    }
     out.mkdir(parents=True, exist_ok=True)
     drawn = []
     for stem, title, name, kwargs in FIGURES:
         func = getattr(pl, name, None)
         if func is None or (name in needs and needs[name] not in uns):
+            continue
+        if name == "transition_stream" and (_keys.Keys().transitions not in adata.obsp or "X_umap" not in adata.obsm):
             continue
         if name == "key_genes" and labels_key is not None:
             kwargs = {**kwargs, "groupby": labels_key}
@@ -228,8 +246,20 @@ def run(args) -> int:
     if model.validation_indices is not None and len(model.validation_indices):
         _say(args, "calibrating on the held-out cells")
         model.calibrate()
+    direction = args.direction or ("auto" if (args.time_key or args.root) else "posterior")
+    if direction != "posterior":
+        _say(args, f"building the directed cell chain (direction {direction!r})")
+        try:
+            model.compute_transitions(
+                direction=None if direction == "none" else direction,
+                time_key=args.time_key,
+                root=args.root,
+                inplace=False,
+            )
+        except (KeyError, ValueError) as err:
+            raise _UsageError(str(err).strip("'\"")) from err
     _say(args, "annotating")
-    model.annotate()
+    model.annotate(direction="stored" if direction != "posterior" else "posterior")
     if args.knockout_top > 0:
         _say(args, f"knocking out the {args.knockout_top} top key genes")
         _knockout(model, args.knockout_top, progress=not args.quiet)

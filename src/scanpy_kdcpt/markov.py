@@ -19,12 +19,16 @@ __all__ = [
     "check_stochastic",
     "coarse_grain",
     "entropy",
+    "fate_probabilities",
+    "knn_graph",
     "knn_transition_matrix",
+    "mean_fate",
     "memberships",
     "net_flux",
     "posterior_transition_matrix",
     "row_normalize",
     "stationary_distribution",
+    "terminal_phenotypes",
     "terminated_transitions",
     "total_variation",
 ]
@@ -293,3 +297,117 @@ def terminated_transitions(P: np.ndarray, P_ko: np.ndarray, *, floor: float, fra
     if term.shape[0] == term.shape[1]:
         np.fill_diagonal(term, False)
     return term
+
+
+def knn_graph(
+    Z: np.ndarray, n_neighbors: int = 30, *, random_state: int = 0, exact_below: int = 4096
+) -> tuple[sparse.csr_matrix, sparse.csr_matrix]:
+    """The ``distances`` and symmetric ``connectivities`` of a kNN graph of a representation (what
+    ``sc.pp.neighbors`` writes into ``.obsp``, without calling it).
+
+    Neighbours by cosine distance (:func:`knn`: exact below ``exact_below`` cells, pynndescent
+    above). Connectivities are Gaussian with an adaptive width per cell (scanpy's ``"gauss"``
+    form: ``σ_i`` = median distance of cell ``i`` to its neighbours), symmetrised by the
+    maximum. Memory and time are linear in the number of cells.
+
+    Returns
+    -------
+    ``(distances, connectivities)``, both cells × cells CSR without a diagonal.
+
+    """
+    Z = np.asarray(Z, dtype=np.float32)
+    n = Z.shape[0]
+    if n < 2:
+        raise ValueError(f"A kNN graph needs at least 2 cells, got {n}.")
+    k = int(min(max(1, n_neighbors), n - 1))
+    idx, dist = knn(Z, k, random_state=random_state, exact_below=exact_below)
+    dist = np.maximum(np.asarray(dist, dtype=np.float64), 0.0)
+    sigma = np.maximum(np.median(dist, axis=1), 1e-8)
+    rows = np.repeat(np.arange(n), k)
+    cols = idx.ravel()
+    s2 = sigma[rows] ** 2 + sigma[cols] ** 2
+    w = np.sqrt(2 * sigma[rows] * sigma[cols] / s2) * np.exp(-(dist.ravel() ** 2) / s2)
+    D = sparse.csr_matrix((dist.ravel() + 1e-12, (rows, cols)), shape=(n, n))
+    W = sparse.csr_matrix((w, (rows, cols)), shape=(n, n))
+    W = W.maximum(W.T).tocsr()
+    W.setdiag(0)
+    W.eliminate_zeros()
+    return D, W
+
+
+def fate_probabilities(
+    T: sparse.spmatrix | np.ndarray, M: sparse.spmatrix | np.ndarray, terminal: np.ndarray, *, core: float = 0.5
+) -> np.ndarray:
+    """Probability that each cell's chain ends in each terminal phenotype.
+
+    The cells of a terminal phenotype ``j`` whose membership of ``j`` is its largest and at
+    least ``core`` are made absorbing (the terminal *states*, as in CellRank); every other
+    cell's absorption probabilities are solved on ``T`` (:func:`absorption_probabilities`).
+    This is the function to call with perturbed memberships (a knockout's ``M_ko``) on the
+    same chain ``T``.
+
+    Parameters
+    ----------
+    T
+        Cell-level chain, cells × cells, row-stochastic.
+    M
+        Soft memberships, cells × phenotypes (rows sum to 1).
+    terminal
+        Integer codes (columns of ``M``) of the terminal phenotypes.
+    core
+        Least membership of a terminal phenotype for a cell to be one of its absorbing states.
+
+    Returns
+    -------
+    Cells × terminals (in the order of ``terminal``); NaN rows for cells from which no
+    terminal state is reachable.
+
+    """
+    M = M.toarray() if sparse.issparse(M) else np.asarray(M, dtype=float)
+    terminal = np.asarray(terminal, dtype=int).ravel()
+    if M.ndim != 2 or M.shape[0] != T.shape[0]:
+        raise ValueError(f"M must be cells × phenotypes with {T.shape[0]} rows, got {M.shape}.")
+    if not len(terminal):
+        raise ValueError("terminal is empty: name at least one terminal phenotype.")
+    if len(set(terminal.tolist())) != len(terminal) or terminal.min() < 0 or terminal.max() >= M.shape[1]:
+        raise ValueError(f"terminal must hold distinct phenotype codes in [0, {M.shape[1]}), got {terminal.tolist()}.")
+    top = M.argmax(1)
+    lookup = np.full(M.shape[1], -1)
+    lookup[terminal] = np.arange(len(terminal))
+    group = lookup[top]
+    absorbing = (group >= 0) & (M[np.arange(len(M)), top] >= core)
+    missing = [int(t) for i, t in enumerate(terminal) if not (absorbing & (group == i)).any()]
+    if missing:
+        raise ValueError(
+            f"Terminal phenotype code(s) {missing} have no cell with membership ≥ core={core}: "
+            "lower core or choose other terminal phenotypes."
+        )
+    return absorption_probabilities(T, absorbing, np.where(absorbing, group, 0), len(terminal))
+
+
+def mean_fate(F: np.ndarray, M: sparse.spmatrix | np.ndarray) -> np.ndarray:
+    """Mean fate per phenotype: membership-weighted mean of the rows of ``F`` (NaN rows left out).
+
+    Returns phenotypes × terminals (NaN for a phenotype without any cell of known fate).
+    """
+    M = M.toarray() if sparse.issparse(M) else np.asarray(M, dtype=float)
+    F = np.asarray(F, dtype=float)
+    ok = ~np.isnan(F).any(1)
+    W = M[ok]
+    num = W.T @ F[ok]
+    den = W.sum(0)[:, None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+
+def terminal_phenotypes(P: np.ndarray, weights: np.ndarray, *, tol: float = 0.05) -> np.ndarray:
+    """Codes of the sink phenotypes of a directed phenotype chain.
+
+    A phenotype is terminal when its net outflow to every other phenotype is at most
+    ``tol`` times its largest net inflow (it receives, it does not send on), and it receives
+    some net flux. Used when no terminal phenotypes are given.
+    """
+    flux = net_flux(P, weights)
+    out_max = np.clip(flux, 0, None).max(1)
+    in_max = np.clip(-flux, 0, None).max(1)
+    return np.flatnonzero((in_max > 0) & (out_max <= tol * in_max))

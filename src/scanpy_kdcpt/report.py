@@ -70,6 +70,7 @@ def _transitions_section(uns: dict, classes: list[str], figures: dict) -> list[s
     lines = ["## Transition matrix", "", "Row *i*, column *j*: probability that phenotype *i* shades into *j*.", ""]
     lines += [_table(P, "{:.2f}"), ""]
     lines += _figures(figures, "transition_matrix", "transition_graph")
+    lines += _direction_section(uns, P.index, figures)
     table = pd.DataFrame(index=pd.Index(P.index, name="phenotype"))
     if _keys.UNS_ENTROPY in uns:
         table["entropy"] = _as_series(uns[_keys.UNS_ENTROPY], P.index, "entropy").reindex(table.index)
@@ -82,6 +83,51 @@ def _transitions_section(uns: dict, classes: list[str], figures: dict) -> list[s
             lines += [f"Overall entropy (prior-weighted average of the rows): **{float(total):.3f}** nats.", ""]
         lines += [_table(table), ""]
         lines += _figures(figures, "entropy")
+    return lines
+
+
+def _direction_section(uns: dict, names, figures: dict) -> list[str]:
+    """Net flux and fate probabilities of a directed transition matrix."""
+    method = uns.get(_keys.UNS_TRANSITION_METHOD)
+    direction = uns.get(_keys.UNS_DIRECTION, {})
+    lines = []
+    if method != "directed":
+        if method == "posterior":
+            lines += [
+                "The posterior transition matrix is symmetric (reversible) by construction: it shows which "
+                "phenotypes shade into each other, not a direction "
+                "(`kdcpt run --direction ...` builds a directed one).",
+                "",
+            ]
+        return lines
+    kind = direction.get("kind", "?") if isinstance(direction, dict) else "?"
+    lines += [
+        f"Directed: a cell-level Markov chain biased by **{kind}** (CellRank 2 kernels), coarse-grained with "
+        "the soft phenotype memberships.",
+        "",
+    ]
+    if _keys.UNS_FLUX in uns:
+        F = pd.DataFrame(np.asarray(uns[_keys.UNS_FLUX], dtype=float), index=list(names), columns=list(names))
+        pairs = [(a, b, F.loc[a, b]) for a in F.index for b in F.columns if F.loc[a, b] > 0]
+        pairs.sort(key=lambda t: -t[2])
+        top = pd.DataFrame(pairs[:10], columns=["from", "to", "net flux"]).set_index("from")
+        lines += ["### Net flux", "", "Largest net flows of cells between phenotypes (cells per step):", ""]
+        lines += [_table(top, "{:.2f}"), ""]
+    lines += _figures(figures, "transition_stream")
+    if _keys.UNS_FATE in uns:
+        fate = pd.DataFrame(uns[_keys.UNS_FATE]).copy()
+        terminal = [str(t) for t in np.asarray(uns.get(_keys.UNS_FATE_TERMINAL, fate.columns))]
+        fate.columns = terminal
+        fate.index.name = "phenotype"
+        lines += [
+            "### Fate probabilities",
+            "",
+            f"Terminal phenotypes: {', '.join(terminal)}. Mean probability that "
+            "a cell of each phenotype ends in each terminal phenotype:",
+            "",
+        ]
+        lines += [_table(fate, "{:.2f}"), ""]
+        lines += _figures(figures, "fate_probabilities")
     return lines
 
 

@@ -21,7 +21,7 @@ N_RANKED = 100
 #: default number of genes flagged ``{key}_key_gene``
 N_KEY_GENES = 50
 
-__all__ = ["Calibration", "KeyGenes", "KnockoutResult", "Predictions", "Transitions"]
+__all__ = ["Calibration", "Fates", "KeyGenes", "KnockoutResult", "Predictions", "Transitions"]
 
 
 class _Result:
@@ -292,3 +292,31 @@ class KnockoutResult(_Result):
             f"{int(self.table['terminated'].sum()) if len(self.table) else 0} terminated transition(s); "
             "fields table, summary, transition_matrix, null, params"
         )
+
+
+@dataclass
+class Fates(_Result):
+    """Fate probabilities: where each cell's directed chain ends (absorption into terminal phenotypes).
+
+    Attributes
+    ----------
+    probabilities
+        Cells × terminal phenotypes, indexed by ``obs_names``; NaN rows for cells from which no
+        terminal state is reachable.
+    mean
+        Phenotypes × terminal phenotypes: membership-weighted mean fate of each phenotype.
+    terminal
+        The terminal phenotypes (columns of both tables).
+    params
+        How the terminals were chosen (``"given"``, ``"flux"``, ``"gpcca"``), ``core``, the
+        number of cells without a reachable terminal.
+
+    """
+
+    probabilities: pd.DataFrame
+    mean: pd.DataFrame
+    terminal: list[str]
+    params: dict = field(default_factory=dict)
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.probabilities

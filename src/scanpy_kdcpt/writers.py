@@ -19,10 +19,11 @@ from .results import N_KEY_GENES, N_RANKED
 if TYPE_CHECKING:
     from anndata import AnnData
 
-    from .results import Calibration, KeyGenes, KnockoutResult, Predictions, Transitions
+    from .results import Calibration, Fates, KeyGenes, KnockoutResult, Predictions, Transitions
 
 __all__ = [
     "write_calibration",
+    "write_fates",
     "write_key_genes",
     "write_knockout",
     "write_prediction_sets",
@@ -139,6 +140,29 @@ def write_transitions(adata: AnnData, result: Transitions, *, key_added: str = _
             logg.info(f"replacing .obsp[{keys.transitions!r}]")
         adata.obsp[keys.transitions] = result.cell_chain.tocsr()
         _added(".obsp (cell-level Markov chain, rows sum to 1)", [keys.transitions])
+
+
+def write_fates(adata: AnnData, result: Fates, *, key_added: str = _keys.DEFAULT_KEY) -> None:
+    """Set ``.obsm["{key}_fate_probabilities"]`` (cells × terminal phenotypes, a plain float array)
+    and ``.uns[key]``: ``fate_terminal`` (the column names), ``fate`` (mean fate per phenotype,
+    DataFrame), ``fate_params``.
+    """
+    keys = _keys.Keys(key_added)
+    probs = result.probabilities.reindex(adata.obs_names)
+    if keys.fate_probabilities in adata.obsm:
+        logg.info(f"replacing .obsm[{keys.fate_probabilities!r}]")
+    adata.obsm[keys.fate_probabilities] = probs.to_numpy(np.float64)
+    uns = _uns(adata, key_added)
+    terminal = list(map(str, result.terminal))
+    uns[_keys.UNS_FATE_TERMINAL] = np.asarray(terminal, dtype=object)
+    uns[_keys.UNS_FATE] = pd.DataFrame(
+        result.mean.to_numpy(float),
+        index=pd.Index(list(map(str, result.mean.index)), name="phenotype"),
+        columns=pd.Index([_keys.safe_name(t) for t in terminal], name="terminal"),
+    )
+    uns[_keys.UNS_FATE_PARAMS] = h5ad_safe(result.params)
+    _added(".obsm (fate probabilities, NaN rows: no terminal reachable)", [keys.fate_probabilities])
+    _added(f".uns[{key_added!r}]", [_keys.UNS_FATE_TERMINAL, _keys.UNS_FATE, _keys.UNS_FATE_PARAMS])
 
 
 def write_key_genes(

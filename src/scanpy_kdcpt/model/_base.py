@@ -30,6 +30,8 @@ class KDCPTLike(Protocol):
     extra_: dict
     validation_indices: np.ndarray | None
     is_trained_: bool
+    #: set by ``compute_transitions``: ``cell_chain`` (CSR), ``direction``, ``obs_names``, ``memberships``
+    transitions_: dict | None
 
     @property
     def device(self) -> torch.device: ...

@@ -609,6 +609,7 @@ class KDCPT(CalibrationMixin, TransitionMixin, KeyGenesMixin, KnockoutMixin, Uns
         key_added: str = _keys.DEFAULT_KEY,
         batch_size: int | None = None,
         conformal_alpha: float | None = None,
+        direction: str | dict | None = "stored",
         copy: bool = False,
     ) -> AnnData | None:
         """Predict every cell and write the results into ``adata``.
@@ -623,6 +624,13 @@ class KDCPT(CalibrationMixin, TransitionMixin, KeyGenesMixin, KnockoutMixin, Uns
             Cells per forward pass.
         conformal_alpha
             Also write split-conformal prediction sets at this level (needs :meth:`calibrate`).
+        direction
+            Which transition matrix to write. ``"stored"`` (default): the directed chain of
+            :meth:`compute_transitions` when it was run on these cells, else the posterior
+            form (recorded in ``.uns[key]["direction"]``). ``"posterior"``: always the
+            posterior form. Any ``direction`` of :meth:`compute_transitions` (``"auto"``,
+            ``"velocity"``, ...): compute the directed chain now. With a directed chain the
+            fate probabilities into the sink phenotypes are written too.
         copy
             Write into a copy and return it instead of modifying ``adata``.
 
@@ -638,7 +646,10 @@ class KDCPT(CalibrationMixin, TransitionMixin, KeyGenesMixin, KnockoutMixin, Uns
           validation cells when ``adata`` is the training data), ``history``, ``version``,
           ``calibration`` (temperature, ECE / Brier before and after :meth:`calibrate`,
           reliability tables), ``transition_matrix``, ``stationary``, ``entropy``,
-          ``entropy_total``, ``entropy_total_normalized``, plus what the key-gene writer adds.
+          ``entropy_total``, ``entropy_total_normalized``, ``flux``, ``transition_method``,
+          ``direction``, plus what the key-gene writer adds;
+        - with a directed chain: ``.obsp["{key}_transitions"]``,
+          ``.obsm["{key}_fate_probabilities"]``, ``.uns[key]["fate"]``, ``["fate_terminal"]``.
 
         """
         source = self.adata if adata is None else adata
@@ -649,7 +660,7 @@ class KDCPT(CalibrationMixin, TransitionMixin, KeyGenesMixin, KnockoutMixin, Uns
             self._conformal_threshold(conformal_alpha)  # fails early, before anything is written
         predictions, key_genes = self._predict_with_key_genes(query, batch_size=batch_size)
         calibration = self.get_calibration(predictions if query is None else None, conformal_alpha=conformal_alpha)
-        transitions = self.get_transition_matrix(query, predictions=predictions)
+        transitions, fates = self._annotate_transitions(query, predictions, direction)
         target = source.copy() if copy else source
         writers.write_predictions(target, predictions, key_added=key_added, colors=self._colors())
         if conformal_alpha is not None:
@@ -672,6 +683,8 @@ class KDCPT(CalibrationMixin, TransitionMixin, KeyGenesMixin, KnockoutMixin, Uns
         )
         writers.write_calibration(target, calibration, key_added=key_added)
         writers.write_transitions(target, transitions, key_added=key_added)
+        if fates is not None:
+            writers.write_fates(target, fates, key_added=key_added)
         writers.write_key_genes(target, key_genes, key_added=key_added)
         return target if copy else None
 

@@ -13,9 +13,10 @@ import pandas as pd
 from scanpy import logging as logg
 from scipy import sparse
 
-from .. import markov
+from .. import _expression, _keys, directed, markov, writers
+from .._constants import REGISTRY_KEYS
 from .._errors import KeyNotFoundError
-from ..results import Predictions, Transitions
+from ..results import Fates, Predictions, Transitions
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -105,6 +106,284 @@ class TransitionMixin:
                 out[name].cell_chain = _embed_chain(out[name].cell_chain, idx, target.n_obs)
         return out
 
+    def get_encoder_representation(
+        self: KDCPTLike, adata: AnnData | None = None, *, batch_size: int = 4096
+    ) -> np.ndarray:
+        """The model's input embedding of each cell: its PCA encoder coordinates (or the
+        ``.obsm`` embedding it was set up with), cells × dimensions, not whitened.
+
+        Unlike the fused latent (:meth:`get_latent_representation`), which the classifier
+        squeezes into one tight cluster per phenotype, this keeps the manifold between
+        phenotypes: it is what the directed cell chain is built on. Components keep their
+        variance (the network's input standardises them, which would give noise components
+        the weight of the leading ones in a kNN search).
+        """
+        adata = self._prepare_adata(adata)
+        manager = self.get_anndata_manager(adata, required=True)
+        m = self.module
+        if m.external_embedding:
+            return np.asarray(manager.get_from_registry(REGISTRY_KEYS.EMBEDDING_KEY), dtype=np.float32)
+        X = manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+        gene_mean = m.gene_mean.detach().cpu().numpy()
+        loadings = m.loadings.detach().cpu().numpy()
+        out = []
+        for start in range(0, X.shape[0], batch_size):
+            xb = _expression.log_normalize(X[start : start + batch_size], self.data_type_)
+            xb = xb.toarray() if sparse.issparse(xb) else np.asarray(xb)
+            out.append((xb - gene_mean) @ loadings)
+        return np.concatenate(out).astype(np.float32)
+
+    def compute_transitions(
+        self: KDCPTLike,
+        adata: AnnData | None = None,
+        *,
+        direction: str | dict | None = "auto",
+        time_key: str | None = None,
+        root: str | None = None,
+        n_neighbors: int = 30,
+        representation: str = "encoder",
+        predictions: Predictions | None = None,
+        batch_size: int | None = None,
+        random_state: int = 0,
+        key_added: str = _keys.DEFAULT_KEY,
+        inplace: bool = True,
+    ) -> Transitions:
+        """Directed phenotype transitions from a cell-level Markov chain (CellRank 2 kernels).
+
+        A kNN graph on a representation that keeps the manifold is biased by a direction
+        signal (see :mod:`scanpy_kdcpt.directed`) into a cell chain ``T``, coarse-grained with
+        the model's soft phenotype memberships ``M`` (each cell's predicted probabilities):
+        ``P = D⁻¹ Mᵀ T M``, ``D = diag(Mᵀ 1)``.
+
+        Parameters
+        ----------
+        adata
+            The registered AnnData (default) or a query.
+        direction
+            ``"velocity"`` (``spliced`` / ``unspliced`` layers), ``"pseudotime"`` (``time_key``
+            or ``root``), ``"time"`` (experimental time points in ``time_key``), ``"cytotrace"``,
+            ``"auto"`` (velocity when the layers exist, else pseudotime when ``time_key`` or
+            ``root`` is given, else CytoTRACE), ``None`` (undirected), or a dict of kernel
+            weights such as ``{"velocity": 0.5, "cytotrace": 0.5}``.
+        time_key
+            ``.obs`` column of a pseudotime or of time points (numbers or ordered categories).
+        root
+            Root phenotype for diffusion pseudotime; its root cell is the cell of that
+            phenotype farthest from the other phenotypes' centroids in diffusion-map space.
+        n_neighbors
+            Neighbours per cell in the kNN graph (exact below 4,096 cells, pynndescent above).
+        representation
+            ``"encoder"`` (default: the model's PCA encoder / input embedding), ``"latent"``
+            (the fused classifier latent, which squeezes phenotypes together) or an ``.obsm`` key.
+        predictions
+            Predictions of ``adata`` (skips rerunning the network).
+        batch_size
+            Cells per forward pass.
+        random_state
+            Seed of the approximate kNN search.
+        key_added
+            Prefix of the keys written.
+        inplace
+            Write the result into ``adata`` (default). ``False``: only return it.
+
+        Returns
+        -------
+        :class:`~scanpy_kdcpt.results.Transitions` with ``method="directed"``. With
+        ``inplace=True`` sets ``.obsp["{key}_transitions"]`` (the cell chain) and ``.uns[key]``:
+        ``transition_matrix``, ``stationary``, ``entropy``, ``entropy_total``,
+        ``entropy_total_normalized``, ``flux`` (net flux ``F - Fᵀ``, ``F = diag(n) P``),
+        ``transition_method`` (``"directed"``) and ``direction`` (what biased the chain).
+        The chain is kept in ``model.transitions_`` for :meth:`get_fate_probabilities`,
+        :meth:`to_cellrank` and knockouts (not saved with the model).
+
+        """
+        target = self.adata if adata is None else adata
+        pred = predictions if predictions is not None else self.get_predictions(adata, batch_size=batch_size)
+        M = pred.proba.to_numpy(np.float64)
+        Z = self._transition_representation(adata, representation, batch_size=batch_size)
+        expression = None
+        weights = directed.resolve_direction(direction, target, time_key=time_key, root=root)
+        if "cytotrace" in weights:
+            manager = self.get_anndata_manager(self._prepare_adata(adata), required=True)
+            expression = _expression.log_normalize(manager.get_from_registry(REGISTRY_KEYS.X_KEY), self.data_type_)
+        T, record = directed.directed_chain(
+            target,
+            Z,
+            direction=weights,
+            expression=expression,
+            codes=pred.assigned,
+            phenotypes=list(self.classes_),
+            time_key=time_key,
+            root=root,
+            n_neighbors=n_neighbors,
+            random_state=random_state,
+        )
+        record["representation"] = representation
+        record["memberships"] = "soft (predicted probabilities)"
+        if direction is None or direction == "none":
+            record["kind"] = "none"
+        P = markov.coarse_grain(T, M)
+        sizes = M.sum(0)
+        result = Transitions.from_matrix(P, self.classes_, sizes, method="directed", cell_chain=T, direction=record)
+        self.transitions_ = {
+            "cell_chain": T,
+            "direction": record,
+            "obs_names": np.asarray(target.obs_names),
+            "memberships": M,
+            "registered": adata is None or adata is self.adata,
+        }
+        if inplace:
+            writers.write_transitions(target, result, key_added=key_added)
+        return result
+
+    def _transition_representation(self: KDCPTLike, adata, representation: str, *, batch_size=None) -> np.ndarray:
+        target = self.adata if adata is None else adata
+        if representation == "encoder":
+            return self.get_encoder_representation(adata)
+        if representation == "latent":
+            return self.get_latent_representation(adata, batch_size=batch_size)
+        if representation in target.obsm:
+            return np.asarray(target.obsm[representation], dtype=np.float32)
+        raise KeyNotFoundError(
+            f"representation {representation!r} is neither 'encoder', 'latent' nor an .obsm key "
+            f"(obsm keys: {list(target.obsm.keys())})."
+        )
+
+    def _stored_chain(self: KDCPTLike, adata: AnnData | None) -> dict:
+        state = getattr(self, "transitions_", None)
+        target = self.adata if adata is None else adata
+        if state is None:
+            raise ValueError("No directed cell chain: run model.compute_transitions(...) first.")
+        if len(state["obs_names"]) != target.n_obs or not np.array_equal(state["obs_names"], target.obs_names):
+            raise ValueError(
+                "model.transitions_ was computed on other cells: run model.compute_transitions(adata) on these cells."
+            )
+        return state
+
+    def get_fate_probabilities(
+        self: KDCPTLike,
+        adata: AnnData | None = None,
+        *,
+        terminal: str | list[str] | None = None,
+        core: float = 0.5,
+        memberships: np.ndarray | None = None,
+    ) -> Fates:
+        """Fate probabilities: absorption of each cell's directed chain into terminal phenotypes.
+
+        Needs :meth:`compute_transitions` first (its cell chain ``T``). The cells of each
+        terminal phenotype (membership ≥ ``core``, largest) are absorbing; the others'
+        probabilities of ending in each terminal are solved on ``T``
+        (:func:`scanpy_kdcpt.markov.fate_probabilities`).
+
+        Parameters
+        ----------
+        adata
+            The AnnData :meth:`compute_transitions` ran on (default: the registered one).
+        terminal
+            Terminal phenotype name(s). ``None``: the sinks of the net flux of the coarse
+            phenotype chain (:func:`scanpy_kdcpt.markov.terminal_phenotypes`); ``"gpcca"``:
+            CellRank's GPCCA terminal macrostates, each mapped onto its most frequent phenotype.
+        core
+            Least membership of a terminal phenotype for a cell to be absorbing.
+        memberships
+            Cells × phenotypes memberships to use instead of the stored ones (e.g. a
+            knockout's perturbed probabilities).
+
+        Returns
+        -------
+        :class:`~scanpy_kdcpt.results.Fates` (``probabilities`` cells × terminals, ``mean``
+        per phenotype, ``terminal``, ``params``). Cells that reach no terminal get NaN rows
+        and a warning. :func:`scanpy_kdcpt.writers.write_fates` writes it
+        (``.obsm["{key}_fate_probabilities"]``, ``.uns[key]["fate"]``, ``["fate_terminal"]``).
+
+        """
+        state = self._stored_chain(adata)
+        target = self.adata if adata is None else adata
+        T = state["cell_chain"]
+        M = state["memberships"] if memberships is None else np.asarray(memberships, dtype=float)
+        names = list(self.classes_)
+        if terminal is None:
+            P = markov.coarse_grain(T, M)
+            codes = markov.terminal_phenotypes(P, M.sum(0))
+            how = "flux"
+            if not len(codes):
+                raise ValueError(
+                    "No phenotype is a sink of the net flux: pass terminal= (phenotype names) or terminal='gpcca'."
+                )
+        elif isinstance(terminal, str) and terminal == "gpcca":
+            codes, how = _gpcca_terminal(T, M), "gpcca"
+        else:
+            terminal = [terminal] if isinstance(terminal, str) else list(terminal)
+            unknown = [t for t in terminal if str(t) not in names]
+            if unknown:
+                raise KeyError(f"terminal {unknown} not among the phenotypes; phenotypes: {names}.")
+            codes, how = np.array([names.index(str(t)) for t in terminal]), "given"
+        F = markov.fate_probabilities(T, M, codes, core=core)
+        stuck = np.isnan(F).any(1)
+        if stuck.any():
+            obs = list(target.obs_names[stuck][:5])
+            logg.warning(
+                f"{int(stuck.sum())} cell(s) reach no terminal phenotype (e.g. {obs}): their fate rows are NaN."
+            )
+        term_names = [names[c] for c in codes]
+        mean = markov.mean_fate(F, M)
+        return Fates(
+            probabilities=pd.DataFrame(F, index=target.obs_names, columns=term_names),
+            mean=pd.DataFrame(mean, index=pd.Index(names, name="phenotype"), columns=term_names),
+            terminal=term_names,
+            params={"terminal_from": how, "core": float(core), "n_unreached": int(stuck.sum())},
+        )
+
+    def to_cellrank(self: KDCPTLike, adata: AnnData | None = None):
+        """The directed cell chain as a CellRank kernel (``PrecomputedKernel``) to continue in CellRank.
+
+        ``adata`` gets nothing new: the kernel holds the chain; e.g.
+        ``cr.estimators.GPCCA(model.to_cellrank())``.
+        """
+        from cellrank.kernels import PrecomputedKernel
+
+        state = self._stored_chain(adata)
+        target = self.adata if adata is None else adata
+        return PrecomputedKernel(state["cell_chain"], adata=target)
+
+    def _annotate_transitions(
+        self: KDCPTLike, adata: AnnData | None, predictions: Predictions, direction
+    ) -> tuple[Transitions, Fates | None]:
+        """The transitions (and fates) :meth:`annotate` writes; see its ``direction``."""
+        target = self.adata if adata is None else adata
+        if direction == "posterior":
+            return self.get_transition_matrix(adata, predictions=predictions), None
+        if direction == "stored":
+            state = getattr(self, "transitions_", None)
+            same = state is not None and np.array_equal(state["obs_names"], np.asarray(target.obs_names))
+            if not same:
+                result = self.get_transition_matrix(adata, predictions=predictions)
+                result.direction = {
+                    "kind": "none",
+                    "note": "posterior form: no directed chain (run model.compute_transitions or "
+                    "annotate(direction=...))",
+                }
+                return result, None
+            state["memberships"] = predictions.proba.to_numpy(np.float64)
+            M = state["memberships"]
+            result = Transitions.from_matrix(
+                markov.coarse_grain(state["cell_chain"], M),
+                self.classes_,
+                M.sum(0),
+                method="directed",
+                cell_chain=state["cell_chain"],
+                direction=state["direction"],
+            )
+        else:
+            result = self.compute_transitions(adata, direction=direction, predictions=predictions, inplace=False)
+        fates = None
+        if result.direction.get("kind") != "none":
+            try:
+                fates = self.get_fate_probabilities(adata)
+            except ValueError as err:
+                logg.warning(f"fate probabilities not written: {err}")
+        return result, fates
+
     def get_entropy(
         self: KDCPTLike,
         adata: AnnData | None = None,
@@ -126,6 +405,27 @@ class TransitionMixin:
         """
         result = self.get_transition_matrix(adata, method=method, batch_size=batch_size)
         return result.entropy, result.entropy_total
+
+
+def _gpcca_terminal(T: sparse.csr_matrix, M: np.ndarray) -> np.ndarray:
+    """Terminal phenotypes from CellRank's GPCCA: terminal macrostates → their most frequent phenotype."""
+    import anndata as ad
+    from cellrank.estimators import GPCCA
+    from cellrank.kernels import PrecomputedKernel
+
+    n = T.shape[0]
+    light = ad.AnnData(X=sparse.csr_matrix((n, 1), dtype=np.float32))
+    C = M.shape[1]
+    g = GPCCA(PrecomputedKernel(T, adata=light))
+    g.fit(n_states=[2, min(C + 1, 12)], cluster_key=None)
+    g.predict_terminal_states()
+    states = g.terminal_states
+    top = M.argmax(1)
+    codes = []
+    for name in states.cat.categories:
+        cells = (states == name).to_numpy()
+        codes.append(int(np.bincount(top[cells], minlength=C).argmax()))
+    return np.array(sorted(set(codes)))
 
 
 def _groups(adata: AnnData, groupby: str | None) -> dict:

@@ -1,6 +1,7 @@
 """Plots of KD-CPT results, drawn from AnnData keys only (scanpy conventions)."""
 
 from ._calibration import reliability
+from ._fate import fate_probabilities, transition_stream
 from ._history import training_history
 from ._keygenes import key_genes
 from ._knockout import knockout, knockout_effects
@@ -9,3 +10,4 @@ from ._transition import entropy, transition_graph, transition_matrix
 __all__: list[str] = []
 __all__ += ["transition_matrix", "transition_graph", "entropy", "reliability", "training_history"]
 __all__ += ["key_genes", "knockout", "knockout_effects"]
+__all__ += ["transition_stream", "fate_probabilities"]

@@ -136,6 +136,8 @@ def transition_graph(
     *,
     key: str = _keys.DEFAULT_KEY,
     matrix: pd.DataFrame | None = None,
+    weights: Literal["flux", "probability"] = "flux",
+    basis: str | None = "umap",
     threshold: float | None = None,
     max_edges: int | None = None,
     layout: Literal["circle", "spring"] | dict[str, tuple[float, float]] = "circle",
@@ -149,31 +151,40 @@ def transition_graph(
     return_fig: bool = False,
     save: str | bool | None = None,
 ) -> Axes | Figure | None:
-    """Phenotypes as nodes, transitions ``i → j`` as arrows whose width grows with ``P[i, j]``.
+    """Phenotypes as nodes, net flux ``i → j`` as arrows whose width grows with the flux.
 
-    Arrow widths are scaled to the largest off-diagonal probability; each node's label gives
-    its stability ``P[i, i]``.
+    With ``weights="flux"`` (default) each pair of phenotypes gets at most one arrow, in the
+    direction of its net flux ``F_ij - F_ji`` (``F = diag(n) P``), drawn only above
+    ``threshold``: a reader can follow where cells go. With ``weights="probability"`` every
+    transition ``P[i, j]`` above ``threshold`` is drawn (both directions). Nodes sit at the
+    phenotype centroids of ``.obsm["X_{basis}"]`` when it exists (over the cells, in grey),
+    else on a circle.
 
     Parameters
     ----------
     adata
-        AnnData annotated by ``model.annotate()``.
+        AnnData annotated by ``model.annotate()`` (or ``model.compute_transitions()``).
     {doc_key}
     matrix
-        Draw this matrix instead of the stored one.
+        Draw this matrix instead of the stored one (flux from its phenotype priors).
+    weights
+        ``"flux"`` (net flux, ``.uns[key]["flux"]``) or ``"probability"`` (``P[i, j]``).
+    basis
+        Embedding for the node positions (``.obsm["X_" + basis]``, phenotypes from
+        ``.obs["{key}_pred"]``); ``None`` or absent: ``layout``.
     threshold
-        Hide arrows with ``P[i, j]`` below it. Default: 5 % of the largest off-diagonal
-        probability.
+        Hide arrows below it. Default: 10 % of the largest net flux (``"flux"``), 5 % of
+        the largest off-diagonal probability (``"probability"``).
     max_edges
         Keep only the strongest arrows.
     layout
-        ``"circle"`` (phenotypes in order), ``"spring"`` (networkx's weighted spring layout;
-        needs networkx), or a dict phenotype → (x, y).
+        Without an embedding: ``"circle"``, ``"spring"`` (needs networkx) or a dict
+        phenotype → (x, y).
     node_size
-        Size nodes by the ``"stationary"`` distribution or the phenotype ``"prior"``
-        (``.uns[key]["entropy"]["prior"]``); ``None`` for equal sizes.
+        Size nodes by the ``"stationary"`` distribution or the phenotype ``"prior"``;
+        ``None`` for equal sizes.
     edge_labels
-        Write the probability on each arrow.
+        Write the value on each arrow.
     max_width
         Width (points) of the strongest arrow.
     {doc_wrap_title}
@@ -184,15 +195,20 @@ def transition_graph(
     """
     from matplotlib.patches import FancyArrowPatch
 
+    if weights not in ("flux", "probability"):
+        raise ValueError(f"weights must be 'flux' or 'probability', not {weights!r}.")
     P = _matrix(adata, key, matrix)
     names = [str(c) for c in P.index]
     n = len(names)
     values = P.to_numpy()
-    off = values.copy()
+    if weights == "flux":
+        off = np.clip(_flux(adata, key, P, matrix), 0.0, None)
+    else:
+        off = values.copy()
     np.fill_diagonal(off, 0.0)
     top = off.max() if off.size else 0.0
     if threshold is None:
-        threshold = 0.05 * top
+        threshold = (0.10 if weights == "flux" else 0.05) * top
     edges = [
         (i, j, off[i, j]) for i in range(n) for j in range(n) if i != j and off[i, j] > 0 and off[i, j] >= threshold
     ]
@@ -200,34 +216,40 @@ def transition_graph(
     if max_edges is not None:
         edges = edges[:max_edges]
 
-    pos = _layout(layout, names, off)
-    sizes = _node_sizes(adata, key, names, node_size, matrix)
     cols = _read.colors(adata, key, names)
     fig, ax = _read.new_axes(ax, (6.4, 5.6))
+    emb = _embedding(adata, key, basis, names)
+    if emb is not None:
+        coords, pos = emb
+        ax.scatter(coords[:, 0], coords[:, 1], s=3, c="#d9d9d9", linewidths=0, zorder=1, rasterized=True)
+    else:
+        pos = _layout(layout, names, off)
+    sizes = _node_sizes(adata, key, names, node_size, matrix) * (0.6 if emb is not None else 1.0)
     xy = np.array([pos[c] for c in names])
     ax.scatter(xy[:, 0], xy[:, 1], s=sizes, c=[cols[c] for c in names], edgecolors="black", linewidths=0.8, zorder=3)
-    radius_pt = np.sqrt(sizes / np.pi)  # marker radius in points
+    radius_pt = np.sqrt(sizes / np.pi)
+    rad = 0.0 if weights == "flux" else 0.18
     for i, j, p in edges[::-1]:  # weakest first, strongest on top
-        width = 0.4 + (max_width - 0.4) * p / top if top > 0 else 1.0
-        arrow = FancyArrowPatch(
-            xy[i],
-            xy[j],
-            connectionstyle="arc3,rad=0.18",
-            arrowstyle="-|>",
-            mutation_scale=8 + 2.2 * width,
-            linewidth=width,
-            color=cols[names[i]],
-            alpha=0.85,
-            shrinkA=radius_pt[i] + 1,
-            shrinkB=radius_pt[j] + 2,
-            zorder=2,
+        width = 0.6 + (max_width - 0.6) * p / top if top > 0 else 1.0
+        ax.add_patch(
+            FancyArrowPatch(
+                xy[i],
+                xy[j],
+                connectionstyle=f"arc3,rad={rad}",
+                arrowstyle="-|>",
+                mutation_scale=8 + 2.2 * width,
+                linewidth=width,
+                color=cols[names[i]] if emb is None else "#333333",
+                alpha=0.85,
+                shrinkA=radius_pt[i] + 1,
+                shrinkB=radius_pt[j] + 2,
+                zorder=2,
+            )
         )
-        ax.add_patch(arrow)
         if edge_labels:
             mid = 0.5 * (xy[i] + xy[j])
-            normal = np.array([xy[j][1] - xy[i][1], xy[i][0] - xy[j][0]]) * 0.09
             ax.text(
-                *(mid + normal),
+                *mid,
                 f"{p:.2g}",
                 fontsize=7,
                 ha="center",
@@ -235,7 +257,6 @@ def transition_graph(
                 bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8},
                 zorder=4,
             )
-    # labels outside the circle of nodes, with each phenotype's stability
     centre = xy.mean(0)
     span = max(np.ptp(xy[:, 0]), np.ptp(xy[:, 1]), 1e-9)
     for k, c in enumerate(names):
@@ -244,8 +265,9 @@ def transition_graph(
         off_pt = radius_pt[k] + 4
         ha = "left" if d[0] > 0.3 else "right" if d[0] < -0.3 else "center"
         va = "bottom" if d[1] > 0.3 else "top" if d[1] < -0.3 else "center"
+        label = _read.wrap(c, wrap) if weights == "flux" else f"{_read.wrap(c, wrap)}\n(stay {values[k, k]:.2f})"
         ax.annotate(
-            f"{_read.wrap(c, wrap)}\n(stay {values[k, k]:.2f})",
+            label,
             xy[k],
             xytext=(d[0] * off_pt, d[1] * off_pt),
             textcoords="offset points",
@@ -253,15 +275,55 @@ def transition_graph(
             va=va,
             fontsize=8,
             zorder=5,
+            bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.7} if emb is not None else None,
         )
-    pad = 0.42 * span
-    ax.set_xlim(xy[:, 0].min() - pad, xy[:, 0].max() + pad)
-    ax.set_ylim(xy[:, 1].min() - pad, xy[:, 1].max() + pad)
-    ax.set_aspect("equal")
+    if emb is None:
+        pad = 0.42 * span
+        ax.set_xlim(xy[:, 0].min() - pad, xy[:, 0].max() + pad)
+        ax.set_ylim(xy[:, 1].min() - pad, xy[:, 1].max() + pad)
+        ax.set_aspect("equal")
     ax.axis("off")
-    shown = f"{len(edges)} arrows, P ≥ {threshold:.2g}" if edges else "no off-diagonal transition above the threshold"
-    ax.set_title(title if title is not None else f"Transition graph ({shown})", fontsize=10)
+    what = "net flux" if weights == "flux" else "P"
+    shown = f"{len(edges)} arrows, {what} ≥ {threshold:.2g}" if edges else f"no {what} above the threshold"
+    method = adata.uns.get(key, {}).get(_keys.UNS_TRANSITION_METHOD) if matrix is None else None
+    head = "Net flux between phenotypes" if weights == "flux" else "Transition graph"
+    if method is not None:
+        head += f" ({method})"
+    ax.set_title(title if title is not None else f"{head}\n{shown}", fontsize=10)
     return _read.finish(fig, ax, show, return_fig, save)
+
+
+def _flux(adata: AnnData, key: str, P: pd.DataFrame, matrix: pd.DataFrame | None) -> np.ndarray:
+    """Net flux: the stored ``.uns[key]["flux"]``, or from ``P`` and the phenotype priors."""
+    from ..markov import net_flux
+
+    stored = adata.uns.get(key, {}).get(_keys.UNS_FLUX) if matrix is None else None
+    if stored is not None and np.shape(stored) == P.shape:
+        return np.asarray(stored, dtype=float)
+    w = None
+    ent = adata.uns.get(key, {}).get(_keys.UNS_ENTROPY)
+    if ent is not None and "prior" in pd.DataFrame(ent) and len(pd.DataFrame(ent)) == P.shape[0]:
+        w = np.asarray(pd.DataFrame(ent)["prior"], dtype=float)
+    if w is None:
+        w = stationary_distribution(P.to_numpy(float))
+    return net_flux(P.to_numpy(float), w)
+
+
+def _embedding(adata: AnnData, key: str, basis: str | None, names: list[str]):
+    """Cell coordinates and phenotype centroids on ``.obsm["X_{basis}"]``, or None."""
+    if basis is None:
+        return None
+    obsm_key = basis if basis in adata.obsm else f"X_{basis}"
+    pred = _keys.Keys(key).pred
+    if obsm_key not in adata.obsm or pred not in adata.obs:
+        return None
+    coords = np.asarray(adata.obsm[obsm_key])[:, :2].astype(float)
+    labels = adata.obs[pred].astype(str).to_numpy()
+    pos = {}
+    for c in names:
+        sel = labels == c
+        pos[c] = np.median(coords[sel], axis=0) if sel.any() else coords.mean(0)
+    return coords, pos
 
 
 def _layout(layout, names: list[str], off: np.ndarray) -> dict[str, np.ndarray]:

@@ -1,0 +1,288 @@
+"""The directed cell chain on an embedding (stream plot) and fate probabilities (from AnnData keys)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+from .. import _keys
+from .._errors import KeyNotFoundError
+from . import _read
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+
+def _basis(adata: AnnData, basis: str) -> np.ndarray:
+    obsm_key = basis if basis in adata.obsm else f"X_{basis}"
+    if obsm_key not in adata.obsm:
+        raise KeyNotFoundError(
+            f"adata.obsm[{obsm_key!r}] not found: compute the embedding first (e.g. sc.tl.umap) or pass "
+            f"basis= one of {list(adata.obsm.keys())}."
+        )
+    return np.asarray(adata.obsm[obsm_key])[:, :2].astype(float)
+
+
+def project_chain(T: sparse.spmatrix, X: np.ndarray) -> np.ndarray:
+    """Expected displacement of each cell on an embedding under the chain, minus the undirected one.
+
+    ``v_i = Σ_j T_ij u_ij - mean_j u_ij`` over the cell's neighbours ``j`` (``u_ij``: unit
+    vector from ``i`` to ``j``), CellRank's projection of a transition matrix.
+    """
+    T = sparse.csr_matrix(T)
+    coo = T.tocoo()
+    d = X[coo.col] - X[coo.row]
+    norm = np.linalg.norm(d, axis=1, keepdims=True)
+    u = np.divide(d, norm, out=np.zeros_like(d), where=norm > 0)
+    n = T.shape[0]
+    V = np.zeros_like(X)
+    np.add.at(V, coo.row, coo.data[:, None] * u)
+    mean = np.zeros_like(X)
+    np.add.at(mean, coo.row, u)
+    k = np.maximum(np.diff(T.indptr), 1)[:, None]
+    return V - mean / k if n else V
+
+
+def _grid(X: np.ndarray, V: np.ndarray, density: int = 35, smooth: float = 0.5):
+    """Cell vectors averaged on a grid by a Gaussian kernel (scVelo's ``velocity_embedding_grid``)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    lo, hi = X.min(0), X.max(0)
+    span = hi - lo
+    lo, hi = lo - 0.02 * span, hi + 0.02 * span
+    gx, gy = np.linspace(lo[0], hi[0], density), np.linspace(lo[1], hi[1], density)
+    G = np.array(np.meshgrid(gx, gy)).reshape(2, -1).T
+    k = min(50, len(X))
+    dist, idx = NearestNeighbors(n_neighbors=k).fit(X).kneighbors(G)
+    scale = np.mean(span / density) * smooth * 2
+    w = np.exp(-0.5 * (dist / scale) ** 2)
+    tot = w.sum(1)
+    U = (V[idx] * w[..., None]).sum(1) / np.maximum(tot, 1e-12)[:, None]
+    keep = tot >= 0.1 * np.percentile(tot, 99)  # no arrows where there are no cells
+    U[~keep] = np.nan
+    return gx, gy, U[:, 0].reshape(density, density), U[:, 1].reshape(density, density)
+
+
+def transition_stream(
+    adata: AnnData,
+    *,
+    key: str = _keys.DEFAULT_KEY,
+    basis: str = "umap",
+    color: str | None = None,
+    density: float = 1.2,
+    grid: int = 35,
+    title: str | None = None,
+    ax: Axes | None = None,
+    show: bool | None = None,
+    return_fig: bool = False,
+    save: str | None = None,
+) -> Axes | Figure | None:
+    """The cell-level chain projected onto an embedding as a stream plot (like CellRank / scVelo).
+
+    Each cell's expected step under ``.obsp["{key}_transitions"]`` (minus the step of an
+    unbiased walk on the same neighbours) is averaged on a grid and drawn as streamlines over
+    the cells coloured by phenotype.
+
+    Parameters
+    ----------
+    adata
+        AnnData with ``.obsp["{key}_transitions"]`` (``model.compute_transitions()``) and
+        ``.obsm["X_{basis}"]``.
+    key
+        The ``key_added`` used.
+    basis
+        Embedding (``.obsm["X_" + basis]`` or an ``.obsm`` key).
+    color
+        ``.obs`` column colouring the cells (default ``"{key}_pred"``).
+    density
+        Streamline density (matplotlib's ``streamplot``).
+    grid
+        Grid points per axis.
+    title
+        Axes title.
+    ax, show, return_fig, save
+        Scanpy's: draw into ``ax``; show (``None``: ``sc.settings.autoshow``); return the
+        Figure; save to this path.
+
+    Returns
+    -------
+    The Axes (``None`` when shown; the Figure with ``return_fig=True``).
+
+    """
+    keys = _keys.Keys(key)
+    if keys.transitions not in adata.obsp:
+        raise KeyNotFoundError(
+            f"adata.obsp[{keys.transitions!r}] not found: run model.compute_transitions(...) first "
+            f"(or pass key= the key_added used; obsp keys: {list(adata.obsp.keys())})."
+        )
+    X = _basis(adata, basis)
+    V = project_chain(adata.obsp[keys.transitions], X)
+    gx, gy, U, W = _grid(X, V, grid)
+    fig, ax = _read.new_axes(ax, (6.4, 5.6))
+    color = keys.pred if color is None else color
+    if color in adata.obs:
+        col = adata.obs[color].astype("category")
+        names = list(map(str, col.cat.categories))
+        lookup = _read.colors(adata, key, names) if color == keys.pred else _scanpy_colors(adata, color, names)
+        c = col.astype(str).map(lookup).to_numpy()
+        ax.scatter(X[:, 0], X[:, 1], s=6, c=list(c), linewidths=0, alpha=0.6, rasterized=True, zorder=1)
+        for name in names:
+            sel = (col.astype(str) == name).to_numpy()
+            if sel.any():
+                m = np.median(X[sel], 0)
+                ax.text(
+                    *m,
+                    _read.wrap(name, 14),
+                    fontsize=8,
+                    ha="center",
+                    va="center",
+                    zorder=4,
+                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.7},
+                )
+    else:
+        ax.scatter(X[:, 0], X[:, 1], s=6, c="#bbbbbb", linewidths=0, rasterized=True, zorder=1)
+    speed = np.sqrt(np.nan_to_num(U) ** 2 + np.nan_to_num(W) ** 2)
+    lw = 0.6 + 1.6 * speed / max(np.nanmax(speed), 1e-12)
+    ax.streamplot(gx, gy, U, W, density=density, color="#222222", linewidth=lw, arrowsize=1.0, zorder=3)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_xlabel(f"{basis.upper()}1" if not basis.startswith("X_") else basis + " 1")
+    ax.set_ylabel(f"{basis.upper()}2" if not basis.startswith("X_") else basis + " 2")
+    direction = adata.uns.get(key, {}).get(_keys.UNS_DIRECTION, {})
+    kind = direction.get("kind") if isinstance(direction, dict) else None
+    ax.set_title(title if title is not None else f"Cell chain ({kind or 'transitions'})", fontsize=10)
+    return _read.finish(fig, ax, show, return_fig, save)
+
+
+def _scanpy_colors(adata: AnnData, color: str, names: list[str]) -> dict[str, str]:
+    cols = adata.uns.get(f"{color}_colors")
+    if cols is None or len(cols) != len(names):
+        from scanpy.plotting import palettes
+
+        pal = palettes.default_20 if len(names) <= 20 else palettes.default_102
+        cols = [pal[i % len(pal)] for i in range(len(names))]
+    return dict(zip(names, map(str, cols), strict=True))
+
+
+def _fates(adata: AnnData, key: str) -> tuple[np.ndarray, list[str], pd.DataFrame]:
+    keys = _keys.Keys(key)
+    if keys.fate_probabilities not in adata.obsm:
+        raise KeyNotFoundError(
+            f"adata.obsm[{keys.fate_probabilities!r}] not found: run model.compute_transitions(...), then "
+            "writers.write_fates(adata, model.get_fate_probabilities()) or model.annotate()."
+        )
+    F = np.asarray(adata.obsm[keys.fate_probabilities], dtype=float)
+    terminal = [str(t) for t in np.asarray(_read.uns_entry(adata, key, _keys.UNS_FATE_TERMINAL))]
+    mean = pd.DataFrame(_read.uns_entry(adata, key, _keys.UNS_FATE))
+    mean = pd.DataFrame(mean.to_numpy(float), index=list(map(str, mean.index)), columns=terminal)
+    return F, terminal, mean
+
+
+def fate_probabilities(
+    adata: AnnData,
+    *,
+    key: str = _keys.DEFAULT_KEY,
+    kind: Literal["embedding", "phenotype"] | None = None,
+    basis: str = "umap",
+    terminal: list[str] | None = None,
+    ncols: int = 4,
+    cmap: str = "viridis",
+    title: str | None = None,
+    ax: Axes | None = None,
+    show: bool | None = None,
+    return_fig: bool = False,
+    save: str | None = None,
+):
+    """Fate probabilities: per cell on an embedding, or the mean per phenotype.
+
+    Parameters
+    ----------
+    adata
+        AnnData with ``.obsm["{key}_fate_probabilities"]`` and ``.uns[key]["fate"]``,
+        ``["fate_terminal"]``.
+    key
+        The ``key_added`` used.
+    kind
+        ``"embedding"``: one panel per terminal phenotype, cells coloured by their probability
+        of ending there (grey: no terminal reachable). ``"phenotype"``: stacked bars of the
+        mean fate of each phenotype. Default: ``"embedding"`` when ``.obsm["X_{basis}"]``
+        exists, else ``"phenotype"``.
+    basis
+        Embedding for ``"embedding"``.
+    terminal
+        Terminal phenotypes to show (default all).
+    ncols
+        Panels per row (``"embedding"``).
+    cmap
+        Colour map (``"embedding"``).
+    title
+        Title (``"phenotype"``).
+    ax
+        Axes to draw into (``"phenotype"`` only).
+    show, return_fig, save
+        Scanpy's.
+
+    Returns
+    -------
+    The Axes (a list of Axes for ``"embedding"``; ``None`` when shown; the Figure with
+    ``return_fig=True``).
+
+    """
+    import matplotlib.pyplot as plt
+
+    F, names, mean = _fates(adata, key)
+    if terminal is not None:
+        unknown = [t for t in terminal if t not in names]
+        if unknown:
+            raise KeyNotFoundError(f"terminal {unknown} not among the terminal phenotypes {names}.")
+    show_names = names if terminal is None else list(terminal)
+    if kind is None:
+        kind = "embedding" if (basis in adata.obsm or f"X_{basis}" in adata.obsm) else "phenotype"
+    if kind == "embedding":
+        X = _basis(adata, basis)
+        n = len(show_names)
+        nc = min(ncols, n)
+        nr = int(np.ceil(n / nc))
+        fig, axs = plt.subplots(nr, nc, figsize=(3.4 * nc, 3.1 * nr), layout="constrained", squeeze=False)
+        axs = axs.ravel()
+        for a, t in zip(axs, show_names, strict=False):
+            f = F[:, names.index(t)]
+            nan = np.isnan(f)
+            a.scatter(X[nan, 0], X[nan, 1], s=4, c="#dddddd", linewidths=0, rasterized=True)
+            order = np.argsort(np.where(nan, -1, f))[int(nan.sum()) :]
+            sc_ = a.scatter(
+                X[order, 0], X[order, 1], s=4, c=f[order], cmap=cmap, vmin=0, vmax=1, linewidths=0, rasterized=True
+            )
+            a.set_title(f"fate: {_read.wrap(t, 24)}", fontsize=10)
+            a.set_xticks([])
+            a.set_yticks([])
+        for a in axs[n:]:
+            a.axis("off")
+        fig.colorbar(sc_, ax=axs[:n].tolist(), shrink=0.6, label="probability")
+        return _read.finish(fig, list(axs[:n]), show, return_fig, save)
+    if kind != "phenotype":
+        raise ValueError(f"kind must be 'embedding', 'phenotype' or None, not {kind!r}.")
+    M = mean[show_names]
+    fig, ax = _read.new_axes(ax, (6.4, 0.45 * len(M) + 1.6))
+    cols = _read.colors(adata, key, show_names)
+    left = np.zeros(len(M))
+    y = np.arange(len(M))
+    for t in show_names:
+        v = np.nan_to_num(M[t].to_numpy(float))
+        ax.barh(y, v, left=left, color=cols[t], edgecolor="white", linewidth=0.5, label=t)
+        for yi, (l0, vi) in enumerate(zip(left, v, strict=True)):
+            if vi >= 0.12:
+                ax.text(l0 + vi / 2, yi, f"{vi:.2f}", ha="center", va="center", fontsize=7)
+        left += v
+    ax.set_yticks(y, [_read.wrap(c, 20) for c in M.index], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("mean fate probability")
+    ax.legend(title="terminal", fontsize=8, title_fontsize=8, bbox_to_anchor=(1.01, 1), loc="upper left", frameon=False)
+    ax.set_title(title if title is not None else "Fate of each phenotype", fontsize=10)
+    return _read.finish(fig, ax, show, return_fig, save)

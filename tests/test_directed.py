@@ -1,0 +1,304 @@
+"""Directed transitions, fate probabilities and CellRank (issue 9)."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import SHARED_DATA, needs_shared
+from scipy import sparse
+
+import scanpy_kdcpt as kdcpt
+from scanpy_kdcpt import _keys, directed, markov, writers
+from scanpy_kdcpt._errors import KeyNotFoundError
+
+# ------------------------------------------------------------------------------------------
+# torch-free core
+# ------------------------------------------------------------------------------------------
+
+
+def test_fate_probabilities_split_a_branch_and_mark_unreachable_cells_nan():
+    # cell 0 → 1 or 2 (1/2 each); 1 is phenotype A (terminal), 2 is B (terminal);
+    # cell 3 only loops on itself with cell 4: it never reaches a terminal
+    T = np.zeros((5, 5))
+    T[0, 1] = T[0, 2] = 0.5
+    T[1, 1] = T[2, 2] = 1.0
+    T[3, 4] = T[4, 3] = 1.0
+    M = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 0, 0], [1, 0, 0]], float)  # phenotypes S, A, B
+    F = markov.fate_probabilities(sparse.csr_matrix(T), M, [1, 2])
+    np.testing.assert_allclose(F[:3], [[0.5, 0.5], [1, 0], [0, 1]])
+    assert np.isnan(F[3:]).all()
+    mean = markov.mean_fate(F, M)
+    np.testing.assert_allclose(mean[0], [0.5, 0.5])  # NaN rows of phenotype S left out
+    with pytest.raises(ValueError, match="distinct phenotype codes"):
+        markov.fate_probabilities(T, M, [1, 1])
+
+
+def test_fate_probabilities_of_a_chain_follow_its_bias():
+    # a line of 10 cells: terminal phenotypes L (cells 0-1) and R (8-9), S between; a walk
+    # biased to the right ends in R more often, and more so the further right it starts
+    n = 10
+    T = np.zeros((n, n))
+    for i in range(n):
+        T[i, max(i - 1, 0)] += 0.3
+        T[i, min(i + 1, n - 1)] += 0.7
+    M = np.zeros((n, 3))
+    M[:2, 0] = M[2:8, 1] = M[8:, 2] = 1
+    F = markov.fate_probabilities(T, M, [0, 2])
+    assert (F[2:8, 1] > F[2:8, 0]).all() and (np.diff(F[2:8, 1]) > 0).all()
+    np.testing.assert_allclose(F[8:], [[0, 1], [0, 1]])
+    # the bias reversed: the fates swap
+    T_left = np.zeros((n, n))
+    for i in range(n):
+        T_left[i, max(i - 1, 0)] += 0.7
+        T_left[i, min(i + 1, n - 1)] += 0.3
+    F_rev = markov.fate_probabilities(T_left, M, [0, 2])
+    assert (F_rev[2:8, 0] > F_rev[2:8, 1]).all()
+
+
+def test_knn_graph_is_symmetric_without_diagonal_and_local():
+    rng = np.random.default_rng(0)
+    Z = np.vstack([rng.normal([5, 0, 0], 0.3, (40, 3)), rng.normal([0, 5, 0], 0.3, (40, 3))])
+    D, W = markov.knn_graph(Z, 8)
+    assert abs(W - W.T).max() < 1e-12
+    assert W.diagonal().sum() == 0 and (D.diagonal() == 0).all()
+    assert W[:40, 40:].sum() == 0  # no edge between the separated clusters
+    assert (np.diff(D.indptr) == 8).all()
+
+
+def test_terminal_phenotypes_are_the_sinks_of_the_net_flux():
+    # 0 → 1 → 2, 0 → 3: sinks 2 and 3
+    P = np.array([[0.6, 0.2, 0.0, 0.2], [0.0, 0.7, 0.3, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
+    assert markov.terminal_phenotypes(P, np.ones(4)).tolist() == [2, 3]
+
+
+def test_resolve_direction_and_its_errors(synthetic_adata):
+    a = ad.AnnData(np.zeros((4, 2)), layers={"spliced": np.zeros((4, 2)), "unspliced": np.zeros((4, 2))})
+    assert directed.resolve_direction("auto", a) == {"velocity": 0.8, "connectivity": 0.2}
+    assert directed.resolve_direction("auto", synthetic_adata) == {"cytotrace": 1.0}
+    assert directed.resolve_direction({"velocity": 1, "cytotrace": 3}, a) == {"velocity": 0.25, "cytotrace": 0.75}
+    with pytest.raises(ValueError, match="direction"):
+        directed.resolve_direction("sideways", a)
+
+
+# ------------------------------------------------------------------------------------------
+# the model
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def directed_result(transition_model):
+    return transition_model.compute_transitions(direction="pseudotime", root="P0", inplace=False)
+
+
+def test_planted_lineage_has_positive_net_flux_and_is_directed(transition_model, directed_result):
+    F, P = directed_result.flux, directed_result.matrix
+    for i in range(3):
+        assert F.loc[f"P{i}", f"P{i + 1}"] > 5  # cells flow down the planted lineage
+    assert P.loc["P0", "P1"] > 2 * P.loc["P1", "P0"]
+    assert directed_result.method == "directed"
+    d = directed_result.direction
+    assert d["kind"] == "pseudotime" and d["pseudotime"]["root"] == "P0"
+    root_cell = d["pseudotime"]["root_cell"]
+    assert transition_model.adata.obs.loc[root_cell, "phenotype"] == "P0"
+    T = directed_result.cell_chain
+    np.testing.assert_allclose(np.asarray(T.sum(1)).ravel(), 1.0, atol=1e-9)
+    # the posterior form is (nearly) reversible: its net flux is far smaller
+    post = transition_model.get_transition_matrix()
+    assert abs(post.flux.loc["P0", "P1"]) < 0.5 * F.loc["P0", "P1"]
+
+
+def test_experimental_time_gives_the_same_direction(transition_model):
+    a = transition_model.adata
+    a.obs["day"] = pd.Categorical(
+        a.obs["source_phenotype"].astype(str).str[1].astype(int), categories=[0, 1, 2, 3], ordered=True
+    )
+    try:
+        r = transition_model.compute_transitions(direction="time", time_key="day", inplace=False)
+    finally:
+        del a.obs["day"]
+    assert r.flux.loc["P0", "P1"] > 5 and r.flux.loc["P2", "P3"] > 5
+    assert "moscot" in r.direction["time"]["kernel"]
+
+
+def test_bad_direction_input_gets_clear_errors(transition_model):
+    m = transition_model
+    with pytest.raises(KeyNotFoundError, match="spliced"):
+        m.compute_transitions(direction="velocity", inplace=False)
+    with pytest.raises(KeyError, match="P0"):
+        m.compute_transitions(direction="pseudotime", root="P9", inplace=False)
+    with pytest.raises(ValueError, match="time_key= .* or root="):
+        m.compute_transitions(direction="pseudotime", inplace=False)
+    a = m.adata
+    a.obs["t_nan"] = np.where(np.arange(a.n_obs) % 7 == 0, np.nan, 1.0 + np.arange(a.n_obs) % 3)
+    a.obs["t_one"] = 1.0
+    try:
+        with pytest.raises(ValueError, match="missing values"):
+            m.compute_transitions(direction="time", time_key="t_nan", inplace=False)
+        with pytest.raises(ValueError, match="single time point"):
+            m.compute_transitions(direction="time", time_key="t_one", inplace=False)
+        with pytest.raises(KeyNotFoundError, match="not a column"):
+            m.compute_transitions(direction="time", time_key="nope", inplace=False)
+    finally:
+        del a.obs["t_nan"], a.obs["t_one"]
+
+
+def test_fates_annotate_roundtrip_and_cellrank(transition_model, tmp_path):
+    m = transition_model
+    a = m.adata.copy()
+    r = m.compute_transitions(direction="pseudotime", root="P0", inplace=False)
+    fates = m.get_fate_probabilities(terminal=["P2", "P3"])
+    assert fates.terminal == ["P2", "P3"]
+    # P1 lies upstream of P2: it mostly ends in P2 before reaching P3; P0 reaches P2 more than P1 does P3
+    assert fates.mean.loc["P1", "P2"] > 0.5
+    np.testing.assert_allclose(fates.probabilities.sum(1), 1.0, atol=1e-6)
+    with pytest.raises(KeyError, match="phenotypes"):
+        m.get_fate_probabilities(terminal=["nope"])
+
+    # annotate uses the stored directed chain, and writes fates into the sink phenotypes
+    out = m.annotate(a, copy=True)
+    uns = out.uns["kdcpt"]
+    assert uns["transition_method"] == "directed"
+    assert uns["direction"]["kind"] == "pseudotime"
+    np.testing.assert_allclose(uns["transition_matrix"].to_numpy(), r.matrix.to_numpy(), atol=1e-6)
+    assert "P3" in list(uns["fate_terminal"])
+    assert out.obsm["kdcpt_fate_probabilities"].shape == (a.n_obs, len(uns["fate_terminal"]))
+    # a posterior annotate records that it had no direction
+    post = m.annotate(a, copy=True, direction="posterior")
+    assert post.uns["kdcpt"]["transition_method"] == "posterior"
+
+    writers.write_fates(out, fates, key_added="kd2")
+    path = tmp_path / "fates.h5ad"
+    out.write_h5ad(path)
+    back = ad.read_h5ad(path)
+    np.testing.assert_allclose(back.obsm["kd2_fate_probabilities"], fates.probabilities.to_numpy())
+    assert list(back.uns["kd2"]["fate_terminal"]) == ["P2", "P3"]
+    assert sparse.issparse(back.obsp["kdcpt_transitions"])
+
+    k = m.to_cellrank()
+    assert (abs(k.transition_matrix - r.cell_chain)).max() < 1e-12
+
+
+def test_encoder_representation_keeps_the_lineage_better_than_the_fused_latent(transition_model, directed_result):
+    latent = transition_model.compute_transitions(
+        direction="pseudotime", root="P0", representation="latent", inplace=False
+    )
+    enc = directed_result.flux
+    assert enc.loc["P0", "P1"] > latent.flux.loc["P0", "P1"]
+
+
+# ------------------------------------------------------------------------------------------
+# real data (CellRank alone on subsets; the model runs in the benchmark)
+# ------------------------------------------------------------------------------------------
+
+
+def _pca(a: ad.AnnData, n: int = 30) -> tuple[np.ndarray, sparse.csr_matrix]:
+    import scanpy as sc
+
+    b = ad.AnnData(X=sparse.csr_matrix(a.layers["counts"] if "counts" in a.layers else a.X, dtype=np.float32))
+    sc.pp.normalize_total(b, target_sum=1e4)
+    sc.pp.log1p(b)
+    sc.pp.pca(b, n_comps=n, random_state=0)
+    return b.obsm["X_pca"], b.X
+
+
+@needs_shared
+def test_paul15_pseudotime_from_root_flows_out_to_mature_types():
+    a = ad.read_h5ad(SHARED_DATA / "paul15_tradeseq" / "paul15_tradeseq_subset.h5ad")
+    Z, _ = _pca(a)
+    cl = a.obs["cell_type"].astype("category")
+    names, codes = list(map(str, cl.cat.categories)), cl.cat.codes.to_numpy()
+    T, rec = directed.directed_chain(
+        a, Z, direction="pseudotime", root="Multipotent progenitors", codes=codes, phenotypes=names
+    )
+    assert a.obs.loc[rec["pseudotime"]["root_cell"], "cell_type"] == "Multipotent progenitors"
+    P = markov.coarse_grain(T, markov.memberships(codes, len(names)))
+    F = pd.DataFrame(markov.net_flux(P, np.bincount(codes)), index=names, columns=names)
+    assert F.loc["Multipotent progenitors", "GMP"] > 0
+    assert F.loc["Multipotent progenitors", "Erythrocyte"] > 0
+    assert F.loc["GMP", "Monocytes"] > 0
+
+
+@needs_shared
+def test_pancreas_velocity_flux_runs_down_the_endocrine_lineage():
+    from conftest import PANCREAS
+
+    a = ad.read_h5ad(PANCREAS)
+    keep = a.obs["clusters"].isin(["Ngn3 high EP", "Pre-endocrine", "Beta", "Alpha"]).to_numpy()
+    a = a[keep].copy()
+    Z, _ = _pca(a)
+    cl = a.obs["clusters"].astype(str).astype("category")
+    names, codes = list(map(str, cl.cat.categories)), cl.cat.codes.to_numpy()
+    T, rec = directed.directed_chain(a, Z, direction="velocity")
+    assert rec["weights"] == {"velocity": 0.8, "connectivity": 0.2}
+    P = markov.coarse_grain(T, markov.memberships(codes, len(names)))
+    F = pd.DataFrame(markov.net_flux(P, np.bincount(codes)), index=names, columns=names)
+    assert F.loc["Ngn3 high EP", "Pre-endocrine"] > 0
+    assert F.loc["Pre-endocrine", "Beta"] > 0
+    sinks = [names[i] for i in markov.terminal_phenotypes(P, np.bincount(codes))]
+    assert "Ngn3 high EP" not in sinks and "Pre-endocrine" not in sinks
+
+
+# ------------------------------------------------------------------------------------------
+# plots (from a re-read h5ad)
+# ------------------------------------------------------------------------------------------
+
+
+def test_directed_plots_draw_from_reread_h5ad(transition_model, tmp_path):
+    import matplotlib.pyplot as plt
+
+    m = transition_model
+    a = m.adata.copy()
+    m.compute_transitions(direction="pseudotime", root="P0", inplace=False)
+    out = m.annotate(a, copy=True)
+    rng = np.random.default_rng(0)
+    out.obsm["X_umap"] = m.get_encoder_representation()[:, :2] + 0.01 * rng.normal(size=(a.n_obs, 2))
+    path = tmp_path / "d.h5ad"
+    out.write_h5ad(path)
+    back = ad.read_h5ad(path)
+    ax = kdcpt.pl.transition_stream(back, show=False)
+    assert len(ax.collections) >= 2  # cells + streamlines
+    plt.close("all")
+    axs = kdcpt.pl.fate_probabilities(back, show=False)
+    assert len(axs) == len(back.uns["kdcpt"]["fate_terminal"])
+    plt.close("all")
+    ax = kdcpt.pl.fate_probabilities(back, kind="phenotype", show=False)
+    assert len(ax.patches) == 4 * len(back.uns["kdcpt"]["fate_terminal"])
+    plt.close("all")
+    ax = kdcpt.pl.transition_graph(back, show=False)
+    flux = back.uns["kdcpt"]["flux"].to_numpy()
+    n_expected = int((flux >= 0.10 * flux.max()).sum() - (flux.max() <= 0))
+    from matplotlib.patches import FancyArrowPatch
+
+    arrows = [p for p in ax.patches if isinstance(p, FancyArrowPatch)]
+    assert len(arrows) == n_expected  # one arrow per pair, only net flux above the threshold
+    plt.close("all")
+    with pytest.raises(KeyNotFoundError, match="compute_transitions"):
+        kdcpt.pl.transition_stream(ad.AnnData(np.zeros((3, 2))), show=False)
+    assert _keys.Keys().fate_probabilities == "kdcpt_fate_probabilities"
+
+
+# ------------------------------------------------------------------------------------------
+# kdcpt run
+# ------------------------------------------------------------------------------------------
+
+
+def test_cli_run_with_a_root_reports_net_flux_and_fates(tmp_path, capsys):
+    from scanpy_kdcpt import cli
+
+    a = kdcpt.datasets.synthetic(n_cells=600, seed=0, transition_labels="sampled")
+    path = tmp_path / "syn.h5ad"
+    a.write_h5ad(path)
+    out = tmp_path / "run"
+    argv = ["run", str(path), "--labels", "phenotype", "--prior", "is_tf", "--epochs", "2"]
+    code = cli.main([*argv, "--knockout-top", "0", "--root", "P0", "--quiet", "--out", str(out)])
+    assert code == 0
+    report = (out / "report.md").read_text()
+    assert "**pseudotime**" in report and "### Net flux" in report and "### Fate probabilities" in report
+    back = ad.read_h5ad(out / "annotated.h5ad")
+    assert back.uns["kdcpt"]["transition_method"] == "directed"
+    assert "kdcpt_transitions" in back.obsp and "kdcpt_fate_probabilities" in back.obsm
+    assert (out / "figures" / "fate_probabilities.png").exists()
+    code = cli.main([*argv, "--direction", "velocity", "--quiet", "--out", str(tmp_path / "bad")])
+    assert code != 0 and "spliced" in capsys.readouterr().err
