@@ -167,7 +167,7 @@ def machine() -> dict:
     except Exception:  # noqa: BLE001
         commit = "unknown"
     return {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "commit": commit,
         "cpus": os.cpu_count(),
         "load_avg_1min": os.getloadavg()[0],
@@ -191,7 +191,9 @@ def main_runs(args) -> None:
                 continue
             print(f"{dt.datetime.now():%H:%M:%S} {method} seed {seed}: {len(tr)} train / {len(te)} test", flush=True)
             if method.startswith("kdcpt"):
-                res = run_kdcpt(mdata, args.labels, tr, te, seed, method == "kdcpt_multiome", args.max_epochs, args.threads)
+                res = run_kdcpt(
+                    mdata, args.labels, tr, te, seed, method == "kdcpt_multiome", args.max_epochs, args.threads
+                )
             else:
                 res = run_lr(mdata, args.labels, tr, te, seed, method == "lr_rna_lsi")
             rec = {
@@ -209,7 +211,10 @@ def main_runs(args) -> None:
                 "command": " ".join(["python", *sys.argv]),
             }
             out.write_text(json.dumps(rec, indent=1))
-            print(f"  macro-F1 {rec['macro_f1']:.3f}  acc {rec['accuracy']:.3f}  train {rec['train_seconds']:.0f} s", flush=True)
+            print(
+                f"  macro-F1 {rec['macro_f1']:.3f}  acc {rec['accuracy']:.3f}  train {rec['train_seconds']:.0f} s",
+                flush=True,
+            )
 
 
 def main_timing(args) -> None:
@@ -261,12 +266,13 @@ def report(args) -> None:
     df = pd.DataFrame(recs)
     lines = ["# Multi-omics benchmark (issue 12): SNARE-seq mouse cortex, RNA + ATAC", ""]
     lines += [
-        f"- Data: `{SNARE.name}` ({recs[0]['n_train'] + recs[0]['n_test']} nuclei used; labels `{recs[0]['labels_key']}`;"
+        f"- Data: `{SNARE.name}` ({recs[0]['n_train'] + recs[0]['n_test']} nuclei used;"
+        f" labels `{recs[0]['labels_key']}`;"
         f" subsample: {recs[0]['subsample'] or 'none (all nuclei)'}); stratified 80/20 split per seed, seeds "
         f"{sorted(df['seed'].unique().tolist())}",
         f"- KDCPT: default architecture, `max_epochs={recs[0]['max_epochs']}` (cap; early stopping on a 10 % validation"
-        f" split of the training cells), torch threads {recs[0]['torch_threads']}; RNA counts log-normalised inside, peaks"
-        " TF-IDF inside; test cells predicted as a query MuData / AnnData",
+        f" split of the training cells), torch threads {recs[0]['torch_threads']}; RNA counts log-normalised inside,"
+        " peaks TF-IDF inside; test cells predicted as a query MuData / AnnData",
         "- Logistic regression: scikit-learn `LogisticRegression(max_iter=1000, C=1)`, log1p(1e4-normalised) RNA;"
         " `+ ATAC LSI`: 50 TF-IDF/SVD components fitted on the training cells, standardised",
         f"- Commands: {sorted(set(df['command']))}",
@@ -290,7 +296,11 @@ def report(args) -> None:
             f"{fmt(d['train_seconds'])} | {'' if ep is None else ', '.join(str(int(e)) for e in ep)} | {len(d)} |"
         )
         summary[m] = {
-            k: {"mean": float(d[k].mean()), "sd": float(d[k].std(ddof=1)) if len(d) > 1 else 0.0, "values": d[k].tolist()}
+            k: {
+                "mean": float(d[k].mean()),
+                "sd": float(d[k].std(ddof=1)) if len(d) > 1 else 0.0,
+                "values": d[k].tolist(),
+            }
             for k in ("macro_f1", "accuracy", "kappa", "train_seconds")
         }
     # per phenotype
@@ -298,7 +308,11 @@ def report(args) -> None:
     per = pd.DataFrame(per)
     lines += ["", "## F1 per phenotype (mean over seeds)", ""]
     cols = list(per.columns)
-    lines.append("| phenotype | n test (seed 0) | " + " | ".join(LABELS[c] for c in cols) + " | ATAC gain, KDCPT | ATAC gain, LR |")
+    lines.append(
+        "| phenotype | n test (seed 0) | "
+        + " | ".join(LABELS[c] for c in cols)
+        + " | ATAC gain, KDCPT | ATAC gain, LR |"
+    )
     lines.append("| --- | ---: | " + " | ".join("---:" for _ in cols) + " | ---: | ---: |")
     mdata_counts = None
     try:
@@ -316,7 +330,9 @@ def report(args) -> None:
         gk = per.loc[ph].get("kdcpt_multiome", np.nan) - per.loc[ph].get("kdcpt_rna", np.nan)
         gl = per.loc[ph].get("lr_rna_lsi", np.nan) - per.loc[ph].get("lr_rna", np.nan)
         n = "" if mdata_counts is None else int(mdata_counts.get(ph, 0))
-        lines.append(f"| {ph} | {n} | " + " | ".join(f"{per.loc[ph, c]:.3f}" for c in cols) + f" | {gk:+.3f} | {gl:+.3f} |")
+        lines.append(
+            f"| {ph} | {n} | " + " | ".join(f"{per.loc[ph, c]:.3f}" for c in cols) + f" | {gk:+.3f} | {gl:+.3f} |"
+        )
     out = {"summary": summary, "f1_per_phenotype": per.to_dict(), "runs": recs}
     timing = WORK / "timing.json"
     if timing.exists():
@@ -334,7 +350,9 @@ def report(args) -> None:
         ]
         for m in ("kdcpt_rna", "kdcpt_multiome"):
             r = t[m]
-            lines.append(f"| {LABELS[m]} | {r['init_seconds']:.1f} | {r['train_seconds']:.1f} | {r['seconds_per_epoch']:.1f} |")
+            lines.append(
+                f"| {LABELS[m]} | {r['init_seconds']:.1f} | {r['train_seconds']:.1f} | {r['seconds_per_epoch']:.1f} |"
+            )
         lines += [
             "",
             f"RNA + ATAC / RNA-only training time: **{t['ratio_multiome_over_rna']:.2f}×** "

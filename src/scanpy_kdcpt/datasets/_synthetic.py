@@ -137,7 +137,9 @@ def synthetic_multiome(
     """
     from mudata import MuData
 
-    rna = synthetic(n_cells=n_cells, n_genes=n_genes, n_phenotypes=n_phenotypes, regulator_mean=regulator_mean, seed=seed)
+    rna = synthetic(
+        n_cells=n_cells, n_genes=n_genes, n_phenotypes=n_phenotypes, regulator_mean=regulator_mean, seed=seed
+    )
     rng = np.random.default_rng(seed + 1)
     phenos = list(rna.obs["phenotype"].cat.categories)
     genes = list(rna.var_names)
@@ -189,7 +191,9 @@ def synthetic_multiome(
     for c in rna.obs.columns:
         mdata.obs[c] = rna.obs[c].to_numpy() if not hasattr(rna.obs[c], "cat") else rna.obs[c].array
     mdata.uns["synthetic"] = {
-        "key_sites": {p: np.asarray(names[i * n_key_sites : (i + 1) * n_key_sites], dtype=object) for i, p in enumerate(phenos)},
+        "key_sites": {
+            p: np.asarray(names[i * n_key_sites : (i + 1) * n_key_sites], dtype=object) for i, p in enumerate(phenos)
+        },
         "regulators": rna.uns["synthetic"]["regulators"],
         "seed": seed,
     }

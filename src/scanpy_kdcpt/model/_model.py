@@ -33,7 +33,15 @@ if TYPE_CHECKING:
     from anndata import AnnData
 
 
-class KDCPT(MuDataMixin, CalibrationMixin, TransitionMixin, KeyGenesMixin, KnockoutMixin, UnsupervisedTrainingMixin, BaseModelClass):
+class KDCPT(
+    MuDataMixin,
+    CalibrationMixin,
+    TransitionMixin,
+    KeyGenesMixin,
+    KnockoutMixin,
+    UnsupervisedTrainingMixin,
+    BaseModelClass,
+):
     """KD-CPT: dual-branch model of cell phenotypes and their transitions.
 
     A prediction branch reads a cell embedding (an external one from ``.obsm``, or the model's

@@ -37,7 +37,16 @@ class KDCPTMultiomeModule(KDCPTModule):
 
     """
 
-    def __init__(self, n_genes: int, n_classes: int, n_embedding: int, *, n_regulatory: int, regulatory_is_counts: bool = True, **kwargs):
+    def __init__(
+        self,
+        n_genes: int,
+        n_classes: int,
+        n_embedding: int,
+        *,
+        n_regulatory: int,
+        regulatory_is_counts: bool = True,
+        **kwargs,
+    ):
         super().__init__(n_genes, n_classes, n_embedding, **kwargs)
         if not 0 < n_regulatory < n_genes:
             raise ValueError(f"n_regulatory must be in (0, n_genes={n_genes}), got {n_regulatory}.")

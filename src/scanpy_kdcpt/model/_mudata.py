@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 import pandas as pd
+import torch
 from scanpy import logging as logg
 from scipy import sparse
 from scvi.data import AnnDataManager
@@ -162,7 +162,9 @@ class MuDataMixin:
         if unlabeled_category is None:
             unlabeled_category = UNLABELED_CATEGORY
         fields = [
-            MuDataLayerField(REGISTRY_KEYS.X_KEY, rna_layer, mod_key=mods["rna"], is_count_data=False, mod_required=True),
+            MuDataLayerField(
+                REGISTRY_KEYS.X_KEY, rna_layer, mod_key=mods["rna"], is_count_data=False, mod_required=True
+            ),
             MuDataLayerField(
                 REGULATORY_KEY, regulatory_layer, mod_key=mods["regulatory"], is_count_data=False, mod_required=True
             ),
@@ -392,7 +394,9 @@ def prepare_query(model, mdata) -> MuData:
     if setup["batch_key"] is not None:
         src = mdata.obs if is_mudata(mdata) else rna.obs
         if setup["batch_key"] not in src:
-            raise KeyNotFoundError(f"The model was set up with batch_key {setup['batch_key']!r}, which the query lacks.")
+            raise KeyNotFoundError(
+                f"The model was set up with batch_key {setup['batch_key']!r}, which the query lacks."
+            )
         obs[setup["batch_key"]] = src[setup["batch_key"]].to_numpy()
     obsm = {}
     if setup["embedding_key"] is not None:
@@ -403,12 +407,17 @@ def prepare_query(model, mdata) -> MuData:
 
     def mod(M, names, layer):
         var = pd.DataFrame(index=names)
-        return ad.AnnData(X=M, obs=pd.DataFrame(index=obs.index), var=var) if layer is None else ad.AnnData(
-            obs=pd.DataFrame(index=obs.index), var=var, layers={layer: M}
+        return (
+            ad.AnnData(X=M, obs=pd.DataFrame(index=obs.index), var=var)
+            if layer is None
+            else ad.AnnData(obs=pd.DataFrame(index=obs.index), var=var, layers={layer: M})
         )
 
     query = MuData(
-        {mods["rna"]: mod(X, rna_names, setup["rna_layer"]), mods["regulatory"]: mod(P, site_names, setup["regulatory_layer"])}
+        {
+            mods["rna"]: mod(X, rna_names, setup["rna_layer"]),
+            mods["regulatory"]: mod(P, site_names, setup["regulatory_layer"]),
+        }
     )
     for c in obs.columns:
         query.obs[c] = obs[c].to_numpy() if c != labels_state.original_key else obs[c].array
