@@ -192,6 +192,8 @@ def _write_key_features_mudata(mdata, result: KeyGenes, *, key_added: str, n_top
     """Key genes into the RNA modality, key sites into the regulatory one (see write_key_genes)."""
     keys = _keys.Keys(key_added)
     for role, entry in (("rna", _keys.UNS_KEY_GENES), ("regulatory", _keys.UNS_KEY_SITES)):
+        if modalities[role] not in mdata.mod:  # e.g. an RNA-only query
+            continue
         mod = mdata[modalities[role]]
         names = mod.var_names.astype(str)
         sub = result.subset(names)

@@ -52,7 +52,8 @@ class KDCPT(
     Parameters
     ----------
     adata
-        AnnData registered with :meth:`setup_anndata`.
+        AnnData registered with :meth:`setup_anndata`, or a paired RNA + ATAC MuData registered
+        with :meth:`setup_mudata` (genes and regulatory sites then share the token pool).
     n_tokens
         Gene tokens per cell: its ``n_tokens`` most expressed genes (fewer when fewer expressed).
     n_selected

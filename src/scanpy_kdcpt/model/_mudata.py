@@ -110,6 +110,16 @@ class MuDataMixin:
         **kwargs
             Passed to :meth:`scvi.data.AnnDataManager.register_fields`.
 
+        Notes
+        -----
+        The model's features (``model.var_names_``) are the genes followed by the sites; a site
+        is knocked out (closed) by its name, a gene with its sites through
+        :meth:`linked_sites`. Query data for ``predict`` / ``annotate`` / ``knockout``: a MuData
+        with the same modalities (genes and sites aligned by name, missing ones zero-filled with a
+        warning). A query without the regulatory modality (or a plain AnnData of RNA) is predicted
+        from RNA alone, with the sites zero-filled and a warning: accuracy is then lower than on
+        paired data (the model was trained with both).
+
         """
         setup_method_args = cls._get_setup_method_args(**locals())
         from scvi.data.fields import (
