@@ -57,3 +57,12 @@ def test_krumsiek11_tutorial(tmp_path, monkeypatch):
 )
 def test_pancreas_tutorial(tmp_path, monkeypatch):
     _execute("pancreas.ipynb", tmp_path, monkeypatch, KDCPT_PANCREAS_PATH=str(PANCREAS))
+
+
+SNARE = PANCREAS.parents[1] / "snare_mouse_cortex" / "snare_mouse_cortex.h5mu"
+
+
+@pytest.mark.shared_data
+@pytest.mark.skipif(not SNARE.exists(), reason=f"{SNARE} is absent (a user's clone): the SNARE tutorial needs it")
+def test_snare_tutorial(tmp_path, monkeypatch):
+    _execute("snare.ipynb", tmp_path, monkeypatch, KDCPT_SNARE_PATH=str(SNARE))

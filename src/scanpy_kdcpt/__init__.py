@@ -9,7 +9,7 @@ try:
 except PackageNotFoundError:  # running from a source tree
     __version__ = "0.0.0"
 
-from . import calibration, datasets, directed, markov, metrics, pl, results, stats, writers
+from . import calibration, datasets, directed, markov, metrics, multiome, pl, results, stats, writers
 from .model import KDCPT, KDCPTModule, KDCPTTrainingPlan
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "directed",
     "markov",
     "metrics",
+    "multiome",
     "pl",
     "results",
     "stats",

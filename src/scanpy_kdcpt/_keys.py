@@ -70,6 +70,10 @@ class Keys:
         return f"{self.key_added}_key_gene"
 
     @property
+    def key_site(self) -> str:
+        return f"{self.key_added}_key_site"
+
+    @property
     def knockout_effect(self) -> str:
         return f"{self.key_added}_knockout_effect"
 
@@ -117,6 +121,8 @@ UNS_ENTROPY = "entropy"
 UNS_ENTROPY_TOTAL = "entropy_total"
 UNS_ENTROPY_TOTAL_NORMALIZED = "entropy_total_normalized"
 UNS_KEY_GENES = "key_genes"
+UNS_KEY_SITES = "key_sites"  # multi-omics: ranking of regulatory sites
+UNS_KEY_FEATURES = "key_features"  # multi-omics: joint ranking of genes and sites
 UNS_KNOCKOUT = "knockout"
 UNS_KNOCKOUT_SUMMARY = "knockout_summary"
 UNS_KNOCKOUT_PARAMS = "knockout_params"

@@ -248,6 +248,18 @@ class KeyGenes(_Result):
         out["phenotype"] = pd.Categorical(out["phenotype"], categories=list(map(str, self.scores.columns)))
         return out
 
+    def subset(self, features) -> KeyGenes:
+        """The key genes of some features only (e.g. one modality's), ranked among themselves."""
+        features = pd.Index([f for f in map(str, features) if f in self.overall.index], name=self.overall.index.name)
+        overall = self.overall.loc[features].copy()
+        overall["rank"] = overall["score"].rank(ascending=False, method="first").astype(np.int64)
+        return KeyGenes(
+            overall=overall,
+            scores=self.scores.loc[features],
+            selected_frac=self.selected_frac.loc[features],
+            n_cells=self.n_cells,
+        )
+
     def to_frame(self) -> pd.DataFrame:
         return self.overall
 

@@ -166,13 +166,30 @@ def write_fates(adata: AnnData, result: Fates, *, key_added: str = _keys.DEFAULT
 
 
 def write_key_genes(
-    adata: AnnData, result: KeyGenes, *, key_added: str = _keys.DEFAULT_KEY, n_top: int | None = None
+    adata: AnnData,
+    result: KeyGenes,
+    *,
+    key_added: str = _keys.DEFAULT_KEY,
+    n_top: int | None = None,
+    modalities: dict[str, str] | None = None,
+    link_key: str | None = None,
 ) -> None:
     """Set ``.var``: ``{key}_score``, ``{key}_selected_frac``, ``{key}_rank``, ``{key}_key_gene``
     (the ``n_top`` highest scores; default ``min(50, max(5, n_genes // 10))``) and
     ``.uns[key]["key_genes"]``: a tidy DataFrame (``phenotype``, ``gene``, ``rank``, ``score``,
     ``selected_frac``) of the top genes of each phenotype.
+
+    With a MuData and ``modalities`` (``{"rna": name, "regulatory": name}``, from
+    ``setup_mudata``) the genes and sites are ranked within their own modality and written to
+    ``mdata[rna].var`` / ``.uns[key]["key_genes"]`` (key genes) and ``mdata[regulatory].var``
+    (``{key}_score``, ``{key}_selected_frac``, ``{key}_rank``, ``{key}_key_site``, plus the
+    ``link_key`` column kept beside them) / ``.uns[key]["key_sites"]``; ``mdata.uns[key]`` gets
+    both rankings (``key_genes``, ``key_sites``) and ``key_features``, the joint ranking over
+    genes and sites.
     """
+    if modalities is not None:
+        _write_key_features_mudata(adata, result, key_added=key_added, n_top=n_top, modalities=modalities)
+        return
     keys = _keys.Keys(key_added)
     overall = result.overall
     n = len(overall)
@@ -194,6 +211,27 @@ def write_key_genes(
     _uns(adata, key_added)[_keys.UNS_KEY_GENES] = result.ranking(N_RANKED)
     _added(".var", columns)
     _added(f".uns[{key_added!r}]", [_keys.UNS_KEY_GENES])
+
+
+def _write_key_features_mudata(mdata, result: KeyGenes, *, key_added: str, n_top, modalities: dict[str, str]) -> None:
+    """Key genes into the RNA modality, key sites into the regulatory one (see write_key_genes)."""
+    keys = _keys.Keys(key_added)
+    for role, entry in (("rna", _keys.UNS_KEY_GENES), ("regulatory", _keys.UNS_KEY_SITES)):
+        if modalities[role] not in mdata.mod:  # e.g. an RNA-only query
+            continue
+        mod = mdata[modalities[role]]
+        names = mod.var_names.astype(str)
+        sub = result.subset(names)
+        write_key_genes(mod, sub, key_added=key_added, n_top=n_top)
+        if role == "regulatory":
+            flag = mod.var.pop(keys.key_gene)
+            mod.var[keys.key_site] = flag.to_numpy(bool)
+            ranking = mod.uns[key_added].pop(_keys.UNS_KEY_GENES).rename(columns={"gene": "site"})
+            mod.uns[key_added][entry] = ranking
+            _added(f"mdata[{modalities[role]!r}].var (instead of {keys.key_gene!r})", [keys.key_site])
+        _uns(mdata, key_added)[entry] = mod.uns[key_added][entry]
+    _uns(mdata, key_added)[_keys.UNS_KEY_FEATURES] = result.ranking(N_RANKED)
+    _added(f"mdata.uns[{key_added!r}]", [_keys.UNS_KEY_GENES, _keys.UNS_KEY_SITES, _keys.UNS_KEY_FEATURES])
 
 
 def write_knockout(adata: AnnData, result: KnockoutResult, *, key_added: str = _keys.DEFAULT_KEY) -> None:
@@ -219,11 +257,12 @@ def write_knockout(adata: AnnData, result: KnockoutResult, *, key_added: str = _
     if isinstance(fate, pd.DataFrame) and len(fate):
         uns[_keys.UNS_KNOCKOUT_FATE] = fate
         written.append(_keys.UNS_KNOCKOUT_FATE)
-    # .var: effect of single-gene deletions
-    single = summary[(summary["mode"] == "delete") & summary["gene"].isin(list(map(str, adata.var_names)))]
-    effect = pd.Series(np.nan, index=adata.var_names.astype(str), dtype=np.float64)
-    effect.loc[single["gene"].to_numpy()] = single["effect"].to_numpy(np.float64)
-    adata.var[keys.knockout_effect] = effect.to_numpy()
+    # .var: effect of single-gene deletions (each modality's .var for a MuData: genes and sites)
+    for target in adata.mod.values() if hasattr(adata, "mod") else [adata]:
+        single = summary[(summary["mode"] == "delete") & summary["gene"].isin(list(map(str, target.var_names)))]
+        effect = pd.Series(np.nan, index=target.var_names.astype(str), dtype=np.float64)
+        effect.loc[single["gene"].to_numpy()] = single["effect"].to_numpy(np.float64)
+        target.var[keys.knockout_effect] = effect.to_numpy()
     _added(f".uns[{key_added!r}]", written)
     _added(".var", [keys.knockout_effect])
 

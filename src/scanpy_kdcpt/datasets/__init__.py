@@ -3,7 +3,7 @@ the pancreas endocrinogenesis loader, and transcription-factor lists.
 """
 
 from ._bundled import krumsiek11, pancreas, pbmc68k_reduced
-from ._synthetic import synthetic
+from ._synthetic import synthetic, synthetic_multiome
 from ._tf import is_transcription_factor, transcription_factors
 
 __all__ = [
@@ -12,5 +12,6 @@ __all__ = [
     "pancreas",
     "pbmc68k_reduced",
     "synthetic",
+    "synthetic_multiome",
     "transcription_factors",
 ]

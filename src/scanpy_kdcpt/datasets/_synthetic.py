@@ -104,3 +104,97 @@ def synthetic(
         "seed": seed,
     }
     return adata
+
+
+def synthetic_multiome(
+    n_cells: int = 1500,
+    n_genes: int = 200,
+    n_peaks: int = 2000,
+    n_phenotypes: int = 4,
+    n_key_sites: int = 5,
+    site_open: float = 0.6,
+    background_open: float = 0.03,
+    regulator_mean: float = 12.0,
+    seed: int = 0,
+):
+    """Paired RNA + ATAC counts with planted key sites (a MuData; known answers).
+
+    The RNA modality is :func:`synthetic` (planted regulators ``Reg_Pi``). Every gene gets a
+    genomic position (one gene per 100 kb on ``chr1``); peaks lie inside or beside gene bodies
+    and are linked to that gene (``atac.var["linked_gene"]``). Each phenotype ``Pi`` has
+    ``n_key_sites`` planted sites ``Site_Pi_j`` near its regulator, open (count 1-2) with
+    probability ``site_open`` in the cells of ``Pi`` (scaled by the cell's share of that
+    programme) and ``background_open`` elsewhere; every other peak opens at ``background_open``
+    regardless of phenotype.
+
+    Returns
+    -------
+    MuData with modalities ``rna`` (raw counts; ``var``: ``is_tf``, ``chrom``, ``start``, ``end``)
+    and ``atac`` (raw counts, sparse; ``var``: ``chrom``, ``start``, ``end``, ``linked_gene``,
+    ``planted_site_of``); ``obs`` as :func:`synthetic`; ``uns["synthetic"]["key_sites"]``
+    (phenotype → site names).
+
+    """
+    from mudata import MuData
+
+    rna = synthetic(
+        n_cells=n_cells, n_genes=n_genes, n_phenotypes=n_phenotypes, regulator_mean=regulator_mean, seed=seed
+    )
+    rng = np.random.default_rng(seed + 1)
+    phenos = list(rna.obs["phenotype"].cat.categories)
+    genes = list(rna.var_names)
+    n_special = n_phenotypes * n_key_sites
+    if n_peaks < n_special + 10:
+        raise ValueError(f"n_peaks must be at least {n_special + 10} for these settings.")
+    starts = np.arange(len(genes)) * 100_000 + 10_000
+    rna.var["chrom"] = "chr1"
+    rna.var["start"] = starts
+    rna.var["end"] = starts + 20_000
+    # planted sites near their regulator, the others spread over all genes
+    linked = [rna.uns["synthetic"]["regulators"][p] for p in phenos for _ in range(n_key_sites)]
+    linked += list(rng.choice(genes, n_peaks - n_special))
+    gpos = {g: i for i, g in enumerate(genes)}
+    site_start = np.array([starts[gpos[g]] + int(rng.integers(-1500, 19_000)) for g in linked])
+    seen: set[int] = set()
+    for i in range(n_special, n_peaks):  # unique peak names
+        while site_start[i] in seen:
+            site_start[i] += 1
+        seen.add(int(site_start[i]))
+    names = [f"Site_{p}_{j}" for p in phenos for j in range(n_key_sites)]
+    names += [f"chr1:{s}-{s + 500}" for s in site_start[n_special:]]
+    planted = [p for p in phenos for _ in range(n_key_sites)] + ["none"] * (n_peaks - n_special)
+
+    # activity of each programme (as in synthetic: 1 - w for the own phenotype, w for the next)
+    src = rna.obs["source_phenotype"].cat.codes.to_numpy()
+    w = rna.obs["w"].to_numpy()
+    activity = np.zeros((n_cells, n_phenotypes))
+    activity[np.arange(n_cells), src] = 1 - w
+    activity[np.arange(n_cells), np.minimum(src + 1, n_phenotypes - 1)] += w
+    prob = np.full((n_cells, n_peaks), background_open, dtype=np.float32)
+    for i in range(n_phenotypes):
+        cols = slice(i * n_key_sites, (i + 1) * n_key_sites)
+        prob[:, cols] = background_open + (site_open - background_open) * activity[:, [i]]
+    is_open = rng.random((n_cells, n_peaks)) < prob
+    counts = is_open * rng.integers(1, 3, size=is_open.shape)
+    var = pd.DataFrame(
+        {
+            "chrom": "chr1",
+            "start": site_start,
+            "end": site_start + 500,
+            "linked_gene": pd.Categorical(linked),
+            "planted_site_of": pd.Categorical(planted),
+        },
+        index=pd.Index(names),
+    )
+    atac = ad.AnnData(X=sparse.csr_matrix(counts.astype(np.float32)), obs=rna.obs.copy(), var=var)
+    mdata = MuData({"rna": rna, "atac": atac})
+    for c in rna.obs.columns:
+        mdata.obs[c] = rna.obs[c].to_numpy() if not hasattr(rna.obs[c], "cat") else rna.obs[c].array
+    mdata.uns["synthetic"] = {
+        "key_sites": {
+            p: np.asarray(names[i * n_key_sites : (i + 1) * n_key_sites], dtype=object) for i, p in enumerate(phenos)
+        },
+        "regulators": rna.uns["synthetic"]["regulators"],
+        "seed": seed,
+    }
+    return mdata

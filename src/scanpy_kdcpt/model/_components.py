@@ -29,20 +29,28 @@ class GeneTokenizer(nn.Module):
     """Per cell, the ``n_tokens`` most expressed genes as tokens.
 
     token = gene-identity embedding + value embedding. Genes with zero expression are masked.
+    With ``modality`` (one code per feature, e.g. 0 = gene, 1 = regulatory site), a modality
+    embedding is added too, so that genes and sites share one token pool.
     """
 
-    def __init__(self, n_genes: int, d_model: int, n_tokens: int):
+    def __init__(self, n_genes: int, d_model: int, n_tokens: int, modality: torch.Tensor | None = None):
         super().__init__()
         self.n_tokens = min(n_tokens, n_genes)
         self.gene_embedding = nn.Embedding(n_genes, d_model)
         self.value_embedding = nn.Linear(1, d_model)
         self.norm = nn.LayerNorm(d_model)
+        self.modality_embedding = None
+        if modality is not None:
+            self.register_buffer("modality", torch.as_tensor(modality, dtype=torch.long))
+            self.modality_embedding = nn.Embedding(int(self.modality.max()) + 1, d_model)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return ``(tokens, gene_idx, values, mask)``; ``mask`` is True for real (expressed) tokens."""
         values, gene_idx = torch.topk(x, self.n_tokens, dim=-1)
         mask = values > 0
         tokens = self.gene_embedding(gene_idx) + self.value_embedding(values.unsqueeze(-1))
+        if self.modality_embedding is not None:
+            tokens = tokens + self.modality_embedding(self.modality[gene_idx])
         tokens = self.norm(tokens) * mask.unsqueeze(-1)
         return tokens, gene_idx, values, mask
 

@@ -21,7 +21,6 @@ import torch
 from scipy import sparse
 
 from .. import _expression, _keys, markov, stats, writers
-from .._constants import REGISTRY_KEYS
 from .._errors import KeyNotFoundError
 from .._utils import did_you_mean
 from ..results import KnockoutResult
@@ -151,7 +150,7 @@ class KnockoutMixin:
         units = _units(self, genes, target, _keys.Keys(key_added), n_top)
         _warn_fixed_embedding(self)
         prepared = self._prepare_adata(query)
-        X = self.get_anndata_manager(prepared, required=True).get_from_registry(REGISTRY_KEYS.X_KEY)
+        X = self._registered_matrix(prepared)  # genes (+ regulatory sites with setup_mudata)
         base = _baseline(self, target, query, groupby, batch_size)
         null = _null_draws(X, units, n_null, np.random.default_rng(random_state))
         run_list = list(dict.fromkeys([*units.values(), *(d for draws in null.values() for d in draws)]))

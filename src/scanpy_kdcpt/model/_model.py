@@ -26,6 +26,7 @@ from ._calibration import CalibrationMixin
 from ._keygenes import KeyGeneAccumulator, KeyGenesMixin
 from ._knockout import KnockoutMixin
 from ._module import KDCPTModule
+from ._mudata import MuDataMixin, is_mudata, prepare_query
 from ._trainingplan import KDCPTTrainingPlan
 from ._transitions import TransitionMixin
 
@@ -33,7 +34,15 @@ if TYPE_CHECKING:
     from anndata import AnnData
 
 
-class KDCPT(CalibrationMixin, TransitionMixin, KeyGenesMixin, KnockoutMixin, UnsupervisedTrainingMixin, BaseModelClass):
+class KDCPT(
+    MuDataMixin,
+    CalibrationMixin,
+    TransitionMixin,
+    KeyGenesMixin,
+    KnockoutMixin,
+    UnsupervisedTrainingMixin,
+    BaseModelClass,
+):
     """KD-CPT: dual-branch model of cell phenotypes and their transitions.
 
     A prediction branch reads a cell embedding (an external one from ``.obsm``, or the model's
@@ -44,7 +53,8 @@ class KDCPT(CalibrationMixin, TransitionMixin, KeyGenesMixin, KnockoutMixin, Uns
     Parameters
     ----------
     adata
-        AnnData registered with :meth:`setup_anndata`.
+        AnnData registered with :meth:`setup_anndata`, or a paired RNA + ATAC MuData registered
+        with :meth:`setup_mudata` (genes and regulatory sites then share the token pool).
     n_tokens
         Gene tokens per cell: its ``n_tokens`` most expressed genes (fewer when fewer expressed).
     n_selected
@@ -122,14 +132,15 @@ class KDCPT(CalibrationMixin, TransitionMixin, KeyGenesMixin, KnockoutMixin, Uns
         self.classes_ = [str(c) for c in mapping if c != labels_state.unlabeled_category]
         self.data_type_ = setup["data_type"]
         self.temperature_ = 1.0
-        self.var_names_ = list(map(str, self.adata.var_names))
+        self.var_names_ = self._feature_names()  # genes (+ regulatory sites with setup_mudata)
         external = setup["embedding_key"] is not None
-        n_pcs = int(min(n_pcs, self.adata.n_obs - 1, self.adata.n_vars - 1))
+        n_pcs = int(min(n_pcs, self.adata.n_obs - 1, len(self.var_names_) - 1))
         n_embedding = self.adata.obsm[setup["embedding_key"]].shape[1] if external else n_pcs
         n_batch = self.summary_stats.get("n_batch", 0) if setup["batch_key"] is not None else 0
 
-        self.module = self._module_cls(
-            n_genes=self.adata.n_vars,
+        module_cls, module_kwargs = self._module_spec()
+        self.module = module_cls(
+            n_genes=len(self.var_names_),
             n_classes=len(self.classes_),
             n_embedding=n_embedding,
             external_embedding=external,
@@ -151,11 +162,12 @@ class KDCPT(CalibrationMixin, TransitionMixin, KeyGenesMixin, KnockoutMixin, Uns
             use_wide=use_wide,
             wide_l2=wide_l2,
             balanced_softmax=balanced_softmax,
+            **module_kwargs,
         )
         if self._fit_encoder_on_init:
             self._fit_inputs(class_weights)
         self._model_summary_string = (
-            f"KDCPT: {len(self.classes_)} phenotypes, {self.adata.n_vars} genes, "
+            f"KDCPT: {len(self.classes_)} phenotypes, {len(self.var_names_)} features, "
             f"{'embedding ' + repr(setup['embedding_key']) if external else f'{n_pcs}-PC internal encoder'}, "
             f"data {self.data_type_}, prior {setup['prior_key']!r}, "
             f"cell_learner={use_cell_learner}, cffm={use_cffm}"
@@ -208,6 +220,12 @@ class KDCPT(CalibrationMixin, TransitionMixin, KeyGenesMixin, KnockoutMixin, Uns
 
         """
         setup_method_args = cls._get_setup_method_args(**locals())
+        if is_mudata(adata):
+            raise TypeError(
+                "setup_anndata got a MuData: register paired RNA + ATAC data with "
+                'KDCPT.setup_mudata(mdata, labels_key, modalities={"rna": "rna", "regulatory": "atac"}), '
+                'or pass one modality (mdata["rna"]) to setup_anndata.'
+            )
         if data_type not in ("auto", "counts", "log"):
             raise InvalidInputError(f"data_type must be 'auto', 'counts' or 'log', not {data_type!r}.")
         _data.check_var_names(adata)
@@ -248,7 +266,7 @@ class KDCPT(CalibrationMixin, TransitionMixin, KeyGenesMixin, KnockoutMixin, Uns
         setup = self.adata_manager.registry["setup_args"]
         m = self.module
         if setup["prior_key"] is not None:
-            prior = self.adata.var[setup["prior_key"]].astype(float).to_numpy()
+            prior = self._prior_vector(setup["prior_key"])
             m.prior.copy_(torch.as_tensor(prior, dtype=torch.float32))
         if m.external_embedding:
             emb = np.asarray(self.adata.obsm[setup["embedding_key"]], dtype=np.float32)
@@ -257,11 +275,7 @@ class KDCPT(CalibrationMixin, TransitionMixin, KeyGenesMixin, KnockoutMixin, Uns
         else:
             from scvi import settings
 
-            # fit on a subsample read in blocks; only those rows are normalised (backed data stays on disk)
-            X = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
-            mean, loadings, std = _data.fit_pca(
-                X, m.loadings.shape[1], seed=settings.seed or 0, data_type=self.data_type_
-            )
+            mean, loadings, std = self._fit_encoder(m.loadings.shape[1], seed=settings.seed or 0)
             m.gene_mean.copy_(torch.as_tensor(mean))
             m.loadings.copy_(torch.as_tensor(loadings))
             m.embedding_scale.copy_(torch.as_tensor(std))
@@ -430,6 +444,8 @@ class KDCPT(CalibrationMixin, TransitionMixin, KeyGenesMixin, KnockoutMixin, Uns
         """
         if adata is None or adata is self.adata or self.adata_manager.adata is adata:
             return self.adata if adata is None else adata
+        if self._is_multiome():
+            return self._validate_anndata(prepare_query(self, adata))
         query = _data.query_anndata(
             adata,
             setup=self.adata_manager.registry["setup_args"],
@@ -685,7 +701,7 @@ class KDCPT(CalibrationMixin, TransitionMixin, KeyGenesMixin, KnockoutMixin, Uns
         writers.write_transitions(target, transitions, key_added=key_added)
         if fates is not None:
             writers.write_fates(target, fates, key_added=key_added)
-        writers.write_key_genes(target, key_genes, key_added=key_added)
+        writers.write_key_genes(target, key_genes, key_added=key_added, **self._key_feature_kwargs(target))
         return target if copy else None
 
     def _check_outputs_free(self, adata: AnnData, key_added: str) -> None:

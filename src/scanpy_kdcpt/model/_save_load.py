@@ -59,6 +59,8 @@ def save(model, dir_path: str, *, overwrite: bool = False, save_anndata: bool = 
     with open(os.path.join(dir_path, META_FILE), "w") as f:
         json.dump(meta, f, cls=Encoder)
     if save_anndata:
+        if hasattr(model.adata, "mod"):  # a MuData (setup_mudata)
+            raise ValueError("save_anndata=True is for AnnData; write the MuData yourself with mdata.write_h5mu(...).")
         model.adata.write_h5ad(os.path.join(dir_path, ADATA_FILE), **anndata_write_kwargs)
 
 
@@ -73,16 +75,22 @@ def load(cls, dir_path: str, *, adata: AnnData | None = None, accelerator: str =
         if not os.path.exists(path) or not meta.get("saved_anndata", True):
             raise InvalidInputError("Pass adata=...: the model was saved without its AnnData (save_anndata=False).")
         adata = ad.read_h5ad(path)
-    check_same_genes(adata.var_names, attrs["var_names_"])
     registry = meta["registry"]
-    check_data(adata, registry, attrs)
+    multiome = registry.get("setup_method_name") == "setup_mudata"
+    if multiome:  # genes + sites of the registered modalities
+        mods = registry["setup_args"]["modalities"]
+        check_same_genes(adata[mods["rna"]].var_names.append(adata[mods["regulatory"]].var_names), attrs["var_names_"])
+    else:
+        check_same_genes(adata.var_names, attrs["var_names_"])
+        check_data(adata, registry, attrs)
     try:
         manager = cls._get_most_recent_anndata_manager(adata)
     except ValueError:  # a copy or a re-read file carrying the id of another set-up object
         _assign_adata_uuid(adata, overwrite=True)
         manager = None
     if manager is None:
-        cls.setup_anndata(adata, source_registry=registry, **dict(registry["setup_args"]))
+        setup = cls.setup_mudata if multiome else cls.setup_anndata
+        setup(adata, source_registry=registry, **dict(registry["setup_args"]))
     init = meta["init_params"]
     kwargs = {**init.get("non_kwargs", {}), **init.get("kwargs", {})}
     kwargs = {k: v for k, v in kwargs.items() if k not in ("adata", "kwargs", "class_weights")}

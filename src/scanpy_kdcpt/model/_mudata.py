@@ -1,0 +1,438 @@
+"""Multi-omics KD-CPT (methods mixed into KDCPT): ``setup_mudata`` and what the model needs to run
+on genes plus regulatory sites.
+
+Design: the MuData's RNA and regulatory (ATAC) modalities are registered as two
+:class:`~scvi.data.fields.MuDataLayerField` (as scvi-tools' MULTIVI / TOTALVI do), labels and
+batches from ``mdata.obs``. The module (:class:`~._module_multiome.KDCPTMultiomeModule`)
+concatenates the two minibatch tensors into one feature axis ``[genes, sites]`` before anything
+else, so the model's features (``var_names_``) are the genes followed by the sites and every
+downstream path — training, ``_iterate``, key genes, knockouts that zero input columns,
+save / load — is the RNA-only model's. Peaks stay sparse on the AnnData side; only minibatches
+are dense.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from scanpy import logging as logg
+from scipy import sparse
+from scvi.data import AnnDataManager
+
+from .. import _expression, multiome
+from .._constants import REGISTRY_KEYS, UNLABELED_CATEGORY
+from .._errors import KeyNotFoundError
+from . import _data
+from ._module_multiome import REGULATORY_KEY, KDCPTMultiomeModule
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+    from mudata import MuData
+
+
+def is_mudata(obj) -> bool:
+    try:
+        from mudata import MuData
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(obj, MuData)
+
+
+class MuDataMixin:
+    """Set-up and helpers for paired RNA + regulatory-site data (MuData)."""
+
+    @classmethod
+    def setup_mudata(
+        cls,
+        mdata: MuData,
+        labels_key: str,
+        *,
+        modalities: dict[str, str] | None = None,
+        rna_layer: str | None = None,
+        regulatory_layer: str | None = None,
+        prior_key: str | None = None,
+        link_key: str = "linked_gene",
+        link_window: int = 2000,
+        batch_key: str | None = None,
+        embedding_key: str | None = None,
+        unlabeled_category: str | None = None,
+        data_type: Literal["auto", "counts", "log"] = "auto",
+        regulatory_type: Literal["auto", "counts", "tfidf"] = "auto",
+        **kwargs,
+    ):
+        """Register a paired RNA + regulatory-site (ATAC) MuData for KDCPT.
+
+        Genes and peaks enter one token pool (a modality embedding tells them apart), so the Cell
+        Learner selects key genes and key sites together. Peak counts are TF-IDF normalised
+        inside the model (Signac's LSI method 1; IDF fitted on the training cells); the prior
+        reaches a site through its linked gene.
+
+        Parameters
+        ----------
+        mdata
+            MuData whose modalities hold the same cells (e.g. SNARE-seq, 10x Multiome).
+        labels_key
+            ``mdata.obs`` column with each cell's phenotype (missing / ``unlabeled_category``:
+            predicted, left out of the loss).
+        modalities
+            ``{"rna": name, "regulatory": name}``; default ``{"rna": "rna", "regulatory": "atac"}``.
+        rna_layer
+            Layer of the RNA modality with counts or log-normalised values (``None``: ``X``).
+        regulatory_layer
+            Layer of the regulatory modality with peak counts (``None``: ``X``).
+        prior_key
+            Boolean or [0, 1] column of the RNA modality's ``.var`` (e.g. ``is_tf``). A site gets
+            the prior of its linked gene.
+        link_key
+            Column of the regulatory modality's ``.var`` naming each peak's gene. When absent and
+            a ``prior_key`` is given, peaks are linked by coordinates with
+            :func:`scanpy_kdcpt.multiome.link_peaks_to_genes` (``window=link_window``), which
+            writes this column.
+        link_window
+            Window (bp) of that linking.
+        batch_key
+            ``mdata.obs`` column of batches.
+        embedding_key
+            ``mdata.obsm`` key of a pretrained cell embedding; without it the model fits its own
+            frozen encoder (RNA PCA beside ATAC LSI).
+        unlabeled_category
+            Value of ``labels_key`` that marks unlabelled cells.
+        data_type
+            RNA values: ``"counts"``, ``"log"`` or ``"auto"`` (as :meth:`setup_anndata`).
+        regulatory_type
+            Peak values: ``"counts"`` (TF-IDF inside the model), ``"tfidf"`` (already normalised,
+            used as is) or ``"auto"`` (non-negative integers → counts).
+        **kwargs
+            Passed to :meth:`scvi.data.AnnDataManager.register_fields`.
+
+        Notes
+        -----
+        The model's features (``model.var_names_``) are the genes followed by the sites; a site
+        is knocked out (closed) by its name, a gene with its sites through
+        :meth:`linked_sites`. Query data for ``predict`` / ``annotate`` / ``knockout``: a MuData
+        with the same modalities (genes and sites aligned by name, missing ones zero-filled with a
+        warning). A query without the regulatory modality (or a plain AnnData of RNA) is predicted
+        from RNA alone, with the sites zero-filled and a warning: accuracy is then lower than on
+        paired data (the model was trained with both).
+
+        """
+        setup_method_args = cls._get_setup_method_args(**locals())
+        from scvi.data.fields import (
+            MuDataCategoricalObsField,
+            MuDataLabelsWithUnlabeledObsField,
+            MuDataLayerField,
+            MuDataObsmField,
+        )
+
+        if not is_mudata(mdata):
+            raise TypeError(
+                f"setup_mudata needs a MuData, got {type(mdata).__name__}. For an AnnData use KDCPT.setup_anndata."
+            )
+        mods = multiome._modalities(mdata, modalities)
+        rna, peaks = mdata[mods["rna"]], mdata[mods["regulatory"]]
+        _check_paired(mdata, mods)
+        X = _expression.get_matrix(rna, rna_layer)
+        _expression.check_values(X, f"mdata[{mods['rna']!r}]" + (f".layers[{rna_layer!r}]" if rna_layer else ".X"))
+        if data_type == "auto":
+            data_type = _expression.detect_data_type(X)
+        elif data_type not in ("counts", "log"):
+            raise ValueError(f"data_type must be 'auto', 'counts' or 'log', not {data_type!r}.")
+        P = _expression.get_matrix(peaks, regulatory_layer)
+        where = f"mdata[{mods['regulatory']!r}]" + (f".layers[{regulatory_layer!r}]" if regulatory_layer else ".X")
+        _expression.check_values(P, where)
+        if regulatory_type == "auto":
+            vals = _expression._values_sample(P)
+            vals = vals[vals != 0]
+            regulatory_type = "counts" if vals.size == 0 or np.allclose(vals, np.round(vals)) else "tfidf"
+        elif regulatory_type not in ("counts", "tfidf"):
+            raise ValueError(f"regulatory_type must be 'auto', 'counts' or 'tfidf', not {regulatory_type!r}.")
+        args = setup_method_args["setup_args"]
+        args.update(data_type=data_type, regulatory_type=regulatory_type, modalities=mods)
+        logg.info(f"KDCPT: RNA treated as {data_type}, regulatory sites as {regulatory_type}.")
+
+        if prior_key is not None:
+            _data.check_prior(rna, prior_key)
+            if link_key not in peaks.var:
+                try:
+                    multiome.link_peaks_to_genes(mdata, window=link_window, modalities=mods, key_added=link_key)
+                except (KeyError, ValueError) as e:
+                    raise ValueError(
+                        f"prior_key needs each peak's gene: mdata[{mods['regulatory']!r}].var has no {link_key!r} "
+                        f"column and the peaks could not be linked by coordinates ({e}). Set "
+                        f"mdata[{mods['regulatory']!r}].var[{link_key!r}] to the gene of each peak, or call "
+                        "kdcpt.multiome.link_peaks_to_genes(mdata, window=...) with gene coordinates in "
+                        f"mdata[{mods['rna']!r}].var ('chrom', 'start', 'end')."
+                    ) from None
+        labels_obs_key = _data.check_labels(mdata, labels_key, unlabeled_category)
+        if unlabeled_category is None:
+            unlabeled_category = UNLABELED_CATEGORY
+        fields = [
+            MuDataLayerField(
+                REGISTRY_KEYS.X_KEY, rna_layer, mod_key=mods["rna"], is_count_data=False, mod_required=True
+            ),
+            MuDataLayerField(
+                REGULATORY_KEY, regulatory_layer, mod_key=mods["regulatory"], is_count_data=False, mod_required=True
+            ),
+            MuDataLabelsWithUnlabeledObsField(REGISTRY_KEYS.LABELS_KEY, labels_obs_key, unlabeled_category),
+        ]
+        if batch_key is not None:
+            if batch_key not in mdata.obs:
+                raise KeyNotFoundError(
+                    f"batch_key {batch_key!r} is not a column of mdata.obs (columns: {list(mdata.obs.columns)})."
+                )
+            fields.append(MuDataCategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key))
+        if embedding_key is not None:
+            _data.check_embedding(mdata, embedding_key)
+            fields.append(MuDataObsmField(REGISTRY_KEYS.EMBEDDING_KEY, embedding_key))
+        adata_manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
+        adata_manager.register_fields(mdata, **kwargs)
+        cls.register_manager(adata_manager)
+
+    # -- hooks used by KDCPT.__init__ / _fit_inputs / knockout ----------------------------------
+    def _is_multiome(self) -> bool:
+        return self.adata_manager.registry.get("setup_method_name") == "setup_mudata"
+
+    def _modalities(self) -> dict[str, str]:
+        return dict(self.adata_manager.registry["setup_args"]["modalities"])
+
+    def _feature_names(self) -> list[str]:
+        """The model's features: the genes, followed by the sites with multi-omics data."""
+        if not self._is_multiome():
+            return list(map(str, self.adata.var_names))
+        mods = self._modalities()
+        return [*map(str, self.adata[mods["rna"]].var_names), *map(str, self.adata[mods["regulatory"]].var_names)]
+
+    def _module_spec(self) -> tuple[type, dict]:
+        """The module class and its extra arguments."""
+        if not self._is_multiome():
+            return self._module_cls, {}
+        setup = self.adata_manager.registry["setup_args"]
+        n_reg = self.adata[self._modalities()["regulatory"]].n_vars
+        return KDCPTMultiomeModule, {
+            "n_regulatory": int(n_reg),
+            "regulatory_is_counts": setup["regulatory_type"] == "counts",
+        }
+
+    def _prior_vector(self, prior_key: str) -> np.ndarray:
+        """Prior per feature; a site takes its linked gene's prior (0 when unlinked)."""
+        if not self._is_multiome():
+            return self.adata.var[prior_key].astype(float).to_numpy()
+        rna, peaks = self._modality_data()
+        setup = self.adata_manager.registry["setup_args"]
+        gene_prior = rna.var[prior_key].astype(float)
+        linked = peaks.var[setup["link_key"]].astype(str)
+        site_prior = linked.map(gene_prior).fillna(0.0).to_numpy(float)
+        return np.concatenate([gene_prior.to_numpy(), site_prior])
+
+    def _modality_data(self, mdata=None) -> tuple[AnnData, AnnData]:
+        mods = self._modalities()
+        mdata = self.adata if mdata is None else mdata
+        return mdata[mods["rna"]], mdata[mods["regulatory"]]
+
+    def _registered_matrix(self, adata) -> sparse.spmatrix | np.ndarray:
+        """Raw input features of ``adata`` as the module sees them before normalisation."""
+        from .._constants import REGISTRY_KEYS
+
+        manager = self.get_anndata_manager(adata, required=True)
+        X = manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+        if not self._is_multiome():
+            return X
+        P = manager.get_from_registry(REGULATORY_KEY)
+        return sparse.hstack([sparse.csr_matrix(X, dtype=np.float32), sparse.csr_matrix(P, dtype=np.float32)]).tocsr()
+
+    def _fit_encoder(self, n_components: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Fit the frozen linear encoder: ``(feature_mean, loadings, component_std)``.
+
+        RNA only: PCA of the log-normalised genes. Multi-omics: RNA PCA beside ATAC LSI (TF-IDF
+        → truncated SVD, no centring), as one block-diagonal loading matrix; the IDF is stored
+        in the module.
+        """
+        from .._constants import REGISTRY_KEYS
+
+        manager = self.adata_manager
+        if not self._is_multiome():  # blocks of the sampled rows only (backed data stays on disk)
+            return _data.fit_pca(
+                manager.get_from_registry(REGISTRY_KEYS.X_KEY), n_components, seed=seed, data_type=self.data_type_
+            )
+        X = _expression.log_normalize(manager.get_from_registry(REGISTRY_KEYS.X_KEY), self.data_type_)
+        m = self.module
+        n_rna_pc = max(1, n_components // 2)
+        mean_r, load_r, std_r = _data.fit_pca(X, n_rna_pc, seed=seed)
+        P = manager.get_from_registry(REGULATORY_KEY)
+        if m.regulatory_is_counts:
+            w = multiome.idf(P)
+            m.idf.copy_(torch.as_tensor(w))
+            P = multiome.tfidf(P, w)
+        load_a, std_a = _fit_lsi(P, n_components - load_r.shape[1], seed=seed)
+        n_rna, n_reg = load_r.shape[0], load_a.shape[0]
+        loadings = np.zeros((n_rna + n_reg, n_components), dtype=np.float32)
+        loadings[:n_rna, : load_r.shape[1]] = load_r
+        loadings[n_rna:, load_r.shape[1] : load_r.shape[1] + load_a.shape[1]] = load_a
+        std = np.ones(n_components, dtype=np.float32)
+        std[: load_r.shape[1]] = std_r
+        std[load_r.shape[1] : load_r.shape[1] + load_a.shape[1]] = std_a
+        mean = np.concatenate([mean_r, np.zeros(n_reg, dtype=np.float32)])
+        return mean, loadings, std
+
+    def _key_feature_kwargs(self, target) -> dict:
+        """What :func:`~scanpy_kdcpt.writers.write_key_genes` needs to split features by modality."""
+        if not self._is_multiome() or not is_mudata(target):
+            return {}
+        return {"modalities": self._modalities(), "link_key": self.adata_manager.registry["setup_args"]["link_key"]}
+
+    # -- public helpers ---------------------------------------------------------------------
+    def linked_sites(self, genes: str | Sequence[str]) -> dict[str, list[str]]:
+        """Each gene with its linked regulatory sites, as gene sets for :meth:`knockout`.
+
+        Parameters
+        ----------
+        genes
+            Gene name(s) of the RNA modality.
+
+        Returns
+        -------
+        ``{"<gene>+sites": [gene, site, site, ...]}`` — pass it to ``model.knockout(...)`` to
+        delete a gene together with its linked peaks (and ``[site, ...]`` alone to close only the
+        peaks).
+
+        """
+        if not self._is_multiome():
+            raise ValueError("linked_sites needs a model set up with KDCPT.setup_mudata.")
+        genes = [genes] if isinstance(genes, str) else list(genes)
+        rna, peaks = self._modality_data()
+        link_key = self.adata_manager.registry["setup_args"]["link_key"]
+        if link_key not in peaks.var:
+            raise KeyNotFoundError(
+                f"The regulatory modality's .var has no {link_key!r} column: link peaks to genes with "
+                "kdcpt.multiome.link_peaks_to_genes(mdata, window=...) first."
+            )
+        linked = peaks.var[link_key].astype(str)
+        missing = [g for g in genes if g not in rna.var_names]
+        if missing:
+            raise KeyNotFoundError(f"Gene(s) {missing} are not in the RNA modality.")
+        out = {}
+        for g in genes:
+            sites = list(map(str, linked.index[linked.to_numpy() == g]))
+            if not sites:
+                warnings.warn(f"{g!r} has no linked site; its set holds the gene only.", UserWarning, stacklevel=2)
+            out[f"{g}+sites"] = [g, *sites]
+        return out
+
+
+def _fit_lsi(P, n_components: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """LSI loadings (sites × components) and component std of TF-IDF values ``P`` (no centring)."""
+    from sklearn.decomposition import TruncatedSVD
+
+    rng = np.random.default_rng(seed)
+    if P.shape[0] > 20_000:
+        P = P[np.sort(rng.choice(P.shape[0], 20_000, replace=False))]
+    n_components = int(max(1, min(n_components, min(P.shape) - 1)))
+    svd = TruncatedSVD(n_components, random_state=seed).fit(sparse.csr_matrix(P, dtype=np.float32))
+    Z = svd.transform(P)
+    std = np.maximum(Z.std(0), 1e-6)
+    return svd.components_.T.astype(np.float32), std.astype(np.float32)
+
+
+def _check_paired(mdata, mods: dict[str, str]) -> None:
+    rna, peaks = mdata[mods["rna"]], mdata[mods["regulatory"]]
+    names = rna.var_names.append(peaks.var_names)
+    if names.has_duplicates:
+        dup = names[names.duplicated()].unique()[:5].tolist()
+        raise ValueError(
+            f"Gene and site names must be unique across both modalities (e.g. {dup} repeat). Call "
+            "mdata[...].var_names_make_unique() on the modality, or mdata.var_names_make_unique()."
+        )
+    if rna.n_obs != peaks.n_obs or not rna.obs_names.equals(peaks.obs_names):
+        n_shared = len(rna.obs_names.intersection(peaks.obs_names))
+        raise ValueError(
+            f"The modalities hold different cells: {mods['rna']!r} has {rna.n_obs}, {mods['regulatory']!r} has "
+            f"{peaks.n_obs} ({n_shared} shared). KDCPT needs paired data: subset both to the shared cells, e.g. "
+            "mu.pp.intersect_obs(mdata)."
+        )
+    if not rna.obs_names.equals(mdata.obs_names):
+        raise ValueError(
+            f"mdata has {mdata.n_obs} cells but its modalities {rna.n_obs}; call mdata.update() or "
+            "mu.pp.intersect_obs(mdata) so that mdata.obs and the modalities hold the same cells."
+        )
+
+
+def prepare_query(model, mdata) -> MuData:
+    """A light MuData from a query, aligned to the model's genes and sites.
+
+    A query without the regulatory modality is predicted from RNA alone (sites zero-filled,
+    with a warning); a plain AnnData is taken as the RNA modality.
+    """
+    import anndata as ad
+    from mudata import MuData
+
+    setup = model.adata_manager.registry["setup_args"]
+    mods = dict(setup["modalities"])
+    rna_names = pd.Index(model.var_names_[: model.module.n_rna])
+    site_names = pd.Index(model.var_names_[model.module.n_rna :])
+    if is_mudata(mdata):
+        if mods["rna"] not in mdata.mod:
+            raise KeyNotFoundError(f"The query has no {mods['rna']!r} modality (modalities: {list(mdata.mod)}).")
+        rna = mdata[mods["rna"]]
+        peaks = mdata.mod.get(mods["regulatory"])
+    else:
+        rna, peaks = mdata, None
+    X = _expression.get_matrix(rna, setup["rna_layer"] if setup["rna_layer"] in rna.layers else None)
+    X = _data.align_genes(X, rna.var_names, rna_names)
+    _expression.check_values(X, "the query's RNA")
+    if peaks is None:
+        warnings.warn(
+            f"The query has no {mods['regulatory']!r} modality: cells are predicted from RNA alone (sites "
+            "zero-filled); expect lower accuracy than on paired data.",
+            UserWarning,
+            stacklevel=3,
+        )
+        P = sparse.csr_matrix((rna.n_obs, len(site_names)), dtype=np.float32)
+    else:
+        if not peaks.obs_names.equals(rna.obs_names):
+            _check_paired(mdata, mods)
+        layer = setup["regulatory_layer"]
+        P = _expression.get_matrix(peaks, layer if layer in peaks.layers else None)
+        P = _data.align_genes(P, peaks.var_names, site_names)
+    labels_state = model.adata_manager.get_state_registry(REGISTRY_KEYS.LABELS_KEY)
+    obs = pd.DataFrame(index=rna.obs_names.copy())
+    obs[labels_state.original_key] = pd.Categorical(
+        [labels_state.unlabeled_category] * rna.n_obs, categories=labels_state.categorical_mapping
+    )
+    if setup["batch_key"] is not None:
+        src = mdata.obs if is_mudata(mdata) else rna.obs
+        if setup["batch_key"] not in src:
+            raise KeyNotFoundError(
+                f"The model was set up with batch_key {setup['batch_key']!r}, which the query lacks."
+            )
+        obs[setup["batch_key"]] = src[setup["batch_key"]].to_numpy()
+    obsm = {}
+    if setup["embedding_key"] is not None:
+        src = mdata if is_mudata(mdata) else rna
+        obsm[setup["embedding_key"]] = _data._query_embedding(
+            src, setup["embedding_key"], int(model.module.embedding_mean.shape[0])
+        )
+
+    def mod(M, names, layer):
+        var = pd.DataFrame(index=names)
+        return (
+            ad.AnnData(X=M, obs=pd.DataFrame(index=obs.index), var=var)
+            if layer is None
+            else ad.AnnData(obs=pd.DataFrame(index=obs.index), var=var, layers={layer: M})
+        )
+
+    query = MuData(
+        {
+            mods["rna"]: mod(X, rna_names, setup["rna_layer"]),
+            mods["regulatory"]: mod(P, site_names, setup["regulatory_layer"]),
+        }
+    )
+    for c in obs.columns:
+        query.obs[c] = obs[c].to_numpy() if c != labels_state.original_key else obs[c].array
+    for k, v in obsm.items():
+        query.obsm[k] = v
+    return query

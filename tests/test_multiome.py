@@ -1,0 +1,197 @@
+"""Multi-omics KD-CPT (issue 12): setup_mudata, site tokens, key sites, site knockouts, h5mu."""
+
+from __future__ import annotations
+
+import warnings
+
+import matplotlib.pyplot as plt
+import mudata as md
+import numpy as np
+import pandas as pd
+import pytest
+import scvi
+from conftest import SHARED_DATA, needs_shared
+from scipy import sparse
+
+import scanpy_kdcpt as kdcpt
+
+md.set_options(pull_on_update=False)
+SNARE = SHARED_DATA / "snare_mouse_cortex" / "snare_mouse_cortex.h5mu"
+
+
+def _train(model, **kwargs):
+    kwargs.setdefault("enable_progress_bar", False)
+    model.train(**kwargs)
+    return model
+
+
+@pytest.fixture(scope="module")
+def multiome():
+    scvi.settings.seed = 0
+    mdata = kdcpt.datasets.synthetic_multiome(n_cells=900, n_peaks=1000, seed=0)
+    kdcpt.KDCPT.setup_mudata(mdata, "phenotype", prior_key="is_tf")
+    model = _train(kdcpt.KDCPT(mdata, n_tokens=128, n_selected=16, n_pcs=30), max_epochs=12)
+    model.annotate()
+    return mdata, model
+
+
+# ----------------------------------------------------------------- torch-free core
+def test_tfidf_sparse_matches_dense():
+    rng = np.random.default_rng(0)
+    X = sparse.random(50, 40, density=0.1, random_state=0, format="csr", data_rvs=lambda n: rng.integers(1, 4, n))
+    w = kdcpt.multiome.idf(X)
+    T = kdcpt.multiome.tfidf(X, w)
+    assert sparse.issparse(T) and T.nnz == X.nnz  # zeros stay zeros, never densified
+    np.testing.assert_allclose(T.toarray(), kdcpt.multiome.tfidf(X.toarray(), w), rtol=1e-5)
+    assert np.isclose(w.mean(), 1.0)
+    # a rare peak weighs more than a common one
+    df = np.asarray((X > 0).sum(0)).ravel()
+    assert w[df.argmin()] > w[df.argmax()]
+
+
+def test_link_peaks_to_genes_recovers_planted_links():
+    mdata = kdcpt.datasets.synthetic_multiome(n_cells=50, n_peaks=300, seed=1)
+    planted = mdata["atac"].var["linked_gene"].astype(str).to_numpy()
+    del mdata["atac"].var["linked_gene"]
+    kdcpt.multiome.link_peaks_to_genes(mdata, window=2000)
+    assert (mdata["atac"].var["linked_gene"].astype(str).to_numpy() == planted).mean() == 1.0
+    # a window too small to reach peaks upstream of their gene leaves those unlinked
+    kdcpt.multiome.link_peaks_to_genes(mdata, window=0, key_added="tight")
+    tight = mdata["atac"].var["tight"].astype(str).to_numpy()
+    upstream = mdata["atac"].var["start"].to_numpy() + 250 < mdata["rna"].var.loc[planted, "start"].to_numpy()
+    assert upstream.any() and (tight[upstream] == "").all()
+
+
+# ----------------------------------------------------------------- bad input
+def test_setup_mudata_bad_input():
+    mdata = kdcpt.datasets.synthetic_multiome(n_cells=60, n_peaks=100, seed=2)
+    with pytest.raises(KeyError, match=r"not a modality.*\['rna', 'atac'\]"):
+        kdcpt.KDCPT.setup_mudata(mdata, "phenotype", modalities={"regulatory": "peaks"})
+    with pytest.raises(TypeError, match="setup_mudata"):
+        kdcpt.KDCPT.setup_anndata(mdata, "phenotype")
+    with pytest.raises(TypeError, match="setup_anndata"):
+        kdcpt.KDCPT.setup_mudata(mdata["rna"], "phenotype")
+    # modalities with different cells
+    uneven = md.MuData({"rna": mdata["rna"].copy(), "atac": mdata["atac"][:40].copy()})
+    uneven.obs["phenotype"] = mdata.obs["phenotype"].reindex(uneven.obs_names).to_numpy()
+    with pytest.raises(ValueError, match=r"'rna' has 60, 'atac' has 40"):
+        kdcpt.KDCPT.setup_mudata(uneven, "phenotype")
+    # peaks with neither a link column nor coordinates, and a prior that needs them
+    bare = mdata.copy()
+    bare["atac"].var = pd.DataFrame(index=[f"peak{i}" for i in range(bare["atac"].n_vars)])
+    bare.update()
+    with pytest.raises(ValueError, match="link_peaks_to_genes"):
+        kdcpt.KDCPT.setup_mudata(bare, "phenotype", prior_key="is_tf")
+    # without a prior no link is needed
+    kdcpt.KDCPT.setup_mudata(bare, "phenotype")
+
+
+# ----------------------------------------------------------------- the model
+def test_multiome_model_learns_and_writes_per_modality(multiome):
+    mdata, model = multiome
+    assert model.var_names_[: mdata["rna"].n_vars] == list(mdata["rna"].var_names)
+    assert model.var_names_[mdata["rna"].n_vars :] == list(mdata["atac"].var_names)
+    metrics = mdata.uns["kdcpt"]["metrics"]
+    assert metrics["validation"]["accuracy"] >= 0.9
+    # per-cell results in mdata.obs, key genes in rna.var, key sites in atac.var
+    assert {"kdcpt_pred", "kdcpt_confidence", "kdcpt_uncertainty"} <= set(mdata.obs.columns)
+    assert {"kdcpt_score", "kdcpt_rank", "kdcpt_key_gene"} <= set(mdata["rna"].var.columns)
+    atac_var = mdata["atac"].var
+    assert {"kdcpt_score", "kdcpt_rank", "kdcpt_key_site", "linked_gene"} <= set(atac_var.columns)
+    assert "kdcpt_key_gene" not in atac_var
+    assert sorted(atac_var["kdcpt_rank"].astype(int)) == list(range(1, mdata["atac"].n_vars + 1))
+    # genes and sites share the token pool: both are selected
+    assert (mdata["rna"].var["kdcpt_selected_frac"] > 0).any() and (atac_var["kdcpt_selected_frac"] > 0).any()
+
+
+def test_planted_key_sites_rank_high(multiome):
+    mdata, _ = multiome
+    ranking = mdata.uns["kdcpt"]["key_sites"]
+    for ph, sites in mdata.uns["synthetic"]["key_sites"].items():
+        top = ranking[ranking["phenotype"].astype(str) == ph].nsmallest(10, "rank")["site"].tolist()
+        assert len(set(top) & set(sites)) >= 2, (ph, top)
+    # a random (background) site ranks far below: the planted sites' mean score is higher
+    var = mdata["atac"].var
+    planted = var["planted_site_of"].astype(str) != "none"
+    assert var.loc[planted, "kdcpt_score"].mean() > 2 * var.loc[~planted, "kdcpt_score"].mean()
+
+
+def test_site_knockouts(multiome):
+    mdata, model = multiome
+    sites_p1 = list(mdata.uns["synthetic"]["key_sites"]["P1"])
+    rng = np.random.default_rng(0)
+    background = list(rng.choice(mdata["atac"].var_names[mdata["atac"].var["planted_site_of"] == "none"], 5))
+    gene_sets = {"sites_P1": sites_p1, "random_sites": background, **model.linked_sites("Reg_P1")}
+    assert set(gene_sets["Reg_P1+sites"]) >= {"Reg_P1", *sites_p1}
+    res = model.knockout(gene_sets, progress=False)
+    eff = res.summary.set_index("gene")["effect"]
+    assert eff["sites_P1"] > 3 * eff["random_sites"]
+    assert eff["Reg_P1+sites"] > eff["sites_P1"]
+    # a single site: its effect lands in atac.var
+    model.knockout(sites_p1[0], progress=False)
+    col = mdata["atac"].var["kdcpt_knockout_effect"]
+    assert np.isfinite(col[sites_p1[0]]) and col.drop(sites_p1[0]).isna().all()
+
+
+def test_query_mudata_and_rna_only_query(multiome):
+    mdata, model = multiome
+    base = model.predict(soft=True)
+    query = md.MuData({"rna": mdata["rna"].copy(), "atac": mdata["atac"].copy()})
+    np.testing.assert_allclose(model.predict(query, soft=True).to_numpy(), base.to_numpy(), atol=1e-5)
+    with pytest.warns(UserWarning, match="no 'atac' modality"):
+        rna_only = model.predict(md.MuData({"rna": mdata["rna"].copy()}))
+    assert len(rna_only) == mdata.n_obs
+
+
+def test_h5mu_round_trip_and_plots(multiome, tmp_path):
+    mdata, model = multiome
+    model.knockout(model.linked_sites("Reg_P2"), progress=False)
+    path = tmp_path / "multiome.h5mu"
+    mdata.write_h5mu(path)
+    back = md.read_h5mu(path)
+    assert back["atac"].var["kdcpt_key_site"].dtype == bool
+    pd.testing.assert_series_equal(back["atac"].var["kdcpt_score"], mdata["atac"].var["kdcpt_score"])
+    assert (back.obs["kdcpt_pred"].astype(str) == mdata.obs["kdcpt_pred"].astype(str)).all()
+    assert list(back.uns["kdcpt"]["key_sites"].columns[:3]) == ["phenotype", "site", "rank"]
+    for draw in (kdcpt.pl.transition_matrix, kdcpt.pl.entropy, kdcpt.pl.knockout):
+        ax = draw(back, show=False)
+        assert ax is not None
+        plt.close("all")
+    rna = back["rna"]
+    rna.obs["kdcpt_pred"] = back.obs["kdcpt_pred"].to_numpy()
+    assert kdcpt.pl.key_genes(rna, show=False) is not None
+    plt.close("all")
+    # the model itself: save / load with the re-read MuData gives the same probabilities
+    model.save(tmp_path / "model")
+    loaded = kdcpt.KDCPT.load(tmp_path / "model", adata=back)
+    np.testing.assert_allclose(loaded.predict(soft=True).to_numpy(), model.predict(soft=True).to_numpy(), atol=1e-5)
+
+
+# ----------------------------------------------------------------- real data
+@needs_shared
+def test_snare_subset():
+    if not SNARE.exists():
+        pytest.skip(f"{SNARE} is absent")
+    from sklearn.model_selection import train_test_split
+
+    full = md.read_h5mu(SNARE)
+    keep, _ = train_test_split(
+        np.arange(full.n_obs), train_size=800, stratify=full.obs["cell_type_coarse"], random_state=0
+    )
+    mdata = full[np.sort(keep)].copy()
+    del full
+    mdata["rna"].var["is_tf"] = kdcpt.datasets.is_transcription_factor(mdata["rna"].var_names, species="mouse")
+    scvi.settings.seed = 0
+    kdcpt.KDCPT.setup_mudata(mdata, "cell_type_coarse", prior_key="is_tf")
+    model = _train(kdcpt.KDCPT(mdata, n_tokens=256, n_pcs=40), max_epochs=6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.annotate()
+    assert mdata.uns["kdcpt"]["metrics"]["labelled"]["accuracy"] >= 0.6
+    var = mdata["atac"].var
+    assert var["kdcpt_key_site"].sum() > 0 and var["linked_gene"].notna().all()
+    # a site's prior is its linked gene's: sites linked to a TF carry prior 1
+    tf_site = var.index[var["linked_gene"].astype(str).isin(mdata["rna"].var_names[mdata["rna"].var["is_tf"]])][0]
+    assert float(model.module.prior[model.var_names_.index(tf_site)]) == 1.0
+    res = model.knockout(model.linked_sites("Plp1"), progress=False)
+    assert res.summary["n_recomputed"].iloc[0] > 0
