@@ -213,6 +213,9 @@ class KeyGenes(_Result):
         Genes × phenotypes: fraction of each phenotype's cells in which the gene is selected.
     n_cells
         Cells per phenotype (known label, else prediction).
+    attention
+        Genes × phenotypes: mean prior-free attention (the Cell Learner's score before the prior
+        is applied) over the cells of each phenotype; ``None`` for results built without it.
 
     """
 
@@ -220,6 +223,7 @@ class KeyGenes(_Result):
     scores: pd.DataFrame
     selected_frac: pd.DataFrame
     n_cells: pd.Series
+    attention: pd.DataFrame | None = None
 
     def top(self, phenotype: str, n: int = 10) -> pd.Series:
         """The ``n`` genes with the highest mean score in ``phenotype`` (score as values)."""

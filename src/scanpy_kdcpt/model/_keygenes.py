@@ -30,6 +30,7 @@ class KeyGeneAccumulator:
         n = len(phenotypes) * len(genes)
         self.score_sum = np.zeros(n)
         self.sel_sum = np.zeros(n)
+        self.attn_sum = np.zeros(n)
         self.n_cells = np.zeros(len(phenotypes))
 
     def add(self, out: dict[str, torch.Tensor], group: np.ndarray) -> None:
@@ -42,6 +43,8 @@ class KeyGeneAccumulator:
         flat = (group[:, None] * n_genes + gene_idx.cpu().numpy())[mask]
         scores = out["scores"].float().cpu().numpy()[mask]
         self.score_sum += np.bincount(flat, weights=scores, minlength=self.score_sum.size)
+        attention = out["attention"].float().cpu().numpy()[mask]
+        self.attn_sum += np.bincount(flat, weights=attention, minlength=self.attn_sum.size)
         sel_genes = torch.gather(gene_idx, 1, out["selected_pos"]).cpu().numpy()
         flat = (group[:, None] * n_genes + sel_genes)[out["selected_mask"].cpu().numpy()]
         self.sel_sum += np.bincount(flat, minlength=self.sel_sum.size)
@@ -49,10 +52,16 @@ class KeyGeneAccumulator:
     def result(self) -> KeyGenes:
         shape = (len(self.phenotypes), len(self.genes))
         score_sum, sel_sum = self.score_sum.reshape(shape), self.sel_sum.reshape(shape)
+        attn_sum = self.attn_sum.reshape(shape)
         total = max(self.n_cells.sum(), 1)
         genes = pd.Index(self.genes, name="gene")
         overall = pd.DataFrame(
-            {"score": score_sum.sum(0) / total, "selected_frac": sel_sum.sum(0) / total}, index=genes
+            {
+                "score": score_sum.sum(0) / total,
+                "selected_frac": sel_sum.sum(0) / total,
+                "attention": attn_sum.sum(0) / total,
+            },
+            index=genes,
         )
         overall["rank"] = overall["score"].rank(ascending=False, method="first").astype(np.int64)
         denom = np.maximum(self.n_cells, 1)[:, None]
@@ -61,6 +70,7 @@ class KeyGeneAccumulator:
             scores=pd.DataFrame((score_sum / denom).T, index=genes, columns=self.phenotypes),
             selected_frac=pd.DataFrame((sel_sum / denom).T, index=genes, columns=self.phenotypes),
             n_cells=pd.Series(self.n_cells.astype(np.int64), index=self.phenotypes, name="n_cells"),
+            attention=pd.DataFrame((attn_sum / denom).T, index=genes, columns=self.phenotypes),
         )
 
 
@@ -77,9 +87,10 @@ class KeyGenesMixin:
     ) -> KeyGenes:
         """Key genes from the Cell Learner's token scores.
 
-        For every gene: its mean Cell Learner score (attention blended with the prior) over all
-        cells and over the cells of each phenotype (0 in cells where it is not a token), and
-        the fraction of cells in which it is among the selected tokens. Cells are grouped by
+        For every gene: its mean Cell Learner score (attention guided by the prior) over all
+        cells and over the cells of each phenotype (0 in cells where it is not a token), its
+        mean prior-free attention (same averaging), and the fraction of cells in which it is
+        among the selected tokens. Cells are grouped by
         their known phenotype, else by their prediction.
 
         Parameters
@@ -96,8 +107,10 @@ class KeyGenesMixin:
         Returns
         -------
         :class:`~scanpy_kdcpt.results.KeyGenes` with ``overall`` (genes × ``score``,
-        ``selected_frac``, ``rank``), ``scores`` and ``selected_frac`` (genes × phenotypes)
-        and ``n_cells`` per phenotype. :func:`scanpy_kdcpt.writers.write_key_genes` writes it.
+        ``selected_frac``, ``attention``, ``rank``), ``scores``, ``selected_frac`` and
+        ``attention`` (genes × phenotypes) and ``n_cells`` per phenotype.
+        :func:`scanpy_kdcpt.writers.write_key_genes` writes it (``.var["{key}_attention"]``
+        beside ``.var["{key}_score"]``).
 
         """
         self._check_if_trained(warn=True)

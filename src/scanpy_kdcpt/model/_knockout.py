@@ -11,7 +11,7 @@ then assemble the tidy result (:func:`_assemble`). Maths from :mod:`scanpy_kdcpt
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -25,6 +25,7 @@ from .._constants import REGISTRY_KEYS
 from .._errors import KeyNotFoundError
 from .._utils import did_you_mean
 from ..results import KnockoutResult
+from ._embed import Reembedder, make_reembedder
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -77,13 +78,16 @@ class KnockoutMixin:
         key_added: str = _keys.DEFAULT_KEY,
         random_state: int = 0,
         progress: bool = True,
+        embed_fn: Callable | object | None = None,
     ) -> KnockoutResult:
         """Simulate gene knockouts (or overexpression) and compare transition matrices.
 
         A knocked-out gene is set to zero in the model's input: its token drops out of the
         Cell Learner and, with the internal PCA encoder, the prediction branch sees the zero
-        too (with an external ``embedding_key`` only the gene-token branch does; a warning
-        says so once). Only the cells that express the gene change, so only they are rerun
+        too. With an external ``embedding_key``, pass ``embed_fn`` (the model that made the
+        embedding, or a function) so the perturbed cells are embedded again and the knockout
+        reaches the prediction branch; without it only the gene-token branch sees the
+        knockout (a warning says so once, and ``params["prediction_branch_fixed"]`` is True). Only the cells that express the gene change, so only they are rerun
         (``only_expressing``); the others keep their base probabilities. The data in
         ``adata`` are never modified.
 
@@ -131,6 +135,15 @@ class KnockoutMixin:
             Seed of the null draws.
         progress
             Show a progress bar.
+        embed_fn
+            For models set up with ``embedding_key``: what made that embedding — any object
+            with ``get_latent_representation(adata)`` (every scvi-tools model; it receives an
+            AnnData of the perturbed cells with their ``.obs`` and the registered values in
+            ``X`` and in the registered layer) or a callable ``expression → embedding``
+            (numpy, cells × genes in the model's gene order, values as registered → cells ×
+            embedding dims). The perturbed cells get ``stored + embed(x_ko) - embed(x)``: the
+            shift the knockout causes, added to the stored embedding. A wrong output shape is
+            an error.
 
         Returns
         -------
@@ -149,14 +162,16 @@ class KnockoutMixin:
         target = self.adata if adata is None else adata
         query = None if target is self.adata else target
         units = _units(self, genes, target, _keys.Keys(key_added), n_top)
-        _warn_fixed_embedding(self)
+        embedder = make_reembedder(self, embed_fn, target)
+        if embedder is None:
+            _warn_fixed_embedding(self)
         prepared = self._prepare_adata(query)
         X = self.get_anndata_manager(prepared, required=True).get_from_registry(REGISTRY_KEYS.X_KEY)
         base = _baseline(self, target, query, groupby, batch_size)
         null = _null_draws(X, units, n_null, np.random.default_rng(random_state))
         run_list = list(dict.fromkeys([*units.values(), *(d for draws in null.values() for d in draws)]))
         plan = _Perturbation.plan(X, run_list, mode, quantile, only_expressing, self.data_type_ == "counts")
-        deltas = self._rerun(prepared, plan, base, batch_size, progress)
+        deltas = self._rerun(prepared, plan, base, batch_size, progress, embedder=embedder)
         params = {
             "mode": mode,
             "groupby": groupby if groupby is not None else "phenotype (known, else predicted)",
@@ -165,7 +180,8 @@ class KnockoutMixin:
             "quantile": float(quantile),
             "n_null": int(n_null),
             "random_state": int(random_state),
-            "prediction_branch_fixed": bool(getattr(self.module, "external_embedding", False)),
+            "prediction_branch_fixed": bool(getattr(self.module, "external_embedding", False)) and embedder is None,
+            "embed_fn": "None" if embedder is None else embedder.kind,
             "gene_sets": {n: np.asarray([self.var_names_[g] for g in u], dtype=object) for n, u in units.items()},
         }
         result = _assemble(self, units, null, run_list, base, deltas, X.shape[0], params)
@@ -174,7 +190,13 @@ class KnockoutMixin:
         return result
 
     def _rerun(
-        self: KDCPTLike, prepared: AnnData, plan: _Perturbation, base: _Baseline, batch_size: int | None, progress: bool
+        self: KDCPTLike,
+        prepared: AnnData,
+        plan: _Perturbation,
+        base: _Baseline,
+        batch_size: int | None,
+        progress: bool,
+        embedder: Reembedder | None = None,
     ) -> _Deltas:
         """Rerun the perturbed cells of every unit in one stream of minibatches."""
         n_units, n_groups, n_cls = len(plan.units), len(base.row_names), base.proba.shape[1]
@@ -182,11 +204,20 @@ class KnockoutMixin:
         if not len(plan.cells):
             return out
         perturb = plan.transform(self.device)
+
+        def perturb_inputs(inputs: dict, pos: np.ndarray) -> dict:
+            x0 = inputs["x"].to(self.device)
+            x1 = perturb(x0, pos)
+            inputs["x"] = x1
+            if embedder is not None:
+                inputs["embedding"] = embedder.shifted(x0, x1, inputs["embedding"], plan.cells[pos])
+            return inputs
+
         for pos, res in self._iterate(
             prepared,
             indices=plan.cells,
             batch_size=batch_size,
-            transform=perturb,
+            transform_inputs=perturb_inputs,
             progress=progress,
             description=f"knockout ({n_units} genes, {len(plan.cells)} cell runs)",
         ):
@@ -266,8 +297,9 @@ def _warn_fixed_embedding(model: KDCPTLike) -> None:
     if getattr(model.module, "external_embedding", False) and not getattr(model, "_ko_embedding_warned", False):
         warnings.warn(
             "This model reads an external embedding (embedding_key): knockouts change only the gene-token "
-            "branch (Cell Learner); the prediction branch keeps the unperturbed embedding. Set up without "
-            "embedding_key to let knockouts reach both branches.",
+            "branch (Cell Learner); the prediction branch keeps the unperturbed embedding. Pass embed_fn (the "
+            "model that made the embedding, e.g. a trained scVI, or a function expression → embedding) to "
+            "re-embed the perturbed cells, or set up without embedding_key.",
             UserWarning,
             stacklevel=3,
         )
