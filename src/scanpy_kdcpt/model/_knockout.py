@@ -26,6 +26,7 @@ from .._errors import KeyNotFoundError
 from .._utils import did_you_mean
 from ..results import KnockoutResult
 from ._embed import Reembedder, make_reembedder
+from ._screen import first_order_deltas
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -79,6 +80,8 @@ class KnockoutMixin:
         random_state: int = 0,
         progress: bool = True,
         embed_fn: Callable | object | None = None,
+        screen: Literal["auto", "exact", "first_order"] = "auto",
+        n_exact: int = 50,
     ) -> KnockoutResult:
         """Simulate gene knockouts (or overexpression) and compare transition matrices.
 
@@ -144,6 +147,16 @@ class KnockoutMixin:
             embedding dims). The perturbed cells get ``stored + embed(x_ko) - embed(x)``: the
             shift the knockout causes, added to the stored embedding. A wrong output shape is
             an error.
+        screen
+            ``"exact"``: rerun the network for every gene. ``"first_order"``: rank every gene
+            by a first-order (gradient) estimate of its deletion effect — one forward and one
+            backward pass per phenotype per minibatch, for all genes at once — then recompute
+            the ``n_exact`` highest exactly (with their nulls). ``"auto"`` (default): first
+            order for deletions of more than ``n_exact`` single genes (``genes="all"`` on a
+            real genome), exact otherwise. Genes not recomputed get ``effect`` NaN and their
+            estimate in ``effect_first_order``.
+        n_exact
+            Genes recomputed exactly after a first-order screen.
 
         Returns
         -------
@@ -159,6 +172,10 @@ class KnockoutMixin:
         """
         self._check_if_trained(warn=True)
         _check_args(mode, floor, fraction, quantile, n_null)
+        if screen not in ("auto", "exact", "first_order"):
+            raise ValueError(f"screen must be 'auto', 'exact' or 'first_order', not {screen!r}.")
+        if n_exact < 1:
+            raise ValueError(f"n_exact must be 1 or more, got {n_exact}.")
         target = self.adata if adata is None else adata
         query = None if target is self.adata else target
         units = _units(self, genes, target, _keys.Keys(key_added), n_top)
@@ -168,6 +185,14 @@ class KnockoutMixin:
         prepared = self._prepare_adata(query)
         X = self.get_anndata_manager(prepared, required=True).get_from_registry(REGISTRY_KEYS.X_KEY)
         base = _baseline(self, target, query, groupby, batch_size)
+        first_order = None
+        single = all(len(u) == 1 for u in units.values())
+        if screen == "first_order" and (mode != "delete" or not single):
+            raise ValueError("screen='first_order' estimates single-gene deletions only; use screen='exact'.")
+        if screen == "first_order" or (screen == "auto" and mode == "delete" and single and len(units) > n_exact):
+            first_order = _first_order_effects(self, prepared, base, units, batch_size, progress)
+            keep = first_order.nlargest(min(n_exact, len(first_order)), keep="first").index
+            units = {name: units[name] for name in keep}
         null = _null_draws(X, units, n_null, np.random.default_rng(random_state))
         run_list = list(dict.fromkeys([*units.values(), *(d for draws in null.values() for d in draws)]))
         plan = _Perturbation.plan(X, run_list, mode, quantile, only_expressing, self.data_type_ == "counts")
@@ -183,8 +208,12 @@ class KnockoutMixin:
             "prediction_branch_fixed": bool(getattr(self.module, "external_embedding", False)) and embedder is None,
             "embed_fn": "None" if embedder is None else embedder.kind,
             "gene_sets": {n: np.asarray([self.var_names_[g] for g in u], dtype=object) for n, u in units.items()},
+            "screen": "first_order" if first_order is not None else "exact",
+            "n_exact": int(len(units)),
         }
         result = _assemble(self, units, null, run_list, base, deltas, X.shape[0], params)
+        if first_order is not None:
+            result.summary = _with_first_order(result.summary, first_order, params["mode"])
         if inplace:
             writers.write_knockout(target, result, key_added=key_added)
         return result
@@ -480,6 +509,36 @@ def _assemble(
         null=null_frame,
         params=params,
     )
+
+
+def _first_order_effects(
+    model: KDCPTLike, prepared: AnnData, base: _Baseline, units: dict[str, Unit], batch_size, progress
+) -> pd.Series:
+    """First-order estimate of each single-gene deletion's effect (mean row total variation)."""
+    sums = first_order_deltas(
+        model, prepared, base.groups, len(base.row_names), batch_size=batch_size, progress=progress
+    )
+    scale = np.maximum(base.n_per_group, 1)[:, None]
+    est = {}
+    for name, (g,) in units.items():
+        P_ko = np.clip(base.P + sums[g] / scale, 0.0, None)
+        est[name] = markov.total_variation(P_ko, base.P, base.n_per_group)
+    return pd.Series(est, name="effect_first_order", dtype=float)
+
+
+def _with_first_order(summary: pd.DataFrame, first_order: pd.Series, mode: str) -> pd.DataFrame:
+    """Summary of the exact genes plus one row per gene estimated to first order only."""
+    summary = summary.copy()
+    summary["exact"] = True
+    summary["effect_first_order"] = first_order.reindex(summary["gene"]).to_numpy()
+    rest = first_order.drop(summary["gene"], errors="ignore")
+    extra = pd.DataFrame({"gene": rest.index.astype(str), "mode": mode, "effect_first_order": rest.to_numpy()})
+    extra["exact"] = False
+    extra = extra.sort_values("effect_first_order", ascending=False, kind="stable")
+    out = pd.concat([summary, extra], ignore_index=True)
+    for col in ("n_recomputed", "n_terminated"):
+        out[col] = out[col].fillna(0).astype(np.int64)
+    return out
 
 
 def _null_summary(effect: float, null_effects: list[float]) -> dict:
