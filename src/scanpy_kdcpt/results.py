@@ -313,6 +313,12 @@ class KnockoutResult(_Result):
         Tidy null draws: ``gene`` (the tested gene), ``null_gene``, ``effect``.
     params
         Parameters of the screen.
+    fate
+        With a directed chain: tidy fate deltas ``gene``, ``source`` (phenotypes, and ``"all"``
+        for the mean over all cells), ``terminal``, ``fate_base``, ``fate_ko``, ``delta``.
+    flux
+        With a directed chain: tidy ``gene``, ``source``, ``target``, ``p_base``, ``p_ko`` (the
+        directed phenotype chain), ``flux_base``, ``flux_ko``, ``delta`` (change of net flux).
 
     """
 
@@ -321,6 +327,8 @@ class KnockoutResult(_Result):
     transition_matrix: pd.DataFrame
     null: pd.DataFrame = field(default_factory=pd.DataFrame)
     params: dict = field(default_factory=dict)
+    fate: pd.DataFrame | None = None
+    flux: pd.DataFrame | None = None
 
     def to_frame(self) -> pd.DataFrame:
         return self.summary

@@ -194,6 +194,10 @@ def write_knockout(adata: AnnData, result: KnockoutResult, *, key_added: str = _
     if isinstance(fate, pd.DataFrame) and len(fate):
         uns[_keys.UNS_KNOCKOUT_FATE] = fate
         written.append(_keys.UNS_KNOCKOUT_FATE)
+    flux = getattr(result, "flux", None)
+    if isinstance(flux, pd.DataFrame) and len(flux):
+        uns[_keys.UNS_KNOCKOUT_FLUX] = flux
+        written.append(_keys.UNS_KNOCKOUT_FLUX)
     # .var: effect of single-gene deletions
     single = summary[(summary["mode"] == "delete") & summary["gene"].isin(list(map(str, adata.var_names)))]
     effect = pd.Series(np.nan, index=adata.var_names.astype(str), dtype=np.float64)

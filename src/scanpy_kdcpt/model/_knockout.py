@@ -26,6 +26,7 @@ from .._errors import KeyNotFoundError
 from .._utils import did_you_mean
 from ..results import KnockoutResult
 from ._embed import Reembedder, make_reembedder
+from ._fate import FateDeltas, resolve_chain
 from ._screen import first_order_deltas
 
 if TYPE_CHECKING:
@@ -56,6 +57,7 @@ class _Deltas:
     sums: np.ndarray  # units × groups × phenotypes
     changed: np.ndarray  # units
     n_rerun: np.ndarray  # units
+    pair_dp: np.ndarray | None = None  # (cell, unit) pairs × phenotypes, for fate deltas
 
 
 class KnockoutMixin:
@@ -82,6 +84,8 @@ class KnockoutMixin:
         embed_fn: Callable | object | None = None,
         screen: Literal["auto", "exact", "first_order"] = "auto",
         n_exact: int = 50,
+        chain=None,
+        terminal: Sequence[str] | None = None,
     ) -> KnockoutResult:
         """Simulate gene knockouts (or overexpression) and compare transition matrices.
 
@@ -157,6 +161,16 @@ class KnockoutMixin:
             estimate in ``effect_first_order``.
         n_exact
             Genes recomputed exactly after a first-order screen.
+        chain
+            A directed cell-level chain (cells × cells, row-stochastic, sparse or dense, or a
+            :class:`~scanpy_kdcpt.results.Transitions` with a ``cell_chain``) for fate deltas.
+            Default: the model's ``transitions_.cell_chain`` when it has one (set by
+            ``compute_transitions``), else no fate deltas. The directed phenotype chain is
+            ``P = D⁻¹ Mᵀ T M`` with the soft memberships ``M`` (the model's probabilities)
+            before and after the knockout, on the same ``T``.
+        terminal
+            Terminal phenotypes, made absorbing for the fate probabilities (default: those
+            recorded with the model's chain).
 
         Returns
         -------
@@ -167,7 +181,11 @@ class KnockoutMixin:
         - ``.uns[key]["knockout_summary"]``: the ``summary``;
         - ``.uns[key]["knockout_params"]``: the parameters;
         - ``.var["{key}_knockout_effect"]``: effect of each single-gene deletion (NaN where
-          not screened).
+          not screened, or estimated to first order only);
+        - with a directed chain, ``.uns[key]["knockout_fate"]`` (``gene``, ``source``,
+          ``terminal``, ``fate_base``, ``fate_ko``, ``delta``; ``source="all"``: the mean over
+          all cells) and ``.uns[key]["knockout_flux"]`` (``gene``, ``source``, ``target``,
+          ``p_base``, ``p_ko`` of the directed chain, ``flux_base``, ``flux_ko``, ``delta``).
 
         """
         self._check_if_trained(warn=True)
@@ -183,6 +201,7 @@ class KnockoutMixin:
         if embedder is None:
             _warn_fixed_embedding(self)
         prepared = self._prepare_adata(query)
+        T, terminal = resolve_chain(self, chain, terminal, target.n_obs)
         X = self.get_anndata_manager(prepared, required=True).get_from_registry(REGISTRY_KEYS.X_KEY)
         base = _baseline(self, target, query, groupby, batch_size)
         first_order = None
@@ -196,7 +215,7 @@ class KnockoutMixin:
         null = _null_draws(X, units, n_null, np.random.default_rng(random_state))
         run_list = list(dict.fromkeys([*units.values(), *(d for draws in null.values() for d in draws)]))
         plan = _Perturbation.plan(X, run_list, mode, quantile, only_expressing, self.data_type_ == "counts")
-        deltas = self._rerun(prepared, plan, base, batch_size, progress, embedder=embedder)
+        deltas = self._rerun(prepared, plan, base, batch_size, progress, embedder=embedder, keep_cells=T is not None)
         params = {
             "mode": mode,
             "groupby": groupby if groupby is not None else "phenotype (known, else predicted)",
@@ -214,6 +233,9 @@ class KnockoutMixin:
         result = _assemble(self, units, null, run_list, base, deltas, X.shape[0], params)
         if first_order is not None:
             result.summary = _with_first_order(result.summary, first_order, params["mode"])
+        if T is not None:
+            result.fate, result.flux = _fates(T, terminal, base, plan, deltas, units, run_list, list(self.classes_))
+            params["terminal"] = np.asarray(terminal, dtype=object)
         if inplace:
             writers.write_knockout(target, result, key_added=key_added)
         return result
@@ -226,10 +248,13 @@ class KnockoutMixin:
         batch_size: int | None,
         progress: bool,
         embedder: Reembedder | None = None,
+        keep_cells: bool = False,
     ) -> _Deltas:
         """Rerun the perturbed cells of every unit in one stream of minibatches."""
         n_units, n_groups, n_cls = len(plan.units), len(base.row_names), base.proba.shape[1]
         out = _Deltas(np.zeros((n_units, n_groups, n_cls)), np.zeros(n_units), plan.n_rerun)
+        if keep_cells:
+            out.pair_dp = np.zeros((len(plan.cells), n_cls), dtype=np.float32)
         if not len(plan.cells):
             return out
         perturb = plan.transform(self.device)
@@ -255,6 +280,8 @@ class KnockoutMixin:
             g = base.groups[c]
             ok = g >= 0
             np.add.at(out.sums, (u[ok], g[ok]), p_ko[ok] - base.proba[c[ok]])
+            if out.pair_dp is not None:
+                out.pair_dp[pos] = p_ko - base.proba[c]
             out.changed += np.bincount(u, weights=(p_ko.argmax(1) != base.pred[c]), minlength=n_units)
         return out
 
@@ -539,6 +566,19 @@ def _with_first_order(summary: pd.DataFrame, first_order: pd.Series, mode: str) 
     for col in ("n_recomputed", "n_terminated"):
         out[col] = out[col].fillna(0).astype(np.int64)
     return out
+
+
+def _fates(T, terminal, base: _Baseline, plan: _Perturbation, deltas: _Deltas, units, run_list, phenotypes):
+    """Tidy fate and flux deltas of every screened unit on the directed chain ``T``."""
+    fd = FateDeltas(T, base.proba, phenotypes, terminal)
+    index_of = {u: i for i, u in enumerate(run_list)}
+    fates, fluxes = [], []
+    for name, unit in units.items():
+        sel = plan.unit_of == index_of[unit]
+        fate, flux = fd.unit(name, plan.cells[sel], deltas.pair_dp[sel])
+        fates.append(fate)
+        fluxes.append(flux)
+    return pd.concat(fates, ignore_index=True), pd.concat(fluxes, ignore_index=True)
 
 
 def _null_summary(effect: float, null_effects: list[float]) -> dict:
