@@ -86,6 +86,7 @@ class KnockoutMixin:
         n_exact: int = 50,
         chain=None,
         terminal: Sequence[str] | None = None,
+        null_max_corr: float = 0.15,
     ) -> KnockoutResult:
         """Simulate gene knockouts (or overexpression) and compare transition matrices.
 
@@ -171,6 +172,11 @@ class KnockoutMixin:
         terminal
             Terminal phenotypes, made absorbing for the fate probabilities (default: those
             recorded with the model's chain).
+        null_max_corr
+            Genes whose correlation with the tested gene (Pearson on ``log1p`` values) exceeds
+            this in absolute value are left out of its null pool, as are its prior targets
+            (with ``propagate="grn"``). The pool sizes are reported in the summary
+            (``null_pool``, ``null_excluded_targets``, ``null_excluded_correlated``).
 
         Returns
         -------
@@ -212,7 +218,10 @@ class KnockoutMixin:
             first_order = _first_order_effects(self, prepared, base, units, batch_size, progress)
             keep = first_order.nlargest(min(n_exact, len(first_order)), keep="first").index
             units = {name: units[name] for name in keep}
-        null = _null_draws(X, units, n_null, np.random.default_rng(random_state))
+        pool: dict = {}
+        null = _null_draws(
+            X, units, n_null, np.random.default_rng(random_state), targets=None, max_corr=null_max_corr, pool=pool
+        )
         run_list = list(dict.fromkeys([*units.values(), *(d for draws in null.values() for d in draws)]))
         plan = _Perturbation.plan(X, run_list, mode, quantile, only_expressing, self.data_type_ == "counts")
         deltas = self._rerun(prepared, plan, base, batch_size, progress, embedder=embedder, keep_cells=T is not None)
@@ -223,6 +232,7 @@ class KnockoutMixin:
             "fraction": float(fraction),
             "quantile": float(quantile),
             "n_null": int(n_null),
+            "null_max_corr": float(null_max_corr),
             "random_state": int(random_state),
             "prediction_branch_fixed": bool(getattr(self.module, "external_embedding", False)) and embedder is None,
             "embed_fn": "None" if embedder is None else embedder.kind,
@@ -231,6 +241,9 @@ class KnockoutMixin:
             "n_exact": int(len(units)),
         }
         result = _assemble(self, units, null, run_list, base, deltas, X.shape[0], params)
+        if pool:
+            for col in ("null_pool", "null_excluded_targets", "null_excluded_correlated"):
+                result.summary[col] = result.summary["gene"].map({k: v[col] for k, v in pool.items()})
         if first_order is not None:
             result.summary = _with_first_order(result.summary, first_order, params["mode"])
         if T is not None:
@@ -381,8 +394,24 @@ def _baseline(model: KDCPTLike, target: AnnData, query, groupby: str | None, bat
     return _Baseline(proba, pred, groups, names, P, n_per_group)
 
 
-def _null_draws(X, units: dict[str, Unit], n_null: int, rng: np.random.Generator) -> dict[str, list[Unit]]:
-    """Per unit, ``n_null`` expression-matched units of the same size among the genes not screened."""
+def _null_draws(
+    X,
+    units: dict[str, Unit],
+    n_null: int,
+    rng: np.random.Generator,
+    *,
+    targets: sparse.csr_matrix | None = None,
+    max_corr: float = 0.15,
+    pool: dict | None = None,
+) -> dict[str, list[Unit]]:
+    """Per unit, ``n_null`` expression-matched units of the same size.
+
+    Never drawn: the unit's genes, their prior targets (``targets``: regulators × genes, when
+    given), genes whose correlation with one of the unit's genes (Pearson, on ``log1p`` of the
+    values) exceeds ``max_corr`` in absolute value, and the other screened genes (when at least
+    ``2 * n_null`` genes remain). ``pool`` (a dict) receives, per unit, the size of the pool
+    and the numbers of genes left out as targets and as correlates.
+    """
     if not n_null:
         return {}
     n_genes = X.shape[1]
@@ -391,13 +420,54 @@ def _null_draws(X, units: dict[str, Unit], n_null: int, rng: np.random.Generator
     screened = np.zeros(n_genes, bool)
     screened[[g for u in units.values() for g in u]] = True
     spare = n_genes - int(screened.sum()) >= 2 * n_null
+    corr = _Correlations(X)
     out = {}
     for name, unit in units.items():
         exclude = screened.copy() if spare else np.zeros(n_genes, bool)
         exclude[list(unit)] = True
+        tgt = np.zeros(n_genes, bool)
+        if targets is not None:
+            tgt[np.asarray(targets[list(unit)].sum(0)).ravel() > 0] = True
+        cor = np.zeros(n_genes, bool)
+        for g in unit:
+            cor |= np.abs(corr.of(g)) > max_corr
+        cor[list(unit)] = False
+        n_tgt, n_cor = int((tgt & ~exclude).sum()), int((cor & ~exclude & ~tgt).sum())
+        exclude |= tgt | cor
+        if n_genes - int(exclude.sum()) < n_null:  # too strict for this gene: keep the correlates
+            exclude &= ~(cor & ~tgt)
+            n_cor = 0
         draws = [stats.expression_matched(features, g, exclude, n_null, rng) for g in unit]
         out[name] = [tuple(int(d[i]) for d in draws) for i in range(n_null)]
+        if pool is not None:
+            pool[name] = {
+                "null_pool": int(n_genes - exclude.sum()),
+                "null_excluded_targets": n_tgt,
+                "null_excluded_correlated": n_cor,
+            }
     return out
+
+
+class _Correlations:
+    """Pearson correlation of one gene with every gene, on ``log1p`` values, without densifying X."""
+
+    def __init__(self, X):
+        self.X = X.log1p() if sparse.issparse(X) else np.log1p(np.asarray(X, dtype=np.float64))
+        if sparse.issparse(self.X):
+            self.X = sparse.csc_matrix(self.X, dtype=np.float64)
+        n = X.shape[0]
+        self.n = n
+        self.mean = np.asarray(self.X.mean(0)).ravel()
+        sq = self.X.multiply(self.X) if sparse.issparse(self.X) else self.X**2
+        self.sd = np.sqrt(np.maximum(np.asarray(sq.mean(0)).ravel() - self.mean**2, 0))
+
+    def of(self, g: int) -> np.ndarray:
+        col = self.X[:, g]
+        col = col.toarray().ravel() if sparse.issparse(col) else np.asarray(col).ravel()
+        cov = np.asarray(self.X.T @ col).ravel() / self.n - self.mean * self.mean[g]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = cov / (self.sd * self.sd[g])
+        return np.nan_to_num(r)
 
 
 @dataclass
