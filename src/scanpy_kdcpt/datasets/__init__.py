@@ -3,6 +3,7 @@ the pancreas endocrinogenesis loader, and transcription-factor lists.
 """
 
 from ._bundled import krumsiek11, pancreas, pbmc68k_reduced
+from ._grn import tf_target_prior
 from ._synthetic import synthetic
 from ._tf import is_transcription_factor, transcription_factors
 
@@ -12,5 +13,6 @@ __all__ = [
     "pancreas",
     "pbmc68k_reduced",
     "synthetic",
+    "tf_target_prior",
     "transcription_factors",
 ]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -21,12 +21,14 @@ import torch
 from scipy import sparse
 
 from .. import _keys, markov, stats, writers
-from .._constants import REGISTRY_KEYS
+from .. import _expression
+from .._constants import REGISTRY_KEYS, TARGET_SUM
 from .._errors import KeyNotFoundError
 from .._utils import did_you_mean
 from ..results import KnockoutResult
 from ._embed import Reembedder, make_reembedder
 from ._fate import FateDeltas, resolve_chain
+from ._grn import edges_matrix, fit_propagation, warn_without_targets
 from ._screen import first_order_deltas
 
 if TYPE_CHECKING:
@@ -87,6 +89,9 @@ class KnockoutMixin:
         chain=None,
         terminal: Sequence[str] | None = None,
         null_max_corr: float = 0.15,
+        propagate: Literal["grn"] | None = None,
+        grn: pd.DataFrame | None = None,
+        n_steps: int = 1,
     ) -> KnockoutResult:
         """Simulate gene knockouts (or overexpression) and compare transition matrices.
 
@@ -177,6 +182,19 @@ class KnockoutMixin:
             this in absolute value are left out of its null pool, as are its prior targets
             (with ``propagate="grn"``). The pool sizes are reported in the summary
             (``null_pool``, ``null_excluded_targets``, ``null_excluded_correlated``).
+        propagate
+            ``"grn"``: a knockout also moves the targets of the knocked-out genes through the
+            regulatory network ``grn`` — each target's log expression is a ridge regression on
+            its prior regulators, fitted on the data over the prior edges (as CellOracle does),
+            applied for ``n_steps`` steps. The direct effect (no propagation) is reported beside
+            it (``effect_direct``, ``frac_changed_direct`` in the summary, ``delta_direct`` in
+            the table). A gene without prior targets gets a warning and its direct effect.
+        grn
+            TF → target edges (columns ``tf``, ``target``), e.g. DoRothEA read with
+            :func:`scanpy_kdcpt.datasets.tf_target_prior`. Also used for the null pool: a
+            gene's prior targets are never drawn as its null.
+        n_steps
+            Propagation steps (1: the direct targets; 2: their targets too; ...).
 
         Returns
         -------
@@ -200,6 +218,16 @@ class KnockoutMixin:
             raise ValueError(f"screen must be 'auto', 'exact' or 'first_order', not {screen!r}.")
         if n_exact < 1:
             raise ValueError(f"n_exact must be 1 or more, got {n_exact}.")
+        if propagate not in (None, "grn"):
+            raise ValueError(f"propagate must be None or 'grn', not {propagate!r}.")
+        if propagate == "grn" and grn is None:
+            raise ValueError(
+                "propagate='grn' needs grn=, a TF → target table (columns 'tf', 'target'), e.g. "
+                "kdcpt.datasets.tf_target_prior('dorothea_mm.tsv.gz', genes=adata.var_names)."
+            )
+        if n_steps < 1:
+            raise ValueError(f"n_steps must be 1 or more, got {n_steps}.")
+        edges = edges_matrix(grn, self.var_names_) if grn is not None else None
         target = self.adata if adata is None else adata
         query = None if target is self.adata else target
         units = _units(self, genes, target, _keys.Keys(key_added), n_top)
@@ -220,10 +248,20 @@ class KnockoutMixin:
             units = {name: units[name] for name in keep}
         pool: dict = {}
         null = _null_draws(
-            X, units, n_null, np.random.default_rng(random_state), targets=None, max_corr=null_max_corr, pool=pool
+            X, units, n_null, np.random.default_rng(random_state), targets=edges, max_corr=null_max_corr, pool=pool
         )
         run_list = list(dict.fromkeys([*units.values(), *(d for draws in null.values() for d in draws)]))
         plan = _Perturbation.plan(X, run_list, mode, quantile, only_expressing, self.data_type_ == "counts")
+        direct = None
+        if propagate == "grn":
+            props = fit_propagation(
+                _expression.log_normalize(X, self.data_type_), edges, run_list, n_steps=n_steps
+            )
+            warn_without_targets([n for n, u in units.items() if props[run_list.index(u)] is None])
+            direct = self._rerun(prepared, plan, base, batch_size, progress, embedder=embedder)
+            plan = replace(
+                plan, propagation=props, normalize=self.module.normalize, is_counts=self.data_type_ == "counts"
+            )
         deltas = self._rerun(prepared, plan, base, batch_size, progress, embedder=embedder, keep_cells=T is not None)
         params = {
             "mode": mode,
@@ -233,6 +271,8 @@ class KnockoutMixin:
             "quantile": float(quantile),
             "n_null": int(n_null),
             "null_max_corr": float(null_max_corr),
+            "propagate": "None" if propagate is None else propagate,
+            "n_steps": int(n_steps),
             "random_state": int(random_state),
             "prediction_branch_fixed": bool(getattr(self.module, "external_embedding", False)) and embedder is None,
             "embed_fn": "None" if embedder is None else embedder.kind,
@@ -241,6 +281,12 @@ class KnockoutMixin:
             "n_exact": int(len(units)),
         }
         result = _assemble(self, units, null, run_list, base, deltas, X.shape[0], params)
+        if direct is not None:
+            plain = _assemble(self, units, null, run_list, base, direct, X.shape[0], params)
+            by_gene = plain.summary.set_index("gene")
+            for col in ("effect", "frac_changed"):
+                result.summary[f"{col}_direct"] = result.summary["gene"].map(by_gene[col]).to_numpy()
+            result.table["delta_direct"] = plain.table["delta"].to_numpy()
         if pool:
             for col in ("null_pool", "null_excluded_targets", "null_excluded_correlated"):
                 result.summary[col] = result.summary["gene"].map({k: v[col] for k, v in pool.items()})
@@ -481,6 +527,9 @@ class _Perturbation:
     n_rerun: np.ndarray  # pairs per unit
     level: dict[int, float]  # overexpression level per gene
     library: np.ndarray | None  # library sizes (counts, overexpression only)
+    propagation: list | None = None  # per unit: width × genes matrix of propagated log changes
+    normalize: Callable | None = None  # input → log-normalised (the module's), with propagation
+    is_counts: bool = False
 
     @classmethod
     def plan(
@@ -520,6 +569,15 @@ class _Perturbation:
         genes_t, levels_t = torch.as_tensor(genes, device=device), torch.as_tensor(levels, device=device)
         unit_of_t, cells_t = torch.as_tensor(self.unit_of, device=device), torch.as_tensor(self.cells, device=device)
         lib_t = None if self.library is None else torch.as_tensor(self.library, dtype=torch.float32, device=device)
+        prop_t = None
+        if self.propagation is not None:
+            n_genes = next((p.shape[1] for p in self.propagation if p is not None), 0)
+            prop = np.zeros((len(self.units), width, n_genes), dtype=np.float32)
+            for u, p in enumerate(self.propagation):
+                if p is not None:
+                    prop[u, : p.shape[0]] = p
+            prop_t = torch.as_tensor(prop, device=device)
+        propagate = self._propagate
 
         def perturb(x: torch.Tensor, pos: np.ndarray) -> torch.Tensor:
             pos_t = torch.as_tensor(pos, device=x.device)
@@ -528,17 +586,32 @@ class _Perturbation:
             valid = cols >= 0
             rows = torch.arange(x.shape[0], device=x.device)[:, None].expand_as(cols)
             r, c = rows[valid], cols[valid]
+            x0 = x
             x = x.clone()
             if self.mode == "delete":
                 x[r, c] = 0
-                return x
-            lvl = levels_t[u][valid]
-            if lib_t is not None:
-                lvl = lvl * lib_t[cells_t[pos_t]][:, None].expand_as(cols)[valid]
-            x[r, c] = torch.maximum(x[r, c], lvl.to(x.dtype))
+            else:
+                lvl = levels_t[u][valid]
+                if lib_t is not None:
+                    lvl = lvl * lib_t[cells_t[pos_t]][:, None].expand_as(cols)[valid]
+                x[r, c] = torch.maximum(x[r, c], lvl.to(x.dtype))
+            if prop_t is not None:
+                x = propagate(x0, x, cols, valid, prop_t[u])
             return x
 
         return perturb
+
+    def _propagate(self, x0, x1, cols, valid, prop) -> torch.Tensor:
+        """Move the targets by the propagated change of log expression; back to the input scale."""
+        l0, l1 = self.normalize(x0.float()), self.normalize(x1.float())
+        safe = cols.clamp_min(0)
+        d0 = (l1.gather(1, safe) - l0.gather(1, safe)) * valid  # (B, width)
+        d = torch.einsum("bw,bwg->bg", d0, prop)
+        logged = (l1 + d).clamp_min(0)
+        if not self.is_counts:  # log data: used as is
+            return logged.to(x1.dtype)
+        lib = x0.float().sum(1, keepdim=True).clamp_min(1.0)
+        return (torch.expm1(logged) * lib / TARGET_SUM).to(x1.dtype)
 
 
 def _assemble(
