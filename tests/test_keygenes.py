@@ -192,3 +192,15 @@ def test_deleting_a_non_token_gene_leaves_the_token_set_unchanged(transition_mod
         assert set(idx2[0][mask2[0]].tolist()) == tokens, f"cell {c}: deleting non-token gene {g} changed the tokens"
         checked += 1
     assert checked > 50 and n_tok == 64
+
+
+def test_faithfulness_key_genes_beat_random(synthetic_model, key_genes):
+    f = synthetic_model.get_faithfulness(key_genes, ks=(3, 10), n_random=2, indices=np.arange(0, 1200, 4))
+    assert set(f["genes"]) == {"key genes", "random"} and len(f) == 2 * 2 * 2
+    t = f.set_index(["genes", "k", "perturbation"])
+    for k in (3, 10):
+        # keeping only the key genes keeps the prediction; removing them hurts more than removing random genes
+        assert t.loc[("key genes", k, "keep"), "accuracy"] > t.loc[("random", k, "keep"), "accuracy"]
+        assert t.loc[("key genes", k, "remove"), "confidence"] < t.loc[("random", k, "remove"), "confidence"]
+    with pytest.raises(ValueError, match="ks"):
+        synthetic_model.get_faithfulness(key_genes, ks=(0,))
