@@ -91,42 +91,21 @@ def main(argv=None) -> int:
     model, adata, labels = trained_model("pancreas", args.epochs)
     out: dict = {"command": command, "machine_before": before}
 
-    # -- speed: one prediction pass vs the genome-wide screen, in the same run ------------------
-    model.get_logits(indices=np.arange(256))  # warm-up
-    t = time.perf_counter()
-    model.get_logits()
-    t_pass = time.perf_counter() - t
-    t = time.perf_counter()
-    screen = model.knockout("all", n_exact=args.n_exact, inplace=False, progress=False)
-    t_screen = time.perf_counter() - t
-    s = screen.summary
-    out["speed"] = {
-        "n_genes": int(adata.n_vars),
-        "n_cells": int(adata.n_obs),
-        "n_exact": int(s["exact"].sum()),
-        "seconds_prediction_pass": t_pass,
-        "seconds_screen": t_screen,
-        "ratio_screen_to_pass": t_screen / t_pass,
-    }
-    print(out["speed"], flush=True)
-
-    # -- accuracy of the first-order ranking on a random sample -------------------------------
-    rng = np.random.default_rng(0)
-    sample = list(rng.choice(adata.var_names, args.n_sample, replace=False))
-    t = time.perf_counter()
-    exact = model.knockout(sample, screen="exact", inplace=False, progress=False).summary.set_index("gene")["effect"]
-    t_exact = time.perf_counter() - t
-    approx = s.set_index("gene")["effect_first_order"].reindex(exact.index)
-    out["first_order_vs_exact"] = {
-        "n_genes": len(sample),
-        "spearman": float(spearmanr(approx, exact).correlation),
-        "seconds_exact_sample": t_exact,
-        "exact_seconds_per_gene": t_exact / len(sample),
-        "extrapolated_exact_all_seconds": t_exact / len(sample) * adata.n_vars,
-    }
-    top = s[s["exact"]].nlargest(15, "effect")[["gene", "effect", "effect_first_order", "frac_changed"]]
-    out["top_exact"] = top.to_dict("records")
-    print(out["first_order_vs_exact"], flush=True)
+    # -- krumsiek11 ------------------------------------------------------------------------------
+    if not args.skip_krumsiek:  # cheap: first
+        k_adata, k_labels = load("krumsiek11")
+        kdcpt.KDCPT.setup_anndata(k_adata, labels_key=k_labels, prior_key="is_tf")
+        scvi.settings.seed = 0
+        km = kdcpt.KDCPT(k_adata)
+        km.train(max_epochs=30, enable_progress_bar=False, accelerator="cpu")
+        kr = km.knockout("all", inplace=False, progress=False).table
+        blocks = {"Ery/Mk": ["Ery", "Mk"], "Mo/Neu": ["Mo", "Neu"]}
+        res = {}
+        for name, cl in blocks.items():
+            sel = kr[kr["source"].isin(cl) & kr["target"].isin(cl)]
+            res[name] = (sel.groupby("gene", observed=True)["delta"].sum() / len(cl)).to_dict()
+        out["krumsiek11_block_change"] = res
+        checkpoint(out)
 
     # -- known genetics on a directed chain ----------------------------------------------------
     T, _ = directed_chain(adata, labels)
@@ -164,24 +143,56 @@ def main(argv=None) -> int:
     post = t[(t["source"] == "Ngn3 high EP") & (t["target"] == "Pre-endocrine")]
     out["posterior_ep_to_pre"] = post[["gene", "p_base", "p_ko", "delta"]].to_dict("records")
 
-    # -- krumsiek11 ------------------------------------------------------------------------------
-    if not args.skip_krumsiek:
-        k_adata, k_labels = load("krumsiek11")
-        kdcpt.KDCPT.setup_anndata(k_adata, labels_key=k_labels, prior_key="is_tf")
-        scvi.settings.seed = 0
-        km = kdcpt.KDCPT(k_adata)
-        km.train(max_epochs=30, enable_progress_bar=False, accelerator="cpu")
-        kr = km.knockout("all", inplace=False, progress=False).table
-        blocks = {"Ery/Mk": ["Ery", "Mk"], "Mo/Neu": ["Mo", "Neu"]}
-        res = {}
-        for name, cl in blocks.items():
-            sel = kr[kr["source"].isin(cl) & kr["target"].isin(cl)]
-            res[name] = (sel.groupby("gene", observed=True)["delta"].sum() / len(cl)).to_dict()
-        out["krumsiek11_block_change"] = res
+    checkpoint(out)
 
+    # -- speed: one prediction pass vs the genome-wide screen, in the same run ------------------
+    model.get_logits(indices=np.arange(256))  # warm-up
+    t = time.perf_counter()
+    model.get_logits()
+    t_pass = time.perf_counter() - t
+    t = time.perf_counter()
+    screen = model.knockout("all", n_exact=args.n_exact, inplace=False, progress=False)
+    t_screen = time.perf_counter() - t
+    s = screen.summary
+    out["speed"] = {
+        "n_genes": int(adata.n_vars),
+        "n_cells": int(adata.n_obs),
+        "n_exact": int(s["exact"].sum()),
+        "seconds_prediction_pass": t_pass,
+        "seconds_screen": t_screen,
+        "ratio_screen_to_pass": t_screen / t_pass,
+    }
+    print(out["speed"], flush=True)
+    checkpoint(out)
+
+    # -- accuracy of the first-order ranking on a random sample -------------------------------
+    rng = np.random.default_rng(0)
+    sample = list(rng.choice(adata.var_names, args.n_sample, replace=False))
+    t = time.perf_counter()
+    exact = model.knockout(sample, screen="exact", inplace=False, progress=False).summary.set_index("gene")["effect"]
+    t_exact = time.perf_counter() - t
+    approx = s.set_index("gene")["effect_first_order"].reindex(exact.index)
+    out["first_order_vs_exact"] = {
+        "n_genes": len(sample),
+        "spearman": float(spearmanr(approx, exact).correlation),
+        "seconds_exact_sample": t_exact,
+        "exact_seconds_per_gene": t_exact / len(sample),
+        "extrapolated_exact_all_seconds": t_exact / len(sample) * adata.n_vars,
+    }
+    top = s[s["exact"]].nlargest(15, "effect")[["gene", "effect", "effect_first_order", "frac_changed"]]
+    out["top_exact"] = top.to_dict("records")
+    print(out["first_order_vs_exact"], flush=True)
+    checkpoint(out)
+
+    out["complete"] = True
+    checkpoint(out)
+    return 0
+
+
+def checkpoint(out: dict) -> None:
+    """Write what is done so far (a long run on a loaded machine may not finish)."""
     out["machine_after"] = machine()
     write("knockout_validation", out, markdown(out))
-    return 0
 
 
 def _fmt(x, nd=3):
@@ -189,7 +200,6 @@ def _fmt(x, nd=3):
 
 
 def markdown(o: dict) -> str:
-    sp, fo = o["speed"], o["first_order_vs_exact"]
     mb, ma = o["machine_before"], o["machine_after"]
     lines = [
         "# Knockouts against known genetics; the genome-wide screen (issue 10)",
@@ -200,6 +210,26 @@ def markdown(o: dict) -> str:
         f"Load before: `{mb['uptime']}`; after: `{ma['uptime']}`.  ",
         "Model: default KDCPT (prior `is_tf`, SCENIC mouse TFs), 10 epochs, seed 0, cached under "
         "`benchmarks/_work/`.",
+        "" if o.get("complete") else "\n**Partial run**: the sections below are those that finished.\n",
+    ]
+    if "krumsiek11_block_change" in o:
+        lines += ["", "## krumsiek11", "", "Mean change of p(block) over the block's rows (knockout − base):", "",
+                  "| gene | Ery/Mk | Mo/Neu |", "| --- | --- | --- |"]  # fmt: skip
+        k = o["krumsiek11_block_change"]
+        for g in k["Ery/Mk"]:
+            lines.append(f"| {g} | {_fmt(k['Ery/Mk'][g], 4)} | {_fmt(k['Mo/Neu'].get(g), 4)} |")
+    if "knockout_summary" in o:
+        lines += known(o)
+    if "speed" in o:
+        lines += screen(o)
+    return "\n".join(lines) + "\n"
+
+
+def screen(o: dict) -> list[str]:
+    sp = o["speed"]
+    fo = o.get("first_order_vs_exact", {"n_genes": 0, "exact_seconds_per_gene": np.nan,
+                                         "extrapolated_exact_all_seconds": np.nan, "spearman": np.nan})  # fmt: skip
+    lines = [
         "",
         "## Genome-wide screen (pancreas, all 2,000 genes)",
         "",
@@ -220,7 +250,11 @@ def markdown(o: dict) -> str:
     ]
     for r in o["top_exact"]:
         lines.append(f"| {r['gene']} | {_fmt(r['effect'])} | {_fmt(r['effect_first_order'], 4)} | {_fmt(r['frac_changed'])} |")
-    lines += ["", "## Known genetics (pancreas, directed chain, terminal Alpha / Beta / Delta / Epsilon)", ""]
+    return lines
+
+
+def known(o: dict) -> list[str]:
+    lines = ["", "## Known genetics (pancreas, directed chain, terminal Alpha / Beta / Delta / Epsilon)", ""]
     lines += ["Knockout summary (posterior transition matrix; null: expression-matched genes, targets and "
               "correlates excluded):", "", "| gene | effect | frac. changed | p | q | null pool | n terminated |",
               "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
@@ -254,13 +288,7 @@ def markdown(o: dict) -> str:
     lines += ["", f"Terminated transitions (floor 0.02, fraction 0.5): {len(o['terminated'])}"]
     for r in o["terminated"]:
         lines.append(f"- {r['gene']}: {r['source']} → {r['target']} ({_fmt(r['p_base'])} → {_fmt(r['p_ko'])})")
-    if "krumsiek11_block_change" in o:
-        lines += ["", "## krumsiek11", "", "Mean change of p(block) over the block's rows (knockout − base):", "",
-                  "| gene | Ery/Mk | Mo/Neu |", "| --- | --- | --- |"]  # fmt: skip
-        k = o["krumsiek11_block_change"]
-        for g in k["Ery/Mk"]:
-            lines.append(f"| {g} | {_fmt(k['Ery/Mk'][g], 4)} | {_fmt(k['Mo/Neu'].get(g), 4)} |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 if __name__ == "__main__":
