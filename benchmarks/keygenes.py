@@ -297,7 +297,8 @@ def main(argv=None) -> int:
         "",
         f"Command: `{out['command']}`  ",
         f"Date: {before['date']}, git {before['git_commit']}.  ",
-        f"Model: default KDCPT (prior_mode='bias', prior_weight=0.3), {epochs} epochs, seed 0. Evaluation: {len(ev)} cells stratified by phenotype "
+        f"Model: default KDCPT (prior_mode='bias', prior_weight=0.3), {epochs} epochs, seed 0. "
+        f"Evaluation: {len(ev)} cells stratified by phenotype "
         f"(validation cells first); accuracy of the unperturbed model on them {out['base_accuracy_eval']:.3f}.  ",
         f"Load before: `{before['uptime']}`; after: `{after['uptime']}`; torch threads {args.threads}.",
         "",

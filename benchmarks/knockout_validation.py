@@ -24,7 +24,6 @@ import sys
 import time
 
 import numpy as np
-import pandas as pd
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
 from _ko_common import load, machine, trained_model, write  # noqa: E402
@@ -208,8 +207,7 @@ def markdown(o: dict) -> str:
         f"Date: {mb['date']}; git {mb['git_commit']}; Python {mb['python']}, torch {mb['torch']} "
         f"({mb['torch_threads']} thread(s)), {mb['cpus']} CPUs shared with other jobs.  ",
         f"Load before: `{mb['uptime']}`; after: `{ma['uptime']}`.  ",
-        "Model: default KDCPT (prior `is_tf`, SCENIC mouse TFs), 10 epochs, seed 0, cached under "
-        "`benchmarks/_work/`.",
+        "Model: default KDCPT (prior `is_tf`, SCENIC mouse TFs), 10 epochs, seed 0, cached under `benchmarks/_work/`.",
         "" if o.get("complete") else "\n**Partial run**: the sections below are those that finished.\n",
     ]
     if "krumsiek11_block_change" in o:
@@ -236,7 +234,7 @@ def screen(o: dict) -> list[str]:
         "| quantity | value |",
         "| --- | --- |",
         f"| one prediction pass over {sp['n_cells']} cells (s) | {_fmt(sp['seconds_prediction_pass'], 2)} |",
-        f"| `knockout(\"all\")`: first order for {sp['n_genes']} genes + exact top {sp['n_exact']} (s) | "
+        f'| `knockout("all")`: first order for {sp["n_genes"]} genes + exact top {sp["n_exact"]} (s) | '
         f"{_fmt(sp['seconds_screen'], 1)} |",
         f"| ratio screen / prediction pass | **{_fmt(sp['ratio_screen_to_pass'], 1)}** |",
         f"| exact knockout, s per gene (sample of {fo['n_genes']}) | {_fmt(fo['exact_seconds_per_gene'], 2)} |",
@@ -249,7 +247,9 @@ def screen(o: dict) -> list[str]:
         "| --- | --- | --- | --- |",
     ]
     for r in o["top_exact"]:
-        lines.append(f"| {r['gene']} | {_fmt(r['effect'])} | {_fmt(r['effect_first_order'], 4)} | {_fmt(r['frac_changed'])} |")
+        lines.append(
+            f"| {r['gene']} | {_fmt(r['effect'])} | {_fmt(r['effect_first_order'], 4)} | {_fmt(r['frac_changed'])} |"
+        )
     return lines
 
 
@@ -266,7 +266,8 @@ def known(o: dict) -> list[str]:
     lines += ["", "Base fates (all cells, shares of the terminal phenotypes): "
               + ", ".join(f"{k} {_fmt(v)}" for k, v in o["fate_base_all"].items()), "",
               "Change of fate (source = all cells, knockout − base):", "",
-              "| gene | expected | " + " | ".join(TERMINAL) + " |", "| --- | --- |" + " --- |" * len(TERMINAL)]  # fmt: skip
+              "| gene | expected | " + " | ".join(TERMINAL) + " |",
+              "| --- | --- |" + " --- |" * len(TERMINAL)]  # fmt: skip
     for g, row in o["fate_all"].items():
         lines.append(f"| {g} | {EXPECT.get(g, '')} | " + " | ".join(_fmt(row.get(t), 4) for t in TERMINAL) + " |")
     lines += ["", "Change of fate from the progenitors:", "", "| gene | source | " + " | ".join(TERMINAL) + " |",

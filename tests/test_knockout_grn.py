@@ -32,9 +32,7 @@ def test_propagation_matrix_follows_the_data():
 def test_grn_propagation_adds_target_effect(transition_model):
     grn = planted_grn(transition_model.adata)
     with pytest.warns(UserWarning, match="no prior targets.*Gene_7"):
-        res = transition_model.knockout(
-            ["Reg_P1", "Gene_7"], propagate="grn", grn=grn, inplace=False, progress=False
-        )
+        res = transition_model.knockout(["Reg_P1", "Gene_7"], propagate="grn", grn=grn, inplace=False, progress=False)
     s = res.summary.set_index("gene")
     assert {"effect_direct", "frac_changed_direct"} <= set(s.columns) and "delta_direct" in res.table
     # the regulator's targets go down with it: the effect grows; a gene without targets is unchanged

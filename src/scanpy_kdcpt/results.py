@@ -258,8 +258,11 @@ class KeyGenes(_Result):
         return self._by(by)[phenotype].nlargest(n)
 
     def ranking(self, n: int = N_RANKED, *, by: str = "specificity") -> pd.DataFrame:
-        """Tidy per-phenotype ranking: ``phenotype``, ``gene``, ``rank``, ``score``, ``selected_frac``
-        (and ``specificity``, ``attention``), ranked ``by`` (see :meth:`top`)."""
+        """Tidy per-phenotype ranking, ranked ``by`` (see :meth:`top`).
+
+        Columns ``phenotype``, ``gene``, ``rank``, ``score``, ``selected_frac``, ``specificity``
+        (and ``attention`` when present).
+        """
         rows = []
         n = min(n, self.scores.shape[0])
         stat = self._by(by)

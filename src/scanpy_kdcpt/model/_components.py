@@ -111,7 +111,8 @@ class CellLearner(nn.Module):
     attend to stays unselected, whatever its prior), rescaled to [0, 1]. With
     ``prior_mode="blend"`` (the paper's form) ``score = (1 - λ) * attention + λ * prior``: as
     typical attention is small (≈ 0.02 of the cell's maximum), λ = 0.3 selects every
-    expressed prior gene in every cell. Ties in the selection are broken by token order. The top ``n_selected`` tokens, weighted by their
+    expressed prior gene in every cell. Ties in the selection are broken by token order.
+    The top ``n_selected`` tokens, weighted by their
     normalised scores (so that selection stays differentiable), pass through full
     self-attention among themselves and form ``E_t``.
     """

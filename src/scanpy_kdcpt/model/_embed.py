@@ -51,7 +51,8 @@ class Reembedder:
         else:
             raise TypeError(
                 "embed_fn must be a callable (cells × genes expression → cells × dims embedding) or a model "
-                f"with get_latent_representation(adata) (e.g. a trained scvi-tools model), not {type(embed_fn).__name__}."
+                "with get_latent_representation(adata) (e.g. a trained scvi-tools model), "
+                f"not {type(embed_fn).__name__}."
             )
         self._base: dict[int, np.ndarray] = {}
 

@@ -20,8 +20,7 @@ import pandas as pd
 import torch
 from scipy import sparse
 
-from .. import _keys, markov, stats, writers
-from .. import _expression
+from .. import _expression, _keys, markov, stats, writers
 from .._constants import REGISTRY_KEYS, TARGET_SUM
 from .._errors import KeyNotFoundError
 from .._utils import did_you_mean
@@ -100,7 +99,8 @@ class KnockoutMixin:
         too. With an external ``embedding_key``, pass ``embed_fn`` (the model that made the
         embedding, or a function) so the perturbed cells are embedded again and the knockout
         reaches the prediction branch; without it only the gene-token branch sees the
-        knockout (a warning says so once, and ``params["prediction_branch_fixed"]`` is True). Only the cells that express the gene change, so only they are rerun
+        knockout (a warning says so once, and ``params["prediction_branch_fixed"]`` is True).
+        Only the cells that express the gene change, so only they are rerun
         (``only_expressing``); the others keep their base probabilities. The data in
         ``adata`` are never modified.
 
@@ -164,7 +164,9 @@ class KnockoutMixin:
             the ``n_exact`` highest exactly (with their nulls). ``"auto"`` (default): first
             order for deletions of more than ``n_exact`` single genes (``genes="all"`` on a
             real genome), exact otherwise. Genes not recomputed get ``effect`` NaN and their
-            estimate in ``effect_first_order``.
+            estimate in ``effect_first_order``. The first-order estimate follows the gene
+            tokens and the internal encoder; with an external embedding it leaves out the
+            embedding (the exact recompute re-embeds with ``embed_fn``).
         n_exact
             Genes recomputed exactly after a first-order screen.
         chain
@@ -254,9 +256,7 @@ class KnockoutMixin:
         plan = _Perturbation.plan(X, run_list, mode, quantile, only_expressing, self.data_type_ == "counts")
         direct = None
         if propagate == "grn":
-            props = fit_propagation(
-                _expression.log_normalize(X, self.data_type_), edges, run_list, n_steps=n_steps
-            )
+            props = fit_propagation(_expression.log_normalize(X, self.data_type_), edges, run_list, n_steps=n_steps)
             warn_without_targets([n for n, u in units.items() if props[run_list.index(u)] is None])
             direct = self._rerun(prepared, plan, base, batch_size, progress, embedder=embedder)
             plan = replace(

@@ -173,7 +173,8 @@ def knockout_effects(
     Each knocked-out gene (or gene set) is a dot at its effect (mean total-variation distance
     between the rows of ``P_ko`` and ``P``); the grey bar spans the 2.5–97.5 % range of its
     null (expression-matched random genes, when ``n_null > 0``). Genes with ``qval < alpha``
-    (Benjamini–Hochberg; ``pval`` when there are no q-values) are filled, others hollow; a gene that terminated a transition is drawn in red.
+    (Benjamini–Hochberg; ``pval`` when there are no q-values) are filled, others hollow; a
+    gene that terminated a transition is drawn in red.
 
     Parameters
     ----------
