@@ -76,3 +76,12 @@ def test_chain_errors(transition_model):
         transition_model.knockout("Reg_P1", chain=T, terminal=["P9"], inplace=False, progress=False)
     with pytest.raises(ValueError, match="row-stochastic"):
         transition_model.knockout("Reg_P1", chain=T * 2, terminal=["P3"], inplace=False, progress=False)
+
+
+def test_report_lists_fate_deltas_and_qvalues(fate_result):
+    from scanpy_kdcpt import report
+
+    summary = fate_result.summary.assign(pval=0.01, qval=0.02)
+    uns = {"knockout_summary": summary, "knockout": fate_result.table, "knockout_fate": fate_result.fate}
+    text = "\n".join(report._knockout_section(uns, 5, {}))
+    assert "qval" in text and "### Fate deltas" in text and "Reg_P2" in text.split("### Fate deltas")[1]
