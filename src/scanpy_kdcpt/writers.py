@@ -144,7 +144,8 @@ def write_key_genes(
     adata: AnnData, result: KeyGenes, *, key_added: str = _keys.DEFAULT_KEY, n_top: int | None = None
 ) -> None:
     """Set ``.var``: ``{key}_score``, ``{key}_selected_frac``, ``{key}_rank``, ``{key}_key_gene``
-    (the ``n_top`` highest scores; default ``min(50, max(5, n_genes // 10))``) and
+    (the ``n_top`` highest scores; default ``min(50, max(5, n_genes // 10))``), ``{key}_attention``
+    (the prior-free attention, when the result has it) and
     ``.uns[key]["key_genes"]``: a tidy DataFrame (``phenotype``, ``gene``, ``rank``, ``score``,
     ``selected_frac``) of the top genes of each phenotype.
     """
@@ -173,7 +174,8 @@ def write_key_genes(
 
 def write_knockout(adata: AnnData, result: KnockoutResult, *, key_added: str = _keys.DEFAULT_KEY) -> None:
     """Set ``.uns[key]``: ``knockout`` (tidy table), ``knockout_summary``, ``knockout_params``
-    (and ``knockout_fate`` when the result has fate deltas); ``.var["{key}_knockout_effect"]``.
+    (and ``knockout_fate`` / ``knockout_flux`` when the result has fate deltas, replacing earlier
+    ones); ``.var["{key}_knockout_effect"]``.
 
     Earlier results of the same genes and mode are replaced, others kept (when they used the
     same ``groupby`` / ``floor`` / ``fraction``).
