@@ -246,7 +246,7 @@ def screen(o: dict) -> list[str]:
         "| gene | effect (exact) | first order | frac. cells changed |",
         "| --- | --- | --- | --- |",
     ]
-    for r in o["top_exact"]:
+    for r in o.get("top_exact", []):
         lines.append(
             f"| {r['gene']} | {_fmt(r['effect'])} | {_fmt(r['effect_first_order'], 4)} | {_fmt(r['frac_changed'])} |"
         )
