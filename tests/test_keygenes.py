@@ -131,3 +131,76 @@ def test_key_genes_plot_with_a_phenotype_no_cell_is_assigned_to():
     group_labels = [t.get_text() for t in ax.get_yticklabels()]
     assert "C" not in group_labels and {"A", "B"} <= set(group_labels)
     plt.close("all")
+
+
+def test_decoy_tfs_are_not_key_genes(synthetic_model, key_genes):
+    """The prior guides without swamping: uninformative TFs stay out of each phenotype's top 20."""
+    var = synthetic_model.adata.var
+    decoys = list(var.index[var.index.str.startswith("TF_decoy")])
+    assert len(decoys) == 10
+    for phenotype in key_genes.scores.columns:
+        top20 = set(key_genes.top(phenotype, 20).index)
+        print(phenotype, sorted(top20 & set(decoys)))
+        assert len(top20 & set(decoys)) <= 1, f"decoy TFs in the top 20 of {phenotype}: {sorted(top20 & set(decoys))}"
+    # the prior-free attention is reported beside the blended score, and is below it for prior genes only
+    ov = key_genes.overall
+    assert "attention" in ov
+    tf = var["is_tf"].to_numpy(bool)
+    assert (ov["attention"].to_numpy()[~tf] >= ov["score"].to_numpy()[~tf] - 1e-6).all()
+
+
+def test_blend_prior_swamps_bias_prior_does_not():
+    """With the paper's blend every expressed prior gene scores ≥ λ; with the bias a prior gene the
+    network does not attend to stays at 0."""
+    import torch
+
+    from scanpy_kdcpt.model._components import CellLearner
+
+    attention = torch.tensor([[1.0, 0.02, 0.0, 0.02]])
+    prior = torch.tensor([[0.0, 0.0, 1.0, 1.0]])
+    blend = CellLearner(8, 2, 1, 2, 2, 0.3, "mean", 0.0, prior_mode="blend").blend(attention, prior)
+    bias = CellLearner(8, 2, 1, 2, 2, 0.3, "mean", 0.0, prior_mode="bias").blend(attention, prior)
+    assert blend[0, 2] == pytest.approx(0.3) and blend[0, 2] > blend[0, 1]  # an unattended TF outranks
+    assert bias[0, 2] == 0 and bias[0, 3] > bias[0, 1]  # the prior only reorders attended genes
+    with pytest.raises(ValueError, match="prior_mode"):
+        CellLearner(8, 2, 1, 2, 2, 0.3, "mean", 0.0, prior_mode="swamp")
+
+
+def test_deleting_a_non_token_gene_leaves_the_token_set_unchanged(transition_model):
+    """Ties at the token cutoff are broken by gene order, so only token genes can change the set."""
+    import torch
+
+    module = transition_model.module
+    X = transition_model.adata.X[:300].toarray().astype(np.float32)
+    x = module.normalize(torch.as_tensor(X))
+    _, idx, values, mask = module.tokenizer(x)
+    n_tok = idx.shape[1]
+    cutoff = values[:, -1:]
+    assert ((x == cutoff) & (x > 0)).sum(1).gt(1).any(), "no ties at the cutoff: the test would prove nothing"
+    rng = np.random.default_rng(0)
+    checked = 0
+    for c in range(X.shape[0]):
+        tokens = set(idx[c][mask[c]].tolist())
+        outside = np.setdiff1d(np.flatnonzero(X[c] > 0), list(tokens))
+        if not len(outside):
+            continue
+        g = int(rng.choice(outside))
+        X2 = X[c : c + 1].copy()
+        X2[0, g] = 0
+        _, idx2, _, mask2 = module.tokenizer(module.normalize(torch.as_tensor(X2)))
+        # counts are library-normalised: deleting a gene rescales the others but keeps their order
+        assert set(idx2[0][mask2[0]].tolist()) == tokens, f"cell {c}: deleting non-token gene {g} changed the tokens"
+        checked += 1
+    assert checked > 50 and n_tok == 64
+
+
+def test_faithfulness_key_genes_beat_random(synthetic_model, key_genes):
+    f = synthetic_model.get_faithfulness(key_genes, ks=(3, 10), n_random=2, indices=np.arange(0, 1200, 4))
+    assert set(f["genes"]) == {"key genes", "random"} and len(f) == 2 * 2 * 2
+    t = f.set_index(["genes", "k", "perturbation"])
+    for k in (3, 10):
+        # keeping only the key genes keeps the prediction; removing them hurts more than removing random genes
+        assert t.loc[("key genes", k, "keep"), "accuracy"] > t.loc[("random", k, "keep"), "accuracy"]
+        assert t.loc[("key genes", k, "remove"), "confidence"] < t.loc[("random", k, "remove"), "confidence"]
+    with pytest.raises(ValueError, match="ks"):
+        synthetic_model.get_faithfulness(key_genes, ks=(0,))

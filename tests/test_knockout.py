@@ -172,3 +172,13 @@ def test_knockout_writes_survive_h5ad_and_plots_draw(transition_model, tmp_path)
     with pytest.raises(KeyError, match="Reg_P1"):
         kdcpt.pl.knockout(back, "Reg_P11", show=False)
     plt.close("all")
+
+
+def test_null_pool_leaves_out_targets_and_correlates(transition_model):
+    res = transition_model.knockout("Reg_P1", n_null=20, inplace=False, progress=False)
+    drawn = set(res.null["null_gene"])
+    assert not {g for g in drawn if g.startswith(("Reg_", "Tgt_P1_"))}, sorted(drawn)
+    row = res.summary.iloc[0]
+    assert row["null_excluded_correlated"] >= 6  # its planted targets at least
+    assert row["null_pool"] + row["null_excluded_correlated"] < transition_model.adata.n_vars
+    assert 0 < row["qval"] <= 1

@@ -160,7 +160,7 @@ def _knockout_section(uns: dict, n_top: int, figures: dict) -> list[str]:
     if "effect" in summary.columns:
         summary = summary.sort_values("effect", ascending=False)
     summary.index.name = "gene"
-    cols = [c for c in ("mode", "effect", "frac_changed", "n_terminated", "pval") if c in summary.columns]
+    cols = [c for c in ("mode", "effect", "frac_changed", "n_terminated", "pval", "qval") if c in summary.columns]
     summary = summary[cols] if cols else summary
     summary = summary.loc[:, summary.notna().any()]  # e.g. no p-values without a null
     if "mode" in summary.columns and summary["mode"].nunique() == 1:
@@ -184,6 +184,19 @@ def _knockout_section(uns: dict, n_top: int, figures: dict) -> list[str]:
             lines += [_table(term[cols].reset_index(drop=True), index=False), ""]
         else:
             lines += ["No knockout terminated a transition.", ""]
+    fate = uns.get(_keys.UNS_KNOCKOUT_FATE)
+    if isinstance(fate, pd.DataFrame) and len(fate):
+        allc = fate[fate["source"].astype(str) == "all"]
+        wide = allc.pivot_table(index="gene", columns="terminal", values="delta", observed=True)
+        lines += [
+            "### Fate deltas",
+            "",
+            "Change of the fate probabilities into each terminal phenotype (mean over all cells, "
+            "knockout − base) on the directed chain.",
+            "",
+            _table(wide),
+            "",
+        ]
     return lines + _figures(figures, "knockout")
 
 

@@ -213,6 +213,9 @@ class KeyGenes(_Result):
         Genes × phenotypes: fraction of each phenotype's cells in which the gene is selected.
     n_cells
         Cells per phenotype (known label, else prediction).
+    attention
+        Genes × phenotypes: mean prior-free attention (the Cell Learner's score before the prior
+        is applied) over the cells of each phenotype; ``None`` for results built without it.
 
     """
 
@@ -220,27 +223,66 @@ class KeyGenes(_Result):
     scores: pd.DataFrame
     selected_frac: pd.DataFrame
     n_cells: pd.Series
+    attention: pd.DataFrame | None = None
 
-    def top(self, phenotype: str, n: int = 10) -> pd.Series:
-        """The ``n`` genes with the highest mean score in ``phenotype`` (score as values)."""
+    @property
+    def specificity(self) -> pd.DataFrame:
+        """Genes × phenotypes: mean score in the phenotype minus the mean score in all other cells.
+
+        A gene the Cell Learner selects everywhere (a housekeeping gene, an uninformative prior
+        gene) scores ≈ 0; a regulator of the phenotype scores high.
+        """
+        n = self.n_cells.reindex(self.scores.columns).to_numpy(float)
+        s = self.scores.to_numpy(float)
+        total = (s * n).sum(1, keepdims=True)
+        rest = (total - s * n) / np.maximum(n.sum() - n, 1)
+        return pd.DataFrame(s - rest, index=self.scores.index, columns=self.scores.columns)
+
+    def _by(self, by: str) -> pd.DataFrame:
+        if by == "specificity":
+            return self.specificity
+        if by == "score":
+            return self.scores
+        if by == "attention" and self.attention is not None:
+            return self.attention
+        raise ValueError(f"by must be 'specificity', 'score' or 'attention' (when present), not {by!r}.")
+
+    def top(self, phenotype: str, n: int = 10, *, by: str = "specificity") -> pd.Series:
+        """The ``n`` key genes of ``phenotype`` (values: the ranking statistic).
+
+        ``by="specificity"`` (default, see :attr:`specificity`), ``"score"`` (mean Cell Learner
+        score in the phenotype) or ``"attention"`` (mean prior-free attention).
+        """
         if phenotype not in self.scores.columns:
             raise KeyNotFoundError(f"{phenotype!r} is not a phenotype; phenotypes: {list(self.scores.columns)}.")
-        return self.scores[phenotype].nlargest(n)
+        return self._by(by)[phenotype].nlargest(n)
 
-    def ranking(self, n: int = N_RANKED) -> pd.DataFrame:
-        """Tidy per-phenotype ranking: ``phenotype``, ``gene``, ``rank``, ``score``, ``selected_frac``."""
+    def ranking(self, n: int = N_RANKED, *, by: str = "specificity") -> pd.DataFrame:
+        """Tidy per-phenotype ranking, ranked ``by`` (see :meth:`top`).
+
+        Columns ``phenotype``, ``gene``, ``rank``, ``score``, ``selected_frac``, ``specificity``
+        (and ``attention`` when present).
+        """
         rows = []
         n = min(n, self.scores.shape[0])
+        stat = self._by(by)
+        spec = self.specificity
         for ph in self.scores.columns:
-            top = self.scores[ph].nlargest(n)
+            top = stat[ph].nlargest(n)
             rows.append(
                 pd.DataFrame(
                     {
                         "phenotype": ph,
                         "gene": top.index.astype(str),
                         "rank": np.arange(1, len(top) + 1),
-                        "score": top.to_numpy(np.float64),
+                        "score": self.scores.loc[top.index, ph].to_numpy(np.float64),
                         "selected_frac": self.selected_frac.loc[top.index, ph].to_numpy(np.float64),
+                        "specificity": spec.loc[top.index, ph].to_numpy(np.float64),
+                        **(
+                            {"attention": self.attention.loc[top.index, ph].to_numpy(np.float64)}
+                            if self.attention is not None
+                            else {}
+                        ),
                     }
                 )
             )
@@ -286,6 +328,12 @@ class KnockoutResult(_Result):
         Tidy null draws: ``gene`` (the tested gene), ``null_gene``, ``effect``.
     params
         Parameters of the screen.
+    fate
+        With a directed chain: tidy fate deltas ``gene``, ``source`` (phenotypes, and ``"all"``
+        for the mean over all cells), ``terminal``, ``fate_base``, ``fate_ko``, ``delta``.
+    flux
+        With a directed chain: tidy ``gene``, ``source``, ``target``, ``p_base``, ``p_ko`` (the
+        directed phenotype chain), ``flux_base``, ``flux_ko``, ``delta`` (change of net flux).
 
     """
 
@@ -294,6 +342,8 @@ class KnockoutResult(_Result):
     transition_matrix: pd.DataFrame
     null: pd.DataFrame = field(default_factory=pd.DataFrame)
     params: dict = field(default_factory=dict)
+    fate: pd.DataFrame | None = None
+    flux: pd.DataFrame | None = None
 
     def to_frame(self) -> pd.DataFrame:
         return self.summary

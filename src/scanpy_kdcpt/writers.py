@@ -175,7 +175,8 @@ def write_key_genes(
     link_key: str | None = None,
 ) -> None:
     """Set ``.var``: ``{key}_score``, ``{key}_selected_frac``, ``{key}_rank``, ``{key}_key_gene``
-    (the ``n_top`` highest scores; default ``min(50, max(5, n_genes // 10))``) and
+    (the ``n_top`` highest scores; default ``min(50, max(5, n_genes // 10))``), ``{key}_attention``
+    (the prior-free attention, when the result has it) and
     ``.uns[key]["key_genes"]``: a tidy DataFrame (``phenotype``, ``gene``, ``rank``, ``score``,
     ``selected_frac``) of the top genes of each phenotype.
 
@@ -236,7 +237,8 @@ def _write_key_features_mudata(mdata, result: KeyGenes, *, key_added: str, n_top
 
 def write_knockout(adata: AnnData, result: KnockoutResult, *, key_added: str = _keys.DEFAULT_KEY) -> None:
     """Set ``.uns[key]``: ``knockout`` (tidy table), ``knockout_summary``, ``knockout_params``
-    (and ``knockout_fate`` when the result has fate deltas); ``.var["{key}_knockout_effect"]``.
+    (and ``knockout_fate`` / ``knockout_flux`` when the result has fate deltas, replacing earlier
+    ones); ``.var["{key}_knockout_effect"]``.
 
     Earlier results of the same genes and mode are replaced, others kept (when they used the
     same ``groupby`` / ``floor`` / ``fraction``).
@@ -257,6 +259,10 @@ def write_knockout(adata: AnnData, result: KnockoutResult, *, key_added: str = _
     if isinstance(fate, pd.DataFrame) and len(fate):
         uns[_keys.UNS_KNOCKOUT_FATE] = fate
         written.append(_keys.UNS_KNOCKOUT_FATE)
+    flux = getattr(result, "flux", None)
+    if isinstance(flux, pd.DataFrame) and len(flux):
+        uns[_keys.UNS_KNOCKOUT_FLUX] = flux
+        written.append(_keys.UNS_KNOCKOUT_FLUX)
     # .var: effect of single-gene deletions (each modality's .var for a MuData: genes and sites)
     for target in adata.mod.values() if hasattr(adata, "mod") else [adata]:
         single = summary[(summary["mode"] == "delete") & summary["gene"].isin(list(map(str, target.var_names)))]

@@ -48,6 +48,7 @@ class KDCPTLike(Protocol):
         transform: Callable[[torch.Tensor, np.ndarray], torch.Tensor] | None = None,
         progress: bool = False,
         description: str = "KDCPT",
+        transform_inputs: Callable | None = None,
     ) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]: ...
 
     def get_logits(self, adata: AnnData | None = None, indices=None, batch_size: int | None = None) -> np.ndarray: ...

@@ -25,10 +25,23 @@ def token_grid(n_tokens: int) -> tuple[int, int]:
     return h, n_tokens // h
 
 
+def stable_topk(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.topk`` along the last axis with ties broken by position (the earlier one wins).
+
+    ``torch.topk`` picks among tied values arbitrarily (and differently on CPU and GPU); a
+    stable descending sort keeps tied entries in their original order.
+    """
+    values, idx = torch.sort(x, dim=-1, descending=True, stable=True)
+    return values[..., :k], idx[..., :k]
+
+
 class GeneTokenizer(nn.Module):
     """Per cell, the ``n_tokens`` most expressed genes as tokens.
 
     token = gene-identity embedding + value embedding. Genes with zero expression are masked.
+    Ties in expression (frequent: counts and their logs take few distinct values) are broken
+    deterministically by gene order (the earlier gene wins), through a stable sort: so
+    setting a gene that is not a token to zero never changes the token set.
     With ``modality`` (one code per feature, e.g. 0 = gene, 1 = regulatory site), a modality
     embedding is added too, so that genes and sites share one token pool.
     """
@@ -46,7 +59,7 @@ class GeneTokenizer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return ``(tokens, gene_idx, values, mask)``; ``mask`` is True for real (expressed) tokens."""
-        values, gene_idx = torch.topk(x, self.n_tokens, dim=-1)
+        values, gene_idx = stable_topk(x, self.n_tokens)
         mask = values > 0
         tokens = self.gene_embedding(gene_idx) + self.value_embedding(values.unsqueeze(-1))
         if self.modality_embedding is not None:
@@ -96,11 +109,18 @@ class LatentCrossAttentionLayer(nn.Module):
 
 
 class CellLearner(nn.Module):
-    """Screening branch: score gene tokens by CLS attention blended with a prior, keep the top k.
+    """Screening branch: score gene tokens by CLS attention guided by a prior, keep the top k.
 
-    Gene score = ``(1 - prior_weight) * attention + prior_weight * prior``, where attention is
-    the CLS-row attention aggregated over layers and heads (mean or learned weights) and
-    rescaled to [0, 1] within each cell. The top ``n_selected`` tokens, weighted by their
+    The attention is the CLS-row attention aggregated over layers and heads (mean or learned
+    weights) and rescaled to [0, 1] within each cell (``attention`` in the output: the
+    prior-free score). With ``prior_mode="bias"`` (default) the prior is a bias on the
+    log-attention: ``score ∝ attention * exp(β * prior)`` with ``β = -log(1 - prior_weight)``
+    (a prior gene's attention is multiplied by ``1 / (1 - λ)``; a gene the network does not
+    attend to stays unselected, whatever its prior), rescaled to [0, 1]. With
+    ``prior_mode="blend"`` (the paper's form) ``score = (1 - λ) * attention + λ * prior``: as
+    typical attention is small (≈ 0.02 of the cell's maximum), λ = 0.3 selects every
+    expressed prior gene in every cell. Ties in the selection are broken by token order.
+    The top ``n_selected`` tokens, weighted by their
     normalised scores (so that selection stays differentiable), pass through full
     self-attention among themselves and form ``E_t``.
     """
@@ -116,10 +136,14 @@ class CellLearner(nn.Module):
         aggregation: str,
         dropout: float,
         use_attention: bool = True,
+        prior_mode: str = "bias",
     ):
         super().__init__()
+        if prior_mode not in ("bias", "blend"):
+            raise ValueError(f"prior_mode must be 'bias' or 'blend', not {prior_mode!r}.")
         self.n_selected = n_selected
         self.prior_weight = prior_weight
+        self.prior_mode = prior_mode
         self.aggregation = aggregation
         self.use_attention = use_attention
         self.latents = nn.Parameter(torch.randn(n_latents, d_model) * 0.02)
@@ -141,6 +165,17 @@ class CellLearner(nn.Module):
             return (attn.reshape(b, n_l * n_h, n_t) * w[None, :, None]).sum(1)
         return attn.mean(dim=(1, 2))
 
+    def blend(self, attention: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+        """Scores from the prior-free attention (in [0, 1] per cell) and the prior of each token."""
+        lam = float(self.prior_weight)
+        if lam <= 0:
+            return attention
+        if self.prior_mode == "blend":
+            return (1 - lam) * attention + lam * prior
+        beta = -math.log(max(1.0 - lam, 1e-6))
+        scores = attention * torch.exp(beta * prior)
+        return scores / scores.amax(dim=-1, keepdim=True).clamp_min(1e-12)
+
     def forward(
         self, tokens: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, prior: torch.Tensor
     ) -> dict[str, torch.Tensor]:
@@ -159,12 +194,11 @@ class CellLearner(nn.Module):
             cls = tokens.new_zeros(b, tokens.shape[-1])
         attention = attention * mask
         attention = attention / attention.amax(dim=-1, keepdim=True).clamp_min(1e-12)
-        scores = (1 - self.prior_weight) * attention + self.prior_weight * prior
-        scores = scores * mask
+        scores = self.blend(attention, prior) * mask
 
         k = min(self.n_selected, tokens.shape[1])
         ranking = scores.masked_fill(~mask, -1.0)
-        sel_scores, sel_pos = torch.topk(ranking, k, dim=-1)
+        sel_scores, sel_pos = stable_topk(ranking, k)
         sel_mask = sel_scores > -1.0
         sel_scores = sel_scores.clamp_min(0.0) * sel_mask
         n_valid = sel_mask.sum(-1, keepdim=True).clamp_min(1)

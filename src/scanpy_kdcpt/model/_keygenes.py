@@ -30,6 +30,7 @@ class KeyGeneAccumulator:
         n = len(phenotypes) * len(genes)
         self.score_sum = np.zeros(n)
         self.sel_sum = np.zeros(n)
+        self.attn_sum = np.zeros(n)
         self.n_cells = np.zeros(len(phenotypes))
 
     def add(self, out: dict[str, torch.Tensor], group: np.ndarray) -> None:
@@ -42,6 +43,8 @@ class KeyGeneAccumulator:
         flat = (group[:, None] * n_genes + gene_idx.cpu().numpy())[mask]
         scores = out["scores"].float().cpu().numpy()[mask]
         self.score_sum += np.bincount(flat, weights=scores, minlength=self.score_sum.size)
+        attention = out["attention"].float().cpu().numpy()[mask]
+        self.attn_sum += np.bincount(flat, weights=attention, minlength=self.attn_sum.size)
         sel_genes = torch.gather(gene_idx, 1, out["selected_pos"]).cpu().numpy()
         flat = (group[:, None] * n_genes + sel_genes)[out["selected_mask"].cpu().numpy()]
         self.sel_sum += np.bincount(flat, minlength=self.sel_sum.size)
@@ -49,10 +52,16 @@ class KeyGeneAccumulator:
     def result(self) -> KeyGenes:
         shape = (len(self.phenotypes), len(self.genes))
         score_sum, sel_sum = self.score_sum.reshape(shape), self.sel_sum.reshape(shape)
+        attn_sum = self.attn_sum.reshape(shape)
         total = max(self.n_cells.sum(), 1)
         genes = pd.Index(self.genes, name="gene")
         overall = pd.DataFrame(
-            {"score": score_sum.sum(0) / total, "selected_frac": sel_sum.sum(0) / total}, index=genes
+            {
+                "score": score_sum.sum(0) / total,
+                "selected_frac": sel_sum.sum(0) / total,
+                "attention": attn_sum.sum(0) / total,
+            },
+            index=genes,
         )
         overall["rank"] = overall["score"].rank(ascending=False, method="first").astype(np.int64)
         denom = np.maximum(self.n_cells, 1)[:, None]
@@ -61,6 +70,7 @@ class KeyGeneAccumulator:
             scores=pd.DataFrame((score_sum / denom).T, index=genes, columns=self.phenotypes),
             selected_frac=pd.DataFrame((sel_sum / denom).T, index=genes, columns=self.phenotypes),
             n_cells=pd.Series(self.n_cells.astype(np.int64), index=self.phenotypes, name="n_cells"),
+            attention=pd.DataFrame((attn_sum / denom).T, index=genes, columns=self.phenotypes),
         )
 
 
@@ -77,9 +87,10 @@ class KeyGenesMixin:
     ) -> KeyGenes:
         """Key genes from the Cell Learner's token scores.
 
-        For every gene: its mean Cell Learner score (attention blended with the prior) over all
-        cells and over the cells of each phenotype (0 in cells where it is not a token), and
-        the fraction of cells in which it is among the selected tokens. Cells are grouped by
+        For every gene: its mean Cell Learner score (attention guided by the prior) over all
+        cells and over the cells of each phenotype (0 in cells where it is not a token), its
+        mean prior-free attention (same averaging), and the fraction of cells in which it is
+        among the selected tokens. Cells are grouped by
         their known phenotype, else by their prediction.
 
         Parameters
@@ -96,8 +107,10 @@ class KeyGenesMixin:
         Returns
         -------
         :class:`~scanpy_kdcpt.results.KeyGenes` with ``overall`` (genes × ``score``,
-        ``selected_frac``, ``rank``), ``scores`` and ``selected_frac`` (genes × phenotypes)
-        and ``n_cells`` per phenotype. :func:`scanpy_kdcpt.writers.write_key_genes` writes it.
+        ``selected_frac``, ``attention``, ``rank``), ``scores``, ``selected_frac`` and
+        ``attention`` (genes × phenotypes) and ``n_cells`` per phenotype.
+        :func:`scanpy_kdcpt.writers.write_key_genes` writes it (``.var["{key}_attention"]``
+        beside ``.var["{key}_score"]``).
 
         """
         self._check_if_trained(warn=True)
@@ -112,3 +125,111 @@ class KeyGenesMixin:
             pred = out["logits"].argmax(-1).cpu().numpy()
             acc.add(out, np.where(labelled[pos], codes[pos], pred))
         return acc.result()
+
+    def get_faithfulness(
+        self: KDCPTLike,
+        key_genes: KeyGenes | None = None,
+        adata: AnnData | None = None,
+        *,
+        ks: Sequence[int] = (5, 10, 25, 50),
+        n_random: int = 5,
+        indices: Sequence[int] | None = None,
+        by: str = "specificity",
+        batch_size: int | None = None,
+        random_state: int = 0,
+    ) -> pd.DataFrame:
+        """Deletion / insertion faithfulness of the key genes against random genes.
+
+        For each ``k``, every cell keeps **only** the top-``k`` key genes of its phenotype (its
+        known phenotype, else its prediction) — the others set to 0 — (``"keep"``, insertion:
+        high is faithful) or **loses** them (``"remove"``, deletion: low is faithful); the
+        same with ``k`` random genes per phenotype (``n_random`` draws). The data are not
+        modified.
+
+        Parameters
+        ----------
+        key_genes
+            From :meth:`get_key_genes` (computed when not given).
+        adata
+            The registered AnnData (default) or a query.
+        ks
+            Numbers of genes kept / removed.
+        n_random
+            Random gene sets per ``k`` and phenotype.
+        indices
+            Cells to use (default all).
+        by
+            Ranking of :meth:`~scanpy_kdcpt.results.KeyGenes.top`: ``"specificity"``,
+            ``"score"`` or ``"attention"``.
+        batch_size
+            Cells per forward pass.
+        random_state
+            Seed of the random genes.
+
+        Returns
+        -------
+        Tidy DataFrame: ``genes`` (``"key genes"`` or ``"random"``), ``k``, ``perturbation``
+        (``"keep"`` / ``"remove"``), ``accuracy`` (against the known phenotypes of labelled
+        cells), ``confidence`` (mean probability of each cell's unperturbed prediction), and
+        ``accuracy_sd`` / ``confidence_sd`` over the random draws. Nothing is written.
+
+        """
+        self._check_if_trained(warn=True)
+        ks = sorted({int(k) for k in ks})
+        if not ks or ks[0] < 1:
+            raise ValueError(f"ks must be positive numbers of genes, got {ks}.")
+        if n_random < 1:
+            raise ValueError(f"n_random must be 1 or more, got {n_random}.")
+        n_genes = len(self.var_names_)
+        if ks[-1] >= n_genes:
+            raise ValueError(f"ks must be below the number of genes ({n_genes}), got {ks[-1]}.")
+        kg = key_genes if key_genes is not None else self.get_key_genes(adata, indices=indices, batch_size=batch_size)
+        stat = kg._by(by).reindex(columns=self.classes_)
+        order = np.argsort(-stat.reindex(self.var_names_).to_numpy(float), axis=0, kind="stable")  # genes × phen.
+        codes, labelled = self.labels_(adata)
+        cells = np.arange(len(codes)) if indices is None else np.asarray(indices)
+        codes, labelled = codes[cells], labelled[cells]
+        base = self._softmax(self.get_logits(adata, indices=cells, batch_size=batch_size))
+        pred = base.argmax(1)
+        group = np.where(labelled, codes, pred)
+        rng = np.random.default_rng(random_state)
+        rows = []
+
+        def run(mask_keep: np.ndarray) -> dict:
+            out = {}
+            for pert, m in (("keep", mask_keep), ("remove", ~mask_keep)):
+                m_t = torch.as_tensor(m, dtype=torch.float32, device=self.device)
+                g_t = torch.as_tensor(group, device=self.device)
+
+                def transform(x, pos, m_t=m_t, g_t=g_t):
+                    return x * m_t[g_t[torch.as_tensor(pos, device=x.device)]].to(x.dtype)
+
+                logits = [r["logits"].float().cpu().numpy() for _, r in self._iterate(
+                    adata, indices=cells, batch_size=batch_size, transform=transform
+                )]  # fmt: skip
+                p = self._softmax(np.concatenate(logits))
+                acc = float((p.argmax(1)[labelled] == codes[labelled]).mean()) if labelled.any() else np.nan
+                out[pert] = (acc, float(p[np.arange(len(pred)), pred].mean()))
+            return out
+
+        n_cls = len(self.classes_)
+        for k in ks:
+            keep = np.zeros((n_cls, n_genes), bool)
+            for c in range(n_cls):
+                keep[c, order[:k, c]] = True
+            res = run(keep)
+            for pert, (acc, conf) in res.items():
+                rows.append(("key genes", k, pert, acc, conf, 0.0, 0.0))
+            draws = {"keep": [], "remove": []}
+            for _ in range(n_random):
+                keep = np.zeros((n_cls, n_genes), bool)
+                for c in range(n_cls):
+                    keep[c, rng.choice(n_genes, k, replace=False)] = True
+                for pert, v in run(keep).items():
+                    draws[pert].append(v)
+            for pert, v in draws.items():
+                v = np.asarray(v)
+                rows.append(("random", k, pert, *v.mean(0), *v.std(0)))
+        return pd.DataFrame(
+            rows, columns=["genes", "k", "perturbation", "accuracy", "confidence", "accuracy_sd", "confidence_sd"]
+        )

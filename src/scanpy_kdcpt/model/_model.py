@@ -68,7 +68,12 @@ class KDCPT(
     n_pcs
         Components of the internal encoder when no ``embedding_key`` was registered.
     prior_weight
-        λ in ``(1 - λ) * attention + λ * prior`` (ignored without a ``prior_key``).
+        λ, the strength of the prior in the Cell Learner (ignored without a ``prior_key``).
+    prior_mode
+        How the prior enters the Cell Learner's scores: ``"bias"`` (default), a bias on the
+        log-attention — a prior gene's attention is multiplied by ``1 / (1 - λ)``, so the
+        prior guides the selection among the genes the network attends to without selecting
+        every prior gene; ``"blend"``, the paper's ``(1 - λ) * attention + λ * prior``.
     aggregation
         ``"mean"`` or ``"learned"`` weighting of CLS attention over layers and heads.
     use_cell_learner, use_cffm
@@ -111,6 +116,7 @@ class KDCPT(
         n_hidden: int = 256,
         n_pcs: int = 100,
         prior_weight: float = 0.3,
+        prior_mode: Literal["bias", "blend"] = "bias",
         aggregation: Literal["mean", "learned"] = "mean",
         use_cell_learner: bool = True,
         use_cffm: bool = True,
@@ -126,6 +132,8 @@ class KDCPT(
             raise ValueError(f"aggregation must be 'mean' or 'learned', not {aggregation!r}.")
         if not 0 <= prior_weight <= 1:
             raise ValueError(f"prior_weight must be in [0, 1], got {prior_weight}.")
+        if prior_mode not in ("bias", "blend"):
+            raise ValueError(f"prior_mode must be 'bias' or 'blend', not {prior_mode!r}.")
         setup = self.adata_manager.registry["setup_args"]
         labels_state = self.adata_manager.get_state_registry(REGISTRY_KEYS.LABELS_KEY)
         mapping = list(labels_state.categorical_mapping)
@@ -154,6 +162,7 @@ class KDCPT(
             n_latents=n_latents,
             n_hidden=n_hidden,
             prior_weight=prior_weight if setup["prior_key"] is not None else 0.0,
+            prior_mode=prior_mode,
             aggregation=aggregation,
             use_cell_learner=use_cell_learner,
             use_cffm=use_cffm,
@@ -483,11 +492,14 @@ class KDCPT(
         transform: Callable[[torch.Tensor, np.ndarray], torch.Tensor] | None = None,
         progress: bool = False,
         description: str = "KDCPT",
+        transform_inputs: Callable[[dict[str, torch.Tensor], np.ndarray], dict[str, torch.Tensor]] | None = None,
     ) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
         """Yield ``(positions, module outputs)`` per minibatch under ``torch.inference_mode``.
 
         ``positions`` index into ``indices`` (or all cells); ``transform(x, positions)`` may
-        perturb the expression tensor of a batch (knockouts) before the forward pass.
+        perturb the expression tensor of a batch (knockouts) before the forward pass;
+        ``transform_inputs(inputs, positions)`` may replace any module input (expression and
+        embedding together, for knockouts that re-embed the perturbed cells).
         """
         adata = self._prepare_adata(adata)
         if indices is None:
@@ -510,6 +522,8 @@ class KDCPT(
                     inputs["batch_index"][torch.as_tensor(unseen[indices[pos]])] = -1
                 if transform is not None:
                     inputs["x"] = transform(inputs["x"].to(self.device), pos)
+                if transform_inputs is not None:
+                    inputs = transform_inputs(inputs, pos)
                 yield pos, self.module.inference(**inputs)
 
     def _collect(self, keys: Sequence[str], **kwargs) -> dict[str, np.ndarray]:

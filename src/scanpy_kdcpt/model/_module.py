@@ -32,7 +32,10 @@ class KDCPTModule(BaseModuleClass):
     n_tokens, n_selected, d_model, n_layers, n_heads, n_latents, n_hidden
         Sizes of the gene-token encoder, the Cell Learner and the prediction branch.
     prior_weight
-        λ in ``(1 - λ) * attention + λ * prior``.
+        λ: strength of the prior in the Cell Learner's scores (see ``prior_mode``).
+    prior_mode
+        ``"bias"``: the prior is a bias on the log-attention (``attention * exp(β prior)``,
+        ``β = -log(1 - λ)``); ``"blend"``: ``(1 - λ) * attention + λ * prior`` (the paper's).
     aggregation
         How CLS attention is aggregated over layers and heads: ``"mean"`` or ``"learned"``.
     use_cell_learner, use_cffm
@@ -73,6 +76,7 @@ class KDCPTModule(BaseModuleClass):
         n_latents: int = 4,
         n_hidden: int = 256,
         prior_weight: float = 0.3,
+        prior_mode: str = "bias",
         aggregation: str = "mean",
         use_cell_learner: bool = True,
         use_cffm: bool = True,
@@ -116,6 +120,7 @@ class KDCPTModule(BaseModuleClass):
             aggregation,
             dropout,
             use_attention=use_cell_learner,
+            prior_mode=prior_mode,
         )
         self.batch_embedding = nn.Embedding(n_batch, n_embedding) if n_batch > 1 else None
         self.prediction = PredictionBranch(

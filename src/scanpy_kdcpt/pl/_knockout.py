@@ -32,6 +32,13 @@ def _pick_mode(frame: pd.DataFrame, mode: str | None) -> pd.DataFrame:
     return frame[frame["mode"].astype(str) == mode]
 
 
+def _fixed_note(adata: AnnData, key: str) -> str:
+    """A title line when the knockouts could not reach the prediction branch."""
+    params = adata.uns.get(key, {}).get(_keys.UNS_KNOCKOUT_PARAMS, {})
+    fixed = params.get("prediction_branch_fixed", False) if isinstance(params, dict) else False
+    return "\n(prediction branch fixed: external embedding not recomputed)" if bool(fixed) else ""
+
+
 # -- the plots --------------------------------------------------------------------------------
 @doc_params("doc_key", "doc_show_save_ax", "doc_returns")
 def knockout(
@@ -106,7 +113,8 @@ def knockout(
     ax.set_ylabel("source phenotype")
     mode_name = str(rows["mode"].iloc[0]) if "mode" in rows.columns else "delete"
     verb = "knockout" if mode_name == "delete" else "overexpression"
-    ax.set_title(f"{gene} {verb}: change of transition probabilities")
+    note = _fixed_note(adata, key)
+    ax.set_title(f"{gene} {verb}: change of transition probabilities{note}", fontsize=10 if note else None)
     if annotate is None:
         annotate = max(n_r, n_c) <= 12
     if annotate:
@@ -132,7 +140,7 @@ def knockout(
     cb.set_label("Δ P (knockout − base)")
     if T.any():
         ax.set_title(
-            f"{gene} {verb}: change of transition probabilities\n(boxed ×: terminated transition)", fontsize=10
+            f"{gene} {verb}: change of transition probabilities\n(boxed ×: terminated transition){note}", fontsize=10
         )
     return _read.finish(fig, ax, show, return_fig, save)
 
@@ -154,8 +162,9 @@ def knockout_effects(
 
     Each knocked-out gene (or gene set) is a dot at its effect (mean total-variation distance
     between the rows of ``P_ko`` and ``P``); the grey bar spans the 2.5–97.5 % range of its
-    null (expression-matched random genes, when ``n_null > 0``). Genes with ``pval < alpha``
-    are filled, others hollow; a gene that terminated a transition is drawn in red.
+    null (expression-matched random genes, when ``n_null > 0``). Genes with ``qval < alpha``
+    (Benjamini–Hochberg; ``pval`` when there are no q-values) are filled, others hollow; a
+    gene that terminated a transition is drawn in red.
 
     Parameters
     ----------
@@ -176,6 +185,8 @@ def knockout_effects(
     if n_genes < 1:
         raise ValueError(f"n_genes must be 1 or more, got {n_genes}.")
     summary = _pick_mode(_read.uns_entry(adata, key, _keys.UNS_KNOCKOUT_SUMMARY, "model.knockout(...)"), mode)
+    # genes estimated to first order only (a genome-wide screen) have no exact effect
+    summary = summary[np.isfinite(summary["effect"].to_numpy(float))]
     s = summary.sort_values("effect", ascending=False).head(n_genes).reset_index(drop=True)
     n = len(s)
     fig, ax = _read.new_axes(ax, (max(3.5, 1.0 + 0.28 * n), 3.4))
@@ -185,7 +196,8 @@ def knockout_effects(
         lo, hi = s["null_low"].to_numpy(float), s["null_high"].to_numpy(float)
         ax.bar(x, hi - lo, bottom=lo, width=0.6, color="0.85", edgecolor="none", label="null 2.5–97.5 %", zorder=1)
         ax.scatter(x, s["null_mean"], marker="_", color="0.45", s=60, zorder=2, label="null mean")
-    sig = s["pval"].to_numpy(float) < alpha if "pval" in s.columns else np.zeros(n, bool)
+    stat = "qval" if "qval" in s.columns and s["qval"].notna().any() else "pval"
+    sig = s[stat].to_numpy(float) < alpha if stat in s.columns else np.zeros(n, bool)
     term = s["n_terminated"].to_numpy() > 0 if "n_terminated" in s.columns else np.zeros(n, bool)
     color = np.where(term, "#d62728", "#1f77b4")
     y = s["effect"].to_numpy(float)
@@ -207,7 +219,7 @@ def knockout_effects(
                 ls="",
                 markerfacecolor="white",
                 markeredgecolor="0.3",
-                label=f"not significant (p ≥ {alpha:g})",
+                label=f"not significant ({stat[0]} ≥ {alpha:g})",
             )
         )
     h0, _ = ax.get_legend_handles_labels()
@@ -217,6 +229,10 @@ def knockout_effects(
     ax.set_ylim(bottom=0)
     ax.set_ylabel("effect (mean TV distance)")
     mode_name = str(s["mode"].iloc[0]) if "mode" in s.columns and n else "delete"
-    ax.set_title("Knockout effects" if mode_name == "delete" else "Overexpression effects")
+    note = _fixed_note(adata, key)
+    ax.set_title(
+        ("Knockout effects" if mode_name == "delete" else "Overexpression effects") + note,
+        fontsize=10 if note else None,
+    )
     ax.spines[["top", "right"]].set_visible(False)
     return _read.finish(fig, ax, show, return_fig, save)

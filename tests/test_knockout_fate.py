@@ -1,0 +1,87 @@
+"""Fate and flux deltas of knockouts on a directed cell chain (built here, not by the model)."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pytest
+from scipy import sparse
+
+from scanpy_kdcpt import markov
+
+RANDOM = ["Gene_7", "Gene_40"]
+
+
+def lineage_chain(adata) -> sparse.csr_matrix:
+    """kNN chain on PCA of log counts, keeping only edges that go forward along the planted lineage."""
+    X = np.log1p(adata.X.toarray())
+    X = X - X.mean(0)
+    U, S, _ = np.linalg.svd(X, full_matrices=False)
+    T = markov.knn_transition_matrix(U[:, :10] * S[:10], 15).tocoo()
+    pos = adata.obs["source_phenotype"].astype(str).str[1:].astype(int).to_numpy() + adata.obs["w"].to_numpy()
+    keep = pos[T.col] >= pos[T.row] - 0.05
+    T = sparse.csr_matrix((T.data[keep], (T.row[keep], T.col[keep])), shape=T.shape)
+    rs = np.asarray(T.sum(1)).ravel()
+    empty = rs == 0
+    return (sparse.diags(1 / np.where(empty, 1, rs)) @ T + sparse.diags(empty.astype(float))).tocsr()
+
+
+@pytest.fixture(scope="module")
+def fate_result(transition_model):
+    T = lineage_chain(transition_model.adata)
+    return transition_model.knockout(
+        ["Reg_P1", "Reg_P2", *RANDOM], chain=T, terminal=["P2", "P3"], inplace=False, progress=False
+    )
+
+
+def test_fate_table_shape_and_shares(fate_result, transition_model):
+    f = fate_result.fate
+    assert list(f.columns) == ["gene", "source", "terminal", "fate_base", "fate_ko", "delta"]
+    n_src = len(transition_model.classes_) + 1  # phenotypes and "all"
+    assert len(f) == 4 * n_src * 2
+    shares = f.groupby(["gene", "source"], observed=True)[["fate_base", "fate_ko"]].sum()
+    np.testing.assert_allclose(shares.to_numpy(), 1.0, atol=1e-6)  # fates into terminals are shares
+    np.testing.assert_allclose(f["delta"], f["fate_ko"] - f["fate_base"], atol=1e-12)
+
+
+def test_carrier_knockout_shifts_fates_and_flux_random_genes_do_not(fate_result):
+    f, fl = fate_result.fate, fate_result.flux
+    d = f[f["source"] == "all"].groupby("gene")["delta"].apply(lambda s: s.abs().max())
+    for reg in ("Reg_P1", "Reg_P2"):
+        assert d[reg] > 0.03 and d[reg] > 10 * d[RANDOM].max(), d.to_dict()
+    # the planted transition P1 -> P2 carried by Reg_P2: its net flux drops, far more than for random genes
+    row = fl[(fl["source"] == "P1") & (fl["target"] == "P2")].set_index("gene")
+    assert row.loc["Reg_P2", "delta"] < 0
+    assert abs(row.loc["Reg_P2", "delta"]) > 10 * row.loc[RANDOM, "delta"].abs().max()
+
+
+def test_fate_written_and_survives_h5ad(transition_model, tmp_path):
+    adata = transition_model.adata
+    T = lineage_chain(adata)
+    transition_model.knockout(["Reg_P2", "Gene_7"], chain=T, terminal=["P2", "P3"], progress=False)
+    uns = adata.uns["kdcpt"]
+    assert {"knockout_fate", "knockout_flux"} <= set(uns)
+    adata.write_h5ad(tmp_path / "f.h5ad")
+    back = ad.read_h5ad(tmp_path / "f.h5ad")
+    np.testing.assert_allclose(back.uns["kdcpt"]["knockout_fate"]["delta"], uns["knockout_fate"]["delta"])
+
+
+def test_chain_errors(transition_model):
+    T = lineage_chain(transition_model.adata)
+    with pytest.raises(ValueError, match="cells × cells"):
+        transition_model.knockout("Reg_P1", chain=T[:10, :10], terminal=["P3"], inplace=False, progress=False)
+    with pytest.raises(ValueError, match="terminal"):
+        transition_model.knockout("Reg_P1", chain=T, inplace=False, progress=False)
+    with pytest.raises(KeyError, match="P9"):
+        transition_model.knockout("Reg_P1", chain=T, terminal=["P9"], inplace=False, progress=False)
+    with pytest.raises(ValueError, match="row-stochastic"):
+        transition_model.knockout("Reg_P1", chain=T * 2, terminal=["P3"], inplace=False, progress=False)
+
+
+def test_report_lists_fate_deltas_and_qvalues(fate_result):
+    from scanpy_kdcpt import report
+
+    summary = fate_result.summary.assign(pval=0.01, qval=0.02)
+    uns = {"knockout_summary": summary, "knockout": fate_result.table, "knockout_fate": fate_result.fate}
+    text = "\n".join(report._knockout_section(uns, 5, {}))
+    assert "qval" in text and "### Fate deltas" in text and "Reg_P2" in text.split("### Fate deltas")[1]
