@@ -27,12 +27,26 @@ def resolve_chain(model, chain, terminal: Sequence[str] | None, n_cells: int):
     source = "argument"
     if chain is None:
         fitted = getattr(model, "transitions_", None)
-        chain = getattr(fitted, "cell_chain", None) if fitted is not None else None
+        if fitted is None:
+            return None, None
+        if isinstance(fitted, dict):  # set by model.compute_transitions()
+            if not fitted.get("registered", True) or fitted.get("cell_chain") is None:
+                return None, None
+            chain, fitted_terminal = fitted["cell_chain"], fitted.get("terminal")
+        else:
+            chain, fitted_terminal = getattr(fitted, "cell_chain", None), getattr(fitted, "terminal", None)
         if chain is None:
             return None, None
         source = "model.transitions_"
         if terminal is None:
-            terminal = getattr(fitted, "terminal", None) or (getattr(fitted, "direction", None) or {}).get("terminal")
+            terminal = fitted_terminal
+        if terminal is None and isinstance(fitted, dict) and fitted.get("memberships") is not None:
+            # the sinks of the net flux, as get_fate_probabilities(terminal=None) picks them
+            M = np.asarray(fitted["memberships"], dtype=float)
+            codes = markov.terminal_phenotypes(markov.coarse_grain(chain, M), M.sum(0))
+            if not len(codes):
+                return None, None
+            terminal = [model.classes_[c] for c in codes]
     elif hasattr(chain, "cell_chain"):  # a Transitions result
         if terminal is None:
             terminal = (getattr(chain, "direction", None) or {}).get("terminal")

@@ -326,6 +326,7 @@ class TransitionMixin:
                 f"{int(stuck.sum())} cell(s) reach no terminal phenotype (e.g. {obs}): their fate rows are NaN."
             )
         term_names = [names[c] for c in codes]
+        state["terminal"] = term_names  # knockouts compare fates into the same terminal phenotypes
         mean = markov.mean_fate(F, M)
         return Fates(
             probabilities=pd.DataFrame(F, index=target.obs_names, columns=term_names),
