@@ -37,7 +37,8 @@ def test_grn_propagation_adds_target_effect(transition_model):
     assert {"effect_direct", "frac_changed_direct"} <= set(s.columns) and "delta_direct" in res.table
     # the regulator's targets go down with it: the effect grows; a gene without targets is unchanged
     assert s.loc["Reg_P1", "effect"] > s.loc["Reg_P1", "effect_direct"]
-    assert s.loc["Gene_7", "effect"] == pytest.approx(s.loc["Gene_7", "effect_direct"], abs=1e-9)
+    # (the two are separate passes over the cells: equal up to float32 rounding)
+    assert s.loc["Gene_7", "effect"] == pytest.approx(s.loc["Gene_7", "effect_direct"], rel=1e-4)
     plain = transition_model.knockout(["Reg_P1"], inplace=False, progress=False)
     assert s.loc["Reg_P1", "effect_direct"] == pytest.approx(plain.summary["effect"].iloc[0])
     assert res.params["propagate"] == "grn"

@@ -67,8 +67,12 @@ def test_annotate_writes_obs_keys_with_dtypes(synthetic_model):
         assert obs[f"kdcpt_proba_{c}"].dtype == np.float32
     assert obs["kdcpt_confidence"].between(1 / len(synthetic_model.classes_), 1).all()
     assert obs["kdcpt_uncertainty"].between(0, 1).all()
-    # confident cells are the certain ones
-    assert np.corrcoef(obs["kdcpt_confidence"], obs["kdcpt_uncertainty"])[0, 1] < -0.9
+    # confidence and the cosine uncertainty index follow their definitions from the written probabilities
+    p = obs[[f"kdcpt_proba_{c}" for c in synthetic_model.classes_]].to_numpy(float)
+    np.testing.assert_allclose(obs["kdcpt_confidence"], p.max(1), rtol=1e-5)
+    cos = p.max(1) / np.linalg.norm(p, axis=1)
+    expected = (1 - cos) / (1 - 1 / np.sqrt(p.shape[1]))
+    np.testing.assert_allclose(obs["kdcpt_uncertainty"], np.clip(expected, 0, 1), atol=1e-5)
     assert len(adata.uns["kdcpt_pred_colors"]) == len(synthetic_model.classes_)
     assert adata.uns["kdcpt"]["metrics"]["validation"]["accuracy"] >= 0.9
     pd.testing.assert_series_equal(adata.obs["phenotype"], before)

@@ -495,14 +495,21 @@ def _null_draws(
 
 
 class _Correlations:
-    """Pearson correlation of one gene with every gene, on ``log1p`` values, without densifying X."""
+    """Pearson correlation of one gene with every gene, on ``log1p`` values of up to ``max_cells``
+    sampled cells (read in row blocks: X is never densified whole, backed data stays on disk).
+    """
 
-    def __init__(self, X):
-        self.X = X.log1p() if sparse.issparse(X) else np.log1p(np.asarray(X, dtype=np.float64))
-        if sparse.issparse(self.X):
-            self.X = sparse.csc_matrix(self.X, dtype=np.float64)
+    def __init__(self, X, max_cells: int = 5000, seed: int = 0):
         n = X.shape[0]
-        self.n = n
+        rows = np.arange(n)
+        if n > max_cells:
+            rows = np.sort(np.random.default_rng(seed).choice(n, max_cells, replace=False))
+        sub = _expression.read_rows(X, rows)
+        if sparse.issparse(sub):
+            self.X = sparse.csc_matrix(sub, dtype=np.float64).log1p()
+        else:
+            self.X = np.log1p(np.asarray(sub, dtype=np.float64))
+        self.n = len(rows)
         self.mean = np.asarray(self.X.mean(0)).ravel()
         sq = self.X.multiply(self.X) if sparse.issparse(self.X) else self.X**2
         self.sd = np.sqrt(np.maximum(np.asarray(sq.mean(0)).ravel() - self.mean**2, 0))

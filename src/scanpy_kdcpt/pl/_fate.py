@@ -11,6 +11,7 @@ from scipy import sparse
 from .. import _keys
 from .._errors import KeyNotFoundError
 from . import _read
+from ._docs import doc_params
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -68,6 +69,7 @@ def _grid(X: np.ndarray, V: np.ndarray, density: int = 35, smooth: float = 0.5):
     return gx, gy, U[:, 0].reshape(density, density), U[:, 1].reshape(density, density)
 
 
+@doc_params("doc_key", "doc_show_save_ax")
 def transition_stream(
     adata: AnnData,
     *,
@@ -80,7 +82,7 @@ def transition_stream(
     ax: Axes | None = None,
     show: bool | None = None,
     return_fig: bool = False,
-    save: str | None = None,
+    save: str | bool | None = None,
 ) -> Axes | Figure | None:
     """The cell-level chain projected onto an embedding as a stream plot (like CellRank / scVelo).
 
@@ -93,8 +95,7 @@ def transition_stream(
     adata
         AnnData with ``.obsp["{key}_transitions"]`` (``model.compute_transitions()``) and
         ``.obsm["X_{basis}"]``.
-    key
-        The ``key_added`` used.
+    {doc_key}
     basis
         Embedding (``.obsm["X_" + basis]`` or an ``.obsm`` key).
     color
@@ -105,9 +106,7 @@ def transition_stream(
         Grid points per axis.
     title
         Axes title.
-    ax, show, return_fig, save
-        Scanpy's: draw into ``ax``; show (``None``: ``sc.settings.autoshow``); return the
-        Figure; save to this path.
+    {doc_show_save_ax}
 
     Returns
     -------
@@ -183,6 +182,7 @@ def _fates(adata: AnnData, key: str) -> tuple[np.ndarray, list[str], pd.DataFram
     return F, terminal, mean
 
 
+@doc_params("doc_key", "doc_show_save_ax")
 def fate_probabilities(
     adata: AnnData,
     *,
@@ -196,7 +196,7 @@ def fate_probabilities(
     ax: Axes | None = None,
     show: bool | None = None,
     return_fig: bool = False,
-    save: str | None = None,
+    save: str | bool | None = None,
 ):
     """Fate probabilities: per cell on an embedding, or the mean per phenotype.
 
@@ -205,8 +205,7 @@ def fate_probabilities(
     adata
         AnnData with ``.obsm["{key}_fate_probabilities"]`` and ``.uns[key]["fate"]``,
         ``["fate_terminal"]``.
-    key
-        The ``key_added`` used.
+    {doc_key}
     kind
         ``"embedding"``: one panel per terminal phenotype, cells coloured by their probability
         of ending there (grey: no terminal reachable). ``"phenotype"``: stacked bars of the
@@ -222,10 +221,7 @@ def fate_probabilities(
         Colour map (``"embedding"``).
     title
         Title (``"phenotype"``).
-    ax
-        Axes to draw into (``"phenotype"`` only).
-    show, return_fig, save
-        Scanpy's.
+    {doc_show_save_ax}
 
     Returns
     -------
