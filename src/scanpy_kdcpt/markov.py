@@ -10,6 +10,8 @@ phenotype memberships (cells × phenotypes, rows sum to 1), ``P`` a phenotype-le
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 from scipy import sparse
@@ -343,6 +345,8 @@ def fate_probabilities(
     The cells of a terminal phenotype ``j`` whose membership of ``j`` is its largest and at
     least ``core`` are made absorbing (the terminal *states*, as in CellRank); every other
     cell's absorption probabilities are solved on ``T`` (:func:`absorption_probabilities`).
+    A terminal phenotype without such a cell falls back, with a warning, to the cells that
+    predict it (else the 1 % with its largest membership).
     This is the function to call with perturbed memberships (a knockout's ``M_ko``) on the
     same chain ``T``.
 
@@ -376,11 +380,27 @@ def fate_probabilities(
     lookup[terminal] = np.arange(len(terminal))
     group = lookup[top]
     absorbing = (group >= 0) & (M[np.arange(len(M)), top] >= core)
-    missing = [int(t) for i, t in enumerate(terminal) if not (absorbing & (group == i)).any()]
-    if missing:
-        raise ValueError(
-            f"Terminal phenotype code(s) {missing} have no cell with membership ≥ core={core}: "
-            "lower core or choose other terminal phenotypes."
+    fallback = []
+    for i, t in enumerate(terminal):
+        if (absorbing & (group == i)).any():
+            continue
+        # no confident cell (e.g. an undertrained model): the cells that call it most likely, else
+        # the 1 % of cells with its largest membership, so that the phenotype still absorbs
+        cand = np.flatnonzero(top == t)
+        if not len(cand):
+            cand = np.argsort(-M[:, t], kind="stable")[: max(1, int(np.ceil(0.01 * len(M))))]
+            cand = cand[~absorbing[cand]]
+        if not len(cand):
+            raise ValueError(f"Terminal phenotype code {int(t)} has no cell that could absorb the chain.")
+        group[cand], absorbing[cand] = i, True
+        fallback.append(int(t))
+    if fallback:
+        warnings.warn(
+            f"Terminal phenotype code(s) {fallback} have no cell with membership ≥ core={core}: their absorbing "
+            "states are the cells that predict them (else those with the largest membership). Fates into them "
+            "are rough; train longer or lower core.",
+            UserWarning,
+            stacklevel=2,
         )
     return absorption_probabilities(T, absorbing, np.where(absorbing, group, 0), len(terminal))
 

@@ -299,3 +299,9 @@ def _query_embedding(adata: AnnData, key: str, width: int) -> np.ndarray:
     if not np.isfinite(emb).all():
         raise InvalidInputError(f"adata.obsm[{key!r}] contains NaN or infinite values.")
     return emb
+
+
+def check_obs_column(data, key: str, what: str, where: str = "adata") -> None:
+    """A KeyError naming the columns when ``key`` is not a column of ``data.obs``."""
+    if key not in data.obs:
+        raise KeyNotFoundError(f"{what} {key!r} is not a column of {where}.obs (columns: {list(data.obs.columns)}).")

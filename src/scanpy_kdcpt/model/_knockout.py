@@ -207,11 +207,12 @@ class KnockoutMixin:
         - ``.uns[key]["knockout_summary"]``: the ``summary``;
         - ``.uns[key]["knockout_params"]``: the parameters;
         - ``.var["{key}_knockout_effect"]``: effect of each single-gene deletion (NaN where
-          not screened, or estimated to first order only);
-        - with a directed chain, ``.uns[key]["knockout_fate"]`` (``gene``, ``source``,
-          ``terminal``, ``fate_base``, ``fate_ko``, ``delta``; ``source="all"``: the mean over
-          all cells) and ``.uns[key]["knockout_flux"]`` (``gene``, ``source``, ``target``,
-          ``p_base``, ``p_ko`` of the directed chain, ``flux_base``, ``flux_ko``, ``delta``).
+          not screened, or estimated to first order only).
+
+        With a directed chain also ``.uns[key]["knockout_fate"]`` (``gene``, ``source``,
+        ``terminal``, ``fate_base``, ``fate_ko``, ``delta``; ``source="all"``: the mean over all
+        cells) and ``.uns[key]["knockout_flux"]`` (``gene``, ``source``, ``target``, ``p_base``,
+        ``p_ko`` of the directed chain, ``flux_base``, ``flux_ko``, ``delta``).
 
         """
         self._check_if_trained(warn=True)

@@ -18,7 +18,7 @@ from scvi.utils import setup_anndata_dsp, track
 from .. import _expression, _keys, metrics, writers
 from .. import calibration as cal
 from .._constants import REGISTRY_KEYS, UNLABELED_CATEGORY, UNSEEN_BATCH_KEY
-from .._errors import InvalidInputError, KeyNotFoundError, NotTrainedError
+from .._errors import InvalidInputError, NotTrainedError
 from .._utils import default_palette
 from ..results import KeyGenes, Predictions
 from . import _data, _save_load
@@ -256,10 +256,7 @@ class KDCPT(
             LabelsWithUnlabeledObsField(REGISTRY_KEYS.LABELS_KEY, labels_obs_key, unlabeled_category),
         ]
         if batch_key is not None:
-            if batch_key not in adata.obs:
-                raise KeyNotFoundError(
-                    f"batch_key {batch_key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)})."
-                )
+            _data.check_obs_column(adata, batch_key, "batch_key")
             fields.append(CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key))
         if embedding_key is not None:
             _data.check_embedding(adata, embedding_key)

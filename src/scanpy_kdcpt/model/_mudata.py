@@ -181,10 +181,7 @@ class MuDataMixin:
             MuDataLabelsWithUnlabeledObsField(REGISTRY_KEYS.LABELS_KEY, labels_obs_key, unlabeled_category),
         ]
         if batch_key is not None:
-            if batch_key not in mdata.obs:
-                raise KeyNotFoundError(
-                    f"batch_key {batch_key!r} is not a column of mdata.obs (columns: {list(mdata.obs.columns)})."
-                )
+            _data.check_obs_column(mdata, batch_key, "batch_key", where="mdata")
             fields.append(MuDataCategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key))
         if embedding_key is not None:
             _data.check_embedding(mdata, embedding_key)
