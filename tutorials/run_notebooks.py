@@ -125,8 +125,29 @@ def execute(
                     if out.get("execution_count"):
                         out.execution_count -= 1
     if write:
+        shrink_images(nb)
         nbformat.write(nb, path)
     return nb
+
+
+def shrink_images(nb: nbformat.NotebookNode, max_width: int = 900) -> None:
+    """Re-encode embedded PNG figures as 256-colour PNGs (wider ones at 2/3 size): notebooks stay ~1 MB."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            if "image/png" not in data:
+                continue
+            img = Image.open(io.BytesIO(base64.b64decode(data["image/png"]))).convert("RGB")
+            if img.width > max_width:
+                img = img.resize((img.width * 2 // 3, img.height * 2 // 3), Image.LANCZOS)
+            buf = io.BytesIO()
+            img.quantize(256).save(buf, format="PNG", optimize=True)
+            data["image/png"] = base64.b64encode(buf.getvalue()).decode()
 
 
 def main(argv: list[str]) -> int:
