@@ -2,8 +2,11 @@
 
 Every method gives per-phenotype gene scores (genes × phenotypes) for the same trained KDCPT:
 
-- ``kdcpt``: the key-gene ranking of ``model.get_key_genes()`` (``KeyGenes.specificity``: mean
-  Cell Learner score in the phenotype minus elsewhere);
+- ``kdcpt``: the key-gene ranking of ``model.get_key_genes()`` (its default,
+  ``KeyGenes.attribution``: mean gradient × (input − mean input) of the own-phenotype
+  log-probability over the phenotype's cells);
+- ``kdcpt_specificity``: ``KeyGenes.specificity`` (mean Cell Learner score in the phenotype minus
+  elsewhere; the default ranking before the attribution);
 - ``kdcpt_score``: the mean Cell Learner score per phenotype (attention guided by the prior);
 - ``kdcpt_attention``: the mean prior-free attention per phenotype;
 - ``wilcoxon``: scanpy ``rank_genes_groups`` (Wilcoxon) on log-normalised expression, by label;
@@ -82,7 +85,6 @@ class Runner:
         self.batch_size = batch_size
 
     def proba(self, X: np.ndarray) -> np.ndarray:
-        from scanpy_kdcpt.calibration import softmax
 
         torch = self.torch
         out = []
@@ -217,6 +219,7 @@ def main(argv=None) -> int:
     ks = args.ks or ([1, 2, 3, 5] if adata.n_vars <= 20 else [10, 25, 50, 100, 200])
     methods = args.methods or [
         "kdcpt",
+        "kdcpt_specificity",
         "kdcpt_score",
         "kdcpt_attention",
         "wilcoxon",
@@ -230,10 +233,10 @@ def main(argv=None) -> int:
     before = machine()
     for m in methods:
         t = time.perf_counter()
-        if m in ("kdcpt", "kdcpt_score", "kdcpt_attention"):
+        if m in ("kdcpt", "kdcpt_specificity", "kdcpt_score", "kdcpt_attention"):
             kg = model.get_key_genes()
-            table = {"kdcpt": kg.specificity, "kdcpt_score": kg.scores, "kdcpt_attention": kg.attention}[m]
-            s = table[classes].to_numpy()
+            by = {"kdcpt": None, "kdcpt_specificity": "specificity", "kdcpt_score": "score"}.get(m, "attention")
+            s = kg.statistic(by)[classes].to_numpy()
         elif m == "wilcoxon":
             tmp = sc.AnnData(
                 X=log_norm(dense(adata.X), is_counts),

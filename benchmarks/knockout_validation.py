@@ -144,6 +144,25 @@ def main(argv=None) -> int:
 
     checkpoint(out)
 
+    # -- the same knockouts propagated to DoRothEA targets (ridge over the prior edges) --------
+    from _ko_common import SHARED
+
+    edges = kdcpt.datasets.tf_target_prior(
+        SHARED / "tf_target_prior_dorothea" / "dorothea_mm.tsv.gz", confidence=None, genes=adata.var_names
+    )
+    out["grn_edges"] = {g: int((edges["tf"] == g).sum()) for g in genes}
+    scvi.settings.seed = 0
+    ko_grn = model.knockout(
+        genes, chain=T, terminal=TERMINAL, n_null=args.n_null, floor=0.02, inplace=False, progress=False,
+        propagate="grn", grn=edges, n_steps=2,
+    )  # fmt: skip
+    fg = ko_grn.fate
+    out["grn_summary"] = ko_grn.summary.to_dict("records")
+    out["grn_fate_all"] = (
+        fg[fg["source"] == "all"].pivot_table(index="gene", columns="terminal", values="delta", observed=True)
+    ).to_dict("index")
+    checkpoint(out)
+
     # -- speed: one prediction pass vs the genome-wide screen, in the same run ------------------
     model.get_logits(indices=np.arange(256))  # warm-up
     t = time.perf_counter()
@@ -218,6 +237,8 @@ def markdown(o: dict) -> str:
             lines.append(f"| {g} | {_fmt(k['Ery/Mk'][g], 4)} | {_fmt(k['Mo/Neu'].get(g), 4)} |")
     if "knockout_summary" in o:
         lines += known(o)
+    if "grn_summary" in o:
+        lines += grn(o)
     if "speed" in o:
         lines += screen(o)
     return "\n".join(lines) + "\n"
@@ -249,6 +270,22 @@ def screen(o: dict) -> list[str]:
     for r in o.get("top_exact", []):
         lines.append(
             f"| {r['gene']} | {_fmt(r['effect'])} | {_fmt(r['effect_first_order'], 4)} | {_fmt(r['frac_changed'])} |"
+        )
+    return lines
+
+
+def grn(o: dict) -> list[str]:
+    lines = ["", "## The same knockouts propagated through DoRothEA (`propagate=\"grn\"`, 2 steps)", "",
+             "Prior edges to other pancreas genes (DoRothEA mouse, all confidence levels): "
+             + ", ".join(f"{g} {n}" for g, n in o["grn_edges"].items()) + ". A gene without edges keeps its "
+             "direct effect (a warning says so).", "",
+             "| gene | effect (direct + targets) | frac. changed | p | q | " + " | ".join(TERMINAL) + " |",
+             "| --- | --- | --- | --- | --- |" + " --- |" * len(TERMINAL)]  # fmt: skip
+    for r in o["grn_summary"]:
+        f = o["grn_fate_all"].get(r["gene"], {})
+        lines.append(
+            f"| {r['gene']} | {_fmt(r['effect'])} | {_fmt(r['frac_changed'])} | {_fmt(r['pval'])} | "
+            f"{_fmt(r['qval'])} | " + " | ".join(_fmt(f.get(t), 4) for t in TERMINAL) + " |"
         )
     return lines
 

@@ -9,8 +9,7 @@ import pandas as pd
 import pytest
 
 import scanpy_kdcpt as kdcpt
-from scanpy_kdcpt import _keys
-from scanpy_kdcpt import writers
+from scanpy_kdcpt import _keys, writers
 from scanpy_kdcpt.results import KeyGenes
 
 
@@ -42,10 +41,24 @@ def test_key_gene_statistics_are_consistent(synthetic_model, key_genes):
     assert list(ov.index) == list(synthetic_model.adata.var_names)
     assert ov["selected_frac"].between(0, 1).all()
     assert sorted(ov["rank"]) == list(range(1, len(ov) + 1))
-    assert ov["rank"].idxmin() == ov["score"].idxmax()
-    # the overall score is the cell-weighted mean of the per-phenotype scores
+    # genes are ranked by the model's attribution when it is present
+    assert key_genes.default_by == "attribution"
+    assert ov["rank"].idxmin() == ov["attribution"].idxmax()
+    # the overall score and attribution are cell-weighted means of the per-phenotype ones
     w = key_genes.n_cells / key_genes.n_cells.sum()
     np.testing.assert_allclose(ov["score"], key_genes.scores @ w, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(ov["attribution"], key_genes.statistic("attribution") @ w, rtol=1e-6, atol=1e-9)
+    # key genes are genes of their phenotype: expressed there above the average cell, while the
+    # signed attribution also credits genes whose absence is evidence
+    for ph in key_genes.scores.columns:
+        top = key_genes.top(ph, 10).index
+        assert (key_genes.expression.loc[top, ph] > key_genes.mean_expression.loc[top]).all()
+    assert (key_genes.attribution.to_numpy() > 0).sum() > (key_genes.statistic("attribution").to_numpy() > 0).sum()
+    # without attributions the Cell Learner's score ranks the genes
+    plain = synthetic_model.get_key_genes(attribution=False)
+    assert plain.attribution is None and plain.default_by == "specificity"
+    assert plain.overall["rank"].idxmin() == plain.overall["score"].idxmax()
+    np.testing.assert_allclose(plain.scores, key_genes.scores, rtol=1e-5, atol=1e-7)
     assert key_genes.n_cells.sum() == synthetic_model.adata.n_obs
     # a regulator is selected in nearly every cell of its phenotype, a background gene is not
     assert key_genes.selected_frac.loc["Reg_P2", "P2"] > 0.9
@@ -56,6 +69,36 @@ def test_minibatch_accumulation_matches_one_batch(synthetic_model, key_genes):
     small = synthetic_model.get_key_genes(batch_size=97)
     np.testing.assert_allclose(small.scores, key_genes.scores, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(small.selected_frac, key_genes.selected_frac, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(small.attribution, key_genes.attribution, rtol=1e-4, atol=1e-7)
+
+
+def test_attribution_is_gradient_times_input(synthetic_model, key_genes):
+    """The attribution of a gene equals the finite-difference change of log p(own phenotype) when
+    its log-expression is scaled by (1 + eps), divided by eps (first order), for a few cells."""
+    import torch
+
+    model = synthetic_model
+    cells = np.arange(6)
+    codes, _ = model.labels_()
+    module = model.module.eval()
+    tensors = next(iter(model._make_data_loader(adata=model.adata, indices=cells, batch_size=6, shuffle=False)))
+    inputs = module._get_inference_input(tensors)
+    ((_, out),) = list(model._iterate(indices=cells, attribute=codes[cells]))
+    gene = int(np.abs(out["attribution"].numpy()).sum(0).argmax())
+    eps = 1e-3
+    with torch.no_grad():
+        x_log = module.normalize(inputs["x"].float())
+        bumped = x_log.clone()
+        bumped[:, gene] *= 1 + eps
+        lp = [
+            torch.log_softmax(module.forward_normalized(x)["logits"] / model.temperature_, -1)[
+                np.arange(6), codes[cells]
+            ]
+            for x in (x_log, bumped)
+        ]
+    np.testing.assert_allclose(
+        ((lp[1] - lp[0]) / eps).numpy(), out["attribution"][:, gene].numpy(), rtol=0.05, atol=1e-4
+    )
 
 
 def test_write_key_genes_sets_var_and_uns(synthetic_model, key_genes):
@@ -134,18 +177,27 @@ def test_key_genes_plot_with_a_phenotype_no_cell_is_assigned_to():
 
 
 def test_decoy_tfs_are_not_key_genes(synthetic_model, key_genes):
-    """The prior guides without swamping: the planted regulator leads each phenotype, and most
-    uninformative TFs stay out of its top 20 (when the prior swamped the attention, all ten decoys
-    ranked 4-13). The stricter goal, no decoy in any top 20, is not met for P0 (see the issue notes).
+    """The prior guides without swamping: the planted regulator leads each phenotype, no
+    uninformative TF ranks among the phenotype's 7 planted genes' places (top 7: the regulator
+    and its 6 targets), and the decoys rank like the background genes they are distributed like
+    (when the prior swamped the attention, all ten decoys ranked 4-13 in every phenotype).
+    The top 20 holds 13 places beyond the planted genes; the decoys are 10 of the 193 other
+    genes, so about one decoy in a top 20 is what an unbiased ranking gives.
     """
     var = synthetic_model.adata.var
     decoys = list(var.index[var.index.str.startswith("TF_decoy")])
+    background = list(var.index[var.index.str.startswith("Gene_")])
     assert len(decoys) == 10
+    decoy_ranks, background_ranks = [], []
     for phenotype in key_genes.scores.columns:
-        top20 = set(key_genes.top(phenotype, 20).index)
-        print(phenotype, sorted(top20 & set(decoys)))
         assert key_genes.top(phenotype, 1).index[0] == f"Reg_{phenotype}"
-        assert len(top20 & set(decoys)) <= 4, f"decoy TFs in the top 20 of {phenotype}: {sorted(top20 & set(decoys))}"
+        top7 = set(key_genes.top(phenotype, 7).index)
+        assert not top7 & set(decoys), f"decoy TFs in the top 7 of {phenotype}: {sorted(top7 & set(decoys))}"
+        rank = key_genes.statistic()[phenotype].rank(ascending=False)
+        decoy_ranks.append(rank[decoys].median())
+        background_ranks.append(rank[background].median())
+    print("median rank: decoys", decoy_ranks, "background", background_ranks)
+    assert np.median(decoy_ranks) > 0.6 * np.median(background_ranks)
     # the prior-free attention is reported beside the blended score, and is below it for prior genes only
     ov = key_genes.overall
     assert "attention" in ov

@@ -24,6 +24,12 @@ N_KEY_GENES = 50
 __all__ = ["Calibration", "Fates", "KeyGenes", "KnockoutResult", "Predictions", "Transitions"]
 
 
+def rank_overall(overall: pd.DataFrame) -> pd.Series:
+    """Overall gene rank (1 = top): by mean attribution when present, else by mean Cell Learner score."""
+    stat = overall["attribution"] if "attribution" in overall else overall["score"]
+    return stat.rank(ascending=False, method="first").astype(np.int64)
+
+
 class _Result:
     def to_dict(self) -> dict:
         return asdict(self)
@@ -205,8 +211,9 @@ class KeyGenes(_Result):
     ----------
     overall
         Genes × ``score`` (mean Cell Learner score over all cells; 0 where the gene is not a
-        token), ``selected_frac`` (fraction of cells in which the Cell Learner selects it) and
-        ``rank`` (1 = highest score), indexed by ``var_names``.
+        token), ``selected_frac`` (fraction of cells in which the Cell Learner selects it),
+        ``attention`` and ``attribution`` (their means over all cells, when present) and ``rank``
+        (1 = highest mean attribution when present, else highest score), indexed by ``var_names``.
     scores
         Genes × phenotypes: mean score over the cells of each phenotype.
     selected_frac
@@ -216,6 +223,17 @@ class KeyGenes(_Result):
     attention
         Genes × phenotypes: mean prior-free attention (the Cell Learner's score before the prior
         is applied) over the cells of each phenotype; ``None`` for results built without it.
+    attribution
+        Genes × phenotypes: mean over the cells of each phenotype of the gradient of the cell's
+        own-phenotype log-probability (with respect to the log-normalised expression, through
+        both branches and the fusion) times the gene's expression minus its mean over all cells:
+        how much the gene, at its level in these cells compared with the average cell, pushes
+        the model towards the phenotype. ``None`` for results built without it. When present it
+        ranks the genes (``overall["rank"]`` and the default of :meth:`top` / :meth:`ranking`;
+        see :meth:`statistic`).
+    expression
+        Genes × phenotypes: mean log-normalised expression over the cells of each phenotype
+        (with ``attribution``).
 
     """
 
@@ -224,6 +242,8 @@ class KeyGenes(_Result):
     selected_frac: pd.DataFrame
     n_cells: pd.Series
     attention: pd.DataFrame | None = None
+    attribution: pd.DataFrame | None = None
+    expression: pd.DataFrame | None = None
 
     @property
     def specificity(self) -> pd.DataFrame:
@@ -238,26 +258,54 @@ class KeyGenes(_Result):
         rest = (total - s * n) / np.maximum(n.sum() - n, 1)
         return pd.DataFrame(s - rest, index=self.scores.index, columns=self.scores.columns)
 
-    def _by(self, by: str) -> pd.DataFrame:
+    @property
+    def mean_expression(self) -> pd.Series:
+        """Mean log-normalised expression of each gene over all cells (needs :attr:`expression`)."""
+        n = self.n_cells.reindex(self.expression.columns).to_numpy(float)
+        return (self.expression * n).sum(1) / max(n.sum(), 1)
+
+    @property
+    def default_by(self) -> str:
+        """The ranking used when ``by`` is not given: ``"attribution"`` when present, else ``"specificity"``."""
+        return "attribution" if self.attribution is not None else "specificity"
+
+    def statistic(self, by: str | None = None) -> pd.DataFrame:
+        """Genes × phenotypes table that ranks the genes ``by`` (see :meth:`top`).
+
+        ``"attribution"`` ranks the genes a phenotype expresses above the average cell by their
+        attribution; a gene below it (whose *absence* the model reads as evidence, e.g. a
+        progenitor TF in a mature type) counts at most 0 there, so that key genes are genes of
+        the phenotype. The signed table is :attr:`attribution`.
+        """
+        by = self.default_by if by is None else by
+        if by == "attribution" and self.attribution is not None:
+            if self.expression is None:
+                return self.attribution
+            up = self.expression.to_numpy() > self.mean_expression.to_numpy()[:, None]
+            return self.attribution.where(up, self.attribution.clip(upper=0))
         if by == "specificity":
             return self.specificity
         if by == "score":
             return self.scores
         if by == "attention" and self.attention is not None:
             return self.attention
-        raise ValueError(f"by must be 'specificity', 'score' or 'attention' (when present), not {by!r}.")
+        raise ValueError(
+            f"by must be 'attribution' or 'attention' (when present), 'specificity' or 'score', not {by!r}."
+        )
 
-    def top(self, phenotype: str, n: int = 10, *, by: str = "specificity") -> pd.Series:
+    def top(self, phenotype: str, n: int = 10, *, by: str | None = None) -> pd.Series:
         """The ``n`` key genes of ``phenotype`` (values: the ranking statistic).
 
-        ``by="specificity"`` (default, see :attr:`specificity`), ``"score"`` (mean Cell Learner
-        score in the phenotype) or ``"attention"`` (mean prior-free attention).
+        ``by``: ``"attribution"`` (default when present: mean gradient × input of the
+        phenotype's log-probability), ``"specificity"`` (default otherwise, see
+        :attr:`specificity`), ``"score"`` (mean Cell Learner score in the phenotype) or
+        ``"attention"`` (mean prior-free attention).
         """
         if phenotype not in self.scores.columns:
             raise KeyNotFoundError(f"{phenotype!r} is not a phenotype; phenotypes: {list(self.scores.columns)}.")
-        return self._by(by)[phenotype].nlargest(n)
+        return self.statistic(by)[phenotype].nlargest(n)
 
-    def ranking(self, n: int = N_RANKED, *, by: str = "specificity") -> pd.DataFrame:
+    def ranking(self, n: int = N_RANKED, *, by: str | None = None) -> pd.DataFrame:
         """Tidy per-phenotype ranking, ranked ``by`` (see :meth:`top`).
 
         Columns ``phenotype``, ``gene``, ``rank``, ``score``, ``selected_frac``, ``specificity``
@@ -265,7 +313,7 @@ class KeyGenes(_Result):
         """
         rows = []
         n = min(n, self.scores.shape[0])
-        stat = self._by(by)
+        stat = self.statistic(by)
         spec = self.specificity
         for ph in self.scores.columns:
             top = stat[ph].nlargest(n)
@@ -278,11 +326,11 @@ class KeyGenes(_Result):
                         "score": self.scores.loc[top.index, ph].to_numpy(np.float64),
                         "selected_frac": self.selected_frac.loc[top.index, ph].to_numpy(np.float64),
                         "specificity": spec.loc[top.index, ph].to_numpy(np.float64),
-                        **(
-                            {"attention": self.attention.loc[top.index, ph].to_numpy(np.float64)}
-                            if self.attention is not None
-                            else {}
-                        ),
+                        **{
+                            name: table.loc[top.index, ph].to_numpy(np.float64)
+                            for name, table in (("attention", self.attention), ("attribution", self.attribution))
+                            if table is not None
+                        },
                     }
                 )
             )
@@ -294,12 +342,15 @@ class KeyGenes(_Result):
         """The key genes of some features only (e.g. one modality's), ranked among themselves."""
         features = pd.Index([f for f in map(str, features) if f in self.overall.index], name=self.overall.index.name)
         overall = self.overall.loc[features].copy()
-        overall["rank"] = overall["score"].rank(ascending=False, method="first").astype(np.int64)
+        overall["rank"] = rank_overall(overall)
         return KeyGenes(
             overall=overall,
             scores=self.scores.loc[features],
             selected_frac=self.selected_frac.loc[features],
             n_cells=self.n_cells,
+            attention=None if self.attention is None else self.attention.loc[features],
+            attribution=None if self.attribution is None else self.attribution.loc[features],
+            expression=None if self.expression is None else self.expression.loc[features],
         )
 
     def to_frame(self) -> pd.DataFrame:

@@ -175,8 +175,9 @@ def write_key_genes(
     link_key: str | None = None,
 ) -> None:
     """Set ``.var``: ``{key}_score``, ``{key}_selected_frac``, ``{key}_rank``, ``{key}_key_gene``
-    (the ``n_top`` highest scores; default ``min(50, max(5, n_genes // 10))``), ``{key}_attention``
-    (the prior-free attention, when the result has it) and
+    (the ``n_top`` best ranked: by mean attribution when the result has it, else by score;
+    default ``min(50, max(5, n_genes // 10))``), ``{key}_attention`` and ``{key}_attribution``
+    (the prior-free attention and the mean attribution, when the result has them) and
     ``.uns[key]["key_genes"]``: a tidy DataFrame (``phenotype``, ``gene``, ``rank``, ``score``,
     ``selected_frac``) of the top genes of each phenotype.
 
@@ -204,7 +205,7 @@ def write_key_genes(
         keys.rank: ov["rank"].to_numpy(np.float64),
         keys.key_gene: (ov["rank"] <= n_top).to_numpy(bool),
     }
-    for extra in ("attention",):
+    for extra in ("attention", "attribution"):
         if extra in ov:
             columns[f"{key_added}_{extra}"] = ov[extra].to_numpy(np.float32)
     for k, v in columns.items():

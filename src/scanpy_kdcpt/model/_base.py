@@ -49,6 +49,7 @@ class KDCPTLike(Protocol):
         progress: bool = False,
         description: str = "KDCPT",
         transform_inputs: Callable | None = None,
+        attribute: np.ndarray | None = None,
     ) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]: ...
 
     def get_logits(self, adata: AnnData | None = None, indices=None, batch_size: int | None = None) -> np.ndarray: ...

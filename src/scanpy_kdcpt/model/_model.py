@@ -490,13 +490,18 @@ class KDCPT(
         progress: bool = False,
         description: str = "KDCPT",
         transform_inputs: Callable[[dict[str, torch.Tensor], np.ndarray], dict[str, torch.Tensor]] | None = None,
+        attribute: np.ndarray | None = None,
     ) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
         """Yield ``(positions, module outputs)`` per minibatch under ``torch.inference_mode``.
 
         ``positions`` index into ``indices`` (or all cells); ``transform(x, positions)`` may
         perturb the expression tensor of a batch (knockouts) before the forward pass;
         ``transform_inputs(inputs, positions)`` may replace any module input (expression and
-        embedding together, for knockouts that re-embed the perturbed cells).
+        embedding together, for knockouts that re-embed the perturbed cells). With
+        ``attribute`` (a phenotype code per position; −1: the cell's prediction) the outputs
+        also hold ``"gradient"`` (of that phenotype's log-probability with respect to the
+        normalised input ``"x_log"``, cells × features; one backward pass per batch) and
+        ``"attribution"`` (gradient × ``x_log``).
         """
         adata = self._prepare_adata(adata)
         if indices is None:
@@ -508,7 +513,7 @@ class KDCPT(
         self.module.eval()
         start = 0
         it = track(dl, description=description, disable=not progress, style="tqdm") if progress else dl
-        with torch.inference_mode():
+        with torch.inference_mode() if attribute is None else torch.enable_grad():
             for tensors in it:
                 n = tensors[REGISTRY_KEYS.X_KEY].shape[0]
                 pos = np.arange(start, start + n)
@@ -521,7 +526,24 @@ class KDCPT(
                     inputs["x"] = transform(inputs["x"].to(self.device), pos)
                 if transform_inputs is not None:
                     inputs = transform_inputs(inputs, pos)
-                yield pos, self.module.inference(**inputs)
+                if attribute is None:
+                    yield pos, self.module.inference(**inputs)
+                else:
+                    yield pos, self._attributed(inputs, np.asarray(attribute)[pos])
+
+    def _attributed(self, inputs: dict[str, torch.Tensor], target: np.ndarray) -> dict[str, torch.Tensor]:
+        """Module outputs plus gradient × input of each cell's ``target`` log-probability."""
+        module = self.module
+        x_log = module.normalize(inputs.pop("x").to(self.device).float()).detach().requires_grad_(True)
+        out = module.forward_normalized(x_log, **inputs)
+        logp = torch.log_softmax(out["logits"].float() / float(self.temperature_), dim=-1)
+        target = torch.as_tensor(target, device=logp.device, dtype=torch.long)
+        target = torch.where(target >= 0, target, logp.argmax(-1))
+        (grad,) = torch.autograd.grad(logp.gather(1, target[:, None]).sum(), x_log)
+        out = {k: v.detach() for k, v in out.items()}
+        x_log = x_log.detach()
+        out.update(attribution=grad * x_log, gradient=grad, x_log=x_log)
+        return out
 
     def _collect(self, keys: Sequence[str], **kwargs) -> dict[str, np.ndarray]:
         out: dict[str, list[np.ndarray]] = {k: [] for k in keys}
@@ -747,7 +769,8 @@ class KDCPT(
         codes, labelled = self.labels_(adata)
         acc = KeyGeneAccumulator(self.classes_, self.var_names_)
         logits = []
-        for pos, out in self._iterate(adata, batch_size=batch_size):
+        target = np.where(labelled, codes, -1)
+        for pos, out in self._iterate(adata, batch_size=batch_size, attribute=target):
             lg = out["logits"].float().cpu().numpy()
             logits.append(lg)
             acc.add(out, np.where(labelled[pos], codes[pos], lg.argmax(1)))

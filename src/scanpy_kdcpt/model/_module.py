@@ -171,7 +171,12 @@ class KDCPTModule(BaseModuleClass):
     @auto_move_data
     def inference(self, x, embedding=None, batch_index=None) -> dict[str, torch.Tensor]:
         """Run both branches and the fusion; return logits and Cell Learner outputs."""
-        x_log = self.normalize(x.float())
+        return self.forward_normalized(self.normalize(x.float()), embedding, batch_index)
+
+    def forward_normalized(self, x_log, embedding=None, batch_index=None) -> dict[str, torch.Tensor]:
+        """:meth:`inference` from already normalised input (``normalize(x)``): gradients with
+        respect to ``x_log`` give each gene's attribution on the log-expression scale.
+        """
         tokens, gene_idx, values, mask = self.tokenizer(x_log)
         prior = self.prior[gene_idx] * mask
         cl = self.cell_learner(tokens, values, mask, prior)
