@@ -99,7 +99,8 @@ def run_kdcpt(
     kdcpt.KDCPT.setup_anndata(a_train, labels_key=ds.labels_key, layer=layer, prior_key="is_tf")
     model = kdcpt.KDCPT(a_train, use_cell_learner=use_cell_learner, use_cffm=use_cffm, **(model_kwargs or {}))
     model.train(max_epochs=None, enable_progress_bar=False, accelerator="cpu", **(train_kwargs or {}))
-    proba = model.predict(a_test, soft=True)  # at the temperature fitted on the calibration cells
+    model.calibrate()  # temperature and conformal scores from the model's own calibration cells
+    proba = model.predict(a_test, soft=True)
     pred = proba.idxmax(axis=1).to_numpy()
     held_out = _held_out_calibration(model, a_test, proba, ds.labels_key)
     hist = model.history or {}

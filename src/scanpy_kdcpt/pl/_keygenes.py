@@ -140,17 +140,18 @@ def key_genes(
     kwds.setdefault(
         "colorbar_title", "mean expression\nscaled per gene" if standard_scale == "var" else "mean expression"
     )
+    title = kwds.pop("title", None)
     dp = sc.pl.dotplot(
-        tmp,
-        var_names=groups,
-        groupby=groupby,
-        standard_scale=standard_scale,
-        ax=ax,
-        show=False,
-        return_fig=True,
-        title=kwds.pop("title", "Key genes per phenotype"),
-        **kwds,
+        tmp, var_names=groups, groupby=groupby, standard_scale=standard_scale, ax=ax, show=False, return_fig=True, **kwds
     )
     dp.make_figure()
     axes = dp.get_axes()
+    if title:  # above the rotated phenotype labels (scanpy's own title sits among them)
+        fig = dp.fig
+        renderer = fig.canvas.get_renderer()
+        top = max(
+            [t.get_window_extent(renderer).y1 for a in fig.axes for t in a.texts + [a.title] if t.get_text()]
+            + [fig.bbox.y1]
+        )
+        fig.suptitle(title, y=fig.transFigure.inverted().transform((0, top))[1] + 0.02, va="bottom")
     return _read.finish(dp.fig, axes["mainplot_ax"], show, return_fig, save)
