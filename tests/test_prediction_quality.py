@@ -97,8 +97,17 @@ def test_knockout_reaches_wide_path():
 
 @pytest.mark.parametrize(("use_cell_learner", "use_cffm"), [(True, True), (False, False), (True, False)])
 def test_ablation_switches_with_wide(use_cell_learner, use_cffm):
-    m = KDCPTModule(30, 4, 5, n_tokens=16, n_selected=4, d_model=16, n_hidden=16,
-                    use_cell_learner=use_cell_learner, use_cffm=use_cffm)
+    m = KDCPTModule(
+        30,
+        4,
+        5,
+        n_tokens=16,
+        n_selected=4,
+        d_model=16,
+        n_hidden=16,
+        use_cell_learner=use_cell_learner,
+        use_cffm=use_cffm,
+    )
     out = m.inference(torch.rand(3, 30))
     assert out["logits"].shape == (3, 4)
     tensors = {REGISTRY_KEYS.X_KEY: torch.rand(3, 30), REGISTRY_KEYS.LABELS_KEY: torch.tensor([[0.0], [1.0], [3.0]])}
@@ -145,14 +154,16 @@ def trained():
     adata = kdcpt.datasets.synthetic(n_cells=400, seed=0)
     kdcpt.KDCPT.setup_anndata(adata, labels_key="phenotype")
     model = kdcpt.KDCPT(adata, **SMALL, dropout=0.0)
-    model.train(max_epochs=10, early_stopping=False, batch_size=512, enable_progress_bar=False,
-                callbacks=[_SpoilAfter(6)])
+    model.train(
+        max_epochs=10, early_stopping=False, batch_size=512, enable_progress_bar=False, callbacks=[_SpoilAfter(6)]
+    )
     return model
 
 
 def test_calibration_indices_disjoint(trained):
-    tr, va, ca = (np.asarray(a) for a in (trained.train_indices, trained.validation_indices,
-                                          trained.calibration_indices_))
+    tr, va, ca = (
+        np.asarray(a) for a in (trained.train_indices, trained.validation_indices, trained.calibration_indices_)
+    )
     assert ca.dtype.kind == "i" and len(ca) > 0 and len(va) > 0
     assert not set(tr) & set(ca)
     assert not set(va) & set(ca)

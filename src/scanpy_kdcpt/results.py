@@ -338,10 +338,14 @@ class KeyGenes(_Result):
         out["phenotype"] = pd.Categorical(out["phenotype"], categories=list(map(str, self.scores.columns)))
         return out
 
-    def subset(self, features) -> KeyGenes:
-        """The key genes of some features only (e.g. one modality's), ranked among themselves."""
+    def subset(self, features, *, attribution: bool = True) -> KeyGenes:
+        """The key genes of some features only (e.g. one modality's), ranked among themselves;
+        ``attribution=False`` drops the attributions (ranked by the Cell Learner's score then)."""
         features = pd.Index([f for f in map(str, features) if f in self.overall.index], name=self.overall.index.name)
         overall = self.overall.loc[features].copy()
+        attribution = attribution and self.attribution is not None
+        if not attribution:
+            overall = overall.drop(columns="attribution", errors="ignore")
         overall["rank"] = rank_overall(overall)
         return KeyGenes(
             overall=overall,
@@ -349,8 +353,8 @@ class KeyGenes(_Result):
             selected_frac=self.selected_frac.loc[features],
             n_cells=self.n_cells,
             attention=None if self.attention is None else self.attention.loc[features],
-            attribution=None if self.attribution is None else self.attribution.loc[features],
-            expression=None if self.expression is None else self.expression.loc[features],
+            attribution=self.attribution.loc[features] if attribution else None,
+            expression=self.expression.loc[features] if attribution else None,
         )
 
     def to_frame(self) -> pd.DataFrame:

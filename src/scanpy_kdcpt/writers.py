@@ -185,7 +185,8 @@ def write_key_genes(
     ``setup_mudata``) the genes and sites are ranked within their own modality and written to
     ``mdata[rna].var`` / ``.uns[key]["key_genes"]`` (key genes) and ``mdata[regulatory].var``
     (``{key}_score``, ``{key}_selected_frac``, ``{key}_rank``, ``{key}_key_site``, plus the
-    ``link_key`` column kept beside them) / ``.uns[key]["key_sites"]``; ``mdata.uns[key]`` gets
+    ``link_key`` column kept beside them) / ``.uns[key]["key_sites"]`` (sites ranked by the Cell
+    Learner, genes by attribution when present); ``mdata.uns[key]`` gets
     both rankings (``key_genes``, ``key_sites``) and ``key_features``, the joint ranking over
     genes and sites.
     """
@@ -223,7 +224,9 @@ def _write_key_features_mudata(mdata, result: KeyGenes, *, key_added: str, n_top
             continue
         mod = mdata[modalities[role]]
         names = mod.var_names.astype(str)
-        sub = result.subset(names)
+        # sites are ranked by the Cell Learner, which chooses among genes and sites together; the
+        # gradient splits credit between a site and the genes that carry the same signal
+        sub = result.subset(names, attribution=role == "rna")
         write_key_genes(mod, sub, key_added=key_added, n_top=n_top)
         if role == "regulatory":
             flag = mod.var.pop(keys.key_gene)

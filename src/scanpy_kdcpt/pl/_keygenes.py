@@ -137,13 +137,21 @@ def key_genes(
         lookup = dict(zip(adata.obs[groupby].astype("category").cat.categories, colors, strict=True))
         tmp.uns[f"{groupby}_colors"] = [lookup[c] for c in tmp.obs[groupby].cat.categories]
 
-    kwds.setdefault(
+    colorbar_title = kwds.pop(
         "colorbar_title", "mean expression\nscaled per gene" if standard_scale == "var" else "mean expression"
     )
     title = kwds.pop("title", None)
     dp = sc.pl.dotplot(
-        tmp, var_names=groups, groupby=groupby, standard_scale=standard_scale, ax=ax, show=False, return_fig=True, **kwds
+        tmp,
+        var_names=groups,
+        groupby=groupby,
+        standard_scale=standard_scale,
+        ax=ax,
+        show=False,
+        return_fig=True,
+        **kwds,
     )
+    dp.legend(colorbar_title=colorbar_title, width=2.2)  # wide enough that the size labels do not touch
     dp.make_figure()
     axes = dp.get_axes()
     if title:  # above the rotated phenotype labels (scanpy's own title sits among them)
