@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import lightning.pytorch as pl
 import numpy as np
 import pytest
-import lightning.pytorch as pl
 import torch
 
 import scanpy_kdcpt as kdcpt

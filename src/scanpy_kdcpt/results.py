@@ -340,7 +340,8 @@ class KeyGenes(_Result):
 
     def subset(self, features, *, attribution: bool = True) -> KeyGenes:
         """The key genes of some features only (e.g. one modality's), ranked among themselves;
-        ``attribution=False`` drops the attributions (ranked by the Cell Learner's score then)."""
+        ``attribution=False`` drops the attributions (ranked by the Cell Learner's score then).
+        """
         features = pd.Index([f for f in map(str, features) if f in self.overall.index], name=self.overall.index.name)
         overall = self.overall.loc[features].copy()
         attribution = attribution and self.attribution is not None
