@@ -23,6 +23,7 @@ from .._utils import default_palette
 from ..results import KeyGenes, Predictions
 from . import _data, _save_load
 from ._calibration import CalibrationMixin
+from ._crossfit import CrossFitMixin, check_predictions
 from ._keygenes import KeyGeneAccumulator, KeyGenesMixin
 from ._knockout import KnockoutMixin
 from ._module import KDCPTModule
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 class KDCPT(
     MuDataMixin,
     CalibrationMixin,
+    CrossFitMixin,
     TransitionMixin,
     KeyGenesMixin,
     KnockoutMixin,
@@ -659,6 +661,7 @@ class KDCPT(
         batch_size: int | None = None,
         conformal_alpha: float | None = None,
         direction: str | dict | None = "stored",
+        transition_predictions: Predictions | None = None,
         copy: bool = False,
     ) -> AnnData | None:
         """Predict every cell and write the results into ``adata``.
@@ -680,6 +683,11 @@ class KDCPT(
             posterior form. Any ``direction`` of :meth:`compute_transitions` (``"auto"``,
             ``"velocity"``, ...): compute the directed chain now. With a directed chain the
             fate probabilities into the sink phenotypes are written too.
+        transition_predictions
+            Probabilities of the same cells to build the transition matrix, entropies and fates
+            from, e.g. out-of-sample ones from :meth:`get_cross_fitted_predictions` (the model's
+            own probabilities of its training cells are in-sample: over-confident, so the
+            posterior matrix comes out too diagonal). Default: this model's predictions.
         copy
             Write into a copy and return it instead of modifying ``adata``.
 
@@ -709,7 +717,11 @@ class KDCPT(
             self._conformal_threshold(conformal_alpha)  # fails early, before anything is written
         predictions, key_genes = self._predict_with_key_genes(query, batch_size=batch_size)
         calibration = self.get_calibration(predictions if query is None else None, conformal_alpha=conformal_alpha)
-        transitions, fates = self._annotate_transitions(query, predictions, direction)
+        if transition_predictions is not None:
+            check_predictions(transition_predictions, source.obs_names, self.classes_)
+        transitions, fates = self._annotate_transitions(
+            query, predictions if transition_predictions is None else transition_predictions, direction
+        )
         target = source.copy() if copy else source
         writers.write_predictions(target, predictions, key_added=key_added, colors=self._colors())
         if conformal_alpha is not None:
