@@ -10,16 +10,6 @@ import scanpy_kdcpt as kdcpt
 from scanpy_kdcpt import _keys
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def small_model():
     adata = kdcpt.datasets.synthetic(n_cells=360, seed=3)
