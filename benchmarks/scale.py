@@ -166,7 +166,9 @@ def main() -> None:
                 "file_mb": path.stat().st_size / 1e6,
                 "load_avg_before": [round(v, 2) for v in load_before],
                 "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "command": "python benchmarks/scale.py " + " ".join(sys.argv[1:]),
+                "command": "".join(f"{k}={v} " for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_"))
+                + "python benchmarks/scale.py "
+                + " ".join(sys.argv[1:]),
                 "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), shared; no GPU; torch threads 1",
                 "commit": commit + ("+uncommitted src" if dirty else ""),
             }

@@ -198,3 +198,23 @@ def test_train_sizes():
     assert split(None, 0.2, 0.0) == pytest.approx((0.8, 0.2, 0.0))
     with pytest.raises(ValueError):
         split(0.9, 0.2, 0.1)
+
+
+def test_wide_lr_param_group(trained):
+    """``wide_lr`` puts exactly the wide path's weights into their own group, without weight decay."""
+    from scanpy_kdcpt.model._trainingplan import KDCPTTrainingPlan
+
+    module = trained.module
+    n_classes = len(trained.classes_)
+    default = KDCPTTrainingPlan(module, n_classes=n_classes, lr=1e-3).configure_optimizers()["optimizer"]
+    assert len(default.param_groups) == 1
+    opt = KDCPTTrainingPlan(module, n_classes=n_classes, lr=1e-3, wide_lr=0.05).configure_optimizers()["optimizer"]
+    assert len(opt.param_groups) == 2
+    rest, wide = opt.param_groups
+    assert [id(p) for p in wide["params"]] == [id(p) for p in module.prediction.wide.parameters()]
+    assert wide["lr"] == 0.05 and wide["weight_decay"] == 0.0
+    assert rest["lr"] == 1e-3 and rest["weight_decay"] == 1e-4
+    n_trainable = sum(1 for p in module.parameters() if p.requires_grad)
+    assert len(rest["params"]) + len(wide["params"]) == n_trainable
+    with pytest.raises(ValueError, match="wide_lr"):
+        KDCPTTrainingPlan(module, n_classes=n_classes, wide_lr=0.0)

@@ -319,6 +319,7 @@ class KDCPT(
         early_stopping_patience: int = 8,
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
+        wide_lr: float | None = None,
         restore_best: bool = True,
         plan_kwargs: dict | None = None,
         **trainer_kwargs,
@@ -351,6 +352,10 @@ class KDCPT(
             Stop when ``validation_loss`` has not improved for that many epochs.
         lr, weight_decay
             Learning rate and (decoupled) weight decay of AdamW.
+        wide_lr
+            Learning rate of the wide path (linear logits over all genes), trained without
+            AdamW's weight decay (its ridge penalty is the model's ``wide_l2``). ``None``: ``lr``
+            and ``weight_decay``, like the other parameters.
         restore_best
             At the end, restore the weights of the epoch with the lowest ``validation_loss``
             (not those of the last epoch); ``model.best_epoch_`` says which one.
@@ -384,6 +389,7 @@ class KDCPT(
         plan_kwargs = {
             "lr": lr,
             "weight_decay": weight_decay,
+            "wide_lr": wide_lr,
             "restore_best": restore_best,
             **(plan_kwargs or {}),
             "n_classes": len(self.classes_),

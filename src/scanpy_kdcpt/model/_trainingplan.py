@@ -7,6 +7,7 @@ import logging
 from typing import TYPE_CHECKING
 
 import lightning.pytorch as pl
+import torch
 from scvi.train import TrainingPlan
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
@@ -62,6 +63,9 @@ class KDCPTTrainingPlan(TrainingPlan):
     With ``restore_best=True`` (default) the weights of the epoch with the lowest
     ``validation_loss`` are restored at the end of training (:class:`RestoreBestWeights`);
     ``best_epoch`` / ``best_score`` then say which epoch was kept.
+    ``wide_lr`` gives the wide path (the linear logits over all genes) its own learning rate,
+    without AdamW's weight decay (it has its own ridge penalty, ``wide_l2``); ``None`` trains
+    it with ``lr`` and ``weight_decay`` like every other parameter.
     """
 
     def __init__(
@@ -72,6 +76,7 @@ class KDCPTTrainingPlan(TrainingPlan):
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
         restore_best: bool = True,
+        wide_lr: float | None = None,
         **kwargs,
     ):
         kwargs.setdefault("optimizer", "AdamW")
@@ -80,6 +85,9 @@ class KDCPTTrainingPlan(TrainingPlan):
         super().__init__(module, lr=lr, weight_decay=weight_decay, **kwargs)
         self.n_classes = n_classes
         self.restore_best = restore_best
+        if wide_lr is not None and not wide_lr > 0:
+            raise ValueError(f"wide_lr must be a positive learning rate or None, got {wide_lr}.")
+        self.wide_lr = wide_lr
         self.best_epoch: int | None = None
         self.best_score: float | None = None
         self.metrics = {
@@ -97,6 +105,31 @@ class KDCPTTrainingPlan(TrainingPlan):
     def configure_callbacks(self):
         """:class:`RestoreBestWeights` on ``validation_loss`` when ``restore_best``."""
         return [RestoreBestWeights("validation_loss")] if self.restore_best else []
+
+    def configure_optimizers(self):
+        """scvi-tools' optimizer; with ``wide_lr``, the wide path in its own parameter group."""
+        if self.wide_lr is None:
+            return super().configure_optimizers()
+        wide, rest = [], []
+        for name, p in self.module.named_parameters():
+            if p.requires_grad:
+                (wide if name.startswith("prediction.wide.") else rest).append(p)
+        groups = [{"params": rest}]
+        if wide:
+            groups.append({"params": wide, "lr": self.wide_lr, "weight_decay": 0.0})
+        optimizer = self.get_optimizer_creator()(groups)
+        config = {"optimizer": optimizer}
+        if self.reduce_lr_on_plateau:
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer,
+                patience=self.lr_patience,
+                factor=self.lr_factor,
+                threshold=self.lr_threshold,
+                min_lr=self.lr_min,
+                threshold_mode="abs",
+            )
+            config["lr_scheduler"] = {"scheduler": scheduler, "monitor": self.lr_scheduler_metric}
+        return config
 
     def compute_and_log_metrics(self, loss_output: LossOutput, metrics, mode: str):
         """Log classification loss, accuracy and macro-F1 (epoch-level)."""
