@@ -53,7 +53,6 @@ KDCPT_VARIANTS = {
     # tuning variants (run on seeds 100+, not on the reported seeds)
     "kdcpt_bsm_lr3e-3": (True, True, {"balanced_softmax": True}, {"lr": 3e-3}),
     "kdcpt_bsm_l2_1e-4": (True, True, {"balanced_softmax": True, "wide_l2": 1e-4}, {}),
-    "kdcpt_shared_lr": (True, True, {}, {"wide_lr": None}),  # the default before 2026-11-26
     "kdcpt_wide_lr1e-2": (True, True, {}, {"plan_kwargs": {"wide_lr": 1e-2}}),
     "kdcpt_wide_lr3e-2": (True, True, {}, {"plan_kwargs": {"wide_lr": 3e-2}}),
 }
@@ -71,7 +70,6 @@ LABELS = {
     "kdcpt_ce_class_weights": "KDCPT, cross-entropy with class_weights='balanced'",
     "kdcpt_bsm_lr3e-3": "KDCPT, lr=3e-3",
     "kdcpt_bsm_l2_1e-4": "KDCPT, wide_l2=1e-4",
-    "kdcpt_shared_lr": "KDCPT, wide path at the shared lr 1e-3 with weight decay (wide_lr=None; default until 2026-11-26)",
     "kdcpt_wide_lr1e-2": "KDCPT, wide path lr 1e-2 (no weight decay)",
     "kdcpt_wide_lr3e-2": "KDCPT, wide path lr 3e-2 (no weight decay)",
     "kdcpt_no_calibration_split": "KDCPT, calibration_size=0 (train 90 % / validation 10 %)",

@@ -13,7 +13,7 @@ from matplotlib.patches import Rectangle
 import scanpy_kdcpt as kdcpt
 
 RANDOM_GENES = ["Gene_7", "Gene_40", "Gene_91"]
-FLOOR = 0.01  # P of the planted transitions is 0.02-0.07 with this model
+FLOOR = 0.02  # P of the planted transitions is 0.03-0.06 with this model
 
 
 @pytest.fixture(scope="module")
