@@ -177,7 +177,12 @@ def main() -> None:
             if s in ("predict", "annotate"):
                 v["ms_per_1k_cells"] = 1000 * v["seconds"] / n * 1000
         print(json.dumps(run, indent=1), flush=True)
-        results["runs"] = [r for r in results["runs"] if (r["n_cells"], r["mode"]) != (n, run["mode"])] + [run]
+        run["malloc_env"] = {k: v for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_")}
+
+        def same(r):  # a rerun replaces the row of the same size, mode and allocator settings
+            return (r["n_cells"], r["mode"], r.get("malloc_env", {})) == (n, run["mode"], run["malloc_env"])
+
+        results["runs"] = [r for r in results["runs"] if not same(r)] + [run]
         res_path.write_text(json.dumps(results, indent=1))
         write_markdown(results)
 
@@ -203,7 +208,7 @@ def write_markdown(results: dict) -> None:
                 return f"{v[field]:.1f}" if field in v else ""
         return ""
 
-    for r in sorted(results["runs"], key=lambda r: (r["mode"], r["n_cells"])):
+    for r in sorted(results["runs"], key=lambda r: (r["mode"], r["n_cells"], str(r.get("malloc_env", {})))):
         lines.append(
             f"| {r['n_cells']:,} | {r['mode']} | {r['x_in_memory_mb']:.0f} | {get(r, 'init')} | {get(r, 'train')}"
             f" | {get(r, 'predict')} | {get(r, 'annotate')} | {get(r, 'predict', 'ms_per_1k_cells')}"
