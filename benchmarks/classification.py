@@ -489,7 +489,7 @@ def report(command: str) -> None:
             if diffs:
                 lines.append(
                     "KDCPT − logistic regression macro-F1 per seed: "
-                    + ", ".join(f"s{s_} {v:+.3f}" for s_, v in zip(common, diffs))
+                    + ", ".join(f"s{s_} {v:+.3f}" for s_, v in zip(common, diffs, strict=True))
                     + "."
                 )
         lines.append("")

@@ -179,10 +179,9 @@ def main() -> None:
         print(json.dumps(run, indent=1), flush=True)
         run["malloc_env"] = {k: v for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_")}
 
-        def same(r):  # a rerun replaces the row of the same size, mode and allocator settings
-            return (r["n_cells"], r["mode"], r.get("malloc_env", {})) == (n, run["mode"], run["malloc_env"])
-
-        results["runs"] = [r for r in results["runs"] if not same(r)] + [run]
+        key = (n, run["mode"], run["malloc_env"])  # a rerun replaces the row of the same size, mode and allocator
+        results["runs"] = [r for r in results["runs"] if (r["n_cells"], r["mode"], r.get("malloc_env", {})) != key]
+        results["runs"].append(run)
         res_path.write_text(json.dumps(results, indent=1))
         write_markdown(results)
 

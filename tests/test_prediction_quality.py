@@ -218,3 +218,16 @@ def test_wide_lr_param_group(trained):
     assert len(rest["params"]) + len(wide["params"]) == n_trainable
     with pytest.raises(ValueError, match="wide_lr"):
         KDCPTTrainingPlan(module, n_classes=n_classes, wide_lr=0.0)
+
+
+def test_wide_lr_bad_input():
+    adata = kdcpt.datasets.synthetic(n_cells=200, seed=1)
+    kdcpt.KDCPT.setup_anndata(adata, labels_key="phenotype")
+    model = kdcpt.KDCPT(adata, **SMALL)
+    with pytest.raises(ValueError, match="wide_lr must be a positive"):
+        model.train(max_epochs=1, wide_lr=-1e-2, enable_progress_bar=False)
+    assert not model.is_trained  # refused before any training
+    no_wide = kdcpt.KDCPT(adata, **SMALL, use_wide=False)
+    with pytest.warns(UserWarning, match="no wide path"):
+        no_wide.train(max_epochs=1, wide_lr=1e-2, enable_progress_bar=False)
+    assert no_wide.is_trained
