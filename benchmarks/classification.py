@@ -55,6 +55,7 @@ KDCPT_VARIANTS = {
     "kdcpt_bsm_l2_1e-4": (True, True, {"balanced_softmax": True, "wide_l2": 1e-4}, {}),
     "kdcpt_wide_lr1e-2": (True, True, {}, {"plan_kwargs": {"wide_lr": 1e-2}}),
     "kdcpt_wide_lr3e-2": (True, True, {}, {"plan_kwargs": {"wide_lr": 3e-2}}),
+    "kdcpt_wide_lr1e-2_l2_1e-2": (True, True, {"wide_l2": 1e-2}, {"wide_lr": 1e-2}),
 }
 #: KDCPT on a pretrained embedding (the paper's setting): scVI's latent space fitted on the training split
 SCVI_EMBEDDING = "kdcpt_scvi_embedding"
@@ -72,6 +73,7 @@ LABELS = {
     "kdcpt_bsm_l2_1e-4": "KDCPT, wide_l2=1e-4",
     "kdcpt_wide_lr1e-2": "KDCPT, wide path lr 1e-2 (no weight decay)",
     "kdcpt_wide_lr3e-2": "KDCPT, wide path lr 3e-2 (no weight decay)",
+    "kdcpt_wide_lr1e-2_l2_1e-2": "KDCPT, wide path lr 1e-2, wide_l2 1e-2",
     "kdcpt_no_calibration_split": "KDCPT, calibration_size=0 (train 90 % / validation 10 %)",
     SCVI_EMBEDDING: "KDCPT on scVI's latent space (embedding_key; scVI at its default epochs, training split)",
     "logreg": "Logistic regression (log-norm HVGs)",
