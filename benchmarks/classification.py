@@ -53,8 +53,8 @@ KDCPT_VARIANTS = {
     # tuning variants (run on seeds 100+, not on the reported seeds)
     "kdcpt_bsm_lr3e-3": (True, True, {"balanced_softmax": True}, {"lr": 3e-3}),
     "kdcpt_bsm_l2_1e-4": (True, True, {"balanced_softmax": True, "wide_l2": 1e-4}, {}),
-    "kdcpt_wide_lr1e-2": (True, True, {}, {"plan_kwargs": {"wide_lr": 1e-2}}),
-    "kdcpt_wide_lr3e-2": (True, True, {}, {"plan_kwargs": {"wide_lr": 3e-2}}),
+    "kdcpt_wide_lr1e-2": (True, True, {}, {"wide_lr": 1e-2}),
+    "kdcpt_wide_lr3e-2": (True, True, {}, {"wide_lr": 3e-2}),
     "kdcpt_wide_lr1e-2_l2_1e-2": (True, True, {"wide_l2": 1e-2}, {"wide_lr": 1e-2}),
 }
 #: KDCPT on a pretrained embedding (the paper's setting): scVI's latent space fitted on the training split

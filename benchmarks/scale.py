@@ -150,6 +150,7 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--child", str(path), "--train-batches", str(args.train_batches)]
         if args.epoch:
             cmd.append("--epoch")
+        malloc_env = {k: v for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_")}
         load_before = os.getloadavg()
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "src"], capture_output=True, text=True).stdout.strip()
@@ -166,9 +167,10 @@ def main() -> None:
                 "file_mb": path.stat().st_size / 1e6,
                 "load_avg_before": [round(v, 2) for v in load_before],
                 "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "command": "".join(f"{k}={v} " for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_"))
+                "command": "".join(f"{k}={v} " for k, v in malloc_env.items())
                 + "python benchmarks/scale.py "
                 + " ".join(sys.argv[1:]),
+                "malloc_env": malloc_env,
                 "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), shared; no GPU; torch threads 1",
                 "commit": commit + ("+uncommitted src" if dirty else ""),
             }
@@ -177,9 +179,7 @@ def main() -> None:
             if s in ("predict", "annotate"):
                 v["ms_per_1k_cells"] = 1000 * v["seconds"] / n * 1000
         print(json.dumps(run, indent=1), flush=True)
-        run["malloc_env"] = {k: v for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_")}
-
-        key = (n, run["mode"], run["malloc_env"])  # a rerun replaces the row of the same size, mode and allocator
+        key = (n, run["mode"], malloc_env)  # a rerun replaces the row of the same size, mode and allocator
         results["runs"] = [r for r in results["runs"] if (r["n_cells"], r["mode"], r.get("malloc_env", {})) != key]
         results["runs"].append(run)
         res_path.write_text(json.dumps(results, indent=1))

@@ -216,6 +216,11 @@ def test_wide_lr_param_group(trained):
     assert rest["lr"] == 1e-3 and rest["weight_decay"] == 1e-4
     n_trainable = sum(1 for p in module.parameters() if p.requires_grad)
     assert len(rest["params"]) + len(wide["params"]) == n_trainable
+    # scvi-tools' scheduler is built over the same two groups
+    plan = KDCPTTrainingPlan(module, n_classes=n_classes, wide_lr=0.05, reduce_lr_on_plateau=True)
+    config = plan.configure_optimizers()
+    assert len(config["optimizer"].param_groups) == 2
+    assert config["lr_scheduler"]["scheduler"].optimizer is config["optimizer"]
     with pytest.raises(ValueError, match="wide_lr"):
         KDCPTTrainingPlan(module, n_classes=n_classes, wide_lr=0.0)
 

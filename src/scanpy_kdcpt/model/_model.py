@@ -384,15 +384,12 @@ class KDCPT(
         2,000 genes): call ``torch.set_num_threads(1)`` there.
 
         """
-        if wide_lr is not None:
-            if not (isinstance(wide_lr, (int, float)) and wide_lr > 0):
-                raise ValueError(f"wide_lr must be a positive learning rate or None, got {wide_lr!r}.")
-            if not getattr(self.module, "use_wide", False):
-                warnings.warn(
-                    "wide_lr has no effect: this model has no wide path (it was built with use_wide=False).",
-                    UserWarning,
-                    stacklevel=2,
-                )
+        if wide_lr is not None and not getattr(self.module, "use_wide", False):
+            warnings.warn(
+                "wide_lr has no effect: this model has no wide path (it was built with use_wide=False).",
+                UserWarning,
+                stacklevel=2,
+            )
         if max_epochs is None:
             max_epochs = int(min(60, max(30, 30_000 // max(self.adata.n_obs, 1))))
         if trainer_kwargs.get("strategy") in ("ddp", "ddp_spawn", "ddp_notebook"):

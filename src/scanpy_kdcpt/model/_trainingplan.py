@@ -7,7 +7,6 @@ import logging
 from typing import TYPE_CHECKING
 
 import lightning.pytorch as pl
-import torch
 from scvi.train import TrainingPlan
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
@@ -85,8 +84,8 @@ class KDCPTTrainingPlan(TrainingPlan):
         super().__init__(module, lr=lr, weight_decay=weight_decay, **kwargs)
         self.n_classes = n_classes
         self.restore_best = restore_best
-        if wide_lr is not None and not wide_lr > 0:
-            raise ValueError(f"wide_lr must be a positive learning rate or None, got {wide_lr}.")
+        if wide_lr is not None and not (isinstance(wide_lr, (int, float)) and wide_lr > 0):
+            raise ValueError(f"wide_lr must be a positive learning rate or None, got {wide_lr!r}.")
         self.wide_lr = wide_lr
         self.best_epoch: int | None = None
         self.best_score: float | None = None
@@ -106,30 +105,25 @@ class KDCPTTrainingPlan(TrainingPlan):
         """:class:`RestoreBestWeights` on ``validation_loss`` when ``restore_best``."""
         return [RestoreBestWeights("validation_loss")] if self.restore_best else []
 
-    def configure_optimizers(self):
-        """scvi-tools' optimizer; with ``wide_lr``, the wide path in its own parameter group."""
+    def get_optimizer_creator(self):
+        """scvi-tools' optimizer creator; with ``wide_lr``, the wide path in its own parameter group.
+
+        scvi-tools' ``configure_optimizers`` (and its learning-rate scheduler) stay as they are.
+        """
+        create = super().get_optimizer_creator()
         if self.wide_lr is None:
-            return super().configure_optimizers()
-        wide, rest = [], []
-        for name, p in self.module.named_parameters():
-            if p.requires_grad:
-                (wide if name.startswith("prediction.wide.") else rest).append(p)
-        groups = [{"params": rest}]
-        if wide:
-            groups.append({"params": wide, "lr": self.wide_lr, "weight_decay": 0.0})
-        optimizer = self.get_optimizer_creator()(groups)
-        config = {"optimizer": optimizer}
-        if self.reduce_lr_on_plateau:
-            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                optimizer,
-                patience=self.lr_patience,
-                factor=self.lr_factor,
-                threshold=self.lr_threshold,
-                min_lr=self.lr_min,
-                threshold_mode="abs",
-            )
-            config["lr_scheduler"] = {"scheduler": scheduler, "monitor": self.lr_scheduler_metric}
-        return config
+            return create
+        wide_ids = {id(p) for name, p in self.module.named_parameters() if name.startswith("prediction.wide.")}
+
+        def create_grouped(params):
+            params = list(params)
+            wide = [p for p in params if id(p) in wide_ids]
+            groups = [{"params": [p for p in params if id(p) not in wide_ids]}]
+            if wide:
+                groups.append({"params": wide, "lr": self.wide_lr, "weight_decay": 0.0})
+            return create(groups)
+
+        return create_grouped
 
     def compute_and_log_metrics(self, loss_output: LossOutput, metrics, mode: str):
         """Log classification loss, accuracy and macro-F1 (epoch-level)."""
