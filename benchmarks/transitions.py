@@ -135,7 +135,7 @@ def run_real(name: str, epochs: int) -> dict:
             t = time.perf_counter()
             res = model.compute_transitions(representation=rep, predictions=pred, inplace=False, **kw)
             secs = time.perf_counter() - t
-            T = model.transitions_["cell_chain"]
+            T = model.transitions_.cell_chain
             rows[f"KD-CPT {setting} [{rep}]"] = {
                 "seconds": round(secs, 1),
                 **_summary(res.matrix.to_numpy(), M_soft, names, steps, terminal, T),

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from scanpy_kdcpt.model._components import CFFM, GridDepthwiseConv, token_grid
-from scanpy_kdcpt.model._module import KDCPTModule
+from scanpy_kdcpt.module._components import CFFM, GridDepthwiseConv, token_grid
+from scanpy_kdcpt.module._module import KDCPTModule
 
 
 @pytest.mark.parametrize("grid", [(4, 8), (2, 3), (5, 5)])

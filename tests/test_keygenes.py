@@ -210,7 +210,7 @@ def test_blend_prior_swamps_bias_prior_does_not():
     network does not attend to stays at 0."""
     import torch
 
-    from scanpy_kdcpt.model._components import CellLearner
+    from scanpy_kdcpt.module._components import CellLearner
 
     attention = torch.tensor([[1.0, 0.02, 0.0, 0.02]])
     prior = torch.tensor([[0.0, 0.0, 1.0, 1.0]])

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 import scanpy_kdcpt as kdcpt
-from scanpy_kdcpt.model._grn import edges_matrix, fit_propagation
+from scanpy_kdcpt.perturb._grn import edges_matrix, fit_propagation
 
 DOROTHEA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tf_target_prior_dorothea"
 

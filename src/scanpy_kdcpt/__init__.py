@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("scanpy-kdcpt")
-except PackageNotFoundError:  # running from a source tree
-    __version__ = "0.0.0"
-
 from . import calibration, datasets, directed, markov, metrics, multiome, pl, results, stats, writers
-from .model import KDCPT, KDCPTModule, KDCPTTrainingPlan
+from ._version import __version__
+from .model import KDCPT
+from .module import KDCPTModule, KDCPTTrainingPlan
 
 __all__ = [
     "KDCPT",

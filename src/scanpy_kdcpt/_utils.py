@@ -7,6 +7,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from ._errors import KeyNotFoundError
+
 
 def default_palette(n: int) -> list[str]:
     """Scanpy's default categorical palette for ``n`` categories (20, 28 or 102 colours)."""
@@ -42,3 +44,9 @@ def codes_of(labels, phenotypes: Sequence[str]) -> np.ndarray:
     lookup = {str(c): i for i, c in enumerate(phenotypes)}
     s = pd.Series(np.asarray(labels, dtype=object))
     return s.map(lambda x: lookup.get(str(x), -1) if pd.notna(x) else -1).to_numpy(int)
+
+
+def check_obs_column(data, key: str, what: str, where: str = "adata") -> None:
+    """A KeyError naming the columns when ``key`` is not a column of ``data.obs``."""
+    if key not in data.obs:
+        raise KeyNotFoundError(f"{what} {key!r} is not a column of {where}.obs (columns: {list(data.obs.columns)}).")

@@ -1,7 +1,6 @@
-"""The KDCPT model, its module and training plan."""
+"""The KDCPT model: set-up, training, inference and the ``get_*`` / writing methods (one mixin per job)."""
 
 from ._model import KDCPT
-from ._module import KDCPTModule
-from ._trainingplan import KDCPTTrainingPlan
+from ._transitions import TransitionState
 
-__all__ = ["KDCPT", "KDCPTModule", "KDCPTTrainingPlan"]
+__all__ = ["KDCPT", "TransitionState"]

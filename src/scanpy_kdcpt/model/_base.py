@@ -12,8 +12,10 @@ if TYPE_CHECKING:
     import torch
     from anndata import AnnData
 
+    from ..module import KDCPTModule
     from ..results import Predictions
-    from ._module import KDCPTModule
+    from ._inputs import RnaInputs
+    from ._transitions import TransitionState
 
 
 class KDCPTLike(Protocol):
@@ -30,8 +32,10 @@ class KDCPTLike(Protocol):
     extra_: dict
     validation_indices: np.ndarray | None
     is_trained_: bool
-    #: set by ``compute_transitions``: ``cell_chain`` (CSR), ``direction``, ``obs_names``, ``memberships``
-    transitions_: dict | None
+    #: the input strategy chosen at construction (genes, or genes + regulatory sites)
+    _inputs: RnaInputs
+    #: set by ``compute_transitions``
+    transitions_: TransitionState | None
 
     @property
     def device(self) -> torch.device: ...
@@ -59,8 +63,6 @@ class KDCPTLike(Protocol):
     def labels_(self, adata: AnnData | None = None) -> tuple[np.ndarray, np.ndarray]: ...
 
     def get_anndata_manager(self, adata: AnnData, required: bool = False): ...
-
-    def _registered_matrix(self, adata: AnnData): ...
 
     def _softmax(self, logits: np.ndarray) -> np.ndarray: ...
 

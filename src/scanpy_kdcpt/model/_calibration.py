@@ -15,9 +15,9 @@ import pandas as pd
 from scanpy import logging as logg
 
 from .. import calibration as cal
-from .._errors import KeyNotFoundError
-from .._utils import codes_of
+from .._utils import check_obs_column, codes_of
 from ..results import Calibration, Predictions
+from ._docs import model_dsp
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -30,6 +30,7 @@ _STATE_SCALARS = ("ece_before", "ece_after", "brier_before", "brier_after", "nll
 class CalibrationMixin:
     """Temperature scaling, calibration diagnostics and conformal prediction sets."""
 
+    @model_dsp.dedent
     def calibrate(
         self: KDCPTLike,
         adata: AnnData | None = None,
@@ -59,8 +60,7 @@ class CalibrationMixin:
             one (its labels are read from the registry otherwise).
         n_bins
             Confidence bins of the ECE.
-        batch_size
-            Cells per forward pass.
+        %(param_batch_size)s
 
         Returns
         -------
@@ -212,8 +212,5 @@ def _held_out_codes(model, target, indices: np.ndarray, labels_key: str | None) 
             raise ValueError("Pass labels_key= (the .obs column of known phenotypes) to calibrate on another AnnData.")
         codes, _ = model.labels_(None)
         return codes[indices]
-    if labels_key not in target.obs:
-        raise KeyNotFoundError(
-            f"labels_key {labels_key!r} is not a column of adata.obs (columns: {list(target.obs.columns)})."
-        )
+    check_obs_column(target, labels_key, "labels_key")
     return codes_of(target.obs[labels_key].iloc[indices], model.classes_)

@@ -25,6 +25,7 @@ from .._expression import (
     log_normalize,
     read_rows,
 )
+from .._utils import check_obs_column
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -147,10 +148,7 @@ def check_var_names(adata: AnnData) -> None:
 
 
 def check_labels(adata: AnnData, labels_key: str, unlabeled_category) -> str:
-    if labels_key not in adata.obs:
-        raise KeyNotFoundError(
-            f"labels_key {labels_key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)})."
-        )
+    check_obs_column(adata, labels_key, "labels_key")
     labels = adata.obs[labels_key]
     known = labels[labels.notna()]
     if unlabeled_category is not None:
@@ -301,7 +299,17 @@ def _query_embedding(adata: AnnData, key: str, width: int) -> np.ndarray:
     return emb
 
 
-def check_obs_column(data, key: str, what: str, where: str = "adata") -> None:
-    """A KeyError naming the columns when ``key`` is not a column of ``data.obs``."""
-    if key not in data.obs:
-        raise KeyNotFoundError(f"{what} {key!r} is not a column of {where}.obs (columns: {list(data.obs.columns)}).")
+def resolve_data_type(X, data_type: str, where: str) -> str:
+    """Check the expression values and resolve ``data_type`` (``"auto"`` → ``"counts"`` or ``"log"``).
+
+    The same checks for :meth:`~scanpy_kdcpt.KDCPT.setup_anndata` and ``setup_mudata``: finite,
+    non-negative values (scaled data is refused), and log values that look logged.
+    """
+    if data_type not in ("auto", "counts", "log"):
+        raise InvalidInputError(f"data_type must be 'auto', 'counts' or 'log', not {data_type!r}.")
+    check_values(X, where)
+    if data_type == "auto":
+        data_type = detect_data_type(X)
+    if data_type == "log":
+        check_logged(X, where)
+    return data_type

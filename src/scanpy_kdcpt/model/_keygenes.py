@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 from ..results import KeyGenes, rank_overall
+from ._docs import model_dsp
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -99,6 +100,7 @@ class KeyGeneAccumulator:
 class KeyGenesMixin:
     """Key genes of each phenotype."""
 
+    @model_dsp.dedent
     def get_key_genes(
         self: KDCPTLike,
         adata: AnnData | None = None,
@@ -130,8 +132,7 @@ class KeyGenesMixin:
             The registered AnnData (default) or a query (genes aligned by name).
         indices
             Cells to use (default all).
-        batch_size
-            Cells per forward pass.
+        %(param_batch_size)s
         progress
             Show a progress bar.
         attribution
@@ -162,6 +163,7 @@ class KeyGenesMixin:
             acc.add(out, np.where(labelled[pos], codes[pos], pred))
         return acc.result()
 
+    @model_dsp.dedent
     def get_faithfulness(
         self: KDCPTLike,
         key_genes: KeyGenes | None = None,
@@ -197,8 +199,7 @@ class KeyGenesMixin:
         by
             Ranking of :meth:`~scanpy_kdcpt.results.KeyGenes.top`: ``"attribution"`` (default
             when present), ``"specificity"``, ``"score"`` or ``"attention"``.
-        batch_size
-            Cells per forward pass.
+        %(param_batch_size)s
         random_state
             Seed of the random genes.
 

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
-import torch
 from scanpy import logging as logg
 from scipy import sparse
 from scvi.data import AnnDataManager
@@ -27,11 +26,10 @@ from scvi.data import AnnDataManager
 from .. import _expression, multiome
 from .._constants import REGISTRY_KEYS, UNLABELED_CATEGORY
 from .._errors import KeyNotFoundError
+from ..module import REGULATORY_KEY
 from . import _data
-from ._module_multiome import REGULATORY_KEY, KDCPTMultiomeModule
 
 if TYPE_CHECKING:
-    from anndata import AnnData
     from mudata import MuData
 
 
@@ -134,14 +132,10 @@ class MuDataMixin:
                 f"setup_mudata needs a MuData, got {type(mdata).__name__}. For an AnnData use KDCPT.setup_anndata."
             )
         mods = multiome._modalities(mdata, modalities)
+        _check_paired(mdata, mods)  # may put a modality's rows in the order of mdata.obs_names
         rna, peaks = mdata[mods["rna"]], mdata[mods["regulatory"]]
-        _check_paired(mdata, mods)
-        X = _expression.get_matrix(rna, rna_layer)
-        _expression.check_values(X, f"mdata[{mods['rna']!r}]" + (f".layers[{rna_layer!r}]" if rna_layer else ".X"))
-        if data_type == "auto":
-            data_type = _expression.detect_data_type(X)
-        elif data_type not in ("counts", "log"):
-            raise ValueError(f"data_type must be 'auto', 'counts' or 'log', not {data_type!r}.")
+        where = f"mdata[{mods['rna']!r}]" + (f".layers[{rna_layer!r}]" if rna_layer else ".X")
+        data_type = _data.resolve_data_type(_expression.get_matrix(rna, rna_layer), data_type, where)
         P = _expression.get_matrix(peaks, regulatory_layer)
         where = f"mdata[{mods['regulatory']!r}]" + (f".layers[{regulatory_layer!r}]" if regulatory_layer else ".X")
         _expression.check_values(P, where)
@@ -190,98 +184,6 @@ class MuDataMixin:
         adata_manager.register_fields(mdata, **kwargs)
         cls.register_manager(adata_manager)
 
-    # -- hooks used by KDCPT.__init__ / _fit_inputs / knockout ----------------------------------
-    def _is_multiome(self) -> bool:
-        return self.adata_manager.registry.get("setup_method_name") == "setup_mudata"
-
-    def _modalities(self) -> dict[str, str]:
-        return dict(self.adata_manager.registry["setup_args"]["modalities"])
-
-    def _feature_names(self) -> list[str]:
-        """The model's features: the genes, followed by the sites with multi-omics data."""
-        if not self._is_multiome():
-            return list(map(str, self.adata.var_names))
-        mods = self._modalities()
-        return [*map(str, self.adata[mods["rna"]].var_names), *map(str, self.adata[mods["regulatory"]].var_names)]
-
-    def _module_spec(self) -> tuple[type, dict]:
-        """The module class and its extra arguments."""
-        if not self._is_multiome():
-            return self._module_cls, {}
-        setup = self.adata_manager.registry["setup_args"]
-        n_reg = self.adata[self._modalities()["regulatory"]].n_vars
-        return KDCPTMultiomeModule, {
-            "n_regulatory": int(n_reg),
-            "regulatory_is_counts": setup["regulatory_type"] == "counts",
-        }
-
-    def _prior_vector(self, prior_key: str) -> np.ndarray:
-        """Prior per feature; a site takes its linked gene's prior (0 when unlinked)."""
-        if not self._is_multiome():
-            return self.adata.var[prior_key].astype(float).to_numpy()
-        rna, peaks = self._modality_data()
-        setup = self.adata_manager.registry["setup_args"]
-        gene_prior = rna.var[prior_key].astype(float)
-        linked = peaks.var[setup["link_key"]].astype(str)
-        site_prior = linked.map(gene_prior).fillna(0.0).to_numpy(float)
-        return np.concatenate([gene_prior.to_numpy(), site_prior])
-
-    def _modality_data(self, mdata=None) -> tuple[AnnData, AnnData]:
-        mods = self._modalities()
-        mdata = self.adata if mdata is None else mdata
-        return mdata[mods["rna"]], mdata[mods["regulatory"]]
-
-    def _registered_matrix(self, adata) -> sparse.spmatrix | np.ndarray:
-        """Raw input features of ``adata`` as the module sees them before normalisation."""
-        from .._constants import REGISTRY_KEYS
-
-        manager = self.get_anndata_manager(adata, required=True)
-        X = manager.get_from_registry(REGISTRY_KEYS.X_KEY)
-        if not self._is_multiome():
-            return X
-        P = manager.get_from_registry(REGULATORY_KEY)
-        return sparse.hstack([sparse.csr_matrix(X, dtype=np.float32), sparse.csr_matrix(P, dtype=np.float32)]).tocsr()
-
-    def _fit_encoder(self, n_components: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Fit the frozen linear encoder: ``(feature_mean, loadings, component_std)``.
-
-        RNA only: PCA of the log-normalised genes. Multi-omics: RNA PCA beside ATAC LSI (TF-IDF
-        → truncated SVD, no centring), as one block-diagonal loading matrix; the IDF is stored
-        in the module.
-        """
-        from .._constants import REGISTRY_KEYS
-
-        manager = self.adata_manager
-        if not self._is_multiome():  # blocks of the sampled rows only (backed data stays on disk)
-            return _data.fit_pca(
-                manager.get_from_registry(REGISTRY_KEYS.X_KEY), n_components, seed=seed, data_type=self.data_type_
-            )
-        X = _expression.log_normalize(manager.get_from_registry(REGISTRY_KEYS.X_KEY), self.data_type_)
-        m = self.module
-        n_rna_pc = max(1, n_components // 2)
-        mean_r, load_r, std_r = _data.fit_pca(X, n_rna_pc, seed=seed)
-        P = manager.get_from_registry(REGULATORY_KEY)
-        if m.regulatory_is_counts:
-            w = multiome.idf(P)
-            m.idf.copy_(torch.as_tensor(w))
-            P = multiome.tfidf(P, w)
-        load_a, std_a = _fit_lsi(P, n_components - load_r.shape[1], seed=seed)
-        n_rna, n_reg = load_r.shape[0], load_a.shape[0]
-        loadings = np.zeros((n_rna + n_reg, n_components), dtype=np.float32)
-        loadings[:n_rna, : load_r.shape[1]] = load_r
-        loadings[n_rna:, load_r.shape[1] : load_r.shape[1] + load_a.shape[1]] = load_a
-        std = np.ones(n_components, dtype=np.float32)
-        std[: load_r.shape[1]] = std_r
-        std[load_r.shape[1] : load_r.shape[1] + load_a.shape[1]] = std_a
-        mean = np.concatenate([mean_r, np.zeros(n_reg, dtype=np.float32)])
-        return mean, loadings, std
-
-    def _key_feature_kwargs(self, target) -> dict:
-        """What :func:`~scanpy_kdcpt.writers.write_key_genes` needs to split features by modality."""
-        if not self._is_multiome() or not is_mudata(target):
-            return {}
-        return {"modalities": self._modalities(), "link_key": self.adata_manager.registry["setup_args"]["link_key"]}
-
     # -- public helpers ---------------------------------------------------------------------
     def linked_sites(self, genes: str | Sequence[str]) -> dict[str, list[str]]:
         """Each gene with its linked regulatory sites, as gene sets for :meth:`knockout`.
@@ -298,10 +200,10 @@ class MuDataMixin:
         peaks).
 
         """
-        if not self._is_multiome():
+        if not self._inputs.multiome:
             raise ValueError("linked_sites needs a model set up with KDCPT.setup_mudata.")
         genes = [genes] if isinstance(genes, str) else list(genes)
-        rna, peaks = self._modality_data()
+        rna, peaks = self._inputs.modality_data()
         link_key = self.adata_manager.registry["setup_args"]["link_key"]
         if link_key not in peaks.var:
             raise KeyNotFoundError(
@@ -321,7 +223,7 @@ class MuDataMixin:
         return out
 
 
-def _fit_lsi(P, n_components: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def fit_lsi(P, n_components: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """LSI loadings (sites × components) and component std of TF-IDF values ``P`` (no centring)."""
     from sklearn.decomposition import TruncatedSVD
 
@@ -336,6 +238,12 @@ def _fit_lsi(P, n_components: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _check_paired(mdata, mods: dict[str, str]) -> None:
+    """Unique feature names, and both modalities holding the cells of ``mdata.obs``.
+
+    MuData aligns modalities by cell name: a modality that holds the same cells in another order
+    has its rows put in the order of ``mdata.obs_names`` (nothing else changes; logged). Only
+    cells missing from a modality are an error.
+    """
     rna, peaks = mdata[mods["rna"]], mdata[mods["regulatory"]]
     names = rna.var_names.append(peaks.var_names)
     if names.has_duplicates:
@@ -344,18 +252,27 @@ def _check_paired(mdata, mods: dict[str, str]) -> None:
             f"Gene and site names must be unique across both modalities (e.g. {dup} repeat). Call "
             "mdata[...].var_names_make_unique() on the modality, or mdata.var_names_make_unique()."
         )
-    if rna.n_obs != peaks.n_obs or not rna.obs_names.equals(peaks.obs_names):
-        n_shared = len(rna.obs_names.intersection(peaks.obs_names))
-        raise ValueError(
-            f"The modalities hold different cells: {mods['rna']!r} has {rna.n_obs}, {mods['regulatory']!r} has "
-            f"{peaks.n_obs} ({n_shared} shared). KDCPT needs paired data: subset both to the shared cells, e.g. "
-            "mu.pp.intersect_obs(mdata)."
-        )
-    if not rna.obs_names.equals(mdata.obs_names):
-        raise ValueError(
-            f"mdata has {mdata.n_obs} cells but its modalities {rna.n_obs}; call mdata.update() or "
-            "mu.pp.intersect_obs(mdata) so that mdata.obs and the modalities hold the same cells."
-        )
+    cells = mdata.obs_names
+    for name in (mods["rna"], mods["regulatory"]):
+        mod = mdata[name]
+        if mod.obs_names.has_duplicates:
+            raise ValueError(
+                f"mdata[{name!r}] has duplicated cell names; call mdata[{name!r}].obs_names_make_unique() first."
+            )
+        missing = cells.difference(mod.obs_names)
+        if len(missing) or mod.n_obs != len(cells):
+            n_shared = len(cells.intersection(mod.obs_names))
+            raise ValueError(
+                f"The modalities hold different cells: mdata has {len(cells)}, {name!r} has {mod.n_obs} "
+                f"({n_shared} shared, e.g. {list(map(str, missing[:3]))} missing from {name!r}). KDCPT needs paired "
+                "data: subset both modalities to the shared cells, e.g. mu.pp.intersect_obs(mdata)."
+            )
+    for name in (mods["rna"], mods["regulatory"]):
+        if not mdata[name].obs_names.equals(cells):
+            mdata.mod[name] = mdata[name][cells].copy()
+            logg.info(f"KDCPT: the rows of mdata[{name!r}] were put in the order of mdata.obs_names (same cells).")
+    if any(not mdata[n].obs_names.equals(cells) for n in mods.values()):
+        mdata.update()
 
 
 def prepare_query(model, mdata) -> MuData:
@@ -390,8 +307,15 @@ def prepare_query(model, mdata) -> MuData:
         )
         P = sparse.csr_matrix((rna.n_obs, len(site_names)), dtype=np.float32)
     else:
-        if not peaks.obs_names.equals(rna.obs_names):
-            _check_paired(mdata, mods)
+        if not peaks.obs_names.equals(rna.obs_names):  # aligned by cell name, without changing the query
+            missing = rna.obs_names.difference(peaks.obs_names)
+            if len(missing):
+                raise ValueError(
+                    f"The query's {mods['regulatory']!r} modality lacks {len(missing)} of its RNA cells (e.g. "
+                    f"{list(map(str, missing[:3]))}); subset both modalities to the shared cells "
+                    "(mu.pp.intersect_obs(mdata))."
+                )
+            peaks = peaks[rna.obs_names]
         layer = setup["regulatory_layer"]
         P = _expression.get_matrix(peaks, layer if layer in peaks.layers else None)
         P = _data.align_genes(P, peaks.var_names, site_names)

@@ -17,9 +17,12 @@ from scvi.data._utils import _assign_adata_uuid
 from .. import _expression
 from .._constants import REGISTRY_KEYS
 from .._errors import InvalidInputError, ModelFileError
+from .._version import __version__
 
 if TYPE_CHECKING:
     from anndata import AnnData
+
+    from ._model import KDCPT
 
 MODEL_FILE = "model.pt"
 META_FILE = "model.json"
@@ -28,10 +31,8 @@ ADATA_FILE = "adata.h5ad"
 STATE_ATTRS = ("classes_", "data_type_", "temperature_", "var_names_", "is_trained_", "extra_")
 
 
-def save(model, dir_path: str, *, overwrite: bool = False, save_anndata: bool = False, **anndata_write_kwargs) -> None:
+def _save(model, dir_path: str, *, overwrite: bool = False, save_anndata: bool = False, **anndata_write_kwargs) -> None:
     """Write ``model.pt`` (tensors), ``model.json`` (settings, registry, state, history)."""
-    from ._model import _version
-
     if os.path.exists(dir_path) and os.listdir(dir_path) and not overwrite:
         raise InvalidInputError(f"{dir_path} exists and is not empty; pass overwrite=True to replace it.")
     os.makedirs(dir_path, exist_ok=True)
@@ -53,7 +54,7 @@ def save(model, dir_path: str, *, overwrite: bool = False, save_anndata: bool = 
         "registry": model.adata_manager.registry,
         "attrs": attrs,
         "history": history,
-        "version": _version(),
+        "version": __version__,
         "saved_anndata": bool(save_anndata),
     }
     with open(os.path.join(dir_path, META_FILE), "w") as f:
@@ -64,7 +65,7 @@ def save(model, dir_path: str, *, overwrite: bool = False, save_anndata: bool = 
         model.adata.write_h5ad(os.path.join(dir_path, ADATA_FILE), **anndata_write_kwargs)
 
 
-def load(cls, dir_path: str, *, adata: AnnData | None = None, accelerator: str = "auto", device="auto"):
+def _load(cls, dir_path: str, *, adata: AnnData | None = None, accelerator: str = "auto", device="auto"):
     """A model of class ``cls`` from ``dir_path`` (see :meth:`KDCPT.load`)."""
     from scvi.model._utils import parse_device_args
 
@@ -229,3 +230,34 @@ def decode(d: dict):
         dtype = d["dtype"]
         return np.asarray(d["__ndarray__"], dtype=object if dtype.startswith("<U") or dtype == "object" else dtype)
     return d
+
+
+class SaveLoadMixin:
+    """``save`` / ``load`` that never pickle: tensors with ``weights_only=True``, the rest as JSON."""
+
+    def save(self, dir_path: str, overwrite: bool = False, save_anndata: bool = False, **anndata_write_kwargs) -> None:
+        """Save the model to ``dir_path``: ``model.pt`` (tensors only) and ``model.json``.
+
+        A saved model cannot run code when loaded: tensors are read with
+        ``torch.load(weights_only=True)`` and everything else is JSON.
+        """
+        _save(self, dir_path, overwrite=overwrite, save_anndata=save_anndata, **anndata_write_kwargs)
+
+    @classmethod
+    def load(
+        cls, dir_path: str, adata: AnnData | None = None, accelerator: str = "auto", device: int | str = "auto"
+    ) -> KDCPT:
+        """Load a model saved with :meth:`save`.
+
+        Parameters
+        ----------
+        dir_path
+            Folder written by :meth:`save`.
+        adata
+            AnnData with the model's genes in the same order. Default: the AnnData saved with
+            ``save_anndata=True``.
+        accelerator, device
+            Where to put the model (``"auto"``: GPU when present).
+
+        """
+        return _load(cls, dir_path, adata=adata, accelerator=accelerator, device=device)

@@ -6,17 +6,21 @@ return :class:`~scanpy_kdcpt.results.Transitions` objects. They never write into
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
+import torch
 from scanpy import logging as logg
 from scipy import sparse
 
 from .. import _expression, _keys, directed, markov, writers
 from .._constants import REGISTRY_KEYS
 from .._errors import KeyNotFoundError
+from .._utils import check_obs_column
 from ..results import Fates, Predictions, Transitions
+from ._docs import model_dsp, output_target
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -24,9 +28,48 @@ if TYPE_CHECKING:
     from ._base import KDCPTLike
 
 
+@dataclass
+class TransitionState:
+    """The directed cell chain a model keeps after :meth:`~scanpy_kdcpt.KDCPT.compute_transitions`
+    (for fates, knockouts and :meth:`~scanpy_kdcpt.KDCPT.to_cellrank`; not saved with the model).
+
+    Attributes
+    ----------
+    cell_chain
+        Cells × cells, row-stochastic (CSR).
+    direction
+        What biased the chain, and its parameters.
+    obs_names
+        The cells it was built on, in order.
+    memberships
+        Cells × phenotypes soft memberships ``M`` it is coarse-grained with.
+    registered
+        Whether the cells are the model's registered AnnData (knockouts use the chain only then).
+    terminal
+        Terminal phenotypes recorded by :meth:`~scanpy_kdcpt.KDCPT.annotate` with the fates it
+        wrote (``None`` until then), so that knockouts compare fates into the same phenotypes.
+
+    """
+
+    cell_chain: sparse.csr_matrix
+    direction: dict
+    obs_names: np.ndarray
+    memberships: np.ndarray
+    registered: bool = True
+    terminal: list[str] | None = None
+
+    def covers(self, adata: AnnData) -> bool:
+        """Whether the chain was built on exactly these cells, in this order."""
+        return len(self.obs_names) == adata.n_obs and np.array_equal(self.obs_names, np.asarray(adata.obs_names))
+
+
 class TransitionMixin:
     """Transition matrices between phenotypes and their entropies."""
 
+    #: set by :meth:`compute_transitions`
+    transitions_: TransitionState | None = None
+
+    @model_dsp.dedent
     def get_transition_matrix(
         self: KDCPTLike,
         adata: AnnData | None = None,
@@ -59,10 +102,8 @@ class TransitionMixin:
             within the condition).
         n_neighbors, softmax_scale
             Neighbours per cell and sharpness of the softmax (``"latent"`` only).
-        batch_size
-            Cells per forward pass.
-        predictions
-            Predictions of ``adata`` from :meth:`get_predictions` (skips rerunning the network).
+        %(param_batch_size)s
+        %(param_predictions)s
 
         Returns
         -------
@@ -119,20 +160,20 @@ class TransitionMixin:
         the weight of the leading ones in a kNN search).
         """
         adata = self._prepare_adata(adata)
-        manager = self.get_anndata_manager(adata, required=True)
         m = self.module
         if m.external_embedding:
+            manager = self.get_anndata_manager(adata, required=True)
             return np.asarray(manager.get_from_registry(REGISTRY_KEYS.EMBEDDING_KEY), dtype=np.float32)
-        X = manager.get_from_registry(REGISTRY_KEYS.X_KEY)
-        gene_mean = m.gene_mean.detach().cpu().numpy()
-        loadings = m.loadings.detach().cpu().numpy()
+        X = self._inputs.registered_matrix(adata)  # genes (+ regulatory sites with setup_mudata)
         out = []
-        for start in range(0, X.shape[0], batch_size):
-            xb = _expression.log_normalize(X[start : start + batch_size], self.data_type_)
-            xb = xb.toarray() if sparse.issparse(xb) else np.asarray(xb)
-            out.append((xb - gene_mean) @ loadings)
+        with torch.inference_mode():
+            for _, block in _expression.iter_rows(X, batch_size):
+                block = block.toarray() if sparse.issparse(block) else np.asarray(block)
+                x_log = m.normalize(torch.as_tensor(block, dtype=torch.float32, device=m.gene_mean.device))
+                out.append(((x_log - m.gene_mean) @ m.loadings).cpu().numpy())
         return np.concatenate(out).astype(np.float32)
 
+    @model_dsp.dedent
     def compute_transitions(
         self: KDCPTLike,
         adata: AnnData | None = None,
@@ -147,6 +188,7 @@ class TransitionMixin:
         random_state: int = 0,
         key_added: str = _keys.DEFAULT_KEY,
         inplace: bool = True,
+        copy: bool = False,
     ) -> Transitions:
         """Directed phenotype transitions from a cell-level Markov chain (CellRank 2 kernels).
 
@@ -175,20 +217,18 @@ class TransitionMixin:
         representation
             ``"encoder"`` (default: the model's PCA encoder / input embedding), ``"latent"``
             (the fused classifier latent, which squeezes phenotypes together) or an ``.obsm`` key.
-        predictions
-            Predictions of ``adata`` (skips rerunning the network).
-        batch_size
-            Cells per forward pass.
+        %(param_predictions)s
+        %(param_batch_size)s
         random_state
             Seed of the approximate kNN search.
-        key_added
-            Prefix of the keys written.
-        inplace
-            Write the result into ``adata`` (default). ``False``: only return it.
+        %(param_key_added)s
+        %(param_inplace)s
+        %(param_copy)s
 
         Returns
         -------
-        :class:`~scanpy_kdcpt.results.Transitions` with ``method="directed"``. With
+        :class:`~scanpy_kdcpt.results.Transitions` with ``method="directed"`` (the written copy with
+        ``copy=True``). With
         ``inplace=True`` sets ``.obsp["{key}_transitions"]`` (the cell chain) and ``.uns[key]``:
         ``transition_matrix``, ``stationary``, ``entropy``, ``entropy_total``,
         ``entropy_total_normalized``, ``flux`` (net flux ``F - Fᵀ``, ``F = diag(n) P``),
@@ -225,16 +265,17 @@ class TransitionMixin:
         P = markov.coarse_grain(T, M)
         sizes = M.sum(0)
         result = Transitions.from_matrix(P, self.classes_, sizes, method="directed", cell_chain=T, direction=record)
-        self.transitions_ = {
-            "cell_chain": T,
-            "direction": record,
-            "obs_names": np.asarray(target.obs_names),
-            "memberships": M,
-            "registered": adata is None or adata is self.adata,
-        }
-        if inplace:
-            writers.write_transitions(target, result, key_added=key_added)
-        return result
+        self.transitions_ = TransitionState(
+            cell_chain=T,
+            direction=record,
+            obs_names=np.asarray(target.obs_names),
+            memberships=M,
+            registered=adata is None or adata is self.adata,
+        )
+        out = output_target(target, inplace=inplace, copy=copy)
+        if out is not None:
+            writers.write_transitions(out, result, key_added=key_added)
+        return out if copy else result
 
     def _transition_representation(self: KDCPTLike, adata, representation: str, *, batch_size=None) -> np.ndarray:
         target = self.adata if adata is None else adata
@@ -249,103 +290,16 @@ class TransitionMixin:
             f"(obsm keys: {list(target.obsm.keys())})."
         )
 
-    def _stored_chain(self: KDCPTLike, adata: AnnData | None) -> dict:
-        state = getattr(self, "transitions_", None)
+    def _stored_chain(self: KDCPTLike, adata: AnnData | None) -> TransitionState:
+        state = self.transitions_
         target = self.adata if adata is None else adata
         if state is None:
             raise ValueError("No directed cell chain: run model.compute_transitions(...) first.")
-        if len(state["obs_names"]) != target.n_obs or not np.array_equal(state["obs_names"], target.obs_names):
+        if not state.covers(target):
             raise ValueError(
                 "model.transitions_ was computed on other cells: run model.compute_transitions(adata) on these cells."
             )
         return state
-
-    def get_fate_probabilities(
-        self: KDCPTLike,
-        adata: AnnData | None = None,
-        *,
-        terminal: str | list[str] | None = None,
-        core: float = 0.5,
-        memberships: np.ndarray | None = None,
-    ) -> Fates:
-        """Fate probabilities: absorption of each cell's directed chain into terminal phenotypes.
-
-        Needs :meth:`compute_transitions` first (its cell chain ``T``). The cells of each
-        terminal phenotype (membership ≥ ``core``, largest) are absorbing; the others'
-        probabilities of ending in each terminal are solved on ``T``
-        (:func:`scanpy_kdcpt.markov.fate_probabilities`).
-
-        Parameters
-        ----------
-        adata
-            The AnnData :meth:`compute_transitions` ran on (default: the registered one).
-        terminal
-            Terminal phenotype name(s). ``None``: the sinks of the net flux of the coarse
-            phenotype chain (:func:`scanpy_kdcpt.markov.terminal_phenotypes`); ``"gpcca"``:
-            CellRank's GPCCA terminal macrostates, each mapped onto its most frequent phenotype.
-        core
-            Least membership of a terminal phenotype for a cell to be absorbing.
-        memberships
-            Cells × phenotypes memberships to use instead of the stored ones (e.g. a
-            knockout's perturbed probabilities).
-
-        Returns
-        -------
-        :class:`~scanpy_kdcpt.results.Fates` (``probabilities`` cells × terminals, ``mean``
-        per phenotype, ``terminal``, ``params``). Cells that reach no terminal get NaN rows
-        and a warning. :func:`scanpy_kdcpt.writers.write_fates` writes it
-        (``.obsm["{key}_fate_probabilities"]``, ``.uns[key]["fate"]``, ``["fate_terminal"]``).
-
-        """
-        state = self._stored_chain(adata)
-        target = self.adata if adata is None else adata
-        T = state["cell_chain"]
-        M = state["memberships"] if memberships is None else np.asarray(memberships, dtype=float)
-        names = list(self.classes_)
-        if terminal is None:
-            P = markov.coarse_grain(T, M)
-            codes = markov.terminal_phenotypes(P, M.sum(0))
-            how = "flux"
-            if not len(codes):
-                raise ValueError(
-                    "No phenotype is a sink of the net flux: pass terminal= (phenotype names) or terminal='gpcca'."
-                )
-        elif isinstance(terminal, str) and terminal == "gpcca":
-            codes, how = _gpcca_terminal(T, M), "gpcca"
-        else:
-            terminal = [terminal] if isinstance(terminal, str) else list(terminal)
-            unknown = [t for t in terminal if str(t) not in names]
-            if unknown:
-                raise KeyError(f"terminal {unknown} not among the phenotypes; phenotypes: {names}.")
-            codes, how = np.array([names.index(str(t)) for t in terminal]), "given"
-        F = markov.fate_probabilities(T, M, codes, core=core)
-        stuck = np.isnan(F).any(1)
-        if stuck.any():
-            obs = list(target.obs_names[stuck][:5])
-            logg.warning(
-                f"{int(stuck.sum())} cell(s) reach no terminal phenotype (e.g. {obs}): their fate rows are NaN."
-            )
-        term_names = [names[c] for c in codes]
-        state["terminal"] = term_names  # knockouts compare fates into the same terminal phenotypes
-        mean = markov.mean_fate(F, M)
-        return Fates(
-            probabilities=pd.DataFrame(F, index=target.obs_names, columns=term_names),
-            mean=pd.DataFrame(mean, index=pd.Index(names, name="phenotype"), columns=term_names),
-            terminal=term_names,
-            params={"terminal_from": how, "core": float(core), "n_unreached": int(stuck.sum())},
-        )
-
-    def to_cellrank(self: KDCPTLike, adata: AnnData | None = None):
-        """The directed cell chain as a CellRank kernel (``PrecomputedKernel``) to continue in CellRank.
-
-        ``adata`` gets nothing new: the kernel holds the chain; e.g.
-        ``cr.estimators.GPCCA(model.to_cellrank())``.
-        """
-        from cellrank.kernels import PrecomputedKernel
-
-        state = self._stored_chain(adata)
-        target = self.adata if adata is None else adata
-        return PrecomputedKernel(state["cell_chain"], adata=target)
 
     def _annotate_transitions(
         self: KDCPTLike, adata: AnnData | None, predictions: Predictions, direction
@@ -355,9 +309,8 @@ class TransitionMixin:
         if direction == "posterior":
             return self.get_transition_matrix(adata, predictions=predictions), None
         if direction == "stored":
-            state = getattr(self, "transitions_", None)
-            same = state is not None and np.array_equal(state["obs_names"], np.asarray(target.obs_names))
-            if not same:
+            state = self.transitions_
+            if state is None or not state.covers(target):
                 result = self.get_transition_matrix(adata, predictions=predictions)
                 result.direction = {
                     "kind": "none",
@@ -365,15 +318,14 @@ class TransitionMixin:
                     "annotate(direction=...))",
                 }
                 return result, None
-            state["memberships"] = predictions.proba.to_numpy(np.float64)
-            M = state["memberships"]
+            state.memberships = M = predictions.proba.to_numpy(np.float64)
             result = Transitions.from_matrix(
-                markov.coarse_grain(state["cell_chain"], M),
+                markov.coarse_grain(state.cell_chain, M),
                 self.classes_,
                 M.sum(0),
                 method="directed",
-                cell_chain=state["cell_chain"],
-                direction=state["direction"],
+                cell_chain=state.cell_chain,
+                direction=state.direction,
             )
         else:
             result = self.compute_transitions(adata, direction=direction, predictions=predictions, inplace=False)
@@ -383,6 +335,8 @@ class TransitionMixin:
                 fates = self.get_fate_probabilities(adata)
             except ValueError as err:
                 logg.warning(f"fate probabilities not written: {err}")
+            else:  # knockouts compare fates into the same terminal phenotypes
+                self.transitions_.terminal = list(fates.terminal)
         return result, fates
 
     def get_entropy(
@@ -408,34 +362,10 @@ class TransitionMixin:
         return result.entropy, result.entropy_total
 
 
-def _gpcca_terminal(T: sparse.csr_matrix, M: np.ndarray) -> np.ndarray:
-    """Terminal phenotypes from CellRank's GPCCA: terminal macrostates → their most frequent phenotype."""
-    import anndata as ad
-    from cellrank.estimators import GPCCA
-    from cellrank.kernels import PrecomputedKernel
-
-    n = T.shape[0]
-    light = ad.AnnData(X=sparse.csr_matrix((n, 1), dtype=np.float32))
-    C = M.shape[1]
-    g = GPCCA(PrecomputedKernel(T, adata=light))
-    g.fit(n_states=[2, min(C + 1, 12)], cluster_key=None)
-    g.predict_terminal_states()
-    states = g.terminal_states
-    top = M.argmax(1)
-    codes = []
-    for name in states.cat.categories:
-        cells = (states == name).to_numpy()
-        codes.append(int(np.bincount(top[cells], minlength=C).argmax()))
-    return np.array(sorted(set(codes)))
-
-
 def _groups(adata: AnnData, groupby: str | None) -> dict:
     if groupby is None:
         return {None: np.arange(adata.n_obs)}
-    if groupby not in adata.obs:
-        raise KeyNotFoundError(
-            f"groupby {groupby!r} is not a column of adata.obs (columns: {list(adata.obs.columns)})."
-        )
+    check_obs_column(adata, groupby, "groupby")
     col = adata.obs[groupby]
     if col.isna().any():
         raise ValueError(f"adata.obs[{groupby!r}] has missing values; fill or drop them before grouping.")

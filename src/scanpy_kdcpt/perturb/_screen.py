@@ -26,7 +26,7 @@ from .._constants import REGISTRY_KEYS
 if TYPE_CHECKING:
     from anndata import AnnData
 
-    from ._base import KDCPTLike
+    from ..model._base import KDCPTLike
 
 
 def first_order_deltas(

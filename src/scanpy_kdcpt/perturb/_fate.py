@@ -26,23 +26,15 @@ def resolve_chain(model, chain, terminal: Sequence[str] | None, n_cells: int):
     """``(T, terminal)`` from the arguments or the model's ``transitions_``; ``(None, None)`` if none."""
     source = "argument"
     if chain is None:
-        fitted = getattr(model, "transitions_", None)
-        if fitted is None:
+        state = model.transitions_  # a TransitionState, set by model.compute_transitions()
+        if state is None or not state.registered:
             return None, None
-        if isinstance(fitted, dict):  # set by model.compute_transitions()
-            if not fitted.get("registered", True) or fitted.get("cell_chain") is None:
-                return None, None
-            chain, fitted_terminal = fitted["cell_chain"], fitted.get("terminal")
-        else:
-            chain, fitted_terminal = getattr(fitted, "cell_chain", None), getattr(fitted, "terminal", None)
-        if chain is None:
-            return None, None
-        source = "model.transitions_"
+        chain, source = state.cell_chain, "model.transitions_"
         if terminal is None:
-            terminal = fitted_terminal
-        if terminal is None and isinstance(fitted, dict) and fitted.get("memberships") is not None:
+            terminal = state.terminal
+        if terminal is None:
             # the sinks of the net flux, as get_fate_probabilities(terminal=None) picks them
-            M = np.asarray(fitted["memberships"], dtype=float)
+            M = np.asarray(state.memberships, dtype=float)
             codes = markov.terminal_phenotypes(markov.coarse_grain(chain, M), M.sum(0))
             if not len(codes):
                 return None, None

@@ -1,0 +1,14 @@
+"""In-silico perturbations: knockouts and overexpression of genes (or regulatory sites).
+
+:class:`KnockoutMixin` gives :class:`~scanpy_kdcpt.KDCPT` its ``knockout`` method. The rooms:
+``_knockout`` (the public method and the minibatch stream), ``_units`` (which genes, which
+cells), ``_nulls`` (expression-matched null genes), ``_engine`` (the perturbation applied to
+each minibatch), ``_assemble`` (tidy tables, p- and q-values), ``_grn`` (propagation to
+targets), ``_embed`` (re-embedding with the model that made an ``.obsm`` embedding),
+``_screen`` (first-order genome-wide screen) and ``_fate`` (fate and flux deltas on a directed
+cell chain).
+"""
+
+from ._knockout import KnockoutMixin
+
+__all__ = ["KnockoutMixin"]

@@ -1,0 +1,320 @@
+"""In-silico knockouts (methods mixed into KDCPT).
+
+A knockout zeroes (or overexpresses) a gene in the input of the cells that express it, reruns
+the network on those cells only, and compares the phenotype transition matrix before and after.
+The steps: resolve the genes (:func:`resolve_units`), draw expression-matched nulls (:func:`null_draws`),
+plan and stream the perturbed cells (:class:`Perturbation`, :meth:`KnockoutMixin._rerun`),
+then assemble the tidy result (:func:`assemble`). Maths from :mod:`scanpy_kdcpt.markov` and
+:mod:`scanpy_kdcpt.stats`; writing by :func:`scanpy_kdcpt.writers.write_knockout`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import pandas as pd
+
+from .. import _expression, _keys, writers
+from ..model._docs import model_dsp, output_target
+from ..results import KnockoutResult
+from ._assemble import assemble, fate_deltas, first_order_effects, with_first_order
+from ._embed import Reembedder, make_reembedder
+from ._engine import Deltas, Perturbation
+from ._fate import resolve_chain
+from ._grn import edges_matrix, fit_propagation, warn_without_targets
+from ._nulls import null_draws
+from ._units import Baseline, Mode, baseline, check_args, resolve_units, warn_fixed_embedding
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+    from ..model._base import KDCPTLike
+
+
+class KnockoutMixin:
+    """In-silico knockouts and overexpression."""
+
+    @model_dsp.dedent
+    def knockout(
+        self: KDCPTLike,
+        genes: str | Sequence[str] | Mapping[str, Sequence[str]],
+        adata: AnnData | None = None,
+        *,
+        mode: Mode = "delete",
+        n_top: int = 20,
+        n_null: int = 0,
+        groupby: str | None = None,
+        floor: float = 0.05,
+        fraction: float = 0.5,
+        quantile: float = 0.99,
+        only_expressing: bool = True,
+        batch_size: int | None = None,
+        inplace: bool = True,
+        copy: bool = False,
+        key_added: str = _keys.DEFAULT_KEY,
+        random_state: int = 0,
+        progress: bool = True,
+        embed_fn: Callable | object | None = None,
+        screen: Literal["auto", "exact", "first_order"] = "auto",
+        n_exact: int = 50,
+        chain=None,
+        terminal: Sequence[str] | None = None,
+        null_max_corr: float = 0.15,
+        propagate: Literal["grn"] | None = None,
+        grn: pd.DataFrame | None = None,
+        n_steps: int = 1,
+    ) -> KnockoutResult:
+        """Simulate gene knockouts (or overexpression) and compare transition matrices.
+
+        A knocked-out gene is set to zero in the model's input: its token drops out of the
+        Cell Learner and, with the internal PCA encoder, the prediction branch sees the zero
+        too. With an external ``embedding_key``, pass ``embed_fn`` (the model that made the
+        embedding, or a function) so the perturbed cells are embedded again and the knockout
+        reaches the prediction branch; without it only the gene-token branch sees the
+        knockout (a warning says so once, and ``params["prediction_branch_fixed"]`` is True).
+        Only the cells that express the gene change, so only they are rerun
+        (``only_expressing``); the others keep their base probabilities. The data in
+        ``adata`` are never modified.
+
+        Parameters
+        ----------
+        genes
+            A gene name, a list of names (knocked out one at a time), a dict
+            ``{name: [genes]}`` of gene sets (each knocked out together), ``"key"`` (the
+            ``n_top`` highest-ranked key genes) or ``"all"`` (every gene).
+        %(param_adata)s
+        mode
+            ``"delete"`` (set to 0) or ``"overexpress"`` (raise to the ``quantile`` of the
+            gene's expression among the cells expressing it; for counts, the quantile of its
+            share of the library, scaled by each cell's library size).
+        n_top
+            Key genes screened with ``genes="key"``.
+        n_null
+            Expression-matched random genes (or gene sets of the same size) knocked out for an
+            empirical p-value per gene (0: none): for each screened gene, ``n_null`` genes drawn
+            from the ``3 * n_null`` genes closest to it in (mean expression, fraction of cells
+            expressing), among the genes not screened in this call (when at least
+            ``2 * n_null`` remain). ``pval = (1 + #null effects ≥ effect) / (1 + n_null)``
+            (use ``n_null ≥ 50`` for p-values below 0.05); ``qval``: Benjamini–Hochberg
+            across the genes screened.
+        groupby
+            ``.obs`` column that defines the sources (rows) of the transition matrix; default
+            the known phenotype of each cell, else its prediction.
+        floor, fraction
+            An off-diagonal transition with ``P[i, j] > floor`` whose knockout probability
+            falls below ``fraction * P[i, j]`` is *terminated*.
+        quantile
+            The expression quantile used by ``mode="overexpress"``.
+        only_expressing
+            Rerun only the cells the perturbation changes (``False`` reruns every cell; same
+            result, slower — for checking).
+        %(param_batch_size)s
+        %(param_inplace)s
+        %(param_copy)s
+        %(param_key_added)s
+        random_state
+            Seed of the null draws.
+        progress
+            Show a progress bar.
+        embed_fn
+            For models set up with ``embedding_key``: what made that embedding — any object
+            with ``get_latent_representation(adata)`` (every scvi-tools model; it receives an
+            AnnData of the perturbed cells with their ``.obs`` and the registered values in
+            ``X`` and in the registered layer) or a callable ``expression → embedding``
+            (numpy, cells × genes in the model's gene order, values as registered → cells ×
+            embedding dims). The perturbed cells get ``stored + embed(x_ko) - embed(x)``: the
+            shift the knockout causes, added to the stored embedding. A wrong output shape is
+            an error.
+        screen
+            ``"exact"``: rerun the network for every gene. ``"first_order"``: rank every gene
+            by a first-order (gradient) estimate of its deletion effect — one forward and one
+            backward pass per phenotype per minibatch, for all genes at once — then recompute
+            the ``n_exact`` highest exactly (with their nulls). ``"auto"`` (default): first
+            order for deletions of more than ``n_exact`` single genes (``genes="all"`` on a
+            real genome), exact otherwise. Genes not recomputed get ``effect`` NaN and their
+            estimate in ``effect_first_order``. The first-order estimate follows the gene
+            tokens and the internal encoder; with an external embedding it leaves out the
+            embedding (the exact recompute re-embeds with ``embed_fn``).
+        n_exact
+            Genes recomputed exactly after a first-order screen.
+        chain
+            A directed cell-level chain (cells × cells, row-stochastic, sparse or dense, or a
+            :class:`~scanpy_kdcpt.results.Transitions` with a ``cell_chain``) for fate deltas.
+            Default: the model's ``transitions_.cell_chain`` when it has one (set by
+            ``compute_transitions``), else no fate deltas. The directed phenotype chain is
+            ``P = D⁻¹ Mᵀ T M`` with the soft memberships ``M`` (the model's probabilities)
+            before and after the knockout, on the same ``T``.
+        terminal
+            Terminal phenotypes, made absorbing for the fate probabilities (default: those
+            recorded with the model's chain).
+        null_max_corr
+            Genes whose correlation with the tested gene (Pearson on ``log1p`` values) exceeds
+            this in absolute value are left out of its null pool, as are its prior targets
+            (with ``propagate="grn"``). The pool sizes are reported in the summary
+            (``null_pool``, ``null_excluded_targets``, ``null_excluded_correlated``).
+        propagate
+            ``"grn"``: a knockout also moves the targets of the knocked-out genes through the
+            regulatory network ``grn`` — each target's log expression is a ridge regression on
+            its prior regulators, fitted on the data over the prior edges (as CellOracle does),
+            applied for ``n_steps`` steps. The direct effect (no propagation) is reported beside
+            it (``effect_direct``, ``frac_changed_direct`` in the summary, ``delta_direct`` in
+            the table). A gene without prior targets gets a warning and its direct effect.
+        grn
+            TF → target edges (columns ``tf``, ``target``), e.g. DoRothEA read with
+            :func:`scanpy_kdcpt.datasets.tf_target_prior`. Also used for the null pool: a
+            gene's prior targets are never drawn as its null.
+        n_steps
+            Propagation steps (1: the direct targets; 2: their targets too; ...).
+
+        Returns
+        -------
+        :class:`~scanpy_kdcpt.results.KnockoutResult` (the written copy with ``copy=True``) (``table``, ``summary``,
+        ``transition_matrix``, ``null``, ``params``). With ``inplace=True`` also sets
+
+        - ``.uns[key]["knockout"]``: the tidy ``table``;
+        - ``.uns[key]["knockout_summary"]``: the ``summary``;
+        - ``.uns[key]["knockout_params"]``: the parameters;
+        - ``.var["{key}_knockout_effect"]``: effect of each single-gene deletion (NaN where
+          not screened, or estimated to first order only).
+
+        With a directed chain also ``.uns[key]["knockout_fate"]`` (``gene``, ``source``,
+        ``terminal``, ``fate_base``, ``fate_ko``, ``delta``; ``source="all"``: the mean over all
+        cells) and ``.uns[key]["knockout_flux"]`` (``gene``, ``source``, ``target``, ``p_base``,
+        ``p_ko`` of the directed chain, ``flux_base``, ``flux_ko``, ``delta``).
+
+        """
+        self._check_if_trained(warn=True)
+        check_args(mode, floor, fraction, quantile, n_null)
+        if screen not in ("auto", "exact", "first_order"):
+            raise ValueError(f"screen must be 'auto', 'exact' or 'first_order', not {screen!r}.")
+        if n_exact < 1:
+            raise ValueError(f"n_exact must be 1 or more, got {n_exact}.")
+        if propagate not in (None, "grn"):
+            raise ValueError(f"propagate must be None or 'grn', not {propagate!r}.")
+        if propagate == "grn" and grn is None:
+            raise ValueError(
+                "propagate='grn' needs grn=, a TF → target table (columns 'tf', 'target'), e.g. "
+                "kdcpt.datasets.tf_target_prior('dorothea_mm.tsv.gz', genes=adata.var_names)."
+            )
+        if n_steps < 1:
+            raise ValueError(f"n_steps must be 1 or more, got {n_steps}.")
+        edges = edges_matrix(grn, self.var_names_) if grn is not None else None
+        target = self.adata if adata is None else adata
+        query = None if target is self.adata else target
+        units = resolve_units(self, genes, target, _keys.Keys(key_added), n_top)
+        embedder = make_reembedder(self, embed_fn, target)
+        if embedder is None:
+            warn_fixed_embedding(self)
+        prepared = self._prepare_adata(query)
+        T, terminal = resolve_chain(self, chain, terminal, target.n_obs)
+        X = self._inputs.registered_matrix(prepared)  # genes (+ regulatory sites with setup_mudata)
+        base = baseline(self, target, query, groupby, batch_size)
+        first_order = None
+        single = all(len(u) == 1 for u in units.values())
+        if screen == "first_order" and (mode != "delete" or not single):
+            raise ValueError("screen='first_order' estimates single-gene deletions only; use screen='exact'.")
+        if screen == "first_order" or (screen == "auto" and mode == "delete" and single and len(units) > n_exact):
+            first_order = first_order_effects(self, prepared, base, units, batch_size, progress)
+            keep = first_order.nlargest(min(n_exact, len(first_order)), keep="first").index
+            units = {name: units[name] for name in keep}
+        pool: dict = {}
+        null = null_draws(
+            X, units, n_null, np.random.default_rng(random_state), targets=edges, max_corr=null_max_corr, pool=pool
+        )
+        run_list = list(dict.fromkeys([*units.values(), *(d for draws in null.values() for d in draws)]))
+        plan = Perturbation.plan(X, run_list, mode, quantile, only_expressing, self.data_type_ == "counts")
+        direct = None
+        if propagate == "grn":
+            props = fit_propagation(_expression.log_normalize(X, self.data_type_), edges, run_list, n_steps=n_steps)
+            warn_without_targets([n for n, u in units.items() if props[run_list.index(u)] is None])
+            direct = self._rerun(prepared, plan, base, batch_size, progress, embedder=embedder)
+            plan = replace(
+                plan, propagation=props, normalize=self.module.normalize, is_counts=self.data_type_ == "counts"
+            )
+        deltas = self._rerun(prepared, plan, base, batch_size, progress, embedder=embedder, keep_cells=T is not None)
+        params = {
+            "mode": mode,
+            "groupby": groupby if groupby is not None else "phenotype (known, else predicted)",
+            "floor": float(floor),
+            "fraction": float(fraction),
+            "quantile": float(quantile),
+            "n_null": int(n_null),
+            "null_max_corr": float(null_max_corr),
+            "propagate": "None" if propagate is None else propagate,
+            "n_steps": int(n_steps),
+            "random_state": int(random_state),
+            "prediction_branch_fixed": bool(getattr(self.module, "external_embedding", False)) and embedder is None,
+            "embed_fn": "None" if embedder is None else embedder.kind,
+            "gene_sets": {n: np.asarray([self.var_names_[g] for g in u], dtype=object) for n, u in units.items()},
+            "screen": "first_order" if first_order is not None else "exact",
+            "n_exact": int(len(units)),
+        }
+        result = assemble(self, units, null, run_list, base, deltas, X.shape[0], params)
+        if direct is not None:
+            plain = assemble(self, units, null, run_list, base, direct, X.shape[0], params)
+            by_gene = plain.summary.set_index("gene")
+            for col in ("effect", "frac_changed"):
+                result.summary[f"{col}_direct"] = result.summary["gene"].map(by_gene[col]).to_numpy()
+            result.table["delta_direct"] = plain.table["delta"].to_numpy()
+        if pool:
+            for col in ("null_pool", "null_excluded_targets", "null_excluded_correlated"):
+                result.summary[col] = result.summary["gene"].map({k: v[col] for k, v in pool.items()})
+        if first_order is not None:
+            result.summary = with_first_order(result.summary, first_order, params["mode"])
+        if T is not None:
+            result.fate, result.flux = fate_deltas(
+                T, terminal, base, plan, deltas, units, run_list, list(self.classes_)
+            )
+            params["terminal"] = np.asarray(terminal, dtype=object)
+        out = output_target(target, inplace=inplace, copy=copy)
+        if out is not None:
+            writers.write_knockout(out, result, key_added=key_added)
+        return out if copy else result
+
+    def _rerun(
+        self: KDCPTLike,
+        prepared: AnnData,
+        plan: Perturbation,
+        base: Baseline,
+        batch_size: int | None,
+        progress: bool,
+        embedder: Reembedder | None = None,
+        keep_cells: bool = False,
+    ) -> Deltas:
+        """Rerun the perturbed cells of every unit in one stream of minibatches."""
+        n_units, n_groups, n_cls = len(plan.units), len(base.row_names), base.proba.shape[1]
+        out = Deltas(np.zeros((n_units, n_groups, n_cls)), np.zeros(n_units), plan.n_rerun)
+        if keep_cells:
+            out.pair_dp = np.zeros((len(plan.cells), n_cls), dtype=np.float32)
+        if not len(plan.cells):
+            return out
+        perturb = plan.transform(self.device)
+
+        def perturb_inputs(inputs: dict, pos: np.ndarray) -> dict:
+            x0 = inputs["x"].to(self.device)
+            x1 = perturb(x0, pos)
+            inputs["x"] = x1
+            if embedder is not None:
+                inputs["embedding"] = embedder.shifted(x0, x1, inputs["embedding"], plan.cells[pos])
+            return inputs
+
+        for pos, res in self._iterate(
+            prepared,
+            indices=plan.cells,
+            batch_size=batch_size,
+            transform_inputs=perturb_inputs,
+            progress=progress,
+            description=f"knockout ({n_units} genes, {len(plan.cells)} cell runs)",
+        ):
+            p_ko = self._softmax(res["logits"].float().cpu().numpy())
+            c, u = plan.cells[pos], plan.unit_of[pos]
+            g = base.groups[c]
+            ok = g >= 0
+            np.add.at(out.sums, (u[ok], g[ok]), p_ko[ok] - base.proba[c[ok]])
+            if out.pair_dp is not None:
+                out.pair_dp[pos] = p_ko - base.proba[c]
+            out.changed += np.bincount(u, weights=(p_ko.argmax(1) != base.pred[c]), minlength=n_units)
+        return out

@@ -1,0 +1,125 @@
+"""Which genes a knockout perturbs (units), the baseline it is compared with, and argument checks."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import pandas as pd
+
+from .. import _keys, markov
+from .._errors import KeyNotFoundError
+from .._utils import check_obs_column, did_you_mean
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+    from ..model._base import KDCPTLike
+
+
+Mode = Literal["delete", "overexpress"]
+Unit = tuple[int, ...]
+
+
+@dataclass
+class Baseline:
+    """What every knockout is compared with: base probabilities and the grouping of cells."""
+
+    proba: np.ndarray  # cells × phenotypes
+    pred: np.ndarray  # argmax per cell
+    groups: np.ndarray  # source group per cell (-1: none)
+    row_names: list[str]
+    P: np.ndarray  # groups × phenotypes
+    n_per_group: np.ndarray
+
+
+def check_args(mode: str, floor: float, fraction: float, quantile: float, n_null: int) -> None:
+    if mode not in ("delete", "overexpress"):
+        raise ValueError(f"mode must be 'delete' or 'overexpress', not {mode!r}.")
+    if not 0 <= floor < 1:
+        raise ValueError(f"floor must be in [0, 1), got {floor}.")
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}.")
+    if not 0 < quantile <= 1:
+        raise ValueError(f"quantile must be in (0, 1], got {quantile}.")
+    if n_null < 0:
+        raise ValueError(f"n_null must be 0 or more, got {n_null}.")
+
+
+def resolve_units(model: KDCPTLike, genes, target: AnnData, keys: _keys.Keys, n_top: int) -> dict[str, Unit]:
+    """Names → tuples of gene positions (one unit per gene or gene set)."""
+    lookup = {g: i for i, g in enumerate(model.var_names_)}
+
+    def positions(names: Sequence[str]) -> Unit:
+        missing = [g for g in names if g not in lookup]
+        if missing:
+            raise KeyNotFoundError(
+                f"{len(missing)} gene(s) not among the model's genes — {did_you_mean(missing, model.var_names_)}"
+            )
+        return tuple(dict.fromkeys(lookup[g] for g in names))
+
+    if isinstance(genes, str) and genes in ("key", "all") and genes not in lookup:
+        if genes == "all":
+            return {g: (i,) for i, g in enumerate(model.var_names_)}
+        return {str(g): (lookup[str(g)],) for g in _top_key_genes(model, target, keys, n_top, lookup)}
+    if isinstance(genes, str):
+        return {genes: positions([genes])}
+    if isinstance(genes, Mapping):
+        if not genes:
+            raise ValueError("genes is an empty dict; pass {name: [genes, ...]}.")
+        out = {}
+        for name, members in genes.items():
+            members = [members] if isinstance(members, str) else list(members)
+            if not members:
+                raise ValueError(f"gene set {name!r} is empty.")
+            out[str(name)] = positions(members)
+        return out
+    genes = list(genes)
+    if not genes:
+        raise ValueError("genes is empty; pass a gene name, a list, a dict of gene sets, 'key' or 'all'.")
+    bad = [g for g in genes if not isinstance(g, str)]
+    if bad:
+        raise TypeError(f"gene names must be strings, got {bad[:3]}; for gene sets pass a dict {{name: [genes]}}.")
+    return {g: positions([g]) for g in dict.fromkeys(genes)}
+
+
+def _top_key_genes(model: KDCPTLike, target: AnnData, keys: _keys.Keys, n_top: int, lookup: dict) -> pd.Index:
+    if n_top < 1:
+        raise ValueError(f"n_top must be 1 or more, got {n_top}.")
+    if keys.rank in target.var and target.var[keys.rank].notna().any():
+        rank = target.var[keys.rank].astype(float)
+        return rank[rank.index.isin(list(lookup))].nsmallest(n_top).index
+    query = None if target is model.adata else target
+    return model.get_key_genes(query).overall["rank"].nsmallest(n_top).index
+
+
+def warn_fixed_embedding(model: KDCPTLike) -> None:
+    if getattr(model.module, "external_embedding", False) and not getattr(model, "_ko_embedding_warned", False):
+        warnings.warn(
+            "This model reads an external embedding (embedding_key): knockouts change only the gene-token "
+            "branch (Cell Learner); the prediction branch keeps the unperturbed embedding. Pass embed_fn (the "
+            "model that made the embedding, e.g. a trained scVI, or a function expression → embedding) to "
+            "re-embed the perturbed cells, or set up without embedding_key.",
+            UserWarning,
+            stacklevel=3,
+        )
+        model._ko_embedding_warned = True
+
+
+def baseline(model: KDCPTLike, target: AnnData, query, groupby: str | None, batch_size: int | None) -> Baseline:
+    proba = model._softmax(model.get_logits(query, batch_size=batch_size))
+    pred = proba.argmax(1)
+    if groupby is None:
+        codes, labelled = model.labels_(query)
+        groups, names = np.where(labelled, codes, pred).astype(np.int64), list(model.classes_)
+    else:
+        check_obs_column(target, groupby, "groupby")
+        col = target.obs[groupby].astype("category")
+        groups, names = col.cat.codes.to_numpy().astype(np.int64), list(map(str, col.cat.categories))
+    M = markov.memberships(groups, len(names))
+    n_per_group = np.asarray(M.sum(0)).ravel()
+    P = markov.row_normalize(np.asarray(M.T @ proba), empty="zero")
+    return Baseline(proba, pred, groups, names, P, n_per_group)
