@@ -3,7 +3,7 @@ on genes plus regulatory sites.
 
 Design: the MuData's RNA and regulatory (ATAC) modalities are registered as two
 :class:`~scvi.data.fields.MuDataLayerField` (as scvi-tools' MULTIVI / TOTALVI do), labels and
-batches from ``mdata.obs``. The module (:class:`~._module_multiome.KDCPTMultiomeModule`)
+batches from ``mdata.obs``. The module (:class:`~scanpy_kdcpt.module.KDCPTMultiomeModule`)
 concatenates the two minibatch tensors into one feature axis ``[genes, sites]`` before anything
 else, so the model's features (``var_names_``) are the genes followed by the sites and every
 downstream path — training, ``_iterate``, key genes, knockouts that zero input columns,

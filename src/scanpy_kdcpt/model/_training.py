@@ -77,7 +77,7 @@ class TrainingMixin:
             At the end, restore the weights of the epoch with the lowest ``validation_loss``
             (not those of the last epoch); ``model.best_epoch_`` says which one.
         plan_kwargs
-            Keyword arguments for :class:`~scanpy_kdcpt.model.KDCPTTrainingPlan`.
+            Keyword arguments for :class:`~scanpy_kdcpt.KDCPTTrainingPlan`.
         **trainer_kwargs
             Passed to :class:`scvi.train.Trainer` (``enable_progress_bar``, ``strategy``, ...).
 
