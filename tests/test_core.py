@@ -113,11 +113,16 @@ def test_writers_log_every_key_they_add(info_log):
     names = ["A", "B"]
     adata = ad.AnnData(np.zeros((4, 2), dtype=np.float32))
     result = results.Transitions.from_matrix(
-        np.array([[0.9, 0.1], [0.2, 0.8]]), names, np.array([2, 2]), method="posterior", cell_chain=sparse.eye(4)
+        np.array([[0.9, 0.1], [0.2, 0.8]]),
+        names,
+        np.array([2, 2]),
+        method="directed",
+        cell_chain=sparse.eye(4),
+        direction={"kind": "pseudotime"},
     )
     writers.write_transitions(adata, result, key_added="kd")
     log = info_log.getvalue()
-    for key in ("transition_matrix", "stationary", "entropy", "flux", "kd_transitions"):
+    for key in ("transition_matrix", "phenotype_mass", "stationary", "entropy", "flux", "kd_transitions"):
         assert repr(key) in log, key
     assert ".obsp" in log and "kd_transitions" in adata.obsp
 

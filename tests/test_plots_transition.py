@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.collections import LineCollection
 from matplotlib.patches import FancyArrowPatch
 
 import scanpy_kdcpt as kdcpt
@@ -42,8 +43,13 @@ def test_annotate_keys_survive_h5ad(reread):
     np.testing.assert_allclose(ent["entropy"], -(P.to_numpy() * np.log(P.to_numpy())).sum(1), rtol=1e-6)
     assert uns["entropy_total"] == pytest.approx((ent["prior"] * ent["entropy"]).sum())
     assert uns["entropy_total_normalized"] == pytest.approx(uns["entropy_total"] / np.log(4))
-    pi = np.asarray(uns["stationary"])
-    np.testing.assert_allclose(pi @ P.to_numpy(), pi, atol=1e-6)
+    # the posterior form has no direction: phenotype mass (share of the cells), no stationary state or flux
+    assert uns["transition_method"] == "posterior" and "stationary" not in uns and "flux" not in uns
+    np.testing.assert_allclose(uns["phenotype_mass"], ent["prior"], atol=1e-12)
+    known = reread.obs["phenotype"].astype(object)
+    assigned = known.where(known.notna(), reread.obs["kdcpt_pred"].astype(object))  # label, else prediction
+    counts = assigned.astype(str).value_counts(normalize=True).reindex(P.index)
+    np.testing.assert_allclose(uns["phenotype_mass"], counts.to_numpy(), atol=1e-12)
     calib = uns["calibration"]
     assert calib["calibrated"] and calib["conformal_alpha"] == 0.1
     assert {"ece_before", "ece_after", "reliability", "reliability_before"} <= set(calib)
@@ -59,11 +65,18 @@ def test_every_plot_draws_from_reread_file(reread, synthetic_model):
     assert len(ax.texts) == 16  # one annotation per cell
     assert [t.get_text() for t in ax.get_yticklabels()] == ["P0", "P1", "P2", "P3"]
 
-    ax = kdcpt.pl.transition_graph(reread, show=False, threshold=0.0, weights="probability")
+    ax = kdcpt.pl.transition_graph(reread, show=False, threshold=0.0)
+    assert not [p for p in ax.patches if isinstance(p, FancyArrowPatch)]  # posterior: no arrows
+    (edges,) = [c for c in ax.collections if isinstance(c, LineCollection)]
+    P = reread.uns["kdcpt"]["transition_matrix"].to_numpy()
+    assert len(edges.get_segments()) == int(((P + P.T) > 0)[np.triu_indices(4, 1)].sum())  # one per pair
+    widths = edges.get_linewidths()
+    assert max(widths) > min(widths)  # widths follow the similarity
+    with pytest.raises(ValueError, match="no direction"):
+        kdcpt.pl.transition_graph(reread, show=False, weights="probability")
+    ax = kdcpt.pl.transition_graph(reread, show=False, threshold=0.0, directed=True, weights="probability")
     arrows = [p for p in ax.patches if isinstance(p, FancyArrowPatch)]
-    assert len(arrows) == int((reread.uns["kdcpt"]["transition_matrix"].to_numpy() > 0).sum() - 4)
-    widths = [a.get_linewidth() for a in arrows]
-    assert max(widths) > min(widths)  # widths follow P
+    assert len(arrows) == int((P > 0).sum() - 4)
 
     ax = kdcpt.pl.entropy(reread, show=False)
     assert len(ax.patches) == 4

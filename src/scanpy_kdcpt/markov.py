@@ -30,6 +30,7 @@ __all__ = [
     "posterior_transition_matrix",
     "row_normalize",
     "stationary_distribution",
+    "symmetrized",
     "terminal_phenotypes",
     "terminated_transitions",
     "total_variation",
@@ -212,6 +213,24 @@ def net_flux(P: np.ndarray, weights: np.ndarray) -> np.ndarray:
         raise ValueError(f"weights must have one entry per phenotype ({P.shape[0]}), got {w.shape}.")
     F = w[:, None] * P
     return F - F.T
+
+
+def symmetrized(P: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Symmetric similarity ``S_ij = (w_i P_ij + w_j P_ji) / (w_i + w_j)`` of a row-stochastic ``P``.
+
+    The mass-weighted mean of the two directions (``w``: phenotype mass): the edge weight of an
+    undirected chain, such as the posterior form, whose asymmetry carries no direction.
+    Symmetric, with ``S_ii = P_ii``.
+    """
+    P = check_stochastic(P)
+    w = np.asarray(weights, dtype=float).ravel()
+    if w.shape != (P.shape[0],) or (w < 0).any():
+        raise ValueError(f"weights must be {P.shape[0]} non-negative values (one per phenotype), got {w.shape}.")
+    F = w[:, None] * P
+    pair = w[:, None] + w[None, :]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        S = np.where(pair > 0, (F + F.T) / np.where(pair > 0, pair, 1.0), 0.5 * (P + P.T))
+    return S
 
 
 def absorption_probabilities(

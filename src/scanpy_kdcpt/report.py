@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from . import _keys
+from .results import Transitions
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -74,7 +75,10 @@ def _transitions_section(uns: dict, classes: list[str], figures: dict) -> list[s
     table = pd.DataFrame(index=pd.Index(P.index, name="phenotype"))
     if _keys.UNS_ENTROPY in uns:
         table["entropy"] = _as_series(uns[_keys.UNS_ENTROPY], P.index, "entropy").reindex(table.index)
-    if _keys.UNS_STATIONARY in uns:
+    if _keys.UNS_PHENOTYPE_MASS in uns:
+        mass = _as_series(uns[_keys.UNS_PHENOTYPE_MASS], P.index, "share of cells")
+        table["share of cells"] = mass.reindex(table.index)
+    if _keys.UNS_STATIONARY in uns and uns.get(_keys.UNS_TRANSITION_METHOD) == "directed":
         table["stationary"] = _as_series(uns[_keys.UNS_STATIONARY], P.index, "stationary").reindex(table.index)
     if len(table.columns):
         total = uns.get(_keys.UNS_ENTROPY_TOTAL)
@@ -91,12 +95,19 @@ def _direction_section(uns: dict, names, figures: dict) -> list[str]:
     method = uns.get(_keys.UNS_TRANSITION_METHOD)
     direction = uns.get(_keys.UNS_DIRECTION, {})
     lines = []
-    if method != "directed":
+    if not Transitions.is_directed(str(method), direction if isinstance(direction, dict) else {}):
+        if method == "directed":
+            lines += [
+                "A cell-level Markov chain built without a direction signal, coarse-grained with the soft "
+                "phenotype memberships: it has no direction, so no net flux or stationary state is reported.",
+                "",
+            ]
         if method == "posterior":
             lines += [
-                "The posterior transition matrix is symmetric (reversible) by construction: it shows which "
-                "phenotypes shade into each other, not a direction "
-                "(`kdcpt run --direction ...` builds a directed one).",
+                "The posterior transition matrix is a phenotype similarity: it shows which phenotypes shade "
+                "into each other, not a direction. Its asymmetries are noise, so it has no net flux and no "
+                "stationary state; the graph draws the symmetrised similarity without arrows and sizes the "
+                "phenotypes by their share of the cells (`kdcpt run --direction ...` builds a directed chain).",
                 "",
             ]
         return lines

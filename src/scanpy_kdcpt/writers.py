@@ -106,9 +106,11 @@ def write_calibration(adata: AnnData, result: Calibration, *, key_added: str = _
 
 
 def write_transitions(adata: AnnData, result: Transitions, *, key_added: str = _keys.DEFAULT_KEY) -> None:
-    """Set ``.uns[key]``: ``transition_matrix`` (its columns h5ad-safe names), ``stationary``,
-    ``entropy``, ``entropy_total``, ``entropy_total_normalized``, ``flux``, ``transition_method``,
-    ``direction``; and ``.obsp["{key}_transitions"]`` when the result carries a cell-level chain.
+    """Set ``.uns[key]``: ``transition_matrix`` (its columns h5ad-safe names), ``phenotype_mass``,
+    ``entropy``, ``entropy_total``, ``entropy_total_normalized``, ``transition_method``,
+    ``direction``; for a directed chain (:attr:`~scanpy_kdcpt.results.Transitions.directed`)
+    also ``stationary`` and ``flux``, which are removed for an undirected one (the posterior
+    form has neither); and ``.obsp["{key}_transitions"]`` when the result carries a cell-level chain.
     """
     keys = _keys.Keys(key_added)
     uns = _uns(adata, key_added)
@@ -117,23 +119,31 @@ def write_transitions(adata: AnnData, result: Transitions, *, key_added: str = _
     uns[_keys.UNS_TRANSITION] = pd.DataFrame(
         result.matrix.to_numpy(float), index=pd.Index(names, name="source"), columns=safe
     )
-    uns[_keys.UNS_STATIONARY] = np.asarray(result.stationary, dtype=float)
+    uns[_keys.UNS_PHENOTYPE_MASS] = result.mass.to_numpy(float)  # in the order of the matrix rows
     uns[_keys.UNS_ENTROPY] = result.entropy
     uns[_keys.UNS_ENTROPY_TOTAL] = float(result.entropy_total)
     uns[_keys.UNS_ENTROPY_TOTAL_NORMALIZED] = result.entropy_total_normalized
-    uns[_keys.UNS_FLUX] = pd.DataFrame(result.flux.to_numpy(float), index=pd.Index(names, name="source"), columns=safe)
     uns[_keys.UNS_TRANSITION_METHOD] = result.method
     uns[_keys.UNS_DIRECTION] = h5ad_safe(result.direction)
     written = [
         _keys.UNS_TRANSITION,
-        _keys.UNS_STATIONARY,
+        _keys.UNS_PHENOTYPE_MASS,
         _keys.UNS_ENTROPY,
         _keys.UNS_ENTROPY_TOTAL,
         _keys.UNS_ENTROPY_TOTAL_NORMALIZED,
-        _keys.UNS_FLUX,
         _keys.UNS_TRANSITION_METHOD,
         _keys.UNS_DIRECTION,
     ]
+    if result.directed:
+        uns[_keys.UNS_STATIONARY] = np.asarray(result.stationary, dtype=float)
+        uns[_keys.UNS_FLUX] = pd.DataFrame(
+            result.flux.to_numpy(float), index=pd.Index(names, name="source"), columns=safe
+        )
+        written += [_keys.UNS_STATIONARY, _keys.UNS_FLUX]
+    else:
+        stale = [k for k in (_keys.UNS_STATIONARY, _keys.UNS_FLUX) if uns.pop(k, None) is not None]
+        if stale:
+            logg.info(f"removed .uns[{key_added!r}] {stale}: an undirected chain has no direction")
     _added(f".uns[{key_added!r}]", written)
     if result.cell_chain is not None:
         if keys.transitions in adata.obsp:

@@ -49,6 +49,8 @@ def knockout(
     key: str = _keys.DEFAULT_KEY,
     cmap: str = "RdBu_r",
     annotate: bool | None = None,
+    min_delta: float = 0.005,
+    wrap: int = 18,
     ax: Axes | None = None,
     show: bool | None = None,
     return_fig: bool = False,
@@ -57,8 +59,9 @@ def knockout(
     """Heatmap of the change of the transition matrix, ``delta = P_ko - P``, for one knockout.
 
     Rows are source phenotypes, columns target phenotypes; blue cells lose probability, red
-    cells gain it. Terminated transitions (``P`` above the floor falling below a fraction of
-    itself) are outlined in black and marked ``×``.
+    cells gain it; only changes that read as numbers are written (see ``annotate``).
+    Terminated transitions (``P`` above the floor falling below a fraction of itself) are
+    outlined in black and marked ``×``.
 
     Parameters
     ----------
@@ -73,7 +76,13 @@ def knockout(
     cmap
         Diverging colormap, centred on 0.
     annotate
-        Write ``delta`` in each cell (default: for up to 12 phenotypes).
+        Write the readable deltas in their cells: ``|delta|`` at least ``min_delta`` and 20 %
+        of the largest, in a font that fits the cell. Default: when the cells leave room for
+        a number; ``True``: also in a dense grid; ``False``: never.
+    min_delta
+        Smallest ``|delta|`` written (smaller changes read as ``+0.00`` and are left blank).
+    wrap
+        Break phenotype names longer than this over lines.
     {doc_show_save_ax}
 
     {doc_returns}
@@ -103,46 +112,81 @@ def knockout(
     D = delta.to_numpy(dtype=float)
     T = term.fillna(False).to_numpy(dtype=bool)
     n_r, n_c = D.shape
-    fig, ax = _read.new_axes(ax, (1.2 + 0.55 * n_c, 1.0 + 0.5 * n_r))
+    cell = 0.5 if max(n_r, n_c) <= 12 else 0.32
+    fig, ax = _read.new_axes(ax, (2.6 + cell * n_c, 1.9 + cell * n_r))
     vmax = float(np.nanmax(np.abs(D))) if np.isfinite(D).any() else 1.0
     vmax = vmax if vmax > 0 else 1e-3
-    im = ax.imshow(D, cmap=cmap, vmin=-vmax, vmax=vmax, aspect="auto")
-    ax.set_xticks(range(n_c), [str(c) for c in delta.columns], rotation=45, ha="right")
-    ax.set_yticks(range(n_r), [str(r) for r in delta.index])
+    im = ax.imshow(D, cmap=cmap, vmin=-vmax, vmax=vmax, aspect="equal")
+    labelsize = max(6.0, min(9.0, 11 - 0.25 * max(n_r, n_c)))
+    ax.set_xticks(
+        range(n_c),
+        [_read.wrap(str(c), wrap) for c in delta.columns],
+        rotation=60,
+        ha="right",
+        rotation_mode="anchor",
+        fontsize=labelsize,
+    )
+    ax.set_yticks(range(n_r), [_read.wrap(str(r), wrap) for r in delta.index], fontsize=labelsize)
+    ax.tick_params(length=0)
     ax.set_xlabel("target phenotype")
     ax.set_ylabel("source phenotype")
     mode_name = str(rows["mode"].iloc[0]) if "mode" in rows.columns else "delete"
     verb = "knockout" if mode_name == "delete" else "overexpression"
-    note = _fixed_note(adata, key)
-    ax.set_title(f"{gene} {verb}: change of transition probabilities{note}", fontsize=10 if note else None)
-    if annotate is None:
-        annotate = max(n_r, n_c) <= 12
-    if annotate:
-        for i in range(n_r):
-            for j in range(n_c):
-                if np.isfinite(D[i, j]):
-                    strong = abs(D[i, j]) > 0.6 * vmax
-                    ax.text(
-                        j,
-                        i,
-                        f"{D[i, j]:+.2f}",
-                        ha="center",
-                        va="center",
-                        fontsize=7,
-                        color="white" if strong else "black",
-                    )
     from matplotlib.patches import Rectangle
 
     for i, j in zip(*np.nonzero(T), strict=True):
         ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=2.2))
-        ax.text(j + 0.42, i - 0.42, "×", ha="right", va="top", fontsize=9, fontweight="bold", color="black")
+        ax.text(j + 0.44, i - 0.44, "×", ha="right", va="top", fontsize=8, fontweight="bold", color="black")
     cb = fig.colorbar(im, ax=ax, shrink=0.8)
     cb.set_label("Δ P (knockout − base)")
+    lines = [f"{gene} {verb}: change of transition probabilities"]
+    if annotate is None or annotate:
+        shown, size = _annotate_deltas(ax, D, vmax, min_delta=min_delta, force=bool(annotate))
+        if shown < np.isfinite(D).sum() and size is not None:
+            lines.append(f"numbers: |Δ| ≥ {max(min_delta, _ANNOTATE_FRACTION * vmax):.2g}")
     if T.any():
-        ax.set_title(
-            f"{gene} {verb}: change of transition probabilities\n(boxed ×: terminated transition){note}", fontsize=10
-        )
+        lines.append("boxed ×: terminated transition")
+    ax.set_title("\n".join(lines) + _fixed_note(adata, key), fontsize=10)
     return _read.finish(fig, ax, show, return_fig, save)
+
+
+#: deltas below this fraction of the largest one are not written in their cell
+_ANNOTATE_FRACTION = 0.2
+
+
+def _annotate_deltas(ax, D: np.ndarray, vmax: float, *, min_delta: float, force: bool) -> tuple[int, float | None]:
+    """Write the readable deltas into their cells: those with ``|Δ| ≥ max(min_delta, 20 % of
+    the largest)``, in a format with one significant digit at least and a font that fits the
+    cell. Without room for a number (a dense grid) nothing is written unless ``force``.
+    Returns the number of values written and the font size (``None``: none).
+    """
+    fig = ax.figure
+    engine = fig.get_layout_engine()
+    if engine is not None:
+        engine.execute(fig)  # the axes' final size, to fit the numbers to the cells
+    box = ax.get_window_extent()
+    cell_pt = min(box.width / D.shape[1], box.height / D.shape[0]) * 72 / fig.dpi
+    floor = max(min_delta, _ANNOTATE_FRACTION * vmax)
+    decimals = max(2, int(np.ceil(-np.log10(floor))) if floor > 0 else 2)
+    chars = decimals + 3  # sign, "0", "." and the decimals
+    size = min(8.0, 0.95 * cell_pt / (0.62 * chars))
+    if size < 5.0 and not force:
+        return 0, None
+    size = max(size, 5.0)
+    shown = 0
+    for i, j in zip(*np.nonzero(np.isfinite(D) & (np.abs(D) >= floor)), strict=True):
+        v = D[i, j]
+        ax.text(
+            j,
+            i,
+            f"{v:+.{decimals}f}".replace("-", "−"),
+            ha="center",
+            va="center",
+            fontsize=size,
+            color="white" if abs(v) > 0.6 * vmax else "black",
+        )
+        shown += 1
+    return shown, size
 
 
 @doc_params("doc_key", "doc_show_save_ax", "doc_returns")

@@ -136,29 +136,41 @@ def transition_graph(
     *,
     key: str = _keys.DEFAULT_KEY,
     matrix: pd.DataFrame | None = None,
-    weights: Literal["flux", "probability"] = "flux",
+    directed: bool | None = None,
+    weights: Literal["flux", "probability", "similarity"] | None = None,
     basis: str | None = "umap",
     threshold: float | None = None,
     max_edges: int | None = None,
     layout: Literal["circle", "spring"] | dict[str, tuple[float, float]] = "circle",
-    node_size: Literal["stationary", "prior"] | None = "stationary",
+    node_size: Literal["auto", "stationary", "mass"] | None = "auto",
     edge_labels: bool = False,
     max_width: float = 6.0,
-    wrap: int = 14,
+    wrap: int = 18,
     title: str | None = None,
     ax: Axes | None = None,
     show: bool | None = None,
     return_fig: bool = False,
     save: str | bool | None = None,
 ) -> Axes | Figure | None:
-    """Phenotypes as nodes, net flux ``i → j`` as arrows whose width grows with the flux.
+    """Phenotypes as nodes; a directed chain's net flux as arrows, an undirected one's similarity
+    as plain edges.
 
-    With ``weights="flux"`` (default) each pair of phenotypes gets at most one arrow, in the
-    direction of its net flux ``F_ij - F_ji`` (``F = diag(n) P``), drawn only above
-    ``threshold``: a reader can follow where cells go. With ``weights="probability"`` every
-    transition ``P[i, j]`` above ``threshold`` is drawn (both directions). Nodes sit at the
-    phenotype centroids of ``.obsm["X_{basis}"]`` when it exists (over the cells, in grey),
-    else on a circle.
+    A **directed** chain (``model.compute_transitions`` with a direction signal) is drawn with
+    ``weights="flux"`` (default): each pair of phenotypes gets at most one arrow, in the
+    direction of its net flux ``F_ij - F_ji`` (``F = diag(n) P``), above ``threshold``: a
+    reader can follow where cells go. ``weights="probability"`` draws every transition
+    ``P[i, j]`` above ``threshold`` (both directions). Nodes are sized by the stationary
+    distribution.
+
+    An **undirected** chain (the default posterior form, or a chain built without a direction
+    signal) has no direction to draw: ``n_i P_ij ≠ n_j P_ji`` there only by noise. Each pair
+    gets one line without arrowhead, its width the symmetrised similarity
+    ``S_ij = (n_i P_ij + n_j P_ji) / (n_i + n_j)`` (``n``: phenotype mass, the share of the
+    cells; :func:`scanpy_kdcpt.markov.symmetrized`); nodes are sized by the phenotype mass.
+
+    Nodes sit at the phenotype centroids of ``.obsm["X_{basis}"]`` when it exists (over the
+    cells, in grey; labels in two columns beside it, each joined to its node), else on a
+    circle (labels outside it).
 
     Parameters
     ----------
@@ -166,49 +178,67 @@ def transition_graph(
         AnnData annotated by ``model.annotate()`` (or ``model.compute_transitions()``).
     {doc_key}
     matrix
-        Draw this matrix instead of the stored one (flux from its phenotype priors).
+        Draw this matrix instead of the stored one (mass from the stored phenotype mass).
+    directed
+        Whether the chain has a direction. Default: from ``.uns[key]["transition_method"]``
+        and ``["direction"]`` (a directed chain biased by a direction signal); ``False`` with
+        ``matrix``.
     weights
-        ``"flux"`` (net flux, ``.uns[key]["flux"]``) or ``"probability"`` (``P[i, j]``).
+        Directed chains: ``"flux"`` (default; net flux, ``.uns[key]["flux"]``) or
+        ``"probability"`` (``P[i, j]``). Undirected chains: ``"similarity"`` (the only choice).
     basis
         Embedding for the node positions (``.obsm["X_" + basis]``, phenotypes from
         ``.obs["{key}_pred"]``); ``None`` or absent: ``layout``.
     threshold
-        Hide arrows below it. Default: 10 % of the largest net flux (``"flux"``), 5 % of
-        the largest off-diagonal probability (``"probability"``).
+        Hide edges below it. Default: 10 % of the largest net flux or similarity, 5 % of
+        the largest off-diagonal probability.
     max_edges
-        Keep only the strongest arrows.
+        Keep only the strongest edges.
     layout
         Without an embedding: ``"circle"``, ``"spring"`` (needs networkx) or a dict
         phenotype → (x, y).
     node_size
-        Size nodes by the ``"stationary"`` distribution or the phenotype ``"prior"``;
-        ``None`` for equal sizes.
+        ``"stationary"`` (directed chains only), ``"mass"`` (share of the cells), ``"auto"``
+        (stationary when directed, else mass) or ``None`` for equal sizes.
     edge_labels
-        Write the value on each arrow.
+        Write the value on each edge.
     max_width
-        Width (points) of the strongest arrow.
+        Width (points) of the strongest edge.
     {doc_wrap_title}
     {doc_show_save_ax}
 
     {doc_returns}
 
     """
+    from matplotlib.collections import LineCollection
     from matplotlib.patches import FancyArrowPatch
 
-    if weights not in ("flux", "probability"):
-        raise ValueError(f"weights must be 'flux' or 'probability', not {weights!r}.")
+    from ..markov import symmetrized
+    from . import _labels
+
     P = _matrix(adata, key, matrix)
     names = [str(c) for c in P.index]
     n = len(names)
     values = P.to_numpy()
+    if directed is None:
+        directed = _stored_directed(adata, key) if matrix is None else False
+    if weights is None:
+        weights = "flux" if directed else "similarity"
+    allowed = ("flux", "probability") if directed else ("similarity",)
+    if weights not in allowed:
+        why = "" if directed else " (an undirected chain, such as the posterior form, has no direction to draw)"
+        raise ValueError(f"weights must be one of {allowed} for this chain{why}, not {weights!r}.")
+    mass = _mass(adata, key, n)
     if weights == "flux":
-        off = np.clip(_flux(adata, key, P, matrix), 0.0, None)
+        off = np.clip(_flux(adata, key, P, matrix, mass), 0.0, None)
+    elif weights == "similarity":
+        off = np.triu(symmetrized(values, mass), 1)  # one edge per pair
     else:
         off = values.copy()
     np.fill_diagonal(off, 0.0)
     top = off.max() if off.size else 0.0
     if threshold is None:
-        threshold = (0.10 if weights == "flux" else 0.05) * top
+        threshold = (0.05 if weights == "probability" else 0.10) * top
     edges = [
         (i, j, off[i, j]) for i in range(n) for j in range(n) if i != j and off[i, j] > 0 and off[i, j] >= threshold
     ]
@@ -217,39 +247,48 @@ def transition_graph(
         edges = edges[:max_edges]
 
     cols = _read.colors(adata, key, names)
-    fig, ax = _read.new_axes(ax, (6.4, 5.6))
     emb = _embedding(adata, key, basis, names)
+    fig, ax = _read.new_axes(ax, (8.4, 5.6) if emb is not None or layout != "circle" else (6.4, 5.6))
     if emb is not None:
         coords, pos = emb
         ax.scatter(coords[:, 0], coords[:, 1], s=3, c="#d9d9d9", linewidths=0, zorder=1, rasterized=True)
     else:
         pos = _layout(layout, names, off)
-    sizes = _node_sizes(adata, key, names, node_size, matrix) * (0.6 if emb is not None else 1.0)
+    sizes = _node_sizes(adata, key, names, node_size, matrix, directed, mass) * (0.6 if emb is not None else 1.0)
     xy = np.array([pos[c] for c in names])
     ax.scatter(xy[:, 0], xy[:, 1], s=sizes, c=[cols[c] for c in names], edgecolors="black", linewidths=0.8, zorder=3)
     radius_pt = np.sqrt(sizes / np.pi)
-    rad = 0.0 if weights == "flux" else 0.18
-    for i, j, p in edges[::-1]:  # weakest first, strongest on top
-        width = 0.6 + (max_width - 0.6) * p / top if top > 0 else 1.0
-        ax.add_patch(
-            FancyArrowPatch(
-                xy[i],
-                xy[j],
-                connectionstyle=f"arc3,rad={rad}",
-                arrowstyle="-|>",
-                mutation_scale=8 + 2.2 * width,
-                linewidth=width,
-                color=cols[names[i]] if emb is None else "#333333",
-                alpha=0.85,
-                shrinkA=radius_pt[i] + 1,
-                shrinkB=radius_pt[j] + 2,
-                zorder=2,
-            )
+    drawn = edges[::-1]  # weakest first, strongest on top
+    # an arrow takes its source's colour; an undirected edge has no source
+    colors = [cols[names[i]] if emb is None and directed else "#333333" for i, _, _ in drawn]
+    widths = [0.6 + (max_width - 0.6) * p / top if top > 0 else 1.0 for _, _, p in drawn]
+    if weights == "similarity":  # plain lines, no heads; the nodes (above) cover their ends
+        segments = [[xy[i], xy[j]] for i, j, _ in drawn]
+        ax.add_collection(
+            LineCollection(segments, linewidths=widths, colors=colors, alpha=0.6, zorder=2, capstyle="round")
         )
-        if edge_labels:
-            mid = 0.5 * (xy[i] + xy[j])
+    else:
+        rad = 0.0 if weights == "flux" else 0.18
+        for (i, j, _), width, color in zip(drawn, widths, colors, strict=True):
+            ax.add_patch(
+                FancyArrowPatch(
+                    xy[i],
+                    xy[j],
+                    connectionstyle=f"arc3,rad={rad}",
+                    arrowstyle="-|>",
+                    mutation_scale=8 + 2.2 * width,
+                    linewidth=width,
+                    color=color,
+                    alpha=0.85,
+                    shrinkA=radius_pt[i] + 1,
+                    shrinkB=radius_pt[j] + 2,
+                    zorder=2,
+                )
+            )
+    if edge_labels:
+        for i, j, p in edges:
             ax.text(
-                *mid,
+                *(0.5 * (xy[i] + xy[j])),
                 f"{p:.2g}",
                 fontsize=7,
                 ha="center",
@@ -257,56 +296,75 @@ def transition_graph(
                 bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8},
                 zorder=4,
             )
-    centre = xy.mean(0)
-    span = max(np.ptp(xy[:, 0]), np.ptp(xy[:, 1]), 1e-9)
-    for k, c in enumerate(names):
-        d = xy[k] - centre
-        d = d / (np.linalg.norm(d) or 1.0)
-        off_pt = radius_pt[k] + 4
-        ha = "left" if d[0] > 0.3 else "right" if d[0] < -0.3 else "center"
-        va = "bottom" if d[1] > 0.3 else "top" if d[1] < -0.3 else "center"
-        label = _read.wrap(c, wrap) if weights == "flux" else f"{_read.wrap(c, wrap)}\n(stay {values[k, k]:.2f})"
-        ax.annotate(
-            label,
-            xy[k],
-            xytext=(d[0] * off_pt, d[1] * off_pt),
-            textcoords="offset points",
-            ha=ha,
-            va=va,
-            fontsize=8,
-            zorder=5,
-            bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.7} if emb is not None else None,
-        )
-    if emb is None:
-        pad = 0.42 * span
+    labels = [
+        f"{_read.wrap(c, wrap)}\n(stay {values[k, k]:.2f})" if weights == "probability" else _read.wrap(c, wrap)
+        for k, c in enumerate(names)
+    ]
+    if emb is None and layout == "circle":
+        pad = 0.42 * max(np.ptp(xy[:, 0]), np.ptp(xy[:, 1]), 1e-9)
         ax.set_xlim(xy[:, 0].min() - pad, xy[:, 0].max() + pad)
         ax.set_ylim(xy[:, 1].min() - pad, xy[:, 1].max() + pad)
         ax.set_aspect("equal")
+        _labels.radial_labels(ax, xy, labels, offset_pt=radius_pt + 4)
+    else:  # the cells (or nodes) in the middle, a column of labels on each side
+        pts = coords if emb is not None else xy
+        lo, hi = pts.min(0), pts.max(0)
+        width, height = max(hi[0] - lo[0], 1e-9), max(hi[1] - lo[1], 1e-9)
+        left, right = lo[0] - 0.05 * width, hi[0] + 0.05 * width
+        room = 0.45 * width  # a label column, in data units
+        ax.set_xlim(left - room, right + room)
+        ax.set_ylim(lo[1] - 0.05 * height, hi[1] + 0.05 * height)
+        _labels.column_labels(ax, xy, labels, left=left, right=right)
     ax.axis("off")
-    what = "net flux" if weights == "flux" else "P"
-    shown = f"{len(edges)} arrows, {what} ≥ {threshold:.2g}" if edges else f"no {what} above the threshold"
+    what = {"flux": "net flux", "probability": "P", "similarity": "similarity"}[weights]
+    kind = "arrows" if directed else "edges"
+    shown = f"{len(edges)} {kind}, {what} ≥ {threshold:.2g}" if edges else f"no {what} above the threshold"
     method = adata.uns.get(key, {}).get(_keys.UNS_TRANSITION_METHOD) if matrix is None else None
-    head = "Net flux between phenotypes" if weights == "flux" else "Transition graph"
+    head = {
+        "flux": "Net flux between phenotypes",
+        "probability": "Transition graph",
+        "similarity": "Phenotype similarity, no direction",
+    }[weights]
     if method is not None:
         head += f" ({method})"
+    if weights == "similarity":
+        shown += "\nedge: (n_i P_ij + n_j P_ji) / (n_i + n_j); node size: share of cells"
     ax.set_title(title if title is not None else f"{head}\n{shown}", fontsize=10)
     return _read.finish(fig, ax, show, return_fig, save)
 
 
-def _flux(adata: AnnData, key: str, P: pd.DataFrame, matrix: pd.DataFrame | None) -> np.ndarray:
-    """Net flux: the stored ``.uns[key]["flux"]``, or from ``P`` and the phenotype priors."""
+def _stored_directed(adata: AnnData, key: str) -> bool:
+    """Whether the stored transition matrix comes from a directed chain."""
+    from ..results import Transitions
+
+    uns = adata.uns.get(key, {})
+    direction = uns.get(_keys.UNS_DIRECTION, {})
+    direction = direction if isinstance(direction, dict) else {}
+    return Transitions.is_directed(str(uns.get(_keys.UNS_TRANSITION_METHOD, "posterior")), direction)
+
+
+def _mass(adata: AnnData, key: str, n: int) -> np.ndarray:
+    """Phenotype mass (share of the cells): ``.uns[key]["phenotype_mass"]``, else the entropy
+    table's priors (files written before it), else uniform.
+    """
+    uns = adata.uns.get(key, {})
+    if _keys.UNS_PHENOTYPE_MASS in uns and np.size(uns[_keys.UNS_PHENOTYPE_MASS]) == n:
+        w = np.asarray(uns[_keys.UNS_PHENOTYPE_MASS], dtype=float).ravel()
+    elif _keys.UNS_ENTROPY in uns and len(pd.DataFrame(uns[_keys.UNS_ENTROPY])) == n:
+        w = np.asarray(pd.DataFrame(uns[_keys.UNS_ENTROPY])["prior"], dtype=float)
+    else:
+        w = np.ones(n)
+    return w / w.sum() if w.sum() > 0 else np.full(n, 1.0 / max(n, 1))
+
+
+def _flux(adata: AnnData, key: str, P: pd.DataFrame, matrix: pd.DataFrame | None, mass: np.ndarray) -> np.ndarray:
+    """Net flux: the stored ``.uns[key]["flux"]``, or from ``P`` and the phenotype mass."""
     from ..markov import net_flux
 
     stored = adata.uns.get(key, {}).get(_keys.UNS_FLUX) if matrix is None else None
     if stored is not None and np.shape(stored) == P.shape:
         return np.asarray(stored, dtype=float)
-    w = None
-    ent = adata.uns.get(key, {}).get(_keys.UNS_ENTROPY)
-    if ent is not None and "prior" in pd.DataFrame(ent) and len(pd.DataFrame(ent)) == P.shape[0]:
-        w = np.asarray(pd.DataFrame(ent)["prior"], dtype=float)
-    if w is None:
-        w = stationary_distribution(P.to_numpy(float))
-    return net_flux(P.to_numpy(float), w)
+    return net_flux(P.to_numpy(float), mass)
 
 
 def _embedding(adata: AnnData, key: str, basis: str | None, names: list[str]):
@@ -354,17 +412,28 @@ def _layout(layout, names: list[str], off: np.ndarray) -> dict[str, np.ndarray]:
     raise ValueError(f"layout must be 'circle', 'spring' or a dict of positions, not {layout!r}.")
 
 
-def _node_sizes(adata, key, names, node_size, matrix) -> np.ndarray:
+def _node_sizes(adata, key, names, node_size, matrix, directed, mass) -> np.ndarray:
     n = len(names)
+    if node_size == "prior":  # the former name of the phenotype mass
+        node_size = "mass"
+    if node_size == "auto":
+        node_size = "stationary" if directed else "mass"
+    if node_size not in (None, "stationary", "mass"):
+        raise ValueError(f"node_size must be 'auto', 'stationary', 'mass' or None, not {node_size!r}.")
+    if node_size == "stationary" and not directed:
+        raise ValueError(
+            "node_size='stationary' needs a directed chain: the stationary vector of an undirected one "
+            "(the posterior form) is not a state cells reach. Use node_size='mass' (share of the cells)."
+        )
     weights = None
-    if node_size == "stationary" and matrix is None and _keys.UNS_STATIONARY in adata.uns.get(key, {}):
-        weights = np.asarray(adata.uns[key][_keys.UNS_STATIONARY], dtype=float)
-    elif node_size == "stationary" and matrix is not None:
-        weights = stationary_distribution(matrix.to_numpy(dtype=float))
-    elif node_size == "prior" and _keys.UNS_ENTROPY in adata.uns.get(key, {}):
-        weights = np.asarray(pd.DataFrame(adata.uns[key][_keys.UNS_ENTROPY])["prior"], dtype=float)
-    elif node_size not in (None, "stationary", "prior"):
-        raise ValueError(f"node_size must be 'stationary', 'prior' or None, not {node_size!r}.")
+    if node_size == "stationary":
+        stored = adata.uns.get(key, {}).get(_keys.UNS_STATIONARY) if matrix is None else None
+        if stored is not None and np.size(stored) == n:
+            weights = np.asarray(stored, dtype=float)
+        else:
+            weights = stationary_distribution(_matrix(adata, key, matrix).to_numpy(dtype=float))
+    elif node_size == "mass":
+        weights = mass
     if weights is None or len(weights) != n:
         return np.full(n, 500.0)
     w = weights / max(weights.max(), 1e-12)

@@ -1,0 +1,236 @@
+"""The posterior form carries no direction: no net flux, no stationary state, an undirected graph;
+directed chains keep arrows, flux and stationary (issue 19). Figures readable on PBMC names.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import anndata as ad
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.collections import LineCollection
+from matplotlib.patches import FancyArrowPatch
+
+import scanpy_kdcpt as kdcpt
+from scanpy_kdcpt import cli, markov, report, results, writers
+
+matplotlib.use("Agg")
+
+PBMC = [
+    "CD4+/CD25 T Reg",
+    "CD4+/CD45RA+/CD25- Naive T",
+    "CD4+/CD45RO+ Memory",
+    "CD8+ Cytotoxic T",
+    "CD8+/CD45RA+ Naive Cytotoxic",
+    "CD14+ Monocyte",
+    "CD19+ B",
+    "CD34+",
+    "CD56+ NK",
+    "Dendritic",
+]
+# a hand posterior-like matrix with hard rows and soft columns: n_i P_ij ≠ n_j P_ji by noise
+P3 = np.array([[0.8, 0.15, 0.05], [0.3, 0.6, 0.1], [0.02, 0.08, 0.9]])
+N3 = np.array([50.0, 10.0, 40.0])
+
+
+def _annotated(P: np.ndarray, names: list[str], sizes: np.ndarray, *, method: str, direction=None, umap=None):
+    """An AnnData with the transition keys a model writes (cells of each phenotype on ``umap``)."""
+    codes = np.repeat(np.arange(len(names)), sizes.astype(int))
+    a = ad.AnnData(np.zeros((len(codes), 1), dtype=np.float32))
+    a.obs["kdcpt_pred"] = pd.Categorical.from_codes(codes, categories=names)
+    a.uns["kdcpt"] = {"classes": np.asarray(names, dtype=object)}
+    if umap is not None:
+        rng = np.random.default_rng(0)
+        a.obsm["X_umap"] = np.asarray(umap, dtype=float)[codes] + 0.05 * rng.normal(size=(len(codes), 2))
+    r = results.Transitions.from_matrix(P, names, sizes, method=method, direction=direction)
+    writers.write_transitions(a, r)
+    return a, r
+
+
+def _arrowheads(ax) -> list:
+    """Arrows drawn with a head (Matplotlib's FancyArrowPatch with a ``-|>``-like style)."""
+    heads = []
+    for p in ax.patches:
+        if isinstance(p, FancyArrowPatch):
+            style = type(p.get_arrowstyle()).__name__
+            if style != "Curve":  # "-" is the only style without a head
+                heads.append(p)
+    return heads
+
+
+def test_posterior_transitions_carry_no_flux_and_no_stationary():
+    r = results.Transitions.from_matrix(P3, ["a", "b", "c"], N3, method="posterior")
+    assert not r.directed
+    assert r.flux is None and r.stationary is None
+    np.testing.assert_allclose(r.mass.to_numpy(), N3 / N3.sum())  # share of cells, not an eigenvector
+    d = r.to_dict()
+    assert "flux" not in d and "stationary" not in d
+    np.testing.assert_allclose(d["phenotype_mass"], [0.5, 0.1, 0.4])
+    S = r.similarity().to_numpy()
+    np.testing.assert_allclose(S, S.T)
+    assert S[0, 1] == pytest.approx((50 * 0.15 + 10 * 0.3) / 60)
+
+
+def test_directed_chains_keep_flux_and_stationary_undirected_chains_do_not():
+    r = results.Transitions.from_matrix(P3, ["a", "b", "c"], N3, method="directed", direction={"kind": "pseudotime"})
+    assert r.directed
+    np.testing.assert_allclose(r.stationary @ P3, r.stationary, atol=1e-10)
+    np.testing.assert_allclose(r.flux.to_numpy(), markov.net_flux(P3, N3))
+    assert {"flux", "stationary", "phenotype_mass"} <= set(r.to_dict())
+    for method, direction in (("directed", {"kind": "none"}), ("latent", {"kind": "none"})):
+        u = results.Transitions.from_matrix(P3, ["a", "b", "c"], N3, method=method, direction=direction)
+        assert not u.directed and u.flux is None and u.stationary is None
+
+
+def test_posterior_uns_has_phenotype_mass_and_no_stationary_or_flux(tmp_path):
+    a, _ = _annotated(P3, ["a", "b", "c"], N3, method="directed", direction={"kind": "pseudotime"})
+    assert {"stationary", "flux", "phenotype_mass"} <= set(a.uns["kdcpt"])
+    # a posterior result written later removes the directed chain's flux and stationary
+    r = results.Transitions.from_matrix(P3, ["a", "b", "c"], N3, method="posterior")
+    writers.write_transitions(a, r)
+    uns = a.uns["kdcpt"]
+    assert "stationary" not in uns and "flux" not in uns
+    a.write_h5ad(tmp_path / "p.h5ad")
+    back = ad.read_h5ad(tmp_path / "p.h5ad").uns["kdcpt"]
+    np.testing.assert_allclose(back["phenotype_mass"], [0.5, 0.1, 0.4])
+    assert "stationary" not in back and back["transition_method"] == "posterior"
+
+
+def test_posterior_graph_is_undirected_with_symmetrised_edges():
+    a, r = _annotated(P3, ["a", "b", "c"], N3, method="posterior")
+    ax = kdcpt.pl.transition_graph(a, basis=None, threshold=0.0, show=False)
+    assert _arrowheads(ax) == []
+    lines = [c for c in ax.collections if isinstance(c, LineCollection)]
+    assert len(lines) == 1 and len(lines[0].get_segments()) == 3  # one edge per pair
+    widths = lines[0].get_linewidths()
+    S = r.similarity().to_numpy()
+    strongest = max(((0, 1), (0, 2), (1, 2)), key=lambda e: S[e])
+    assert max(widths) == pytest.approx(6.0) and S[strongest] == S[np.triu_indices(3, 1)].max()
+    title = ax.get_title().lower()
+    assert "flux" not in title and "similarity" in title and "n_i p_ij + n_j p_ji" in title
+    with pytest.raises(ValueError, match="no direction"):
+        kdcpt.pl.transition_graph(a, weights="flux", show=False)
+    with pytest.raises(ValueError, match="directed chain"):
+        kdcpt.pl.transition_graph(a, node_size="stationary", show=False)
+    plt.close("all")
+
+
+def test_directed_graph_keeps_arrows():
+    a, r = _annotated(P3, ["a", "b", "c"], N3, method="directed", direction={"kind": "pseudotime"})
+    ax = kdcpt.pl.transition_graph(a, basis=None, threshold=0.0, show=False)
+    n_positive = int((r.flux.to_numpy() > 0).sum())
+    assert len(_arrowheads(ax)) == n_positive and n_positive > 0
+    assert "net flux" in ax.get_title().lower()
+    plt.close("all")
+
+
+def _overlaps(fig, texts) -> list[tuple[str, str]]:
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in texts if t.get_text()]
+    return [
+        (ta, tb)
+        for k, (ta, a) in enumerate(boxes)
+        for tb, b in boxes[k + 1 :]
+        if a.x0 < b.x1 - 0.5 and b.x0 < a.x1 - 0.5 and a.y0 < b.y1 - 0.5 and b.y0 < a.y1 - 0.5
+    ]
+
+
+@pytest.mark.parametrize("basis", ["umap", None])
+def test_graph_labels_of_close_pbmc_phenotypes_do_not_overlap(basis):
+    # the T cells sit close together on the embedding, as on PBMC's UMAP
+    umap = [[0, 0], [0.3, 0.1], [0.1, -0.2], [0.5, 0.4], [0.6, -0.1], [0.4, 6], [-3, 0.3], [4, -1], [1, 1.2], [5, 2]]
+    rng = np.random.default_rng(1)
+    P = rng.dirichlet(np.ones(10) * 0.2, 10) * 0.3 + 0.7 * np.eye(10)
+    a, _ = _annotated(P, PBMC, np.full(10, 20.0), method="posterior", umap=umap)
+    fig = kdcpt.pl.transition_graph(a, basis=basis, return_fig=True, show=False)
+    ax = fig.axes[0]
+    labels = [t for t in ax.texts if any(line in t.get_text() for line in ("CD", "Dendritic"))]
+    assert len(labels) == 10
+    assert _overlaps(fig, labels) == []
+    plt.close("all")
+
+
+def _knockout_adata(n: int, delta: np.ndarray, terminated: np.ndarray) -> ad.AnnData:
+    names = PBMC[:n]
+    src, tgt = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+    table = pd.DataFrame(
+        {
+            "gene": "G",
+            "mode": "delete",
+            "source": pd.Categorical.from_codes(src.ravel(), categories=names),
+            "target": pd.Categorical.from_codes(tgt.ravel(), categories=names),
+            "delta": delta.ravel(),
+            "terminated": terminated.ravel(),
+        }
+    )
+    summary = pd.DataFrame({"gene": ["G"], "mode": ["delete"], "effect": [0.1]})
+    a = ad.AnnData(np.zeros((2, 1), dtype=np.float32))
+    a.uns["kdcpt"] = {"classes": np.asarray(names, dtype=object), "knockout": table, "knockout_summary": summary}
+    return a
+
+
+def test_knockout_heatmap_writes_only_readable_deltas_and_marks_terminated():
+    n = 10
+    rng = np.random.default_rng(0)
+    delta = rng.normal(scale=1e-4, size=(n, n))  # read as +0.00 / -0.00: left blank
+    delta[3, 3], delta[3, 0], delta[8, 8] = -0.05, 0.02, 0.012
+    terminated = np.zeros((n, n), bool)
+    terminated[3, 4] = True
+    a = _knockout_adata(n, delta, terminated)
+    fig = kdcpt.pl.knockout(a, return_fig=True, show=False)
+    ax = fig.axes[0]
+    numbers = [t for t in ax.texts if t.get_text() not in ("×", "")]
+    assert sorted(t.get_text() for t in numbers) == ["+0.01", "+0.02", "−0.05"]
+    assert not any(t.get_text() in ("+0.00", "-0.00", "−0.00") for t in ax.texts)
+    assert sum(t.get_text() == "×" for t in ax.texts) == 1 and "terminated" in ax.get_title()
+    assert _overlaps(fig, ax.texts) == []
+    plt.close("all")
+    # a dense grid: no numbers at all rather than a wall of them
+    n = 10
+    big = _knockout_adata(n, np.full((n, n), 0.03), np.zeros((n, n), bool))
+    fig, small_ax = plt.subplots(figsize=(2.5, 2.5))
+    kdcpt.pl.knockout(big, ax=small_ax, show=False)
+    assert [t for t in small_ax.texts if t.get_text() not in ("×", "")] == []
+    plt.close("all")
+
+
+def test_report_of_posterior_lists_share_of_cells_not_stationary(tmp_path):
+    a, _ = _annotated(P3, ["a", "b", "c"], N3, method="posterior")
+    text = "\n".join(report._transitions_section(a.uns["kdcpt"], ["a", "b", "c"], {}))
+    assert "stationary |" not in text and "| share of cells" in text and "no net flux" in text
+    d, _ = _annotated(P3, ["a", "b", "c"], N3, method="directed", direction={"kind": "pseudotime"})
+    text = "\n".join(report._transitions_section(d.uns["kdcpt"], ["a", "b", "c"], {}))
+    assert "stationary |" in text and "### Net flux" in text
+
+
+def test_cli_drops_lightning_tip_and_leafspec_warning_only_during_the_run(caplog):
+    tip = "💡 Tip: For seamless cloud uploads and versioning, try installing litmodels"
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch.utilities.rank_zero"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with cli._without_library_noise():
+                _noise(logger, tip)
+        messages = [r.getMessage() for r in caplog.records]
+        assert tip not in messages and "GPU available: False, used: False" in messages
+        assert [str(w.message) for w in caught] == ["a warning of the package itself"]
+        logger.info(tip)  # after the run: untouched
+        assert tip in [r.getMessage() for r in caplog.records]
+    assert not logger.filters
+
+
+def _noise(logger, tip):
+    logger.info(tip)
+    logger.info("GPU available: False, used: False")
+    warnings.warn(
+        "`isinstance(treespec, LeafSpec)` is deprecated, use `isinstance(treespec, TreeSpec)`",
+        FutureWarning,
+        stacklevel=2,
+    )
+    warnings.warn("a warning of the package itself", UserWarning, stacklevel=2)
