@@ -67,6 +67,8 @@ def _transitions_section(uns: dict, classes: list[str], figures: dict) -> list[s
     P = uns[_keys.UNS_TRANSITION]
     P = P if isinstance(P, pd.DataFrame) else pd.DataFrame(np.asarray(P), index=classes, columns=classes)
     P = P.copy()
+    if len(P.columns) == len(P.index):
+        P.columns = list(P.index)  # stored columns use h5ad-safe names; the index keeps the real ones
     P.index.name = "from \\ to"
     lines = ["## Transition matrix", "", "Row *i*, column *j*: probability that phenotype *i* shades into *j*.", ""]
     lines += [_table(P, "{:.2f}"), ""]
