@@ -74,7 +74,9 @@ def test_every_plot_draws_from_reread_file(reread, synthetic_model):
     assert max(widths) > min(widths)  # widths follow the similarity
     with pytest.raises(ValueError, match="no direction"):
         kdcpt.pl.transition_graph(reread, show=False, weights="probability")
-    ax = kdcpt.pl.transition_graph(reread, show=False, threshold=0.0, directed=True, weights="probability")
+    ax = kdcpt.pl.transition_graph(
+        reread, show=False, threshold=0.0, max_edges=16, directed=True, weights="probability"
+    )
     arrows = [p for p in ax.patches if isinstance(p, FancyArrowPatch)]
     assert len(arrows) == int((P > 0).sum() - 4)
 

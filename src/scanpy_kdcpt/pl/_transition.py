@@ -193,7 +193,8 @@ def transition_graph(
         Hide edges below it. Default: 10 % of the largest net flux or similarity, 5 % of
         the largest off-diagonal probability.
     max_edges
-        Keep only the strongest edges.
+        Keep only the strongest edges (default: twice the number of phenotypes, so that the
+        graph stays readable; the title says how many are drawn).
     layout
         Without an embedding: ``"circle"``, ``"spring"`` (needs networkx) or a dict
         phenotype → (x, y).
@@ -243,8 +244,7 @@ def transition_graph(
         (i, j, off[i, j]) for i in range(n) for j in range(n) if i != j and off[i, j] > 0 and off[i, j] >= threshold
     ]
     edges.sort(key=lambda e: -e[2])
-    if max_edges is not None:
-        edges = edges[:max_edges]
+    edges = edges[: 2 * n if max_edges is None else max_edges]
 
     cols = _read.colors(adata, key, names)
     emb = _embedding(adata, key, basis, names)
