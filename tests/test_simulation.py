@@ -1,0 +1,211 @@
+"""The torch-free knockout simulation core: GRN, shift, perturbed chain, score, null, horizon fates."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import sparse
+
+from scanpy_kdcpt import markov
+from scanpy_kdcpt import simulation as sim
+
+# genes of the planted network
+REG, GA, GB, GN, DECOY, TIME = 0, 1, 2, 3, 4, 5
+N_GENES = 10
+P, A_MID, B_MID, A_END, B_END = 0, 1, 2, 3, 4
+
+
+def _branching(n: int = 700, seed: int = 0):
+    """A progenitor splitting into branches A and B; ``Reg`` drives ``gA``, the gene of branch A.
+
+    ``gA = 1.5 Reg`` (planted positive), ``gN = 2 − 0.8 Reg`` (planted negative); ``gB`` rises
+    along branch B on its own; ``decoy`` is a regulator candidate without targets. The chain
+    follows the kNN graph towards later pseudotime.
+    """
+    rng = np.random.default_rng(seed)
+    t = rng.uniform(0, 1, n)
+    branch = rng.integers(0, 2, n)
+    a = np.where((t > 0.3) & (branch == 0), (t - 0.3) / 0.7, 0.0)
+    b = np.where((t > 0.3) & (branch == 1), (t - 0.3) / 0.7, 0.0)
+    X = 1.0 + 0.15 * rng.standard_normal((n, N_GENES))
+    X[:, REG] = 0.2 + 0.6 * rng.uniform(0, 1, n) + 2.0 * a
+    X[:, GA] = 1.5 * X[:, REG] + 0.1 * rng.standard_normal(n)
+    X[:, GB] = 0.5 + 3.0 * b + 0.1 * rng.standard_normal(n)
+    X[:, GN] = 4.0 - 0.8 * X[:, REG] + 0.1 * rng.standard_normal(n)
+    X[:, TIME] = 2.0 * t + 0.1 * rng.standard_normal(n)
+    X = np.clip(X, 0, None).astype(np.float32)
+    codes = np.where(t <= 0.3, P, np.where(branch == 0, A_MID, B_MID))
+    codes = np.where((t > 0.85) & (branch == 0), A_END, codes)
+    codes = np.where((t > 0.85) & (branch == 1), B_END, codes)
+    _, W = markov.knn_graph(X, 15)
+    W = W.tocoo()
+    forward = np.where(t[W.col] > t[W.row], 1.0, 0.05)  # towards later pseudotime
+    T = sparse.csr_matrix((W.data * forward, (W.row, W.col)), shape=W.shape)
+    T = sparse.diags(1.0 / np.asarray(T.sum(1)).ravel()) @ T
+    return X, codes, sparse.csr_matrix(T)
+
+
+@pytest.fixture(scope="module")
+def planted():
+    X, codes, T = _branching()
+    regulators = np.zeros(N_GENES, bool)
+    regulators[[REG, DECOY]] = True
+    grn = sim.fit_grn(X, codes, regulators=regulators, n_phenotypes=5, min_cells=20)
+    M = markov.memberships(codes, 5)
+    return X, codes, T, grn, M
+
+
+def _fate_a(T, M, codes):
+    F = markov.fate_probabilities(T, M, [A_END, B_END])
+    return float(np.nanmean(F[codes == P, 0]))
+
+
+def test_fit_grn_recovers_planted_signs(planted):
+    X, codes, T, grn, M = planted
+    for p in (A_MID, B_MID, P):
+        W = grn.coef[p].toarray()
+        assert W[REG, GA] > 0.5
+        assert W[REG, GN] < -0.3
+        assert np.allclose(np.diag(W), 0.0)
+        # only regulator rows hold coefficients
+        assert not np.delete(W, [REG, DECOY], axis=0).any()
+    assert list(grn.targets(REG, A_MID)) and GA in grn.targets(REG, A_MID)
+
+
+def test_fit_grn_base_and_shared_paths_agree():
+    X, codes, _ = _branching(300, seed=1)
+    regs = np.zeros(N_GENES, bool)
+    regs[[REG, GA, DECOY]] = True  # GA is a regulator too: its own fit must leave itself out
+    full = sparse.csr_matrix(np.outer(regs, np.ones(N_GENES)))
+    shared = sim.fit_grn(X, codes, regulators=regs, n_phenotypes=5, min_cells=20)
+    based = sim.fit_grn(X, codes, regulators=regs, base=full, n_phenotypes=5, min_cells=20)
+    for a, b in zip(shared.coef, based.coef, strict=True):
+        np.testing.assert_allclose(a.toarray(), b.toarray(), atol=1e-8)
+    # a base restricted to decoy → gA leaves Reg out of gA's regulators
+    only_decoy = sparse.csr_matrix(([1.0], ([DECOY], [GA])), shape=(N_GENES, N_GENES))
+    g = sim.fit_grn(X, codes, base=only_decoy, n_phenotypes=5, min_cells=20)
+    assert g.coef[A_MID][REG].nnz == 0 and g.coef[A_MID].nnz <= 1
+
+
+def test_fit_grn_pools_small_phenotypes():
+    X, codes, _ = _branching(300, seed=2)
+    g = sim.fit_grn(X, codes, regulators=np.arange(N_GENES) == REG, n_phenotypes=6, min_cells=20)
+    assert g.pooled[5] and g.n_cells[5] == len(codes)
+    with pytest.raises(ValueError, match="alpha"):
+        sim.fit_grn(X, codes, alpha=0)
+
+
+def test_shift_holds_knocked_gene_and_propagates(planted):
+    X, codes, T, grn, M = planted
+    X0 = X.copy()
+    S = sim.simulate_shift(X, codes, grn, REG, n_propagation=3)
+    np.testing.assert_array_equal(X, X0)  # the input is never modified
+    assert S.dtype == np.float32 and S.shape == X.shape
+    np.testing.assert_allclose(S[:, REG], -X[:, REG], atol=1e-6)  # knocked gene held at 0
+    assert (S[:, GA] < 0).mean() > 0.95  # a positive target goes down
+    assert (S[:, GN] > 0).mean() > 0.95  # a negative target goes up
+    assert (X + S >= -1e-6).all()
+    direct = sim.simulate_shift(X, codes, grn, REG, n_propagation=0)
+    assert not np.delete(direct, REG, axis=1).any()
+
+
+def test_shift_clipped_at_zero_expression():
+    X, codes, _ = _branching(200, seed=3)
+    W = sparse.csr_matrix(([3.0], ([REG], [GA])), shape=(N_GENES, N_GENES))  # too strong: would go negative
+    grn = sim.GRN(coef=[W] * 5, genes=None, regulators=np.array([REG]), alpha=1.0, n_cells=np.ones(5, int))
+    S = sim.simulate_shift(X, codes, grn, [REG], n_propagation=2)
+    assert (X + S >= 0).all()
+    hit = X[:, GA] < 3.0 * X[:, REG]
+    assert hit.any()
+    np.testing.assert_allclose((X + S)[hit, GA], 0.0, atol=1e-6)
+
+
+def test_zero_shift_gives_identical_chain(planted):
+    X, codes, T, grn, M = planted
+    T_ko = sim.perturbed_chain(T, X, np.zeros_like(X))
+    assert (T_ko != T).nnz == 0
+    # only some rows shifted: the other rows stay exactly
+    S = np.zeros_like(X)
+    S[:5, GA] = -1.0
+    T_ko = sim.perturbed_chain(T, X, S)
+    np.testing.assert_array_equal(T_ko[5:].toarray(), T[5:].toarray())
+    assert abs(T_ko[:5] - T[:5]).sum() > 0
+    np.testing.assert_array_equal(T_ko.indices, T.indices)
+    np.testing.assert_allclose(np.asarray(T_ko.sum(1)).ravel(), 1.0)
+
+
+def test_non_regulator_leaves_chain_unchanged(planted):
+    X, codes, T, grn, M = planted
+    S = sim.simulate_shift(X, codes, grn, GB)  # not a regulator: only its own column moves
+    assert not np.delete(S, GB, axis=1).any()
+    T_ko = sim.perturbed_chain(T, X, S, ignore=[GB])
+    assert (T_ko != T).nnz == 0
+
+
+def test_planted_regulator_knockout_redirects_cells(planted):
+    X, codes, T, grn, M = planted
+    base = _fate_a(T, M, codes)
+    S = sim.simulate_shift(X, codes, grn, REG)
+    T_ko = sim.perturbed_chain(T, X, S, ignore=[REG])
+    ko = _fate_a(T_ko, M, codes)
+    assert 0.3 < base < 0.7
+    assert ko < base - 0.1
+    # the decoy regulator's knockout barely moves the fates
+    S_d = sim.simulate_shift(X, codes, grn, DECOY)
+    decoy = _fate_a(sim.perturbed_chain(T, X, S_d, ignore=[DECOY]), M, codes)
+    assert abs(decoy - base) < 0.3 * abs(ko - base)
+    # the same in a projected space (PCA loadings as basis)
+    Xc = X - X.mean(0)
+    basis = np.linalg.svd(Xc, full_matrices=False)[2][:5].T
+    ko_pca = _fate_a(sim.perturbed_chain(T, X, S, ignore=[REG], basis=basis), M, codes)
+    assert ko_pca < base - 0.05
+
+
+def test_perturbation_score_and_null(planted):
+    X, codes, T, grn, M = planted
+    S = sim.simulate_shift(X, codes, grn, REG)
+    T_ko = sim.perturbed_chain(T, X, S, ignore=[REG])
+    Z = X[:, [GA, GB, TIME]].astype(float)
+    v = sim.embed_shift(T, T_ko, Z)
+    score = sim.perturbation_score(T, Z, v)
+    assert score.shape == (len(X),)
+    assert np.allclose(sim.embed_shift(T, T, Z), 0.0)
+    # cells of branch A are pushed back against their development
+    assert score[codes == A_MID].mean() < 0
+
+    def stat(Tk):
+        return _fate_a(Tk, M, codes)
+
+    # with 10 genes a random direction is often a meaningful one: a gentle bias (σ = 1) keeps the
+    # null of random directions below the planted regulator's effect
+    base = _fate_a(T, M, codes)
+    obs = stat(sim.perturbed_chain(T, X, S, ignore=[REG], sigma=1.0)) - base
+    kw = {"n_permutations": 9, "mode": "genes", "ignore": [REG], "sigma": 1.0}
+    null = sim.randomized_shift_null(T, X, S, lambda Tk: stat(Tk) - base, **kw)
+    again = sim.randomized_shift_null(T, X, S, lambda Tk: stat(Tk) - base, **kw)
+    np.testing.assert_array_equal(null, again)  # seeded
+    assert sim.empirical_pvalue(obs, null) == pytest.approx(0.1)  # beyond all 9: (1 + 0) / (1 + 9)
+    cells = sim.randomized_shift_null(T, X, S, lambda Tk: stat(Tk) - base, n_permutations=3, seed=1, ignore=[REG])
+    assert cells.shape == (3,) and np.isfinite(cells).all()
+    assert sim.empirical_pvalue(0.0, np.ones(4)) == 1.0
+
+
+def test_fates_with_horizon_show_a_block(planted):
+    X, codes, T, grn, M = planted
+    n = sim.choose_horizon(T, M, [A_END, B_END], reached=0.9)
+    F = sim.fates_with_horizon(T, M, [A_END, B_END], n_steps=n)
+    assert F.shape == (len(X), 3)
+    np.testing.assert_allclose(F.sum(1), 1.0)
+    assert F[codes != A_END][:, 2].mean() <= 0.1 + 1e-9
+    # a block: progenitors can no longer leave (self-loops only) → all their mass is "not reached"
+    T_block = T.tolil()
+    for i in np.flatnonzero(codes == P):
+        T_block.rows[i], T_block.data[i] = [i], [1.0]
+    Fb = sim.fates_with_horizon(T_block.tocsr(), M, [A_END, B_END], n_steps=n)
+    assert np.allclose(Fb[codes == P, 2], 1.0)
+    assert (Fb[codes == P, :2].sum(1) < F[codes == P, :2].sum(1)).all()
+    # the horizon's fates approach the absorption probabilities
+    long = sim.fates_with_horizon(T, M, [A_END, B_END], n_steps=20 * n)
+    ref = markov.fate_probabilities(T, M, [A_END, B_END])
+    ok = ~np.isnan(ref).any(1)
+    np.testing.assert_allclose(long[ok, :2], ref[ok], atol=1e-3)
