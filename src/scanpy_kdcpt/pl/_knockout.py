@@ -136,7 +136,17 @@ def knockout(
 
     for i, j in zip(*np.nonzero(T), strict=True):
         ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=2.2))
-        ax.text(j + 0.44, i - 0.44, "×", ha="right", va="top", fontsize=8, fontweight="bold", color="black")
+        dark = np.isfinite(D[i, j]) and abs(D[i, j]) > 0.6 * vmax
+        ax.text(
+            j + 0.44,
+            i - 0.44,
+            "×",
+            ha="right",
+            va="top",
+            fontsize=9,
+            fontweight="bold",
+            color="white" if dark else "black",
+        )
     cb = fig.colorbar(im, ax=ax, shrink=0.8)
     cb.set_label("Δ P (knockout − base)")
     lines = [f"{gene} {verb}: change of transition probabilities"]
