@@ -69,16 +69,20 @@ def _own_members(cls) -> list[str]:
     return sorted(names)
 
 
-_CLASSES = (scanpy_kdcpt.KDCPT, scanpy_kdcpt.KDCPTModule, scanpy_kdcpt.KDCPTTrainingPlan)
+# classes that derive from scvi-tools / Lightning / torch classes, by the name autosummary gives them
+_CLASSES = {
+    "scanpy_kdcpt.KDCPT": scanpy_kdcpt.KDCPT,
+    "scanpy_kdcpt.KDCPTModule": scanpy_kdcpt.KDCPTModule,
+    "scanpy_kdcpt.KDCPTTrainingPlan": scanpy_kdcpt.KDCPTTrainingPlan,
+    "scanpy_kdcpt.module.KDCPTMultiomeModule": scanpy_kdcpt.module.KDCPTMultiomeModule,
+}
 autosummary_context = {
     # methods listed in a class's summary table
-    "kdcpt_members": {f"scanpy_kdcpt.{c.__name__}": _own_members(c) for c in _CLASSES},
+    "kdcpt_members": {name: _own_members(c) for name, c in _CLASSES.items()},
     # base classes of other packages (scvi-tools, Lightning, torch) whose members are not documented here
     "kdcpt_foreign_bases": {
-        f"scanpy_kdcpt.{c.__name__}": ", ".join(
-            sorted({k.__name__ for k in c.__mro__ if not k.__module__.startswith("scanpy_kdcpt")})
-        )
-        for c in _CLASSES
+        name: ", ".join(sorted({k.__name__ for k in c.__mro__ if not k.__module__.startswith("scanpy_kdcpt")}))
+        for name, c in _CLASSES.items()
     },
 }
 autodoc_member_order = "groupwise"
@@ -109,39 +113,12 @@ if os.environ.get("KDCPT_DOCS_MATHJAX"):
 
 
 # --- generated parts of pages ------------------------------------------------------------
-def _public_functions(module) -> list[str]:
-    import inspect
+# ``api.md`` from ``_api.md.in``: every public name of every public module is listed without
+# editing a page (``_apigen.py``; ``tests/test_docs.py`` checks the result)
+sys.path.insert(0, str(HERE))
+from _apigen import write_api_page  # noqa: E402
 
-    names = getattr(module, "__all__", None)
-    if names is None:
-        names = [
-            n
-            for n, obj in vars(module).items()
-            if not n.startswith("_") and inspect.isfunction(obj) and obj.__module__ == module.__name__
-        ]
-    return sorted(names)
-
-
-def _write_api_page() -> None:
-    """``api.md`` from ``_api.md.in``: every public plot and metric is listed without editing a page.
-
-    Written before Sphinx reads the sources, so that autosummary generates a page for each.
-    """
-    import importlib
-
-    def block(prefix, names):
-        return "\n".join(f"   {prefix}.{n}" for n in names)
-
-    text = (HERE / "_api.md.in").read_text()
-    for name in ("pl", "metrics", "markov", "calibration", "stats", "results", "writers"):
-        module = importlib.import_module(f"scanpy_kdcpt.{name}")
-        text = text.replace(f"%{name.upper()}%", block(name, _public_functions(module)))
-    target = HERE / "api.md"
-    if not target.exists() or target.read_text() != text:
-        target.write_text(text)
-
-
-_write_api_page()
+write_api_page()
 
 
 from docutils import nodes  # noqa: E402
