@@ -1,5 +1,5 @@
-"""Node labels of graph plots that do not overlap: radial around a circle, or in two columns
-beside an embedding with a leader line to each node.
+"""Node labels of graph plots that do not overlap: radial around a circle; on an embedding
+beside each node when they fit there, else in two columns with a leader line to each node.
 """
 
 from __future__ import annotations
@@ -110,3 +110,51 @@ def radial_labels(ax: Axes, xy: np.ndarray, labels: list[str], *, offset_pt: np.
             )
         )
     return texts
+
+
+def beside_nodes(
+    ax: Axes, xy: np.ndarray, labels: list[str], *, offset_pt: np.ndarray, fontsize: float = 8
+) -> list | None:
+    """Labels just right of their nodes, when none would overlap another label or node (text
+    size estimated: 0.6 font sizes a character); else ``None`` and nothing is drawn. Call after
+    the axes limits are set.
+    """
+    per_x, per_y = data_per_point(ax)
+    boxes = []
+    for k, lab in enumerate(labels):
+        lines = lab.split("\n")
+        w = (0.6 * fontsize * max(len(line) for line in lines) + 4) * per_x
+        h = (LINE * fontsize * len(lines) + 2) * per_y
+        x0 = xy[k, 0] + offset_pt[k] * per_x
+        boxes.append((x0, xy[k, 1] - h / 2, x0 + w, xy[k, 1] + h / 2))
+    nodes = [
+        (xy[k, 0] - r * per_x, xy[k, 1] - r * per_y, xy[k, 0] + r * per_x, xy[k, 1] + r * per_y)
+        for k, r in enumerate(offset_pt)
+    ]
+
+    def hit(a, b) -> bool:
+        return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+    n = len(labels)
+    for k in range(n):
+        if any(hit(boxes[k], boxes[m]) for m in range(k + 1, n)) or any(
+            hit(boxes[k], nodes[m]) for m in range(n) if m != k
+        ):
+            return None
+    x_lo, x_hi = ax.get_xlim()
+    if max(b[2] for b in boxes) > x_hi:
+        return None
+    return [
+        ax.annotate(
+            lab,
+            xy[k],
+            xytext=(offset_pt[k], 0),
+            textcoords="offset points",
+            ha="left",
+            va="center",
+            fontsize=fontsize,
+            zorder=5,
+            bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.7},
+        )
+        for k, lab in enumerate(labels)
+    ]

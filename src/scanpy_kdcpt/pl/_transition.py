@@ -306,7 +306,7 @@ def transition_graph(
         ax.set_ylim(xy[:, 1].min() - pad, xy[:, 1].max() + pad)
         ax.set_aspect("equal")
         _labels.radial_labels(ax, xy, labels, offset_pt=radius_pt + 4)
-    else:  # the cells (or nodes) in the middle, a column of labels on each side
+    else:  # the cells (or nodes) in the middle; labels beside the nodes, or in a column on each side
         pts = coords if emb is not None else xy
         lo, hi = pts.min(0), pts.max(0)
         width, height = max(hi[0] - lo[0], 1e-9), max(hi[1] - lo[1], 1e-9)
@@ -314,7 +314,8 @@ def transition_graph(
         room = 0.45 * width  # a label column, in data units
         ax.set_xlim(left - room, right + room)
         ax.set_ylim(lo[1] - 0.05 * height, hi[1] + 0.05 * height)
-        _labels.column_labels(ax, xy, labels, left=left, right=right)
+        if _labels.beside_nodes(ax, xy, labels, offset_pt=radius_pt + 3) is None:
+            _labels.column_labels(ax, xy, labels, left=left, right=right)
     ax.axis("off")
     what = {"flux": "net flux", "probability": "P", "similarity": "similarity"}[weights]
     kind = "arrows" if directed else "edges"
