@@ -173,8 +173,15 @@ def fit_grn(
     Not standardising is deliberate: a regulator with little variance in a phenotype (mostly
     noise after smoothing) is shrunk hard and cannot drive large simulated shifts. The default
     ``alpha=0.02`` is CellOracle's ``alpha=10`` (sklearn ``Ridge``, absolute penalty) at the
-    ~500 cells of a typical cluster; on pancreas it maximises held-out R² of the targets
-    (see ``benchmarks/knockout_genetics_core.py``).
+    ~500 cells of a typical cluster. Measured on pancreas (TF regulators, half of the cells
+    held out): R² of the targets 0.85 at ``alpha`` 0.001–0.005, 0.82 at 0.02, 0.75 at 0.1 — the
+    fit barely gains below 0.02 while the coefficients of collinear (smoothed) regulators grow,
+    and the signs of the six benchmarked knockouts were the same at 0.02 and 0.1.
+
+    Speed (2 cores, 1 BLAS thread, pancreas 3,696 cells × 2,000 genes, 8 phenotypes): 167 TF
+    regulators 0.7–1.0 s; every gene a regulator 17–25 s; a DoRothEA base 0.15 s. When every
+    target shares the regulators all targets are solved at once (one Cholesky per phenotype);
+    a ``base`` groups targets with identical regulator sets, one small solve per group.
 
     Parameters
     ----------
