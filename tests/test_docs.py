@@ -95,3 +95,122 @@ def test_api_entries_exist():
         obj = kdcpt
         for part in entry.split("."):
             obj = getattr(obj, part)
+
+
+# --------------------------------------------------------------------------------------------
+# outputs.md against _keys.py
+# --------------------------------------------------------------------------------------------
+#
+# outputs.md holds one table per place (a "## `.obs` ..." heading, and so on) whose first
+# column, headed "key", names keys in backticks (several per cell are fine). A key defined in
+# _keys.py must be named in the table of its place; a key named in a table must come from
+# _keys.py, or be listed here with the reason it is not there.
+
+OUTPUTS = DOCS / "outputs.md"
+UNS_ENTRIES = '.uns["kdcpt"]'  # heading of the table of the entries inside .uns[key_added]
+
+#: keys outputs.md names that _keys.py does not define, and who writes them
+NOT_IN_KEYS = {
+    "kdcpt_attention": "writers.write_key_genes, f'{key_added}_attention' (not yet a Keys property)",
+    "kdcpt_attribution": "writers.write_key_genes, f'{key_added}_attribution' (not yet a Keys property)",
+    _constants.LABELS_COPY_KEY: "setup_anndata / setup_mudata: private copy of the labels (_constants.py)",
+    "kdcpt_prior_tf": "kdcpt run --species (cli.py)",
+    "_scvi_uuid": "scvi-tools' setup",
+    "_scvi_manager_uuid": "scvi-tools' setup",
+    "linked_gene": "setup_mudata(link_key=...) / multiome.link_peaks_to_genes(key_added=...)",
+}
+
+
+def _documented() -> dict[str, set[str]]:
+    """Place (the first backticked text of a ``##`` heading) → keys named in its "key" tables."""
+    out: dict[str, set[str]] = {}
+    place, header, in_key_table = None, False, False
+    for line in OUTPUTS.read_text().splitlines():
+        if line.startswith("#"):
+            m = re.search(r"`([^`]+)`", line) if line.startswith("## ") else None
+            if line.startswith("## "):
+                place = m.group(1) if m else line[3:].strip()
+            in_key_table = False
+            continue
+        if not line.startswith("|"):
+            in_key_table = header = False
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if not header:  # the header row of a table
+            header, in_key_table = True, cells[0] == "key"
+            continue
+        if in_key_table and not set(cells[0]) <= set("-: "):
+            out.setdefault(place, set()).update(re.findall(r"`([^`]+)`", cells[0]))
+    return out
+
+
+def _defined() -> dict[str, str]:
+    """Key (for ``key_added="kdcpt"``) → its place, from _keys.py: the ``Keys`` properties and
+    methods, placed by the ``# .obs`` / ``# .var`` ... comment above them, and the ``UNS_*`` entries.
+    """
+    keys = _keys.Keys("kdcpt")
+    place, out = None, {}
+    for line in inspect.getsource(_keys.Keys).splitlines():
+        m = re.match(r"\s*# (\.\w+)\s*$", line)
+        if m:
+            place = m.group(1)
+            continue
+        m = re.match(r"\s*def (\w+)\((.*)\)", line)
+        if not m or m.group(1).startswith("_"):
+            continue
+        attr = getattr(_keys.Keys, m.group(1))
+        if isinstance(attr, property):
+            value = getattr(keys, m.group(1))
+        else:  # e.g. proba(phenotype): the documented form names the argument in angle brackets
+            params = [p for p in inspect.signature(attr).parameters if p != "self"]
+            value = getattr(keys, m.group(1))(*(f"<{p}>" for p in params))
+        out[value] = place
+    for name, value in vars(_keys).items():
+        if name.startswith("UNS_"):
+            out[value] = UNS_ENTRIES
+    return out
+
+
+def test_outputs_page_has_the_places():
+    places = set(_documented())
+    assert {".obs", ".var", ".obsp", ".obsm", ".uns", UNS_ENTRIES} <= places
+
+
+def test_outputs_names_every_key_of_keys_py():
+    documented = _documented()
+    everywhere = set().union(*documented.values())
+    missing = []
+    for key, place in sorted(_defined().items()):
+        if key.endswith("_"):  # a prefix (proba_prefix): some documented key must start with it
+            if not any(k.startswith(key) for k in everywhere):
+                missing.append(f"{key}… ({place})")
+            continue
+        if place is None:
+            if key not in everywhere:
+                missing.append(key)
+        elif key not in documented.get(place, set()):
+            missing.append(f"{key} (in the table under the heading with `{place}`)")
+    assert not missing, (
+        "docs/outputs.md does not name these keys of src/scanpy_kdcpt/_keys.py: "
+        + "; ".join(missing)
+        + ". Add a row | `key` | written by | what it holds | to the table of that place."
+    )
+
+
+def test_outputs_names_only_keys_the_package_writes():
+    defined = set(_defined())
+    extra = set().union(*_documented().values()) - defined - set(NOT_IN_KEYS)
+    assert not extra, (
+        f"docs/outputs.md names keys that _keys.py does not define: {sorted(extra)}. Remove them, add "
+        "them to _keys.py, or list them in NOT_IN_KEYS of tests/test_docs.py with who writes them."
+    )
+
+
+def test_outputs_places_multiome_keys():
+    # the MuData keys of issue 21: the regulatory modality's flag and the rankings of mdata.uns
+    documented = _documented()
+    assert "kdcpt_key_site" in documented[".var"]
+    assert {"key_sites", "key_features", "knockout_fate", "knockout_flux"} <= documented[UNS_ENTRIES]
+    text = OUTPUTS.read_text()
+    for column in ("qval", "null_mean", "null_low", "null_high", "null_pool", "fate_base", "flux_ko"):
+        assert f"`{column}`" in text, column
