@@ -37,7 +37,7 @@ SOURCES = ["Ngn3 high EP", "Pre-endocrine"]
 # published mouse knockout phenotypes: (statistic, sign) pairs; "Beta|Delta" = either rises
 EXPECTED = {
     "Neurog3": {
-        "checks": [("flux", -1), ("not_reached", +1)],
+        "checks": [("flux", -1), ("flux_entry", -1), ("not_reached", +1)],
         "phenotype": "no endocrine cells: endocrine progenitors do not form (flux EP → Pre-endocrine ≥ 50 % lower)",
         "ref": "Gradwohl G, Dierich A, LeMeur M, Guillemot F. neurogenin3 is required for the development of the "
         "four endocrine cell lineages of the pancreas. PNAS 97:1607-1611, 2000.",
@@ -126,12 +126,14 @@ def statistics(T, d, M, terminal, src, horizon):
     fates = np.nanmean(F[src], 0)
     P = markov.coarse_grain(T, M)
     sizes = np.bincount(d["codes"], minlength=len(d["cats"]))
-    flux = markov.net_flux(P, sizes)[d["cats"].index(SOURCES[0]), d["cats"].index(SOURCES[1])]
+    net = markov.net_flux(P, sizes)
+    flux = net[d["cats"].index(SOURCES[0]), d["cats"].index(SOURCES[1])]
+    entry = net[d["cats"].index("Ngn3 low EP"), d["cats"].index(SOURCES[0])]
     H = sim.fates_with_horizon(T, M, terminal, n_steps=horizon)
-    return np.concatenate([fates, [flux, H[src, -1].mean()]])
+    return np.concatenate([fates, [flux, entry, H[src, -1].mean()]])
 
 
-NAMES = [*TERMINALS, "flux", "not_reached"]
+NAMES = [*TERMINALS, "flux", "flux_entry", "not_reached"]
 
 
 def run_seed(seed: int, n_null: int, sigma: float, alpha: float, n_propagation: int, min_z: float) -> dict:
@@ -155,7 +157,7 @@ def run_seed(seed: int, n_null: int, sigma: float, alpha: float, n_propagation: 
     def delta(Tk):
         s = statistics(Tk, d, M, terminal, src, horizon)
         out = s - base
-        out[4] = s[4] / base[4] - 1.0  # flux: relative change
+        out[4:6] = s[4:6] / base[4:6] - 1.0  # fluxes: relative change
         return out
 
     out = {
@@ -320,7 +322,8 @@ def write(out: dict, path_json: Path, path_md: Path) -> None:
         f"Date: {out['date']}; {out['settings']}  ",
         "Chain: `directed_chain(direction='velocity')` on PCA(30) of log expression, 90 % of the cells per seed "
         "(seeded subsample); memberships one-hot `clusters`; fates = mean over Ngn3 high EP + Pre-endocrine cells; "
-        "flux = relative change of the net flux Ngn3 high EP → Pre-endocrine; not_reached = mass not absorbed within "
+        "flux = relative change of the net flux Ngn3 high EP → Pre-endocrine; flux_entry = the same for Ngn3 low EP → "
+        "Ngn3 high EP (entry into the endocrine progenitor state); not_reached = mass not absorbed within "
         "the horizon (`choose_horizon(reached=0.9)`). p: median over seeds of the two-sided empirical p against "
         f"{out['settings']['n_null']} gene-permuted shifts (`randomized_shift_null(mode='genes')`), (1+#)/(1+n).",
         "",
