@@ -387,7 +387,9 @@ def simulate_shift(
 
     Returns
     -------
-    ``Δx``, cells × genes float32 (a new array; ``X_log`` is not modified).
+    ``Δx``, cells × genes float32 (a new array; ``X_log`` is not modified). The knocked-out
+    columns hold the direct change: pass them as ``ignore`` to :func:`perturbed_chain` so that
+    only the propagated effect moves the cells.
 
     """
     X = _dense(X_log).astype(np.float32)
