@@ -214,3 +214,90 @@ def test_outputs_places_multiome_keys():
     text = OUTPUTS.read_text()
     for column in ("qval", "null_mean", "null_low", "null_high", "null_pool", "fate_base", "flux_ko"):
         assert f"`{column}`" in text, column
+
+
+# --------------------------------------------------------------------------------------------
+# concepts and references
+# --------------------------------------------------------------------------------------------
+
+
+def test_concepts_cover_multiomics_grn_and_fates():
+    text = (DOCS / "concepts.md").read_text()
+    headings = re.findall(r"^#+ (.+)$", text, flags=re.MULTILINE)
+    for wanted in ("Multi-omics", "Fate probabilities", "Propagation through a regulatory network"):
+        assert any(h.startswith(wanted) for h in headings), wanted
+    for term in ("TF-IDF", "linked gene", 'propagate="grn"', "knockout_fate", "no direction"):
+        assert term in text, term
+
+
+@pytest.mark.parametrize(
+    "authors",
+    [
+        "Chen S, Lake BB, Zhang K",  # SNARE-seq
+        "Weiler P",  # CellRank 2
+        "Lange M, Bergen V",  # CellRank
+        "Bergen V, Lange M",  # scVelo
+        "Gulati GS",  # CytoTRACE
+        "Kamimoto K",  # CellOracle
+        "Garcia-Alonso L",  # DoRothEA
+        "Stuart T",  # Signac
+        "Bastidas-Ponce A",  # pancreas
+        "Paul F",  # paul15
+        "Kang HM",  # Kang et al. 2018
+        "Krumsiek J",
+        "Zheng GXY",
+        "Lambert SA",
+    ],
+)
+def test_references_cite(authors):
+    assert authors in (DOCS / "references.md").read_text()
+
+
+# --------------------------------------------------------------------------------------------
+# tutorials that need ../shared data
+# --------------------------------------------------------------------------------------------
+
+TUTORIALS = ROOT / "tutorials"
+SHARED = re.compile(r"shared/data/(\w+)")
+
+
+def _needing_shared() -> dict[str, set[str]]:
+    """Notebook → the ``shared/data/<dataset>`` folders its code cells read."""
+    out = {}
+    for path in sorted(TUTORIALS.glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        found = {m for c in nb.cells if c.cell_type == "code" for m in SHARED.findall(c.source)}
+        if found:
+            out[path.name] = found
+    return out
+
+
+def test_some_tutorial_needs_shared_data():
+    assert "snare.ipynb" in _needing_shared()
+
+
+@pytest.mark.parametrize("name", sorted(_needing_shared()))
+def test_tutorial_says_it_needs_shared_data_first(name):
+    nb = nbformat.read(TUTORIALS / name, as_version=4)
+    first = nb.cells[0]
+    assert first.cell_type == "markdown"
+    for dataset in _needing_shared()[name]:
+        assert f"shared/data/{dataset}" in first.source, f"{name}: the first cell does not name {dataset}"
+    code = next(c for c in nb.cells if c.cell_type == "code")
+    assert "raise SystemExit" in code.source, f"{name}: the first code cell does not stop without the data"
+
+
+def test_snare_tutorial_stops_cleanly_without_the_data(tmp_path):
+    # the first code cell, run as a script without the data: a one-line reason, no traceback
+    import os
+    import subprocess
+
+    nb = nbformat.read(TUTORIALS / "snare.ipynb", as_version=4)
+    code = next(c for c in nb.cells if c.cell_type == "code").source
+    env = {**os.environ, "KDCPT_SNARE_PATH": str(tmp_path / "absent.h5mu"), "MPLBACKEND": "Agg"}
+    run = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 1
+    assert "needs the SNARE-seq cortex data" in run.stderr and "KDCPT_SNARE_PATH" in run.stderr
+    assert "Traceback" not in run.stderr
