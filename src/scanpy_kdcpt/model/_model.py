@@ -104,6 +104,14 @@ class KDCPT(
         ``logits + log(class frequency)``, predictions the plain logits. Default on: it
         raised macro-F1 over plain cross-entropy and over ``class_weights="balanced"`` in
         the tuning runs of ``benchmarks/results/classification.md``.
+    linear_stage
+        A convex first stage (default on): :meth:`train` fits a class-balanced multinomial
+        logistic regression on all features (the log-normalised genes the network reads) to
+        convergence on the training cells, its L2 strength by inner cross-validation; the
+        network learns the residual on top of its logits (``linear + mix * network``), and
+        ``mix`` is chosen on the validation cells. The model is then never far below a
+        well-fitted linear model, an external ``.obsm`` embedding included. The stage reads
+        the model's input, so knockouts and gene attributions pass through it.
 
     """
 
@@ -133,6 +141,7 @@ class KDCPT(
         use_wide: bool = True,
         wide_l2: float = 1e-3,
         balanced_softmax: bool = True,
+        linear_stage: bool = True,
     ):
         super().__init__(adata)
         # the hyper-parameters are declared once, in this signature: the module gets them by name
@@ -150,6 +159,7 @@ class KDCPT(
         self.classes_ = [str(c) for c in mapping if c != labels_state.unlabeled_category]
         self.data_type_ = setup["data_type"]
         self.temperature_ = 1.0
+        self.linear_stage_ = None  # what train() fitted and chose (also in extra_["linear_stage"])
         self._inputs = inputs_for(self)
         self.var_names_ = self._inputs.feature_names()  # genes (+ regulatory sites with setup_mudata)
         external = setup["embedding_key"] is not None
@@ -175,7 +185,7 @@ class KDCPT(
             f"KDCPT: {len(self.classes_)} phenotypes, {len(self.var_names_)} features, "
             f"{'embedding ' + repr(setup['embedding_key']) if external else f'{n_pcs}-PC internal encoder'}, "
             f"data {self.data_type_}, prior {setup['prior_key']!r}, "
-            f"cell_learner={use_cell_learner}, cffm={use_cffm}"
+            f"cell_learner={use_cell_learner}, cffm={use_cffm}, linear_stage={linear_stage}"
         )
 
     # ---------------------------------------------------------------------------------------

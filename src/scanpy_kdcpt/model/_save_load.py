@@ -95,12 +95,15 @@ def _load(cls, dir_path: str, *, adata: AnnData | None = None, accelerator: str 
     init = meta["init_params"]
     kwargs = {**init.get("non_kwargs", {}), **init.get("kwargs", {})}
     kwargs = {k: v for k, v in kwargs.items() if k not in ("adata", "kwargs", "class_weights")}
+    weights = read_weights(dir_path)
+    if "linear_stage" not in kwargs and "linear_weight" not in weights:
+        kwargs["linear_stage"] = False  # saved before the first stage existed
     cls._fit_encoder_on_init = False
     try:
         model = cls(adata, **kwargs)
     finally:
         cls._fit_encoder_on_init = True
-    model.module.load_state_dict(read_weights(dir_path))
+    model.module.load_state_dict(weights)
     for k, v in attrs.items():
         setattr(model, k, v)
     model.init_params_ = init

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from .._constants import REGISTRY_KEYS
+from . import _linear_stage
 
 if TYPE_CHECKING:
     pass
@@ -42,6 +43,15 @@ class TrainingMixin:
         stopping and the restored best epoch) and calibration (held out of training and of
         early stopping, for temperature scaling and conformal scores:
         ``calibration_indices_``).
+
+        With the convex first stage (``KDCPT(linear_stage=True)``, the default), the split is
+        drawn first; a class-balanced multinomial logistic regression on all features is
+        fitted to convergence on the training cells alone (L2 strength by 3-fold
+        cross-validation on them; at most 20,000 cells, 4,000 for the cross-validation, read
+        in row blocks), frozen into the module; the network then learns the residual on top
+        of its logits; and the network's share ``mix`` is chosen on the validation cells
+        (see :mod:`~scanpy_kdcpt.model._linear_stage`). ``model.linear_stage_`` says what
+        was fitted and chosen.
 
         Parameters
         ----------
@@ -109,6 +119,25 @@ class TrainingMixin:
             trainer_kwargs["strategy"] = f"{trainer_kwargs['strategy']}_find_unused_parameters_true"
         train_size, validation_size, calibration_size = self._split_sizes(train_size, validation_size, calibration_size)
         self._fit_log_prior()
+        # the split is drawn here (scvi-tools' splitter, same seed, same sets) so that the first
+        # stage sees the training cells only; the trainer then uses exactly these sets
+        splitter_kwargs = dict(trainer_kwargs.pop("datasplitter_kwargs", None) or {})
+        if splitter_kwargs.get("external_indexing") is None:
+            splitter = self._data_splitter_cls(
+                self.adata_manager, train_size=train_size, validation_size=validation_size, batch_size=batch_size
+            )
+            splitter.setup()
+            splitter_kwargs["external_indexing"] = [
+                np.asarray(splitter.train_idx),
+                np.asarray(splitter.val_idx),
+                np.asarray(splitter.test_idx),
+            ]
+        train_idx, val_idx, _ = splitter_kwargs["external_indexing"]
+        self.linear_stage_ = None
+        if getattr(self.module, "linear_stage", False):
+            from scvi import settings
+
+            self.linear_stage_ = _linear_stage.fit_on_training_cells(self, train_idx, seed=settings.seed or 0)
         plan_kwargs = {
             "lr": lr,
             "weight_decay": weight_decay,
@@ -132,13 +161,33 @@ class TrainingMixin:
             batch_size=batch_size,
             early_stopping=early_stopping and has_validation,
             plan_kwargs=plan_kwargs,
+            datasplitter_kwargs=splitter_kwargs,
             **trainer_kwargs,
         )
+        if self.linear_stage_ is not None:
+            self._choose_mix(np.asarray(val_idx, dtype=int))
         held_out = np.asarray(self.test_indices if self.test_indices is not None else [], dtype=int)
         codes = self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY).ravel()
         self.calibration_indices_ = np.sort(held_out[codes[held_out] < len(self.classes_)]).astype(int)
         self.best_epoch_ = getattr(self.trainer.lightning_module, "best_epoch", None) if self.trainer else None
         self.module.eval()
+
+    def _choose_mix(self, validation: np.ndarray) -> None:
+        """The network's share on top of the first stage, on the labelled validation cells
+        (1, the trained stacking, when there are none); kept in the module and ``extra_``.
+        """
+        codes = self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY).ravel().astype(int)
+        validation = validation[codes[validation] < len(self.classes_)]
+        if len(validation):
+            out = self._collect(["logits_linear", "logits_network"], indices=validation)
+            mix, scores = _linear_stage.choose_mix(out["logits_linear"], out["logits_network"], codes[validation])
+        else:
+            mix, scores = 1.0, {}
+        self.module.mix.fill_(float(mix))
+        self.linear_stage_.mix, self.linear_stage_.mix_scores = float(mix), scores
+        if not isinstance(getattr(self, "extra_", None), dict):
+            self.extra_ = {}
+        self.extra_["linear_stage"] = self.linear_stage_.to_dict()
 
     @staticmethod
     def _split_sizes(train_size, validation_size, calibration_size) -> tuple[float, float, float]:

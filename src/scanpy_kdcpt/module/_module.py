@@ -56,6 +56,13 @@ class KDCPTModule(BaseModuleClass):
         are shifted by ``log_prior`` (log class frequencies of the training labels, set by
         the model before training); predictions use the unshifted logits, i.e. a
         class-balanced posterior.
+    linear_stage
+        A convex first stage below the network: the final logits are
+        ``linear_weight @ x_log + linear_bias + mix * network_logits``. The three are frozen
+        buffers (not trained by SGD, saved in the ``state_dict``): the model fits the
+        multinomial logistic regression before training (:meth:`set_linear_stage`) and
+        chooses ``mix`` after it. Until then the stage is zero and ``mix`` is 1, i.e. the
+        network alone. It reads ``x_log``, so knockouts and attributions reach it.
 
     """
 
@@ -85,6 +92,7 @@ class KDCPTModule(BaseModuleClass):
         use_wide: bool = True,
         wide_l2: float = 1e-3,
         balanced_softmax: bool = True,
+        linear_stage: bool = True,
     ):
         super().__init__()
         self.n_genes = n_genes
@@ -97,6 +105,7 @@ class KDCPTModule(BaseModuleClass):
         self.use_wide = use_wide
         self.wide_l2 = wide_l2
         self.balanced_softmax = balanced_softmax
+        self.linear_stage = linear_stage
         n_selected = min(n_selected, n_tokens, n_genes)
 
         self.register_buffer("prior", torch.zeros(n_genes))
@@ -108,6 +117,10 @@ class KDCPTModule(BaseModuleClass):
         self.register_buffer("gene_mean", torch.zeros(n_genes))
         # frozen linear encoder (PCA loadings); unused with an external embedding
         self.register_buffer("loadings", torch.zeros(0 if external_embedding else n_genes, n_embedding))
+        if linear_stage:  # the convex first stage and the network's share (set by the model)
+            self.register_buffer("linear_weight", torch.zeros(n_classes, n_genes))
+            self.register_buffer("linear_bias", torch.zeros(n_classes))
+            self.register_buffer("mix", torch.ones(()))
 
         self.tokenizer = GeneTokenizer(n_genes, d_model, n_tokens)
         self.cell_learner = CellLearner(
@@ -168,6 +181,14 @@ class KDCPTModule(BaseModuleClass):
             e = e + b
         return e
 
+    def set_linear_stage(self, weight: torch.Tensor, bias: torch.Tensor, mix: float = 1.0) -> None:
+        """Put a fitted first stage (``weight``: phenotypes × features, ``bias``) into the buffers."""
+        if not self.linear_stage:
+            raise ValueError("This module was built with linear_stage=False.")
+        self.linear_weight.copy_(weight.to(self.linear_weight))
+        self.linear_bias.copy_(bias.to(self.linear_bias))
+        self.mix.fill_(float(mix))
+
     @auto_move_data
     def inference(self, x, embedding=None, batch_index=None) -> dict[str, torch.Tensor]:
         """Run both branches and the fusion; return logits and Cell Learner outputs."""
@@ -194,8 +215,15 @@ class KDCPTModule(BaseModuleClass):
         else:  # ablation: late fusion of the two branches' logits
             fused = torch.cat([e_p.mean(1), pooled_t], dim=-1)
             logits = 0.5 * (logits_p + logits_t)
+        network = logits
+        out = {}
+        if self.linear_stage:  # the convex first stage reads x_log: knockouts and gradients pass through it
+            out["logits_linear"] = x_log @ self.linear_weight.t() + self.linear_bias
+            logits = out["logits_linear"] + self.mix * network
         return {
+            **out,
             "logits": logits,
+            "logits_network": network,
             "logits_p": logits_p,
             "logits_t": logits_t,
             "fused": fused,
@@ -208,8 +236,9 @@ class KDCPTModule(BaseModuleClass):
         }
 
     def loss(self, tensors, inference_outputs, generative_outputs, **kwargs) -> LossOutput:
-        """Cross-entropy on fused logits + ``aux_weight`` × each branch's (+ the wide path's ridge
-        penalty); balanced softmax when set; unlabelled cells skipped.
+        """Cross-entropy on the final logits (the first stage's plus the network's, so the network
+        learns the residual) + ``aux_weight`` × each branch's (+ the wide path's ridge penalty);
+        balanced softmax when set; unlabelled cells skipped.
         """
         y = tensors[REGISTRY_KEYS.LABELS_KEY].long().view(-1)
         labelled = y < self.n_classes

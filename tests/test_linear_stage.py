@@ -1,0 +1,146 @@
+"""The convex first stage (issue 20): a class-balanced logistic regression fitted on the training
+cells only, frozen into the module, with the network's residual on top and its share chosen on
+the validation cells."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pytest
+import scanpy as sc
+import scvi
+import torch
+from scipy import sparse
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import f1_score
+
+import scanpy_kdcpt as kdcpt
+from scanpy_kdcpt.model import _linear_stage
+
+SMALL = {"n_tokens": 32, "n_selected": 8, "d_model": 16, "n_hidden": 32, "n_pcs": 10}
+
+
+def _log_data(n_cells: int = 800, seed: int = 0) -> ad.AnnData:
+    adata = kdcpt.datasets.synthetic(n_cells=n_cells, n_genes=120, seed=seed)
+    sc.pp.normalize_total(adata, target_sum=1e4)
+    sc.pp.log1p(adata)
+    adata.uns.pop("log1p", None)
+    return adata
+
+
+def _train(adata: ad.AnnData, epochs: int = 2, **model_kwargs) -> kdcpt.KDCPT:
+    scvi.settings.seed = 0
+    kdcpt.KDCPT.setup_anndata(adata, labels_key="phenotype")
+    model = kdcpt.KDCPT(adata, **{**SMALL, **model_kwargs})
+    model.train(max_epochs=epochs, enable_progress_bar=False, enable_model_summary=False)
+    return model
+
+
+@pytest.fixture(scope="module")
+def log_model():
+    return _train(_log_data(), epochs=3)
+
+
+def test_held_out_macro_f1_not_below_logistic_regression():
+    adata = kdcpt.datasets.synthetic(n_cells=1500, n_genes=150, seed=3, transition_frac=0.5)
+    rng = np.random.default_rng(0)
+    test = np.zeros(adata.n_obs, bool)
+    test[rng.choice(adata.n_obs, 300, replace=False)] = True
+    train, held_out = adata[~test].copy(), adata[test].copy()
+    model = _train(train, epochs=8)
+    assert model.linear_stage_ is not None and model.linear_stage_.converged
+    assert 0.0 <= float(model.module.mix) <= 1.0
+    truth = held_out.obs["phenotype"].astype(str).to_numpy()
+    f1_model = f1_score(truth, model.predict(held_out).astype(str).to_numpy(), average="macro")
+
+    def logn(a):
+        x = a.X.toarray() if sparse.issparse(a.X) else np.asarray(a.X)
+        return np.log1p(x / np.maximum(x.sum(1, keepdims=True), 1) * 1e4)
+
+    lr = LogisticRegression(class_weight="balanced", max_iter=2000).fit(logn(train), train.obs["phenotype"].astype(str))
+    f1_lr = f1_score(truth, lr.predict(logn(held_out)), average="macro")
+    assert f1_lr > 0.8  # a data set a linear model fits well
+    assert f1_model >= f1_lr - 0.02, (f1_model, f1_lr)
+
+
+def test_fitted_on_training_cells_only():
+    adata = _log_data(400)
+    base = _train(adata.copy(), epochs=1)
+    w0 = base.module.linear_weight.clone()
+    classes = adata.obs["phenotype"].cat.categories
+    for which, same in ((base.validation_indices, True), (base.test_indices, True), (base.train_indices, False)):
+        changed = adata.copy()
+        cell = int(np.sort(which)[0])
+        old = changed.obs["phenotype"].iloc[cell]
+        changed.obs.iloc[cell, changed.obs.columns.get_loc("phenotype")] = next(c for c in classes if c != old)
+        model = _train(changed, epochs=1)
+        np.testing.assert_array_equal(np.sort(model.train_indices), np.sort(base.train_indices))
+        assert torch.equal(model.module.linear_weight, w0) is same
+
+
+def test_save_load_round_trip(log_model, tmp_path):
+    model = log_model
+    assert {"linear_weight", "linear_bias", "mix"} <= set(model.module.state_dict())
+    assert model.module.linear_weight.abs().sum() > 0
+    proba = model.predict(soft=True)
+    model.save(tmp_path / "m")
+    loaded = kdcpt.KDCPT.load(tmp_path / "m", adata=model.adata)
+    assert torch.equal(loaded.module.linear_weight, model.module.linear_weight)
+    assert float(loaded.module.mix) == float(model.module.mix)
+    assert loaded.extra_["linear_stage"]["C"] == model.linear_stage_.C
+    np.testing.assert_array_equal(loaded.predict(soft=True).to_numpy(), proba.to_numpy())
+
+
+def test_knockout_and_attribution_reach_the_linear_stage(log_model):
+    model = log_model
+    w = model.module.linear_weight.cpu().numpy()
+    gene = int(np.abs(w).max(0).argmax())  # the gene the first stage weighs most
+    X = model.adata.X
+    column = np.asarray(X[:, gene].toarray() if sparse.issparse(X) else X[:, gene]).ravel()
+    cells = np.flatnonzero(column > 0)[:50]
+    x_g = column[cells]
+
+    def zero(x, pos):
+        x = x.clone()
+        x[:, gene] = 0
+        return x
+
+    keys = ["logits", "logits_linear", "logits_network"]
+    base = model._collect(keys, indices=cells)
+    ko = model._collect(keys, indices=cells, transform=zero)
+    # log input: the linear logits move by exactly -W[:, gene] * x_gene
+    np.testing.assert_allclose(ko["logits_linear"] - base["logits_linear"], -x_g[:, None] * w[:, gene], atol=1e-4)
+    assert np.abs(ko["logits"] - base["logits"]).max() > 1e-3
+    # with the network's share at 0, the gradient of log p is the linear stage's alone
+    mix = float(model.module.mix)
+    model.module.mix.fill_(0.0)
+    try:
+        out = next(model._iterate(indices=cells, attribute=np.zeros(len(cells), int)))[1]
+        p = torch.softmax(out["logits"] / float(model.temperature_), -1).cpu().numpy()
+        expected = (w[0][None, :] - p @ w) / float(model.temperature_)
+        np.testing.assert_allclose(out["gradient"].cpu().numpy(), expected, atol=1e-4)
+    finally:
+        model.module.mix.fill_(mix)
+
+
+def test_backed_data(tmp_path):
+    adata = kdcpt.datasets.synthetic(n_cells=400, n_genes=100, seed=1)
+    adata.X = sparse.csr_matrix(adata.X)
+    adata.write_h5ad(tmp_path / "backed.h5ad")
+    backed = ad.read_h5ad(tmp_path / "backed.h5ad", backed="r")
+    model = _train(backed, epochs=1)
+    assert model.linear_stage_.n_cells == len(model.train_indices)  # every (labelled) training cell
+    proba = model.predict(soft=True)
+    in_memory = ad.read_h5ad(tmp_path / "backed.h5ad")
+    np.testing.assert_allclose(model.predict(in_memory, soft=True).to_numpy(), proba.to_numpy(), atol=1e-5)
+
+
+def test_stratified_subsample_keeps_every_phenotype():
+    codes = np.r_[np.zeros(10_000, int), np.ones(3, int), np.full(500, 2)]
+    keep = _linear_stage.stratified_subsample(codes, 1000, np.random.default_rng(0))
+    assert len(keep) <= 1010 and set(codes[keep]) == {0, 1, 2} and (codes[keep] == 1).sum() == 3
+
+
+def test_off_switch_keeps_the_network_alone():
+    model = _train(_log_data(300), epochs=1, linear_stage=False)
+    assert model.linear_stage_ is None and "linear_weight" not in model.module.state_dict()
