@@ -1,11 +1,12 @@
 """Plots of KD-CPT results, drawn from AnnData keys only (scanpy conventions)."""
 
 from ._calibration import reliability
+from ._entropy import entropy
 from ._fate import fate_probabilities, transition_stream
 from ._history import training_history
 from ._keygenes import key_genes
 from ._knockout import knockout, knockout_effects
-from ._transition import entropy, transition_graph, transition_matrix
+from ._transition import transition_graph, transition_matrix
 
 __all__: list[str] = []
 __all__ += ["transition_matrix", "transition_graph", "entropy", "reliability", "training_history"]
