@@ -143,9 +143,13 @@ def test_query_mudata_and_rna_only_query(multiome):
     assert len(rna_only) == mdata.n_obs
 
 
+def _texts(labels) -> list[str]:
+    return [t.get_text() for t in labels]
+
+
 def test_h5mu_round_trip_and_plots(multiome, tmp_path):
     mdata, model = multiome
-    model.knockout(model.linked_sites("Reg_P2"), progress=False)
+    res = model.knockout(model.linked_sites("Reg_P2"), progress=False)
     path = tmp_path / "multiome.h5mu"
     mdata.write_h5mu(path)
     back = md.read_h5mu(path)
@@ -153,13 +157,57 @@ def test_h5mu_round_trip_and_plots(multiome, tmp_path):
     pd.testing.assert_series_equal(back["atac"].var["kdcpt_score"], mdata["atac"].var["kdcpt_score"])
     assert (back.obs["kdcpt_pred"].astype(str) == mdata.obs["kdcpt_pred"].astype(str)).all()
     assert list(back.uns["kdcpt"]["key_sites"].columns[:3]) == ["phenotype", "site", "rank"]
-    for draw in (kdcpt.pl.transition_matrix, kdcpt.pl.entropy, kdcpt.pl.knockout):
-        ax = draw(back, show=False)
-        assert ax is not None
-        plt.close("all")
+    # the plots of the re-read MuData draw what the model wrote (expected values from the
+    # in-memory objects, not from the file the plots read)
+    classes = [str(c) for c in model.classes_]
+    n = len(classes)
+    P = np.asarray(mdata.uns["kdcpt"]["transition_matrix"], dtype=float)
+
+    ax = kdcpt.pl.transition_matrix(back, show=False)
+    np.testing.assert_allclose(np.asarray(ax.get_images()[0].get_array()), P, atol=1e-12)
+    assert _texts(ax.get_xticklabels()) == classes and _texts(ax.get_yticklabels()) == classes
+    frames = [p for p in ax.patches if not p.get_fill()]  # the framed diagonal
+    assert sorted(p.get_xy() for p in frames) == [(i - 0.5, i - 0.5) for i in range(n)]
+    plt.close("all")
+
+    ax = kdcpt.pl.entropy(back, show=False)
+    h = mdata.uns["kdcpt"]["entropy"]["entropy"].astype(float)
+    h.index = h.index.astype(str)
+    (bars,) = ax.containers
+    assert len(bars) == n  # one bar per phenotype, highest entropy first
+    np.testing.assert_allclose([b.get_width() for b in bars], h.sort_values(ascending=False).to_numpy())
+    assert _texts(ax.get_yticklabels()) == list(h.sort_values(ascending=False).index)
+    assert ax.lines[0].get_xdata()[0] == pytest.approx(float(mdata.uns["kdcpt"]["entropy_total"]))
+    plt.close("all")
+
+    (name,) = res.summary["gene"]
+    assert name == "Reg_P2+sites"  # the gene with its linked sites
+    ax = kdcpt.pl.knockout(back, name, show=False)
+    assert ax.get_title().startswith(f"{name} knockout")
+    rows = res.table[res.table["gene"] == name].astype({"source": str, "target": str})
+    delta = rows.set_index(["source", "target"])["delta"]
+    want = np.array([[delta[(s, t)] for t in classes] for s in classes])
+    np.testing.assert_allclose(np.asarray(ax.get_images()[0].get_array()), want, atol=1e-12)
+    assert np.abs(want).max() > 0.01  # the knockout moved something the heatmap has to show
+    assert _texts(ax.get_xticklabels()) == classes and _texts(ax.get_yticklabels()) == classes
+    plt.close("all")
+
     rna = back["rna"]
     rna.obs["kdcpt_pred"] = back.obs["kdcpt_pred"].to_numpy()
-    assert kdcpt.pl.key_genes(rna, show=False) is not None
+    ranking = mdata.uns["kdcpt"]["key_genes"].astype({"phenotype": str, "gene": str})
+    top = [
+        g
+        for ph in classes
+        for g in ranking[ranking["phenotype"] == ph].sort_values("rank")["gene"].drop_duplicates()[:5]
+    ]
+    assert len(top) == len(set(top)) == 5 * n  # each phenotype's own 5 (no gene shared here)
+    assert set(top) <= set(mdata["rna"].var_names)  # genes of the RNA modality, not sites
+    ax = kdcpt.pl.key_genes(rna, n_genes=5, show=False)
+    assert _texts(ax.get_xticklabels()) == top
+    shown_groups = [str(c) for c in rna.obs["kdcpt_pred"].astype("category").cat.categories]
+    assert _texts(ax.get_yticklabels()) == [c for c in classes if c in shown_groups]
+    (dots,) = ax.collections
+    assert len(dots.get_offsets()) == len(shown_groups) * len(top)  # one dot per phenotype × gene
     plt.close("all")
     # the model itself: save / load with the re-read MuData gives the same probabilities
     model.save(tmp_path / "model")
