@@ -69,8 +69,9 @@ class AnnotateMixin:
         - ``.uns[key]``: ``params``, ``classes``, ``metrics`` (on labelled cells, and on the
           validation cells when ``adata`` is the training data), ``history``, ``version``,
           ``calibration`` (temperature, ECE / Brier before and after :meth:`calibrate`,
-          reliability tables), ``transition_matrix``, ``stationary``, ``entropy``,
-          ``entropy_total``, ``entropy_total_normalized``, ``flux``, ``transition_method``,
+          reliability tables), ``transition_matrix``, ``phenotype_mass``, ``entropy``,
+          ``entropy_total``, ``entropy_total_normalized`` (``stationary`` and ``flux`` only
+          with a directed chain), ``transition_method``,
           ``direction``, plus what the key-gene writer adds;
         - with a directed chain: ``.obsp["{key}_transitions"]``,
           ``.obsm["{key}_fate_probabilities"]``, ``.uns[key]["fate"]``, ``["fate_terminal"]``.

@@ -107,8 +107,9 @@ class TransitionMixin:
 
         Returns
         -------
-        :class:`~scanpy_kdcpt.results.Transitions` (``matrix``, ``stationary``, ``entropy``,
-        ``flux``, and for ``"latent"`` the cell-level ``cell_chain``), or a dict condition →
+        :class:`~scanpy_kdcpt.results.Transitions` (``matrix``, ``entropy``, ``mass`` — each
+        phenotype's share of the cells — and for ``"latent"`` the cell-level ``cell_chain``; both
+        forms are undirected, so no ``stationary`` and no ``flux``), or a dict condition →
         Transitions with ``groupby``. :func:`scanpy_kdcpt.writers.write_transitions` writes one
         into an AnnData.
 
@@ -228,10 +229,10 @@ class TransitionMixin:
         Returns
         -------
         :class:`~scanpy_kdcpt.results.Transitions` with ``method="directed"`` (the written copy with
-        ``copy=True``). With
-        ``inplace=True`` sets ``.obsp["{key}_transitions"]`` (the cell chain) and ``.uns[key]``:
-        ``transition_matrix``, ``stationary``, ``entropy``, ``entropy_total``,
-        ``entropy_total_normalized``, ``flux`` (net flux ``F - Fᵀ``, ``F = diag(n) P``),
+        ``copy=True``). When it writes, sets ``.obsp["{key}_transitions"]`` (the cell chain) and
+        ``.uns[key]``: ``transition_matrix``, ``phenotype_mass``, ``entropy``, ``entropy_total``,
+        ``entropy_total_normalized``; with a direction signal also ``stationary`` and ``flux``
+        (net flux ``F - Fᵀ``, ``F = diag(n) P``; ``direction=None`` gives neither),
         ``transition_method`` (``"directed"``) and ``direction`` (what biased the chain).
         The chain is kept in ``model.transitions_`` for :meth:`get_fate_probabilities`,
         :meth:`to_cellrank` and knockouts (not saved with the model).
