@@ -301,3 +301,12 @@ def test_snare_tutorial_stops_cleanly_without_the_data(tmp_path):
     assert run.returncode == 1
     assert "needs the SNARE-seq cortex data" in run.stderr and "KDCPT_SNARE_PATH" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_docs_build_never_executes_tutorials_needing_shared_data():
+    conf = (DOCS / "conf.py").read_text()
+    assert re.search(r'^nb_execution_mode = "off"$', conf, flags=re.MULTILINE)
+    excluded = re.search(r"^nb_execution_excludepatterns = \[(.*)\]$", conf, flags=re.MULTILINE)
+    assert excluded is not None
+    for name in _needing_shared():
+        assert f'"tutorials/{name}"' in excluded.group(1), name
