@@ -74,7 +74,7 @@ def test_setup_mudata_bad_input():
     # modalities with different cells
     uneven = md.MuData({"rna": mdata["rna"].copy(), "atac": mdata["atac"][:40].copy()})
     uneven.obs["phenotype"] = mdata.obs["phenotype"].reindex(uneven.obs_names).to_numpy()
-    with pytest.raises(ValueError, match=r"'rna' has 60, 'atac' has 40"):
+    with pytest.raises(ValueError, match=r"different cells: mdata has 60, 'atac' has 40 \(40 shared"):
         kdcpt.KDCPT.setup_mudata(uneven, "phenotype")
     # peaks with neither a link column nor coordinates, and a prior that needs them
     bare = mdata.copy()
