@@ -39,14 +39,26 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
-DATASETS = ["pbmc", "pancreas", "paul15", "snare"]
+DATASETS = ["pbmc", "pancreas", "paul15", "snare", "kang"]
+KANG = C.SHARED_DATA / "kang_ifnb" / "kang2018_pbmc_ctrl_stim_2000.h5ad"
+#: canonical PBMC markers of the Kang 2018 labels (the file has none; see load_kang)
+KANG_MARKERS = {
+    "T": ["CD3E", "CD3D", "IL7R", "LEF1", "CCR7", "CD8A", "CD8B"],
+    "NK": ["GNLY", "NKG7", "KLRD1", "KLRF1"],
+    "B": ["MS4A1", "CD79A", "CD79B", "CD19"],
+    "CD14 Mono": ["CD14", "LYZ", "S100A8", "S100A9"],
+    "FCGR3A Mono": ["FCGR3A", "MS4A7"],
+    "DC": ["FCER1A", "CLEC10A", "CD1C"],
+    "Mk": ["PPBP", "PF4"],
+}
 # name -> (use_cell_learner, use_cffm, extra model kwargs, extra train kwargs)
 KDCPT_VARIANTS = {
     "kdcpt": (True, True, {}, {}),  # defaults = the full model = ablation cell (CL, CFFM)
     "kdcpt_no_cffm": (True, False, {}, {}),
     "kdcpt_no_cl": (False, True, {}, {}),
     "kdcpt_no_cl_no_cffm": (False, False, {}, {}),
-    "kdcpt_no_wide": (True, True, {"use_wide": False}, {}),
+    "kdcpt_no_wide": (True, True, {"use_wide": False}, {}),  # first stage, no SGD wide path
+    "kdcpt_no_linear_stage": (True, True, {"linear_stage": False}, {}),  # the issue-11 default
     "kdcpt_ce": (True, True, {"balanced_softmax": False}, {}),
     "kdcpt_ce_class_weights": (True, True, {"balanced_softmax": False, "class_weights": "balanced"}, {}),
     "kdcpt_no_calibration_split": (True, True, {}, {"calibration_size": 0.0}),
@@ -60,13 +72,18 @@ KDCPT_VARIANTS = {
 #: KDCPT on a pretrained embedding (the paper's setting): scVI's latent space fitted on the training split
 SCVI_EMBEDDING = "kdcpt_scvi_embedding"
 PEERS = ["logreg", "knn", "mlp_embedding", "celltypist", "scanvi"]
-METHODS = [*KDCPT_VARIANTS, SCVI_EMBEDDING, *PEERS]
+#: rows of earlier runs kept in the report (restored from the committed json; not re-run)
+EARLIER = ["kdcpt_issue11", "kdcpt_scvi_embedding_issue11"]
+METHODS = [*KDCPT_VARIANTS, SCVI_EMBEDDING, *EARLIER, *PEERS]
 LABELS = {
-    "kdcpt": "KDCPT (defaults: wide & deep + Cell Learner + CFFM, balanced softmax)",
+    "kdcpt": "KDCPT (defaults: convex first stage + wide & deep + Cell Learner + CFFM, balanced softmax)",
+    "kdcpt_issue11": "KDCPT without the first stage (the issue-11 default; runs of 2026-11-26)",
+    "kdcpt_scvi_embedding_issue11": "KDCPT on scVI's latent space, without the first stage (runs of 2026-11-26)",
+    "kdcpt_no_linear_stage": "KDCPT without the first stage (linear_stage=False)",
     "kdcpt_no_cffm": "KDCPT ablation: Cell Learner, no CFFM",
     "kdcpt_no_cl": "KDCPT ablation: no Cell Learner, CFFM",
     "kdcpt_no_cl_no_cffm": "KDCPT ablation: neither",
-    "kdcpt_no_wide": "KDCPT without the wide path (the issue-2 model)",
+    "kdcpt_no_wide": "KDCPT with the first stage, without the SGD wide path (use_wide=False)",
     "kdcpt_ce": "KDCPT, plain cross-entropy (balanced_softmax=False)",
     "kdcpt_ce_class_weights": "KDCPT, cross-entropy with class_weights='balanced'",
     "kdcpt_bsm_lr3e-3": "KDCPT, lr=3e-3",
@@ -84,6 +101,77 @@ LABELS = {
 }
 TUNING_SEEDS = 100  # split seeds >= this are tuning runs, reported apart
 CELLTYPIST_PY = C.HERE / ".venv-celltypist" / "bin" / "python"
+
+
+def _kang_labels(counts, var_names, seed: int = 0) -> np.ndarray:
+    """Marker-based labels of one condition: KMeans (20) on 30 PCs of its log-normalised, scaled
+    HVGs; each cluster named by the marker set (KANG_MARKERS) with the highest mean score
+    (``sc.tl.score_genes``); clusters whose best mean score is below 0.15 stay unlabelled."""
+    import anndata as ad
+    import scanpy as sc
+    from sklearn.cluster import KMeans
+
+    a = ad.AnnData(X=counts.copy(), var=pd.DataFrame(index=var_names))
+    sc.pp.normalize_total(a, target_sum=1e4)
+    sc.pp.log1p(a)
+    log = a.copy()
+    sc.pp.highly_variable_genes(a, n_top_genes=2000, flavor="seurat")
+    a = a[:, a.var["highly_variable"]].copy()
+    sc.pp.scale(a, max_value=10)
+    sc.tl.pca(a, n_comps=30, random_state=seed)
+    clusters = KMeans(n_clusters=20, n_init=10, random_state=seed).fit_predict(a.obsm["X_pca"])
+    for name, genes in KANG_MARKERS.items():
+        sc.tl.score_genes(log, [g for g in genes if g in log.var_names], score_name=name, random_state=seed)
+    scores = log.obs[list(KANG_MARKERS)].groupby(clusters).mean()
+    names = scores.idxmax(axis=1).where(scores.max(axis=1) >= 0.15)
+    return pd.Series(clusters).map(names).to_numpy(dtype=object)
+
+
+def load_kang() -> C.Dataset:
+    """Kang et al. 2018 PBMC, control vs IFN-β stimulated (GSE96583; PROVENANCE.txt beside the file).
+
+    The file holds no cell types: each condition is annotated apart by ``_kang_labels`` (marker
+    scores of KMeans clusters), phenotypes with fewer than 10 cells in either condition and
+    unlabelled cells are left out. Methods train on control and predict stimulated cells (a
+    held-out batch: the split is fixed, a seed changes only the models' seeds).
+    """
+    import anndata as ad
+
+    import scanpy_kdcpt as kdcpt
+
+    src = ad.read_h5ad(KANG)
+    counts = C._dense(src.X)
+    labels = np.empty(src.n_obs, dtype=object)
+    for cond in ("ctrl", "stim"):
+        rows = np.flatnonzero(src.obs["condition"].astype(str).to_numpy() == cond)
+        labels[rows] = _kang_labels(counts[rows], src.var_names.copy())
+    cond = src.obs["condition"].astype(str).to_numpy()
+    ok = pd.notna(labels)
+    for name in pd.unique(labels[ok]):
+        if min(((labels == name) & (cond == c)).sum() for c in ("ctrl", "stim")) < 10:
+            ok &= labels != name
+    counts, labels, cond = counts[ok], labels[ok].astype(str), cond[ok]
+    a = ad.AnnData(
+        X=C._log_normalize_counts(counts),
+        obs=pd.DataFrame({"cell_type": labels, "condition": cond}, index=src.obs_names[ok]),
+        var=pd.DataFrame(index=src.var_names.copy()),
+        layers={"counts": counts},
+    )
+    a.obs["cell_type"] = a.obs["cell_type"].astype("category")
+    a.var["is_tf"] = kdcpt.datasets.is_transcription_factor(a.var_names, species="human")
+    return C.Dataset("kang2018_ctrl_to_stim", a, "cell_type", "human", has_counts=True)
+
+
+def load(name: str) -> C.Dataset:
+    return load_kang() if name == "kang" else C.load_dataset(name)
+
+
+def split(ds: C.Dataset, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified 80/20 split of ``seed``; Kang: control → stimulated, whatever the seed."""
+    if ds.name.startswith("kang"):
+        cond = ds.adata.obs["condition"].to_numpy()
+        return np.flatnonzero(cond == "ctrl"), np.flatnonzero(cond == "stim")
+    return C.split(ds.labels, seed=seed)
 
 
 # ------------------------------------------------------------------------------------------
@@ -140,6 +228,9 @@ def run_kdcpt(
     proba = model.predict(a_test, soft=True)
     pred = proba.idxmax(axis=1).to_numpy()
     held_out = _held_out_calibration(model, a_test, proba, ds.labels_key)
+    stage = (getattr(model, "extra_", None) or {}).get("linear_stage")
+    if stage:
+        extra["linear_stage"] = {k: stage[k] for k in ("C", "mix", "seconds", "converged", "n_cells")}
     hist = model.history or {}
     key = next((k for k in ("train_loss", "train_loss_epoch", "validation_loss") if k in hist), None)
     epochs = int(len(hist[key])) if key else None
@@ -330,8 +421,8 @@ def _torch_threads() -> int:
 def run_one(ds_name: str, method: str, seed: int = C.SEED, ds: C.Dataset | None = None) -> dict | None:
     from scanpy_kdcpt.metrics import classification_report
 
-    ds = ds or C.load_dataset(ds_name)
-    train, test = C.split(ds.labels, seed=seed)
+    ds = ds or load(ds_name)
+    train, test = split(ds, seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with C.timer() as t:
@@ -393,7 +484,7 @@ def report(command: str) -> None:
         "targets": {},
     }
     lines = [
-        "# Classification benchmark (issue 11: wide path, best checkpoint, calibration split; several seeds)",
+        "# Classification benchmark (issue 20: convex first stage; several seeds)",
         "",
         f"- Report: `{command}` (repository root, project venv), from the per-run cache; the runs are "
         "listed under 'Commands run' below",
@@ -454,6 +545,19 @@ def report(command: str) -> None:
                 f"conformal coverage at α = {alpha:g} {_ms(cov)} (target {1 - alpha:.2f} ± 0.02), mean set size "
                 f"{_ms(held['conformal_mean_set'])}; AUROC of the uncertainty for the misclassified cells "
                 f"{_ms(held['uncertainty_auroc'].dropna())} (target ≥ 0.85).",
+            ]
+        stages = [r["linear_stage"] for r in k["info"] if isinstance(r, dict) and "linear_stage" in r]
+        if stages:
+            st = pd.DataFrame(stages)
+            lines += [
+                "",
+                f"KDCPT's first stage ({len(st)} seeds): C chosen "
+                + ", ".join(f"{c:g} ×{n}" for c, n in st["C"].value_counts().sort_index().items())
+                + "; network share mix on the validation cells "
+                + ", ".join(f"{m:g} ×{n}" for m, n in st["mix"].value_counts().sort_index().items())
+                + f"; fit (with its cross-validation) {st['seconds'].mean():.0f} s on {st['n_cells'].mean():.0f} cells"
+                + ("" if st["converged"].all() else " (not converged in some runs)")
+                + ".",
             ]
         peers = d[d["method"].isin(PEERS)]
         if len(k) and len(peers):
@@ -522,7 +626,7 @@ def report(command: str) -> None:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--datasets", nargs="+", default=DATASETS, choices=DATASETS)
-    p.add_argument("--methods", nargs="+", default=["kdcpt", "logreg", "knn", "mlp_embedding"], choices=METHODS)
+    p.add_argument("--methods", nargs="+", default=["kdcpt", "logreg", "knn", "mlp_embedding"], choices=list(RUNNERS))
     p.add_argument("--seeds", type=int, default=5, help="number of splits (seeds 0..n-1)")
     p.add_argument("--first-seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: fastest on a busy 2-core machine)")
@@ -536,7 +640,7 @@ def main(argv=None) -> None:
     if not args.report:
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             for ds_name in args.datasets:
-                ds = C.load_dataset(ds_name)
+                ds = load(ds_name)
                 for m in args.methods:
                     try:
                         run_one(ds_name, m, seed, ds)

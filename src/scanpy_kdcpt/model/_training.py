@@ -175,19 +175,26 @@ class TrainingMixin:
     def _choose_mix(self, validation: np.ndarray) -> None:
         """The network's share on top of the first stage, on the labelled validation cells
         (1, the trained stacking, when there are none); kept in the module and ``extra_``.
+
+        A provisional ``temperature_`` is fitted on the same cells (the strongly regularised
+        first stage alone is under-confident); :meth:`calibrate` replaces it with the one of
+        the calibration cells.
         """
+        from .. import calibration as cal
+
         codes = self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY).ravel().astype(int)
         validation = validation[codes[validation] < len(self.classes_)]
+        mix, scores = 1.0, {}
         if len(validation):
             out = self._collect(["logits_linear", "logits_network"], indices=validation)
-            mix, scores = _linear_stage.choose_mix(out["logits_linear"], out["logits_network"], codes[validation])
-        else:
-            mix, scores = 1.0, {}
+            y = codes[validation]
+            mix, scores = _linear_stage.choose_mix(out["logits_linear"], out["logits_network"], y)
+            self.temperature_ = cal.fit_temperature(out["logits_linear"] + mix * out["logits_network"], y)
         self.module.mix.fill_(float(mix))
         self.linear_stage_.mix, self.linear_stage_.mix_scores = float(mix), scores
         if not isinstance(getattr(self, "extra_", None), dict):
             self.extra_ = {}
-        self.extra_["linear_stage"] = self.linear_stage_.to_dict()
+        self.extra_["linear_stage"] = {**self.linear_stage_.to_dict(), "validation_temperature": self.temperature_}
 
     @staticmethod
     def _split_sizes(train_size, validation_size, calibration_size) -> tuple[float, float, float]:
