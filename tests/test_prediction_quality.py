@@ -177,9 +177,15 @@ def _validation_loss(model) -> float:
     idx = np.asarray(model.validation_indices)
     dl = model._make_data_loader(adata=model.adata, indices=idx, batch_size=len(idx), shuffle=False)
     model.module.eval()
+    # the loss the trainer logged: the network's full share on the first stage (mix is chosen after training)
+    mix = float(model.module.mix) if model.module.linear_stage else None
+    if mix is not None:
+        model.module.mix.fill_(1.0)
     with torch.no_grad():
         tensors = next(iter(dl))
         _, _, loss = model.module(tensors)
+    if mix is not None:
+        model.module.mix.fill_(mix)
     return float(loss.loss)
 
 
