@@ -29,6 +29,7 @@ __all__ = [
     "net_flux",
     "posterior_transition_matrix",
     "row_normalize",
+    "terminal_states",
     "stationary_distribution",
     "symmetrized",
     "terminal_phenotypes",
@@ -394,33 +395,7 @@ def fate_probabilities(
         raise ValueError("terminal is empty: name at least one terminal phenotype.")
     if len(set(terminal.tolist())) != len(terminal) or terminal.min() < 0 or terminal.max() >= M.shape[1]:
         raise ValueError(f"terminal must hold distinct phenotype codes in [0, {M.shape[1]}), got {terminal.tolist()}.")
-    top = M.argmax(1)
-    lookup = np.full(M.shape[1], -1)
-    lookup[terminal] = np.arange(len(terminal))
-    group = lookup[top]
-    absorbing = (group >= 0) & (M[np.arange(len(M)), top] >= core)
-    fallback = []
-    for i, t in enumerate(terminal):
-        if (absorbing & (group == i)).any():
-            continue
-        # no confident cell (e.g. an undertrained model): the cells that call it most likely, else
-        # the 1 % of cells with its largest membership, so that the phenotype still absorbs
-        cand = np.flatnonzero(top == t)
-        if not len(cand):
-            cand = np.argsort(-M[:, t], kind="stable")[: max(1, int(np.ceil(0.01 * len(M))))]
-            cand = cand[~absorbing[cand]]
-        if not len(cand):
-            raise ValueError(f"Terminal phenotype code {int(t)} has no cell that could absorb the chain.")
-        group[cand], absorbing[cand] = i, True
-        fallback.append(int(t))
-    if fallback:
-        warnings.warn(
-            f"Terminal phenotype code(s) {fallback} have no cell with membership ≥ core={core}: their absorbing "
-            "states are the cells that predict them (else those with the largest membership). Fates into them "
-            "are rough; train longer or lower core.",
-            UserWarning,
-            stacklevel=2,
-        )
+    absorbing, group = terminal_states(M, terminal, core=core)
     return absorption_probabilities(T, absorbing, np.where(absorbing, group, 0), len(terminal))
 
 
@@ -450,3 +425,42 @@ def terminal_phenotypes(P: np.ndarray, weights: np.ndarray, *, tol: float = 0.05
     out_max = np.clip(flux, 0, None).max(1)
     in_max = np.clip(-flux, 0, None).max(1)
     return np.flatnonzero((in_max > 0) & (out_max <= tol * in_max))
+
+
+def terminal_states(M: np.ndarray, terminal: np.ndarray, *, core: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """The absorbing cells of each terminal phenotype: ``(absorbing mask, terminal index per cell)``.
+
+    A cell is a terminal state of phenotype ``terminal[i]`` when that is its largest membership
+    and at least ``core``. A terminal phenotype without such a cell falls back, with a warning,
+    to the cells that predict it (else the 1 % with its largest membership).
+    """
+    M = M.toarray() if sparse.issparse(M) else np.asarray(M, dtype=float)
+    terminal = np.asarray(terminal, dtype=int).ravel()
+    top = M.argmax(1)
+    lookup = np.full(M.shape[1], -1)
+    lookup[terminal] = np.arange(len(terminal))
+    group = lookup[top]
+    absorbing = (group >= 0) & (M[np.arange(len(M)), top] >= core)
+    fallback = []
+    for i, t in enumerate(terminal):
+        if (absorbing & (group == i)).any():
+            continue
+        # no confident cell (e.g. an undertrained model): the cells that call it most likely, else
+        # the 1 % of cells with its largest membership, so that the phenotype still absorbs
+        cand = np.flatnonzero(top == t)
+        if not len(cand):
+            cand = np.argsort(-M[:, t], kind="stable")[: max(1, int(np.ceil(0.01 * len(M))))]
+            cand = cand[~absorbing[cand]]
+        if not len(cand):
+            raise ValueError(f"Terminal phenotype code {int(t)} has no cell that could absorb the chain.")
+        group[cand], absorbing[cand] = i, True
+        fallback.append(int(t))
+    if fallback:
+        warnings.warn(
+            f"Terminal phenotype code(s) {fallback} have no cell with membership ≥ core={core}: their absorbing "
+            "states are the cells that predict them (else those with the largest membership). Fates into them "
+            "are rough; train longer or lower core.",
+            UserWarning,
+            stacklevel=2,
+        )
+    return absorbing, group

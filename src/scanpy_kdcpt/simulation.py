@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import linalg, sparse
 
+from . import markov
+
 __all__ = [
     "GRN",
     "choose_horizon",
@@ -626,6 +628,11 @@ def randomized_shift_null(
     conservative (measured on the planted network of the tests: the real shift is *not*
     beyond it).
 
+    ``mode="entries"`` (velocyto's ``permute_rows_nsign``, which CellOracle uses for its
+    randomised vectors): each gene's shift values are permuted across cells and their signs
+    flipped at random — the genes and the sizes stay, any coherent direction is lost. This is
+    the null of the perturbation score in :meth:`~scanpy_kdcpt.KDCPT.knockout`.
+
     ``mode="genes"``: the columns (genes) of the shift are permuted, one permutation for all
     cells — a coherent shift of the same size and sparsity in random genes. It asks whether
     the genes the GRN moved matter, which is the question behind "the fate change is beyond
@@ -645,7 +652,7 @@ def randomized_shift_null(
     seed
         Seed of the randomisations.
     mode
-        ``"cells"`` or ``"genes"`` (see above).
+        ``"cells"``, ``"entries"`` or ``"genes"`` (see above).
     groups
         With ``mode="cells"``: shuffle only within these groups (e.g. phenotype codes).
     **chain_kwargs
@@ -656,8 +663,8 @@ def randomized_shift_null(
     ``n_permutations × …`` array of the statistic's null values.
 
     """
-    if mode not in ("cells", "genes"):
-        raise ValueError(f"mode must be 'cells' or 'genes', got {mode!r}.")
+    if mode not in ("cells", "genes", "entries"):
+        raise ValueError(f"mode must be 'cells', 'genes' or 'entries', got {mode!r}.")
     rng = np.random.default_rng(seed)
     S = _dense(shift)
     n, n_genes = S.shape
@@ -666,8 +673,15 @@ def randomized_shift_null(
         movable[np.asarray(chain_kwargs["ignore"], dtype=int)] = False
     cols = np.flatnonzero(movable)
     out = []
+    moved = cols[np.abs(S[:, cols]).sum(0) > 0]  # only these columns carry a shift to randomise
     for _ in range(int(n_permutations)):
-        if mode == "genes":
+        if mode == "entries":
+            S_null = S.copy()
+            block = S[:, moved]
+            idx = np.argsort(rng.random(block.shape), axis=0)
+            signs = rng.choice(np.array([-1.0, 1.0], dtype=S.dtype), size=block.shape)
+            S_null[:, moved] = np.take_along_axis(block, idx, axis=0) * signs
+        elif mode == "genes":
             perm = np.arange(n_genes)
             perm[cols] = rng.permutation(cols)
             S_null = S[:, perm]
@@ -709,20 +723,6 @@ def empirical_pvalue(observed, null: np.ndarray, *, alternative: str = "two-side
 # --------------------------------------------------------------------------------------------
 
 
-def _absorbing(M, terminal: np.ndarray, core: float) -> tuple[np.ndarray, np.ndarray]:
-    M = M.toarray() if sparse.issparse(M) else np.asarray(M, dtype=float)
-    terminal = np.asarray(terminal, dtype=int).ravel()
-    top = M.argmax(1)
-    lookup = np.full(M.shape[1], -1)
-    lookup[terminal] = np.arange(len(terminal))
-    group = lookup[top]
-    absorbing = (group >= 0) & (M[np.arange(len(M)), top] >= core)
-    missing = [int(t) for i, t in enumerate(terminal) if not (absorbing & (group == i)).any()]
-    if missing:
-        raise ValueError(f"Terminal phenotype code(s) {missing} have no cell with membership ≥ core={core}.")
-    return absorbing, group
-
-
 def fates_with_horizon(T: sparse.spmatrix, M, terminal: np.ndarray, *, n_steps: int, core: float = 0.5) -> np.ndarray:
     """Probability of reaching each terminal within ``n_steps`` steps, and of reaching none.
 
@@ -747,7 +747,7 @@ def fates_with_horizon(T: sparse.spmatrix, M, terminal: np.ndarray, *, n_steps: 
     T = sparse.csr_matrix(T, dtype=np.float64)
     if n_steps < 0:
         raise ValueError(f"n_steps must be ≥ 0, got {n_steps}.")
-    absorbing, group = _absorbing(M, terminal, core)
+    absorbing, group = markov.terminal_states(M, terminal, core=core)
     k = len(np.asarray(terminal).ravel())
     A = np.zeros((T.shape[0], k))
     A[np.flatnonzero(absorbing), group[absorbing]] = 1.0
@@ -770,7 +770,7 @@ def choose_horizon(
     the chain under a knockout (:func:`fates_with_horizon`).
     """
     T = sparse.csr_matrix(T, dtype=np.float64)
-    absorbing, group = _absorbing(M, terminal, core)
+    absorbing, group = markov.terminal_states(M, terminal, core=core)
     r = absorbing.astype(float)
     free = ~absorbing
     Tf = T[free]

@@ -17,7 +17,7 @@ from scvi.utils import setup_anndata_dsp
 from .. import _expression
 from .._constants import REGISTRY_KEYS, UNLABELED_CATEGORY
 from ..module import KDCPTModule, KDCPTTrainingPlan
-from ..perturb import KnockoutMixin
+from ..perturb import GRNMixin, KnockoutMixin
 from . import _data
 from ._annotate import AnnotateMixin
 from ._calibration import CalibrationMixin
@@ -47,6 +47,7 @@ class KDCPT(
     FateMixin,
     KeyGenesMixin,
     KnockoutMixin,
+    GRNMixin,
     UnsupervisedTrainingMixin,
     BaseModelClass,
 ):

@@ -45,6 +45,9 @@ class TransitionState:
         Cells × phenotypes soft memberships ``M`` it is coarse-grained with.
     registered
         Whether the cells are the model's registered AnnData (knockouts use the chain only then).
+    connectivities
+        The kNN graph the chain was built on (cells × cells, symmetric): knockout simulation
+        smooths expression over it.
     terminal
         Terminal phenotypes recorded by :meth:`~scanpy_kdcpt.KDCPT.annotate` with the fates it
         wrote (``None`` until then), so that knockouts compare fates into the same phenotypes.
@@ -56,6 +59,7 @@ class TransitionState:
     obs_names: np.ndarray
     memberships: np.ndarray
     registered: bool = True
+    connectivities: sparse.csr_matrix | None = None
     terminal: list[str] | None = None
 
     def covers(self, adata: AnnData) -> bool:
@@ -247,9 +251,11 @@ class TransitionMixin:
         if "cytotrace" in weights:
             manager = self.get_anndata_manager(self._prepare_adata(adata), required=True)
             expression = _expression.log_normalize(manager.get_from_registry(REGISTRY_KEYS.X_KEY), self.data_type_)
+        graph = markov.knn_graph(Z, n_neighbors, random_state=random_state)
         T, record = directed.directed_chain(
             target,
             Z,
+            graph=graph,
             direction=weights,
             expression=expression,
             codes=pred.assigned,
@@ -272,6 +278,7 @@ class TransitionMixin:
             obs_names=np.asarray(target.obs_names),
             memberships=M,
             registered=adata is None or adata is self.adata,
+            connectivities=graph[1],
         )
         out = output_target(target, inplace=inplace, copy=copy)
         if out is not None:

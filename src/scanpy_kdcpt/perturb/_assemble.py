@@ -118,14 +118,19 @@ def with_first_order(summary: pd.DataFrame, first_order: pd.Series, mode: str) -
     return out
 
 
-def fate_deltas(T, terminal, base: Baseline, plan: Perturbation, deltas: Deltas, units, run_list, phenotypes):
-    """Tidy fate and flux deltas of every screened unit on the directed chain ``T``."""
+def fate_deltas(
+    T, terminal, base: Baseline, plan: Perturbation, deltas: Deltas, units, run_list, phenotypes, *, chains=None
+) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """Tidy fate and flux deltas of every screened unit on the directed chain ``T`` (or the unit's
+    perturbed chain in ``chains``), and the fate horizon.
+    """
     fd = FateDeltas(T, base.proba, phenotypes, terminal)
     index_of = {u: i for i, u in enumerate(run_list)}
     fates, fluxes = [], []
     for name, unit in units.items():
         sel = plan.unit_of == index_of[unit]
-        fate, flux = fd.unit(name, plan.cells[sel], deltas.pair_dp[sel])
+        T_ko = None if chains is None else chains.get(name)
+        fate, flux = fd.unit(name, plan.cells[sel], deltas.pair_dp[sel], T_ko=T_ko)
         fates.append(fate)
         fluxes.append(flux)
-    return pd.concat(fates, ignore_index=True), pd.concat(fluxes, ignore_index=True)
+    return pd.concat(fates, ignore_index=True), pd.concat(fluxes, ignore_index=True), fd.horizon

@@ -1,13 +1,19 @@
-"""Fate deltas of knockouts on a directed cell-level chain (torch-free; used by ``knockout``).
+"""Fate and flux deltas of knockouts on a directed cell-level chain (torch-free; used by ``knockout``).
 
-With a cell chain ``T`` (cells × cells, row-stochastic, e.g. from
-:meth:`~scanpy_kdcpt.KDCPT.compute_transitions`) and soft phenotype memberships ``M`` (the
-model's probabilities, cells × phenotypes), the directed phenotype chain is
-``P = D⁻¹ Mᵀ T M`` (:func:`scanpy_kdcpt.markov.coarse_grain`). A knockout changes ``M`` in
-the cells it reaches (``M_ko``) and so ``P_ko`` on the same ``T``. Fates are the absorption
-probabilities of the phenotype chain into the terminal phenotypes (made absorbing), from each
-source phenotype; ``source="all"`` is their mean weighted by the cells' membership mass.
-Net flux ``F - Fᵀ`` with ``F = diag(Mᵀ 1) P``.
+One definition of a phenotype's fate, before and after a knockout: each cell's probability of
+reaching each terminal phenotype within the chain's horizon
+(:func:`scanpy_kdcpt.simulation.fates_with_horizon`; the horizon is the number of steps after
+which the unperturbed chain has brought 90 % of the non-terminal cells' mass to a terminal),
+plus "not reached" (the mass that reaches no terminal within the horizon, so that a knockout
+that blocks progenitors can lower every fate), averaged over the phenotype's cells weighted by
+their membership (the base memberships ``M``, so the same cells are compared);
+``source="all"`` is the mean over all cells.
+
+A knockout changes the memberships (``M_ko``, the classifier's probabilities of the perturbed
+cells), which decide the terminal states (cells of a terminal phenotype with membership
+≥ 0.5), and — with ``simulate="grn"`` — the chain itself (``T_ko``). The directed phenotype
+chain is ``P = D⁻¹ Mᵀ T M`` before and ``P_ko = D⁻¹ M_koᵀ T_ko M_ko`` after; net flux
+``F - Fᵀ`` with ``F = diag(Mᵀ 1) P``.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from .. import markov
+from .. import markov, simulation
 from .._errors import KeyNotFoundError
 
 
@@ -66,56 +72,55 @@ def resolve_chain(model, chain, terminal: Sequence[str] | None, n_cells: int):
     return T, terminal
 
 
-def phenotype_fates(P: np.ndarray, terminal_idx: np.ndarray) -> np.ndarray:
-    """Phenotypes × terminal phenotypes: absorption probabilities with the terminal rows absorbing."""
-    K = P.shape[0]
-    absorbing = np.zeros(K, bool)
-    absorbing[terminal_idx] = True
-    targets = np.zeros(K, np.int64)
-    targets[terminal_idx] = np.arange(len(terminal_idx))
-    return markov.absorption_probabilities(P, absorbing, targets, len(terminal_idx))
+#: the outcome of the mass that reaches no terminal within the horizon
+NOT_REACHED = "not reached"
 
 
 class FateDeltas:
     """Base directed chain and fates; :meth:`unit` gives one knockout's tidy rows."""
 
     def __init__(self, T: sparse.csr_matrix, proba: np.ndarray, phenotypes: list[str], terminal: list[str]):
-        self.T, self.proba, self.phenotypes = T, np.asarray(proba, float), list(phenotypes)
+        self.T, self.M, self.phenotypes = T, np.asarray(proba, float), list(phenotypes)
         self.terminal = list(terminal)
         self.terminal_idx = np.array([self.phenotypes.index(t) for t in terminal])
-        self.P, self.sizes = self._chain(self.proba)
-        self.fate = phenotype_fates(self.P, self.terminal_idx)
+        self.horizon = simulation.choose_horizon(T, self.M, self.terminal_idx)
+        self.cell_fate = self._cell_fates(T, self.M)
+        self.fate = self._phenotype_fates(self.cell_fate)
+        self.P, self.sizes = markov.coarse_grain(T, self.M), self.M.sum(0)
         self.flux = markov.net_flux(self.P, self.sizes)
 
-    def _chain(self, M: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return markov.coarse_grain(self.T, M), M.sum(0)
+    def _cell_fates(self, T, M: np.ndarray) -> np.ndarray:
+        return simulation.fates_with_horizon(T, M, self.terminal_idx, n_steps=self.horizon)
 
-    def _all(self, fate: np.ndarray) -> np.ndarray:
-        ok = ~np.isnan(fate).any(1)
-        w = self.sizes * ok
-        return (w[ok, None] * fate[ok]).sum(0) / max(w.sum(), 1e-12)
+    def _phenotype_fates(self, F: np.ndarray) -> np.ndarray:
+        """Phenotypes (then "all") × outcomes: membership-weighted means of the cells' fates."""
+        return np.vstack([markov.mean_fate(F, self.M), F.mean(0)])
 
-    def unit(self, name: str, cells: np.ndarray, dp: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """Fate and flux rows of one knockout: ``dp`` is the change of probabilities of ``cells``."""
-        M = self.proba.copy()
+    def unit(
+        self, name: str, cells: np.ndarray, dp: np.ndarray, T_ko: sparse.csr_matrix | None = None
+    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Fate and flux rows of one knockout: ``dp`` is the change of probabilities of ``cells``;
+        ``T_ko`` the perturbed chain (default: the unperturbed one).
+        """
+        M = self.M.copy()
         np.add.at(M, np.asarray(cells, dtype=np.int64), dp)
         M = np.clip(M, 0, None)
-        P_ko, sizes_ko = self._chain(M)
-        fate_ko = phenotype_fates(P_ko, self.terminal_idx)
+        T = self.T if T_ko is None else T_ko
+        fate_ko = self._phenotype_fates(self._cell_fates(T, M))
         src = [*self.phenotypes, "all"]
-        base = np.vstack([self.fate, self._all(self.fate)])
-        ko = np.vstack([fate_ko, self._all(fate_ko)])
-        K, J = base.shape
+        outcomes = [*self.terminal, NOT_REACHED]
+        K, J = self.fate.shape
         fate = pd.DataFrame(
             {
                 "gene": name,
                 "source": pd.Categorical(np.repeat(src, J), categories=src),
-                "terminal": pd.Categorical(np.tile(self.terminal, K), categories=self.terminal),
-                "fate_base": base.ravel(),
-                "fate_ko": ko.ravel(),
-                "delta": (ko - base).ravel(),
+                "terminal": pd.Categorical(np.tile(outcomes, K), categories=outcomes),
+                "fate_base": self.fate.ravel(),
+                "fate_ko": fate_ko.ravel(),
+                "delta": (fate_ko - self.fate).ravel(),
             }
         )
+        P_ko, sizes_ko = markov.coarse_grain(T, M), M.sum(0)
         flux_ko = markov.net_flux(P_ko, sizes_ko)
         i, j = np.nonzero(~np.eye(len(self.phenotypes), dtype=bool))
         cats = pd.CategoricalDtype(self.phenotypes)

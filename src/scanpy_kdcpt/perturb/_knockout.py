@@ -26,6 +26,7 @@ from ._engine import Deltas, Perturbation
 from ._fate import resolve_chain
 from ._grn import edges_matrix, fit_propagation, warn_without_targets
 from ._nulls import null_draws
+from ._simulate import ShiftSimulator, check_simulation_args, resolve_simulate, simulate_units
 from ._units import Baseline, Mode, baseline, check_args, resolve_units, warn_fixed_embedding
 
 if TYPE_CHECKING:
@@ -66,6 +67,10 @@ class KnockoutMixin:
         propagate: Literal["grn"] | None = None,
         grn: pd.DataFrame | None = None,
         n_steps: int = 1,
+        simulate: Literal["auto", "grn", "classifier"] = "auto",
+        n_propagation: int = 3,
+        sigma: float = 0.25,
+        n_shift_null: int = 49,
     ) -> KnockoutResult:
         """Simulate gene knockouts (or overexpression) and compare transition matrices.
 
@@ -188,6 +193,7 @@ class KnockoutMixin:
         """
         self._check_if_trained(warn=True)
         check_args(mode, floor, fraction, quantile, n_null)
+        check_simulation_args(simulate, n_propagation, sigma, n_shift_null)
         if screen not in ("auto", "exact", "first_order"):
             raise ValueError(f"screen must be 'auto', 'exact' or 'first_order', not {screen!r}.")
         if n_exact < 1:
@@ -210,6 +216,7 @@ class KnockoutMixin:
             warn_fixed_embedding(self)
         prepared = self._prepare_adata(query)
         T, terminal = resolve_chain(self, chain, terminal, target.n_obs)
+        simulate = resolve_simulate(simulate, T, query)
         X = self._inputs.registered_matrix(prepared)  # genes (+ regulatory sites with setup_mudata)
         base = baseline(self, target, query, groupby, batch_size)
         first_order = None
@@ -252,6 +259,20 @@ class KnockoutMixin:
             "screen": "first_order" if first_order is not None else "exact",
             "n_exact": int(len(units)),
         }
+        params.update(simulate=simulate, n_propagation=int(n_propagation), sigma=float(sigma))
+        shifts = None
+        if simulate == "grn":
+            sim = ShiftSimulator.build(self, T, n_propagation=n_propagation, sigma=sigma)
+            shifts = simulate_units(
+                sim,
+                units,
+                mode=mode,
+                quantile=quantile,
+                n_shift_null=n_shift_null,
+                random_state=random_state,
+                obs_names=target.obs_names,
+            )
+            params.update(n_shift_null=int(n_shift_null), grn_regulators=int(len(sim.grn.regulators)))
         result = assemble(self, units, null, run_list, base, deltas, X.shape[0], params)
         if direct is not None:
             plain = assemble(self, units, null, run_list, base, direct, X.shape[0], params)
@@ -265,10 +286,14 @@ class KnockoutMixin:
         if first_order is not None:
             result.summary = with_first_order(result.summary, first_order, params["mode"])
         if T is not None:
-            result.fate, result.flux = fate_deltas(
-                T, terminal, base, plan, deltas, units, run_list, list(self.classes_)
+            chains = shifts.chains if shifts is not None else None
+            result.fate, result.flux, horizon = fate_deltas(
+                T, terminal, base, plan, deltas, units, run_list, list(self.classes_), chains=chains
             )
-            params["terminal"] = np.asarray(terminal, dtype=object)
+            params.update(terminal=np.asarray(terminal, dtype=object), fate_horizon=int(horizon))
+        if shifts is not None:
+            result.summary = result.summary.merge(shifts.summary, on="gene", how="left")
+            result.shift, result.shift_score, result.chains = shifts.shifts, shifts.scores, shifts.chains
         out = output_target(target, inplace=inplace, copy=copy)
         if out is not None:
             writers.write_knockout(out, result, key_added=key_added)

@@ -1,0 +1,316 @@
+"""Knockouts that move cells (``knockout(simulate="grn")``): the GRN, the shift, the perturbed chain.
+
+The maths is :mod:`scanpy_kdcpt.simulation` (CellOracle's simulation on this package's directed
+chain); this room gathers what it needs from the model — log expression of the genes smoothed
+over the chain's kNN graph, each cell's phenotype, a PCA basis for the cosines — and runs it per
+knockout: ``Δx`` through the GRN, the chain ``T_ko`` biased by it, the perturbation score and its
+null of row-shuffled shifts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+from scanpy import logging as logg
+from scipy import sparse
+
+from .. import _expression, markov, simulation
+from .._errors import InvalidInputError, KeyNotFoundError
+from ._grn import edges_matrix
+
+if TYPE_CHECKING:
+    from ..model._base import KDCPTLike
+
+#: components of the PCA basis the cosines of the perturbed chain are taken in (measured in
+#: ``benchmarks/knockout_genetics_core.py``: the same signs as gene space, ~20× faster)
+N_BASIS = 30
+
+
+class GRNMixin:
+    """The gene regulatory network that knockouts are simulated through."""
+
+    #: set by :meth:`fit_grn` (kept in memory, not saved with the model)
+    grn_: simulation.GRN | None = None
+
+    def fit_grn(
+        self: KDCPTLike,
+        *,
+        regulators: str | Sequence[str] | np.ndarray | None = "prior",
+        base: pd.DataFrame | None = None,
+        alpha: float = 0.02,
+        min_z: float = 3.0,
+        min_cells: int = 30,
+        n_neighbors: int = 30,
+    ) -> simulation.GRN:
+        """Fit the GRN that :meth:`knockout` simulates shifts through (on the registered cells).
+
+        Per phenotype (each cell's known phenotype, else its prediction), each gene's log
+        expression, smoothed over the kNN graph of :meth:`compute_transitions` (or of the
+        encoder representation when no chain was computed), is a ridge regression on its
+        candidate regulators (:func:`scanpy_kdcpt.simulation.fit_grn`), as CellOracle fits
+        cluster-specific networks. Coefficients with ``|β| / se < min_z`` are pruned.
+
+        Parameters
+        ----------
+        regulators
+            ``"prior"`` (default): the genes flagged by the model's ``prior_key`` (e.g.
+            transcription factors); ``None``: every gene; or gene names / a boolean mask over
+            the model's genes.
+        base
+            A TF → target table (columns ``tf``, ``target``, e.g. DoRothEA via
+            :func:`scanpy_kdcpt.datasets.tf_target_prior`): each target's regulators are then
+            restricted to its base regulators.
+        alpha
+            Ridge penalty per cell, on unstandardised log expression (``0.02``: CellOracle's
+            ``alpha=10`` at ~500 cells per phenotype).
+        min_z
+            Coefficients below this ``|β| / se`` are set to 0 (keeps the network sparse).
+        min_cells
+            Phenotypes with fewer cells use the coefficients fitted on all cells.
+        n_neighbors
+            Neighbours of the smoothing graph when no chain has been computed.
+
+        Returns
+        -------
+        :class:`~scanpy_kdcpt.simulation.GRN`, also kept as ``model.grn_`` for :meth:`knockout`.
+
+        """
+        self._check_if_trained(warn=True)
+        genes = self.var_names_[: _n_genes(self)]
+        X, graph = _smoothed_expression(self, n_neighbors)
+        mask = _regulator_mask(self, regulators, genes)
+        A = edges_matrix(base, genes) if base is not None else None
+        codes = _phenotype_codes(self)
+        grn = simulation.fit_grn(
+            X,
+            codes,
+            regulators=mask,
+            base=A,
+            graph=None,  # X is smoothed already
+            alpha=alpha,
+            n_phenotypes=len(self.classes_),
+            min_cells=min_cells,
+            min_z=min_z,
+            genes=genes,
+        )
+        self.grn_ = grn
+        n_links = [int(W.nnz) for W in grn.coef]
+        logg.info(
+            f"KDCPT: GRN with {len(grn.regulators)} regulators, {min(n_links)}–{max(n_links)} links per phenotype."
+        )
+        return grn
+
+
+@dataclass
+class ShiftSimulator:
+    """What every simulated knockout of one :meth:`knockout` call shares."""
+
+    T: sparse.csr_matrix  # the unperturbed chain
+    X: np.ndarray  # smoothed log expression of the genes, cells × genes
+    codes: np.ndarray  # each cell's phenotype
+    grn: simulation.GRN
+    basis: np.ndarray  # genes × N_BASIS PCA loadings (cosines, and Z for the score)
+    Z: np.ndarray  # cells × N_BASIS coordinates of X on the basis
+    n_propagation: int = 3
+    sigma: float = 0.25
+    n_genes: int = field(init=False)
+
+    def __post_init__(self):
+        self.n_genes = self.X.shape[1]
+
+    @classmethod
+    def build(cls, model: KDCPTLike, T, *, n_propagation: int, sigma: float) -> ShiftSimulator:
+        if model.grn_ is None:
+            model.fit_grn()
+        X, _ = _smoothed_expression(model, 30)
+        basis, Z = _pca_basis(X)
+        return cls(T, X, _phenotype_codes(model), model.grn_, basis, Z, n_propagation, sigma)
+
+    def shift(self, unit: Sequence[int], value: float = 0.0) -> np.ndarray:
+        """``Δx`` of a knockout (cells × genes); regulatory sites of the unit are not simulated."""
+        genes = [g for g in unit if g < self.n_genes]
+        if not genes:
+            return np.zeros_like(self.X)
+        return simulation.simulate_shift(
+            self.X, self.codes, self.grn, genes, value=value, n_propagation=self.n_propagation
+        )
+
+    def _chain_kwargs(self, unit: Sequence[int]) -> dict:
+        return {"sigma": self.sigma, "basis": self.basis, "ignore": [g for g in unit if g < self.n_genes]}
+
+    def chain(self, unit: Sequence[int], shift: np.ndarray) -> sparse.csr_matrix:
+        """``T_ko``: each cell's move biased towards neighbours its shift points to."""
+        return simulation.perturbed_chain(self.T, self.X, shift, **self._chain_kwargs(unit))
+
+    def score(self, T_ko: sparse.csr_matrix) -> np.ndarray:
+        """Perturbation score per cell: the shift's vector against the chain's developmental drift."""
+        return simulation.perturbation_score(self.T, self.Z, simulation.embed_shift(self.T, T_ko, self.Z))
+
+    def score_pvalue(self, unit: Sequence[int], shift: np.ndarray, observed: float, n: int, seed: int) -> float:
+        """Two-sided p of the mean perturbation score against ``n`` randomised shifts: each gene's
+        shift permuted across cells with random signs (velocyto's / CellOracle's randomisation).
+        """
+        if n < 1 or not np.any(shift):
+            return np.nan
+        null = simulation.randomized_shift_null(
+            self.T,
+            self.X,
+            shift,
+            lambda T_ko: self.score(T_ko).mean(),
+            n_permutations=n,
+            seed=seed,
+            mode="entries",
+            **self._chain_kwargs(unit),
+        )
+        return float(simulation.empirical_pvalue(observed, null))
+
+
+def _n_genes(model) -> int:
+    """Gene columns of the model's features (the RNA genes; sites follow them with setup_mudata)."""
+    return int(getattr(model.module, "n_rna", len(model.var_names_)))
+
+
+def _phenotype_codes(model) -> np.ndarray:
+    """Each registered cell's phenotype: its label where known, else its prediction."""
+    codes, labelled = model.labels_(None)
+    if labelled.all():
+        return codes
+    pred = model.get_predictions().proba.to_numpy().argmax(1)
+    return np.where(labelled, codes, pred)
+
+
+def _smoothed_expression(model, n_neighbors: int) -> tuple[np.ndarray, sparse.csr_matrix]:
+    """Log expression of the genes, averaged over each cell's kNN neighbours, and that graph."""
+    state = model.transitions_
+    if state is not None and state.covers(model.adata) and state.connectivities is not None:
+        graph = state.connectivities
+    else:
+        graph = markov.knn_graph(model.get_encoder_representation(), n_neighbors)[1]
+    X = model._inputs.registered_matrix(model.adata)[:, : _n_genes(model)]
+    X = _expression.log_normalize(X, model.data_type_)
+    return simulation.smooth_expression(X, graph).astype(np.float32), graph
+
+
+def _pca_basis(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.decomposition import PCA
+
+    k = int(min(N_BASIS, X.shape[0] - 1, X.shape[1] - 1))
+    pca = PCA(n_components=k, svd_solver="randomized", random_state=0).fit(X)
+    basis = pca.components_.T.astype(np.float64)
+    return basis, (X - pca.mean_) @ basis
+
+
+def _regulator_mask(model, regulators, genes: list[str]) -> np.ndarray | None:
+    if regulators is None:
+        return None
+    if isinstance(regulators, str) and regulators == "prior":
+        prior = model.module.prior.detach().cpu().numpy()[: len(genes)]
+        if model.adata_manager.registry["setup_args"].get("prior_key") is None or not (prior > 0.5).any():
+            raise InvalidInputError(
+                "fit_grn(regulators='prior') needs the model's prior_key (e.g. transcription factors): "
+                "set up with prior_key=..., or pass regulators=None (every gene) or a list of regulator names."
+            )
+        return prior > 0.5
+    arr = np.asarray(regulators)
+    if arr.dtype == bool:
+        if arr.shape != (len(genes),):
+            raise InvalidInputError(
+                f"regulators as a mask must have one entry per gene ({len(genes)}), got {arr.shape}."
+            )
+        return arr
+    lookup = {g: i for i, g in enumerate(genes)}
+    names = [str(g) for g in np.atleast_1d(arr)]
+    missing = [g for g in names if g not in lookup]
+    if missing:
+        raise KeyNotFoundError(f"regulators {missing[:5]} are not among the model's genes.")
+    mask = np.zeros(len(genes), bool)
+    mask[[lookup[g] for g in names]] = True
+    return mask
+
+
+@dataclass
+class SimulatedShifts:
+    """Per simulated knockout: the perturbed chain, the shift, the perturbation score and its test."""
+
+    chains: dict[str, sparse.csr_matrix]
+    shifts: dict[str, np.ndarray]  # Δx, cells × genes (never written over X)
+    scores: pd.DataFrame  # cells × knockouts
+    summary: pd.DataFrame  # gene, score, score_pval, score_qval, shift_norm, n_shifted
+
+
+def simulate_units(
+    sim: ShiftSimulator,
+    units: dict[str, tuple[int, ...]],
+    *,
+    mode: str,
+    quantile: float,
+    n_shift_null: int,
+    random_state: int,
+    obs_names,
+) -> SimulatedShifts:
+    """Shift, perturbed chain, score and score p-value of every knockout (see :class:`ShiftSimulator`)."""
+    from .. import stats
+
+    chains, shifts, scores, rows = {}, {}, {}, []
+    for k, (name, unit) in enumerate(units.items()):
+        value = 0.0 if mode == "delete" else _overexpression_level(sim.X, unit, quantile, sim.n_genes)
+        S = sim.shift(unit, value)
+        T_ko = sim.chain(unit, S)
+        score = sim.score(T_ko)
+        observed = float(score.mean())
+        own = [g for g in unit if g < sim.n_genes]
+        propagated = S.copy()
+        propagated[:, own] = 0.0  # the knocked-out genes' own loss is not a shift of the cell
+        moved = np.abs(propagated).sum(1) > 0
+        rows.append(
+            {
+                "gene": name,
+                "score": observed,
+                "score_pval": sim.score_pvalue(unit, S, observed, n_shift_null, random_state + k),
+                "shift_norm": float(np.linalg.norm(propagated, axis=1).mean()),
+                "n_shifted": int(moved.sum()),
+                "chain_tv": float(0.5 * np.abs((T_ko - sim.T).data).sum() / max(sim.T.shape[0], 1)),
+            }
+        )
+        chains[name], shifts[name], scores[name] = T_ko, S, score
+    summary = pd.DataFrame(rows)
+    summary["score_qval"] = stats.benjamini_hochberg(summary["score_pval"].to_numpy(float))
+    return SimulatedShifts(chains, shifts, pd.DataFrame(scores, index=obs_names), summary)
+
+
+def _overexpression_level(X: np.ndarray, unit: Sequence[int], quantile: float, n_genes: int) -> np.ndarray:
+    """Per gene of the unit, the ``quantile`` of its (smoothed) log expression among expressing cells."""
+    out = []
+    for g in (g for g in unit if g < n_genes):
+        col = X[:, g]
+        col = col[col > 0]
+        out.append(float(np.quantile(col, quantile)) if len(col) else 0.0)
+    return np.asarray(out, dtype=np.float32)
+
+
+def check_simulation_args(simulate: str, n_propagation: int, sigma: float, n_shift_null: int) -> None:
+    if simulate not in ("auto", "grn", "classifier"):
+        raise ValueError(f"simulate must be 'auto', 'grn' or 'classifier', not {simulate!r}.")
+    if n_propagation < 0:
+        raise ValueError(f"n_propagation must be 0 or more, got {n_propagation}.")
+    if sigma <= 0:
+        raise ValueError(f"sigma must be positive, got {sigma}.")
+    if n_shift_null < 0:
+        raise ValueError(f"n_shift_null must be 0 or more, got {n_shift_null}.")
+
+
+def resolve_simulate(simulate: str, T, query) -> str:
+    """``"grn"`` needs the model's directed chain on its registered cells; ``"auto"`` takes it when there is one."""
+    if simulate == "auto":
+        return "grn" if T is not None and query is None else "classifier"
+    if simulate == "grn" and (T is None or query is not None):
+        raise ValueError(
+            "simulate='grn' moves cells on the directed chain of the registered cells: run "
+            "model.compute_transitions(...) first (and knock out on the registered AnnData), or pass "
+            "simulate='classifier' to change only the phenotype probabilities."
+        )
+    return simulate
