@@ -307,14 +307,16 @@ def test_cli_run_with_a_root_reports_net_flux_and_fates(tmp_path, capsys):
 def test_knockout_after_compute_transitions_writes_fate_deltas_of_the_stored_chain(transition_model):
     m = transition_model
     m.compute_transitions(direction="pseudotime", root="P0", inplace=False)
-    m.get_fate_probabilities(terminal=["P2", "P3"])  # records the terminal phenotypes with the chain
+    m.get_fate_probabilities(terminal=["P2", "P3"])
+    assert m.transitions_.terminal is None  # a get_* method leaves the model's state alone
     try:
-        res = m.knockout(["Reg_P2", "TF_decoy_0"], inplace=False, progress=False)
+        res = m.knockout(["Reg_P2", "TF_decoy_0"], terminal=["P2", "P3"], inplace=False, progress=False)
     finally:
         m.transitions_ = None  # the session-wide model goes back to having no chain
     fate = res.fate
+    assert res.params["simulate"] == "grn"  # a directed chain on the registered cells: knockouts move cells
     assert {"gene", "source", "terminal", "fate_base", "fate_ko", "delta"} <= set(fate.columns)
-    assert set(fate["terminal"].astype(str)) == {"P2", "P3"}
+    assert set(fate["terminal"].astype(str)) == {"P2", "P3", "not reached"}
     assert "all" in set(fate["source"].astype(str))
     # the planted carrier of P1 -> P2 moves fates far more than a decoy transcription factor
     moved = fate.assign(absd=fate["delta"].abs()).groupby("gene", observed=True)["absd"].max()

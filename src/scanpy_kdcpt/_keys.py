@@ -77,6 +77,15 @@ class Keys:
     def knockout_effect(self) -> str:
         return f"{self.key_added}_knockout_effect"
 
+    # .obs / .obsm of simulated knockouts (knockout(simulate="grn"))
+    def ko_score(self, gene: str) -> str:
+        """``.obs`` column: the knockout's perturbation score per cell."""
+        return f"{self.key_added}_ko_score_{safe_name(gene)}"
+
+    def ko_shift(self, gene: str) -> str:
+        """``.obsm`` entry: the knockout's shift of each cell's expected step on an embedding."""
+        return f"{self.key_added}_ko_shift_{safe_name(gene)}"
+
     # .obsp
     @property
     def transitions(self) -> str:

@@ -28,6 +28,7 @@ __all__ = [
     "memberships",
     "net_flux",
     "posterior_transition_matrix",
+    "project_chain",
     "row_normalize",
     "terminal_states",
     "stationary_distribution",
@@ -464,3 +465,23 @@ def terminal_states(M: np.ndarray, terminal: np.ndarray, *, core: float = 0.5) -
             stacklevel=2,
         )
     return absorbing, group
+
+
+def project_chain(T: sparse.spmatrix, X: np.ndarray) -> np.ndarray:
+    """Expected displacement of each cell on an embedding under the chain, minus the undirected one.
+
+    ``v_i = Σ_j T_ij u_ij - mean_j u_ij`` over the cell's neighbours ``j`` (``u_ij``: unit
+    vector from ``i`` to ``j``), CellRank's projection of a transition matrix.
+    """
+    T = sparse.csr_matrix(T)
+    coo = T.tocoo()
+    d = X[coo.col] - X[coo.row]
+    norm = np.linalg.norm(d, axis=1, keepdims=True)
+    u = np.divide(d, norm, out=np.zeros_like(d), where=norm > 0)
+    n = T.shape[0]
+    V = np.zeros_like(X)
+    np.add.at(V, coo.row, coo.data[:, None] * u)
+    mean = np.zeros_like(X)
+    np.add.at(mean, coo.row, u)
+    k = np.maximum(np.diff(T.indptr), 1)[:, None]
+    return V - mean / k if n else V

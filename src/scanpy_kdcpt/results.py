@@ -458,6 +458,9 @@ class KnockoutResult(_Result):
         cell's expected step against the chain's developmental drift; negative: pushed back).
     chains
         With ``simulate="grn"``: per knockout, the perturbed cell chain ``T_ko``.
+    shift_embedding
+        With ``simulate="grn"`` and an embedding (``basis``): per knockout, the change of each
+        cell's expected step on it (cells × 2), for :func:`scanpy_kdcpt.pl.knockout_shift`.
 
     """
 
@@ -471,6 +474,7 @@ class KnockoutResult(_Result):
     shift: dict = field(default_factory=dict)
     shift_score: pd.DataFrame | None = None
     chains: dict = field(default_factory=dict)
+    shift_embedding: dict = field(default_factory=dict)
 
     def to_frame(self) -> pd.DataFrame:
         return self.summary

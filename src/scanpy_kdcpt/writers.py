@@ -285,6 +285,23 @@ def write_knockout(adata: AnnData, result: KnockoutResult, *, key_added: str = _
         target.var[keys.knockout_effect] = effect.to_numpy()
     _added(f".uns[{key_added!r}]", written)
     _added(".var", [keys.knockout_effect])
+    _write_shifts(adata, result, keys)
+
+
+def _write_shifts(adata: AnnData, result: KnockoutResult, keys: _keys.Keys) -> None:
+    """``.obs["{key}_ko_score_<gene>"]`` and ``.obsm["{key}_ko_shift_<gene>"]`` of simulated knockouts."""
+    scores = getattr(result, "shift_score", None)
+    if isinstance(scores, pd.DataFrame):
+        cols = []
+        for gene in scores.columns:
+            adata.obs[keys.ko_score(gene)] = scores[gene].to_numpy(np.float64)
+            cols.append(keys.ko_score(gene))
+        _added(".obs (perturbation score: < 0 pushed back against development)", cols)
+    emb = getattr(result, "shift_embedding", None) or {}
+    for gene, V in emb.items():
+        adata.obsm[keys.ko_shift(gene)] = np.asarray(V)
+    if emb:
+        _added(f".obsm (shift on {result.params.get('shift_basis')})", [keys.ko_shift(g) for g in emb])
 
 
 def _merge_earlier(uns: dict, result: KnockoutResult, key_added: str) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -105,7 +105,7 @@ class FateMixin:
 
         state = self._stored_chain(adata)
         target = self.adata if adata is None else adata
-        return PrecomputedKernel(state["cell_chain"], adata=target)
+        return PrecomputedKernel(state.cell_chain, adata=target)
 
 
 def _gpcca_terminal(T: sparse.csr_matrix, M: np.ndarray) -> np.ndarray:

@@ -26,7 +26,7 @@ from ._engine import Deltas, Perturbation
 from ._fate import resolve_chain
 from ._grn import edges_matrix, fit_propagation, warn_without_targets
 from ._nulls import null_draws
-from ._simulate import ShiftSimulator, check_simulation_args, resolve_simulate, simulate_units
+from ._simulate import ShiftSimulator, check_simulation_args, embed_shifts, resolve_simulate, simulate_units
 from ._units import Baseline, Mode, baseline, check_args, resolve_units, warn_fixed_embedding
 
 if TYPE_CHECKING:
@@ -71,6 +71,7 @@ class KnockoutMixin:
         n_propagation: int = 3,
         sigma: float = 0.25,
         n_shift_null: int = 49,
+        basis: str | None = "umap",
     ) -> KnockoutResult:
         """Simulate gene knockouts (or overexpression) and compare transition matrices.
 
@@ -173,6 +174,29 @@ class KnockoutMixin:
             gene's prior targets are never drawn as its null.
         n_steps
             Propagation steps (1: the direct targets; 2: their targets too; ...).
+        simulate
+            How a knockout reaches the cell chain. ``"grn"``: the knockout is simulated through
+            the gene regulatory network of :meth:`fit_grn` (fitted with its defaults on first
+            use) into an expression shift ``Δx`` per cell (``n_propagation`` steps, clipped at
+            zero, the knocked-out genes held), and each cell's move on the directed chain is
+            biased towards the neighbours its shift points to,
+            ``T_ko[i, j] ∝ T[i, j] · exp(cos(Δz_i, z_j − z_i) / σ)`` (cosines in a 30-component
+            PCA basis of the smoothed expression; the bias scaled by the shift's size relative to
+            the cell's steps); fates and flux then come from ``T_ko``. ``"classifier"``: only the
+            phenotype probabilities change (the chain stays ``T``), so fate deltas stay small.
+            ``"auto"`` (default): ``"grn"`` when the model has a directed chain on the registered
+            cells (:meth:`compute_transitions`), else ``"classifier"``.
+        n_propagation
+            GRN propagation steps of the shift (CellOracle's default 3).
+        sigma
+            Temperature of the bias of the perturbed chain (smaller: the shift decides more).
+        n_shift_null
+            Randomised shifts (each gene's shift permuted across cells, with random signs) for
+            the two-sided p-value of the mean perturbation score (``score_pval``; BH
+            ``score_qval``). The smallest p is ``1 / (1 + n_shift_null)``.
+        basis
+            Embedding (``.obsm["X_" + basis]``) the shifts are projected on for
+            :func:`scanpy_kdcpt.pl.knockout_shift` (``None``: none).
 
         Returns
         -------
@@ -185,8 +209,14 @@ class KnockoutMixin:
         - ``.var["{key}_knockout_effect"]``: effect of each single-gene deletion (NaN where
           not screened, or estimated to first order only).
 
+        With ``simulate="grn"`` also ``.obs["{key}_ko_score_<gene>"]`` (perturbation score per
+        cell: the shift's change of the expected step against the chain's drift; negative: pushed
+        back against development) and ``.obsm["{key}_ko_shift_<gene>"]`` (the shift on ``basis``).
         With a directed chain also ``.uns[key]["knockout_fate"]`` (``gene``, ``source``,
-        ``terminal``, ``fate_base``, ``fate_ko``, ``delta``; ``source="all"``: the mean over all
+        ``terminal``, ``fate_base``, ``fate_ko``, ``delta``; ``terminal`` lists the terminal
+        phenotypes and ``"not reached"``, the mass that reaches no terminal within the chain's
+        horizon — so a knockout that blocks progenitors lowers their fates; a phenotype's fate is
+        its cells' fates averaged with their memberships; ``source="all"``: the mean over all
         cells) and ``.uns[key]["knockout_flux"]`` (``gene``, ``source``, ``target``, ``p_base``,
         ``p_ko`` of the directed chain, ``flux_base``, ``flux_ko``, ``delta``).
 
@@ -294,6 +324,7 @@ class KnockoutMixin:
         if shifts is not None:
             result.summary = result.summary.merge(shifts.summary, on="gene", how="left")
             result.shift, result.shift_score, result.chains = shifts.shifts, shifts.scores, shifts.chains
+            result.shift_embedding, params["shift_basis"] = embed_shifts(target, T, shifts.chains, basis)
         out = output_target(target, inplace=inplace, copy=copy)
         if out is not None:
             writers.write_knockout(out, result, key_added=key_added)

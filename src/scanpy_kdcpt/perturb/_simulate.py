@@ -314,3 +314,19 @@ def resolve_simulate(simulate: str, T, query) -> str:
             "simulate='classifier' to change only the phenotype probabilities."
         )
     return simulate
+
+
+def embed_shifts(adata, T, chains: dict, basis: str | None) -> tuple[dict[str, np.ndarray], str]:
+    """Each knockout's change of the cells' expected step on an embedding (for
+    :func:`scanpy_kdcpt.pl.knockout_shift`): ``project(T_ko) − project(T)``
+    (:func:`scanpy_kdcpt.markov.project_chain`); empty when the embedding is absent.
+    """
+    if basis is None:
+        return {}, "None"
+    key = basis if basis in adata.obsm else f"X_{basis}"
+    if key not in adata.obsm:
+        logg.info(f"KDCPT: no adata.obsm[{key!r}]: the knockouts' shifts are not projected for plotting.")
+        return {}, "None"
+    X = np.asarray(adata.obsm[key])[:, :2].astype(float)
+    base = markov.project_chain(T, X)
+    return {name: (markov.project_chain(T_ko, X) - base).astype(np.float32) for name, T_ko in chains.items()}, key

@@ -6,9 +6,10 @@ from ._fate import fate_probabilities, transition_stream
 from ._history import training_history
 from ._keygenes import key_genes
 from ._knockout import knockout, knockout_effects
+from ._shift import knockout_fate, knockout_shift
 from ._transition import transition_graph, transition_matrix
 
 __all__: list[str] = []
 __all__ += ["transition_matrix", "transition_graph", "entropy", "reliability", "training_history"]
 __all__ += ["key_genes", "knockout", "knockout_effects"]
-__all__ += ["transition_stream", "fate_probabilities"]
+__all__ += ["transition_stream", "fate_probabilities", "knockout_shift", "knockout_fate"]

@@ -6,9 +6,8 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
-from scipy import sparse
 
-from .. import _keys
+from .. import _keys, markov
 from .._errors import KeyNotFoundError
 from . import _read
 from ._docs import doc_params
@@ -27,26 +26,6 @@ def _basis(adata: AnnData, basis: str) -> np.ndarray:
             f"basis= one of {list(adata.obsm.keys())}."
         )
     return np.asarray(adata.obsm[obsm_key])[:, :2].astype(float)
-
-
-def project_chain(T: sparse.spmatrix, X: np.ndarray) -> np.ndarray:
-    """Expected displacement of each cell on an embedding under the chain, minus the undirected one.
-
-    ``v_i = Σ_j T_ij u_ij - mean_j u_ij`` over the cell's neighbours ``j`` (``u_ij``: unit
-    vector from ``i`` to ``j``), CellRank's projection of a transition matrix.
-    """
-    T = sparse.csr_matrix(T)
-    coo = T.tocoo()
-    d = X[coo.col] - X[coo.row]
-    norm = np.linalg.norm(d, axis=1, keepdims=True)
-    u = np.divide(d, norm, out=np.zeros_like(d), where=norm > 0)
-    n = T.shape[0]
-    V = np.zeros_like(X)
-    np.add.at(V, coo.row, coo.data[:, None] * u)
-    mean = np.zeros_like(X)
-    np.add.at(mean, coo.row, u)
-    k = np.maximum(np.diff(T.indptr), 1)[:, None]
-    return V - mean / k if n else V
 
 
 def _grid(X: np.ndarray, V: np.ndarray, density: int = 35, smooth: float = 0.5):
@@ -120,7 +99,7 @@ def transition_stream(
             f"(or pass key= the key_added used; obsp keys: {list(adata.obsp.keys())})."
         )
     X = _basis(adata, basis)
-    V = project_chain(adata.obsp[keys.transitions], X)
+    V = markov.project_chain(adata.obsp[keys.transitions], X)
     gx, gy, U, W = _grid(X, V, grid)
     fig, ax = _read.new_axes(ax, (6.4, 5.6))
     color = keys.pred if color is None else color

@@ -1,0 +1,213 @@
+"""Simulated knockouts on an embedding and their fate deltas (from AnnData keys only)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from .. import _keys
+from .._errors import KeyNotFoundError
+from . import _read
+from ._docs import doc_params
+from ._fate import _basis, _grid
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+
+def _summary_row(adata: AnnData, key: str, gene: str) -> pd.Series | None:
+    summary = adata.uns.get(key, {}).get(_keys.UNS_KNOCKOUT_SUMMARY)
+    if not isinstance(summary, pd.DataFrame) or "gene" not in summary:
+        return None
+    rows = summary[(summary["gene"].astype(str) == gene) & (summary.get("mode", "delete") == "delete")]
+    return rows.iloc[0] if len(rows) else None
+
+
+def _pq(row: pd.Series | None) -> str:
+    if row is None or "score_pval" not in row or pd.isna(row["score_pval"]):
+        return ""
+    return f" (p = {row['score_pval']:.2g}, q = {row['score_qval']:.2g} against randomised shifts)"
+
+
+@doc_params("doc_key", "doc_show_save_ax")
+def knockout_shift(
+    adata: AnnData,
+    gene: str,
+    *,
+    key: str = _keys.DEFAULT_KEY,
+    basis: str = "umap",
+    grid: int = 18,
+    scale: float | None = None,
+    title: str | None = None,
+    ax: Axes | None = None,
+    show: bool | None = None,
+    return_fig: bool = False,
+    save: str | bool | None = None,
+) -> Axes | Figure | None:
+    """A simulated knockout on an embedding: where it moves cells, and whether against development.
+
+    Arrows: the change of each cell's expected step under the knockout's chain ``T_ko``
+    against the unperturbed chain ``T`` (``.obsm["{key}_ko_shift_<gene>"]``), averaged on a
+    grid (no arrows where there are no cells). Colour: each cell's perturbation score
+    (``.obs["{key}_ko_score_<gene>"]``): blue, the knockout pushes the cell back against the
+    chain's developmental drift (a block); red, it speeds the cell along — CellOracle's
+    figure, on this package's directed chain.
+
+    Parameters
+    ----------
+    adata
+        AnnData after ``model.knockout(gene, simulate="grn")`` with an embedding (a re-read
+        ``.h5ad`` works, no model needed).
+    gene
+        The knocked-out gene (or gene-set name).
+    {doc_key}
+    basis
+        Embedding the shifts were projected on (``knockout(basis=...)``).
+    grid
+        Grid points per axis for the arrows.
+    scale
+        Arrow scale (matplotlib's ``quiver``; default: automatic).
+    title
+        Axes title.
+    {doc_show_save_ax}
+
+    Returns
+    -------
+    The Axes (``None`` when shown; the Figure with ``return_fig=True``).
+
+    """
+    keys = _keys.Keys(key)
+    score_key, shift_key = keys.ko_score(gene), keys.ko_shift(gene)
+    if score_key not in adata.obs or shift_key not in adata.obsm:
+        raise KeyNotFoundError(
+            f"No simulated knockout of {gene!r} under key {key!r} (.obs[{score_key!r}] / .obsm[{shift_key!r}]): "
+            "run model.knockout(gene, simulate='grn') after model.compute_transitions(...), on an AnnData with "
+            "an embedding (e.g. sc.tl.umap)."
+        )
+    X = _basis(adata, basis)
+    V = np.asarray(adata.obsm[shift_key], dtype=float)
+    score = adata.obs[score_key].to_numpy(float)
+    gx, gy, U, W = _grid(X, V, grid)
+    fig, ax = _read.new_axes(ax, (6.4, 5.6))
+    lim = float(np.nanpercentile(np.abs(score), 98)) or 1.0
+    order = np.argsort(np.abs(score))  # the strongest on top
+    dots = ax.scatter(
+        X[order, 0],
+        X[order, 1],
+        c=score[order],
+        cmap="RdBu_r",
+        vmin=-lim,
+        vmax=lim,
+        s=7,
+        linewidths=0,
+        rasterized=True,
+        zorder=1,
+    )
+    GX, GY = np.meshgrid(gx, gy)
+    ok = ~np.isnan(U)
+    ax.quiver(
+        GX[ok], GY[ok], U[ok], W[ok], angles="xy", scale=scale, width=0.0035, color="#222222", alpha=0.85, zorder=3
+    )
+    pred = keys.pred
+    if pred in adata.obs:  # phenotype names at their cells' medians, for orientation
+        col = adata.obs[pred].astype("category")
+        for name in col.cat.categories:
+            sel = (col == name).to_numpy()
+            if sel.sum() >= 5:
+                ax.text(
+                    *np.median(X[sel], 0),
+                    _read.wrap(str(name), 14),
+                    fontsize=8,
+                    ha="center",
+                    va="center",
+                    zorder=4,
+                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.75},
+                )
+    cbar = fig.colorbar(dots, ax=ax, shrink=0.7, pad=0.02)
+    cbar.set_label("perturbation score\n(< 0: pushed back against development)", fontsize=8)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_xlabel(f"{basis.upper()}1")
+    ax.set_ylabel(f"{basis.upper()}2")
+    row = _summary_row(adata, key, gene)
+    ax.set_title(
+        title if title is not None else _read.wrap(f"{gene} knockout: simulated shift{_pq(row)}", 60), fontsize=10
+    )
+    return _read.finish(fig, ax, show, return_fig, save)
+
+
+@doc_params("doc_key", "doc_show_save_ax")
+def knockout_fate(
+    adata: AnnData,
+    gene: str,
+    *,
+    key: str = _keys.DEFAULT_KEY,
+    sources: list[str] | None = None,
+    title: str | None = None,
+    ax: Axes | None = None,
+    show: bool | None = None,
+    return_fig: bool = False,
+    save: str | bool | None = None,
+) -> Axes | Figure | None:
+    """Fate deltas of one knockout: source phenotype × outcome (terminal phenotypes, "not reached").
+
+    Each cell is the change of the source phenotype's probability of reaching the outcome
+    within the chain's horizon (``.uns[key]["knockout_fate"]``); the row ``all`` is the mean
+    over all cells. The values are written where they read (``|Δ| ≥ 0.005``); the title
+    carries the test of the knockout's perturbation score against randomised shifts when the
+    knockout was simulated.
+
+    Parameters
+    ----------
+    adata
+        AnnData after ``model.knockout(...)`` with a directed chain (a re-read ``.h5ad`` works).
+    gene
+        The knocked-out gene (or gene-set name).
+    {doc_key}
+    sources
+        Source phenotypes to show, in order (default: all, then ``all``).
+    title
+        Axes title.
+    {doc_show_save_ax}
+
+    Returns
+    -------
+    The Axes (``None`` when shown; the Figure with ``return_fig=True``).
+
+    """
+    fate = adata.uns.get(key, {}).get(_keys.UNS_KNOCKOUT_FATE)
+    if not isinstance(fate, pd.DataFrame) or not len(fate):
+        raise KeyNotFoundError(
+            f"adata.uns[{key!r}]['knockout_fate'] not found: run model.compute_transitions(...) and then "
+            "model.knockout(...) (fate deltas need a directed chain)."
+        )
+    rows = fate[fate["gene"].astype(str) == gene]
+    if not len(rows):
+        known = sorted(set(fate["gene"].astype(str)))
+        raise KeyNotFoundError(f"No fate deltas for {gene!r}; knocked out: {known}.")
+    D = rows.pivot_table(index="source", columns="terminal", values="delta", observed=True, sort=False)
+    if sources is not None:
+        D = D.loc[[s for s in sources if s in D.index]]
+    vals = D.to_numpy(float)
+    vmax = max(float(np.nanmax(np.abs(vals))), 1e-3)
+    fig, ax = _read.new_axes(ax, (max(4.4, 1.8 + 0.9 * D.shape[1]), 1.2 + 0.42 * D.shape[0]))
+    im = ax.imshow(vals, cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto")
+    for i in range(vals.shape[0]):
+        for j in range(vals.shape[1]):
+            v = vals[i, j]
+            if np.isfinite(v) and abs(v) >= 0.005:
+                dark = abs(v) > 0.6 * vmax
+                ax.text(j, i, f"{v:+.2f}", ha="center", va="center", fontsize=8, color="white" if dark else "black")
+    ax.set_xticks(range(D.shape[1]), [_read.wrap(str(c), 12) for c in D.columns], rotation=30, ha="right")
+    ax.set_yticks(range(D.shape[0]), [_read.wrap(str(r), 22) for r in D.index])
+    ax.set_xlabel("outcome within the horizon")
+    ax.set_ylabel("source phenotype")
+    cbar = fig.colorbar(im, ax=ax, shrink=0.8, pad=0.02)
+    cbar.set_label("Δ fate (knockout − base)", fontsize=8)
+    row = _summary_row(adata, key, gene)
+    ax.set_title(title if title is not None else _read.wrap(f"{gene} knockout: fate deltas{_pq(row)}", 40), fontsize=10)
+    return _read.finish(fig, ax, show, return_fig, save)
