@@ -144,30 +144,35 @@ def _documented() -> dict[str, set[str]]:
     return out
 
 
-def _defined() -> dict[str, str]:
-    """Key (for ``key_added="kdcpt"``) → its place, from _keys.py: the ``Keys`` properties and
-    methods, placed by the ``# .obs`` / ``# .var`` ... comment above them, and the ``UNS_*`` entries.
+def _defined() -> dict[str, tuple[str, ...]]:
+    """Key (for ``key_added="kdcpt"``) → its places, from _keys.py.
+
+    ``Keys`` properties and methods are placed by the ``# .obs`` / ``# .var`` ... comment above
+    them (``# .obs / .obsm ...``: either), or by their docstring when it starts with the place
+    (a docstring such as "``.obs`` column: ..."); the ``UNS_*`` constants are entries of ``.uns[key_added]``.
     """
     keys = _keys.Keys("kdcpt")
-    place, out = None, {}
+    places, out = (), {}
     for line in inspect.getsource(_keys.Keys).splitlines():
-        m = re.match(r"\s*# (\.\w+)\s*$", line)
+        m = re.match(r"\s*# (\.\w+(?:\s*/\s*\.\w+)*)", line)
         if m:
-            place = m.group(1)
+            places = tuple(re.findall(r"\.\w+", m.group(1)))
             continue
         m = re.match(r"\s*def (\w+)\((.*)\)", line)
         if not m or m.group(1).startswith("_"):
             continue
         attr = getattr(_keys.Keys, m.group(1))
+        func = attr.fget if isinstance(attr, property) else attr
+        doc = re.match(r"``(\.\w+)``", inspect.getdoc(func) or "")
         if isinstance(attr, property):
             value = getattr(keys, m.group(1))
         else:  # e.g. proba(phenotype): the documented form names the argument in angle brackets
             params = [p for p in inspect.signature(attr).parameters if p != "self"]
             value = getattr(keys, m.group(1))(*(f"<{p}>" for p in params))
-        out[value] = place
+        out[value] = (doc.group(1),) if doc else places
     for name, value in vars(_keys).items():
         if name.startswith("UNS_"):
-            out[value] = UNS_ENTRIES
+            out[value] = (UNS_ENTRIES,)
     return out
 
 
@@ -180,16 +185,16 @@ def test_outputs_names_every_key_of_keys_py():
     documented = _documented()
     everywhere = set().union(*documented.values())
     missing = []
-    for key, place in sorted(_defined().items()):
+    for key, places in sorted(_defined().items()):
         if key.endswith("_"):  # a prefix (proba_prefix): some documented key must start with it
             if not any(k.startswith(key) for k in everywhere):
-                missing.append(f"{key}… ({place})")
+                missing.append(f"{key}… ({' or '.join(places)})")
             continue
-        if place is None:
+        if not places:
             if key not in everywhere:
                 missing.append(key)
-        elif key not in documented.get(place, set()):
-            missing.append(f"{key} (in the table under the heading with `{place}`)")
+        elif not any(key in documented.get(place, set()) for place in places):
+            missing.append(f"{key} (in the table under the heading with `{' or '.join(places)}`)")
     assert not missing, (
         "docs/outputs.md does not name these keys of src/scanpy_kdcpt/_keys.py: "
         + "; ".join(missing)
