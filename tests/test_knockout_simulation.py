@@ -1,0 +1,142 @@
+"""Knockouts that move cells (issue 18): the GRN shift reaches the directed chain, fates and flux.
+
+Planted answers (``kdcpt.datasets.synthetic``): the lineage runs P0 → P1 → P2 → P3 and ``Reg_Pi``
+drives phenotype ``Pi`` and its targets. Knocking out ``Reg_Pi`` must cut the flow into ``Pi``
+(the GRN shift points the cells away from it); a gene without regulatory effect must leave the
+chain exactly as it was.
+"""
+
+from __future__ import annotations
+
+import anndata as ad
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import scanpy as sc
+import scvi
+
+import scanpy_kdcpt as kdcpt
+from scanpy_kdcpt._errors import InvalidInputError
+
+GENES = ["Reg_P1", "Reg_P2", "Gene_7", "Gene_40"]  # two planted regulators, two background genes
+
+
+def _train(adata, **kwargs):
+    kdcpt.KDCPT.setup_anndata(adata, labels_key="phenotype", **kwargs)
+    model = kdcpt.KDCPT(adata, n_tokens=64, n_selected=16, d_model=32, n_hidden=64, n_pcs=20)
+    model.train(max_epochs=20, enable_progress_bar=False)
+    return model
+
+
+@pytest.fixture(scope="module")
+def chain_model():
+    scvi.settings.seed = 0
+    adata = kdcpt.datasets.synthetic(n_cells=900, seed=1, transition_labels="sampled")
+    model = _train(adata, prior_key="is_tf")
+    model.annotate()
+    rep = sc.AnnData(model.get_encoder_representation())
+    sc.pp.neighbors(rep, use_rep="X", random_state=0)
+    sc.tl.umap(rep, random_state=0)
+    adata.obsm["X_umap"] = rep.obsm["X_umap"]
+    model.compute_transitions(direction="pseudotime", root="P0", inplace=False)
+    return model
+
+
+@pytest.fixture(scope="module")
+def both(chain_model):
+    """The same knockouts simulated through the GRN and through the classifier alone."""
+    kw = {"terminal": ["P3"], "inplace": False, "progress": False, "n_shift_null": 9}
+    return (
+        chain_model.knockout(GENES, simulate="grn", **kw),
+        chain_model.knockout(GENES, simulate="classifier", **kw),
+    )
+
+
+def _flux(result, gene, source, target, col="delta"):
+    f = result.flux.set_index(["gene", "source", "target"])
+    return float(f.loc[(gene, source, target), col])
+
+
+def test_auto_simulates_when_there_is_a_chain(chain_model, both):
+    grn, clf = both
+    assert grn.params["simulate"] == "grn" and clf.params["simulate"] == "classifier"
+    auto = chain_model.knockout("Reg_P2", terminal=["P3"], inplace=False, progress=False, n_shift_null=0)
+    assert auto.params["simulate"] == "grn"
+    assert chain_model.grn_ is not None and chain_model.grn_.n_phenotypes == 4
+
+
+def test_planted_regulator_cuts_the_flow_into_its_phenotype(both):
+    grn, clf = both
+    base = _flux(grn, "Reg_P2", "P1", "P2", "flux_base")
+    assert base > 5  # the planted transition carries flow before the knockout
+    # through the GRN, the knockout of P2's regulator cuts the net flux P1 -> P2 by more than half
+    assert _flux(grn, "Reg_P2", "P1", "P2") < -0.5 * base
+    # ... far more than the classifier alone does on the unchanged chain
+    assert _flux(grn, "Reg_P2", "P1", "P2") < 2 * _flux(clf, "Reg_P2", "P1", "P2")
+    # and the regulator of P1 cuts the flow into P1
+    assert _flux(grn, "Reg_P1", "P0", "P1") < -0.3 * _flux(grn, "Reg_P1", "P0", "P1", "flux_base")
+    # a block: mass of P1 that no longer reaches the terminal within the horizon
+    fate = grn.fate.set_index(["gene", "source", "terminal"])["delta"]
+    assert fate.loc[("Reg_P2", "P1", "not reached")] > 0.02
+    s = grn.summary.set_index("gene")
+    assert s.loc["Reg_P2", "chain_tv"] > 0.05 and s.loc["Reg_P2", "n_shifted"] > 0
+    assert s.loc["Reg_P2", "score"] < 0  # pushed back against development
+
+
+def test_a_gene_without_regulatory_effect_leaves_the_chain_unchanged(chain_model, both):
+    grn, clf = both
+    T = chain_model.transitions_.cell_chain
+    for gene in ("Gene_7", "Gene_40"):
+        T_ko = grn.chains[gene]
+        assert (T_ko != T).nnz == 0  # T_ko == T exactly
+        assert grn.summary.set_index("gene").loc[gene, "chain_tv"] == 0
+        # so its fate and flux deltas are those of the classifier alone
+        for frame in ("fate", "flux"):
+            a = getattr(grn, frame)
+            b = getattr(clf, frame)
+            np.testing.assert_allclose(a[a["gene"] == gene]["delta"], b[b["gene"] == gene]["delta"], atol=1e-12)
+
+
+def test_no_propagation_means_no_shift_of_the_chain(chain_model):
+    res = chain_model.knockout(
+        ["Reg_P2"], terminal=["P3"], simulate="grn", n_propagation=0, inplace=False, progress=False, n_shift_null=0
+    )
+    assert (res.chains["Reg_P2"] != chain_model.transitions_.cell_chain).nnz == 0
+    assert res.summary.loc[0, "n_shifted"] == 0
+
+
+def test_simulation_needs_a_chain_and_a_prior():
+    scvi.settings.seed = 0
+    adata = kdcpt.datasets.synthetic(n_cells=300, seed=2)
+    model = _train(adata)  # no prior_key, no compute_transitions
+    with pytest.raises(ValueError, match="compute_transitions"):
+        model.knockout("Reg_P1", simulate="grn", progress=False, inplace=False)
+    with pytest.raises(InvalidInputError, match="prior_key"):
+        model.fit_grn()
+    grn = model.fit_grn(regulators=["Reg_P0", "Reg_P1", "Reg_P2", "Reg_P3"])
+    assert len(grn.regulators) == 4
+
+
+def test_shift_and_score_written_and_plotted_from_a_reread_file(chain_model, tmp_path):
+    adata = chain_model.adata
+    chain_model.knockout(["Reg_P2", "Gene_7"], terminal=["P3"], progress=False, n_shift_null=9)
+    assert "kdcpt_ko_score_Reg_P2" in adata.obs and adata.obsm["kdcpt_ko_shift_Reg_P2"].shape == (adata.n_obs, 2)
+    np.testing.assert_array_equal(adata.obs["kdcpt_ko_score_Gene_7"], 0.0)  # no shift, no score
+    adata.write_h5ad(tmp_path / "ko.h5ad")
+    back = ad.read_h5ad(tmp_path / "ko.h5ad")
+    ax = kdcpt.pl.knockout_shift(back, "Reg_P2", show=False)
+    quiver = [c for c in ax.collections if type(c).__name__ == "Quiver"]
+    assert len(quiver) == 1 and np.abs(quiver[0].U).max() > 0
+    assert "Reg_P2" in ax.get_title() and "p =" in ax.get_title()
+    plt.close("all")
+    ax = kdcpt.pl.knockout_fate(back, "Reg_P2", show=False)
+    image = ax.get_images()[0].get_array()
+    fate = back.uns["kdcpt"]["knockout_fate"]
+    expected = fate[fate["gene"] == "Reg_P2"].pivot_table(
+        index="source", columns="terminal", values="delta", observed=True, sort=False
+    )
+    np.testing.assert_allclose(np.asarray(image), expected.to_numpy(), atol=1e-12)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["P3", "not reached"]
+    plt.close("all")
+    with pytest.raises(KeyError, match="simulate='grn'"):
+        kdcpt.pl.knockout_shift(back, "Reg_P3")
