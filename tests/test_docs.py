@@ -111,8 +111,6 @@ UNS_ENTRIES = '.uns["kdcpt"]'  # heading of the table of the entries inside .uns
 
 #: keys outputs.md names that _keys.py does not define, and who writes them
 NOT_IN_KEYS = {
-    "kdcpt_attention": "writers.write_key_genes, f'{key_added}_attention' (not yet a Keys property)",
-    "kdcpt_attribution": "writers.write_key_genes, f'{key_added}_attribution' (not yet a Keys property)",
     _constants.LABELS_COPY_KEY: "setup_anndata / setup_mudata: private copy of the labels (_constants.py)",
     "kdcpt_prior_tf": "kdcpt run --species (cli.py)",
     "_scvi_uuid": "scvi-tools' setup",

@@ -74,6 +74,14 @@ class Keys:
         return f"{self.key_added}_key_site"
 
     @property
+    def attention(self) -> str:
+        return f"{self.key_added}_attention"
+
+    @property
+    def attribution(self) -> str:
+        return f"{self.key_added}_attribution"
+
+    @property
     def knockout_effect(self) -> str:
         return f"{self.key_added}_knockout_effect"
 

@@ -216,9 +216,9 @@ def write_key_genes(
         keys.rank: ov["rank"].to_numpy(np.float64),
         keys.key_gene: (ov["rank"] <= n_top).to_numpy(bool),
     }
-    for extra in ("attention", "attribution"):
+    for extra, name in (("attention", keys.attention), ("attribution", keys.attribution)):
         if extra in ov:
-            columns[f"{key_added}_{extra}"] = ov[extra].to_numpy(np.float32)
+            columns[name] = ov[extra].to_numpy(np.float32)
     for k, v in columns.items():
         adata.var[k] = v
     _uns(adata, key_added)[_keys.UNS_KEY_GENES] = result.ranking(N_RANKED)
