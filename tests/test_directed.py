@@ -318,6 +318,6 @@ def test_knockout_after_compute_transitions_writes_fate_deltas_of_the_stored_cha
     assert {"gene", "source", "terminal", "fate_base", "fate_ko", "delta"} <= set(fate.columns)
     assert set(fate["terminal"].astype(str)) == {"P2", "P3", "not reached"}
     assert "all" in set(fate["source"].astype(str))
-    # the planted carrier of P1 -> P2 moves fates far more than a decoy transcription factor
-    moved = fate.assign(absd=fate["delta"].abs()).groupby("gene", observed=True)["absd"].max()
-    assert moved["Reg_P2"] > 5 * moved["TF_decoy_0"]
+    # the planted carrier of P1 -> P2 moves the fate into P2 far more than a decoy transcription factor
+    into_p2 = fate[(fate["source"] == "all") & (fate["terminal"] == "P2")].set_index("gene")["delta"].abs()
+    assert into_p2["Reg_P2"] > 0.05 and into_p2["Reg_P2"] > 5 * into_p2["TF_decoy_0"]

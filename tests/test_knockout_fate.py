@@ -38,7 +38,8 @@ def test_fate_table_shape_and_shares(fate_result, transition_model):
     f = fate_result.fate
     assert list(f.columns) == ["gene", "source", "terminal", "fate_base", "fate_ko", "delta"]
     n_src = len(transition_model.classes_) + 1  # phenotypes and "all"
-    assert len(f) == 4 * n_src * 2
+    assert len(f) == 4 * n_src * 3  # outcomes: the two terminals and "not reached" within the horizon
+    assert list(f["terminal"].cat.categories) == ["P2", "P3", "not reached"]
     shares = f.groupby(["gene", "source"], observed=True)[["fate_base", "fate_ko"]].sum()
     np.testing.assert_allclose(shares.to_numpy(), 1.0, atol=1e-6)  # fates into terminals are shares
     np.testing.assert_allclose(f["delta"], f["fate_ko"] - f["fate_base"], atol=1e-12)
