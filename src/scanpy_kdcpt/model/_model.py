@@ -96,8 +96,9 @@ class KDCPT(
         Dropout rate.
     use_wide
         Add a linear "wide" path over all registered genes (log-normalised) to the prediction
-        branch, so the model is never weaker than a regularised linear model on the same genes.
-        It reads the model's input, so knockouts reach it.
+        branch (trained by SGD with the network, on top of the first stage). It reads the
+        model's input, so knockouts reach it. Kept on by default beside ``linear_stage``: without
+        it PBMC lost 0.05 macro-F1 over 5 splits, paul15 and pancreas moved within noise.
     wide_l2
         Ridge penalty on the wide path's weights.
     balanced_softmax
