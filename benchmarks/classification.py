@@ -494,7 +494,8 @@ def report(command: str) -> None:
         f"- Versions: {', '.join(f'{k} {v}' for k, v in out['versions'].items())}",
         "- Splits: stratified 80/20 with seeds 0..n-1 (n per row below); every method fits (HVGs, PCA, scaling) "
         "on the training split only and is scored on the held-out 20 %. KDCPT's seed = the split's seed. "
-        "Cells: mean ± sd over the seeds.",
+        "Kang 2018: one fixed split (train on control, test on IFN-β-stimulated cells); seeds change the "
+        "models' seeds only. Cells: mean ± sd over the seeds.",
         "",
     ]
     order = {m: i for i, m in enumerate(METHODS)}
