@@ -53,7 +53,8 @@ KANG_MARKERS = {
 }
 # name -> (use_cell_learner, use_cffm, extra model kwargs, extra train kwargs)
 KDCPT_VARIANTS = {
-    "kdcpt": (True, True, {}, {}),  # defaults = the full model = ablation cell (CL, CFFM)
+    # the runs of 2026-12-04 used the first stage as the default; it is opt-in since, so it is named here
+    "kdcpt": (True, True, {"linear_stage": True}, {}),
     "kdcpt_no_cffm": (True, False, {}, {}),
     "kdcpt_no_cl": (False, True, {}, {}),
     "kdcpt_no_cl_no_cffm": (False, False, {}, {}),
@@ -76,8 +77,8 @@ PEERS = ["logreg", "knn", "mlp_embedding", "celltypist", "scanvi"]
 EARLIER = ["kdcpt_issue11", "kdcpt_scvi_embedding_issue11"]
 METHODS = [*KDCPT_VARIANTS, SCVI_EMBEDDING, *EARLIER, *PEERS]
 LABELS = {
-    "kdcpt": "KDCPT (defaults: convex first stage + wide & deep + Cell Learner + CFFM, balanced softmax)",
-    "kdcpt_issue11": "KDCPT without the first stage (the issue-11 default; runs of 2026-11-26)",
+    "kdcpt": "KDCPT (linear_stage=True: convex first stage + wide & deep + Cell Learner + CFFM, balanced softmax)",
+    "kdcpt_issue11": "KDCPT without the first stage (the default; runs of 2026-11-26)",
     "kdcpt_scvi_embedding_issue11": "KDCPT on scVI's latent space, without the first stage (runs of 2026-11-26)",
     "kdcpt_no_linear_stage": "KDCPT without the first stage (linear_stage=False)",
     "kdcpt_no_cffm": "KDCPT ablation: Cell Learner, no CFFM",

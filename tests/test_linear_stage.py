@@ -17,7 +17,7 @@ from sklearn.metrics import f1_score
 import scanpy_kdcpt as kdcpt
 from scanpy_kdcpt.model import _linear_stage
 
-SMALL = {"n_tokens": 32, "n_selected": 8, "d_model": 16, "n_hidden": 32, "n_pcs": 10}
+SMALL = {"n_tokens": 32, "n_selected": 8, "d_model": 16, "n_hidden": 32, "n_pcs": 10, "linear_stage": True}
 
 
 def _log_data(n_cells: int = 800, seed: int = 0) -> ad.AnnData:
