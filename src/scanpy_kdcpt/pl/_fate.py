@@ -109,19 +109,7 @@ def transition_stream(
         lookup = _read.colors(adata, key, names) if color == keys.pred else _scanpy_colors(adata, color, names)
         c = col.astype(str).map(lookup).to_numpy()
         ax.scatter(X[:, 0], X[:, 1], s=6, c=list(c), linewidths=0, alpha=0.6, rasterized=True, zorder=1)
-        for name in names:
-            sel = (col.astype(str) == name).to_numpy()
-            if sel.any():
-                m = np.median(X[sel], 0)
-                ax.text(
-                    *m,
-                    _read.wrap(name, 14),
-                    fontsize=8,
-                    ha="center",
-                    va="center",
-                    zorder=4,
-                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.7},
-                )
+        _read.label_groups(ax, X, col, min_cells=1)
     else:
         ax.scatter(X[:, 0], X[:, 1], s=6, c="#bbbbbb", linewidths=0, rasterized=True, zorder=1)
     speed = np.sqrt(np.nan_to_num(U) ** 2 + np.nan_to_num(W) ** 2)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 
 from .. import _keys
 from .._errors import KeyNotFoundError
@@ -124,3 +125,22 @@ def savefig(fig: Figure, writekey: str, save: str | bool | None) -> Path | None:
     logg.warning(f"saving figure to file {path}")  # scanpy's level: the user should see where it went
     fig.savefig(path, bbox_inches="tight")  # dpi: rcParams["savefig.dpi"], as scanpy
     return path
+
+
+def label_groups(ax, X: np.ndarray, groups, *, min_cells: int = 5) -> None:
+    """Each group's name at the median of its cells on an embedding (white box, for orientation)."""
+    if groups is None:
+        return
+    col = pd.Series(np.asarray(groups, dtype=object)).astype(str).astype("category")
+    for name in col.cat.categories:
+        sel = (col == name).to_numpy()
+        if sel.sum() >= min_cells:
+            ax.text(
+                *np.median(X[sel], 0),
+                wrap(str(name), 14),
+                fontsize=8,
+                ha="center",
+                va="center",
+                zorder=4,
+                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.75},
+            )

@@ -33,7 +33,7 @@ def _pq(row: pd.Series | None) -> str:
     return f" (p = {row['score_pval']:.2g}, q = {row['score_qval']:.2g} against randomised shifts)"
 
 
-@doc_params("doc_key", "doc_show_save_ax")
+@doc_params("doc_key", "doc_show_save_ax", "doc_returns")
 def knockout_shift(
     adata: AnnData,
     gene: str,
@@ -75,9 +75,7 @@ def knockout_shift(
         Axes title.
     {doc_show_save_ax}
 
-    Returns
-    -------
-    The Axes (``None`` when shown; the Figure with ``return_fig=True``).
+    {doc_returns}
 
     """
     keys = _keys.Keys(key)
@@ -112,21 +110,7 @@ def knockout_shift(
     ax.quiver(
         GX[ok], GY[ok], U[ok], W[ok], angles="xy", scale=scale, width=0.0035, color="#222222", alpha=0.85, zorder=3
     )
-    pred = keys.pred
-    if pred in adata.obs:  # phenotype names at their cells' medians, for orientation
-        col = adata.obs[pred].astype("category")
-        for name in col.cat.categories:
-            sel = (col == name).to_numpy()
-            if sel.sum() >= 5:
-                ax.text(
-                    *np.median(X[sel], 0),
-                    _read.wrap(str(name), 14),
-                    fontsize=8,
-                    ha="center",
-                    va="center",
-                    zorder=4,
-                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.75},
-                )
+    _read.label_groups(ax, X, adata.obs[keys.pred] if keys.pred in adata.obs else None)
     cbar = fig.colorbar(dots, ax=ax, shrink=0.7, pad=0.02)
     cbar.set_label("perturbation score\n(< 0: pushed back against development)", fontsize=8)
     ax.set_xticks([])
@@ -140,7 +124,7 @@ def knockout_shift(
     return _read.finish(fig, ax, show, return_fig, save)
 
 
-@doc_params("doc_key", "doc_show_save_ax")
+@doc_params("doc_key", "doc_show_save_ax", "doc_returns")
 def knockout_fate(
     adata: AnnData,
     gene: str,
@@ -174,9 +158,7 @@ def knockout_fate(
         Axes title.
     {doc_show_save_ax}
 
-    Returns
-    -------
-    The Axes (``None`` when shown; the Figure with ``return_fig=True``).
+    {doc_returns}
 
     """
     fate = adata.uns.get(key, {}).get(_keys.UNS_KNOCKOUT_FATE)
