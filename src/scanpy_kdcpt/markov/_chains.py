@@ -1,42 +1,10 @@
-"""Markov chains between cells and phenotypes: the torch-free numerical core.
-
-Every function takes and returns numpy arrays (or scipy sparse matrices) and knows nothing of
-AnnData or torch; the model, the writers, the plots and the benchmarks all use these.
-
-Notation: ``T`` is a cell-level chain (cells × cells, row-stochastic), ``M`` the soft
-phenotype memberships (cells × phenotypes, rows sum to 1), ``P`` a phenotype-level chain
-(phenotypes × phenotypes, row-stochastic), ``π`` a distribution over phenotypes.
-"""
+"""Cell and phenotype chains: kNN chains, coarse-graining, stationary state, entropy, flux."""
 
 from __future__ import annotations
-
-import warnings
 
 import numpy as np
 import pandas as pd
 from scipy import sparse
-
-__all__ = [
-    "absorption_probabilities",
-    "check_stochastic",
-    "coarse_grain",
-    "entropy",
-    "fate_probabilities",
-    "knn_graph",
-    "knn_transition_matrix",
-    "mean_fate",
-    "memberships",
-    "net_flux",
-    "posterior_transition_matrix",
-    "project_chain",
-    "row_normalize",
-    "terminal_states",
-    "stationary_distribution",
-    "symmetrized",
-    "terminal_phenotypes",
-    "terminated_transitions",
-    "total_variation",
-]
 
 
 def check_stochastic(P: np.ndarray, what: str = "A transition matrix") -> np.ndarray:
@@ -235,77 +203,6 @@ def symmetrized(P: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return S
 
 
-def absorption_probabilities(
-    T: sparse.spmatrix | np.ndarray, absorbing: np.ndarray, targets: np.ndarray, n_targets: int
-) -> np.ndarray:
-    """Probability that the chain started at each state is first absorbed in each target group.
-
-    Parameters
-    ----------
-    T
-        Row-stochastic states × states chain (cells, or phenotypes).
-    absorbing
-        Boolean mask of the absorbing (terminal) states.
-    targets
-        Target group (``0 .. n_targets - 1``) of each absorbing state, one entry per state
-        (ignored where not absorbing).
-    n_targets
-        Number of target groups.
-
-    Returns
-    -------
-    States × groups. Absorbing states get their own group with probability 1. Rows of
-    transient states from which no absorbing state is reachable are NaN (not a uniform guess).
-
-    """
-    from scipy.sparse.linalg import splu
-
-    T = sparse.csr_matrix(T, dtype=float)
-    n = T.shape[0]
-    absorbing = np.asarray(absorbing, dtype=bool)
-    targets = np.asarray(targets, dtype=int)
-    if absorbing.shape != (n,) or targets.shape != (n,):
-        raise ValueError(f"absorbing and targets need one entry per state ({n}).")
-    if not absorbing.any():
-        raise ValueError("No absorbing state: name at least one terminal phenotype.")
-    out = np.zeros((n, n_targets))
-    a = np.flatnonzero(absorbing)
-    out[a, targets[a]] = 1.0
-    t = np.flatnonzero(~absorbing)
-    if not len(t):
-        return out
-    reach = _reaches(T, absorbing)
-    stuck = t[~reach[t]]
-    t_ok = t[reach[t]]
-    if len(t_ok):
-        Q = T[t_ok][:, t_ok]
-        R = T[t_ok][:, a] @ sparse.csr_matrix(
-            (np.ones(len(a)), (np.arange(len(a)), targets[a])), shape=(len(a), n_targets)
-        )
-        A = (sparse.identity(len(t_ok), format="csc") - Q).tocsc()
-        out[t_ok] = np.clip(splu(A).solve(np.asarray(R.todense())), 0.0, 1.0)
-        s = out[t_ok].sum(1, keepdims=True)
-        out[t_ok] /= np.where(s > 0, s, 1.0)
-    out[stuck] = np.nan
-    return out
-
-
-def _reaches(T: sparse.csr_matrix, targets: np.ndarray) -> np.ndarray:
-    """States from which some target state is reachable (breadth-first on the reversed graph)."""
-    from scipy.sparse.csgraph import breadth_first_order
-
-    n = T.shape[0]
-    # reversed edges, plus a hub state n with an edge to every target: a search from the hub
-    # reaches exactly the states that reach a target
-    hits = np.flatnonzero(targets)
-    hub = sparse.csr_matrix((np.ones(len(hits)), (np.full(len(hits), n), hits)), shape=(n + 1, n + 1))
-    G = sparse.block_diag([sparse.csr_matrix(T.T), sparse.csr_matrix((1, 1))]).tocsr() + hub
-    order = breadth_first_order(G, n, directed=True, return_predecessors=False)
-    out = np.zeros(n + 1, bool)
-    out[order] = True
-    return out[:n]
-
-
 def total_variation(P: np.ndarray, Q: np.ndarray, weights: np.ndarray | None = None) -> float:
     """Mean total-variation distance ``½ Σ_j |P_ij - Q_ij|`` over rows (rows with weight > 0)."""
     tv = 0.5 * np.abs(np.asarray(P, dtype=float) - np.asarray(Q, dtype=float)).sum(1)
@@ -356,115 +253,6 @@ def knn_graph(
     W.setdiag(0)
     W.eliminate_zeros()
     return D, W
-
-
-def fate_probabilities(
-    T: sparse.spmatrix | np.ndarray, M: sparse.spmatrix | np.ndarray, terminal: np.ndarray, *, core: float = 0.5
-) -> np.ndarray:
-    """Probability that each cell's chain ends in each terminal phenotype.
-
-    The cells of a terminal phenotype ``j`` whose membership of ``j`` is its largest and at
-    least ``core`` are made absorbing (the terminal *states*, as in CellRank); every other
-    cell's absorption probabilities are solved on ``T`` (:func:`absorption_probabilities`).
-    A terminal phenotype without such a cell falls back, with a warning, to the cells that
-    predict it (else the 1 % with its largest membership).
-    This is the function to call with perturbed memberships (a knockout's ``M_ko``) on the
-    same chain ``T``.
-
-    Parameters
-    ----------
-    T
-        Cell-level chain, cells × cells, row-stochastic.
-    M
-        Soft memberships, cells × phenotypes (rows sum to 1).
-    terminal
-        Integer codes (columns of ``M``) of the terminal phenotypes.
-    core
-        Least membership of a terminal phenotype for a cell to be one of its absorbing states.
-
-    Returns
-    -------
-    Cells × terminals (in the order of ``terminal``); NaN rows for cells from which no
-    terminal state is reachable.
-
-    """
-    M = M.toarray() if sparse.issparse(M) else np.asarray(M, dtype=float)
-    terminal = np.asarray(terminal, dtype=int).ravel()
-    if M.ndim != 2 or M.shape[0] != T.shape[0]:
-        raise ValueError(f"M must be cells × phenotypes with {T.shape[0]} rows, got {M.shape}.")
-    if not len(terminal):
-        raise ValueError("terminal is empty: name at least one terminal phenotype.")
-    if len(set(terminal.tolist())) != len(terminal) or terminal.min() < 0 or terminal.max() >= M.shape[1]:
-        raise ValueError(f"terminal must hold distinct phenotype codes in [0, {M.shape[1]}), got {terminal.tolist()}.")
-    absorbing, group = terminal_states(M, terminal, core=core)
-    return absorption_probabilities(T, absorbing, np.where(absorbing, group, 0), len(terminal))
-
-
-def mean_fate(F: np.ndarray, M: sparse.spmatrix | np.ndarray) -> np.ndarray:
-    """Mean fate per phenotype: membership-weighted mean of the rows of ``F`` (NaN rows left out).
-
-    Returns phenotypes × terminals (NaN for a phenotype without any cell of known fate).
-    """
-    M = M.toarray() if sparse.issparse(M) else np.asarray(M, dtype=float)
-    F = np.asarray(F, dtype=float)
-    ok = ~np.isnan(F).any(1)
-    W = M[ok]
-    num = W.T @ F[ok]
-    den = W.sum(0)[:, None]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
-
-
-def terminal_phenotypes(P: np.ndarray, weights: np.ndarray, *, tol: float = 0.05) -> np.ndarray:
-    """Codes of the sink phenotypes of a directed phenotype chain.
-
-    A phenotype is terminal when its net outflow to every other phenotype is at most
-    ``tol`` times its largest net inflow (it receives, it does not send on), and it receives
-    some net flux. Used when no terminal phenotypes are given.
-    """
-    flux = net_flux(P, weights)
-    out_max = np.clip(flux, 0, None).max(1)
-    in_max = np.clip(-flux, 0, None).max(1)
-    return np.flatnonzero((in_max > 0) & (out_max <= tol * in_max))
-
-
-def terminal_states(M: np.ndarray, terminal: np.ndarray, *, core: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
-    """The absorbing cells of each terminal phenotype: ``(absorbing mask, terminal index per cell)``.
-
-    A cell is a terminal state of phenotype ``terminal[i]`` when that is its largest membership
-    and at least ``core``. A terminal phenotype without such a cell falls back, with a warning,
-    to the cells that predict it (else the 1 % with its largest membership).
-    """
-    M = M.toarray() if sparse.issparse(M) else np.asarray(M, dtype=float)
-    terminal = np.asarray(terminal, dtype=int).ravel()
-    top = M.argmax(1)
-    lookup = np.full(M.shape[1], -1)
-    lookup[terminal] = np.arange(len(terminal))
-    group = lookup[top]
-    absorbing = (group >= 0) & (M[np.arange(len(M)), top] >= core)
-    fallback = []
-    for i, t in enumerate(terminal):
-        if (absorbing & (group == i)).any():
-            continue
-        # no confident cell (e.g. an undertrained model): the cells that call it most likely, else
-        # the 1 % of cells with its largest membership, so that the phenotype still absorbs
-        cand = np.flatnonzero(top == t)
-        if not len(cand):
-            cand = np.argsort(-M[:, t], kind="stable")[: max(1, int(np.ceil(0.01 * len(M))))]
-            cand = cand[~absorbing[cand]]
-        if not len(cand):
-            raise ValueError(f"Terminal phenotype code {int(t)} has no cell that could absorb the chain.")
-        group[cand], absorbing[cand] = i, True
-        fallback.append(int(t))
-    if fallback:
-        warnings.warn(
-            f"Terminal phenotype code(s) {fallback} have no cell with membership ≥ core={core}: their absorbing "
-            "states are the cells that predict them (else those with the largest membership). Fates into them "
-            "are rough; train longer or lower core.",
-            UserWarning,
-            stacklevel=2,
-        )
-    return absorbing, group
 
 
 def project_chain(T: sparse.spmatrix, X: np.ndarray) -> np.ndarray:
