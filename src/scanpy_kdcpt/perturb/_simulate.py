@@ -9,6 +9,7 @@ null of row-shuffled shifts.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -80,29 +81,31 @@ class GRNMixin:
 
         """
         self._check_if_trained(warn=True)
-        genes = self.var_names_[: _n_genes(self)]
-        X, graph = _smoothed_expression(self, n_neighbors)
-        mask = _regulator_mask(self, regulators, genes)
-        A = edges_matrix(base, genes) if base is not None else None
-        codes = _phenotype_codes(self)
-        grn = simulation.fit_grn(
-            X,
-            codes,
-            regulators=mask,
-            base=A,
-            graph=None,  # X is smoothed already
-            alpha=alpha,
-            n_phenotypes=len(self.classes_),
-            min_cells=min_cells,
-            min_z=min_z,
-            genes=genes,
-        )
-        self.grn_ = grn
-        n_links = [int(W.nnz) for W in grn.coef]
-        logg.info(
-            f"KDCPT: GRN with {len(grn.regulators)} regulators, {min(n_links)}–{max(n_links)} links per phenotype."
-        )
-        return grn
+        X, codes = _simulation_inputs(self, n_neighbors)
+        return _fit(self, X, codes, regulators=regulators, base=base, alpha=alpha, min_z=min_z, min_cells=min_cells)
+
+
+def _fit(model, X: np.ndarray, codes: np.ndarray, *, regulators, base, alpha, min_z, min_cells) -> simulation.GRN:
+    """:meth:`GRNMixin.fit_grn` on expression already smoothed; sets ``model.grn_``."""
+    genes = model.var_names_[: _n_genes(model)]
+    mask = _regulator_mask(model, regulators, genes)
+    A = edges_matrix(base, genes) if base is not None else None
+    grn = simulation.fit_grn(
+        X,
+        codes,
+        regulators=mask,
+        base=A,
+        graph=None,  # X is smoothed already
+        alpha=alpha,
+        n_phenotypes=len(model.classes_),
+        min_cells=min_cells,
+        min_z=min_z,
+        genes=genes,
+    )
+    model.grn_ = grn
+    n_links = [int(W.nnz) for W in grn.coef]
+    logg.info(f"KDCPT: GRN with {len(grn.regulators)} regulators, {min(n_links)}–{max(n_links)} links per phenotype.")
+    return grn
 
 
 @dataclass
@@ -124,11 +127,11 @@ class ShiftSimulator:
 
     @classmethod
     def build(cls, model: KDCPTLike, T, *, n_propagation: int, sigma: float) -> ShiftSimulator:
-        if model.grn_ is None:
-            model.fit_grn()
-        X, _ = _smoothed_expression(model, 30)
+        X, codes = _simulation_inputs(model, 30)  # once: for the GRN (when not fitted yet) and the shifts
+        if model.grn_ is None:  # fit_grn's defaults
+            _fit(model, X, codes, **_fit_grn_defaults())
         basis, Z = _pca_basis(X)
-        return cls(T, X, _phenotype_codes(model), model.grn_, basis, Z, n_propagation, sigma)
+        return cls(T, X, codes, model.grn_, basis, Z, n_propagation, sigma)
 
     def shift(self, unit: Sequence[int], value: float = 0.0) -> np.ndarray:
         """``Δx`` of a knockout (cells × genes); regulatory sites of the unit are not simulated."""
@@ -183,8 +186,19 @@ def _phenotype_codes(model) -> np.ndarray:
     return np.where(labelled, codes, pred)
 
 
-def _smoothed_expression(model, n_neighbors: int) -> tuple[np.ndarray, sparse.csr_matrix]:
-    """Log expression of the genes, averaged over each cell's kNN neighbours, and that graph."""
+def _fit_grn_defaults() -> dict:
+    """The defaults of :meth:`GRNMixin.fit_grn` (declared once, in its signature)."""
+    params = inspect.signature(GRNMixin.fit_grn).parameters
+    return {k: p.default for k, p in params.items() if k not in ("self", "n_neighbors")}
+
+
+def _simulation_inputs(model, n_neighbors: int) -> tuple[np.ndarray, np.ndarray]:
+    """The smoothed log expression of the genes and each cell's phenotype (the GRN's and the shifts' inputs)."""
+    return _smoothed_expression(model, n_neighbors), _phenotype_codes(model)
+
+
+def _smoothed_expression(model, n_neighbors: int) -> np.ndarray:
+    """Log expression of the genes, averaged over each cell's kNN neighbours (the chain's graph when there is one)."""
     state = model.transitions_
     if state is not None and state.covers(model.adata) and state.connectivities is not None:
         graph = state.connectivities
@@ -192,7 +206,7 @@ def _smoothed_expression(model, n_neighbors: int) -> tuple[np.ndarray, sparse.cs
         graph = markov.knn_graph(model.get_encoder_representation(), n_neighbors)[1]
     X = model._inputs.registered_matrix(model.adata)[:, : _n_genes(model)]
     X = _expression.log_normalize(X, model.data_type_)
-    return simulation.smooth_expression(X, graph).astype(np.float32), graph
+    return simulation.smooth_expression(X, graph).astype(np.float32)
 
 
 def _pca_basis(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
