@@ -38,6 +38,7 @@ def shuffled_model():
 def test_modalities_in_another_cell_order_are_aligned_by_name(shuffled_model):
     original, mdata, model = shuffled_model
     assert mdata["atac"].obs_names.equals(mdata.obs_names)
+    np.testing.assert_array_equal(mdata.obsmap["atac"].ravel(), np.arange(1, mdata.n_obs + 1))  # MuData's map updated
     # the model reads each cell's own peaks: rows of the registered matrix follow mdata.obs_names
     X = model._inputs.registered_matrix(mdata)
     n_genes = original["rna"].n_vars

@@ -267,11 +267,11 @@ def _check_paired(mdata, mods: dict[str, str]) -> None:
                 f"({n_shared} shared, e.g. {list(map(str, missing[:3]))} missing from {name!r}). KDCPT needs paired "
                 "data: subset both modalities to the shared cells, e.g. mu.pp.intersect_obs(mdata)."
             )
-    for name in (mods["rna"], mods["regulatory"]):
-        if not mdata[name].obs_names.equals(cells):
-            mdata.mod[name] = mdata[name][cells].copy()
-            logg.info(f"KDCPT: the rows of mdata[{name!r}] were put in the order of mdata.obs_names (same cells).")
-    if any(not mdata[n].obs_names.equals(cells) for n in mods.values()):
+    reordered = [name for name in (mods["rna"], mods["regulatory"]) if not mdata[name].obs_names.equals(cells)]
+    for name in reordered:
+        mdata.mod[name] = mdata[name][cells].copy()
+        logg.info(f"KDCPT: the rows of mdata[{name!r}] were put in the order of mdata.obs_names (same cells).")
+    if reordered:  # MuData's own map from its cells to each modality's rows follows the new order
         mdata.update()
 
 
