@@ -35,6 +35,22 @@ def test_fate_probabilities_split_a_branch_and_mark_unreachable_cells_nan():
         markov.fate_probabilities(T, M, [1, 1])
 
 
+def test_progenitor_phenotypes_with_different_cell_fates_get_different_fates():
+    # two progenitor phenotypes: U's cells go to terminal A, V's to terminal B, and one cell of U
+    # splits; a phenotype's fate is its cells' fates averaged with their memberships, so U and V
+    # differ (a phenotype-level chain with a shared intermediate would give them one fate)
+    T = np.zeros((6, 6))
+    T[0, 4] = 1.0  # U → A
+    T[1, 4] = T[1, 5] = 0.5  # U, splits
+    T[2, 5] = T[3, 5] = 1.0  # V → B
+    T[4, 4] = T[5, 5] = 1.0
+    M = np.array([[1, 0, 0, 0], [1, 0, 0, 0], [0, 1, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], float)
+    F = markov.fate_probabilities(sparse.csr_matrix(T), M, [2, 3])
+    mean = markov.mean_fate(F, M)
+    np.testing.assert_allclose(mean[0], [0.75, 0.25])
+    np.testing.assert_allclose(mean[1], [0.0, 1.0])
+
+
 def test_fate_probabilities_of_a_chain_follow_its_bias():
     # a line of 10 cells: terminal phenotypes L (cells 0-1) and R (8-9), S between; a walk
     # biased to the right ends in R more often, and more so the further right it starts

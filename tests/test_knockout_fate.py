@@ -40,9 +40,27 @@ def test_fate_table_shape_and_shares(fate_result, transition_model):
     n_src = len(transition_model.classes_) + 1  # phenotypes and "all"
     assert len(f) == 4 * n_src * 3  # outcomes: the two terminals and "not reached" within the horizon
     assert list(f["terminal"].cat.categories) == ["P2", "P3", "not reached"]
-    shares = f.groupby(["gene", "source"], observed=True)[["fate_base", "fate_ko"]].sum()
-    np.testing.assert_allclose(shares.to_numpy(), 1.0, atol=1e-6)  # fates into terminals are shares
+    # eventual fates into the terminals are shares; "not reached" (within the horizon) is beside them
+    into = f[f["terminal"] != "not reached"]
+    shares = into.groupby(["gene", "source"], observed=True)[["fate_base", "fate_ko"]].sum()
+    np.testing.assert_allclose(shares.to_numpy(), 1.0, atol=1e-6)
+    nr = f[f["terminal"] == "not reached"]
+    assert ((nr["fate_base"] >= 0) & (nr["fate_base"] <= 1)).all()
     np.testing.assert_allclose(f["delta"], f["fate_ko"] - f["fate_base"], atol=1e-12)
+
+
+def test_fate_base_is_the_fate_table(fate_result, transition_model):
+    # one definition: the terminal rows of fate_base are the membership-weighted eventual
+    # absorption of get_fate_probabilities / markov.mean_fate, on the same chain and memberships
+    T = lineage_chain(transition_model.adata)
+    M = transition_model.predict(soft=True).to_numpy()
+    names = list(transition_model.classes_)
+    codes = [names.index("P2"), names.index("P3")]
+    expected = markov.mean_fate(markov.fate_probabilities(T, M, codes), M)
+    f = fate_result.fate
+    base = f[(f["gene"] == "Reg_P1") & (f["terminal"] != "not reached") & (f["source"] != "all")]
+    got = base.pivot_table(index="source", columns="terminal", values="fate_base", observed=True).loc[names]
+    np.testing.assert_allclose(got[["P2", "P3"]].to_numpy(), expected, atol=1e-6)
 
 
 def test_carrier_knockout_shifts_fates_and_flux_random_genes_do_not(fate_result):

@@ -1,13 +1,19 @@
 """Fate and flux deltas of knockouts on a directed cell-level chain (torch-free; used by ``knockout``).
 
-One definition of a phenotype's fate, before and after a knockout: each cell's probability of
-reaching each terminal phenotype within the chain's horizon
+One definition of a phenotype's fate, here as in :meth:`~scanpy_kdcpt.KDCPT.get_fate_probabilities`
+and every plot: each cell's probability of being absorbed, eventually, in each terminal phenotype
+(:func:`scanpy_kdcpt.markov.fate_probabilities`), averaged over the phenotype's cells weighted by
+their membership (the base memberships ``M``, so the same cells are compared before and after);
+``source="all"`` is the mean over all cells. Cells from which no terminal can be reached are
+left out of the fates (their rows are NaN, as in ``get_fate_probabilities``), so the terminal
+rows of a source sum to 1; such cells are counted in "not reached".
+
+Eventual absorption on a connected chain hardly moves when a knockout only *slows* progenitors
+(every cell still ends in some terminal), so a block is reported beside the fates, as the
+outcome ``"not reached"``: the mass that has not reached any terminal within the chain's horizon
 (:func:`scanpy_kdcpt.simulation.fates_with_horizon`; the horizon is the number of steps after
-which the unperturbed chain has brought 90 % of the non-terminal cells' mass to a terminal),
-plus "not reached" (the mass that reaches no terminal within the horizon, so that a knockout
-that blocks progenitors can lower every fate), averaged over the phenotype's cells weighted by
-their membership (the base memberships ``M``, so the same cells are compared);
-``source="all"`` is the mean over all cells.
+which the unperturbed chain has brought 90 % of the non-terminal cells' mass to a terminal). It
+is a measure of delay or block, not a fate: it does not add to the terminal rows.
 
 A knockout changes the memberships (``M_ko``, the classifier's probabilities of the perturbed
 cells), which decide the terminal states (cells of a terminal phenotype with membership
@@ -18,6 +24,7 @@ chain is ``P = D⁻¹ Mᵀ T M`` before and ``P_ko = D⁻¹ M_koᵀ T_ko M_ko`` 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -72,7 +79,7 @@ def resolve_chain(model, chain, terminal: Sequence[str] | None, n_cells: int):
     return T, terminal
 
 
-#: the outcome of the mass that reaches no terminal within the horizon
+#: the outcome beside the fates: the mass that has reached no terminal within the horizon
 NOT_REACHED = "not reached"
 
 
@@ -90,11 +97,28 @@ class FateDeltas:
         self.flux = markov.net_flux(self.P, self.sizes)
 
     def _cell_fates(self, T, M: np.ndarray) -> np.ndarray:
-        return simulation.fates_with_horizon(T, M, self.terminal_idx, n_steps=self.horizon)
+        """Cells × (terminals + 1): eventual absorption in each terminal, then "not reached" within the horizon."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # the fallback warning is given once per chain by the horizon
+            eventual = markov.fate_probabilities(T, M, self.terminal_idx)
+        within = simulation.fates_with_horizon(T, M, self.terminal_idx, n_steps=self.horizon)
+        return np.column_stack([eventual, within[:, -1]])
 
     def _phenotype_fates(self, F: np.ndarray) -> np.ndarray:
-        """Phenotypes (then "all") × outcomes: membership-weighted means of the cells' fates."""
-        return np.vstack([markov.mean_fate(F, self.M), F.mean(0)])
+        """Phenotypes (then "all") × outcomes: membership-weighted means of the cells' fates.
+
+        As :func:`~scanpy_kdcpt.markov.mean_fate`: cells with no reachable terminal (NaN fates)
+        are left out of the terminal columns; they stay in "not reached".
+        """
+        fates, stuck = F[:, :-1], F[:, -1:]
+        ok = ~np.isnan(fates).any(1)
+        every = fates[ok].mean(0) if ok.any() else np.full(fates.shape[1], np.nan)
+        return np.column_stack(
+            [
+                np.vstack([markov.mean_fate(fates, self.M), every]),
+                np.vstack([markov.mean_fate(stuck, self.M), stuck.mean(0)]),
+            ]
+        )
 
     def unit(
         self, name: str, cells: np.ndarray, dp: np.ndarray, T_ko: sparse.csr_matrix | None = None

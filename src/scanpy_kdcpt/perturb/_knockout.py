@@ -218,11 +218,12 @@ class KnockoutMixin:
         cell: the shift's change of the expected step against the chain's drift; negative: pushed
         back against development) and ``.obsm["{key}_ko_shift_<gene>"]`` (the shift on ``basis``).
         With a directed chain also ``.uns[key]["knockout_fate"]`` (``gene``, ``source``,
-        ``terminal``, ``fate_base``, ``fate_ko``, ``delta``; ``terminal`` lists the terminal
-        phenotypes and ``"not reached"``, the mass that reaches no terminal within the chain's
-        horizon — so a knockout that blocks progenitors lowers their fates; a phenotype's fate is
-        its cells' fates averaged with their memberships; ``source="all"``: the mean over all
-        cells) and ``.uns[key]["knockout_flux"]`` (``gene``, ``source``, ``target``, ``p_base``,
+        ``terminal``, ``fate_base``, ``fate_ko``, ``delta``; a phenotype's fate in a terminal is
+        its cells' probability of eventually ending there, averaged with their memberships, as in
+        :meth:`get_fate_probabilities`; the extra outcome ``"not reached"`` is the mass that has
+        reached no terminal within the chain's horizon (``knockout_params["fate_horizon"]``
+        steps), where a knockout that blocks progenitors shows; ``source="all"``: the mean over
+        all cells) and ``.uns[key]["knockout_flux"]`` (``gene``, ``source``, ``target``, ``p_base``,
         ``p_ko`` of the directed chain, ``flux_base``, ``flux_ko``, ``delta``).
 
         """

@@ -139,9 +139,11 @@ def knockout_fate(
 ) -> Axes | Figure | None:
     """Fate deltas of one knockout: source phenotype × outcome (terminal phenotypes, "not reached").
 
-    Each cell is the change of the source phenotype's probability of reaching the outcome
-    within the chain's horizon (``.uns[key]["knockout_fate"]``); the row ``all`` is the mean
-    over all cells. The values are written where they read (``|Δ| ≥ 0.005``); the title
+    Each cell of a terminal column is the change of the source phenotype's fate, its cells'
+    probability of eventually ending in that terminal (the definition of
+    :meth:`~scanpy_kdcpt.KDCPT.get_fate_probabilities`); the column "not reached" is the change
+    of the mass that has reached no terminal within the chain's horizon (a block or delay, not a
+    fate) (``.uns[key]["knockout_fate"]``). The row ``all`` is the mean over all cells. The values are written where they read (``|Δ| ≥ 0.005``); the title
     carries the test of the knockout's perturbation score against randomised shifts when the
     knockout was simulated.
 
@@ -184,9 +186,14 @@ def knockout_fate(
             if np.isfinite(v) and abs(v) >= 0.005:
                 dark = abs(v) > 0.6 * vmax
                 ax.text(j, i, f"{v:+.2f}", ha="center", va="center", fontsize=8, color="white" if dark else "black")
-    ax.set_xticks(range(D.shape[1]), [_read.wrap(str(c), 12) for c in D.columns], rotation=30, ha="right")
+    horizon = adata.uns.get(key, {}).get(_keys.UNS_KNOCKOUT_PARAMS, {}).get("fate_horizon")
+    ticks = [
+        f"not reached in {int(horizon)} steps" if str(c) == "not reached" and horizon is not None else str(c)
+        for c in D.columns
+    ]
+    ax.set_xticks(range(D.shape[1]), [_read.wrap(t, 12) for t in ticks], rotation=30, ha="right")
     ax.set_yticks(range(D.shape[0]), [_read.wrap(str(r), 22) for r in D.index])
-    ax.set_xlabel("outcome within the horizon")
+    ax.set_xlabel("eventual fate (terminals) · mass still in transit (not reached)", fontsize=8)
     ax.set_ylabel("source phenotype")
     cbar = fig.colorbar(im, ax=ax, shrink=0.8, pad=0.02)
     cbar.set_label("Δ fate (knockout − base)", fontsize=8)

@@ -38,9 +38,10 @@ class KnockoutResult(_Result):
     fate
         With a directed chain: tidy fate deltas ``gene``, ``source`` (phenotypes, and ``"all"``
         for the mean over all cells), ``terminal`` (the terminal phenotypes, then ``"not
-        reached"``: the mass that reaches no terminal within the chain's horizon), ``fate_base``,
-        ``fate_ko``, ``delta``. A phenotype's fate is its cells' probabilities of reaching each
-        terminal within the horizon, averaged with their memberships.
+        reached"``: the mass that has reached no terminal within the chain's horizon — a block,
+        not a fate), ``fate_base``, ``fate_ko``, ``delta``. A phenotype's fate in a terminal is
+        its cells' probability of eventually ending there (absorption), averaged with their
+        memberships, as in :meth:`~scanpy_kdcpt.KDCPT.get_fate_probabilities`.
     flux
         With a directed chain: tidy ``gene``, ``source``, ``target``, ``p_base``, ``p_ko`` (the
         directed phenotype chain), ``flux_base``, ``flux_ko``, ``delta`` (change of net flux).
