@@ -1,6 +1,7 @@
 """Plots of KD-CPT results, drawn from AnnData keys only (scanpy conventions)."""
 
 from ._calibration import reliability
+from ._confusion import confusion_matrix
 from ._entropy import entropy
 from ._fate import fate_probabilities, transition_stream
 from ._history import training_history
@@ -13,3 +14,4 @@ __all__: list[str] = []
 __all__ += ["transition_matrix", "transition_graph", "entropy", "reliability", "training_history"]
 __all__ += ["key_genes", "knockout", "knockout_effects"]
 __all__ += ["transition_stream", "fate_probabilities", "knockout_shift", "knockout_fate"]
+__all__ += ["confusion_matrix"]
