@@ -337,3 +337,16 @@ def test_knockout_after_compute_transitions_writes_fate_deltas_of_the_stored_cha
     # the planted carrier of P1 -> P2 moves the fate into P2 far more than a decoy transcription factor
     into_p2 = fate[(fate["source"] == "all") & (fate["terminal"] == "P2")].set_index("gene")["delta"].abs()
     assert into_p2["Reg_P2"] > 0.05 and into_p2["Reg_P2"] > 5 * into_p2["TF_decoy_0"]
+
+
+def test_a_terminal_phenotype_left_without_cells_gets_fate_zero_not_an_error():
+    # after a knockout every cell that could absorb in B absorbs in A: B gets no terminal state,
+    # a warning, and fate 0 (it used to raise)
+    T = np.array([[0.0, 1.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    M = np.array([[1.0, 0.0, 0.0], [0.0, 0.9, 0.1], [0.0, 0.8, 0.2]])  # phenotypes S, A, B
+    with pytest.warns(UserWarning, match="no cell left"):
+        absorbing, group = markov.terminal_states(M, np.array([1, 2]))
+    assert absorbing.tolist() == [False, True, True] and (group[absorbing] == 0).all()
+    with pytest.warns(UserWarning):
+        F = markov.fate_probabilities(sparse.csr_matrix(T), M, [1, 2])
+    np.testing.assert_allclose(F, [[1, 0], [1, 0], [1, 0]])

@@ -136,3 +136,11 @@ def test_plots_explain_missing_keys():
         kdcpt.pl.transition_matrix(a, show=False)
     with pytest.raises(KeyError, match="model.annotate"):
         kdcpt.pl.training_history(a, show=False)
+
+
+def test_heatmap_has_no_style_grid_through_its_numbers(reread):
+    # scanpy's figure style turns the axes grid on; its lines would cross the cells' numbers
+    with plt.rc_context({"axes.grid": True}):
+        ax = kdcpt.pl.transition_matrix(reread, show=False)
+        assert not any(line.get_visible() for line in ax.get_xgridlines() + ax.get_ygridlines())
+    plt.close("all")

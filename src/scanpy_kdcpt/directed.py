@@ -267,7 +267,12 @@ def _smooth(W: sparse.csr_matrix, X) -> np.ndarray:
 
 @contextlib.contextmanager
 def _quiet():
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    # stderr too: CellRank's softmax-scale estimate draws a progress bar that no argument turns off
+    with (
+        warnings.catch_warnings(),
+        contextlib.redirect_stdout(io.StringIO()),
+        contextlib.redirect_stderr(io.StringIO()),
+    ):
         warnings.simplefilter("ignore")
         prev = logging.getLogger("cellrank").level
         yield

@@ -165,7 +165,7 @@ def terminal_states(M: np.ndarray, terminal: np.ndarray, *, core: float = 0.5) -
     lookup[terminal] = np.arange(len(terminal))
     group = lookup[top]
     absorbing = (group >= 0) & (M[np.arange(len(M)), top] >= core)
-    fallback = []
+    fallback, lost = [], []
     for i, t in enumerate(terminal):
         if (absorbing & (group == i)).any():
             continue
@@ -176,9 +176,19 @@ def terminal_states(M: np.ndarray, terminal: np.ndarray, *, core: float = 0.5) -
             cand = np.argsort(-M[:, t], kind="stable")[: max(1, int(np.ceil(0.01 * len(M))))]
             cand = cand[~absorbing[cand]]
         if not len(cand):
-            raise ValueError(f"Terminal phenotype code {int(t)} has no cell that could absorb the chain.")
+            # every candidate already absorbs in another terminal (e.g. a knockout that turns all of
+            # this phenotype's cells into another one): the phenotype absorbs nothing, fate 0
+            lost.append(int(t))
+            continue
         group[cand], absorbing[cand] = i, True
         fallback.append(int(t))
+    if lost:
+        warnings.warn(
+            f"Terminal phenotype code(s) {lost} have no cell left that could absorb the chain (their cells "
+            "absorb in other terminals): no cell ends there, their fates are 0.",
+            UserWarning,
+            stacklevel=2,
+        )
     if fallback:
         warnings.warn(
             f"Terminal phenotype code(s) {fallback} have no cell with membership ≥ core={core}: their absorbing "

@@ -117,6 +117,7 @@ def knockout(
     vmax = float(np.nanmax(np.abs(D))) if np.isfinite(D).any() else 1.0
     vmax = vmax if vmax > 0 else 1e-3
     im = ax.imshow(D, cmap=cmap, vmin=-vmax, vmax=vmax, aspect="equal")
+    ax.grid(False)  # no style grid through the cells and their numbers
     labelsize = max(6.0, min(9.0, 11 - 0.25 * max(n_r, n_c)))
     ax.set_xticks(
         range(n_c),

@@ -180,6 +180,7 @@ def knockout_fate(
     vmax = max(float(np.nanmax(np.abs(vals))), 1e-3)
     fig, ax = _read.new_axes(ax, (max(4.4, 1.8 + 0.9 * D.shape[1]), 1.2 + 0.42 * D.shape[0]))
     im = ax.imshow(vals, cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto")
+    ax.grid(False)  # no style grid through the cells and their numbers
     for i in range(vals.shape[0]):
         for j in range(vals.shape[1]):
             v = vals[i, j]

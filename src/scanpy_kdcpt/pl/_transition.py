@@ -87,6 +87,7 @@ def transition_matrix(
     cell = 0.62 if annotate else 0.4
     fig, ax = _read.new_axes(ax, (max(4.0, cell * n + 3.2), max(3.4, cell * n + 2.0)))
     im = ax.imshow(P.to_numpy(), cmap=cmap, norm=PowerNorm(gamma=gamma, vmin=0.0, vmax=1.0), aspect="equal")
+    ax.grid(False)  # no style grid through the cells and their numbers
     ax.set_xticks(range(n), [_read.wrap(c, wrap) for c in P.columns], rotation=60, ha="right", rotation_mode="anchor")
     ax.set_yticks(range(n), [_read.wrap(c, wrap) for c in names])
     small = max(5.5, min(9.0, 11 - 0.25 * n))
