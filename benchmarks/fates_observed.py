@@ -119,7 +119,8 @@ def report(res: dict) -> str:
         for src in PROGENITORS:
             vals = {t: np.array([r["chains"][name][src][t] for r in res["kdcpt"]]) for t in TERMINAL}
             tvs = np.array([tv({t: vals[t][i] for t in TERMINAL}, obs) for i in range(len(res["kdcpt"]))])
-            cells = " | ".join(f"{vals[t].mean():.3f} ± {vals[t].std(ddof=1) if len(tvs) > 1 else 0:.3f}" for t in TERMINAL)
+            sds = {t: vals[t].std(ddof=1) if len(tvs) > 1 else 0.0 for t in TERMINAL}
+            cells = " | ".join(f"{vals[t].mean():.3f} ± {sds[t]:.3f}" for t in TERMINAL)
             sd = tvs.std(ddof=1) if len(tvs) > 1 else 0.0
             lines.append(f"| KD-CPT {name} | {src} | {cells} | {tvs.mean():.3f} ± {sd:.3f} |")
         for src in PROGENITORS:

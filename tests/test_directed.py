@@ -350,3 +350,20 @@ def test_a_terminal_phenotype_left_without_cells_gets_fate_zero_not_an_error():
     with pytest.warns(UserWarning):
         F = markov.fate_probabilities(sparse.csr_matrix(T), M, [1, 2])
     np.testing.assert_allclose(F, [[1, 0], [1, 0], [1, 0]])
+
+
+def test_importing_cellrank_keeps_the_warning_filters():
+    # pygpcca's import sets UserWarning to "always" for the whole process; the package's import
+    # of CellRank restores the filters (checked in a fresh interpreter, where CellRank is not loaded)
+    import subprocess
+    import sys
+
+    code = (
+        "import warnings; from scanpy_kdcpt._utils import import_cellrank\n"
+        "warnings.simplefilter('ignore', UserWarning); before = list(warnings.filters)\n"
+        "import_cellrank()\n"
+        "assert list(warnings.filters) == before, 'filters changed'\n"
+        "import sys; assert 'pygpcca' in sys.modules\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]

@@ -50,3 +50,18 @@ def check_obs_column(data, key: str, what: str, where: str = "adata") -> None:
     """A KeyError naming the columns when ``key`` is not a column of ``data.obs``."""
     if key not in data.obs:
         raise KeyNotFoundError(f"{what} {key!r} is not a column of {where}.obs (columns: {list(data.obs.columns)}).")
+
+
+def import_cellrank():
+    """Import CellRank, keeping the caller's warning filters.
+
+    Importing CellRank imports pygpcca, which sets ``warnings.simplefilter("always", UserWarning)``
+    for the whole process: a user's (or a notebook's) filters would be lost on the first
+    ``compute_transitions``. The filters are restored after the import.
+    """
+    import warnings
+
+    with warnings.catch_warnings():
+        import cellrank
+
+    return cellrank

@@ -37,6 +37,7 @@ from scipy import sparse
 
 from . import markov
 from ._errors import KeyNotFoundError
+from ._utils import import_cellrank
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -280,6 +281,7 @@ def _quiet():
 
 
 def _connectivity_kernel(light, adata, **_):
+    import_cellrank()  # keeps the warning filters pygpcca would reset
     from cellrank.kernels import ConnectivityKernel
 
     with _quiet():
@@ -288,6 +290,7 @@ def _connectivity_kernel(light, adata, **_):
 
 
 def _pseudotime_from_values(light, values: np.ndarray, params: dict):
+    import_cellrank()  # keeps the warning filters pygpcca would reset
     from cellrank.kernels import PseudotimeKernel
 
     light.obs["_kdcpt_pseudotime"] = np.asarray(values, dtype=np.float64)
@@ -343,6 +346,7 @@ def _time_kernel(light, adata, *, time_key, **_):
 
 
 def _cytotrace_kernel(light, adata, *, expression, **_):
+    import_cellrank()  # keeps the warning filters pygpcca would reset
     from cellrank.kernels import CytoTRACEKernel
 
     X = adata.X if expression is None else expression
@@ -358,6 +362,8 @@ def _cytotrace_kernel(light, adata, *, expression, **_):
 
 def _velocity_kernel(light, adata, **_):
     import scvelo as scv
+
+    import_cellrank()  # keeps the warning filters pygpcca would reset
     from cellrank.kernels import VelocityKernel
 
     S = sparse.csr_matrix(adata.layers["spliced"], dtype=np.float32)

@@ -10,6 +10,7 @@ from scanpy import logging as logg
 from scipy import sparse
 
 from .. import markov
+from .._utils import import_cellrank
 from ..results import Fates
 
 if TYPE_CHECKING:
@@ -101,6 +102,7 @@ class FateMixin:
         ``adata`` gets nothing new: the kernel holds the chain; e.g.
         ``cr.estimators.GPCCA(model.to_cellrank())``.
         """
+        import_cellrank()  # keeps the warning filters pygpcca would reset
         from cellrank.kernels import PrecomputedKernel
 
         state = self._stored_chain(adata)
@@ -111,6 +113,8 @@ class FateMixin:
 def _gpcca_terminal(T: sparse.csr_matrix, M: np.ndarray) -> np.ndarray:
     """Terminal phenotypes from CellRank's GPCCA: terminal macrostates → their most frequent phenotype."""
     import anndata as ad
+
+    import_cellrank()  # keeps the warning filters pygpcca would reset
     from cellrank.estimators import GPCCA
     from cellrank.kernels import PrecomputedKernel
 

@@ -143,9 +143,9 @@ def knockout_fate(
     probability of eventually ending in that terminal (the definition of
     :meth:`~scanpy_kdcpt.KDCPT.get_fate_probabilities`); the column "not reached" is the change
     of the mass that has reached no terminal within the chain's horizon (a block or delay, not a
-    fate) (``.uns[key]["knockout_fate"]``). The row ``all`` is the mean over all cells. The values are written where they read (``|Δ| ≥ 0.005``); the title
-    carries the test of the knockout's perturbation score against randomised shifts when the
-    knockout was simulated.
+    fate) (``.uns[key]["knockout_fate"]``). The row ``all`` is the mean over all cells. The values
+    are written where they read (``|Δ| ≥ 0.005``); the title carries the test of the knockout's
+    perturbation score against randomised shifts when the knockout was simulated.
 
     Parameters
     ----------
