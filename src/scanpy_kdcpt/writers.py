@@ -195,8 +195,8 @@ def write_key_genes(
     ``setup_mudata``) the genes and sites are ranked within their own modality and written to
     ``mdata[rna].var`` / ``.uns[key]["key_genes"]`` (key genes) and ``mdata[regulatory].var``
     (``{key}_score``, ``{key}_selected_frac``, ``{key}_rank``, ``{key}_key_site``, plus the
-    ``link_key`` column kept beside them) / ``.uns[key]["key_sites"]`` (sites ranked by the Cell
-    Learner, genes by attribution when present); ``mdata.uns[key]`` gets
+    ``link_key`` column kept beside them) / ``.uns[key]["key_sites"]`` (sites ranked by the
+    specificity of their Cell Learner score, genes by attribution when present); ``mdata.uns[key]`` gets
     both rankings (``key_genes``, ``key_sites``) and ``key_features``, the joint ranking over
     genes and sites.
     """
