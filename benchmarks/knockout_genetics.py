@@ -595,7 +595,7 @@ def markdown(o: dict) -> str:
         L += ["## Timing: 10 genes on pancreas, 1 torch thread", ""]
         L += [
             f"Genes: {t['genes']}. Load average (1/5/15 min) before {t['load_before']}, after {t['load_after']} "
-            "(2 cores shared with other jobs).",
+            "(2 cores shared with other jobs)." + (f" {t['note']}" if t.get("note") else ""),
             "",
             "| call | wall s | × classifier |",
             "|---|---|---|",
