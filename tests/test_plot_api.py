@@ -18,7 +18,7 @@ from scanpy_kdcpt import results, writers
 
 PL = Path(kdcpt.pl.__file__).parent
 #: the modules ``pl/`` may import from the package: keys, helpers, the public torch-free core
-ALLOWED = {"_keys", "_utils", "_expression", "_errors", "markov", "calibration", "stats", "results"}
+ALLOWED = {"_keys", "_utils", "_expression", "_errors", "markov", "calibration", "metrics", "stats", "results"}
 
 
 @pytest.fixture
