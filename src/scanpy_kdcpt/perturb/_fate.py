@@ -110,15 +110,8 @@ class FateDeltas:
         As :func:`~scanpy_kdcpt.markov.mean_fate`: cells with no reachable terminal (NaN fates)
         are left out of the terminal columns; they stay in "not reached".
         """
-        fates, stuck = F[:, :-1], F[:, -1:]
-        ok = ~np.isnan(fates).any(1)
-        every = fates[ok].mean(0) if ok.any() else np.full(fates.shape[1], np.nan)
-        return np.column_stack(
-            [
-                np.vstack([markov.mean_fate(fates, self.M), every]),
-                np.vstack([markov.mean_fate(stuck, self.M), stuck.mean(0)]),
-            ]
-        )
+        weights = np.column_stack([self.M, np.ones(len(self.M))])  # the phenotypes, then "all"
+        return np.column_stack([markov.mean_fate(F[:, :-1], weights), markov.mean_fate(F[:, -1:], weights)])
 
     def unit(
         self, name: str, cells: np.ndarray, dp: np.ndarray, T_ko: sparse.csr_matrix | None = None

@@ -28,14 +28,7 @@ def _from_obs(adata: AnnData, key: str, labels_key: str | None, n_bins: int) -> 
     missing = [c for c in cols if c not in adata.obs]
     if missing:
         raise KeyNotFoundError(f"adata.obs lacks {missing[:3]}: run model.annotate() (key_added={key!r}) first.")
-    if labels_key is None:
-        params = adata.uns.get(key, {}).get(_keys.UNS_PARAMS, {})
-        labels_key = params.get("labels_key")
-        if labels_key is None or str(labels_key) == "None":
-            raise ValueError("Pass labels_key= (the .obs column of known phenotypes).")
-        labels_key = str(labels_key)
-    if labels_key not in adata.obs:
-        raise KeyNotFoundError(f"labels_key {labels_key!r} is not a column of adata.obs.")
+    labels_key = _read.labels_key(adata, key, labels_key)
     codes = codes_of(adata.obs[labels_key], names)
     keep = codes >= 0
     if not keep.any():

@@ -21,21 +21,6 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
-def _labels_key(adata: AnnData, key: str, labels_key: str | None) -> str:
-    """``labels_key``, or the one the model was set up with (``.uns[key]["params"]``)."""
-    if labels_key is None:
-        params = adata.uns.get(key, {}).get(_keys.UNS_PARAMS, {})
-        labels_key = params.get("labels_key")
-        if labels_key is None or str(labels_key) == "None":
-            raise ValueError(
-                f"Pass labels_key= (the .obs column of known phenotypes): adata.uns[{key!r}] does not record one."
-            )
-    labels_key = str(labels_key)
-    if labels_key not in adata.obs:
-        raise KeyNotFoundError(f"labels_key {labels_key!r} is not a column of adata.obs.")
-    return labels_key
-
-
 def _positions(adata: AnnData, cells) -> np.ndarray:
     """Row positions of ``cells``: ``None`` (all), a boolean mask, integer positions or obs names."""
     if cells is None:
@@ -71,7 +56,7 @@ def confusion_table(
     if pred_key not in adata.obs:
         raise KeyNotFoundError(f"adata.obs[{pred_key!r}] not found: run model.annotate() (key_added={key!r}) first.")
     names = _read.classes(adata, key)
-    labels_key = _labels_key(adata, key, labels_key)
+    labels_key = _read.labels_key(adata, key, labels_key)
     pos = _positions(adata, cells)
     true = adata.obs[labels_key].iloc[pos].astype(object)
     pred = adata.obs[pred_key].iloc[pos].astype(str)

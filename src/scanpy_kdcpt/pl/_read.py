@@ -40,6 +40,21 @@ def classes(adata: AnnData, key: str) -> list[str]:
     return [str(c) for c in np.asarray(uns_entry(adata, key, _keys.UNS_CLASSES))]
 
 
+def labels_key(adata: AnnData, key: str, labels_key: str | None) -> str:
+    """``labels_key``, or the one the model was set up with (``.uns[key]["params"]``), checked in ``.obs``."""
+    if labels_key is None:
+        params = adata.uns.get(key, {}).get(_keys.UNS_PARAMS, {})
+        labels_key = params.get("labels_key")
+        if labels_key is None or str(labels_key) == "None":
+            raise ValueError(
+                f"Pass labels_key= (the .obs column of known phenotypes): adata.uns[{key!r}] does not record one."
+            )
+    labels_key = str(labels_key)
+    if labels_key not in adata.obs:
+        raise KeyNotFoundError(f"labels_key {labels_key!r} is not a column of adata.obs.")
+    return labels_key
+
+
 def colors(adata: AnnData, key: str, names: list[str]) -> dict[str, str]:
     """Phenotype → colour from ``.uns[f"{key}_pred_colors"]`` (scanpy's palette if absent)."""
     cols = adata.uns.get(_keys.Keys(key).colors)
