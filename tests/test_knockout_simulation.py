@@ -142,3 +142,41 @@ def test_shift_and_score_written_and_plotted_from_a_reread_file(chain_model, tmp
     plt.close("all")
     with pytest.raises(KeyError, match="simulate='grn'"):
         kdcpt.pl.knockout_shift(back, "Reg_P3")
+
+
+def test_shift_kept_on_request_and_its_phenotype_means(chain_model, both):
+    from scanpy_kdcpt import simulation
+    from scanpy_kdcpt.perturb._simulate import ShiftSimulator
+
+    grn, _ = both
+    assert grn.shift == {}  # the cells × genes shifts are not kept by default
+    genes, classes = list(chain_model.var_names_), list(chain_model.classes_)
+    kept = chain_model.knockout(
+        ["Reg_P2", "Gene_7"], terminal=["P3"], inplace=False, progress=False, n_shift_null=0, keep_shift=True
+    )
+    sim = ShiftSimulator.build(chain_model, chain_model.transitions_.cell_chain, n_propagation=3, sigma=0.25)
+    for gene in ("Reg_P2", "Gene_7"):
+        S = kept.shift[gene]
+        dense = simulation.simulate_shift(sim.X, sim.codes, sim.grn, [genes.index(gene)], n_propagation=3)
+        np.testing.assert_allclose(S, dense, atol=1e-6)
+        mean = grn.shift_mean[gene]
+        assert list(mean.index) == classes and list(mean.columns) == genes
+        np.testing.assert_allclose(mean.loc["P1"], dense[sim.codes == classes.index("P1")].mean(0), atol=1e-5)
+    # a gene without targets shifts only itself; the planted regulator moves others (lowers P2's targets)
+    others = grn.shift_mean["Gene_7"].drop(columns="Gene_7")
+    assert (others == 0).all().all()
+    assert (grn.shift_mean["Reg_P2"].drop(columns="Reg_P2").abs().to_numpy() > 1e-3).any()
+
+
+def test_terminal_states_base_holds_the_absorbing_cells(chain_model):
+    kw = {"terminal": ["P3"], "inplace": False, "progress": False, "n_shift_null": 0}
+    fixed = chain_model.knockout(GENES, simulate="classifier", terminal_states="base", **kw)
+    assert fixed.params["terminal_states"] == "base"
+    # the chain does not move and the same cells absorb: no fate changes at all
+    np.testing.assert_array_equal(fixed.fate["delta"].to_numpy(), 0.0)
+    # through the GRN the chain itself moves, so the regulator's knockout still blocks P1
+    moved = chain_model.knockout("Reg_P2", simulate="grn", terminal_states="base", **kw)
+    fate = moved.fate.set_index(["gene", "source", "terminal"])["delta"]
+    assert fate.loc[("Reg_P2", "P1", "not reached")] > 0.02
+    with pytest.raises(ValueError, match="terminal_states"):
+        chain_model.knockout("Reg_P2", terminal_states="fixed", **kw)

@@ -87,6 +87,32 @@ def test_fit_grn_base_and_shared_paths_agree():
     assert g.coef[A_MID][REG].nnz == 0 and g.coef[A_MID].nnz <= 1
 
 
+def test_fit_grn_on_a_response_controls_for_the_targets_own_level():
+    rng = np.random.default_rng(3)
+    n, alpha = 200, 0.05
+    X = rng.standard_normal((n, 6))
+    Y = 0.5 * X[:, [0]] - 0.3 * X + 0.2 * rng.standard_normal((n, 6))  # a drift: pulled back, driven by gene 0
+    regs = np.isin(np.arange(6), [0, 1, 2])
+    g = sim.fit_grn(X, np.zeros(n, int), regulators=regs, alpha=alpha, min_z=0, response=Y)
+    W = g.coef[0].toarray()
+    Xc, Yc, lam = X - X.mean(0), Y - Y.mean(0), alpha * n
+    for t in range(6):
+        # non-regulators: their own level is a covariate; regulators: the others and themselves, own dropped
+        cols = [0, 1, 2] if regs[t] else [0, 1, 2, t]
+        A = Xc[:, cols]
+        beta = np.linalg.solve(A.T @ A + lam * np.eye(len(cols)), A.T @ Yc[:, t])[:3]
+        if regs[t]:
+            beta[t] = 0.0
+        np.testing.assert_allclose(W[:3, t], beta, atol=1e-8)
+    assert (W[0, 3:] > 0.3).all()  # gene 0 drives every target's change
+    with pytest.raises(ValueError, match="response"):
+        sim.fit_grn(X, np.zeros(n, int), response=Y[:, :3])
+    with pytest.raises(ValueError, match="base"):
+        sim.fit_grn(X, np.zeros(n, int), base=np.ones((6, 6)), response=Y)
+    drift = sim.chain_drift(sparse.eye(n, format="csr"), X, lag=3)
+    assert drift.shape == X.shape and not drift.any()  # a chain that stays put has no drift
+
+
 def test_fit_grn_pools_small_phenotypes():
     X, codes, _ = _branching(300, seed=2)
     g = sim.fit_grn(X, codes, regulators=np.arange(N_GENES) == REG, n_phenotypes=6, min_cells=20)

@@ -119,12 +119,22 @@ def with_first_order(summary: pd.DataFrame, first_order: pd.Series, mode: str) -
 
 
 def fate_deltas(
-    T, terminal, base: Baseline, plan: Perturbation, deltas: Deltas, units, run_list, phenotypes, *, chains=None
+    T,
+    terminal,
+    base: Baseline,
+    plan: Perturbation,
+    deltas: Deltas,
+    units,
+    run_list,
+    phenotypes,
+    *,
+    chains=None,
+    terminal_states: str = "knockout",
 ) -> tuple[pd.DataFrame, pd.DataFrame, int]:
     """Tidy fate and flux deltas of every screened unit on the directed chain ``T`` (or the unit's
     perturbed chain in ``chains``), and the fate horizon.
     """
-    fd = FateDeltas(T, base.proba, phenotypes, terminal)
+    fd = FateDeltas(T, base.proba, phenotypes, terminal, terminal_states=terminal_states)
     index_of = {u: i for i, u in enumerate(run_list)}
     fates, fluxes = [], []
     for name, unit in units.items():

@@ -17,7 +17,8 @@ is a measure of delay or block, not a fate: it does not add to the terminal rows
 
 A knockout changes the memberships (``M_ko``, the classifier's probabilities of the perturbed
 cells), which decide the terminal states (cells of a terminal phenotype with membership
-≥ 0.5), and — with ``simulate="grn"`` — the chain itself (``T_ko``). The directed phenotype
+≥ 0.5; with ``terminal_states="base"`` the unperturbed memberships decide them, so the same
+cells absorb before and after), and — with ``simulate="grn"`` — the chain itself (``T_ko``). The directed phenotype
 chain is ``P = D⁻¹ Mᵀ T M`` before and ``P_ko = D⁻¹ M_koᵀ T_ko M_ko`` after; net flux
 ``F - Fᵀ`` with ``F = diag(Mᵀ 1) P``.
 """
@@ -81,14 +82,25 @@ def resolve_chain(model, chain, terminal: Sequence[str] | None, n_cells: int):
 
 #: the outcome beside the fates: the mass that has reached no terminal within the horizon
 NOT_REACHED = "not reached"
+#: whose memberships decide the absorbing cells under a knockout
+TERMINAL_STATES = ("knockout", "base")
 
 
 class FateDeltas:
     """Base directed chain and fates; :meth:`unit` gives one knockout's tidy rows."""
 
-    def __init__(self, T: sparse.csr_matrix, proba: np.ndarray, phenotypes: list[str], terminal: list[str]):
+    def __init__(
+        self,
+        T: sparse.csr_matrix,
+        proba: np.ndarray,
+        phenotypes: list[str],
+        terminal: list[str],
+        terminal_states: str = "knockout",
+    ):
+        if terminal_states not in TERMINAL_STATES:
+            raise ValueError(f"terminal_states must be one of {TERMINAL_STATES}, not {terminal_states!r}.")
         self.T, self.M, self.phenotypes = T, np.asarray(proba, float), list(phenotypes)
-        self.terminal = list(terminal)
+        self.terminal, self.fixed_states = list(terminal), terminal_states == "base"
         self.terminal_idx = np.array([self.phenotypes.index(t) for t in terminal])
         self.horizon = simulation.choose_horizon(T, self.M, self.terminal_idx)
         self.cell_fate = self._cell_fates(T, self.M)
@@ -123,7 +135,7 @@ class FateDeltas:
         np.add.at(M, np.asarray(cells, dtype=np.int64), dp)
         M = np.clip(M, 0, None)
         T = self.T if T_ko is None else T_ko
-        fate_ko = self._phenotype_fates(self._cell_fates(T, M))
+        fate_ko = self._phenotype_fates(self._cell_fates(T, self.M if self.fixed_states else M))
         src = [*self.phenotypes, "all"]
         outcomes = [*self.terminal, NOT_REACHED]
         K, J = self.fate.shape

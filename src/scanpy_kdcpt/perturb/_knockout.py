@@ -63,6 +63,7 @@ class KnockoutMixin:
         n_exact: int = 50,
         chain=None,
         terminal: Sequence[str] | None = None,
+        terminal_states: Literal["knockout", "base"] = "knockout",
         null_max_corr: float = 0.15,
         propagate: Literal["grn"] | None = None,
         grn: pd.DataFrame | None = None,
@@ -72,6 +73,7 @@ class KnockoutMixin:
         sigma: float = 0.25,
         n_shift_null: int = 0,
         basis: str | None = "umap",
+        keep_shift: bool = False,
     ) -> KnockoutResult:
         """Simulate gene knockouts (or overexpression) and compare transition matrices.
 
@@ -156,6 +158,13 @@ class KnockoutMixin:
         terminal
             Terminal phenotypes, made absorbing for the fate probabilities (default: those
             recorded with the model's chain).
+        terminal_states
+            Which cells absorb the chain under a knockout. ``"knockout"`` (default): the cells
+            whose membership of a terminal phenotype is ≥ 0.5 *after* the knockout, so a
+            knockout that makes the classifier stop recognising terminal cells (Arx: α cells)
+            removes them as endpoints. ``"base"``: the cells that absorb without the knockout,
+            held fixed, so fates change only through the chain (``simulate="grn"``) — with
+            ``simulate="classifier"`` the chain does not change, and neither do the fates.
         null_max_corr
             Genes whose correlation with the tested gene (Pearson on ``log1p`` values) exceeds
             this in absolute value are left out of its null pool, as are its prior targets
@@ -202,6 +211,12 @@ class KnockoutMixin:
         basis
             Embedding (``.obsm["X_" + basis]``) the shifts are projected on for
             :func:`scanpy_kdcpt.pl.knockout_shift` (``None``: none).
+        keep_shift
+            Keep each knockout's full shift ``Δx`` (cells × genes, float32) in
+            ``result.shift``. Off by default: a regulator's shift reaches nearly every gene of
+            the cells expressing it, so it is as large as the expression matrix per knockout
+            (1.6 GB for 200,000 cells × 2,000 genes); ``result.shift_mean`` (mean per phenotype)
+            is always kept.
 
         Returns
         -------
@@ -230,6 +245,8 @@ class KnockoutMixin:
         self._check_if_trained(warn=True)
         check_args(mode, floor, fraction, quantile, n_null)
         check_simulation_args(simulate, n_propagation, sigma, n_shift_null)
+        if terminal_states not in ("knockout", "base"):
+            raise ValueError(f"terminal_states must be 'knockout' or 'base', not {terminal_states!r}.")
         if screen not in ("auto", "exact", "first_order"):
             raise ValueError(f"screen must be 'auto', 'exact' or 'first_order', not {screen!r}.")
         if n_exact < 1:
@@ -307,6 +324,9 @@ class KnockoutMixin:
                 n_shift_null=n_shift_null,
                 random_state=random_state,
                 obs_names=target.obs_names,
+                phenotypes=list(self.classes_),
+                genes=list(self.var_names_),
+                keep_shift=keep_shift,
             )
             params.update(n_shift_null=int(n_shift_null), grn_regulators=int(len(sim.grn.regulators)))
         result = assemble(self, units, null, run_list, base, deltas, X.shape[0], params)
@@ -324,12 +344,24 @@ class KnockoutMixin:
         if T is not None:
             chains = shifts.chains if shifts is not None else None
             result.fate, result.flux, horizon = fate_deltas(
-                T, terminal, base, plan, deltas, units, run_list, list(self.classes_), chains=chains
+                T,
+                terminal,
+                base,
+                plan,
+                deltas,
+                units,
+                run_list,
+                list(self.classes_),
+                chains=chains,
+                terminal_states=terminal_states,
             )
-            params.update(terminal=np.asarray(terminal, dtype=object), fate_horizon=int(horizon))
+            params.update(
+                terminal=np.asarray(terminal, dtype=object), fate_horizon=int(horizon), terminal_states=terminal_states
+            )
         if shifts is not None:
             result.summary = result.summary.merge(shifts.summary, on="gene", how="left")
             result.shift, result.shift_score, result.chains = shifts.shifts, shifts.scores, shifts.chains
+            result.shift_mean = shifts.shift_mean
             result.shift_embedding, params["shift_basis"] = embed_shifts(target, T, shifts.chains, basis)
         out = output_target(target, inplace=inplace, copy=copy)
         if out is not None:

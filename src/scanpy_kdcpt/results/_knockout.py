@@ -46,8 +46,12 @@ class KnockoutResult(_Result):
         With a directed chain: tidy ``gene``, ``source``, ``target``, ``p_base``, ``p_ko`` (the
         directed phenotype chain), ``flux_base``, ``flux_ko``, ``delta`` (change of net flux).
     shift
-        With ``simulate="grn"``: per knockout, the simulated expression shift ``Δx`` (cells ×
-        genes, log scale; in memory only, never written over ``X``).
+        With ``simulate="grn"`` and ``keep_shift=True``: per knockout, the simulated expression
+        shift ``Δx`` (cells × genes, log scale, float32; in memory only, never written over ``X``).
+    shift_mean
+        With ``simulate="grn"``: per knockout, the mean shift of each phenotype's cells
+        (phenotypes × genes, log scale; the knocked-out genes' own loss included) — which genes
+        the knockout moves, where.
     shift_score
         With ``simulate="grn"``: cells × knockouts perturbation scores (the shift's effect on each
         cell's expected step against the chain's developmental drift; negative: pushed back).
@@ -67,6 +71,7 @@ class KnockoutResult(_Result):
     fate: pd.DataFrame | None = None
     flux: pd.DataFrame | None = None
     shift: dict = field(default_factory=dict)
+    shift_mean: dict = field(default_factory=dict)
     shift_score: pd.DataFrame | None = None
     chains: dict = field(default_factory=dict)
     shift_embedding: dict = field(default_factory=dict)

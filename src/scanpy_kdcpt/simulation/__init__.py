@@ -33,10 +33,11 @@ from ._chain import (
     perturbed_chain,
     randomized_shift_null,
 )
-from ._grn import GRN, fit_grn, simulate_shift, smooth_expression
+from ._grn import GRN, chain_drift, fit_grn, simulate_shift, smooth_expression
 
 __all__ = [
     "GRN",
+    "chain_drift",
     "choose_horizon",
     "embed_shift",
     "empirical_pvalue",

@@ -102,6 +102,26 @@ def smooth_expression(X, graph: sparse.spmatrix) -> np.ndarray:
     return np.asarray(out.toarray() if sparse.issparse(out) else out, dtype=np.float32)
 
 
+def chain_drift(T, X, lag: int = 20) -> np.ndarray:
+    """Where each cell's expression is headed on the chain: ``T^lag X − X`` (cells × genes, float32).
+
+    The expected change of expression after ``lag`` steps of the cell chain ``T``; as the
+    ``response`` of :func:`fit_grn` it makes each gene's coefficients predict its future change
+    from the regulators' current levels (Granger-like, along the chain's direction) instead of
+    its current level.
+    """
+    if lag < 1:
+        raise ValueError(f"lag must be 1 or more, got {lag}.")
+    T = sparse.csr_matrix(T)
+    X0 = _dense(X)
+    if T.shape != (X0.shape[0], X0.shape[0]):
+        raise ValueError(f"T must be cells × cells ({X0.shape[0]}), got {T.shape}.")
+    Y = X0
+    for _ in range(int(lag)):
+        Y = T @ Y
+    return (Y - X0).astype(np.float32)
+
+
 def _dense(X) -> np.ndarray:
     return np.asarray(X.toarray() if sparse.issparse(X) else X, dtype=np.float64)
 
@@ -118,6 +138,7 @@ def fit_grn(
     min_cells: int = 30,
     min_z: float = 3.0,
     genes: Sequence[str] | None = None,
+    response=None,
 ) -> GRN:
     """Fit a GRN for knockout simulation: per phenotype, a ridge of each target on its regulators.
 
@@ -177,6 +198,15 @@ def fit_grn(
         threshold, not a calibrated test. ``0`` keeps all.
     genes
         Gene names, stored so that knockouts can name genes.
+    response
+        Cells × genes matrix the regressions predict instead of the expression itself (e.g.
+        :func:`chain_drift`, the expected change of expression along the chain). Regulators
+        are still read from ``X_log``; a target that is not a regulator then also gets its own
+        current level as a covariate (not stored: it only keeps a gene's coefficients from
+        absorbing its own level's pull towards the mean). Not with ``base``. Measured on
+        pancreas (``benchmarks/results/knockout_genetics_core_drift.md``): the drift fits the
+        Neurog3 block (net flux EP → Pre-endocrine −69 %) but reverses Arx, Pax6 and Nkx6-1,
+        so the expression itself stays the default.
 
     Returns
     -------
@@ -205,12 +235,20 @@ def fit_grn(
     if not len(R):
         raise ValueError("No candidate regulator: regulators (and base) leave none.")
     X = smooth_expression(X_log, graph) if graph is not None else X_log
+    if response is not None and response.shape != X.shape:
+        raise ValueError(f"response must be cells × genes like X_log {X.shape}, got {response.shape}.")
+    if response is not None and base is not None:
+        raise ValueError("response is fitted on shared regulators only: pass base=None with a response.")
 
     def fit(rows: np.ndarray) -> sparse.csr_matrix:
         Xp = _dense(X[rows])
         Xp -= Xp.mean(0)
+        Yp = None
+        if response is not None:
+            Yp = _dense(response[rows])
+            Yp -= Yp.mean(0)
         if base is None:
-            return _fit_shared(Xp, R, alpha, min_z)
+            return _fit_shared(Xp, R, alpha, min_z, Yp)
         return _fit_base(Xp, R, groups, alpha, min_z)
 
     pooled_W = fit(np.arange(n_cells))
@@ -239,27 +277,54 @@ def _zscores(B: np.ndarray, K: np.ndarray, G0: np.ndarray, C: np.ndarray, yy: np
     return np.abs(B) / se
 
 
-def _fit_shared(Xc: np.ndarray, R: np.ndarray, alpha: float, min_z: float) -> sparse.csr_matrix:
+def _given_own(B: np.ndarray, K: np.ndarray, Gx: np.ndarray, x: np.ndarray, y: np.ndarray, lam: float) -> np.ndarray:
+    """Regulator coefficients of each response ``y_t`` with the target's own current level ``x_t``
+    added as a covariate (one Schur complement per target, all at once).
+
+    ``B = K X_Rᵀ y`` is the solve without it, ``Gx = X_Rᵀ x``; with ``x_t`` added,
+    ``β_R = B − (K Gx) γ``, ``γ = (x_tᵀ y_t − Gxᵀ B) / (x_tᵀ x_t + λ − Gxᵀ K Gx)``.
+    """
+    KG = K @ Gx
+    s = np.einsum("ct,ct->t", x, x) + lam - np.einsum("rt,rt->t", Gx, KG)
+    gamma = (np.einsum("ct,ct->t", x, y) - np.einsum("rt,rt->t", Gx, B)) / np.maximum(s, 1e-12)
+    return B - KG * gamma[None, :]
+
+
+def _fit_shared(
+    Xc: np.ndarray,
+    R: np.ndarray,
+    alpha: float,
+    min_z: float,
+    Yc: np.ndarray | None = None,
+    own: bool = True,
+) -> sparse.csr_matrix:
     """All targets at once on the same regulators ``R``: one Cholesky of the regulators' Gram.
 
-    A target that is itself a regulator ``k`` must not use itself; its ridge on the other
-    regulators is read off the inverse ``K = (X_Rᵀ X_R + λI)⁻¹``: ``β = −K[:, k] / K[k, k]``
-    (block inversion), exact and free once ``K`` is known.
+    ``Yc`` (default ``Xc``) holds the responses. A target that is itself a regulator ``k``
+    must not use itself; its ridge on the other regulators is read off the full solve ``β``
+    and the inverse ``K = (X_Rᵀ X_R + λI)⁻¹``: ``β₋ₖ − K[:, k] β_k / K[k, k]`` (block
+    inversion; with ``Yc = Xc`` this is ``−K[:, k] / K[k, k]``), exact and free once ``K`` is known.
     """
     n, n_genes = Xc.shape
+    Yc = Xc if Yc is None else Yc
     XR = Xc[:, R]
     G0 = XR.T @ XR
     G = G0.copy()
     lam = alpha * n
     G[np.diag_indices_from(G)] += lam
     cho = linalg.cho_factor(G, lower=False, check_finite=False)
-    C = XR.T @ Xc  # regulators × genes
+    C = XR.T @ Yc  # regulators × genes
     B = linalg.cho_solve(cho, C, check_finite=False)
     K = linalg.cho_solve(cho, np.eye(len(R)), check_finite=False)
-    B[:, R] = -K / np.diag(K)[None, :]
-    B[np.arange(len(R)), R] = 0.0
+    k = np.arange(len(R))
+    if Yc is not Xc and own:
+        others = np.setdiff1d(np.arange(n_genes), R)
+        B[:, others] = _given_own(B[:, others], K, XR.T @ Xc[:, others], Xc[:, others], Yc[:, others], lam)
+    else:
+        B[:, R] = B[:, R] - K * (B[k, R] / np.diag(K))[None, :]
+    B[k, R] = 0.0
     if min_z > 0:
-        B[_zscores(B, K, G0, C, np.einsum("ct,ct->t", Xc, Xc), n, lam) < min_z] = 0.0
+        B[_zscores(B, K, G0, C, np.einsum("ct,ct->t", Yc, Yc), n, lam) < min_z] = 0.0
     rows = np.repeat(R, n_genes)
     cols = np.tile(np.arange(n_genes), len(R))
     vals = B.ravel()
