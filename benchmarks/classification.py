@@ -93,7 +93,8 @@ LABELS = {
     "kdcpt_wide_lr3e-2": "KDCPT, wide path lr 3e-2 (no weight decay)",
     "kdcpt_wide_lr1e-2_l2_1e-2": "KDCPT, wide path lr 1e-2, wide_l2 1e-2",
     "kdcpt_no_calibration_split": "KDCPT, calibration_size=0 (train 90 % / validation 10 %)",
-    SCVI_EMBEDDING: "KDCPT on scVI's latent space (embedding_key; scVI at its default epochs, training split)",
+    SCVI_EMBEDDING: "KDCPT (linear_stage=True) on scVI's latent space (embedding_key; scVI at its default epochs, "
+    "training split)",
     "logreg": "Logistic regression (log-norm HVGs)",
     "knn": "kNN (k=15) on PCA",
     "mlp_embedding": "MLP on the model's PCA embedding",
@@ -403,7 +404,9 @@ RUNNERS = {
         k: (lambda ds, tr, te, seed=C.SEED, _v=v: run_kdcpt(ds, tr, te, *_v, seed=seed))
         for k, v in KDCPT_VARIANTS.items()
     },
-    SCVI_EMBEDDING: lambda ds, tr, te, seed=C.SEED: run_kdcpt(ds, tr, te, seed=seed, scvi_embedding=True),
+    SCVI_EMBEDDING: lambda ds, tr, te, seed=C.SEED: run_kdcpt(
+        ds, tr, te, model_kwargs={"linear_stage": True}, seed=seed, scvi_embedding=True
+    ),
     "logreg": run_logreg,
     "knn": run_knn,
     "mlp_embedding": run_mlp_embedding,
