@@ -37,22 +37,22 @@ def load(name: str):
     raise ValueError(name)
 
 
-def trained_model(name: str, max_epochs: int, retrain: bool = False):
-    """A KDCPT with default settings trained on ``name`` (seed 0), cached in ``_work/``."""
+def trained_model(name: str, max_epochs: int, retrain: bool = False, **model_kwargs):
+    """A KDCPT with default settings (or ``model_kwargs``) trained on ``name`` (seed 0), cached in ``_work/``."""
     import scvi
 
     import scanpy_kdcpt as kdcpt
 
     adata, labels = load(name)
     kdcpt.KDCPT.setup_anndata(adata, labels_key=labels, prior_key="is_tf")
-    path = WORK / f"ko_model_{name}_{max_epochs}"
+    path = WORK / "_".join([f"ko_model_{name}_{max_epochs}", *(f"{k}-{v}" for k, v in sorted(model_kwargs.items()))])
     if path.exists() and not retrain:
         try:
             return kdcpt.KDCPT.load(str(path), adata, accelerator="cpu"), adata, labels
         except (RuntimeError, ValueError, KeyError) as err:  # the architecture changed since
             print(f"cached model unusable ({err.__class__.__name__}); retraining", file=sys.stderr)
     scvi.settings.seed = 0
-    model = kdcpt.KDCPT(adata)
+    model = kdcpt.KDCPT(adata, **model_kwargs)
     model.train(max_epochs=max_epochs, enable_progress_bar=False, accelerator="cpu")
     model.save(str(path), overwrite=True)
     return model, adata, labels

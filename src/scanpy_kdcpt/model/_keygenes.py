@@ -116,8 +116,9 @@ class KeyGenesMixin:
         cells and over the cells of each phenotype (0 in cells where it is not a token), its
         mean prior-free attention (same averaging), the fraction of cells in which it is
         among the selected tokens, and (``attribution=True``) its mean attribution: the gradient
-        of each cell's own-phenotype log-probability with respect to the log-normalised
-        expression (through both branches and the fusion; one backward pass per minibatch),
+        of each cell's own-phenotype logit margin (its logit minus the mean logit; the
+        log-probability would saturate where the model is confident) with respect to the
+        log-normalised expression (through both branches and the fusion; one backward pass per minibatch),
         times the gene's expression minus its mean over the cells analysed (gradient × input
         against the average cell as baseline).
         The attribution ranks the genes: it says how much a gene, at its level in the

@@ -33,12 +33,12 @@ class KeyGenes(_Result):
         is applied) over the cells of each phenotype; ``None`` for results built without it.
     attribution
         Genes × phenotypes: mean over the cells of each phenotype of the gradient of the cell's
-        own-phenotype log-probability (with respect to the log-normalised expression, through
-        both branches and the fusion) times the gene's expression minus its mean over all cells:
-        how much the gene, at its level in these cells compared with the average cell, pushes
-        the model towards the phenotype. ``None`` for results built without it. When present it
-        ranks the genes (``overall["rank"]`` and the default of :meth:`top` / :meth:`ranking`;
-        see :meth:`statistic`).
+        own-phenotype logit margin (logit minus the mean logit; with respect to the
+        log-normalised expression, through both branches and the fusion) times the gene's
+        expression minus its mean over all cells: how much the gene, at its level in these
+        cells compared with the average cell, pushes the model towards the phenotype. ``None``
+        for results built without it. When present it ranks the genes (``overall["rank"]``
+        and the default of :meth:`top` / :meth:`ranking`; see :meth:`statistic`).
     expression
         Genes × phenotypes: mean log-normalised expression over the cells of each phenotype
         (with ``attribution``).
@@ -105,7 +105,7 @@ class KeyGenes(_Result):
         """The ``n`` key genes of ``phenotype`` (values: the ranking statistic).
 
         ``by``: ``"attribution"`` (default when present: mean gradient × input of the
-        phenotype's log-probability), ``"specificity"`` (default otherwise, see
+        phenotype's logit margin), ``"specificity"`` (default otherwise, see
         :attr:`specificity`), ``"score"`` (mean Cell Learner score in the phenotype) or
         ``"attention"`` (mean prior-free attention).
         """
