@@ -241,9 +241,9 @@ def run_kdcpt(
         "best_epoch": getattr(model, "best_epoch_", None),
         "input": "counts" if ds.has_counts else "log-normalised",
         **held_out,
-        **extra,
         **(model_kwargs or {}),
         **(train_kwargs or {}),
+        **extra,  # last: the first stage's fit (C, mix) rather than the linear_stage=True it was asked with
     }
 
 

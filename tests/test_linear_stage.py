@@ -68,7 +68,9 @@ def test_fitted_on_training_cells_only():
     base = _train(adata.copy(), epochs=1)
     w0 = base.module.linear_weight.clone()
     classes = adata.obs["phenotype"].cat.categories
-    for which, same in ((base.validation_indices, True), (base.test_indices, True), (base.train_indices, False)):
+    # validation cells enter only when mix = 0 made the first stage refit on them (test below)
+    refit = base.linear_stage_.refit_with_validation
+    for which, same in ((base.validation_indices, not refit), (base.test_indices, True), (base.train_indices, False)):
         changed = adata.copy()
         cell = int(np.sort(which)[0])
         old = changed.obs["phenotype"].iloc[cell]
@@ -76,6 +78,23 @@ def test_fitted_on_training_cells_only():
         model = _train(changed, epochs=1)
         np.testing.assert_array_equal(np.sort(model.train_indices), np.sort(base.train_indices))
         assert torch.equal(model.module.linear_weight, w0) is same
+
+
+@pytest.mark.parametrize("mix", [0.0, 0.5])
+def test_linear_stage_alone_is_refitted_with_the_validation_cells(monkeypatch, mix):
+    scores = {m: float(m != mix) for m in _linear_stage.MIX_GRID}
+    monkeypatch.setattr(_linear_stage, "choose_mix", lambda *a: (mix, scores))
+    adata = _log_data(400)
+    model = _train(adata, epochs=1)
+    stage = model.linear_stage_
+    assert float(model.module.mix) == mix and stage.refit_with_validation is (mix == 0.0)
+    cells = np.concatenate([model.train_indices, model.validation_indices]) if mix == 0.0 else model.train_indices
+    assert stage.n_cells == len(cells) and model.extra_["linear_stage"]["n_cells"] == len(cells)
+    # the weights are those of a fit at the chosen C on exactly these cells (the calibration cells stay out)
+    features = _linear_stage.normalized_rows(model.module, adata.X, np.sort(cells))
+    codes = adata.obs["phenotype"].cat.codes.to_numpy()[np.sort(cells)]
+    w, _, _ = _linear_stage.fit(features, codes, len(model.classes_), seed=0, C=stage.C)
+    np.testing.assert_allclose(model.module.linear_weight.cpu().numpy(), w, atol=1e-5)
 
 
 def test_save_load_round_trip(log_model, tmp_path):

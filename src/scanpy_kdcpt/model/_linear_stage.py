@@ -47,6 +47,8 @@ class LinearFit:
     converged: bool
     mix: float | None = None
     mix_scores: dict[float, float] = field(default_factory=dict)
+    #: with ``mix = 0``: refitted on the training and validation cells together (at ``C``)
+    refit_with_validation: bool = False
 
     def to_dict(self) -> dict:
         return {
@@ -58,6 +60,7 @@ class LinearFit:
             "converged": self.converged,
             "mix": self.mix,
             "mix_scores": {str(k): v for k, v in self.mix_scores.items()},
+            "refit_with_validation": self.refit_with_validation,
         }
 
 
@@ -109,11 +112,19 @@ def _logreg(C: float, max_iter: int, warm_start: bool = False):
 
 
 def fit(
-    X: sparse.csr_matrix, y: np.ndarray, n_classes: int, *, seed: int, n_folds: int = 3, max_iter: int = 1000
+    X: sparse.csr_matrix,
+    y: np.ndarray,
+    n_classes: int,
+    *,
+    seed: int,
+    n_folds: int = 3,
+    max_iter: int = 1000,
+    C: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, LinearFit]:
     """Class-balanced multinomial logistic regression on ``X`` (cells × features), its ``C`` chosen
     from :data:`C_GRID` by ``n_folds``-fold stratified cross-validation (mean macro-F1) on at most
-    :data:`MAX_CV_CELLS` of the cells; then refitted on all of them with L-BFGS to convergence.
+    :data:`MAX_CV_CELLS` of the cells (or given: no cross-validation); then refitted on all of
+    them with L-BFGS to convergence.
 
     Returns ``(weight (classes × features), bias (classes,), LinearFit)``. Phenotypes without a
     training cell get the weight 0 and a bias of −30 (never predicted by this stage).
@@ -129,22 +140,24 @@ def fit(
     cv = stratified_subsample(y, MAX_CV_CELLS, rng)
     y_cv = y[cv]
     n_splits = int(min(n_folds, np.bincount(y_cv).max(initial=0)))
-    if len(present) >= 2 and n_splits >= 2:
+    if C is None and len(present) >= 2 and n_splits >= 2:
         folds = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # classes with one cell in a fold, convergence within the grid
-            f1: dict[float, list[float]] = {C: [] for C in C_GRID}
+            f1: dict[float, list[float]] = {c: [] for c in C_GRID}
             for tr, te in folds.split(np.zeros(len(y_cv)), y_cv):
                 if len(np.unique(y_cv[tr])) < 2:
                     continue
                 clf = _logreg(C_GRID[0], max_iter=200, warm_start=True)
-                for C in C_GRID:  # along the path, each fit starting from the previous one
-                    clf.set_params(C=C).fit(X[cv[tr]], y_cv[tr])
-                    f1[C].append(f1_score(y_cv[te], clf.predict(X[cv[te]]), average="macro"))
-            scores = {C: float(np.mean(v)) if v else float("nan") for C, v in f1.items()}
+                for c in C_GRID:  # along the path, each fit starting from the previous one
+                    clf.set_params(C=c).fit(X[cv[tr]], y_cv[tr])
+                    f1[c].append(f1_score(y_cv[te], clf.predict(X[cv[te]]), average="macro"))
+            scores = {c: float(np.mean(v)) if v else float("nan") for c, v in f1.items()}
     finite = {c: s for c, s in scores.items() if np.isfinite(s)}
     # the best macro-F1; within 0.002 of it, the strongest regularisation (smallest C)
-    if finite:
+    if C is not None:
+        pass  # given
+    elif finite:
         top = max(finite.values())
         C = min(c for c, s in finite.items() if s >= top - 0.002)
     else:
@@ -172,10 +185,10 @@ def fit(
     return weight, bias, info
 
 
-def fit_on_training_cells(model, train_indices: np.ndarray, seed: int) -> LinearFit:
+def fit_on_training_cells(model, train_indices: np.ndarray, seed: int, C: float | None = None) -> LinearFit:
     """Fit the first stage on the labelled cells among ``train_indices`` (a class-stratified
     subsample of at most :data:`MAX_CELLS`, read in row blocks: backed data stays on disk) and
-    put it into the module's buffers.
+    put it into the module's buffers; ``C`` given: no cross-validation.
     """
     module = model.module
     codes = model.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY).ravel().astype(int)
@@ -192,7 +205,7 @@ def fit_on_training_cells(model, train_indices: np.ndarray, seed: int) -> Linear
 
     # BLAS threads as many as torch's: on a busy machine more threads than cores made a fit 6× slower
     with threadpool_limits(limits=max(1, torch.get_num_threads())):
-        weight, bias, info = fit(features, codes[train], n_classes, seed=seed)
+        weight, bias, info = fit(features, codes[train], n_classes, seed=seed, C=C)
     module.set_linear_stage(torch.as_tensor(weight), torch.as_tensor(bias))
     return info
 

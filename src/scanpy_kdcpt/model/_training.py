@@ -44,14 +44,16 @@ class TrainingMixin:
         early stopping, for temperature scaling and conformal scores:
         ``calibration_indices_``).
 
-        With the convex first stage (``KDCPT(linear_stage=True)``, the default), the split is
+        With the convex first stage (``KDCPT(linear_stage=True)``), the split is
         drawn first; a class-balanced multinomial logistic regression on all features is
         fitted to convergence on the training cells alone (L2 strength by 3-fold
         cross-validation on them; at most 20,000 cells, 4,000 for the cross-validation, read
         in row blocks), frozen into the module; the network then learns the residual on top
         of its logits; and the network's share ``mix`` is chosen on the validation cells
-        (see :mod:`~scanpy_kdcpt.model._linear_stage`). ``model.linear_stage_`` says what
-        was fitted and chosen.
+        (see :mod:`~scanpy_kdcpt.model._linear_stage`). When ``mix`` is 0 the prediction is
+        the first stage's alone, and it is refitted (at the chosen L2 strength) on the
+        training and validation cells together. ``model.linear_stage_`` says what was fitted
+        and chosen.
 
         Parameters
         ----------
@@ -166,6 +168,8 @@ class TrainingMixin:
         )
         if self.linear_stage_ is not None:
             self._choose_mix(np.asarray(val_idx, dtype=int))
+            if self.linear_stage_.mix == 0.0 and len(val_idx):
+                self._refit_linear_stage(np.concatenate([train_idx, val_idx]))
         held_out = np.asarray(self.test_indices if self.test_indices is not None else [], dtype=int)
         codes = self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY).ravel()
         self.calibration_indices_ = np.sort(held_out[codes[held_out] < len(self.classes_)]).astype(int)
@@ -195,6 +199,21 @@ class TrainingMixin:
         if not isinstance(getattr(self, "extra_", None), dict):
             self.extra_ = {}
         self.extra_["linear_stage"] = {**self.linear_stage_.to_dict(), "validation_temperature": self.temperature_}
+
+    def _refit_linear_stage(self, cells: np.ndarray) -> None:
+        """With ``mix = 0`` the prediction is the first stage's alone and nothing else was fitted
+        against it: refit it, at the ``C`` chosen, on the training and validation cells
+        together (the calibration cells stay out). The provisional temperature is kept.
+        """
+        from scvi import settings
+
+        chosen = self.linear_stage_
+        refit = _linear_stage.fit_on_training_cells(self, cells, seed=settings.seed or 0, C=chosen.C)
+        self.module.mix.fill_(0.0)  # set_linear_stage resets it
+        chosen.n_cells, chosen.converged = refit.n_cells, refit.converged
+        chosen.seconds = round(chosen.seconds + refit.seconds, 2)
+        chosen.refit_with_validation = True
+        self.extra_["linear_stage"] = {**chosen.to_dict(), "validation_temperature": self.temperature_}
 
     @staticmethod
     def _split_sizes(train_size, validation_size, calibration_size) -> tuple[float, float, float]:
