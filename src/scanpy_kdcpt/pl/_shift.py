@@ -30,7 +30,13 @@ def _summary_row(adata: AnnData, key: str, gene: str) -> pd.Series | None:
 def _pq(row: pd.Series | None) -> str:
     if row is None or "score_pval" not in row or pd.isna(row["score_pval"]):
         return ""
-    return f" (p = {row['score_pval']:.2g}, q = {row['score_qval']:.2g} against randomised shifts)"
+    return f"p = {row['score_pval']:.3g}, q = {row['score_qval']:.3g} against randomised shifts"
+
+
+def _title(head: str, row: pd.Series | None) -> str:
+    """The plot's subject, and the test of its perturbation score on a line of its own."""
+    test = _pq(row)
+    return f"{head}\n({test})" if test else head
 
 
 @doc_params("doc_key", "doc_show_save_ax", "doc_returns")
@@ -70,7 +76,9 @@ def knockout_shift(
     grid
         Grid points per axis for the arrows.
     scale
-        Arrow scale (matplotlib's ``quiver``; default: automatic).
+        Arrow scale (matplotlib's ``quiver``, data units per arrow length unit; default: the
+        98th percentile of the grid arrows' lengths drawn as 0.9 grid spacings, so arrows stay
+        within their neighbourhood).
     title
         Axes title.
     {doc_show_save_ax}
@@ -107,20 +115,33 @@ def knockout_shift(
     )
     GX, GY = np.meshgrid(gx, gy)
     ok = ~np.isnan(U)
+    if scale is None:
+        length = float(np.nanpercentile(np.hypot(U[ok], W[ok]), 98)) if ok.any() else 0.0
+        spacing = min(np.diff(gx).mean(), np.diff(gy).mean()) if len(gx) > 1 and len(gy) > 1 else 1.0
+        scale = length / (0.9 * spacing) if length > 0 else 1.0
     ax.quiver(
-        GX[ok], GY[ok], U[ok], W[ok], angles="xy", scale=scale, width=0.0035, color="#222222", alpha=0.85, zorder=3
+        GX[ok],
+        GY[ok],
+        U[ok],
+        W[ok],
+        angles="xy",
+        scale_units="xy",
+        scale=scale,
+        width=0.0035,
+        color="#222222",
+        alpha=0.85,
+        zorder=3,
     )
     _read.label_groups(ax, X, adata.obs[keys.pred] if keys.pred in adata.obs else None)
     cbar = fig.colorbar(dots, ax=ax, shrink=0.7, pad=0.02)
     cbar.set_label("perturbation score\n(< 0: pushed back against development)", fontsize=8)
+    cbar.ax.tick_params(labelsize=8)
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_xlabel(f"{basis.upper()}1")
     ax.set_ylabel(f"{basis.upper()}2")
     row = _summary_row(adata, key, gene)
-    ax.set_title(
-        title if title is not None else _read.wrap(f"{gene} knockout: simulated shift{_pq(row)}", 60), fontsize=10
-    )
+    ax.set_title(title if title is not None else _title(f"{gene} knockout: simulated shift", row), fontsize=10)
     return _read.finish(fig, ax, show, return_fig, save)
 
 
@@ -178,7 +199,7 @@ def knockout_fate(
         D = D.loc[[s for s in sources if s in D.index]]
     vals = D.to_numpy(float)
     vmax = max(float(np.nanmax(np.abs(vals))), 1e-3)
-    fig, ax = _read.new_axes(ax, (max(4.4, 1.8 + 0.9 * D.shape[1]), 1.2 + 0.42 * D.shape[0]))
+    fig, ax = _read.new_axes(ax, (max(5.2, 2.8 + 1.0 * D.shape[1]), 2.2 + 0.45 * D.shape[0]))
     im = ax.imshow(vals, cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto")
     ax.grid(False)  # no style grid through the cells and their numbers
     for i in range(vals.shape[0]):
@@ -192,12 +213,13 @@ def knockout_fate(
         f"not reached in {int(horizon)} steps" if str(c) == "not reached" and horizon is not None else str(c)
         for c in D.columns
     ]
-    ax.set_xticks(range(D.shape[1]), [_read.wrap(t, 12) for t in ticks], rotation=30, ha="right")
-    ax.set_yticks(range(D.shape[0]), [_read.wrap(str(r), 22) for r in D.index])
+    ax.set_xticks(range(D.shape[1]), [_read.wrap(t, 12) for t in ticks], fontsize=9)
+    ax.set_yticks(range(D.shape[0]), [_read.wrap(str(r), 22) for r in D.index], fontsize=9)
     ax.set_xlabel("eventual fate (terminals) · mass still in transit (not reached)", fontsize=8)
-    ax.set_ylabel("source phenotype")
-    cbar = fig.colorbar(im, ax=ax, shrink=0.8, pad=0.02)
-    cbar.set_label("Δ fate (knockout − base)", fontsize=8)
+    ax.set_ylabel("source phenotype", fontsize=9)
+    cbar = fig.colorbar(im, ax=ax, shrink=0.9, pad=0.02)
+    cbar.set_label("Δ fate\n(knockout − base)", fontsize=8)
+    cbar.ax.tick_params(labelsize=8)
     row = _summary_row(adata, key, gene)
-    ax.set_title(title if title is not None else _read.wrap(f"{gene} knockout: fate deltas{_pq(row)}", 40), fontsize=10)
+    ax.set_title(title if title is not None else _title(f"{gene} knockout: fate deltas", row), fontsize=10)
     return _read.finish(fig, ax, show, return_fig, save)
