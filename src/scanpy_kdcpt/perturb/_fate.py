@@ -18,9 +18,9 @@ is a measure of delay or block, not a fate: it does not add to the terminal rows
 A knockout changes the memberships (``M_ko``, the classifier's probabilities of the perturbed
 cells), which decide the terminal states (cells of a terminal phenotype with membership
 ≥ 0.5; with ``terminal_states="base"`` the unperturbed memberships decide them, so the same
-cells absorb before and after), and — with ``simulate="grn"`` — the chain itself (``T_ko``). The directed phenotype
-chain is ``P = D⁻¹ Mᵀ T M`` before and ``P_ko = D⁻¹ M_koᵀ T_ko M_ko`` after; net flux
-``F - Fᵀ`` with ``F = diag(Mᵀ 1) P``.
+cells absorb before and after), and — with ``simulate="grn"`` — the chain itself (``T_ko``).
+The directed phenotype chain is ``P = D⁻¹ Mᵀ T M`` before and ``P_ko = D⁻¹ M_koᵀ T_ko M_ko``
+after; net flux ``F - Fᵀ`` with ``F = diag(Mᵀ 1) P``.
 """
 
 from __future__ import annotations
