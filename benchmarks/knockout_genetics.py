@@ -34,6 +34,9 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "_work" / "kog"
+#: the perturbed chain's bias temperature (``knockout(sigma=...)``); other values run and report apart
+SIGMA = 0.25
+NAME = "knockout_genetics"
 RESULTS = HERE / "results"
 SHARED = Path(os.environ.get("KDCPT_SHARED_DATA", "/work/shared/data"))
 DATA = {
@@ -268,7 +271,8 @@ def run(dataset: str, seed: int, timing: bool, n_shift_null: int, n_null_tf: int
     rec["t"]["fit_grn_s"] = round(time.perf_counter() - t0, 2)
     rec["grn_links_per_phenotype"] = [int(c.nnz) for c in grn.coef]
     rec["grn_regulators"] = int(len(grn.regulators))
-    kw = {"terminal": cfg["terminal"], "inplace": False, "progress": False, "random_state": seed}
+    kw = {"terminal": cfg["terminal"], "inplace": False, "progress": False, "random_state": seed, "sigma": SIGMA}
+    rec["sigma"] = SIGMA
     for simulate in ("grn", "classifier"):
         t0 = time.perf_counter()
         res = model.knockout(table, simulate=simulate, n_shift_null=n_shift_null, **kw)
@@ -459,8 +463,8 @@ def report(command: str) -> int:
         for s, rows in allrows.items()
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "knockout_genetics.json").write_text(json.dumps(out, indent=1, default=float))
-    (RESULTS / "knockout_genetics.md").write_text(markdown(out))
+    (RESULTS / f"{NAME}.json").write_text(json.dumps(out, indent=1, default=float))
+    (RESULTS / f"{NAME}.md").write_text(markdown(out))
     print(json.dumps(out["overall"], indent=1), json.dumps(out.get("targets"), indent=1, ensure_ascii=False))
     return 0
 
@@ -638,8 +642,15 @@ def main(argv=None) -> int:
     r.add_argument("--n-null-tf", type=int, default=12, help="random expression-matched TFs per seed")
     r.add_argument("--n-null-nontf", type=int, default=3)
     r.add_argument("--epochs", type=int, default=None)
-    sub.add_parser("report").add_argument("--command", default="")
+    rep = sub.add_parser("report")
+    rep.add_argument("--command", default="")
+    for q in (r, rep):
+        q.add_argument("--sigma", type=float, default=SIGMA, help="knockout(sigma=); non-default: own cache and report")
     a = p.parse_args(argv)
+    if a.sigma != SIGMA:
+        global WORK, NAME
+        WORK, NAME = HERE / "_work" / f"kog_sigma{a.sigma:g}", f"knockout_genetics_sigma{a.sigma:g}"
+        globals()["SIGMA"] = a.sigma
     if a.cmd == "run":
         if a.epochs:
             SETUP[a.dataset]["epochs"] = a.epochs
