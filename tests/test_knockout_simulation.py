@@ -180,3 +180,17 @@ def test_terminal_states_base_holds_the_absorbing_cells(chain_model):
     assert fate.loc[("Reg_P2", "P1", "not reached")] > 0.02
     with pytest.raises(ValueError, match="terminal_states"):
         chain_model.knockout("Reg_P2", terminal_states="fixed", **kw)
+
+
+def test_fate_changes_tested_against_randomised_shifts(both):
+    grn, clf = both
+    fate = grn.fate.set_index(["gene", "source", "terminal"])
+    assert {"pval", "qval"} <= set(grn.fate.columns) and "pval" not in clf.fate.columns
+    # the planted block of P1 beyond every one of the 9 randomised shifts: the smallest p
+    assert fate.loc[("Reg_P2", "P1", "not reached"), "pval"] == pytest.approx(0.1)
+    p = grn.fate["pval"].to_numpy(float)
+    ok = np.isfinite(p)
+    assert ((p[ok] >= 0.1 - 1e-12) & (p[ok] <= 1)).all()
+    assert (grn.fate["qval"].to_numpy(float)[ok] >= p[ok] - 1e-12).all()
+    # a gene whose shift does not move the chain changes no fate through it: p = 1 throughout
+    assert (grn.fate.loc[grn.fate["gene"] == "Gene_7", "pval"] == 1.0).all()

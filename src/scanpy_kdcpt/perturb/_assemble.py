@@ -118,29 +118,41 @@ def with_first_order(summary: pd.DataFrame, first_order: pd.Series, mode: str) -
     return out
 
 
+def unit_cells(plan: Perturbation, deltas: Deltas, run_list, unit) -> tuple[np.ndarray, np.ndarray]:
+    """The cells a unit's knockout reran and the change of their probabilities."""
+    sel = plan.unit_of == run_list.index(unit)
+    return plan.cells[sel], deltas.pair_dp[sel]
+
+
 def fate_deltas(
-    T,
-    terminal,
-    base: Baseline,
+    fd: FateDeltas,
     plan: Perturbation,
     deltas: Deltas,
     units,
     run_list,
-    phenotypes,
     *,
     chains=None,
-    terminal_states: str = "knockout",
+    pvals: dict[str, np.ndarray] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, int]:
-    """Tidy fate and flux deltas of every screened unit on the directed chain ``T`` (or the unit's
-    perturbed chain in ``chains``), and the fate horizon.
+    """Tidy fate and flux deltas of every screened unit on the directed chain of ``fd`` (or the
+    unit's perturbed chain in ``chains``), and the fate horizon. ``pvals``: per unit, the test of
+    each fate change against randomised shifts (sources × outcomes); with them the fate table
+    gets ``pval`` and ``qval`` (Benjamini–Hochberg over every tested row of the call).
     """
-    fd = FateDeltas(T, base.proba, phenotypes, terminal, terminal_states=terminal_states)
-    index_of = {u: i for i, u in enumerate(run_list)}
+    from .. import stats
+
+    run_list = list(run_list)
     fates, fluxes = [], []
     for name, unit in units.items():
-        sel = plan.unit_of == index_of[unit]
+        cells, dp = unit_cells(plan, deltas, run_list, unit)
         T_ko = None if chains is None else chains.get(name)
-        fate, flux = fd.unit(name, plan.cells[sel], deltas.pair_dp[sel], T_ko=T_ko)
+        pval = None if pvals is None else pvals.get(name)
+        if pvals and pval is None:  # a knockout without a shift: no test
+            pval = np.full(fd.fate.shape, np.nan)
+        fate, flux = fd.unit(name, cells, dp, T_ko=T_ko, pval=pval)
         fates.append(fate)
         fluxes.append(flux)
-    return pd.concat(fates, ignore_index=True), pd.concat(fluxes, ignore_index=True), fd.horizon
+    fate = pd.concat(fates, ignore_index=True)
+    if "pval" in fate.columns:
+        fate["qval"] = stats.benjamini_hochberg(fate["pval"].to_numpy(float))
+    return fate, pd.concat(fluxes, ignore_index=True), fd.horizon

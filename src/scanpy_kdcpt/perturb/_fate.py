@@ -125,17 +125,34 @@ class FateDeltas:
         weights = np.column_stack([self.M, np.ones(len(self.M))])  # the phenotypes, then "all"
         return np.column_stack([markov.mean_fate(F[:, :-1], weights), markov.mean_fate(F[:, -1:], weights)])
 
-    def unit(
-        self, name: str, cells: np.ndarray, dp: np.ndarray, T_ko: sparse.csr_matrix | None = None
-    ) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """Fate and flux rows of one knockout: ``dp`` is the change of probabilities of ``cells``;
-        ``T_ko`` the perturbed chain (default: the unperturbed one).
-        """
+    def memberships(self, cells: np.ndarray, dp: np.ndarray) -> np.ndarray:
+        """The memberships under a knockout: ``dp`` is the change of probabilities of ``cells``."""
         M = self.M.copy()
         np.add.at(M, np.asarray(cells, dtype=np.int64), dp)
-        M = np.clip(M, 0, None)
+        return np.clip(M, 0, None)
+
+    def fates(self, T: sparse.csr_matrix, M: np.ndarray) -> np.ndarray:
+        """Sources (phenotypes, then "all") × outcomes (terminals, then "not reached") of the chain
+        ``T`` with the memberships ``M`` (the base ones decide the absorbing cells with
+        ``terminal_states="base"``).
+        """
+        return self._phenotype_fates(self._cell_fates(T, self.M if self.fixed_states else M))
+
+    def unit(
+        self,
+        name: str,
+        cells: np.ndarray,
+        dp: np.ndarray,
+        T_ko: sparse.csr_matrix | None = None,
+        pval: np.ndarray | None = None,
+    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Fate and flux rows of one knockout: ``dp`` is the change of probabilities of ``cells``;
+        ``T_ko`` the perturbed chain (default: the unperturbed one); ``pval`` (sources × outcomes)
+        the test of each fate change against randomised shifts, a column ``pval`` when given.
+        """
+        M = self.memberships(cells, dp)
         T = self.T if T_ko is None else T_ko
-        fate_ko = self._phenotype_fates(self._cell_fates(T, self.M if self.fixed_states else M))
+        fate_ko = self.fates(T, M)
         src = [*self.phenotypes, "all"]
         outcomes = [*self.terminal, NOT_REACHED]
         K, J = self.fate.shape
@@ -149,6 +166,8 @@ class FateDeltas:
                 "delta": (fate_ko - self.fate).ravel(),
             }
         )
+        if pval is not None:
+            fate["pval"] = np.asarray(pval, dtype=float).ravel()
         P_ko, sizes_ko = markov.coarse_grain(T, M), M.sum(0)
         flux_ko = markov.net_flux(P_ko, sizes_ko)
         i, j = np.nonzero(~np.eye(len(self.phenotypes), dtype=bool))

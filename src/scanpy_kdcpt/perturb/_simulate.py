@@ -10,7 +10,7 @@ null of row-shuffled shifts.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -153,23 +153,56 @@ class ShiftSimulator:
         """Perturbation score per cell: the shift's vector against the chain's developmental drift."""
         return simulation.perturbation_score(self.T, self.Z, simulation.embed_shift(self.T, T_ko, self.Z))
 
-    def score_pvalue(self, unit: Sequence[int], shift: np.ndarray, observed: float, n: int, seed: int) -> float:
-        """Two-sided p of the mean perturbation score against ``n`` randomised shifts: each gene's
-        shift permuted across cells with random signs (velocyto's / CellOracle's randomisation).
+    def pvalues(
+        self,
+        unit: Sequence[int],
+        shift: np.ndarray,
+        T_ko: sparse.csr_matrix,
+        observed: float,
+        n: int,
+        seed: int,
+        fates: Callable[[sparse.csr_matrix], np.ndarray] | None = None,
+    ) -> tuple[float, np.ndarray | None]:
+        """Two-sided p of the mean perturbation score, and of each fate change, against ``n``
+        randomised shifts: each gene's shift permuted across cells with random signs (velocyto's /
+        CellOracle's randomisation), the same draws for both.
+
+        ``fates(T_chain)`` gives the fates of a chain (sources × outcomes, the knockout's
+        memberships fixed); the fate change tested is ``fates(T_ko) − fates(T)`` against
+        ``fates(T_null) − fates(T)``: does the direction of the simulated shift change the fates
+        more than the same genes moved by the same amounts in random directions.
         """
         if n < 1 or not np.any(shift):
-            return np.nan
+            return np.nan, None
+        if fates is None:
+            null = simulation.randomized_shift_null(
+                self.T,
+                self.X,
+                shift,
+                lambda T_ko: self.score(T_ko).mean(),
+                n_permutations=n,
+                seed=seed,
+                mode="entries",
+                **self._chain_kwargs(unit),
+            )
+            return float(simulation.empirical_pvalue(observed, null)), None
+        base = fates(self.T)
+        fate_ko = fates(T_ko) - base
         null = simulation.randomized_shift_null(
             self.T,
             self.X,
             shift,
-            lambda T_ko: self.score(T_ko).mean(),
+            lambda T_ko: np.r_[self.score(T_ko).mean(), (fates(T_ko) - base).ravel()],
             n_permutations=n,
             seed=seed,
             mode="entries",
             **self._chain_kwargs(unit),
         )
-        return float(simulation.empirical_pvalue(observed, null))
+        p_score = float(simulation.empirical_pvalue(observed, null[:, 0]))
+        p_fate = np.asarray(simulation.empirical_pvalue(fate_ko.ravel(), null[:, 1:])).reshape(fate_ko.shape)
+        p_fate[np.abs(fate_ko) < 1e-9] = 1.0  # no change (round-off): no evidence of one
+        p_fate[~np.isfinite(fate_ko)] = np.nan  # a source with no reachable terminal
+        return p_score, p_fate
 
 
 def _n_genes(model) -> int:
@@ -255,6 +288,7 @@ class SimulatedShifts:
     shift_mean: dict[str, pd.DataFrame]  # mean Δx per phenotype, phenotypes × genes
     scores: pd.DataFrame  # cells × knockouts
     summary: pd.DataFrame  # gene, score, score_pval, score_qval, shift_norm, n_shifted
+    fate_pval: dict[str, np.ndarray] = field(default_factory=dict)  # sources × outcomes, with fates and a null
 
 
 def simulate_units(
@@ -269,8 +303,13 @@ def simulate_units(
     phenotypes: Sequence[str],
     genes: Sequence[str],
     keep_shift: bool = False,
+    fates: Callable[[str], Callable[[sparse.csr_matrix], np.ndarray]] | None = None,
 ) -> SimulatedShifts:
     """Shift, perturbed chain, score and score p-value of every knockout (see :class:`ShiftSimulator`).
+
+    With ``fates`` (per knockout name, a function from a chain to its fates, sources ×
+    outcomes) and ``n_shift_null > 0`` each fate change is tested against the same randomised
+    shifts as the score (:meth:`ShiftSimulator.pvalues`).
 
     The cells × genes shifts are dense (a regulator's propagated shift reaches nearly every gene
     of the cells that express it: 96 % non-zero on the synthetic tests), so only their mean per
@@ -278,7 +317,7 @@ def simulate_units(
     """
     from .. import stats
 
-    chains, shifts, means, scores, rows = {}, {}, {}, {}, []
+    chains, shifts, means, scores, rows, fate_pval = {}, {}, {}, {}, [], {}
     counts = np.bincount(sim.codes[sim.codes >= 0], minlength=len(phenotypes))
     member = sparse.csr_matrix(
         (np.ones(int((sim.codes >= 0).sum())), (sim.codes[sim.codes >= 0], np.flatnonzero(sim.codes >= 0))),
@@ -294,11 +333,16 @@ def simulate_units(
         propagated = S.copy()
         propagated[:, own] = 0.0  # the knocked-out genes' own loss is not a shift of the cell
         moved = np.abs(propagated).sum(1) > 0
+        p_score, p_fate = sim.pvalues(
+            unit, S, T_ko, observed, n_shift_null, random_state + k, fates=None if fates is None else fates(name)
+        )
+        if p_fate is not None:
+            fate_pval[name] = p_fate
         rows.append(
             {
                 "gene": name,
                 "score": observed,
-                "score_pval": sim.score_pvalue(unit, S, observed, n_shift_null, random_state + k),
+                "score_pval": p_score,
                 "shift_norm": float(np.linalg.norm(propagated, axis=1).mean()),
                 "n_shifted": int(moved.sum()),
                 "chain_tv": float(0.5 * np.abs((T_ko - sim.T).data).sum() / max(sim.T.shape[0], 1)),
@@ -311,7 +355,7 @@ def simulate_units(
             shifts[name] = S.astype(np.float32, copy=False)
     summary = pd.DataFrame(rows)
     summary["score_qval"] = stats.benjamini_hochberg(summary["score_pval"].to_numpy(float))
-    return SimulatedShifts(chains, shifts, means, pd.DataFrame(scores, index=obs_names), summary)
+    return SimulatedShifts(chains, shifts, means, pd.DataFrame(scores, index=obs_names), summary, fate_pval)
 
 
 def _overexpression_level(X: np.ndarray, unit: Sequence[int], quantile: float, n_genes: int) -> np.ndarray:
