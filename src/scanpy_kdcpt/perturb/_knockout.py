@@ -245,7 +245,8 @@ class KnockoutMixin:
         all cells) and ``.uns[key]["knockout_flux"]`` (``gene``, ``source``, ``target``, ``p_base``,
         ``p_ko`` of the directed chain, ``flux_base``, ``flux_ko``, ``delta``). With
         ``n_shift_null > 0`` the fate table also has ``pval`` and ``qval`` (Benjamini–Hochberg
-        over every row of the call).
+        over the tested rows of the call; NaN where no shift can change the fate, e.g. a
+        terminal phenotype's own).
 
         """
         self._check_if_trained(warn=True)

@@ -200,7 +200,11 @@ class ShiftSimulator:
         )
         p_score = float(simulation.empirical_pvalue(observed, null[:, 0]))
         p_fate = np.asarray(simulation.empirical_pvalue(fate_ko.ravel(), null[:, 1:])).reshape(fate_ko.shape)
-        p_fate[np.abs(fate_ko) < 1e-9] = 1.0  # no change (round-off): no evidence of one
+        still = np.abs(fate_ko) < 1e-9  # no change (round-off): no evidence of one
+        p_fate[still] = 1.0
+        # a fate no shift can change (a terminal's own, a single terminal's 1): nothing to test,
+        # and left out of the q-values
+        p_fate[still & (np.abs(null[:, 1:]) < 1e-9).all(0).reshape(fate_ko.shape)] = np.nan
         p_fate[~np.isfinite(fate_ko)] = np.nan  # a source with no reachable terminal
         return p_score, p_fate
 

@@ -30,7 +30,7 @@ def _summary_row(adata: AnnData, key: str, gene: str) -> pd.Series | None:
 def _pq(row: pd.Series | None) -> str:
     if row is None or "score_pval" not in row or pd.isna(row["score_pval"]):
         return ""
-    return f"p = {row['score_pval']:.3g}, q = {row['score_qval']:.3g} against randomised shifts"
+    return f"score p = {row['score_pval']:.3g}, q = {row['score_qval']:.3g} against randomised shifts"
 
 
 def _title(head: str, row: pd.Series | None) -> str:
@@ -152,6 +152,7 @@ def knockout_fate(
     *,
     key: str = _keys.DEFAULT_KEY,
     sources: list[str] | None = None,
+    alpha: float = 0.05,
     title: str | None = None,
     ax: Axes | None = None,
     show: bool | None = None,
@@ -166,7 +167,9 @@ def knockout_fate(
     of the mass that has reached no terminal within the chain's horizon (a block or delay, not a
     fate) (``.uns[key]["knockout_fate"]``). The row ``all`` is the mean over all cells. The values
     are written where they read (``|Δ| ≥ 0.005``); the title carries the test of the knockout's
-    perturbation score against randomised shifts when the knockout was simulated.
+    perturbation score against randomised shifts when the knockout was simulated. With
+    ``knockout(..., n_shift_null=n)`` a delta marked ``*`` changed beyond the randomised shifts
+    (``qval < alpha`` in ``knockout_fate``).
 
     Parameters
     ----------
@@ -177,6 +180,8 @@ def knockout_fate(
     {doc_key}
     sources
         Source phenotypes to show, in order (default: all, then ``all``).
+    alpha
+        Level of the ``qval`` that marks a delta with ``*`` (when the fate changes were tested).
     title
         Axes title.
     {doc_show_save_ax}
@@ -195,8 +200,15 @@ def knockout_fate(
         known = sorted(set(fate["gene"].astype(str)))
         raise KeyNotFoundError(f"No fate deltas for {gene!r}; knocked out: {known}.")
     D = rows.pivot_table(index="source", columns="terminal", values="delta", observed=True, sort=False)
+    tested = "qval" in rows.columns and rows["qval"].notna().any()
+    Q = (
+        rows.pivot_table(index="source", columns="terminal", values="qval", observed=True, sort=False, dropna=False)
+        if tested
+        else pd.DataFrame(np.nan, index=D.index, columns=D.columns)
+    ).reindex(index=D.index, columns=D.columns)
     if sources is not None:
         D = D.loc[[s for s in sources if s in D.index]]
+    Q = Q.reindex(index=D.index).to_numpy(float)
     vals = D.to_numpy(float)
     vmax = max(float(np.nanmax(np.abs(vals))), 1e-3)
     fig, ax = _read.new_axes(ax, (max(5.2, 2.8 + 1.0 * D.shape[1]), 2.2 + 0.45 * D.shape[0]))
@@ -207,7 +219,9 @@ def knockout_fate(
             v = vals[i, j]
             if np.isfinite(v) and abs(v) >= 0.005:
                 dark = abs(v) > 0.6 * vmax
-                ax.text(j, i, f"{v:+.2f}", ha="center", va="center", fontsize=8, color="white" if dark else "black")
+                star = "*" if np.isfinite(Q[i, j]) and Q[i, j] < alpha else ""
+                text = f"{v:+.2f}{star}".replace("-", "−")
+                ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if dark else "black")
     horizon = adata.uns.get(key, {}).get(_keys.UNS_KNOCKOUT_PARAMS, {}).get("fate_horizon")
     ticks = [
         f"not reached in {int(horizon)} steps" if str(c) == "not reached" and horizon is not None else str(c)
@@ -215,7 +229,12 @@ def knockout_fate(
     ]
     ax.set_xticks(range(D.shape[1]), [_read.wrap(t, 12) for t in ticks], fontsize=9)
     ax.set_yticks(range(D.shape[0]), [_read.wrap(str(r), 22) for r in D.index], fontsize=9)
-    ax.set_xlabel("eventual fate (terminals) · mass still in transit (not reached)", fontsize=8)
+    xlabel = "eventual fate (terminals) · mass still in transit (not reached)"
+    if tested:
+        n = adata.uns.get(key, {}).get(_keys.UNS_KNOCKOUT_PARAMS, {}).get("n_shift_null")
+        against = f"{int(n)} randomised shifts" if n is not None else "randomised shifts"
+        xlabel += f"\n* q < {alpha:g}: the change is beyond {against}"
+    ax.set_xlabel(xlabel, fontsize=8)
     ax.set_ylabel("source phenotype", fontsize=9)
     cbar = fig.colorbar(im, ax=ax, shrink=0.9, pad=0.02)
     cbar.set_label("Δ fate\n(knockout − base)", fontsize=8)
