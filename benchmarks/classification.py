@@ -53,7 +53,7 @@ KANG_MARKERS = {
 }
 # name -> (use_cell_learner, use_cffm, extra model kwargs, extra train kwargs)
 KDCPT_VARIANTS = {
-    # the runs of 2026-12-04 used the first stage as the default; it is opt-in since, so it is named here
+    # the first stage is the model's default since 2026-12-05 (it was opt-in before), named here all the same
     "kdcpt": (True, True, {"linear_stage": True}, {}),
     "kdcpt_no_cffm": (True, False, {}, {}),
     "kdcpt_no_cl": (False, True, {}, {}),
@@ -77,8 +77,10 @@ PEERS = ["logreg", "knn", "mlp_embedding", "celltypist", "scanvi"]
 EARLIER = ["kdcpt_issue11", "kdcpt_scvi_embedding_issue11"]
 METHODS = [*KDCPT_VARIANTS, SCVI_EMBEDDING, *EARLIER, *PEERS]
 LABELS = {
-    "kdcpt": "KDCPT (linear_stage=True: convex first stage + wide & deep + Cell Learner + CFFM, balanced softmax)",
-    "kdcpt_issue11": "KDCPT without the first stage (the default; runs of 2026-11-26)",
+    "kdcpt": "KDCPT defaults (linear_stage=True: convex first stage + wide & deep + Cell Learner + CFFM, "
+    "balanced softmax)",
+    "kdcpt_issue11": "KDCPT without the first stage (linear_stage=False, the default until 2026-12-05; "
+    "runs of 2026-11-26)",
     "kdcpt_scvi_embedding_issue11": "KDCPT on scVI's latent space, without the first stage (runs of 2026-11-26)",
     "kdcpt_no_linear_stage": "KDCPT without the first stage (linear_stage=False)",
     "kdcpt_no_cffm": "KDCPT ablation: Cell Learner, no CFFM",
