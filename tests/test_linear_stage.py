@@ -4,6 +4,8 @@ the validation cells."""
 
 from __future__ import annotations
 
+import warnings
+
 import anndata as ad
 import numpy as np
 import pytest
@@ -162,3 +164,21 @@ def test_stratified_subsample_keeps_every_phenotype():
 def test_off_switch_keeps_the_network_alone():
     model = _train(_log_data(300), epochs=1, linear_stage=False)
     assert model.linear_stage_ is None and "linear_weight" not in model.module.state_dict()
+
+
+def test_knockout_warns_about_a_fixed_embedding_only_where_the_prediction_reads_it():
+    adata = _log_data(300)
+    adata.obsm["X_emb"] = np.asarray(adata.X[:, :8].toarray() if sparse.issparse(adata.X) else adata.X[:, :8])
+    scvi.settings.seed = 0
+    kdcpt.KDCPT.setup_anndata(adata, labels_key="phenotype", embedding_key="X_emb")
+    model = kdcpt.KDCPT(adata, **SMALL)
+    model.train(max_epochs=1, enable_progress_bar=False, enable_model_summary=False)
+    kw = {"inplace": False, "progress": False}
+    model.module.mix.fill_(0.0)  # the first stage alone: the embedding does not reach the prediction
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        model.knockout("Reg_P1", **kw)
+    model.module.mix.fill_(0.5)  # now it does, and the warning says what the knockout reaches
+    with pytest.warns(UserWarning, match="the convex first stage and the gene-token branch"):
+        fixed = model.knockout("Reg_P1", **kw)
+    assert fixed.params["prediction_branch_fixed"] is True

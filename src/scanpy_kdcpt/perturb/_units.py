@@ -97,16 +97,27 @@ def _top_key_genes(model: KDCPTLike, target: AnnData, keys: _keys.Keys, n_top: i
 
 
 def warn_fixed_embedding(model: KDCPTLike) -> None:
-    if getattr(model.module, "external_embedding", False) and not getattr(model, "_ko_embedding_warned", False):
-        warnings.warn(
-            "This model reads an external embedding (embedding_key): knockouts change only the gene-token "
-            "branch (Cell Learner); the prediction branch keeps the unperturbed embedding. Pass embed_fn (the "
-            "model that made the embedding, e.g. a trained scVI, or a function expression → embedding) to "
-            "re-embed the perturbed cells, or set up without embedding_key.",
-            UserWarning,
-            stacklevel=3,
-        )
-        model._ko_embedding_warned = True
+    """Once per model: a knockout without ``embed_fn`` leaves the external embedding unperturbed.
+
+    Not said when the prediction does not read the embedding: with the first stage alone
+    (``mix = 0``) the prediction is the linear model's, which reads the (perturbed) genes.
+    """
+    module = model.module
+    if not getattr(module, "external_embedding", False) or getattr(model, "_ko_embedding_warned", False):
+        return
+    first_stage = bool(getattr(module, "linear_stage", False))
+    if first_stage and float(module.mix) == 0.0:
+        return
+    reached = "the convex first stage and the gene-token branch" if first_stage else "only the gene-token branch"
+    warnings.warn(
+        f"This model reads an external embedding (embedding_key): knockouts change {reached} "
+        "(Cell Learner); the prediction branch keeps the unperturbed embedding. Pass embed_fn (the "
+        "model that made the embedding, e.g. a trained scVI, or a function expression → embedding) to "
+        "re-embed the perturbed cells, or set up without embedding_key.",
+        UserWarning,
+        stacklevel=3,
+    )
+    model._ko_embedding_warned = True
 
 
 def baseline(model: KDCPTLike, target: AnnData, query, groupby: str | None, batch_size: int | None) -> Baseline:
