@@ -77,12 +77,14 @@ class KnockoutMixin:
     ) -> KnockoutResult:
         """Simulate gene knockouts (or overexpression) and compare transition matrices.
 
-        A knocked-out gene is set to zero in the model's input: its token drops out of the
-        Cell Learner and, with the internal PCA encoder, the prediction branch sees the zero
-        too. With an external ``embedding_key``, pass ``embed_fn`` (the model that made the
-        embedding, or a function) so the perturbed cells are embedded again and the knockout
-        reaches the prediction branch; without it only the gene-token branch sees the
-        knockout (a warning says so once, and ``params["prediction_branch_fixed"]`` is True).
+        A knocked-out gene is set to zero in the model's input: the convex first stage reads the
+        zero, its token drops out of the Cell Learner and, with the internal PCA encoder, the
+        prediction branch sees the zero too. With an external ``embedding_key``, pass
+        ``embed_fn`` (the model that made the embedding, or a function) so the perturbed cells
+        are embedded again and the knockout reaches the prediction branch; without it only the
+        first stage and the gene-token branch see the knockout (a warning says so once, unless
+        the prediction is the first stage's alone, and ``params["prediction_branch_fixed"]`` is
+        True).
         Only the cells that express the gene change, so only they are rerun
         (``only_expressing``); the others keep their base probabilities. The data in
         ``adata`` are never modified.
