@@ -209,11 +209,11 @@ class KnockoutMixin:
             randomised ones, the knockout's memberships the same; it asks whether the direction
             the GRN gives the shift matters, not whether the gene matters more than another
             regulator would). The smallest p is ``1 / (1 + n_shift_null)``. Off by default (``0``:
-            NaN): each randomised shift costs a perturbed chain, ~1.5 s on 3,700 cells (a 10-gene
-            pancreas knockout took 721 s with 49 against 31 s without;
-            ``benchmarks/results/knockout_genetics.md``), and on pancreas the test reached its
-            smallest p for every gene, Nkx2-2 included — the random-TF comparison of that
-            benchmark is the more telling null.
+            NaN): each randomised shift costs a perturbed chain, its score and its fates, ~1.2 s
+            on 3,700 cells (a 10-gene pancreas knockout took 243 s with 19 against 22 s without;
+            ``benchmarks/results/knockout_genetics.md``), and on pancreas both tests reached
+            their smallest p for nearly every gene, Nkx2-2's tiny shift included — the random-TF
+            comparison of that benchmark is the more telling null.
         basis
             Embedding (``.obsm["X_" + basis]``) the shifts are projected on for
             :func:`scanpy_kdcpt.pl.knockout_shift` (``None``: none).
