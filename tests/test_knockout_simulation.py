@@ -202,3 +202,23 @@ def test_fate_changes_tested_against_randomised_shifts(both):
     # of a gene whose shift does not move the chain
     assert np.isnan(fate.loc[("Reg_P2", "P1", "P3"), "pval"])
     assert grn.fate.loc[grn.fate["gene"] == "Gene_7", "pval"].isna().all()
+
+
+def test_fate_test_does_not_repeat_the_notes_on_memberships(chain_model, monkeypatch):
+    """A note on the knockout's memberships (a terminal without core cells) is given once, by its
+    own fates, not again for every randomised shift of the fate test."""
+    import warnings
+
+    from scanpy_kdcpt.perturb import _fate
+
+    fates = _fate.FateDeltas.fates
+
+    def noisy(self, T, M):
+        warnings.warn("a note on the memberships", UserWarning, stacklevel=2)
+        return fates(self, T, M)
+
+    monkeypatch.setattr(_fate.FateDeltas, "fates", noisy)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        chain_model.knockout("Reg_P2", terminal=["P3"], inplace=False, progress=False, n_shift_null=5)
+    assert sum("a note on the memberships" in str(w.message) for w in caught) == 1

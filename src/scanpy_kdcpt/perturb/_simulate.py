@@ -10,6 +10,7 @@ null of row-shuffled shifts.
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -186,6 +187,7 @@ class ShiftSimulator:
                 **self._chain_kwargs(unit),
             )
             return float(simulation.empirical_pvalue(observed, null)), None
+        fates = _quiet(fates)  # its notes on the memberships are given once, by the knockout's own fates
         base = fates(self.T)
         fate_ko = fates(T_ko) - base
         null = simulation.randomized_shift_null(
@@ -207,6 +209,17 @@ class ShiftSimulator:
         p_fate[still & (np.abs(null[:, 1:]) < 1e-9).all(0).reshape(fate_ko.shape)] = np.nan
         p_fate[~np.isfinite(fate_ko)] = np.nan  # a source with no reachable terminal
         return p_score, p_fate
+
+
+def _quiet(fn: Callable) -> Callable:
+    """``fn`` with its ``UserWarning``s silenced."""
+
+    def quiet(*args, **kwargs):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return fn(*args, **kwargs)
+
+    return quiet
 
 
 def _n_genes(model) -> int:
