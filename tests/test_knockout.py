@@ -120,7 +120,7 @@ def test_external_embedding_warns_once():
     kdcpt.KDCPT.setup_anndata(adata, labels_key="phenotype", embedding_key="X_emb")
     model = kdcpt.KDCPT(adata, n_tokens=16, n_selected=4, d_model=16, n_hidden=16)
     model.is_trained_ = True
-    with pytest.warns(UserWarning, match="only the gene-token"):
+    with pytest.warns(UserWarning, match="gene-token branch"):
         model.knockout("Reg_P1", inplace=False, progress=False)
     import warnings
 
