@@ -176,31 +176,23 @@ class ShiftSimulator:
         if n < 1 or not np.any(shift):
             return np.nan, None
         if fates is None:
-            null = simulation.randomized_shift_null(
-                self.T,
-                self.X,
-                shift,
-                lambda T_ko: self.score(T_ko).mean(),
-                n_permutations=n,
-                seed=seed,
-                mode="entries",
-                **self._chain_kwargs(unit),
-            )
-            return float(simulation.empirical_pvalue(observed, null)), None
-        fates = _quiet(fates)  # its notes on the memberships are given once, by the knockout's own fates
-        base = fates(self.T)
-        fate_ko = fates(T_ko) - base
+
+            def statistic(T_chain):
+                return np.r_[self.score(T_chain).mean()]
+        else:
+            fates = _quiet(fates)  # its notes on the memberships are given once, by the knockout's own fates
+            base = fates(self.T)
+            fate_ko = fates(T_ko) - base
+
+            def statistic(T_chain):
+                return np.r_[self.score(T_chain).mean(), (fates(T_chain) - base).ravel()]
+
         null = simulation.randomized_shift_null(
-            self.T,
-            self.X,
-            shift,
-            lambda T_ko: np.r_[self.score(T_ko).mean(), (fates(T_ko) - base).ravel()],
-            n_permutations=n,
-            seed=seed,
-            mode="entries",
-            **self._chain_kwargs(unit),
+            self.T, self.X, shift, statistic, n_permutations=n, seed=seed, mode="entries", **self._chain_kwargs(unit)
         )
         p_score = float(simulation.empirical_pvalue(observed, null[:, 0]))
+        if fates is None:
+            return p_score, None
         p_fate = np.asarray(simulation.empirical_pvalue(fate_ko.ravel(), null[:, 1:])).reshape(fate_ko.shape)
         still = np.abs(fate_ko) < 1e-9  # no change (round-off): no evidence of one
         p_fate[still] = 1.0

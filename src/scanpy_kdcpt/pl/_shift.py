@@ -200,15 +200,16 @@ def knockout_fate(
         known = sorted(set(fate["gene"].astype(str)))
         raise KeyNotFoundError(f"No fate deltas for {gene!r}; knocked out: {known}.")
     D = rows.pivot_table(index="source", columns="terminal", values="delta", observed=True, sort=False)
+    if sources is not None:
+        D = D.loc[[s for s in sources if s in D.index]]
     tested = "qval" in rows.columns and rows["qval"].notna().any()
     Q = (
         rows.pivot_table(index="source", columns="terminal", values="qval", observed=True, sort=False, dropna=False)
+        .reindex(index=D.index, columns=D.columns)
+        .to_numpy(float)
         if tested
-        else pd.DataFrame(np.nan, index=D.index, columns=D.columns)
-    ).reindex(index=D.index, columns=D.columns)
-    if sources is not None:
-        D = D.loc[[s for s in sources if s in D.index]]
-    Q = Q.reindex(index=D.index).to_numpy(float)
+        else np.full(D.shape, np.nan)
+    )
     vals = D.to_numpy(float)
     vmax = max(float(np.nanmax(np.abs(vals))), 1e-3)
     fig, ax = _read.new_axes(ax, (max(5.2, 2.8 + 1.0 * D.shape[1]), 2.2 + 0.45 * D.shape[0]))
