@@ -60,6 +60,7 @@ KDCPT_VARIANTS = {
     "kdcpt_no_cl_no_cffm": (False, False, {}, {}),
     "kdcpt_no_wide": (True, True, {"use_wide": False}, {}),  # first stage, no SGD wide path
     "kdcpt_no_linear_stage": (True, True, {"linear_stage": False}, {}),  # the issue-11 default
+    "kdcpt_no_clip": (True, True, {"clip_input": False}, {}),  # query values not clipped (before 2026-12-05 evening)
     "kdcpt_ce": (True, True, {"balanced_softmax": False}, {}),
     "kdcpt_ce_class_weights": (True, True, {"balanced_softmax": False, "class_weights": "balanced"}, {}),
     "kdcpt_no_calibration_split": (True, True, {}, {"calibration_size": 0.0}),
@@ -83,6 +84,8 @@ LABELS = {
     "runs of 2026-11-26)",
     "kdcpt_scvi_embedding_issue11": "KDCPT on scVI's latent space, without the first stage (runs of 2026-11-26)",
     "kdcpt_no_linear_stage": "KDCPT without the first stage (linear_stage=False)",
+    "kdcpt_no_clip": "KDCPT without query clipping (clip_input=False; the default until 2026-12-05, runs of that "
+    "morning)",
     "kdcpt_no_cffm": "KDCPT ablation: Cell Learner, no CFFM",
     "kdcpt_no_cl": "KDCPT ablation: no Cell Learner, CFFM",
     "kdcpt_no_cl_no_cffm": "KDCPT ablation: neither",

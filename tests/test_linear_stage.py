@@ -182,3 +182,34 @@ def test_knockout_warns_about_a_fixed_embedding_only_where_the_prediction_reads_
     with pytest.warns(UserWarning, match="the convex first stage and the gene-token branch"):
         fixed = model.knockout("Reg_P1", **kw)
     assert fixed.params["prediction_branch_fixed"] is True
+
+
+def test_query_values_clipped_at_the_registered_maximum(log_model):
+    """A query gene far above anything the registered cells showed is read at their maximum; the
+    registered cells themselves are untouched; clip_input=False leaves the value as it is."""
+    adata = log_model.adata
+    X = adata.X.toarray() if sparse.issparse(adata.X) else np.asarray(adata.X)
+    top = log_model.module.input_max.cpu().numpy()
+    np.testing.assert_allclose(top, X.max(0), rtol=1e-6)
+    weight = log_model.module.linear_weight.cpu().numpy()
+    gene = int(np.abs(weight[:, X.max(0) > 0]).max(0).argmax())
+    gene = int(np.flatnonzero(X.max(0) > 0)[gene])  # the first stage's strongest gene
+    cells = adata[:50].copy()
+    at_max, beyond = cells.copy(), cells.copy()
+    at_max.X = np.asarray(at_max.X.toarray() if sparse.issparse(at_max.X) else at_max.X).copy()
+    beyond.X = at_max.X.copy()
+    at_max.X[:, gene] = top[gene]
+    beyond.X[:, gene] = top[gene] + 5.0
+    p_max = log_model.predict(at_max, soft=True).to_numpy()
+    np.testing.assert_allclose(log_model.predict(beyond, soft=True).to_numpy(), p_max, atol=1e-6)
+
+    unclipped = _train(_log_data(), epochs=1, clip_input=False)
+    assert torch.isinf(unclipped.module.input_max).all()
+    q_max = unclipped.predict(at_max, soft=True).to_numpy()
+    assert np.abs(unclipped.predict(beyond, soft=True).to_numpy() - q_max).max() > 1e-3
+
+
+def test_saved_model_keeps_its_clipping(log_model, tmp_path):
+    log_model.save(str(tmp_path / "m"), overwrite=True)
+    loaded = kdcpt.KDCPT.load(str(tmp_path / "m"), adata=log_model.adata)
+    torch.testing.assert_close(loaded.module.input_max, log_model.module.input_max)

@@ -19,6 +19,7 @@ from .. import _expression, multiome
 from .._constants import REGISTRY_KEYS
 from ..module import REGULATORY_KEY, KDCPTModule, KDCPTMultiomeModule
 from . import _data
+from ._linear_stage import normalized_max
 from ._mudata import fit_lsi, is_mudata, prepare_query
 
 if TYPE_CHECKING:
@@ -66,6 +67,14 @@ class RnaInputs:
         """
         X = self.model.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
         return _data.fit_pca(X, n_components, seed=seed, data_type=self.model.data_type_)
+
+    def feature_max(self) -> np.ndarray:
+        """Each feature's largest value as the module reads it (``module.normalize``) over the
+        registered cells, read in row blocks; the module clips query values at it."""
+        manager = self.model.adata_manager
+        X = manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+        extra = manager.get_from_registry(REGULATORY_KEY) if self.multiome else None
+        return normalized_max(self.model.module, X, extra)
 
     def prepare_query(self, adata: AnnData) -> AnnData:
         """A light AnnData from a query, aligned to the model's genes (not yet registered)."""

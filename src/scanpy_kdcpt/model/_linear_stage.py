@@ -82,12 +82,11 @@ def stratified_subsample(codes: np.ndarray, n_max: int, rng: np.random.Generator
     return np.sort(np.concatenate(keep))
 
 
-def normalized_rows(module, X, rows: np.ndarray, extra=None) -> sparse.csr_matrix:
-    """``module.normalize`` of rows ``rows`` of the raw matrix ``X`` (and ``extra``, the
-    regulatory sites of a multiome model), in blocks of at most :data:`CHUNK_VALUES` values,
-    kept sparse (zeros stay zero under ``log1p`` and TF-IDF).
+def _normalized_blocks(module, X, rows: np.ndarray, extra=None):
+    """Yield ``module.normalize`` of rows ``rows`` of the raw matrix ``X`` (and ``extra``, the
+    regulatory sites of a multiome model) as dense numpy blocks of at most :data:`CHUNK_VALUES`
+    values.
     """
-    blocks = []
     chunk = int(max(64, min(4096, CHUNK_VALUES // max(module.n_genes, 1))))
     for s in range(0, len(rows), chunk):
         part = [_expression.read_rows(X, rows[s : s + chunk])]
@@ -96,8 +95,24 @@ def normalized_rows(module, X, rows: np.ndarray, extra=None) -> sparse.csr_matri
         dense = np.hstack([p.toarray() if sparse.issparse(p) else np.asarray(p) for p in part])
         with torch.no_grad():
             x_log = module.normalize(torch.as_tensor(dense, dtype=torch.float32, device=_device(module)))
-        blocks.append(sparse.csr_matrix(x_log.cpu().numpy()))
+        yield x_log.cpu().numpy()
+
+
+def normalized_rows(module, X, rows: np.ndarray, extra=None) -> sparse.csr_matrix:
+    """``module.normalize`` of rows ``rows`` of ``X`` (and ``extra``), read in blocks and kept
+    sparse (zeros stay zero under ``log1p`` and TF-IDF).
+    """
+    blocks = [sparse.csr_matrix(b) for b in _normalized_blocks(module, X, rows, extra)]
     return sparse.vstack(blocks, format="csr") if blocks else sparse.csr_matrix((0, module.n_genes))
+
+
+def normalized_max(module, X, extra=None) -> np.ndarray:
+    """Each feature's largest ``module.normalize`` value over all rows of ``X`` (and ``extra``),
+    read in blocks (backed data stays on disk)."""
+    top = np.zeros(module.n_genes, dtype=np.float32)  # normalised values are ≥ 0
+    for block in _normalized_blocks(module, X, np.arange(X.shape[0]), extra):
+        np.maximum(top, block.max(0), out=top)
+    return top
 
 
 def _device(module) -> torch.device:

@@ -124,6 +124,15 @@ class KDCPT(
         prediction is the linear model's alone and the stage is refitted on the training and
         validation cells; ``model.linear_stage_`` says what was chosen. ``False``: the network
         alone, as before the stage existed (and as models saved then load).
+    clip_input
+        Clip every query value at the largest value its feature had on the registered cells
+        (after normalisation; stored in ``module.input_max``, default on). On the registered
+        cells nothing changes; on a shifted query (another donor, a stimulation) a gene far
+        above anything seen in training cannot push the linear stage and the network past the
+        range they were fitted on. Measured in ``benchmarks/results/classification.md``
+        (Kang 2018: trained on control PBMCs, predicting IFN-β-stimulated ones). An in-silico
+        over-expression is clipped likewise. ``False``: no clipping (as models saved before it
+        existed load).
     """
 
     _module_cls = KDCPTModule
@@ -153,6 +162,7 @@ class KDCPT(
         wide_l2: float = 1e-3,
         balanced_softmax: bool = True,
         linear_stage: bool = True,
+        clip_input: bool = True,
     ):
         super().__init__(adata)
         # the hyper-parameters are declared once, in this signature: the module gets them by name
@@ -294,6 +304,8 @@ class KDCPT(
             m.gene_mean.copy_(torch.as_tensor(mean))
             m.loadings.copy_(torch.as_tensor(loadings))
             m.embedding_scale.copy_(torch.as_tensor(std))
+        if m.clip_input:
+            m.input_max.copy_(torch.as_tensor(self._inputs.feature_max()))
         if class_weights is not None:
             codes = self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY).ravel()
             if isinstance(class_weights, str):

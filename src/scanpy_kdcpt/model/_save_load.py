@@ -103,6 +103,8 @@ def _load(cls, dir_path: str, *, adata: AnnData | None = None, accelerator: str 
         model = cls(adata, **kwargs)
     finally:
         cls._fit_encoder_on_init = True
+    if "input_max" not in weights:  # saved before query clipping existed: no clipping, as then
+        weights["input_max"] = model.module.input_max
     model.module.load_state_dict(weights)
     for k, v in attrs.items():
         setattr(model, k, v)

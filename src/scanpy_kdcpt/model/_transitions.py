@@ -175,6 +175,7 @@ class TransitionMixin:
             for _, block in _expression.iter_rows(X, batch_size):
                 block = block.toarray() if sparse.issparse(block) else np.asarray(block)
                 x_log = m.normalize(torch.as_tensor(block, dtype=torch.float32, device=m.gene_mean.device))
+                x_log = torch.minimum(x_log, m.input_max)  # as the prediction branch reads it
                 out.append(((x_log - m.gene_mean) @ m.loadings).cpu().numpy())
         return np.concatenate(out).astype(np.float32)
 

@@ -63,6 +63,10 @@ class KDCPTModule(BaseModuleClass):
         multinomial logistic regression before training (:meth:`set_linear_stage`) and
         chooses ``mix`` after it. Until then the stage is zero and ``mix`` is 1, i.e. the
         network alone. It reads ``x_log``, so knockouts and attributions reach it.
+    clip_input
+        Whether the model fills ``input_max`` (each feature's largest normalised value on the
+        registered cells) before training; the forward pass clips at it either way (``+inf``
+        when not filled).
 
     """
 
@@ -93,6 +97,7 @@ class KDCPTModule(BaseModuleClass):
         wide_l2: float = 1e-3,
         balanced_softmax: bool = True,
         linear_stage: bool = True,
+        clip_input: bool = True,
     ):
         super().__init__()
         self.n_genes = n_genes
@@ -106,6 +111,7 @@ class KDCPTModule(BaseModuleClass):
         self.wide_l2 = wide_l2
         self.balanced_softmax = balanced_softmax
         self.linear_stage = linear_stage
+        self.clip_input = clip_input
         n_selected = min(n_selected, n_tokens, n_genes)
 
         self.register_buffer("prior", torch.zeros(n_genes))
@@ -115,6 +121,9 @@ class KDCPTModule(BaseModuleClass):
         self.register_buffer("embedding_mean", torch.zeros(n_embedding))
         self.register_buffer("embedding_scale", torch.ones(n_embedding))
         self.register_buffer("gene_mean", torch.zeros(n_genes))
+        # each feature's largest normalised value on the registered cells (set by the model when
+        # clip_input); +inf = no clipping
+        self.register_buffer("input_max", torch.full((n_genes,), float("inf")))
         # frozen linear encoder (PCA loadings); unused with an external embedding
         self.register_buffer("loadings", torch.zeros(0 if external_embedding else n_genes, n_embedding))
         if linear_stage:  # the convex first stage and the network's share (set by the model)
@@ -197,7 +206,11 @@ class KDCPTModule(BaseModuleClass):
     def forward_normalized(self, x_log, embedding=None, batch_index=None) -> dict[str, torch.Tensor]:
         """:meth:`inference` from already normalised input (``normalize(x)``): gradients with
         respect to ``x_log`` give each gene's attribution on the log-expression scale.
+        Values above a feature's ``input_max`` (its largest value on the registered cells) are
+        clipped to it first, so a shifted query cannot drive the network or the first stage
+        beyond the range they were fitted on.
         """
+        x_log = torch.minimum(x_log, self.input_max)
         tokens, gene_idx, values, mask = self.tokenizer(x_log)
         prior = self.prior[gene_idx] * mask
         cl = self.cell_learner(tokens, values, mask, prior)
