@@ -210,7 +210,8 @@ class KDCPTModule(BaseModuleClass):
         clipped to it first, so a shifted query cannot drive the network or the first stage
         beyond the range they were fitted on.
         """
-        x_log = torch.minimum(x_log, self.input_max)
+        # where, not minimum: a value at the maximum keeps its full gradient (minimum splits ties)
+        x_log = torch.where(x_log > self.input_max, self.input_max, x_log)
         tokens, gene_idx, values, mask = self.tokenizer(x_log)
         prior = self.prior[gene_idx] * mask
         cl = self.cell_learner(tokens, values, mask, prior)
