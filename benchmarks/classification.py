@@ -84,8 +84,7 @@ LABELS = {
     "runs of 2026-11-26)",
     "kdcpt_scvi_embedding_issue11": "KDCPT on scVI's latent space, without the first stage (runs of 2026-11-26)",
     "kdcpt_no_linear_stage": "KDCPT without the first stage (linear_stage=False)",
-    "kdcpt_no_clip": "KDCPT without query clipping (clip_input=False; the default until 2026-12-06, runs of "
-    "2026-12-05 morning)",
+    "kdcpt_no_clip": "KDCPT without query clipping (clip_input=False; the default until 2026-12-06)",
     "kdcpt_no_cffm": "KDCPT ablation: Cell Learner, no CFFM",
     "kdcpt_no_cl": "KDCPT ablation: no Cell Learner, CFFM",
     "kdcpt_no_cl_no_cffm": "KDCPT ablation: neither",
