@@ -14,6 +14,7 @@ from scanpy_kdcpt.calibration import (
     conformal_scores,
     conformal_threshold,
     cosine_uncertainty,
+    ece_floor,
     expected_calibration_error,
     fit_temperature,
     prediction_sets,
@@ -56,6 +57,26 @@ def test_temperature_scaling_fixes_overconfident_logits():
     assert after < before / 3
 
 
+def test_ece_floor_is_the_ece_of_a_calibrated_model_on_that_many_cells():
+    rng = np.random.default_rng(3)
+    for n in (60, 400):
+        p = softmax(rng.normal(0, 1.5, (n, 6)))
+        draws = [  # labels drawn from p: a calibrated model by construction
+            expected_calibration_error(p, (rng.random((n, 1)) > np.cumsum(p, 1)).sum(1).clip(max=5))
+            for _ in range(300)
+        ]
+        assert ece_floor(p) == pytest.approx(np.mean(draws), abs=0.006)
+    small, large = softmax(rng.normal(0, 1.5, (60, 6))), softmax(rng.normal(0, 1.5, (6000, 6)))
+    assert ece_floor(small) > 3 * ece_floor(large)  # ~1/sqrt(n)
+    # an over-confident model on many cells sits far above its floor
+    z = rng.normal(0, 1.5, (4000, 5))
+    y = np.array([rng.choice(5, p=q) for q in softmax(z)])
+    over = softmax(4.0 * z)
+    assert expected_calibration_error(over, y) > 5 * ece_floor(over)
+    with pytest.raises(ValueError, match="cells × phenotypes"):
+        ece_floor(np.zeros(3))
+
+
 def test_conformal_sets_cover_exchangeable_cells():
     rng = np.random.default_rng(1)
     p = rng.dirichlet(np.full(6, 0.5), 3000)
@@ -82,6 +103,7 @@ def test_calibrate_lowers_ece_of_overconfident_model(pbmc_model):
         res = model.calibrate()
         assert res["temperature_before"] == 0.2
         assert res["ece_after"] < res["ece_before"]
+        assert 0 < res["ece_floor"] < 0.2  # the floor of the calibration cells, at the fitted T
         assert res["nll_after"] < res["nll_before"]
         assert model.temperature_ == pytest.approx(res["temperature"]) and model.temperature_ > 0.2
         assert res["n_cells"] == len(model.validation_indices)

@@ -90,6 +90,7 @@ def test_annotate_copy_of_the_training_data_keeps_labels_and_validation_metrics(
     metrics = out.uns["kdcpt"]["metrics"]
     assert metrics["validation"]["accuracy"] >= 0.9 and metrics["labelled"]["n_cells"] == out.n_obs
     assert 0 <= metrics["validation"]["ece"] < 0.2
+    assert all(0 <= metrics[s]["ece_floor"] < 0.2 for s in ("labelled", "validation"))  # beside each ECE
     assert 0 < metrics["labelled"]["mean_confidence"] <= 1 and 0 <= metrics["labelled"]["mean_uncertainty"] <= 1
 
 

@@ -119,6 +119,38 @@ def ece_from_table(table: pd.DataFrame) -> float:
     return float((t["count"] / n * (t["accuracy"] - t["confidence"]).abs()).sum()) if n else float("nan")
 
 
+def ece_floor_from_table(table: pd.DataFrame) -> float:
+    """The ECE a perfectly calibrated model would show on the cells of a :func:`reliability_table`.
+
+    On a finite set the binned ECE is biased upwards by sampling alone: even when every cell is
+    right with exactly its confidence, a bin's accuracy scatters around its confidence. With the
+    ``n_b`` cells of bin ``b`` right with probability ``c_b`` (the bin's mean confidence), the
+    number right is binomial, and the floor is ``Σ_b (n_b / n) E|X_b / n_b − c_b|``,
+    ``X_b ~ Binomial(n_b, c_b)``, computed exactly. It needs only the table (counts and mean
+    confidences), so it can be given beside any stored ECE. An ECE near its floor is as good as
+    these many cells can show; the floor falls roughly as ``1 / sqrt(n)``.
+    """
+    from scipy import stats
+
+    t = table[table["count"] > 0]
+    n = float(t["count"].sum())
+    if not n:
+        return float("nan")
+    total = 0.0
+    for n_b, c_b in zip(t["count"].to_numpy(int), t["confidence"].to_numpy(float), strict=True):
+        k = np.arange(n_b + 1)
+        total += n_b / n * float(np.sum(stats.binom.pmf(k, n_b, min(max(c_b, 0.0), 1.0)) * np.abs(k / n_b - c_b)))
+    return float(total)
+
+
+def ece_floor(proba: np.ndarray, n_bins: int = 15) -> float:
+    """:func:`ece_floor_from_table` for probabilities ``proba`` (cells × phenotypes; labels not needed)."""
+    p = np.asarray(proba, dtype=float)
+    if p.ndim != 2 or not len(p):
+        raise ValueError(f"proba must be a non-empty cells × phenotypes array, got shape {p.shape}.")
+    return ece_floor_from_table(reliability_table(p, p.argmax(axis=1), n_bins))
+
+
 def brier_score(proba: np.ndarray, codes: np.ndarray) -> float:
     """Multi-class Brier score: mean over cells of ``Σ_j (p_j - 1[j = y])²`` (0 best, 2 worst)."""
     p, y = _check_codes(proba, codes)

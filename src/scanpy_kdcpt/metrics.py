@@ -118,6 +118,10 @@ def brier(y_true: Sequence, proba, *, classes: Sequence | None = None) -> float:
 def prediction_metrics(labels: pd.Series, proba: pd.DataFrame, subsets: dict[str, np.ndarray]) -> dict[str, dict]:
     """Accuracy, macro-F1, kappa, ECE, mean confidence and mean uncertainty per subset of cells.
 
+    Beside the ECE, ``ece_floor`` is the ECE a perfectly calibrated model with these
+    probabilities would show on this many cells (:func:`scanpy_kdcpt.calibration.ece_floor`):
+    on a few hundred cells the binned ECE cannot go much below it.
+
     Parameters
     ----------
     labels
@@ -138,6 +142,7 @@ def prediction_metrics(labels: pd.Series, proba: pd.DataFrame, subsets: dict[str
             continue
         r = classification_report(labels.iloc[idx], pred.iloc[idx])
         r["ece"] = ece(labels.iloc[idx].astype(str), p[idx], classes=list(names))
+        r["ece_floor"] = calibration.ece_floor(p[idx])  # the ECE of a calibrated model on these cells
         r["mean_confidence"] = float(calibration.confidence(p[idx]).mean())
         r["mean_uncertainty"] = float(calibration.cosine_uncertainty(p[idx]).mean())
         out[name] = r

@@ -259,7 +259,14 @@ def write_report(
     placed = {Path(path).stem: (title, path) for title, path in figures}
     metrics = pd.DataFrame(uns[_keys.UNS_METRICS]).T
     metrics.index.name = "cells"
-    lines += [_table(metrics), ""]
+    lines += [
+        _table(metrics),
+        "",
+        "`labelled` includes the training cells (optimistic); `validation` and `calibration`, where present, were held "
+        "out. `ece_floor`: the ECE a perfectly calibrated model would show on that many cells — an ECE "
+        "near it is as good as the set's size can show.",
+        "",
+    ]
     lines += _figures(placed, "training_history", "reliability")
     counts = adata.obs[keys.pred].value_counts().rename("cells").to_frame()
     counts["mean confidence"] = adata.obs.groupby(keys.pred, observed=True)[keys.confidence].mean()

@@ -92,6 +92,7 @@ class CalibrationMixin:
             "temperature_before": T0,
             "ece_before": cal.expected_calibration_error(before, codes, n_bins),
             "ece_after": cal.expected_calibration_error(after, codes, n_bins),
+            "ece_floor": cal.ece_floor(after, n_bins),
             "brier_before": cal.brier_score(before, codes),
             "brier_after": cal.brier_score(after, codes),
             "nll_before": cal.nll(logits, codes, T0),
@@ -109,7 +110,8 @@ class CalibrationMixin:
         }
         logg.info(
             f"temperature {T:.3f}: ECE {result['ece_before']:.4f} → {result['ece_after']:.4f} "
-            f"on {len(codes)} held-out cells"
+            f"on {len(codes)} held-out cells (a calibrated model would show {result['ece_floor']:.4f} "
+            "on this many)"
         )
         return result
 
@@ -172,6 +174,7 @@ def _state(model) -> dict | None:
 def _scores(proba: np.ndarray, codes: np.ndarray, n_bins: int) -> dict:
     return {
         "ece": cal.expected_calibration_error(proba, codes, n_bins),
+        "ece_floor": cal.ece_floor(proba, n_bins),  # what a calibrated model would show on these cells
         "brier": cal.brier_score(proba, codes),
         "n_cells": int(len(codes)),
     }

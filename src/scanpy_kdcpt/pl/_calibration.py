@@ -10,7 +10,7 @@ import pandas as pd
 from .. import _keys
 from .._errors import KeyNotFoundError
 from .._utils import codes_of
-from ..calibration import ece_from_table, reliability_table
+from ..calibration import ece_floor_from_table, ece_from_table, reliability_table
 from . import _read
 from ._docs import doc_params
 
@@ -56,7 +56,9 @@ def reliability(
 
     Bars are the accuracy of the cells in each confidence bin; the red part is the gap to
     perfect calibration (the diagonal); bar shading follows the number of cells. After
-    ``model.calibrate()``, the curve before calibration is drawn in grey.
+    ``model.calibrate()``, the curve before calibration is drawn in grey. The legend gives the
+    ECE a perfectly calibrated model would show on this many cells (sampling alone keeps a
+    binned ECE above it; :func:`scanpy_kdcpt.calibration.ece_floor_from_table`).
 
     Parameters
     ----------
@@ -97,6 +99,7 @@ def reliability(
     else:
         table, cells = _from_obs(adata, key, labels_key, n_bins)
     ece = ece_from_table(table)
+    floor = ece_floor_from_table(table)
 
     fig, ax = _read.new_axes(ax, (4.6, 4.4))
     width = (table["upper"] - table["lower"]).to_numpy(float)
@@ -145,7 +148,13 @@ def reliability(
     ax.set_xlabel("confidence (max probability)")
     ax.set_ylabel("accuracy")
     n = int(table["count"].sum())
-    legend = ax.legend(loc="upper left", fontsize=7, frameon=False, title=f"{n} {cells}", title_fontsize=7)
+    legend = ax.legend(
+        loc="upper left",
+        fontsize=7,
+        frameon=False,
+        title=f"{n} {cells}\n(a calibrated model: ECE ≈ {floor:.3f} on this many)",
+        title_fontsize=7,
+    )
     legend._legend_box.align = "left"
     if title is None:
         title = f"Reliability — ECE {ece:.3f}"
