@@ -84,7 +84,7 @@ LABELS = {
     "runs of 2026-11-26)",
     "kdcpt_scvi_embedding_issue11": "KDCPT on scVI's latent space, without the first stage (runs of 2026-11-26)",
     "kdcpt_no_linear_stage": "KDCPT without the first stage (linear_stage=False)",
-    "kdcpt_no_clip": "KDCPT without query clipping (clip_input=False; the default until 2026-12-06)",
+    "kdcpt_no_clip": "KDCPT without query clipping (clip_input=False; the default before 2026-12-05 evening)",
     "kdcpt_no_cffm": "KDCPT ablation: Cell Learner, no CFFM",
     "kdcpt_no_cl": "KDCPT ablation: no Cell Learner, CFFM",
     "kdcpt_no_cl_no_cffm": "KDCPT ablation: neither",
@@ -669,8 +669,9 @@ def _run_isolated(ds_name: str, method: str, seed: int, threads: int) -> None:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--datasets", ds_name, "--methods", method,
            "--first-seed", str(seed), "--seeds", "1", "--threads", str(threads), "--no-report", "--no-isolate"]
     proc = subprocess.run(cmd, check=False)
-    if proc.returncode != 0:
+    if proc.returncode != 0:  # a crash the child could not report itself (killed, out of memory)
         print(f"[{ds_name} s{seed}] {method}: process exited with {proc.returncode}", flush=True)
+        C.write_json(C.WORK / f"failed_{ds_name}_{method}_s{seed}.json", {"error": f"exit code {proc.returncode}"})
 
 
 def main(argv=None) -> None:

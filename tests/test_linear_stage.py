@@ -203,6 +203,22 @@ def test_query_values_clipped_at_the_registered_maximum(log_model):
     p_max = log_model.predict(at_max, soft=True).to_numpy()
     np.testing.assert_allclose(log_model.predict(beyond, soft=True).to_numpy(), p_max, atol=1e-6)
 
+    # attributions and gradients of a value above the maximum are those at the maximum (not 0)
+    def set_to(value):
+        def transform(x, pos):
+            x = x.clone()
+            x[:, gene] = value
+            return x
+
+        return transform
+
+    rows = np.arange(20)
+    target = np.zeros(len(rows), int)
+    at = next(log_model._iterate(indices=rows, attribute=target, transform=set_to(float(top[gene]))))[1]
+    above = next(log_model._iterate(indices=rows, attribute=target, transform=set_to(float(top[gene]) + 5.0)))[1]
+    assert (at["gradient"][:, gene].abs() > 0).all()
+    torch.testing.assert_close(above["attribution"], at["attribution"])
+
     unclipped = _train(_log_data(), epochs=1, clip_input=False)
     assert torch.isinf(unclipped.module.input_max).all()
     q_max = unclipped.predict(at_max, soft=True).to_numpy()
@@ -213,3 +229,20 @@ def test_saved_model_keeps_its_clipping(log_model, tmp_path):
     log_model.save(str(tmp_path / "m"), overwrite=True)
     loaded = kdcpt.KDCPT.load(str(tmp_path / "m"), adata=log_model.adata)
     torch.testing.assert_close(loaded.module.input_max, log_model.module.input_max)
+
+
+def test_model_saved_before_clipping_loads_without_it(log_model, tmp_path):
+    import json
+
+    path = tmp_path / "old"
+    log_model.save(str(path), overwrite=True)
+    weights = torch.load(path / "model.pt", weights_only=True)
+    del weights["input_max"]  # as saved before query clipping existed
+    torch.save(weights, path / "model.pt")
+    meta = json.loads((path / "model.json").read_text())
+    for part in meta["init_params"].values():
+        if isinstance(part, dict):
+            part.pop("clip_input", None)
+    (path / "model.json").write_text(json.dumps(meta))
+    loaded = kdcpt.KDCPT.load(str(path), adata=log_model.adata)
+    assert torch.isinf(loaded.module.input_max).all() and loaded.module.clip_input is False

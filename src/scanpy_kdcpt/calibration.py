@@ -126,9 +126,12 @@ def ece_floor_from_table(table: pd.DataFrame) -> float:
     right with exactly its confidence, a bin's accuracy scatters around its confidence. With the
     ``n_b`` cells of bin ``b`` right with probability ``c_b`` (the bin's mean confidence), the
     number right is binomial, and the floor is ``Σ_b (n_b / n) E|X_b / n_b − c_b|``,
-    ``X_b ~ Binomial(n_b, c_b)``, computed exactly. It needs only the table (counts and mean
-    confidences), so it can be given beside any stored ECE. An ECE near its floor is as good as
-    these many cells can show; the floor falls roughly as ``1 / sqrt(n)``.
+    ``X_b ~ Binomial(n_b, c_b)``, summed over the binomial's mass. It needs only the table
+    (counts and mean confidences), so it can be given beside any stored ECE. Taking every cell
+    of a bin at the bin's mean confidence slightly overstates the spread (cells of different
+    confidence vary less in total), by little within a bin 1/15 wide. It is an expectation: a
+    calibrated model's ECE falls below it about as often as above. An ECE near its floor is as
+    good as these many cells can show; the floor falls roughly as ``1 / sqrt(n)``.
     """
     from scipy import stats
 

@@ -112,7 +112,10 @@ class InferenceMixin:
         (``benchmarks/results/keygenes_pancreas_linear_stage.md``). The margin does not saturate.
         """
         module = self.module
-        x_log = module.normalize(inputs.pop("x").to(self.device).float()).detach().requires_grad_(True)
+        x_log = module.normalize(inputs.pop("x").to(self.device).float())
+        # the value the model reads (clipped at the registered maximum), so gradient × input is
+        # taken at the point the prediction was made
+        x_log = torch.minimum(x_log, module.input_max).detach().requires_grad_(True)
         out = module.forward_normalized(x_log, **inputs)
         logits = out["logits"].float()
         target = torch.as_tensor(target, device=logits.device, dtype=torch.long)

@@ -98,6 +98,8 @@ def _load(cls, dir_path: str, *, adata: AnnData | None = None, accelerator: str 
     weights = read_weights(dir_path)
     if "linear_stage" not in kwargs and "linear_weight" not in weights:
         kwargs["linear_stage"] = False  # saved before the first stage existed
+    if "clip_input" not in kwargs and "input_max" not in weights:
+        kwargs["clip_input"] = False  # saved before query clipping existed: none, as then
     cls._fit_encoder_on_init = False
     try:
         model = cls(adata, **kwargs)

@@ -210,8 +210,10 @@ class KDCPTModule(BaseModuleClass):
         clipped to it first, so a shifted query cannot drive the network or the first stage
         beyond the range they were fitted on.
         """
-        # where, not minimum: a value at the maximum keeps its full gradient (minimum splits ties)
-        x_log = torch.where(x_log > self.input_max, self.input_max, x_log)
+        # straight-through: the value is clipped, the gradient passes as if it were not, so a gene
+        # above its maximum keeps the gradient it has at the maximum (first-order knockout screens
+        # of query cells), and a value at the maximum keeps its full gradient
+        x_log = x_log - (x_log - self.input_max).clamp_min(0.0).detach()
         tokens, gene_idx, values, mask = self.tokenizer(x_log)
         prior = self.prior[gene_idx] * mask
         cl = self.cell_learner(tokens, values, mask, prior)

@@ -57,8 +57,8 @@ def reliability(
     Bars are the accuracy of the cells in each confidence bin; the red part is the gap to
     perfect calibration (the diagonal); bar shading follows the number of cells. After
     ``model.calibrate()``, the curve before calibration is drawn in grey. The legend gives the
-    ECE a perfectly calibrated model would show on this many cells (sampling alone keeps a
-    binned ECE above it; :func:`scanpy_kdcpt.calibration.ece_floor_from_table`).
+    ECE a perfectly calibrated model would show on average on this many cells (sampling alone
+    puts a binned ECE about that high; :func:`scanpy_kdcpt.calibration.ece_floor_from_table`).
 
     Parameters
     ----------
