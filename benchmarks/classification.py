@@ -485,6 +485,9 @@ def _label(r) -> str:
     return LABELS.get(r["method"], r["method"])
 
 
+HELD_OUT_KEYS = ("ece_calibrated", "ece_floor", "conformal_coverage", "conformal_mean_set", "uncertainty_auroc")
+
+
 def _ms(x: pd.Series) -> str:
     x = x.astype(float)
     return f"{x.mean():.3f} ± {x.std(ddof=1):.3f}" if len(x) > 1 else f"{x.mean():.3f}"
@@ -562,7 +565,7 @@ def report(command: str) -> None:
             alpha = float(held["conformal_alpha"].iloc[0])
             out["targets"].setdefault(ds_name, {})[f"held_out_calibration_{method}"] = {
                 key: [float(held[key].mean()), float(held[key].std(ddof=1)) if len(held) > 1 else None]
-                for key in ("ece_calibrated", "ece_floor", "conformal_coverage", "conformal_mean_set", "uncertainty_auroc")
+                for key in HELD_OUT_KEYS
                 if key in held
             }
             floor = ""
@@ -574,7 +577,8 @@ def report(command: str) -> None:
             lines += [
                 "",
                 f"{name} on the held-out test cells ({len(held)} seeds; temperature and conformal threshold from "
-                f"its own calibration cells): ECE after calibration {_ms(held['ece_calibrated'])} (target ≤ 0.05{floor}); "
+                f"its own calibration cells): ECE after calibration {_ms(held['ece_calibrated'])} "
+                f"(target ≤ 0.05{floor}); "
                 f"conformal coverage at α = {alpha:g} {_ms(cov)} (target {1 - alpha:.2f} ± 0.02), mean set size "
                 f"{_ms(held['conformal_mean_set'])}; AUROC of the uncertainty for the misclassified cells "
                 f"{_ms(held['uncertainty_auroc'].dropna())} (target ≥ 0.85).",
@@ -666,8 +670,10 @@ def _run_isolated(ds_name: str, method: str, seed: int, threads: int) -> None:
     per run makes every row depend on its own (dataset, method, seed) only, so rows that differ
     in one setting are paired.
     """
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--datasets", ds_name, "--methods", method,
-           "--first-seed", str(seed), "--seeds", "1", "--threads", str(threads), "--no-report", "--no-isolate"]
+    cmd = [
+        sys.executable, str(Path(__file__).resolve()), "--datasets", ds_name, "--methods", method,
+        "--first-seed", str(seed), "--seeds", "1", "--threads", str(threads), "--no-report", "--no-isolate",
+    ]  # fmt: skip
     proc = subprocess.run(cmd, check=False)
     if proc.returncode != 0:  # a crash the child could not report itself (killed, out of memory)
         print(f"[{ds_name} s{seed}] {method}: process exited with {proc.returncode}", flush=True)

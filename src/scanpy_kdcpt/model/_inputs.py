@@ -70,7 +70,8 @@ class RnaInputs:
 
     def feature_max(self) -> np.ndarray:
         """Each feature's largest value as the module reads it (``module.normalize``) over the
-        registered cells, read in row blocks; the module clips query values at it."""
+        registered cells, read in row blocks; the module clips query values at it.
+        """
         manager = self.model.adata_manager
         X = manager.get_from_registry(REGISTRY_KEYS.X_KEY)
         extra = manager.get_from_registry(REGULATORY_KEY) if self.multiome else None

@@ -108,7 +108,8 @@ def normalized_rows(module, X, rows: np.ndarray, extra=None) -> sparse.csr_matri
 
 def normalized_max(module, X, extra=None) -> np.ndarray:
     """Each feature's largest ``module.normalize`` value over all rows of ``X`` (and ``extra``),
-    read in blocks (backed data stays on disk)."""
+    read in blocks (backed data stays on disk).
+    """
     top = np.zeros(module.n_genes, dtype=np.float32)  # normalised values are ≥ 0
     for block in _normalized_blocks(module, X, np.arange(X.shape[0]), extra):
         np.maximum(top, block.max(0), out=top)
