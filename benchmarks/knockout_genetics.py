@@ -86,11 +86,13 @@ EXPECTED = {
             "pancreas development. Genes Dev 17:2591-2603, 2003.",
         },
         "Pax4": {
-            "checks": [("Beta", -1), ("Delta", -1), ("Alpha", +1)],
-            "phenotype": "no β and δ cells, more α cells",
+            "checks": [("Beta", -1), ("Delta", -1), ("Alpha", +1), ("Epsilon", +1)],
+            "phenotype": "no β and δ cells, more α and ε (ghrelin) cells",
             "ref": "Sosa-Pineda B, Chowdhury K, Torres M, Oliver G, Gruss P. The Pax4 gene is essential for "
             "differentiation of insulin-producing β cells in the mammalian pancreas. Nature 386:399-402, 1997 "
-            "(more α cells: Collombat et al. 2003).",
+            "(more α cells: Collombat et al. 2003; ghrelin ε cells replace β cells: Prado CL, Pugh-Bernard AE, "
+            "Elghazi L, Sosa-Pineda B, Sussel L. Ghrelin cells replace insulin-producing β cells in two mouse "
+            "models of pancreas development. PNAS 101:2924-2929, 2004).",
         },
         "Pax6": {
             "checks": [("Alpha", -1)],
@@ -99,11 +101,11 @@ EXPECTED = {
             "of glucagon-producing α-cells in mouse pancreas. Nature 387:406-409, 1997.",
         },
         "Nkx2-2": {
-            "checks": [("Beta", -1), ("Alpha", -1)],
-            "phenotype": "no β cells, fewer α and PP cells",
+            "checks": [("Beta", -1), ("Alpha", -1), ("Epsilon", +1)],
+            "phenotype": "no β cells, fewer α and PP cells, ε (ghrelin) cells in place of β cells",
             "ref": "Sussel L, Kalamaras J, Hartigan-O'Connor DJ, et al. Mice lacking the homeodomain transcription "
             "factor Nkx2.2 have diabetes due to arrested differentiation of pancreatic β cells. Development "
-            "125:2213-2221, 1998.",
+            "125:2213-2221, 1998; ε cells: Prado et al., PNAS 101:2924-2929, 2004.",
         },
         "Nkx6-1": {
             "checks": [("Beta", -1)],
