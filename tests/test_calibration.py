@@ -119,7 +119,7 @@ def test_conformal_sets_cover_held_out_cells_and_survive_save_load(synthetic_mod
         model.calibrate(indices=cal)
         alpha = 0.1
         sets = model.predict(indices=test, conformal_alpha=alpha)
-        assert (sets.dtypes == bool).all() and list(sets.columns) == model.classes_
+        assert all(d == np.dtype(bool) for d in sets.dtypes) and list(sets.columns) == model.classes_
         truth = model.adata.obs["phenotype"].astype(str).iloc[test]
         covered = np.array([sets.loc[c, t] for c, t in zip(sets.index, truth, strict=True)])
         assert covered.mean() >= 1 - alpha - 0.05

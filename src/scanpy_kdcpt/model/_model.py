@@ -133,6 +133,7 @@ class KDCPT(
         (Kang 2018: trained on control PBMCs, predicting IFN-β-stimulated ones). An in-silico
         over-expression is clipped likewise. ``False``: no clipping (as models saved before it
         existed load).
+
     """
 
     _module_cls = KDCPTModule
