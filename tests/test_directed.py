@@ -367,3 +367,18 @@ def test_importing_cellrank_keeps_the_warning_filters():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_a_single_terminal_found_by_the_flux_is_flagged_as_uninformative(transition_model, monkeypatch):
+    from scanpy_kdcpt.model import _fates
+
+    m = transition_model
+    m.compute_transitions(direction="pseudotime", root="P0", inplace=False)
+    said = []
+    monkeypatch.setattr(_fates.logg, "warning", lambda msg, *a, **k: said.append(msg))
+    fates = m.get_fate_probabilities()  # the planted lineage P0 → … → P3 has one sink
+    assert fates.terminal == ["P3"]
+    assert any("Only one terminal phenotype ('P3'" in s and "terminal=[" in s for s in said)
+    said.clear()
+    m.get_fate_probabilities(terminal=["P3"])  # asked for: no note
+    assert not any("Only one terminal" in s for s in said)

@@ -88,6 +88,12 @@ class FateMixin:
                 f"{int(stuck.sum())} cell(s) reach no terminal phenotype (e.g. {obs}): their fate rows are NaN."
             )
         term_names = [names[c] for c in codes]
+        if len(codes) == 1 and how != "given":
+            logg.warning(
+                f"Only one terminal phenotype ({term_names[0]!r}, from the {'net flux' if how == 'flux' else 'GPCCA'}): "
+                "every cell that reaches it has fate 1, so these fates say nothing about a choice. Name the end "
+                "points with terminal=[...] (phenotype names)."
+            )
         mean = markov.mean_fate(F, M)
         return Fates(
             probabilities=pd.DataFrame(F, index=target.obs_names, columns=term_names),

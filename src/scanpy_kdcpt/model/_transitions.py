@@ -240,7 +240,9 @@ class TransitionMixin:
         (net flux ``F - Fᵀ``, ``F = diag(n) P``; ``direction=None`` gives neither),
         ``transition_method`` (``"directed"``) and ``direction`` (what biased the chain).
         The chain is kept in ``model.transitions_`` for :meth:`get_fate_probabilities`,
-        :meth:`to_cellrank` and knockouts (not saved with the model).
+        :meth:`to_cellrank` and knockouts (not saved with the model) whether or not it writes:
+        ``inplace=False`` leaves ``adata`` untouched, but the model's later fates and knockouts
+        use this chain, the last one computed.
 
         """
         target = self.adata if adata is None else adata
