@@ -84,6 +84,23 @@ def test_annotate_copy_leaves_input_untouched(synthetic_model):
     assert "kdcpt_pred" in out.obs and "kdcpt_pred" not in q.obs
 
 
+def test_a_labelled_query_gets_metrics_on_its_known_labels(synthetic_model):
+    q = kdcpt.datasets.synthetic(n_cells=60, seed=5)
+    labels = q.obs["phenotype"].astype(object).copy()
+    labels.iloc[:10] = None  # unlabelled query cells
+    labels.iloc[10:15] = "never seen"  # a phenotype the model does not know
+    q.obs["phenotype"] = labels
+    out = synthetic_model.annotate(q, copy=True)
+    m = out.uns["kdcpt"]["metrics"]
+    assert m["labelled"]["n_cells"] == 45 and "validation" not in m
+    pred = out.obs["kdcpt_pred"].astype(str).to_numpy()[15:]
+    truth = labels.to_numpy()[15:].astype(str)
+    assert m["labelled"]["accuracy"] == pytest.approx((pred == truth).mean())
+    got = synthetic_model.get_predictions(q).labels
+    assert got.iloc[:15].isna().all() and (got.iloc[15:].to_numpy() == truth).all()
+    pd.testing.assert_series_equal(q.obs["phenotype"], labels)  # the query is not modified
+
+
 def test_annotate_copy_of_the_training_data_keeps_labels_and_validation_metrics(synthetic_model):
     out = synthetic_model.annotate(copy=True)
     assert out is not synthetic_model.adata

@@ -66,8 +66,10 @@ class AnnotateMixin:
           ``{key}_confidence``, ``{key}_uncertainty`` (cosine index, 0 = certain, 1 = uniform);
           with ``conformal_alpha``: ``{key}_prediction_set`` (e.g. ``"B|T"``), ``{key}_set_size``;
         - ``.uns["{key}_pred_colors"]``;
-        - ``.uns[key]``: ``params``, ``classes``, ``metrics`` (on labelled cells, and on the
-          validation cells when ``adata`` is the training data), ``history``, ``version``,
+        - ``.uns[key]``: ``params``, ``classes``, ``metrics`` (on labelled cells — a query's
+          labels are read from its own ``labels_key`` column when it has one, phenotypes the
+          model does not know left out — and on the validation cells when ``adata`` is the
+          training data), ``history``, ``version``,
           ``calibration`` (temperature, ECE / Brier before and after :meth:`calibrate`,
           reliability tables), ``transition_matrix``, ``phenotype_mass``, ``entropy``,
           ``entropy_total``, ``entropy_total_normalized`` (``stationary`` and ``flux`` only

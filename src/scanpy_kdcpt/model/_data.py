@@ -244,9 +244,7 @@ def query_anndata(
             f"The query's {where} looks like {query_type} values but the model was trained on {data_type} values. {fix}"
         )
     obs = pd.DataFrame(index=adata.obs_names.copy())
-    obs[labels_state.original_key] = pd.Categorical(
-        [labels_state.unlabeled_category] * adata.n_obs, categories=labels_state.categorical_mapping
-    )
+    obs[labels_state.original_key] = _query_labels(adata, setup["labels_key"], labels_state)
     obsm = {}
     if setup["embedding_key"] is not None:
         obsm[setup["embedding_key"]] = _query_embedding(adata, setup["embedding_key"], embedding_width)
@@ -262,6 +260,30 @@ def query_anndata(
     if layer is None:
         return ad.AnnData(X=X, obs=obs, obsm=obsm, var=var)
     return ad.AnnData(obs=obs, obsm=obsm, var=var, layers={layer: X})  # the registry reads this layer
+
+
+def _query_labels(adata: AnnData, labels_key: str, labels_state) -> pd.Categorical:
+    """The query's known phenotypes, where its ``.obs`` has the model's ``labels_key`` column:
+    read for metrics (``annotate``'s ``"labelled"``) and as each labelled cell's own phenotype,
+    never trained on. Missing labels and phenotypes the model does not know are unlabelled.
+    """
+    mapping = list(labels_state.categorical_mapping)
+    unlabeled = labels_state.unlabeled_category
+    values = np.full(adata.n_obs, unlabeled, dtype=object)
+    if labels_key in adata.obs:
+        lookup = {str(c): c for c in mapping if c != unlabeled}
+        given = adata.obs[labels_key]
+        text = given.astype(object).where(given.notna(), None).map(lambda v: None if v is None else str(v))
+        known = text.map(lookup).to_numpy(dtype=object)
+        hit = pd.notna(known)
+        values[hit] = known[hit]
+        unknown = sorted(set(text[text.notna() & ~hit]) - {str(unlabeled)})
+        if unknown:
+            logg.info(
+                f"{int((text.isin(unknown)).sum())} query cells carry labels the model does not know "
+                f"({unknown[:5]}): they are predicted and left out of the metrics."
+            )
+    return pd.Categorical(values, categories=mapping)
 
 
 def _known_batches(values: pd.Series, categories) -> tuple[np.ndarray, np.ndarray]:
