@@ -200,6 +200,18 @@ def test_knockout_heatmap_writes_only_readable_deltas_and_marks_terminated():
     plt.close("all")
 
 
+def test_knockout_heatmap_title_says_when_nothing_is_readable_and_where_the_fates_are():
+    n = 4
+    a = _knockout_adata(n, np.full((n, n), 2e-4), np.zeros((n, n), bool))  # every change below 0.005
+    title = kdcpt.pl.knockout(a, "G", return_fig=True, show=False).axes[0].get_title()
+    assert "every |Δ| < 0.005: no numbers written" in title and "knockout_fate" not in title
+    plt.close("all")
+    a.uns["kdcpt"]["knockout_fate"] = pd.DataFrame({"gene": ["G"], "source": ["a"], "terminal": ["b"], "delta": [-0.2]})
+    title = kdcpt.pl.knockout(a, "G", return_fig=True, show=False).axes[0].get_title()
+    assert "classifier memberships; fates: pl.knockout_fate" in title
+    plt.close("all")
+
+
 def test_report_of_posterior_lists_share_of_cells_not_stationary(tmp_path):
     a, _ = _annotated(P3, ["a", "b", "c"], N3, method="posterior")
     text = "\n".join(report._transitions_section(a.uns["kdcpt"], ["a", "b", "c"], {}))

@@ -235,6 +235,13 @@ class KnockoutMixin:
         - ``.var["{key}_knockout_effect"]``: effect of each single-gene deletion (NaN where
           not screened, or estimated to first order only).
 
+        ``effect`` (summary and ``.var``) and the ``table`` are the classifier's side: the total
+        variation between the knockout's and the base phenotype-probability matrix ``P`` of the
+        cells (:func:`scanpy_kdcpt.pl.knockout` draws it). A knockout can move cells on the chain
+        (``simulate="grn"``: the summary's ``chain_tv``, ``score`` and the fate table below)
+        while barely changing what the classifier calls them, so read the fates for where cells
+        go.
+
         With ``simulate="grn"`` also ``.obs["{key}_ko_score_<gene>"]`` (perturbation score per
         cell: the shift's change of the expected step against the chain's drift; negative: pushed
         back against development) and ``.obsm["{key}_ko_shift_<gene>"]`` (the shift on ``basis``).

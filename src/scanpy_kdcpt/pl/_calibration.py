@@ -101,7 +101,7 @@ def reliability(
     ece = ece_from_table(table)
     floor = ece_floor_from_table(table)
 
-    fig, ax = _read.new_axes(ax, (4.6, 4.4))
+    fig, ax = _read.new_axes(ax, (6.6, 4.4))  # the legend beside the axes
     width = (table["upper"] - table["lower"]).to_numpy(float)
     filled = table["count"].to_numpy() > 0
     t = table[filled]
@@ -148,8 +148,9 @@ def reliability(
     ax.set_xlabel("confidence (max probability)")
     ax.set_ylabel("accuracy")
     n = int(table["count"].sum())
-    legend = ax.legend(
+    legend = ax.legend(  # beside the axes: inside, it covers the bars of under-confident bins
         loc="upper left",
+        bbox_to_anchor=(1.02, 1.0),
         fontsize=7,
         frameon=False,
         title=f"{n} {cells}\n(a calibrated model: ECE ≈ {floor:.3f} on this many)",

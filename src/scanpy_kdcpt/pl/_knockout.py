@@ -39,6 +39,12 @@ def _fixed_note(adata: AnnData, key: str) -> str:
     return "\n(prediction branch fixed: external embedding not recomputed)" if bool(fixed) else ""
 
 
+def _has_fates(adata: AnnData, key: str, gene: str) -> bool:
+    """Whether the knockout of ``gene`` also has fate changes (a directed chain was perturbed)."""
+    fate = adata.uns.get(key, {}).get(_keys.UNS_KNOCKOUT_FATE)
+    return isinstance(fate, pd.DataFrame) and "gene" in fate and bool((fate["gene"].astype(str) == str(gene)).any())
+
+
 # -- the plots --------------------------------------------------------------------------------
 @doc_params("doc_key", "doc_show_save_ax", "doc_returns")
 def knockout(
@@ -151,9 +157,13 @@ def knockout(
     cb = fig.colorbar(im, ax=ax, shrink=0.8)
     cb.set_label("Δ P (knockout − base)")
     lines = [f"{gene} {verb}: change of transition probabilities"]
+    if _has_fates(adata, key, gene):  # the simulated shift moved the chain: its fates are drawn elsewhere
+        lines.append("(classifier memberships; fates: pl.knockout_fate)")
     if annotate is None or annotate:
         shown, size = _annotate_deltas(ax, D, vmax, min_delta=min_delta, force=bool(annotate))
-        if shown < np.isfinite(D).sum() and size is not None:
+        if shown == 0 and np.isfinite(D).any() and vmax < min_delta:
+            lines.append(f"every |Δ| < {min_delta:g}: no numbers written")
+        elif shown < np.isfinite(D).sum() and size is not None:
             lines.append(f"numbers: |Δ| ≥ {max(min_delta, _ANNOTATE_FRACTION * vmax):.2g}")
     if T.any():
         lines.append("boxed ×: terminated transition")
