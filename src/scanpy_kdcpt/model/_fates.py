@@ -89,8 +89,9 @@ class FateMixin:
             )
         term_names = [names[c] for c in codes]
         if len(codes) == 1 and how != "given":
+            found = "net flux" if how == "flux" else "GPCCA"
             logg.warning(
-                f"Only one terminal phenotype ({term_names[0]!r}, from the {'net flux' if how == 'flux' else 'GPCCA'}): "
+                f"Only one terminal phenotype ({term_names[0]!r}, from the {found}): "
                 "every cell that reaches it has fate 1, so these fates say nothing about a choice. Name the end "
                 "points with terminal=[...] (phenotype names)."
             )
