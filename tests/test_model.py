@@ -293,3 +293,25 @@ def test_more_than_4096_cells_end_to_end():
     T = latent.cell_chain
     assert T.shape == (5000, 5000) and T.diagonal().max() == 0
     np.testing.assert_allclose(np.asarray(T.sum(1)).ravel(), 1, atol=1e-5)
+
+
+def test_a_query_does_not_repeat_scvi_tools_setup_transfer_note(synthetic_model):
+    import logging
+
+    said = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            said.append(record.getMessage())
+
+    scvi_logger = logging.getLogger("scvi.model.base._base_model")
+    level, keep = scvi_logger.level, Keep(level=logging.DEBUG)
+    scvi_logger.setLevel(logging.INFO)  # what a notebook at scvi's default verbosity shows
+    scvi_logger.addHandler(keep)
+    try:
+        synthetic_model.predict(kdcpt.datasets.synthetic(n_cells=20, seed=4))
+    finally:
+        scvi_logger.removeHandler(keep)
+        scvi_logger.setLevel(level)
+    assert not any("not setup with scvi-tools" in s for s in said)
+    assert scvi_logger.level == level  # put back

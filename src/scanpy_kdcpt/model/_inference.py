@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
@@ -32,7 +33,16 @@ class InferenceMixin:
         """
         if adata is None or adata is self.adata or self.adata_manager.adata is adata:
             return self.adata if adata is None else adata
-        return self._validate_anndata(self._inputs.prepare_query(adata))
+        query = self._inputs.prepare_query(adata)
+        # scvi-tools notes at INFO on every call that it transfers the setup to a new AnnData:
+        # for a query that is what always happens, so the note is held back
+        scvi_logger = logging.getLogger("scvi.model.base._base_model")
+        level = scvi_logger.level
+        scvi_logger.setLevel(max(level, logging.WARNING))
+        try:
+            return self._validate_anndata(query)
+        finally:
+            scvi_logger.setLevel(level)
 
     def _batch_categories(self) -> list | None:
         """The batches seen at training (``None`` without a ``batch_key``)."""
