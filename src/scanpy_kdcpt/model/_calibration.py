@@ -67,6 +67,11 @@ class CalibrationMixin:
         ``temperature``, ``temperature_before``, ``ece_before``, ``ece_after``,
         ``brier_before``, ``brier_after``, ``nll_before``, ``nll_after``, ``n_cells``,
         ``n_bins``. ``annotate()`` then writes them to ``.uns[key]["calibration"]``.
+        ``temperature_before`` is rarely 1: :meth:`train` already fits a provisional
+        temperature on the validation cells (with the network's share), which this call
+        replaces by the held-out cells' own. On a few dozen cells ``ece_before`` and
+        ``ece_after`` differ by sampling noise (compare both with ``ece_floor`` of
+        :func:`scanpy_kdcpt.calibration.ece_floor`); the NLL is the quantity minimised.
 
         """
         self._check_if_trained(warn=True)
