@@ -127,6 +127,8 @@ def test_shift_and_score_written_and_plotted_from_a_reread_file(chain_model, tmp
     ax = kdcpt.pl.knockout_shift(back, "Reg_P2", show=False)
     quiver = [c for c in ax.collections if type(c).__name__ == "Quiver"]
     assert len(quiver) == 1 and np.abs(quiver[0].U).max() > 0
+    drawn = np.hypot(quiver[0].U, quiver[0].V)
+    assert drawn.min() > 0.05 * drawn.max()  # no arrow shrunk to a dot where the shift is nil
     assert "Reg_P2" in ax.get_title() and "p =" in ax.get_title()
     plt.close("all")
     ax = kdcpt.pl.knockout_fate(back, "Reg_P2", alpha=0.5, show=False)  # 9 shifts: q ≥ 0.1

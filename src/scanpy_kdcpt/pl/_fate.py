@@ -28,8 +28,12 @@ def _basis(adata: AnnData, basis: str) -> np.ndarray:
     return np.asarray(adata.obsm[obsm_key])[:, :2].astype(float)
 
 
-def _grid(X: np.ndarray, V: np.ndarray, density: int = 35, smooth: float = 0.5):
-    """Cell vectors averaged on a grid by a Gaussian kernel (scVelo's ``velocity_embedding_grid``)."""
+def _grid(X: np.ndarray, V: np.ndarray, density: int = 35, smooth: float = 0.5, max_gap: float | None = None):
+    """Cell vectors averaged on a grid by a Gaussian kernel (scVelo's ``velocity_embedding_grid``).
+
+    ``max_gap``: grid points whose nearest cell is farther than this many grid spacings get no
+    vector (``None``: only the kernel-mass threshold).
+    """
     from sklearn.neighbors import NearestNeighbors
 
     lo, hi = X.min(0), X.max(0)
@@ -44,6 +48,8 @@ def _grid(X: np.ndarray, V: np.ndarray, density: int = 35, smooth: float = 0.5):
     tot = w.sum(1)
     U = (V[idx] * w[..., None]).sum(1) / np.maximum(tot, 1e-12)[:, None]
     keep = tot >= 0.1 * np.percentile(tot, 99)  # no arrows where there are no cells
+    if max_gap is not None:
+        keep &= dist[:, 0] <= max_gap * np.mean(span / density)
     U[~keep] = np.nan
     return gx, gy, U[:, 0].reshape(density, density), U[:, 1].reshape(density, density)
 
