@@ -246,3 +246,13 @@ def _noise(logger, tip):
         stacklevel=2,
     )
     warnings.warn("a warning of the package itself", UserWarning, stacklevel=2)
+
+
+def test_transition_matrix_title_says_which_matrix_is_drawn():
+    a, _ = _annotated(P3, ["a", "b", "c"], N3, method="directed", direction={"kind": "velocity"})
+    title = kdcpt.pl.transition_matrix(a, return_fig=True, show=False).axes[0].get_title()
+    assert title.startswith("Directed transition matrix (velocity chain)")
+    a, _ = _annotated(P3, ["a", "b", "c"], N3, method="posterior")
+    title = kdcpt.pl.transition_matrix(a, return_fig=True, show=False).axes[0].get_title()
+    assert "posterior form (no direction)" in title and "Directed" not in title
+    plt.close("all")

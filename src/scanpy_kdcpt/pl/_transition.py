@@ -127,8 +127,23 @@ def transition_matrix(
     ax.set_ylim(n - 0.5 + 0.2, -0.5)
     cbar = fig.colorbar(im, ax=ax, shrink=0.8, pad=0.02)
     cbar.set_label("transition probability")
-    ax.set_title(title if title is not None else "Transition matrix (diagonal = stability)")
+    ax.set_title(title if title is not None else _matrix_title(adata, key, matrix))
     return _read.finish(fig, ax, show, return_fig, save)
+
+
+def _matrix_title(adata: AnnData, key: str, matrix) -> str:
+    """What the drawn matrix is: a directed chain's (and what directs it) or the posterior form."""
+    uns = adata.uns.get(key, {}) if matrix is None else {}
+    method = str(uns.get("transition_method", "")) if isinstance(uns, dict) else ""
+    if method == "directed":
+        direction = uns.get("direction", {})
+        kind = str(direction.get("kind", "")) if isinstance(direction, dict) else ""
+        if kind and kind != "none":
+            return f"Directed transition matrix ({kind} chain)\ndiagonal = stability"
+        return "Transition matrix of an undirected cell chain\ndiagonal = stability"
+    if method == "posterior":
+        return "Transition matrix, posterior form (no direction)\ndiagonal = stability"
+    return "Transition matrix (diagonal = stability)"
 
 
 @doc_params("doc_key", "doc_wrap_title", "doc_show_save_ax", "doc_returns")
