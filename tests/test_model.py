@@ -315,3 +315,26 @@ def test_a_query_does_not_repeat_scvi_tools_setup_transfer_note(synthetic_model)
         scvi_logger.setLevel(level)
     assert not any("not setup with scvi-tools" in s for s in said)
     assert scvi_logger.level == level  # put back
+
+
+def test_training_drops_lightnings_advert_but_keeps_its_device_lines():
+    import logging
+
+    said = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            said.append(record.getMessage())
+
+    log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    keep = Keep(level=logging.DEBUG)
+    log.addHandler(keep)
+    try:
+        a = kdcpt.datasets.synthetic(n_cells=120, seed=1)
+        kdcpt.KDCPT.setup_anndata(a, labels_key="phenotype")
+        kdcpt.KDCPT(a).train(max_epochs=1, enable_progress_bar=False, accelerator="cpu")
+    finally:
+        log.removeHandler(keep)
+    assert any("GPU available" in s for s in said)
+    assert not any("Tip: For seamless cloud logging" in s for s in said)
+    assert not log.filters  # the filter is taken off after training

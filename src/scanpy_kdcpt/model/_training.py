@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -154,18 +156,19 @@ class TrainingMixin:
             trainer_kwargs.setdefault("early_stopping_patience", early_stopping_patience)
         if has_validation:
             trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
-        super().train(
-            max_epochs=max_epochs,
-            accelerator=accelerator,
-            devices=devices,
-            train_size=train_size,
-            validation_size=validation_size,
-            batch_size=batch_size,
-            early_stopping=early_stopping and has_validation,
-            plan_kwargs=plan_kwargs,
-            datasplitter_kwargs=splitter_kwargs,
-            **trainer_kwargs,
-        )
+        with _without_lightning_advert():
+            super().train(
+                max_epochs=max_epochs,
+                accelerator=accelerator,
+                devices=devices,
+                train_size=train_size,
+                validation_size=validation_size,
+                batch_size=batch_size,
+                early_stopping=early_stopping and has_validation,
+                plan_kwargs=plan_kwargs,
+                datasplitter_kwargs=splitter_kwargs,
+                **trainer_kwargs,
+            )
         if self.linear_stage_ is not None:
             self._choose_mix(np.asarray(val_idx, dtype=int))
             if self.linear_stage_.mix == 0.0 and len(val_idx):
@@ -243,3 +246,22 @@ class TrainingMixin:
         counts = np.bincount(codes[codes < n].astype(int), minlength=n).astype(float)
         prior = (counts + 1.0) / (counts.sum() + n)
         self.module.log_prior.copy_(torch.as_tensor(np.log(prior), dtype=torch.float32))
+
+
+class _DropAdvert(logging.Filter):
+    """Drops Lightning's logging-service advert (printed at every ``Trainer``); keeps the rest."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip: For seamless cloud logging" not in record.getMessage()
+
+
+@contextmanager
+def _without_lightning_advert():
+    """Lightning's rank-zero log without its advert while the model trains (GPU/TPU lines stay)."""
+    log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    drop = _DropAdvert()
+    log.addFilter(drop)
+    try:
+        yield
+    finally:
+        log.removeFilter(drop)
