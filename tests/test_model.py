@@ -319,6 +319,7 @@ def test_a_query_does_not_repeat_scvi_tools_setup_transfer_note(synthetic_model)
 
 def test_training_drops_lightnings_advert_but_keeps_its_device_lines():
     import logging
+    import warnings
 
     said = []
 
@@ -332,9 +333,12 @@ def test_training_drops_lightnings_advert_but_keeps_its_device_lines():
     try:
         a = kdcpt.datasets.synthetic(n_cells=120, seed=1)
         kdcpt.KDCPT.setup_anndata(a, labels_key="phenotype")
-        kdcpt.KDCPT(a).train(max_epochs=1, enable_progress_bar=False, accelerator="cpu")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            kdcpt.KDCPT(a).train(max_epochs=1, enable_progress_bar=False, accelerator="cpu")
     finally:
         log.removeHandler(keep)
+    assert not any("logging interval" in str(w.message) for w in caught)  # 1 batch per epoch here
     assert any("GPU available" in s for s in said)
     assert not any("Tip: For seamless cloud logging" in s for s in said)
     assert not log.filters  # the filter is taken off after training

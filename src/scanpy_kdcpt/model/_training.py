@@ -156,6 +156,9 @@ class TrainingMixin:
             trainer_kwargs.setdefault("early_stopping_patience", early_stopping_patience)
         if has_validation:
             trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
+        # Lightning warns when an epoch has fewer batches than its logging interval (10)
+        n_batches = -(-len(train_idx) // max(int(batch_size), 1))
+        trainer_kwargs.setdefault("log_every_n_steps", int(np.clip(n_batches, 1, 10)))
         with _without_lightning_advert():
             super().train(
                 max_epochs=max_epochs,
