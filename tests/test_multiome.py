@@ -104,6 +104,18 @@ def test_multiome_model_learns_and_writes_per_modality(multiome):
     assert (mdata["rna"].var["kdcpt_selected_frac"] > 0).any() and (atac_var["kdcpt_selected_frac"] > 0).any()
 
 
+def test_plots_read_an_annotated_mudata(multiome):
+    mdata, _ = multiome
+    fig = kdcpt.pl.key_genes(mdata, n_genes=2, return_fig=True, show=False)  # the RNA modality's genes
+    genes = set(mdata["rna"].var_names)
+    shown = {t.get_text() for a in fig.axes for t in a.get_xticklabels()} & (genes | set(mdata["atac"].var_names))
+    assert shown and shown <= genes
+    plt.close("all")
+    fig = kdcpt.pl.training_history(mdata, return_fig=True, show=False)  # from mdata.uns, no model
+    assert fig.axes and fig.axes[0].lines
+    plt.close("all")
+
+
 def test_planted_key_sites_rank_high(multiome):
     mdata, _ = multiome
     ranking = mdata.uns["kdcpt"]["key_sites"]

@@ -22,7 +22,7 @@ _LABELS = {"loss": "loss", "classification_loss": "classification loss", "accura
 def _history(model_or_adata, key: str) -> pd.DataFrame:
     from anndata import AnnData
 
-    if isinstance(model_or_adata, AnnData):
+    if isinstance(model_or_adata, AnnData) or hasattr(model_or_adata, "mod"):  # an AnnData or a MuData
         hist = pd.DataFrame(_read.uns_entry(model_or_adata, key, _keys.UNS_HISTORY, "model.annotate() after training"))
     else:
         history = getattr(model_or_adata, "history", None)

@@ -81,6 +81,17 @@ def key_genes(
         raise ValueError(f"adata.uns[{key!r}]['key_genes'] is not a key-gene ranking; rerun model.annotate().")
     keys = _keys.Keys(key)
     groupby = keys.pred if groupby is None else groupby
+    mdata = None
+    if hasattr(adata, "mod"):  # a MuData: the modality holding the genes, cells grouped by mdata.obs
+        mdata, adata = adata, _gene_modality(adata, ranking)
+    if mdata is not None and groupby in mdata.obs:
+        adata = ad.AnnData(
+            X=adata.X,
+            obs=pd.DataFrame({groupby: mdata.obs[groupby].reindex(adata.obs_names)}, index=adata.obs_names),
+            var=adata.var,
+            layers=dict(adata.layers),
+            uns={k: v for k, v in mdata.uns.items() if k == f"{groupby}_colors"},
+        )
     if groupby not in adata.obs:
         raise KeyNotFoundError(
             f"{groupby!r} is not a column of adata.obs: run model.annotate() (it writes {keys.pred!r}) "
@@ -163,3 +174,13 @@ def key_genes(
         )
         fig.suptitle(title, y=fig.transFigure.inverted().transform((0, top))[1] + 0.02, va="bottom")
     return _read.finish(dp.fig, axes["mainplot_ax"], show, return_fig, save)
+
+
+def _gene_modality(mdata, ranking: pd.DataFrame):
+    """The modality of a MuData whose features hold the most of the ranking's genes (the RNA one)."""
+    genes = set(ranking["gene"].astype(str))
+    hits = {name: len(genes & set(map(str, mod.var_names))) for name, mod in mdata.mod.items()}
+    best = max(hits, key=hits.get) if hits else None
+    if best is None or hits[best] == 0:
+        raise ValueError(f"No modality of the MuData holds the key genes (modalities: {list(mdata.mod)}).")
+    return mdata.mod[best]
