@@ -68,6 +68,28 @@ def test_bad_path_exits_2(tmp_path, capsys):
     assert "not found" in err and "nope.h5ad" in err
 
 
+def test_chain_arguments_and_mudata_input_are_refused_before_training(tmp_path, capsys, monkeypatch):
+    from scanpy_kdcpt.model import KDCPT
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before the arguments were checked")
+
+    monkeypatch.setattr(KDCPT, "train", no_training)
+    path = tmp_path / "small.h5ad"
+    kdcpt.datasets.synthetic(n_cells=60, seed=0).write_h5ad(path)
+    base = ["run", str(path), "--labels", "phenotype", "--out"]
+    code, err = _error(capsys, [*base, str(tmp_path / "o1"), "--root", "Foo"])
+    assert code == 2 and "--root 'Foo' is not a phenotype" in err and "P0" in err
+    code, err = _error(capsys, [*base, str(tmp_path / "o2"), "--direction", "pseudotime"])
+    assert code == 2 and "needs --root" in err
+    code, err = _error(capsys, [*base, str(tmp_path / "o3"), "--time-key", "nope"])
+    assert code == 2 and "'nope' is not an obs column" in err
+    mu = tmp_path / "paired.h5mu"
+    mu.write_bytes(b"")
+    code, err = _error(capsys, ["run", str(mu), "--labels", "phenotype", "--out", str(tmp_path / "o4")])
+    assert code == 2 and "MuData" in err and "setup_mudata" in err
+
+
 def test_missing_labels_key_exits_2(tmp_path, capsys):
     path = tmp_path / "small.h5ad"
     kdcpt.datasets.synthetic(n_cells=60, seed=0).write_h5ad(path)

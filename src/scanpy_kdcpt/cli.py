@@ -102,6 +102,12 @@ def _load_input(args):
         raise _UsageError(f"input file not found: {path}")
     if args.labels is None:
         raise _UsageError("--labels is required with an input file (the obs column with phenotypes)")
+    if path.suffix == ".h5mu":
+        raise _UsageError(
+            f"{path} is a MuData file: the command line reads .h5ad (one AnnData) only. For RNA + ATAC use "
+            "the Python API (kdcpt.KDCPT.setup_mudata), or pass the RNA modality as .h5ad "
+            "(mdata['rna'].write_h5ad(...))."
+        )
     try:
         adata = ad.read_h5ad(path)
     except Exception as err:  # noqa: BLE001 - any reader failure is the user's file
@@ -259,6 +265,21 @@ def _without_library_noise():
             logger.removeFilter(drop)
 
 
+def _check_direction_args(args, adata) -> None:
+    """The chain's arguments, checked against the data before any training."""
+    phenotypes = sorted(set(adata.obs[args.labels].dropna().astype(str)))
+    if args.root is not None and str(args.root) not in phenotypes:
+        raise _UsageError(
+            f"--root {args.root!r} is not a phenotype of --labels {args.labels!r}; phenotypes: {phenotypes}"
+        )
+    if args.time_key is not None and args.time_key not in adata.obs:
+        raise _UsageError(f"--time-key {args.time_key!r} is not an obs column; columns: {list(adata.obs.columns)}")
+    if args.direction == "pseudotime" and args.root is None and args.time_key is None:
+        raise _UsageError("--direction pseudotime needs --root (a phenotype) or --time-key (an obs column)")
+    if args.direction == "time" and args.time_key is None:
+        raise _UsageError("--direction time needs --time-key (the obs column of the time points)")
+
+
 def run(args) -> int:
     import scvi
 
@@ -275,6 +296,7 @@ def run(args) -> int:
         raise _UsageError("--knockout-top must be 0 or more")
     if args.epochs is not None and args.epochs < 1:
         raise _UsageError("--epochs must be 1 or more")
+    _check_direction_args(args, adata)  # before training, not after it
     prior_key = args.prior
     if args.species is not None:
         prior_key = "kdcpt_prior_tf"
