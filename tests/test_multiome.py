@@ -74,8 +74,16 @@ def test_setup_mudata_bad_input():
     # modalities with different cells
     uneven = md.MuData({"rna": mdata["rna"].copy(), "atac": mdata["atac"][:40].copy()})
     uneven.obs["phenotype"] = mdata.obs["phenotype"].reindex(uneven.obs_names).to_numpy()
-    with pytest.raises(ValueError, match=r"different cells: mdata has 60, 'atac' has 40 \(40 shared"):
+    with pytest.raises(ValueError, match=r"'rna' has 60, 'atac' has 40, 40 in common .*40 shared cells"):
         kdcpt.KDCPT.setup_mudata(uneven, "phenotype")
+    # no cell name in common (barcodes written differently): say so, not "intersect" (it would leave none)
+    renamed = mdata["atac"].copy()
+    renamed.obs_names = [f"{c}#atac" for c in renamed.obs_names]
+    apart = md.MuData({"rna": mdata["rna"].copy(), "atac": renamed})
+    apart.obs["phenotype"] = "x"
+    with pytest.raises(ValueError, match=r"0 in common .*no cell name is in both") as err:
+        kdcpt.KDCPT.setup_mudata(apart, "phenotype")
+    assert "intersect_obs" not in str(err.value)
     # peaks with neither a link column nor coordinates, and a prior that needs them
     bare = mdata.copy()
     bare["atac"].var = pd.DataFrame(index=[f"peak{i}" for i in range(bare["atac"].n_vars)])

@@ -261,18 +261,31 @@ def _check_paired(mdata, mods: dict[str, str]) -> None:
             )
         missing = cells.difference(mod.obs_names)
         if len(missing) or mod.n_obs != len(cells):
-            n_shared = len(cells.intersection(mod.obs_names))
-            raise ValueError(
-                f"The modalities hold different cells: mdata has {len(cells)}, {name!r} has {mod.n_obs} "
-                f"({n_shared} shared, e.g. {list(map(str, missing[:3]))} missing from {name!r}). KDCPT needs paired "
-                "data: subset both modalities to the shared cells, e.g. mu.pp.intersect_obs(mdata)."
-            )
+            raise ValueError(_unpaired_message(mdata, mods))
     reordered = [name for name in (mods["rna"], mods["regulatory"]) if not mdata[name].obs_names.equals(cells)]
     for name in reordered:
         mdata.mod[name] = mdata[name][cells].copy()
         logg.info(f"KDCPT: the rows of mdata[{name!r}] were put in the order of mdata.obs_names (same cells).")
     if reordered:  # MuData's own map from its cells to each modality's rows follows the new order
         mdata.update()
+
+
+def _unpaired_message(mdata, mods: dict[str, str]) -> str:
+    """What differs between the cells of the two modalities, and what to do."""
+    a, b = mods["rna"], mods["regulatory"]
+    na, nb = mdata[a].obs_names, mdata[b].obs_names
+    common = na.intersection(nb)
+    head = (
+        f"The modalities hold different cells: {a!r} has {len(na)}, {b!r} has {len(nb)}, {len(common)} in common "
+        f"(mdata has {mdata.n_obs}, the union). KDCPT needs paired data"
+    )
+    if not len(common):
+        return (
+            f"{head}, and no cell name is in both: are the barcodes written the same way in both modalities "
+            f"(e.g. {a!r} {list(map(str, na[:2]))}, {b!r} {list(map(str, nb[:2]))})? Rename them so that a nucleus has "
+            "one name, then call mdata.update()."
+        )
+    return f"{head}: subset both modalities to the {len(common)} shared cells, e.g. mu.pp.intersect_obs(mdata)."
 
 
 def prepare_query(model, mdata) -> MuData:
