@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import logging
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -65,3 +67,53 @@ def import_cellrank():
         import cellrank
 
     return cellrank
+
+
+#: library messages that are noise on a user's console (matched at the start of the message)
+_NOISE_LOGS = ("💡 Tip:",)  # Lightning's advertising for its cloud services
+_NOISE_WARNINGS = (
+    # torch's deprecation of a class Lightning's pytree helper still uses: nothing a user can change
+    (FutureWarning, r"`isinstance\(treespec, LeafSpec\)` is deprecated"),
+    # Lightning's advice to log more often than once per epoch: small data sets have few batches
+    (Warning, r"The number of training batches \(\d+\) is smaller than the logging interval"),
+)
+#: loggers that carry Lightning's ``rank_zero_info`` messages
+_LIGHTNING_LOGGERS = (
+    "lightning.pytorch.utilities.rank_zero",
+    "lightning.fabric.utilities.rank_zero",
+    "lightning_utilities.core.rank_zero",
+)
+
+
+class _DropMessages(logging.Filter):
+    """Drops log records whose message starts with one of ``prefixes``."""
+
+    def __init__(self, prefixes: tuple[str, ...]):
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).lstrip().startswith(self.prefixes)
+
+
+@contextlib.contextmanager
+def without_library_noise():
+    """Lightning's advertising tips and the known deprecation noise of its dependencies off
+    while the block runs (``KDCPT.train``, ``kdcpt run``): the progress bar, Lightning's device
+    lines and the package's own warnings stay; restored afterwards, so nothing changes for the
+    rest of the Python process.
+    """
+    import warnings
+
+    drop = _DropMessages(_NOISE_LOGS)
+    loggers = [logging.getLogger(name) for name in _LIGHTNING_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(drop)
+    try:
+        with warnings.catch_warnings():
+            for category, message in _NOISE_WARNINGS:
+                warnings.filterwarnings("ignore", message=message, category=category)
+            yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(drop)

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from ._errors import KDCPTError
+from ._utils import without_library_noise as _without_library_noise
 
 EXIT_USAGE = 2
 
@@ -216,53 +217,6 @@ def _silenced(quiet: bool):
             logging.getLogger(n).setLevel(level)
 
 
-#: library messages that are noise on the console of ``kdcpt run`` (matched at the start of the message)
-_NOISE_LOGS = ("💡 Tip:",)  # Lightning's advertising for its cloud services
-_NOISE_WARNINGS = (
-    # torch's deprecation of a class Lightning's pytree helper still uses: nothing a user can change
-    (FutureWarning, r"`isinstance\(treespec, LeafSpec\)` is deprecated"),
-    # Lightning's advice to log more often than once per epoch: small data sets have few batches
-    (Warning, r"The number of training batches \(\d+\) is smaller than the logging interval"),
-)
-#: loggers that carry Lightning's ``rank_zero_info`` messages
-_LIGHTNING_LOGGERS = (
-    "lightning.pytorch.utilities.rank_zero",
-    "lightning.fabric.utilities.rank_zero",
-    "lightning_utilities.core.rank_zero",
-)
-
-
-class _DropMessages(logging.Filter):
-    """Drops log records whose message starts with one of ``prefixes``."""
-
-    def __init__(self, prefixes: tuple[str, ...]):
-        super().__init__()
-        self.prefixes = prefixes
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.getMessage()).lstrip().startswith(self.prefixes)
-
-
-@contextlib.contextmanager
-def _without_library_noise():
-    """Lightning's advertising tips and the known deprecation noise of its dependencies off for
-    the run (the progress bar, Lightning's device lines and the package's own warnings stay);
-    restored afterwards, so nothing changes for a Python process that calls :func:`main`.
-    """
-    import warnings
-
-    drop = _DropMessages(_NOISE_LOGS)
-    loggers = [logging.getLogger(name) for name in _LIGHTNING_LOGGERS]
-    for logger in loggers:
-        logger.addFilter(drop)
-    try:
-        with warnings.catch_warnings():
-            for category, message in _NOISE_WARNINGS:
-                warnings.filterwarnings("ignore", message=message, category=category)
-            yield
-    finally:
-        for logger in loggers:
-            logger.removeFilter(drop)
 
 
 def _check_direction_args(args, adata) -> None:

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import logging
 import warnings
-from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .._constants import REGISTRY_KEYS
+from .._utils import without_library_noise
 from . import _linear_stage
 
 if TYPE_CHECKING:
@@ -159,7 +158,7 @@ class TrainingMixin:
         # Lightning warns when an epoch has fewer batches than its logging interval (10)
         n_batches = -(-len(train_idx) // max(int(batch_size), 1))
         trainer_kwargs.setdefault("log_every_n_steps", int(np.clip(n_batches, 1, 10)))
-        with _without_lightning_advert():
+        with without_library_noise():  # Lightning's advert and its dependencies' deprecation notes
             super().train(
                 max_epochs=max_epochs,
                 accelerator=accelerator,
@@ -249,22 +248,3 @@ class TrainingMixin:
         counts = np.bincount(codes[codes < n].astype(int), minlength=n).astype(float)
         prior = (counts + 1.0) / (counts.sum() + n)
         self.module.log_prior.copy_(torch.as_tensor(np.log(prior), dtype=torch.float32))
-
-
-class _DropAdvert(logging.Filter):
-    """Drops Lightning's logging-service advert (printed at every ``Trainer``); keeps the rest."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Tip: For seamless cloud logging" not in record.getMessage()
-
-
-@contextmanager
-def _without_lightning_advert():
-    """Lightning's rank-zero log without its advert while the model trains (GPU/TPU lines stay)."""
-    log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    drop = _DropAdvert()
-    log.addFilter(drop)
-    try:
-        yield
-    finally:
-        log.removeFilter(drop)
