@@ -71,6 +71,11 @@ def test_setup_mudata_bad_input():
         kdcpt.KDCPT.setup_anndata(mdata, "phenotype")
     with pytest.raises(TypeError, match="setup_anndata"):
         kdcpt.KDCPT.setup_mudata(mdata["rna"], "phenotype")
+    # missing columns are named where they are looked for: mdata.obs, the RNA modality's .var
+    with pytest.raises(KeyError, match=r"labels_key 'nope' is not a column of mdata\.obs"):
+        kdcpt.KDCPT.setup_mudata(mdata, "nope")
+    with pytest.raises(KeyError, match=r"prior_key 'nope' is not a column of mdata\['rna'\]\.var"):
+        kdcpt.KDCPT.setup_mudata(mdata, "phenotype", prior_key="nope")
     # modalities with different cells
     uneven = md.MuData({"rna": mdata["rna"].copy(), "atac": mdata["atac"][:40].copy()})
     uneven.obs["phenotype"] = mdata.obs["phenotype"].reindex(uneven.obs_names).to_numpy()

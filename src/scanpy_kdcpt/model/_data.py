@@ -147,8 +147,8 @@ def check_var_names(adata: AnnData) -> None:
         )
 
 
-def check_labels(adata: AnnData, labels_key: str, unlabeled_category) -> str:
-    check_obs_column(adata, labels_key, "labels_key")
+def check_labels(adata: AnnData, labels_key: str, unlabeled_category, where: str = "adata") -> str:
+    check_obs_column(adata, labels_key, "labels_key", where=where)
     labels = adata.obs[labels_key]
     known = labels[labels.notna()]
     if unlabeled_category is not None:
@@ -190,12 +190,12 @@ def check_embedding(adata: AnnData, embedding_key: str) -> None:
         raise InvalidInputError(f"adata.obsm[{embedding_key!r}] contains NaN or infinite values.")
 
 
-def check_prior(adata: AnnData, prior_key: str) -> None:
+def check_prior(adata: AnnData, prior_key: str, where: str = "adata") -> None:
     if prior_key not in adata.var:
         raise KeyNotFoundError(
-            f"prior_key {prior_key!r} is not a column of adata.var (columns: {list(adata.var.columns)}). "
-            'For transcription factors: adata.var["is_tf"] = '
-            'kdcpt.datasets.is_transcription_factor(adata.var_names, species="human").'
+            f"prior_key {prior_key!r} is not a column of {where}.var (columns: {list(adata.var.columns)}). "
+            f'For transcription factors: {where}.var["is_tf"] = '
+            f'kdcpt.datasets.is_transcription_factor({where}.var_names, species="human") (or "mouse").'
         )
     prior = pd.to_numeric(adata.var[prior_key], errors="coerce").astype(float).to_numpy()
     if not np.isfinite(prior).all() or prior.min() < 0 or prior.max() > 1:

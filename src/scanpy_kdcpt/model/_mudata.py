@@ -150,7 +150,7 @@ class MuDataMixin:
         logg.info(f"KDCPT: RNA treated as {data_type}, regulatory sites as {regulatory_type}.")
 
         if prior_key is not None:
-            _data.check_prior(rna, prior_key)
+            _data.check_prior(rna, prior_key, where=f"mdata[{mods['rna']!r}]")
             if link_key not in peaks.var:
                 try:
                     multiome.link_peaks_to_genes(mdata, window=link_window, modalities=mods, key_added=link_key)
@@ -162,7 +162,7 @@ class MuDataMixin:
                         "kdcpt.multiome.link_peaks_to_genes(mdata, window=...) with gene coordinates in "
                         f"mdata[{mods['rna']!r}].var ('chrom', 'start', 'end')."
                     ) from None
-        labels_obs_key = _data.check_labels(mdata, labels_key, unlabeled_category)
+        labels_obs_key = _data.check_labels(mdata, labels_key, unlabeled_category, where="mdata")
         if unlabeled_category is None:
             unlabeled_category = UNLABELED_CATEGORY
         fields = [
