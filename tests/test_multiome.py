@@ -71,6 +71,12 @@ def test_setup_mudata_bad_input():
         kdcpt.KDCPT.setup_anndata(mdata, "phenotype")
     with pytest.raises(TypeError, match="setup_anndata"):
         kdcpt.KDCPT.setup_mudata(mdata["rna"], "phenotype")
+    # peak counts declared as TF-IDF: used as asked, with a warning naming the fix
+    with pytest.warns(UserWarning, match="whole numbers only.*regulatory_type='counts'"):
+        kdcpt.KDCPT.setup_mudata(mdata.copy(), "phenotype", regulatory_type="tfidf")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        kdcpt.KDCPT.setup_mudata(mdata.copy(), "phenotype")  # auto: counts, no warning
     # missing columns are named where they are looked for: mdata.obs, the RNA modality's .var
     with pytest.raises(KeyError, match=r"labels_key 'nope' is not a column of mdata\.obs"):
         kdcpt.KDCPT.setup_mudata(mdata, "nope")

@@ -139,12 +139,21 @@ class MuDataMixin:
         P = _expression.get_matrix(peaks, regulatory_layer)
         where = f"mdata[{mods['regulatory']!r}]" + (f".layers[{regulatory_layer!r}]" if regulatory_layer else ".X")
         _expression.check_values(P, where)
-        if regulatory_type == "auto":
-            vals = _expression._values_sample(P)
-            vals = vals[vals != 0]
-            regulatory_type = "counts" if vals.size == 0 or np.allclose(vals, np.round(vals)) else "tfidf"
-        elif regulatory_type not in ("counts", "tfidf"):
+        if regulatory_type not in ("auto", "counts", "tfidf"):
             raise ValueError(f"regulatory_type must be 'auto', 'counts' or 'tfidf', not {regulatory_type!r}.")
+        vals = _expression._values_sample(P)
+        vals = vals[vals != 0]
+        integers = vals.size == 0 or np.allclose(vals, np.round(vals))
+        if regulatory_type == "auto":
+            regulatory_type = "counts" if integers else "tfidf"
+        elif regulatory_type == "tfidf" and integers and vals.size:
+            warnings.warn(
+                f"regulatory_type='tfidf' but {where} holds whole numbers only (counts, or binarised peaks): "
+                "they are read as TF-IDF values as asked, without the TF-IDF transform. Pass "
+                "regulatory_type='counts' (or 'auto') to have the model compute TF-IDF from the counts.",
+                UserWarning,
+                stacklevel=2,
+            )
         args = setup_method_args["setup_args"]
         args.update(data_type=data_type, regulatory_type=regulatory_type, modalities=mods)
         logg.info(f"KDCPT: RNA treated as {data_type}, regulatory sites as {regulatory_type}.")
