@@ -150,6 +150,9 @@ def test_shift_and_score_written_and_plotted_from_a_reread_file(chain_model, tmp
     plt.close("all")
     with pytest.raises(KeyError, match="simulate='grn'"):
         kdcpt.pl.knockout_shift(back, "Reg_P3")
+    del back.obsm["kdcpt_ko_shift_Reg_P2"]  # simulated, but not projected on an embedding
+    with pytest.raises(KeyError, match="was simulated.*not projected.*sc.tl.umap"):
+        kdcpt.pl.knockout_shift(back, "Reg_P2")
 
 
 def test_shift_kept_on_request_and_its_phenotype_means(chain_model, both):

@@ -89,6 +89,12 @@ def knockout_shift(
     """
     keys = _keys.Keys(key)
     score_key, shift_key = keys.ko_score(gene), keys.ko_shift(gene)
+    if score_key in adata.obs and shift_key not in adata.obsm:
+        raise KeyNotFoundError(
+            f"The knockout of {gene!r} was simulated (.obs[{score_key!r}]), but its shift was not projected on an "
+            f"embedding (.obsm[{shift_key!r}] is missing): compute one (e.g. sc.tl.umap) and rerun "
+            "model.knockout(gene, basis='umap')."
+        )
     if score_key not in adata.obs or shift_key not in adata.obsm:
         raise KeyNotFoundError(
             f"No simulated knockout of {gene!r} under key {key!r} (.obs[{score_key!r}] / .obsm[{shift_key!r}]): "
