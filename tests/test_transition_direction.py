@@ -125,7 +125,7 @@ def test_directed_graph_keeps_arrows():
     ax = kdcpt.pl.transition_graph(a, basis=None, threshold=0.0, show=False)
     n_positive = int((r.flux.to_numpy() > 0).sum())
     assert len(_arrowheads(ax)) == n_positive and n_positive > 0
-    assert "net flux" in ax.get_title().lower()
+    assert "net flux" in ax.get_title().lower() and "cells per step" in ax.get_title()  # the flux's unit
     plt.close("all")
 
 

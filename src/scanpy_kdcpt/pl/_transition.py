@@ -335,7 +335,8 @@ def transition_graph(
     ax.axis("off")
     what = {"flux": "net flux", "probability": "P", "similarity": "similarity"}[weights]
     kind = "arrows" if directed else "edges"
-    shown = f"{len(edges)} {kind}, {what} ≥ {threshold:.2g}" if edges else f"no {what} above the threshold"
+    unit = " cells per step" if weights == "flux" else ""  # F = diag(n) P: cells moving i → j per step, net
+    shown = f"{len(edges)} {kind}, {what} ≥ {threshold:.2g}{unit}" if edges else f"no {what} above the threshold"
     method = adata.uns.get(key, {}).get(_keys.UNS_TRANSITION_METHOD) if matrix is None else None
     head = {
         "flux": "Net flux between phenotypes",
