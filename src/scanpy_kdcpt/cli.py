@@ -217,8 +217,6 @@ def _silenced(quiet: bool):
             logging.getLogger(n).setLevel(level)
 
 
-
-
 def _check_direction_args(args, adata) -> None:
     """The chain's arguments, checked against the data before any training."""
     phenotypes = sorted(set(adata.obs[args.labels].dropna().astype(str)))
