@@ -5,7 +5,7 @@ first stage's and the network's logits are kept on the model's validation cells 
 cells, with the first stage refitted on training + validation cells as well. Then every rule is scored by
 its held-out macro-F1 from the same trained network:
 
-- ``package``: the package's rule (``_linear_stage.choose_mix``: class-balanced log-loss on the validation
+- ``package``: the package's rule (``calibration.choose_mix``: class-balanced log-loss on the validation
   cells, each share at its best temperature; refit of the first stage on training + validation iff share 0);
 - ``f1``: the share with the best validation macro-F1 (ties: the larger), refit iff 0;
 - ``fixed m``: a fixed share ``m`` on the first stage fitted on the training cells; ``refit + m`` the same on
@@ -45,7 +45,6 @@ def run(dataset: str, seeds: list[int]) -> None:
     import torch
 
     import scanpy_kdcpt as kdcpt
-    from scanpy_kdcpt._constants import REGISTRY_KEYS
 
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
@@ -64,9 +63,9 @@ def run(dataset: str, seeds: list[int]) -> None:
         kdcpt.KDCPT.setup_anndata(a_train, labels_key=ds.labels_key, prior_key="is_tf")
         model = kdcpt.KDCPT(a_train)
         model.train(max_epochs=None, enable_progress_bar=False, accelerator="cpu")
-        codes = model.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY).ravel().astype(int)
+        codes, labelled = model.labels_()
         val = np.asarray(model.validation_indices, dtype=int)
-        val = val[codes[val] < len(model.classes_)]
+        val = val[labelled[val]]
         keys = ["logits_linear", "logits_network"]
         v = model._collect(keys, indices=val)
         t = model._collect(keys, adata=a_test)
@@ -81,7 +80,7 @@ def run(dataset: str, seeds: list[int]) -> None:
             "package_mix": chosen,
             "C": model.linear_stage_.C,
             "classes": classes,
-            "train_counts": np.bincount(codes[codes < len(classes)], minlength=len(classes)).tolist(),
+            "train_counts": np.bincount(codes[labelled], minlength=len(classes)).tolist(),
             "y_val": codes[val].tolist(),
             "y_test": y_test,
             "val_linear": v["logits_linear"].tolist(),
@@ -101,7 +100,7 @@ def scores(rec: dict) -> dict[str, float]:
     """Held-out macro-F1 of every rule on one run."""
     from sklearn.metrics import f1_score
 
-    from scanpy_kdcpt.model._linear_stage import MIX_GRID, choose_mix
+    from scanpy_kdcpt.calibration import MIX_GRID, choose_mix
 
     yv, yt = np.asarray(rec["y_val"]), np.asarray(rec["y_test"])
     vl, vn = np.asarray(rec["val_linear"]), np.asarray(rec["val_network"])

@@ -196,3 +196,35 @@ def prediction_sets(proba: np.ndarray, threshold: float) -> np.ndarray:
     sets = (1.0 - p) <= threshold + 1e-12
     sets[np.arange(len(p)), p.argmax(axis=1)] = True
     return sets
+
+
+#: shares of the network's logits on top of the convex first stage tried by :func:`choose_mix`
+MIX_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def _balanced_log_loss(logits: np.ndarray, y: np.ndarray) -> float:
+    """Mean over phenotypes of the mean negative log-likelihood of their cells."""
+    z = logits - logits.max(1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+    nll = -logp[np.arange(len(y)), y]
+    return float(np.mean([nll[y == c].mean() for c in np.unique(y)]))
+
+
+def _best_temperature(logits: np.ndarray, y: np.ndarray) -> float:
+    """Temperature minimising the balanced log-loss (a coarse log grid; calibrate() refines later)."""
+    grid = np.exp(np.linspace(np.log(0.05), np.log(20.0), 61))
+    return float(min(grid, key=lambda t: _balanced_log_loss(logits / t, y)))
+
+
+def choose_mix(linear: np.ndarray, network: np.ndarray, y: np.ndarray) -> tuple[float, dict[float, float]]:
+    """The share of the network in ``linear + mix * network`` from :data:`MIX_GRID` with the lowest
+    class-balanced log-loss on the validation cells, each candidate at its best temperature
+    (temperature scaling comes after, so a candidate is not judged by its sharpness). Ties
+    (within 1e-4) go to the larger share.
+    """
+    scores = {}
+    for m in MIX_GRID:
+        lg = linear + m * network
+        scores[m] = _balanced_log_loss(lg / _best_temperature(lg, y), y)
+    best = min(scores.values())
+    return max(m for m, s in scores.items() if s <= best + 1e-4), scores

@@ -21,6 +21,7 @@ from scipy import sparse
 
 from .. import _expression
 from .._constants import REGISTRY_KEYS
+from ..calibration import MIX_GRID, choose_mix  # noqa: F401 - the torch-free choice of the share
 from ..module import REGULATORY_KEY
 
 #: training cells the regression is fitted on at most (a class-stratified subsample beyond)
@@ -32,8 +33,6 @@ MAX_CV_CELLS = 4_000
 #: +0.02 held-out macro-F1 in 3 of 3 splits, elsewhere the same choice
 #: (``benchmarks/results/first_stage_c.md``)
 C_GRID = (0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1)
-#: shares of the network's logits tried on the validation cells
-MIX_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
 #: values (rows × features) normalised at a time: 16M floats, 64 MB
 CHUNK_VALUES = 2**24
 
@@ -227,31 +226,3 @@ def fit_on_training_cells(model, train_indices: np.ndarray, seed: int, C: float 
         weight, bias, info = fit(features, codes[train], n_classes, seed=seed, C=C)
     module.set_linear_stage(torch.as_tensor(weight), torch.as_tensor(bias))
     return info
-
-
-def _balanced_log_loss(logits: np.ndarray, y: np.ndarray) -> float:
-    """Mean over phenotypes of the mean negative log-likelihood of their cells."""
-    z = logits - logits.max(1, keepdims=True)
-    logp = z - np.log(np.exp(z).sum(1, keepdims=True))
-    nll = -logp[np.arange(len(y)), y]
-    return float(np.mean([nll[y == c].mean() for c in np.unique(y)]))
-
-
-def _best_temperature(logits: np.ndarray, y: np.ndarray) -> float:
-    """Temperature minimising the balanced log-loss (a coarse log grid; calibrate() refines later)."""
-    grid = np.exp(np.linspace(np.log(0.05), np.log(20.0), 61))
-    return float(min(grid, key=lambda t: _balanced_log_loss(logits / t, y)))
-
-
-def choose_mix(linear: np.ndarray, network: np.ndarray, y: np.ndarray) -> tuple[float, dict[float, float]]:
-    """The share of the network in ``linear + mix * network`` from :data:`MIX_GRID` with the lowest
-    class-balanced log-loss on the validation cells, each candidate at its best temperature
-    (temperature scaling comes after, so a candidate is not judged by its sharpness). Ties
-    (within 1e-4) go to the larger share.
-    """
-    scores = {}
-    for m in MIX_GRID:
-        lg = linear + m * network
-        scores[m] = _balanced_log_loss(lg / _best_temperature(lg, y), y)
-    best = min(scores.values())
-    return max(m for m, s in scores.items() if s <= best + 1e-4), scores
