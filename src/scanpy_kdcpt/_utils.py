@@ -20,6 +20,15 @@ def default_palette(n: int) -> list[str]:
     return [pal[i % len(pal)] for i in range(n)]
 
 
+def is_mudata(obj) -> bool:
+    """Whether ``obj`` is a MuData (False when mudata is not installed)."""
+    try:
+        from mudata import MuData
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(obj, MuData)
+
+
 def closest_names(names: Iterable[str], universe: Sequence[str], n: int = 3) -> dict[str, list[str]]:
     """For each name, the closest names in ``universe`` (an exact case-insensitive match first)."""
     universe = list(map(str, universe))

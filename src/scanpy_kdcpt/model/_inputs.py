@@ -17,10 +17,11 @@ from scipy import sparse
 
 from .. import _expression, multiome
 from .._constants import REGISTRY_KEYS
+from .._utils import is_mudata
 from ..module import REGULATORY_KEY, KDCPTModule, KDCPTMultiomeModule
 from . import _data
 from ._linear_stage import normalized_max
-from ._mudata import fit_lsi, is_mudata, prepare_query
+from ._mudata import fit_lsi, prepare_query
 
 if TYPE_CHECKING:
     from anndata import AnnData

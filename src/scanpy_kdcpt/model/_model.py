@@ -16,6 +16,7 @@ from scvi.utils import setup_anndata_dsp
 
 from .. import _expression
 from .._constants import REGISTRY_KEYS, UNLABELED_CATEGORY
+from .._utils import is_mudata
 from ..module import KDCPTModule, KDCPTTrainingPlan
 from ..perturb import GRNMixin, KnockoutMixin
 from . import _data
@@ -26,7 +27,7 @@ from ._fates import FateMixin
 from ._inference import InferenceMixin
 from ._inputs import inputs_for
 from ._keygenes import KeyGenesMixin
-from ._mudata import MuDataMixin, is_mudata
+from ._mudata import MuDataMixin
 from ._save_load import SaveLoadMixin
 from ._training import TrainingMixin
 from ._transitions import TransitionMixin

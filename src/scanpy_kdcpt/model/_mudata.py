@@ -26,19 +26,12 @@ from scvi.data import AnnDataManager
 from .. import _expression, multiome
 from .._constants import REGISTRY_KEYS, UNLABELED_CATEGORY
 from .._errors import KeyNotFoundError
+from .._utils import is_mudata
 from ..module import REGULATORY_KEY
 from . import _data
 
 if TYPE_CHECKING:
     from mudata import MuData
-
-
-def is_mudata(obj) -> bool:
-    try:
-        from mudata import MuData
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(obj, MuData)
 
 
 class MuDataMixin:

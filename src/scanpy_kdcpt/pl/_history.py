@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from .. import _keys
+from .._utils import is_mudata
 from . import _read
 from ._docs import doc_params
 
@@ -22,7 +23,7 @@ _LABELS = {"loss": "loss", "classification_loss": "classification loss", "accura
 def _history(model_or_adata, key: str) -> pd.DataFrame:
     from anndata import AnnData
 
-    if isinstance(model_or_adata, AnnData) or hasattr(model_or_adata, "mod"):  # an AnnData or a MuData
+    if isinstance(model_or_adata, AnnData) or is_mudata(model_or_adata):
         hist = pd.DataFrame(_read.uns_entry(model_or_adata, key, _keys.UNS_HISTORY, "model.annotate() after training"))
     else:
         history = getattr(model_or_adata, "history", None)

@@ -11,6 +11,7 @@ import pandas as pd
 from .. import _keys
 from .._errors import KeyNotFoundError
 from .._expression import detect_data_type, log_normalize
+from .._utils import is_mudata
 from . import _read
 from ._docs import doc_params
 
@@ -82,7 +83,7 @@ def key_genes(
     keys = _keys.Keys(key)
     groupby = keys.pred if groupby is None else groupby
     mdata = None
-    if hasattr(adata, "mod"):  # a MuData: the modality holding the genes, cells grouped by mdata.obs
+    if is_mudata(adata):  # the modality holding the genes, cells grouped by mdata.obs
         mdata, adata = adata, _gene_modality(adata, ranking)
     if mdata is not None and groupby in mdata.obs:
         adata = ad.AnnData(
