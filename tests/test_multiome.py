@@ -121,6 +121,14 @@ def test_multiome_model_learns_and_writes_per_modality(multiome):
     assert sorted(atac_var["kdcpt_rank"].astype(int)) == list(range(1, mdata["atac"].n_vars + 1))
     # genes and sites share the token pool: both are selected
     assert (mdata["rna"].var["kdcpt_selected_frac"] > 0).any() and (atac_var["kdcpt_selected_frac"] > 0).any()
+    # the joint ranking says which modality each feature is in
+    joint = mdata.uns["kdcpt"]["key_features"]
+    assert list(joint.columns[:4]) == ["phenotype", "feature", "modality", "rank"]
+    rna_names, atac_names = set(mdata["rna"].var_names), set(mdata["atac"].var_names)
+    kind = joint["modality"].astype(str)
+    assert joint.loc[kind == "rna", "feature"].isin(rna_names).all()
+    assert joint.loc[kind == "atac", "feature"].isin(atac_names).all()
+    assert set(kind) == {"rna", "atac"}
 
 
 def test_plots_read_an_annotated_mudata(multiome):
@@ -149,6 +157,11 @@ def test_planted_key_sites_rank_high(multiome):
 
 def test_site_knockouts(multiome):
     mdata, model = multiome
+    # a gene's knockout leaves the peaks' .var without an (all-NaN) effect column
+    assert "kdcpt_knockout_effect" not in mdata["atac"].var
+    model.knockout("Reg_P1", progress=False)
+    assert np.isfinite(mdata["rna"].var.loc["Reg_P1", "kdcpt_knockout_effect"])
+    assert "kdcpt_knockout_effect" not in mdata["atac"].var
     sites_p1 = list(mdata.uns["synthetic"]["key_sites"]["P1"])
     rng = np.random.default_rng(0)
     background = list(rng.choice(mdata["atac"].var_names[mdata["atac"].var["planted_site_of"] == "none"], 5))

@@ -14,6 +14,7 @@ import pandas as pd
 from scanpy import logging as logg
 
 from . import _keys
+from ._utils import is_mudata
 from .results import N_KEY_GENES, N_RANKED
 
 if TYPE_CHECKING:
@@ -245,7 +246,11 @@ def _write_key_features_mudata(mdata, result: KeyGenes, *, key_added: str, n_top
             mod.uns[key_added][entry] = ranking
             _added(f"mdata[{modalities[role]!r}].var (instead of {keys.key_gene!r})", [keys.key_site])
         _uns(mdata, key_added)[entry] = mod.uns[key_added][entry]
-    _uns(mdata, key_added)[_keys.UNS_KEY_FEATURES] = result.ranking(N_RANKED)
+    # the joint ranking names features of both kinds: column ``feature`` and the modality it is in
+    joint = result.ranking(N_RANKED).rename(columns={"gene": "feature"})
+    where = {str(name): mod_name for mod_name in modalities.values() if mod_name in mdata.mod for name in mdata[mod_name].var_names}
+    joint.insert(2, "modality", pd.Categorical(joint["feature"].map(where), categories=list(modalities.values())))
+    _uns(mdata, key_added)[_keys.UNS_KEY_FEATURES] = joint
     _added(f"mdata.uns[{key_added!r}]", [_keys.UNS_KEY_GENES, _keys.UNS_KEY_SITES, _keys.UNS_KEY_FEATURES])
 
 
@@ -277,9 +282,12 @@ def write_knockout(adata: AnnData, result: KnockoutResult, *, key_added: str = _
     if isinstance(flux, pd.DataFrame) and len(flux):
         uns[_keys.UNS_KNOCKOUT_FLUX] = flux
         written.append(_keys.UNS_KNOCKOUT_FLUX)
-    # .var: effect of single-gene deletions (each modality's .var for a MuData: genes and sites)
-    for target in adata.mod.values() if hasattr(adata, "mod") else [adata]:
+    # .var: effect of single-gene deletions (each modality's .var for a MuData: genes and sites);
+    # a modality none of whose features was deleted gets no all-NaN column
+    for target in adata.mod.values() if is_mudata(adata) else [adata]:
         single = summary[(summary["mode"] == "delete") & summary["gene"].isin(list(map(str, target.var_names)))]
+        if is_mudata(adata) and single.empty and keys.knockout_effect not in target.var:
+            continue
         effect = pd.Series(np.nan, index=target.var_names.astype(str), dtype=np.float64)
         effect.loc[single["gene"].to_numpy()] = single["effect"].to_numpy(np.float64)
         target.var[keys.knockout_effect] = effect.to_numpy()

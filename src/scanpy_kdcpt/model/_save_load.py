@@ -17,6 +17,7 @@ from scvi.data._utils import _assign_adata_uuid
 from .. import _expression
 from .._constants import REGISTRY_KEYS
 from .._errors import InvalidInputError, ModelFileError
+from .._utils import is_mudata
 from .._version import __version__
 
 if TYPE_CHECKING:
@@ -60,7 +61,7 @@ def _save(model, dir_path: str, *, overwrite: bool = False, save_anndata: bool =
     with open(os.path.join(dir_path, META_FILE), "w") as f:
         json.dump(meta, f, cls=Encoder)
     if save_anndata:
-        if hasattr(model.adata, "mod"):  # a MuData (setup_mudata)
+        if is_mudata(model.adata):  # setup_mudata
             raise ValueError("save_anndata=True is for AnnData; write the MuData yourself with mdata.write_h5mu(...).")
         model.adata.write_h5ad(os.path.join(dir_path, ADATA_FILE), **anndata_write_kwargs)
 
