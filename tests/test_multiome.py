@@ -103,6 +103,19 @@ def test_setup_mudata_bad_input():
         kdcpt.KDCPT.setup_mudata(bare, "phenotype", prior_key="is_tf")
     # without a prior no link is needed
     kdcpt.KDCPT.setup_mudata(bare, "phenotype")
+    # bad peak values: the message speaks of peaks and regulatory_layer, not of RNA or setup_anndata
+    for bad, match in ((np.nan, "NaN or infinite.*regulatory_layer=.*setup_mudata"), (-1.0, "negative.*LSI.*regulatory_layer=")):
+        broken = mdata.copy()
+        P = broken["atac"].X.toarray() if sparse.issparse(broken["atac"].X) else broken["atac"].X.copy()
+        P[0, 0] = bad
+        broken["atac"].X = P
+        with pytest.raises(ValueError, match=match) as err:
+            kdcpt.KDCPT.setup_mudata(broken, "phenotype")
+        assert "mdata['atac'].X" in str(err.value) and "setup_anndata" not in str(err.value)
+    empty = mdata.copy()
+    empty["atac"].X = None
+    with pytest.raises(ValueError, match=r"mdata\['atac'\]\.X is empty\. Pass regulatory_layer="):
+        kdcpt.KDCPT.setup_mudata(empty, "phenotype")
 
 
 # ----------------------------------------------------------------- the model
@@ -185,6 +198,16 @@ def test_query_mudata_and_rna_only_query(multiome):
     with pytest.warns(UserWarning, match="no 'atac' modality"):
         rna_only = model.predict(md.MuData({"rna": mdata["rna"].copy()}))
     assert len(rna_only) == mdata.n_obs
+    # a query's peaks are checked like the training peaks, and named as sites
+    atac = mdata["atac"].copy()
+    atac.X = atac.X.toarray() if sparse.issparse(atac.X) else atac.X.copy()
+    atac.X[3, 5] = np.nan
+    with pytest.raises(ValueError, match="the query's 'atac' modality contains 1 NaN"):
+        model.predict(md.MuData({"rna": mdata["rna"].copy(), "atac": atac}))
+    renamed = mdata["atac"].copy()
+    renamed.var_names = [f"peak-{i}" for i in range(renamed.n_vars)]
+    with pytest.raises(ValueError, match="None of the model's sites.*peak names"):
+        model.predict(md.MuData({"rna": mdata["rna"].copy(), "atac": renamed}))
 
 
 def _texts(labels) -> list[str]:

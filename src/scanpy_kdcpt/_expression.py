@@ -18,16 +18,18 @@ if TYPE_CHECKING:
 DataType = Literal["counts", "log"]
 
 
-def get_matrix(adata: AnnData, layer: str | None):
-    """``adata.layers[layer]`` or ``adata.X``, with a clear error for a missing layer."""
+def get_matrix(adata: AnnData, layer: str | None, *, name: str = "adata", layer_arg: str = "layer"):
+    """``adata.layers[layer]`` or ``adata.X``, with a clear error for a missing layer; ``name`` is
+    how the messages call the object (e.g. ``mdata['atac']``), ``layer_arg`` the argument to pass.
+    """
     if layer is None:
         if adata.X is None:
-            raise InvalidInputError("adata.X is empty. Pass layer=... naming the layer with expression values.")
+            raise InvalidInputError(f"{name}.X is empty. Pass {layer_arg}=... naming the layer with the values.")
         return adata.X
     if layer not in adata.layers:
         raise KeyNotFoundError(
-            f"Layer {layer!r} is not in adata.layers (available: {list(adata.layers.keys())}). "
-            "Pass layer=None to use adata.X."
+            f"Layer {layer!r} is not in {name}.layers (available: {list(adata.layers.keys())}). "
+            f"Pass {layer_arg}=None to use {name}.X."
         )
     return adata.layers[layer]
 
@@ -94,9 +96,10 @@ def _block_values(block) -> np.ndarray:
     return np.asarray(block.data) if sparse.issparse(block) else np.asarray(block).ravel()
 
 
-def check_values(X, what: str = "the expression matrix") -> None:
+def check_values(X, what: str = "the expression matrix", *, peaks: bool = False) -> None:
     """Refuse NaN / inf, scaled (z-scored, negative) values and an all-zero matrix, with a
-    message naming the fix. The matrix is read in row blocks (backed and sparse alike).
+    message naming the fix (for accessibility when ``peaks``). The matrix is read in row blocks
+    (backed and sparse alike).
     """
     n_bad, vmin, n_nonzero = 0, np.inf, 0
     for _, block in iter_rows(X):
@@ -109,9 +112,19 @@ def check_values(X, what: str = "the expression matrix") -> None:
             vmin = min(vmin, float(data[finite].min()))
         n_nonzero += int(np.count_nonzero(data[finite]))
     if n_bad:
+        if peaks:
+            raise InvalidInputError(
+                f"{what} contains {n_bad} NaN or infinite values. Peak values must be finite counts or "
+                "TF-IDF: drop the affected peaks or pass regulatory_layer=... naming the counts, before setup_mudata."
+            )
         raise InvalidInputError(
             f"{what} contains {n_bad} NaN or infinite values. Remove or impute them "
             "(e.g. `adata = adata[:, np.isfinite(X).all(0)]`) before setup_anndata."
+        )
+    if vmin < 0 and peaks:
+        raise InvalidInputError(
+            f"{what} has negative values (min {vmin:.3g}): it looks scaled or reduced (e.g. LSI). KD-CPT "
+            "needs peak counts or TF-IDF (non-negative): pass regulatory_layer=... naming the counts."
         )
     if vmin < 0:
         raise InvalidInputError(
@@ -122,8 +135,8 @@ def check_values(X, what: str = "the expression matrix") -> None:
         )
     if X.shape[0] and X.shape[1] and n_nonzero == 0:
         raise InvalidInputError(
-            f"{what} is all zeros: there is nothing to learn from. Check the layer (layer=...) "
-            "or that the matrix was filled."
+            f"{what} is all zeros: there is nothing to learn from. Check the layer "
+            f"({'regulatory_layer' if peaks else 'layer'}=...) or that the matrix was filled."
         )
 
 

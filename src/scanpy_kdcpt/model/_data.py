@@ -94,8 +94,10 @@ def _fit_pca_sklearn(X, n_components: int, seed: int) -> tuple[np.ndarray, np.nd
     return pca.mean_.astype(np.float32), pca.components_.T.astype(np.float32), std.astype(np.float32)
 
 
-def align_genes(X, query_genes: pd.Index, model_genes: pd.Index):
-    """Reorder the columns of ``X`` to ``model_genes``; missing genes zero-filled with a warning."""
+def align_genes(X, query_genes: pd.Index, model_genes: pd.Index, *, kind: str = "genes"):
+    """Reorder the columns of ``X`` to ``model_genes``; missing genes zero-filled with a warning
+    (``kind`` names the features in the messages, e.g. ``"sites"``).
+    """
     if query_genes.equals(model_genes):
         return X
     if query_genes.has_duplicates:
@@ -105,15 +107,19 @@ def align_genes(X, query_genes: pd.Index, model_genes: pd.Index):
     present = pos >= 0
     n_missing = int((~present).sum())
     if present.sum() == 0:
+        same = (
+            "the same gene identifiers (symbols vs Ensembl IDs)"
+            if kind == "genes"
+            else "the same peak names (e.g. 'chr1:100-600' vs 'chr1-100-600') and peak set"
+        )
         raise InvalidInputError(
-            "None of the model's genes are in the query's var_names "
-            f"(model: {list(model_genes[:3])}..., query: {list(query_genes[:3])}...). "
-            "Check that both use the same gene identifiers (symbols vs Ensembl IDs)."
+            f"None of the model's {kind} are in the query's var_names "
+            f"(model: {list(model_genes[:3])}..., query: {list(query_genes[:3])}...). Check that both use {same}."
         )
     if n_missing:
         warnings.warn(
-            f"{n_missing} of the model's {len(model_genes)} genes are missing from the query and are "
-            f"zero-filled (e.g. {list(model_genes[~present][:5])}). Predictions lean on the shared genes.",
+            f"{n_missing} of the model's {len(model_genes)} {kind} are missing from the query and are "
+            f"zero-filled (e.g. {list(model_genes[~present][:5])}). Predictions lean on the shared {kind}.",
             UserWarning,
             stacklevel=3,
         )

@@ -128,10 +128,12 @@ class MuDataMixin:
         _check_paired(mdata, mods)  # may put a modality's rows in the order of mdata.obs_names
         rna, peaks = mdata[mods["rna"]], mdata[mods["regulatory"]]
         where = f"mdata[{mods['rna']!r}]" + (f".layers[{rna_layer!r}]" if rna_layer else ".X")
-        data_type = _data.resolve_data_type(_expression.get_matrix(rna, rna_layer), data_type, where)
-        P = _expression.get_matrix(peaks, regulatory_layer)
-        where = f"mdata[{mods['regulatory']!r}]" + (f".layers[{regulatory_layer!r}]" if regulatory_layer else ".X")
-        _expression.check_values(P, where)
+        rna_name, peaks_name = f"mdata[{mods['rna']!r}]", f"mdata[{mods['regulatory']!r}]"
+        X = _expression.get_matrix(rna, rna_layer, name=rna_name, layer_arg="rna_layer")
+        data_type = _data.resolve_data_type(X, data_type, where)
+        P = _expression.get_matrix(peaks, regulatory_layer, name=peaks_name, layer_arg="regulatory_layer")
+        where = peaks_name + (f".layers[{regulatory_layer!r}]" if regulatory_layer else ".X")
+        _expression.check_values(P, where, peaks=True)
         if regulatory_type not in ("auto", "counts", "tfidf"):
             raise ValueError(f"regulatory_type must be 'auto', 'counts' or 'tfidf', not {regulatory_type!r}.")
         vals = _expression._values_sample(P)
@@ -310,9 +312,10 @@ def prepare_query(model, mdata) -> MuData:
         peaks = mdata.mod.get(mods["regulatory"])
     else:
         rna, peaks = mdata, None
-    X = _expression.get_matrix(rna, setup["rna_layer"] if setup["rna_layer"] in rna.layers else None)
+    rna_name = f"the query's {mods['rna']!r} modality" if is_mudata(mdata) else "the query"
+    X = _expression.get_matrix(rna, setup["rna_layer"] if setup["rna_layer"] in rna.layers else None, name=rna_name)
     X = _data.align_genes(X, rna.var_names, rna_names)
-    _expression.check_values(X, "the query's RNA")
+    _expression.check_values(X, f"{rna_name}'s RNA" if not is_mudata(mdata) else rna_name)
     if peaks is None:
         warnings.warn(
             f"The query has no {mods['regulatory']!r} modality: cells are predicted from RNA alone (sites "
@@ -332,8 +335,10 @@ def prepare_query(model, mdata) -> MuData:
                 )
             peaks = peaks[rna.obs_names]
         layer = setup["regulatory_layer"]
-        P = _expression.get_matrix(peaks, layer if layer in peaks.layers else None)
-        P = _data.align_genes(P, peaks.var_names, site_names)
+        peaks_name = f"the query's {mods['regulatory']!r} modality"
+        P = _expression.get_matrix(peaks, layer if layer in peaks.layers else None, name=peaks_name)
+        P = _data.align_genes(P, peaks.var_names, site_names, kind="sites")
+        _expression.check_values(P, peaks_name, peaks=True)
     labels_state = model.adata_manager.get_state_registry(REGISTRY_KEYS.LABELS_KEY)
     obs = pd.DataFrame(index=rna.obs_names.copy())
     obs[labels_state.original_key] = pd.Categorical(
