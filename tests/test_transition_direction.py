@@ -256,3 +256,40 @@ def test_transition_matrix_title_says_which_matrix_is_drawn():
     title = kdcpt.pl.transition_matrix(a, return_fig=True, show=False).axes[0].get_title()
     assert "posterior form (no direction)" in title and "Directed" not in title
     plt.close("all")
+
+
+def test_arrows_between_big_neighbouring_nodes_stay_visible():
+    # a SNARE-like circle: big adjacent nodes (L2/3, L4/5) used to cover the arrow between them
+    names = ["Astro", "CGE", "Clau", "Endo", "L2/3", "L4/5", "L6", "MGC", "Mis", "Npy", "OPC", "Oligo", "Peri", "Pvalb", "Sst"]
+    n = len(names)
+    P = 0.9 * np.eye(n) + 0.1 * np.random.default_rng(0).dirichlet(np.full(n, 0.3), n)
+    for src, dst, w in [("Mis", "L2/3", 0.3), ("L4/5", "L2/3", 0.2), ("Mis", "L4/5", 0.15), ("Oligo", "Mis", 0.2)]:
+        i, j = names.index(src), names.index(dst)
+        P[i, i] -= w
+        P[i, j] += w
+    sizes = np.full(n, 20.0)
+    sizes[[4, 5, 6, 8]] = [200, 150, 100, 80]
+    a, r = _annotated(P / P.sum(1, keepdims=True), names, sizes, method="directed", direction={"kind": "pseudotime"})
+    fig = kdcpt.pl.transition_graph(a, basis=None, return_fig=True, show=False)
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    nodes = next(c for c in ax.collections if len(c.get_offsets()) == n)
+    assert nodes.get_zorder() == 3
+    to_pt = 72.0 / fig.dpi
+    centres = ax.transData.transform(nodes.get_offsets()) * to_pt
+    radius = np.sqrt(nodes.get_sizes() / np.pi)
+    arrows = [p for p in ax.patches if isinstance(p, FancyArrowPatch)]
+    pairs = {(names.index("L4/5"), names.index("L2/3"))}
+    seen = set()
+    for p in arrows:
+        (xa, ya), (xb, yb) = p._posA_posB
+        i = int(np.argmin(np.abs(nodes.get_offsets() - [xa, ya]).sum(1)))
+        j = int(np.argmin(np.abs(nodes.get_offsets() - [xb, yb]).sum(1)))
+        seen.add((i, j))
+        # between the two nodes' rims there is room for the arrow's head and a shaft, or the
+        # arrow is drawn above the nodes
+        free = np.linalg.norm(centres[i] - centres[j]) - radius[i] - radius[j]
+        head = 0.4 * p.get_mutation_scale()
+        assert free >= head + 3 or p.get_zorder() > nodes.get_zorder(), (names[i], names[j], free, head)
+    assert pairs <= seen
+    plt.close("all")

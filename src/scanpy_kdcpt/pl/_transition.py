@@ -272,12 +272,49 @@ def transition_graph(
         pos = _layout(layout, names, off)
     sizes = _node_sizes(adata, key, names, node_size, matrix, directed, mass) * (0.6 if emb is not None else 1.0)
     xy = np.array([pos[c] for c in names])
+    if emb is None and layout == "circle":
+        pad = 0.42 * max(np.ptp(xy[:, 0]), np.ptp(xy[:, 1]), 1e-9)
+        ax.set_xlim(xy[:, 0].min() - pad, xy[:, 0].max() + pad)
+        ax.set_ylim(xy[:, 1].min() - pad, xy[:, 1].max() + pad)
+        ax.set_aspect("equal")
+    else:  # the cells (or nodes) in the middle; room for a label column on each side
+        pts = coords if emb is not None else xy
+        lo, hi = pts.min(0), pts.max(0)
+        width, height = max(hi[0] - lo[0], 1e-9), max(hi[1] - lo[1], 1e-9)
+        left, right = lo[0] - 0.05 * width, hi[0] + 0.05 * width
+        room = 0.45 * width  # a label column, in data units
+        ax.set_xlim(left - room, right + room)
+        ax.set_ylim(lo[1] - 0.05 * height, hi[1] + 0.05 * height)
+    what = {"flux": "net flux", "probability": "P", "similarity": "similarity"}[weights]
+    kind = "arrows" if directed else "edges"
+    unit = " cells per step" if weights == "flux" else ""  # F = diag(n) P: cells moving i → j per step, net
+    shown = f"{len(edges)} {kind}, {what} ≥ {threshold:.2g}{unit}" if edges else f"no {what} above the threshold"
+    method = adata.uns.get(key, {}).get(_keys.UNS_TRANSITION_METHOD) if matrix is None else None
+    head = {
+        "flux": "Net flux between phenotypes",
+        "probability": "Transition graph",
+        "similarity": "Phenotype similarity, no direction",
+    }[weights]
+    if method is not None:
+        head += f" ({method})"
+    if weights == "similarity":
+        shown += "\nedge: (n_i P_ij + n_j P_ji) / (n_i + n_j); node size: share of cells"
+    ax.set_title(title if title is not None else f"{head}\n{shown}", fontsize=10)
+    # nodes joined by an edge must not cover it: shrink all nodes alike (their ratios are the
+    # information) until every edge shows its shaft and head between the nodes, down to a floor
+    dist_pt = _node_distances_pt(fig, ax, xy)
+    edge_width = {(i, j): 0.6 + (max_width - 0.6) * p / top if top > 0 else 1.0 for i, j, p in edges}
+    gap_pt = {e: _ARROW_HEAD * (8 + 2.2 * w) + 6.0 if weights != "similarity" else 4.0 for e, w in edge_width.items()}
+    radius_pt = np.sqrt(sizes / np.pi)
+    if edges:
+        need = [(dist_pt[i, j] - gap_pt[i, j]) / (radius_pt[i] + radius_pt[j]) for i, j, _ in edges]
+        sizes = sizes * float(np.clip(min(need), 0.45, 1.0)) ** 2
     ax.scatter(xy[:, 0], xy[:, 1], s=sizes, c=[cols[c] for c in names], edgecolors="black", linewidths=0.8, zorder=3)
     radius_pt = np.sqrt(sizes / np.pi)
     drawn = edges[::-1]  # weakest first, strongest on top
     # an arrow takes its source's colour; an undirected edge has no source
     colors = [cols[names[i]] if emb is None and directed else "#333333" for i, _, _ in drawn]
-    widths = [0.6 + (max_width - 0.6) * p / top if top > 0 else 1.0 for _, _, p in drawn]
+    widths = [edge_width[i, j] for i, j, _ in drawn]
     if weights == "similarity":  # plain lines, no heads; the nodes (above) cover their ends
         segments = [[xy[i], xy[j]] for i, j, _ in drawn]
         ax.add_collection(
@@ -286,19 +323,21 @@ def transition_graph(
     else:
         rad = 0.0 if weights == "flux" else 0.18
         for (i, j, _), width, color in zip(drawn, widths, colors, strict=True):
+            # nodes still too close (centroids nearly on top of each other): the arrow goes over them
+            over = dist_pt[i, j] - radius_pt[i] - radius_pt[j] < gap_pt[i, j]
             ax.add_patch(
                 FancyArrowPatch(
                     xy[i],
                     xy[j],
                     connectionstyle=f"arc3,rad={rad}",
-                    arrowstyle="-|>",
+                    arrowstyle=f"-|>,head_length={_ARROW_HEAD},head_width={_ARROW_HEAD / 2}",
                     mutation_scale=8 + 2.2 * width,
                     linewidth=width,
                     color=color,
                     alpha=0.85,
-                    shrinkA=radius_pt[i] + 1,
-                    shrinkB=radius_pt[j] + 2,
-                    zorder=2,
+                    shrinkA=0.0 if over else radius_pt[i] + 1,
+                    shrinkB=0.0 if over else radius_pt[j] + 2,
+                    zorder=4 if over else 2,
                 )
             )
     if edge_labels:
@@ -317,38 +356,26 @@ def transition_graph(
         for k, c in enumerate(names)
     ]
     if emb is None and layout == "circle":
-        pad = 0.42 * max(np.ptp(xy[:, 0]), np.ptp(xy[:, 1]), 1e-9)
-        ax.set_xlim(xy[:, 0].min() - pad, xy[:, 0].max() + pad)
-        ax.set_ylim(xy[:, 1].min() - pad, xy[:, 1].max() + pad)
-        ax.set_aspect("equal")
         _labels.radial_labels(ax, xy, labels, offset_pt=radius_pt + 4)
-    else:  # the cells (or nodes) in the middle; labels beside the nodes, or in a column on each side
-        pts = coords if emb is not None else xy
-        lo, hi = pts.min(0), pts.max(0)
-        width, height = max(hi[0] - lo[0], 1e-9), max(hi[1] - lo[1], 1e-9)
-        left, right = lo[0] - 0.05 * width, hi[0] + 0.05 * width
-        room = 0.45 * width  # a label column, in data units
-        ax.set_xlim(left - room, right + room)
-        ax.set_ylim(lo[1] - 0.05 * height, hi[1] + 0.05 * height)
+    else:  # labels beside the nodes, or in a column on each side
         if _labels.beside_nodes(ax, xy, labels, offset_pt=radius_pt + 3) is None:
             _labels.column_labels(ax, xy, labels, left=left, right=right)
     ax.axis("off")
-    what = {"flux": "net flux", "probability": "P", "similarity": "similarity"}[weights]
-    kind = "arrows" if directed else "edges"
-    unit = " cells per step" if weights == "flux" else ""  # F = diag(n) P: cells moving i → j per step, net
-    shown = f"{len(edges)} {kind}, {what} ≥ {threshold:.2g}{unit}" if edges else f"no {what} above the threshold"
-    method = adata.uns.get(key, {}).get(_keys.UNS_TRANSITION_METHOD) if matrix is None else None
-    head = {
-        "flux": "Net flux between phenotypes",
-        "probability": "Transition graph",
-        "similarity": "Phenotype similarity, no direction",
-    }[weights]
-    if method is not None:
-        head += f" ({method})"
-    if weights == "similarity":
-        shown += "\nedge: (n_i P_ij + n_j P_ji) / (n_i + n_j); node size: share of cells"
-    ax.set_title(title if title is not None else f"{head}\n{shown}", fontsize=10)
     return _read.finish(fig, ax, show, return_fig, save)
+
+
+#: arrow head length as a share of the arrow's mutation scale (Matplotlib's default for "-|>")
+_ARROW_HEAD = 0.4
+
+
+def _node_distances_pt(fig: Figure, ax: Axes, xy: np.ndarray) -> np.ndarray:
+    """The nodes' pairwise distances in points once the figure is laid out (title set, limits
+    final), a little under them for the room the labels still take.
+    """
+    fig.draw_without_rendering()
+    ax.apply_aspect()
+    disp = ax.transData.transform(xy) * 72.0 / fig.dpi
+    return np.sqrt(((disp[:, None, :] - disp[None, :, :]) ** 2).sum(-1)) * 0.95
 
 
 def _stored_directed(adata: AnnData, key: str) -> bool:
