@@ -90,6 +90,27 @@ def test_chain_arguments_and_mudata_input_are_refused_before_training(tmp_path, 
     assert code == 2 and "MuData" in err and "setup_mudata" in err
 
 
+def test_quiet_run_prints_no_training_chatter(tmp_path, capsys, monkeypatch):
+    from scanpy_kdcpt.model import KDCPT
+
+    train = KDCPT.train
+
+    def loud_train(self, *args, **kwargs):  # as scvi-tools' early stopping does on teardown
+        out = train(self, *args, **kwargs)
+        print("Monitored metric validation_loss did not improve in the last 45 records. Signaling Trainer to stop.")
+        return out
+
+    monkeypatch.setattr(KDCPT, "train", loud_train)
+    path = tmp_path / "small.h5ad"
+    kdcpt.datasets.synthetic(n_cells=120, seed=0).write_h5ad(path)
+    argv = ["run", str(path), "--labels", "phenotype", "--epochs", "1", "--knockout-top", "0"]
+    assert cli.main([*argv, "--quiet", "--out", str(tmp_path / "quiet")]) == 0
+    out, err = capsys.readouterr()
+    assert "Monitored metric" not in out + err
+    assert cli.main([*argv, "--out", str(tmp_path / "loud")]) == 0  # without --quiet it is shown
+    assert "Monitored metric" in capsys.readouterr().out
+
+
 def test_missing_labels_key_exits_2(tmp_path, capsys):
     path = tmp_path / "small.h5ad"
     kdcpt.datasets.synthetic(n_cells=60, seed=0).write_h5ad(path)

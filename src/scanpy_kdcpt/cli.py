@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import logging
 import sys
 import time
@@ -265,7 +266,9 @@ def run(args) -> int:
     model = KDCPT(adata)
     _say(args, f"training on {adata.n_obs} cells x {adata.n_vars} genes ({source})")
     quiet = {"enable_model_summary": False} if args.quiet else {}
-    model.train(max_epochs=args.epochs, enable_progress_bar=not args.quiet, **quiet)
+    # scvi-tools prints its early-stopping reason to stdout: --quiet means that too
+    with contextlib.redirect_stdout(io.StringIO()) if args.quiet else contextlib.nullcontext():
+        model.train(max_epochs=args.epochs, enable_progress_bar=not args.quiet, **quiet)
     if model.validation_indices is not None and len(model.validation_indices):
         _say(args, "calibrating on the held-out cells")
         model.calibrate()
