@@ -317,6 +317,31 @@ def test_a_query_does_not_repeat_scvi_tools_setup_transfer_note(synthetic_model)
     assert scvi_logger.level == level  # put back
 
 
+def test_dropping_a_note_keeps_the_loggers_other_messages():
+    import logging
+
+    from scanpy_kdcpt._utils import dropping_log_messages
+
+    said = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            said.append(record.getMessage())
+
+    logger = logging.getLogger("kdcpt.test.dropping")
+    logger.setLevel(logging.INFO)
+    keep = Keep(level=logging.DEBUG)
+    logger.addHandler(keep)
+    try:
+        with dropping_log_messages(["kdcpt.test.dropping"], ("Input AnnData not setup",)):
+            logger.info("Input AnnData not setup with scvi-tools. attempting to transfer")
+            logger.info("a note the user should still see")
+        logger.info("Input AnnData not setup again, after the block")
+    finally:
+        logger.removeHandler(keep)
+    assert said == ["a note the user should still see", "Input AnnData not setup again, after the block"]
+
+
 def test_training_drops_lightnings_advert_but_keeps_its_device_lines():
     import logging
     import warnings

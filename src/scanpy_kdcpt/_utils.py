@@ -106,6 +106,22 @@ class _DropMessages(logging.Filter):
 
 
 @contextlib.contextmanager
+def dropping_log_messages(logger_names: Iterable[str], prefixes: tuple[str, ...]):
+    """Log records of ``logger_names`` whose message starts with one of ``prefixes`` are dropped
+    while the block runs; every other record still passes, and the filter is removed afterwards.
+    """
+    drop = _DropMessages(prefixes)
+    loggers = [logging.getLogger(name) for name in logger_names]
+    for logger in loggers:
+        logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(drop)
+
+
+@contextlib.contextmanager
 def without_library_noise():
     """Lightning's advertising tips and the known deprecation noise of its dependencies off
     while the block runs (``KDCPT.train``, ``kdcpt run``): the progress bar, Lightning's device
@@ -114,15 +130,7 @@ def without_library_noise():
     """
     import warnings
 
-    drop = _DropMessages(_NOISE_LOGS)
-    loggers = [logging.getLogger(name) for name in _LIGHTNING_LOGGERS]
-    for logger in loggers:
-        logger.addFilter(drop)
-    try:
-        with warnings.catch_warnings():
-            for category, message in _NOISE_WARNINGS:
-                warnings.filterwarnings("ignore", message=message, category=category)
-            yield
-    finally:
-        for logger in loggers:
-            logger.removeFilter(drop)
+    with dropping_log_messages(_LIGHTNING_LOGGERS, _NOISE_LOGS), warnings.catch_warnings():
+        for category, message in _NOISE_WARNINGS:
+            warnings.filterwarnings("ignore", message=message, category=category)
+        yield

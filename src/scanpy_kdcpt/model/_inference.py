@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
@@ -14,6 +13,7 @@ from scvi.utils import track
 from .. import calibration as cal
 from .._constants import REGISTRY_KEYS, UNSEEN_BATCH_KEY
 from .._errors import NotTrainedError
+from .._utils import dropping_log_messages
 from ..results import Predictions
 from ._docs import model_dsp
 
@@ -34,15 +34,11 @@ class InferenceMixin:
         if adata is None or adata is self.adata or self.adata_manager.adata is adata:
             return self.adata if adata is None else adata
         query = self._inputs.prepare_query(adata)
-        # scvi-tools notes at INFO on every call that it transfers the setup to a new AnnData:
-        # for a query that is what always happens, so the note is held back
-        scvi_logger = logging.getLogger("scvi.model.base._base_model")
-        level = scvi_logger.level
-        scvi_logger.setLevel(max(level, logging.WARNING))
-        try:
+        # scvi-tools notes on every call that it transfers the setup to a new AnnData: for a
+        # query that is what always happens, so that note (only) is held back
+        scvi_note = ("Input AnnData not setup with scvi-tools",)
+        with dropping_log_messages(["scvi.model.base._base_model"], scvi_note):
             return self._validate_anndata(query)
-        finally:
-            scvi_logger.setLevel(level)
 
     def _batch_categories(self) -> list | None:
         """The batches seen at training (``None`` without a ``batch_key``)."""
