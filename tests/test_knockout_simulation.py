@@ -127,8 +127,13 @@ def test_shift_and_score_written_and_plotted_from_a_reread_file(chain_model, tmp
     ax = kdcpt.pl.knockout_shift(back, "Reg_P2", show=False)
     quiver = [c for c in ax.collections if type(c).__name__ == "Quiver"]
     assert len(quiver) == 1 and np.abs(quiver[0].U).max() > 0
-    drawn = np.hypot(quiver[0].U, quiver[0].V)
-    assert drawn.min() > 0.05 * drawn.max()  # no arrow shrunk to a dot where the shift is nil
+    # arrows are scaled so the 98th percentile is 0.9 grid spacings; none under 5 % of that (a dot
+    # where the shift is nil) is drawn
+    drawn = np.hypot(quiver[0].U, quiver[0].V) / quiver[0].scale  # data units on the figure
+    xs, ys = np.unique(quiver[0].X), np.unique(quiver[0].Y)
+    spacing = min(np.diff(xs).min(), np.diff(ys).min())
+    assert drawn.min() > 0.05 * 0.9 * spacing * 0.99
+    assert np.percentile(drawn, 50) < 0.9 * spacing * 1.01  # and the bulk fits between grid points
     assert "Reg_P2" in ax.get_title() and "p =" in ax.get_title()
     plt.close("all")
     ax = kdcpt.pl.knockout_fate(back, "Reg_P2", alpha=0.5, show=False)  # 9 shifts: q ≥ 0.1
@@ -147,6 +152,11 @@ def test_shift_and_score_written_and_plotted_from_a_reread_file(chain_model, tmp
     significant = rows[(rows["qval"] < 0.5) & (rows["delta"].abs() >= 0.005)]
     assert len(starred) == len(significant) > 0
     assert "randomised shifts" in ax.get_xlabel()
+    plt.close("all")
+    one = kdcpt.pl.knockout_fate(back, "Reg_P2", sources=["all"], show=False)
+    assert one.get_images()[0].get_array().shape[0] == 1
+    with pytest.raises(ValueError, match=r"'MPP'.*sources of this knockout are.*'all'"):
+        kdcpt.pl.knockout_fate(back, "Reg_P2", sources=["MPP"], show=False)
     plt.close("all")
     with pytest.raises(KeyError, match="simulate='grn'"):
         kdcpt.pl.knockout_shift(back, "Reg_P3")

@@ -211,7 +211,14 @@ def knockout_fate(
         raise KeyNotFoundError(f"No fate deltas for {gene!r}; knocked out: {known}.")
     D = rows.pivot_table(index="source", columns="terminal", values="delta", observed=True, sort=False)
     if sources is not None:
-        D = D.loc[[s for s in sources if s in D.index]]
+        sources = [sources] if isinstance(sources, str) else list(sources)
+        unknown = [s for s in sources if s not in D.index]
+        if unknown:
+            raise ValueError(
+                f"sources {unknown} have no fate deltas for {gene!r}; the sources of this knockout are "
+                f"{[str(s) for s in D.index]} ('all': the mean over all cells)."
+            )
+        D = D.loc[sources]
     tested = "qval" in rows.columns and rows["qval"].notna().any()
     Q = (
         rows.pivot_table(index="source", columns="terminal", values="qval", observed=True, sort=False, dropna=False)
