@@ -237,3 +237,26 @@ def test_fate_test_does_not_repeat_the_notes_on_memberships(chain_model, monkeyp
         warnings.simplefilter("always")
         chain_model.knockout("Reg_P2", terminal=["P3"], inplace=False, progress=False, n_shift_null=5)
     assert sum("a note on the memberships" in str(w.message) for w in caught) == 1
+
+
+def test_terminals_the_user_named_are_kept_by_annotate_and_knockouts(chain_model):
+    state = chain_model.transitions_
+    try:
+        fates = chain_model.get_fate_probabilities(terminal=["P2", "P3"])
+        assert fates.terminal == ["P2", "P3"]
+        annotated = chain_model.annotate(copy=True)  # no terminal=: the named ones, not the flux's sinks
+        assert list(annotated.uns["kdcpt"]["fate_terminal"]) == ["P2", "P3"]
+        ko = chain_model.knockout("Reg_P2", simulate="classifier", inplace=False, progress=False)
+        assert set(ko.fate["terminal"].astype(str)) - {"not reached"} == {"P2", "P3"}
+        annotated = chain_model.annotate(terminal=["P3"], copy=True)
+        assert list(annotated.uns["kdcpt"]["fate_terminal"]) == ["P3"]
+        assert state.terminal == ["P3"] and state.terminal_named
+    finally:
+        state.terminal, state.terminal_named = None, False
+
+
+def test_terminal_without_a_chain_is_said_to_be_unused():
+    model = _train(kdcpt.datasets.synthetic(n_cells=200, seed=3))
+    with pytest.warns(UserWarning, match=r"terminal=\['P3'\] is not used.*compute_transitions"):
+        result = model.knockout("Reg_P1", simulate="classifier", terminal=["P3"], inplace=False, progress=False)
+    assert result.fate is None or not len(result.fate)

@@ -33,6 +33,7 @@ class AnnotateMixin:
         conformal_alpha: float | None = None,
         direction: str | dict | None = "stored",
         transition_predictions: Predictions | None = None,
+        terminal: str | list[str] | None = None,
         copy: bool = False,
     ) -> AnnData | None:
         """Predict every cell and write the results into ``adata``.
@@ -56,6 +57,11 @@ class AnnotateMixin:
             from, e.g. out-of-sample ones from :meth:`get_cross_fitted_predictions` (the model's
             own probabilities of its training cells are in-sample: over-confident, so the
             posterior matrix comes out too diagonal). Default: this model's predictions.
+        terminal
+            Terminal phenotypes of the fates written with a directed chain, as in
+            :meth:`get_fate_probabilities`. Default: the ones named before on this chain
+            (``get_fate_probabilities(terminal=...)`` or ``annotate(terminal=...)``), else the
+            sinks of the net flux. Knockouts compare fates into the same ones.
         %(param_copy)s
 
         Returns
@@ -90,7 +96,7 @@ class AnnotateMixin:
         if transition_predictions is not None:
             check_predictions(transition_predictions, source.obs_names, self.classes_)
         transitions, fates = self._annotate_transitions(
-            query, predictions if transition_predictions is None else transition_predictions, direction
+            query, predictions if transition_predictions is None else transition_predictions, direction, terminal
         )
         target = output_target(source, copy=copy)
         writers.write_predictions(target, predictions, key_added=key_added, colors=self._colors())

@@ -51,6 +51,10 @@ class TransitionState:
     terminal
         Terminal phenotypes recorded by :meth:`~scanpy_kdcpt.KDCPT.annotate` with the fates it
         wrote (``None`` until then), so that knockouts compare fates into the same phenotypes.
+    terminal_named
+        Whether ``terminal`` was named by the user (``terminal=`` of
+        :meth:`~scanpy_kdcpt.KDCPT.get_fate_probabilities` or :meth:`~scanpy_kdcpt.KDCPT.annotate`);
+        a later ``annotate()`` keeps such a choice instead of the sinks of the net flux.
 
     """
 
@@ -61,6 +65,7 @@ class TransitionState:
     registered: bool = True
     connectivities: sparse.csr_matrix | None = None
     terminal: list[str] | None = None
+    terminal_named: bool = False
 
     def covers(self, adata: AnnData) -> bool:
         """Whether the chain was built on exactly these cells, in this order."""
@@ -313,9 +318,9 @@ class TransitionMixin:
         return state
 
     def _annotate_transitions(
-        self: KDCPTLike, adata: AnnData | None, predictions: Predictions, direction
+        self: KDCPTLike, adata: AnnData | None, predictions: Predictions, direction, terminal=None
     ) -> tuple[Transitions, Fates | None]:
-        """The transitions (and fates) :meth:`annotate` writes; see its ``direction``."""
+        """The transitions (and fates) :meth:`annotate` writes; see its ``direction`` and ``terminal``."""
         target = self.adata if adata is None else adata
         if direction == "posterior":
             return self.get_transition_matrix(adata, predictions=predictions), None
@@ -341,13 +346,21 @@ class TransitionMixin:
         else:
             result = self.compute_transitions(adata, direction=direction, predictions=predictions, inplace=False)
         fates = None
+        if result.direction.get("kind") == "none" and terminal is not None:
+            logg.warning(
+                f"terminal={terminal!r} not used: there is no directed chain, so no fates are written "
+                "(run model.compute_transitions(...) first, or pass direction=...)."
+            )
         if result.direction.get("kind") != "none":
+            state = self.transitions_
+            if terminal is None and state.terminal_named:
+                terminal = state.terminal  # the user's choice stands; the sinks of the flux only without one
             try:
-                fates = self.get_fate_probabilities(adata)
+                fates = self.get_fate_probabilities(adata, terminal=terminal)
             except ValueError as err:
                 logg.warning(f"fate probabilities not written: {err}")
             else:  # knockouts compare fates into the same terminal phenotypes
-                self.transitions_.terminal = list(fates.terminal)
+                state.terminal = list(fates.terminal)
         return result, fates
 
     def get_entropy(

@@ -42,6 +42,14 @@ def resolve_chain(model, chain, terminal: Sequence[str] | None, n_cells: int):
     if chain is None:
         state = model.transitions_  # a TransitionState, set by model.compute_transitions()
         if state is None or not state.registered:
+            if terminal is not None:
+                warnings.warn(
+                    f"terminal={terminal!r} is not used: fate deltas need a directed chain of these cells, and "
+                    "there is none (run model.compute_transitions() on the registered AnnData first, or pass "
+                    "chain=). Only the phenotype-membership effects are computed.",
+                    UserWarning,
+                    stacklevel=3,
+                )
             return None, None
         chain, source = state.cell_chain, "model.transitions_"
         if terminal is None:
