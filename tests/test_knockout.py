@@ -108,6 +108,11 @@ def test_overexpressing_a_planted_regulator_raises_its_phenotype(transition_mode
 def test_unknown_gene_names_the_closest(transition_model):
     with pytest.raises(KeyError, match="Reg_P1"):
         transition_model.knockout(["Reg_P1", "Reg_p11"], progress=False)
+    # every unknown name at once, in a list as in gene sets, not only the first
+    with pytest.raises(KeyError, match=r"2 gene\(s\).*'Reg_p11'.*'Gene_x'"):
+        transition_model.knockout(["Reg_P1", "Reg_p11", "Gene_x"], progress=False)
+    with pytest.raises(KeyError, match=r"2 gene\(s\).*'Reg_p11'.*'Gene_x'"):
+        transition_model.knockout({"a": ["Reg_P1", "Reg_p11"], "b": ["Gene_x"]}, progress=False)
     with pytest.raises(ValueError, match="mode"):
         transition_model.knockout("Reg_P1", mode="silence", progress=False)
     with pytest.raises(ValueError, match="empty"):

@@ -54,10 +54,12 @@ def resolve_units(model: KDCPTLike, genes, target: AnnData, keys: _keys.Keys, n_
     lookup = {g: i for i, g in enumerate(model.var_names_)}
 
     def positions(names: Sequence[str]) -> Unit:
-        missing = [g for g in names if g not in lookup]
+        missing = list(dict.fromkeys(g for g in names if g not in lookup))
         if missing:
+            more = f"; and {len(missing) - 20} more" if len(missing) > 20 else ""
             raise KeyNotFoundError(
-                f"{len(missing)} gene(s) not among the model's genes — {did_you_mean(missing, model.var_names_)}"
+                f"{len(missing)} gene(s) not among the model's genes — "
+                f"{did_you_mean(missing[:20], model.var_names_)}{more}"
             )
         return tuple(dict.fromkeys(lookup[g] for g in names))
 
@@ -70,19 +72,19 @@ def resolve_units(model: KDCPTLike, genes, target: AnnData, keys: _keys.Keys, n_
     if isinstance(genes, Mapping):
         if not genes:
             raise ValueError("genes is an empty dict; pass {name: [genes, ...]}.")
-        out = {}
-        for name, members in genes.items():
-            members = [members] if isinstance(members, str) else list(members)
-            if not members:
-                raise ValueError(f"gene set {name!r} is empty.")
-            out[str(name)] = positions(members)
-        return out
+        sets = {str(name): [m] if isinstance(m, str) else list(m) for name, m in genes.items()}
+        empty = [name for name, members in sets.items() if not members]
+        if empty:
+            raise ValueError(f"gene set(s) {empty} are empty.")
+        positions([g for members in sets.values() for g in members])  # every missing gene named at once
+        return {name: positions(members) for name, members in sets.items()}
     genes = list(genes)
     if not genes:
         raise ValueError("genes is empty; pass a gene name, a list, a dict of gene sets, 'key' or 'all'.")
     bad = [g for g in genes if not isinstance(g, str)]
     if bad:
         raise TypeError(f"gene names must be strings, got {bad[:3]}; for gene sets pass a dict {{name: [genes]}}.")
+    positions(genes)  # every missing gene named at once, not only the first
     return {g: positions([g]) for g in dict.fromkeys(genes)}
 
 
