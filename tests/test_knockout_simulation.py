@@ -98,9 +98,11 @@ def test_a_gene_without_regulatory_effect_leaves_the_chain_unchanged(chain_model
 
 
 def test_no_propagation_means_no_shift_of_the_chain(chain_model):
-    res = chain_model.knockout(
-        ["Reg_P2"], terminal=["P3"], simulate="grn", n_propagation=0, inplace=False, progress=False, n_shift_null=0
-    )
+    # and the user is told that any fate change of such a knockout is the classifier's alone
+    with pytest.warns(UserWarning, match=r"shift no other gene through the GRN \(\['Reg_P2'\].*classifier"):
+        res = chain_model.knockout(
+            ["Reg_P2"], terminal=["P3"], simulate="grn", n_propagation=0, inplace=False, progress=False, n_shift_null=0
+        )
     assert (res.chains["Reg_P2"] != chain_model.transitions_.cell_chain).nnz == 0
     assert res.summary.loc[0, "n_shifted"] == 0
 

@@ -363,6 +363,17 @@ def simulate_units(
         if keep_shift:
             shifts[name] = S.astype(np.float32, copy=False)
     summary = pd.DataFrame(rows)
+    still = summary.loc[summary["n_shifted"] == 0, "gene"].tolist()
+    if still:
+        warnings.warn(
+            f"{len(still)} knockout(s) shift no other gene through the GRN ({still[:10]}: no targets among its "
+            "fitted edges, or no cell expresses them): their cell chain is unchanged, so any fate change reported "
+            "for them comes only from the phenotype memberships the classifier gives the knocked-out cells "
+            "(terminal_states='knockout'). Fit the GRN with these genes among the regulators "
+            "(model.fit_grn(regulators=...)) to simulate their effect.",
+            UserWarning,
+            stacklevel=3,
+        )
     summary["score_qval"] = stats.benjamini_hochberg(summary["score_pval"].to_numpy(float))
     return SimulatedShifts(chains, shifts, means, pd.DataFrame(scores, index=obs_names), summary, fate_pval)
 
