@@ -27,15 +27,26 @@ def _summary_row(adata: AnnData, key: str, gene: str) -> pd.Series | None:
     return rows.iloc[0] if len(rows) else None
 
 
-def _pq(row: pd.Series | None) -> str:
+def _n_shifts(adata: AnnData, key: str) -> int | None:
+    """How many randomised shifts each knockout was tested against (``n_shift_null``)."""
+    n = adata.uns.get(key, {}).get(_keys.UNS_KNOCKOUT_PARAMS, {}).get("n_shift_null")
+    return None if n is None else int(n)
+
+
+def _pq(row: pd.Series | None, n: int | None) -> str:
     if row is None or "score_pval" not in row or pd.isna(row["score_pval"]):
         return ""
-    return f"score p = {row['score_pval']:.3g}, q = {row['score_qval']:.3g} against randomised shifts"
+    p = float(row["score_pval"])
+    against = f"{n} randomised shifts" if n else "randomised shifts"
+    # an empirical p is at least 1/(n+1): at that floor it says "beyond every shift drawn", not how far
+    floor = n is not None and n > 0 and p <= 1.0 / (n + 1) + 1e-12
+    p_text = f"p = {p:.2g}, the least possible" if floor else f"p = {p:.3g}"
+    return f"score {p_text}, q = {row['score_qval']:.3g} against {against}"
 
 
-def _title(head: str, row: pd.Series | None) -> str:
+def _title(head: str, row: pd.Series | None, n: int | None = None) -> str:
     """The plot's subject, and the test of its perturbation score on a line of its own."""
-    test = _pq(row)
+    test = _pq(row, n)
     return f"{head}\n({test})" if test else head
 
 
@@ -58,7 +69,7 @@ def knockout_shift(
 
     Arrows: the change of each cell's expected step under the knockout's chain ``T_ko``
     against the unperturbed chain ``T`` (``.obsm["{key}_ko_shift_<gene>"]``), averaged on a
-    grid (no arrows farther than a grid spacing from any cell, nor where the shift is under 5 %
+    grid (no arrows farther than a grid spacing from any cell, nor where the shift is under 10 %
     of the largest arrows: the knockout leaves those cells where they were). Colour: each cell's perturbation score
     (``.obs["{key}_ko_score_<gene>"]``): blue, the knockout pushes the cell back against the
     chain's developmental drift (a block); red, it speeds the cell along — CellOracle's
@@ -124,7 +135,7 @@ def knockout_shift(
     ok = ~np.isnan(U)
     lengths = np.hypot(np.nan_to_num(U), np.nan_to_num(W))
     top = float(np.percentile(lengths[ok], 98)) if ok.any() else 0.0
-    ok &= lengths > 0.05 * top  # where the shift is nil an arrow would be a dot: none drawn
+    ok &= lengths > 0.10 * top  # where the shift is nil an arrow would be a dot: none drawn
     if scale is None:
         length = top
         spacing = min(np.diff(gx).mean(), np.diff(gy).mean()) if len(gx) > 1 and len(gy) > 1 else 1.0
@@ -151,7 +162,7 @@ def knockout_shift(
     ax.set_xlabel(f"{basis.upper()}1")
     ax.set_ylabel(f"{basis.upper()}2")
     row = _summary_row(adata, key, gene)
-    ax.set_title(title if title is not None else _title(f"{gene} knockout: simulated shift", row), fontsize=10)
+    ax.set_title(title if title is not None else _title(f"{gene} knockout: simulated shift", row, _n_shifts(adata, key)), fontsize=10)
     return _read.finish(fig, ax, show, return_fig, save)
 
 
@@ -249,8 +260,8 @@ def knockout_fate(
     ax.set_yticks(range(D.shape[0]), [_read.wrap(str(r), 22) for r in D.index], fontsize=9)
     xlabel = "eventual fate (terminals) · mass still in transit (not reached)"
     if tested:
-        n = adata.uns.get(key, {}).get(_keys.UNS_KNOCKOUT_PARAMS, {}).get("n_shift_null")
-        against = f"{int(n)} randomised shifts" if n is not None else "randomised shifts"
+        n = _n_shifts(adata, key)
+        against = f"{n} randomised shifts" if n is not None else "randomised shifts"
         xlabel += f"\n* q < {alpha:g}: the change is beyond {against}"
     ax.set_xlabel(xlabel, fontsize=8)
     ax.set_ylabel("source phenotype", fontsize=9)
@@ -258,5 +269,5 @@ def knockout_fate(
     cbar.set_label("Δ fate\n(knockout − base)", fontsize=8)
     cbar.ax.tick_params(labelsize=8)
     row = _summary_row(adata, key, gene)
-    ax.set_title(title if title is not None else _title(f"{gene} knockout: fate deltas", row), fontsize=10)
+    ax.set_title(title if title is not None else _title(f"{gene} knockout: fate deltas", row, _n_shifts(adata, key)), fontsize=10)
     return _read.finish(fig, ax, show, return_fig, save)
