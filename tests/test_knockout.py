@@ -172,6 +172,12 @@ def test_knockout_writes_survive_h5ad_and_plots_draw(transition_model, tmp_path)
     assert len(boxes) == int(rows["terminated"].sum())
     ax = kdcpt.pl.knockout_effects(back, show=False)
     assert [t.get_text() for t in ax.get_xticklabels()][0] == summary.sort_values("effect")["gene"].iloc[-1]
+    assert ax.get_xticklabels()[0].get_rotation() == 0  # three short names stand upright
+    # the legend names only what is drawn: a red entry only when some knockout terminated a transition
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    terminated = summary["n_terminated"].gt(0)
+    assert ("terminates a transition" in legend) == bool(terminated.any())
+    assert ("terminates none" in legend) == bool((~terminated).any())
     ax = kdcpt.pl.key_genes(back, n_genes=2, show=False)
     assert "Reg_P0" in [t.get_text() for t in ax.get_xticklabels()]
     with pytest.raises(KeyError, match="Reg_P1"):

@@ -116,3 +116,27 @@ def test_pl_imports_only_keys_helpers_and_the_public_core():
                     assert name in ALLOWED, f"{path.name} imports ..{name}"
             if isinstance(node, ast.ImportFrom) and node.module and "scanpy_kdcpt.model" in node.module:
                 raise AssertionError(f"{path.name} imports {node.module}")
+
+
+def test_knockout_effects_legend_names_only_what_is_drawn():
+    import pandas as pd
+
+    adata = ad.AnnData(np.zeros((3, 3), dtype=np.float32))
+    summary = pd.DataFrame(
+        {
+            "gene": ["Gata1", "Klf1", "Sod1"],
+            "mode": "delete",
+            "effect": [0.3, 0.2, 0.01],
+            "n_terminated": [0, 0, 0],  # none terminated a transition
+            "null_low": 0.0,
+            "null_high": 0.05,
+            "null_mean": 0.02,
+            "qval": [0.001, 0.01, 0.04],  # all significant
+        }
+    )
+    adata.uns["kdcpt"] = {"knockout_summary": summary}
+    ax = kdcpt.pl.knockout_effects(adata, show=False)
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "terminates none" in legend
+    assert "terminates a transition" not in legend and not any("not significant" in t for t in legend)
+    plt.close("all")

@@ -271,11 +271,12 @@ def knockout_effects(
     # legend proxies
     from matplotlib.lines import Line2D
 
-    handles = [
-        Line2D([], [], marker="o", ls="", color="#d62728", label="terminates a transition"),
-        Line2D([], [], marker="o", ls="", color="#1f77b4", label="terminates none"),
-    ]
-    if has_null:
+    handles = []  # an entry only for what is drawn
+    if term.any():
+        handles.append(Line2D([], [], marker="o", ls="", color="#d62728", label="terminates a transition"))
+    if (~term).any():
+        handles.append(Line2D([], [], marker="o", ls="", color="#1f77b4", label="terminates none"))
+    if has_null and (~sig).any():
         handles.append(
             Line2D(
                 [],
@@ -289,7 +290,9 @@ def knockout_effects(
         )
     h0, _ = ax.get_legend_handles_labels()
     ax.legend(handles=h0 + handles, fontsize=7, frameon=False, loc="upper right")
-    ax.set_xticks(x, s["gene"].astype(str), rotation=90, fontsize=8)
+    names = s["gene"].astype(str)
+    upright = n <= 6 and names.str.len().max() <= 8  # a few short names read best level
+    ax.set_xticks(x, names, rotation=0 if upright else 90, fontsize=9)
     ax.set_xlim(-0.7, n - 0.3)
     ax.set_ylim(bottom=0)
     ax.set_ylabel("effect (mean TV distance)")
