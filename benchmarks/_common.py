@@ -98,7 +98,11 @@ def load_dataset(name: str) -> Dataset:
         raise ValueError(f"unknown dataset {name!r}; use pbmc, pancreas, paul15 or snare")
     ds.adata.obs[ds.labels_key] = ds.adata.obs[ds.labels_key].astype(str).astype("category")
     ds.adata.obs_names_make_unique()
-    ds.adata.var["is_tf"] = kdcpt.datasets.is_transcription_factor(ds.adata.var_names, species=ds.species)
+    # mouse: the SCENIC list, with which the committed results were made (before AnimalTFDB became the default)
+    source = "scenic" if ds.species == "mouse" else None
+    ds.adata.var["is_tf"] = kdcpt.datasets.is_transcription_factor(
+        ds.adata.var_names, species=ds.species, source=source
+    )
     return ds
 
 

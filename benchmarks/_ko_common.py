@@ -30,7 +30,8 @@ def load(name: str):
         adata = kdcpt.datasets.pancreas(PANCREAS)
         if "counts" in adata.layers:
             adata.X = adata.layers["counts"].copy()
-        adata.var["is_tf"] = kdcpt.datasets.is_transcription_factor(adata.var_names, species="mouse")
+        # the SCENIC list: the committed results were made with it (before AnimalTFDB became the default)
+        adata.var["is_tf"] = kdcpt.datasets.is_transcription_factor(adata.var_names, species="mouse", source="scenic")
         return adata, "clusters"
     if name == "krumsiek11":
         return kdcpt.datasets.krumsiek11(), "cell_type"

@@ -45,7 +45,8 @@ def load() -> ad.AnnData:
     a = ad.read_h5ad(SHARED_DATA / "pancreas_endocrinogenesis" / "pancreas_bastidas_ponce2019_3696x2000.h5ad")
     a.X = a.layers["counts"].copy()
     a.obs["clusters"] = a.obs["clusters"].astype(str).astype("category")
-    a.var["is_tf"] = kdcpt.datasets.is_transcription_factor(a.var_names, species="mouse")
+    # the SCENIC list: the committed results were made with it (before AnimalTFDB became the default)
+    a.var["is_tf"] = kdcpt.datasets.is_transcription_factor(a.var_names, species="mouse", source="scenic")
     return a
 
 

@@ -118,7 +118,8 @@ def run_real(name: str, epochs: int) -> dict:
             "cytotrace": dict(direction="cytotrace"),
         }
     a.obs[labels] = a.obs[labels].astype(str).astype("category")
-    a.var["is_tf"] = kdcpt.datasets.is_transcription_factor(a.var_names, species="mouse")
+    # the SCENIC list: the committed results were made with it (before AnimalTFDB became the default)
+    a.var["is_tf"] = kdcpt.datasets.is_transcription_factor(a.var_names, species="mouse", source="scenic")
     model, t_train = _train(a, labels, epochs)
     names = list(model.classes_)
     pred = model.get_predictions()

@@ -14,6 +14,13 @@ def test_tf_lists():
     mouse = kdcpt.datasets.transcription_factors("mouse")
     assert len(human) > 1500 and "SPI1" in human and "GATA1" in human
     assert len(mouse) > 1500 and "Neurog3" in mouse and "Pax4" in mouse
+    # the mouse default is a curated TF list: no ribosomal protein, chaperone or antioxidant enzyme
+    assert not {"Rps10", "Sod1", "Hspa5", "Canx"} & set(mouse)
+    scenic = kdcpt.datasets.transcription_factors("mouse", source="scenic")
+    assert len(scenic) == 1721 and "Rps10" in scenic  # the former default, kept to reproduce runs
+    assert kdcpt.datasets.is_transcription_factor(["Rps10", "Klf1"], "mouse").tolist() == [False, True]
+    with pytest.raises(ValueError, match="No mouse transcription-factor list 'jaspar'.*animaltfdb4"):
+        kdcpt.datasets.transcription_factors("mouse", source="jaspar")
     mask = kdcpt.datasets.is_transcription_factor(["SPI1", "spi1", "CD3E", "ACTB"], species="human")
     np.testing.assert_array_equal(mask, [True, True, False, False])
     with pytest.raises(ValueError, match="No transcription-factor list for species 'fly'"):

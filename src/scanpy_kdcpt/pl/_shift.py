@@ -162,7 +162,10 @@ def knockout_shift(
     ax.set_xlabel(f"{basis.upper()}1")
     ax.set_ylabel(f"{basis.upper()}2")
     row = _summary_row(adata, key, gene)
-    ax.set_title(title if title is not None else _title(f"{gene} knockout: simulated shift", row, _n_shifts(adata, key)), fontsize=10)
+    ax.set_title(
+        title if title is not None else _title(f"{gene} knockout: simulated shift", row, _n_shifts(adata, key)),
+        fontsize=10,
+    )
     return _read.finish(fig, ax, show, return_fig, save)
 
 
@@ -269,5 +272,7 @@ def knockout_fate(
     cbar.set_label("Δ fate\n(knockout − base)", fontsize=8)
     cbar.ax.tick_params(labelsize=8)
     row = _summary_row(adata, key, gene)
-    ax.set_title(title if title is not None else _title(f"{gene} knockout: fate deltas", row, _n_shifts(adata, key)), fontsize=10)
+    ax.set_title(
+        title if title is not None else _title(f"{gene} knockout: fate deltas", row, _n_shifts(adata, key)), fontsize=10
+    )
     return _read.finish(fig, ax, show, return_fig, save)
