@@ -244,8 +244,9 @@ def test_fate_test_does_not_repeat_the_notes_on_memberships(chain_model, monkeyp
 def test_terminals_the_user_named_are_kept_by_annotate_and_knockouts(chain_model):
     state = chain_model.transitions_
     try:
-        fates = chain_model.get_fate_probabilities(terminal=["P2", "P3"])
-        assert fates.terminal == ["P2", "P3"]
+        chain_model.get_fate_probabilities(terminal=["P2"])  # a get_* method records nothing
+        annotated = chain_model.annotate(terminal=["P2", "P3"], copy=True)
+        assert list(annotated.uns["kdcpt"]["fate_terminal"]) == ["P2", "P3"]
         annotated = chain_model.annotate(copy=True)  # no terminal=: the named ones, not the flux's sinks
         assert list(annotated.uns["kdcpt"]["fate_terminal"]) == ["P2", "P3"]
         ko = chain_model.knockout("Reg_P2", simulate="classifier", inplace=False, progress=False)

@@ -59,9 +59,9 @@ class AnnotateMixin:
             posterior matrix comes out too diagonal). Default: this model's predictions.
         terminal
             Terminal phenotypes of the fates written with a directed chain, as in
-            :meth:`get_fate_probabilities`. Default: the ones named before on this chain
-            (``get_fate_probabilities(terminal=...)`` or ``annotate(terminal=...)``), else the
-            sinks of the net flux. Knockouts compare fates into the same ones.
+            :meth:`get_fate_probabilities`. Default: the ones named by an earlier
+            ``annotate(terminal=...)`` on this chain, else the sinks of the net flux. Recorded
+            with the chain: knockouts compare fates into the same ones.
         %(param_copy)s
 
         Returns

@@ -45,8 +45,8 @@ class FateMixin:
             Terminal phenotype name(s). ``None``: the sinks of the net flux of the coarse
             phenotype chain (:func:`scanpy_kdcpt.markov.terminal_phenotypes`); ``"gpcca"``:
             CellRank's GPCCA terminal macrostates, each mapped onto its most frequent phenotype.
-            Terminals named here (names or ``"gpcca"``) are remembered with the chain:
-            :meth:`annotate` and :meth:`knockout` then use them instead of the sinks of the flux.
+            (Like every ``get_*`` method this leaves the model as it was; ``annotate(terminal=...)``
+            records terminals for later calls and knockouts.)
         core
             Least membership of a terminal phenotype for a cell to be absorbing.
         memberships
@@ -98,8 +98,6 @@ class FateMixin:
                 "points with terminal=[...] (phenotype names)."
             )
         mean = markov.mean_fate(F, M)
-        if terminal is not None and memberships is None:  # the user's choice, kept for annotate and knockouts
-            state.terminal, state.terminal_named = term_names, True
         return Fates(
             probabilities=pd.DataFrame(F, index=target.obs_names, columns=term_names),
             mean=pd.DataFrame(mean, index=pd.Index(names, name="phenotype"), columns=term_names),

@@ -52,9 +52,8 @@ class TransitionState:
         Terminal phenotypes recorded by :meth:`~scanpy_kdcpt.KDCPT.annotate` with the fates it
         wrote (``None`` until then), so that knockouts compare fates into the same phenotypes.
     terminal_named
-        Whether ``terminal`` was named by the user (``terminal=`` of
-        :meth:`~scanpy_kdcpt.KDCPT.get_fate_probabilities` or :meth:`~scanpy_kdcpt.KDCPT.annotate`);
-        a later ``annotate()`` keeps such a choice instead of the sinks of the net flux.
+        Whether ``terminal`` was named by the user (``annotate(terminal=...)``); a later
+        ``annotate()`` keeps such a choice instead of the sinks of the net flux.
 
     """
 
@@ -361,6 +360,7 @@ class TransitionMixin:
                 logg.warning(f"fate probabilities not written: {err}")
             else:  # knockouts compare fates into the same terminal phenotypes
                 state.terminal = list(fates.terminal)
+                state.terminal_named = state.terminal_named or terminal is not None
         return result, fates
 
     def get_entropy(
