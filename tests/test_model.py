@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import warnings
 
 import numpy as np
@@ -295,74 +297,57 @@ def test_more_than_4096_cells_end_to_end():
     np.testing.assert_allclose(np.asarray(T.sum(1)).ravel(), 1, atol=1e-5)
 
 
-def test_a_query_does_not_repeat_scvi_tools_setup_transfer_note(synthetic_model):
-    import logging
-
+@contextlib.contextmanager
+def _messages_of(logger: logging.Logger):
+    """The messages ``logger`` passes on while the block runs, in a list."""
     said = []
 
     class Keep(logging.Handler):
         def emit(self, record):
             said.append(record.getMessage())
 
-    scvi_logger = logging.getLogger("scvi.model.base._base_model")
-    level, keep = scvi_logger.level, Keep(level=logging.DEBUG)
-    scvi_logger.setLevel(logging.INFO)  # what a notebook at scvi's default verbosity shows
-    scvi_logger.addHandler(keep)
+    keep = Keep(level=logging.DEBUG)
+    logger.addHandler(keep)
     try:
-        synthetic_model.predict(kdcpt.datasets.synthetic(n_cells=20, seed=4))
+        yield said
     finally:
-        scvi_logger.removeHandler(keep)
+        logger.removeHandler(keep)
+
+
+def test_a_query_does_not_repeat_scvi_tools_setup_transfer_note(synthetic_model):
+    scvi_logger = logging.getLogger("scvi.model.base._base_model")
+    level = scvi_logger.level
+    scvi_logger.setLevel(logging.INFO)  # what a notebook at scvi's default verbosity shows
+    try:
+        with _messages_of(scvi_logger) as said:
+            synthetic_model.predict(kdcpt.datasets.synthetic(n_cells=20, seed=4))
+    finally:
         scvi_logger.setLevel(level)
     assert not any("not setup with scvi-tools" in s for s in said)
     assert scvi_logger.level == level  # put back
 
 
 def test_dropping_a_note_keeps_the_loggers_other_messages():
-    import logging
-
     from scanpy_kdcpt._utils import dropping_log_messages
-
-    said = []
-
-    class Keep(logging.Handler):
-        def emit(self, record):
-            said.append(record.getMessage())
 
     logger = logging.getLogger("kdcpt.test.dropping")
     logger.setLevel(logging.INFO)
-    keep = Keep(level=logging.DEBUG)
-    logger.addHandler(keep)
-    try:
+    with _messages_of(logger) as said:
         with dropping_log_messages(["kdcpt.test.dropping"], ("Input AnnData not setup",)):
             logger.info("Input AnnData not setup with scvi-tools. attempting to transfer")
             logger.info("a note the user should still see")
         logger.info("Input AnnData not setup again, after the block")
-    finally:
-        logger.removeHandler(keep)
     assert said == ["a note the user should still see", "Input AnnData not setup again, after the block"]
 
 
 def test_training_drops_lightnings_advert_but_keeps_its_device_lines():
-    import logging
-    import warnings
-
-    said = []
-
-    class Keep(logging.Handler):
-        def emit(self, record):
-            said.append(record.getMessage())
-
     log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    keep = Keep(level=logging.DEBUG)
-    log.addHandler(keep)
-    try:
+    with _messages_of(log) as said:
         a = kdcpt.datasets.synthetic(n_cells=120, seed=1)
         kdcpt.KDCPT.setup_anndata(a, labels_key="phenotype")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             kdcpt.KDCPT(a).train(max_epochs=1, enable_progress_bar=False, accelerator="cpu")
-    finally:
-        log.removeHandler(keep)
     assert not any("logging interval" in str(w.message) for w in caught)  # 1 batch per epoch here
     assert any("GPU available" in s for s in said)
     assert not any("Tip: For seamless cloud logging" in s for s in said)
