@@ -33,16 +33,9 @@ STATS = ["accuracy", "macro_f1", "ece_after", "coverage", "auroc_uncertainty"]
 
 
 def _held_out(info: dict) -> dict:
-    """The held-out calibration numbers ``run_kdcpt`` returns, under short names."""
-    keys = {
-        "ece_after": ("ece_after", "ece_calibrated", "ece"),
-        "coverage": ("coverage", "conformal_coverage"),
-        "auroc_uncertainty": ("auroc_uncertainty", "uncertainty_auroc"),
-    }
-    out = {}
-    for short, names in keys.items():
-        out[short] = next((float(info[n]) for n in names if n in info and info[n] is not None), float("nan"))
-    return out
+    """The held-out calibration numbers of ``run_kdcpt`` (``classification._held_out_calibration``), short names."""
+    names = {"ece_after": "ece_calibrated", "coverage": "conformal_coverage", "auroc_uncertainty": "uncertainty_auroc"}
+    return {short: float("nan") if info.get(name) is None else float(info[name]) for short, name in names.items()}
 
 
 def run(source: str, seeds: int) -> None:

@@ -33,20 +33,24 @@ def _n_shifts(adata: AnnData, key: str) -> int | None:
     return None if n is None else int(n)
 
 
+def _against(n: int | None) -> str:
+    """What the tests compare with: ``"19 randomised shifts"`` (or without the count when unknown)."""
+    return f"{n} randomised shifts" if n else "randomised shifts"
+
+
 def _pq(row: pd.Series | None, n: int | None) -> str:
     if row is None or "score_pval" not in row or pd.isna(row["score_pval"]):
         return ""
     p = float(row["score_pval"])
-    against = f"{n} randomised shifts" if n else "randomised shifts"
     # an empirical p is at least 1/(n+1): at that floor it says "beyond every shift drawn", not how far
     floor = n is not None and n > 0 and p <= 1.0 / (n + 1) + 1e-12
     p_text = f"p = {p:.2g}, the least possible" if floor else f"p = {p:.3g}"
-    return f"score {p_text}, q = {row['score_qval']:.3g} against {against}"
+    return f"score {p_text}, q = {row['score_qval']:.3g} against {_against(n)}"
 
 
-def _title(head: str, row: pd.Series | None, n: int | None = None) -> str:
+def _title(head: str, adata: AnnData, key: str, gene: str) -> str:
     """The plot's subject, and the test of its perturbation score on a line of its own."""
-    test = _pq(row, n)
+    test = _pq(_summary_row(adata, key, gene), _n_shifts(adata, key))
     return f"{head}\n({test})" if test else head
 
 
@@ -161,10 +165,8 @@ def knockout_shift(
     ax.set_yticks([])
     ax.set_xlabel(f"{basis.upper()}1")
     ax.set_ylabel(f"{basis.upper()}2")
-    row = _summary_row(adata, key, gene)
     ax.set_title(
-        title if title is not None else _title(f"{gene} knockout: simulated shift", row, _n_shifts(adata, key)),
-        fontsize=10,
+        title if title is not None else _title(f"{gene} knockout: simulated shift", adata, key, gene), fontsize=10
     )
     return _read.finish(fig, ax, show, return_fig, save)
 
@@ -263,16 +265,11 @@ def knockout_fate(
     ax.set_yticks(range(D.shape[0]), [_read.wrap(str(r), 22) for r in D.index], fontsize=9)
     xlabel = "eventual fate (terminals) · mass still in transit (not reached)"
     if tested:
-        n = _n_shifts(adata, key)
-        against = f"{n} randomised shifts" if n is not None else "randomised shifts"
-        xlabel += f"\n* q < {alpha:g}: the change is beyond {against}"
+        xlabel += f"\n* q < {alpha:g}: the change is beyond {_against(_n_shifts(adata, key))}"
     ax.set_xlabel(xlabel, fontsize=8)
     ax.set_ylabel("source phenotype", fontsize=9)
     cbar = fig.colorbar(im, ax=ax, shrink=0.9, pad=0.02)
     cbar.set_label("Δ fate\n(knockout − base)", fontsize=8)
     cbar.ax.tick_params(labelsize=8)
-    row = _summary_row(adata, key, gene)
-    ax.set_title(
-        title if title is not None else _title(f"{gene} knockout: fate deltas", row, _n_shifts(adata, key)), fontsize=10
-    )
+    ax.set_title(title if title is not None else _title(f"{gene} knockout: fate deltas", adata, key, gene), fontsize=10)
     return _read.finish(fig, ax, show, return_fig, save)
