@@ -99,7 +99,11 @@ def test_a_gene_without_regulatory_effect_leaves_the_chain_unchanged(chain_model
 
 def test_no_propagation_means_no_shift_of_the_chain(chain_model):
     # and the user is told that any fate change of such a knockout is the classifier's alone
-    with pytest.warns(UserWarning, match=r"shift no other gene through the GRN \(\['Reg_P2'\].*classifier"):
+    # and that n_propagation=0 is why (not a GRN to refit)
+    with pytest.warns(
+        UserWarning, match=r"shift no other gene through the GRN \(\['Reg_P2'\]: n_propagation=0.*classifier.*"
+        r"Use n_propagation of 1 or more"
+    ):
         res = chain_model.knockout(
             ["Reg_P2"], terminal=["P3"], simulate="grn", n_propagation=0, inplace=False, progress=False, n_shift_null=0
         )

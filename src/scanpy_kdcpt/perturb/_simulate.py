@@ -365,12 +365,17 @@ def simulate_units(
     summary = pd.DataFrame(rows)
     still = summary.loc[summary["n_shifted"] == 0, "gene"].tolist()
     if still:
+        why, fix = (
+            ("n_propagation=0: the shift is not propagated, and a knocked-out gene's own loss is left out of the "
+             "chain", "Use n_propagation of 1 or more (default 3)")
+            if sim.n_propagation == 0
+            else ("no targets among its fitted edges, or no cell expresses them",
+                  "Fit the GRN with these genes among the regulators (model.fit_grn(regulators=...))")
+        )
         warnings.warn(
-            f"{len(still)} knockout(s) shift no other gene through the GRN ({still[:10]}: no targets among its "
-            "fitted edges, or no cell expresses them): their cell chain is unchanged, so any fate change reported "
-            "for them comes only from the phenotype memberships the classifier gives the knocked-out cells "
-            "(terminal_states='knockout'). Fit the GRN with these genes among the regulators "
-            "(model.fit_grn(regulators=...)) to simulate their effect.",
+            f"{len(still)} knockout(s) shift no other gene through the GRN ({still[:10]}: {why}): their cell chain "
+            "is unchanged, so any fate change reported for them comes only from the phenotype memberships the "
+            f"classifier gives the knocked-out cells (terminal_states='knockout'). {fix} to simulate their effect.",
             UserWarning,
             stacklevel=3,
         )
