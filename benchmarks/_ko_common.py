@@ -22,31 +22,37 @@ PANCREAS = SHARED / "pancreas_endocrinogenesis" / "pancreas_bastidas_ponce2019_3
 warnings.filterwarnings("ignore")
 
 
-def load(name: str):
-    """``pancreas`` (raw counts, obs 'clusters', mouse TF prior) or ``krumsiek11`` (obs 'cell_type')."""
+def load(name: str, tf_source: str = "scenic"):
+    """``pancreas`` (raw counts, obs 'clusters', mouse TF prior) or ``krumsiek11`` (obs 'cell_type').
+
+    ``tf_source``: the mouse TF list of the prior; ``"scenic"`` by default, since most committed
+    results were made with it (before AnimalTFDB v4, ``"animaltfdb4"``, became the package's default).
+    """
     import scanpy_kdcpt as kdcpt
 
     if name == "pancreas":
         adata = kdcpt.datasets.pancreas(PANCREAS)
         if "counts" in adata.layers:
             adata.X = adata.layers["counts"].copy()
-        # the SCENIC list: the committed results were made with it (before AnimalTFDB became the default)
-        adata.var["is_tf"] = kdcpt.datasets.is_transcription_factor(adata.var_names, species="mouse", source="scenic")
+        adata.var["is_tf"] = kdcpt.datasets.is_transcription_factor(adata.var_names, species="mouse", source=tf_source)
         return adata, "clusters"
     if name == "krumsiek11":
         return kdcpt.datasets.krumsiek11(), "cell_type"
     raise ValueError(name)
 
 
-def trained_model(name: str, max_epochs: int, retrain: bool = False, **model_kwargs):
+def trained_model(name: str, max_epochs: int, retrain: bool = False, tf_source: str = "scenic", **model_kwargs):
     """A KDCPT with default settings (or ``model_kwargs``) trained on ``name`` (seed 0), cached in ``_work/``."""
     import scvi
 
     import scanpy_kdcpt as kdcpt
 
-    adata, labels = load(name)
+    adata, labels = load(name, tf_source)
     kdcpt.KDCPT.setup_anndata(adata, labels_key=labels, prior_key="is_tf")
-    path = WORK / "_".join([f"ko_model_{name}_{max_epochs}", *(f"{k}-{v}" for k, v in sorted(model_kwargs.items()))])
+    tag = [] if tf_source == "scenic" else [f"tf-{tf_source}"]  # the SCENIC caches keep their names
+    path = WORK / "_".join(
+        [f"ko_model_{name}_{max_epochs}", *tag, *(f"{k}-{v}" for k, v in sorted(model_kwargs.items()))]
+    )
     if path.exists() and not retrain:
         try:
             return kdcpt.KDCPT.load(str(path), adata, accelerator="cpu"), adata, labels

@@ -191,6 +191,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--methods", nargs="+", default=None)
     p.add_argument("--linear-stage", action="store_true", help="train KDCPT(linear_stage=True) (issue 20)")
+    p.add_argument("--tf-source", default="scenic", choices=["scenic", "animaltfdb4"],
+                   help="mouse TF list of the prior (pancreas); the package's default is animaltfdb4")
     args = p.parse_args(argv)
     import scanpy as sc
     import torch
@@ -198,7 +200,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     epochs = args.epochs or (10 if args.dataset == "pancreas" else 30)
     extra = {"linear_stage": True} if args.linear_stage else {}
-    model, adata, labels_key = trained_model(args.dataset, epochs, **extra)
+    model, adata, labels_key = trained_model(args.dataset, epochs, tf_source=args.tf_source, **extra)
     classes = list(model.classes_)
     n_cls = len(classes)
     is_counts = model.data_type_ == "counts"
@@ -305,8 +307,11 @@ def main(argv=None) -> int:
         f"Command: `{out['command']}`  ",
         f"Date: {before['date']}, git {before['git_commit']}.  ",
         f"Model: {'KDCPT(linear_stage=True)' if args.linear_stage else 'default KDCPT'} (prior_mode='bias', "
-        f"prior_weight=0.3), {epochs} epochs, seed 0. "
-        f"Evaluation: {len(ev)} cells stratified by phenotype "
+        f"prior_weight=0.3; first stage {'on' if getattr(model.module, 'linear_stage', False) else 'off'}), "
+        f"{epochs} epochs, seed 0. "
+        + (f"TF prior: mouse `source='{args.tf_source}'`, {int(adata.var['is_tf'].sum())} genes flagged. "
+           if args.dataset == "pancreas" else "")
+        + f"Evaluation: {len(ev)} cells stratified by phenotype "
         f"(validation cells first); accuracy of the unperturbed model on them {out['base_accuracy_eval']:.3f}.  ",
         f"Load before: `{before['uptime']}`; after: `{after['uptime']}`; torch threads {args.threads}.",
         "",
@@ -368,7 +373,8 @@ def main(argv=None) -> int:
     for m, r in results.items():
         md.append(f"- **{m}**: " + "; ".join(f"{ph}: {', '.join(g)}" for ph, g in r["top5"].items()))
     md.append("")
-    write(f"keygenes_{args.dataset}" + ("_linear_stage" if args.linear_stage else ""), out, "\n".join(md))
+    stem = f"keygenes_{args.dataset}" + ("_linear_stage" if args.linear_stage else "")
+    write(stem + ("" if args.tf_source == "scenic" else f"_{args.tf_source}"), out, "\n".join(md))
     print("\n".join(md))
     return 0
 
