@@ -101,8 +101,9 @@ def test_no_propagation_means_no_shift_of_the_chain(chain_model):
     # and the user is told that any fate change of such a knockout is the classifier's alone
     # and that n_propagation=0 is why (not a GRN to refit)
     with pytest.warns(
-        UserWarning, match=r"shift no other gene through the GRN \(\['Reg_P2'\]: n_propagation=0.*classifier.*"
-        r"Use n_propagation of 1 or more"
+        UserWarning,
+        match=r"shift no other gene through the GRN \(\['Reg_P2'\]: n_propagation=0.*classifier.*"
+        r"Use n_propagation of 1 or more",
     ):
         res = chain_model.knockout(
             ["Reg_P2"], terminal=["P3"], simulate="grn", n_propagation=0, inplace=False, progress=False, n_shift_null=0
@@ -278,3 +279,39 @@ def test_a_p_value_at_its_floor_is_called_the_least_possible():
     assert "p = 0.05, the least possible" in _pq(row, 19) and "19 randomised shifts" in _pq(row, 19)
     assert "least possible" not in _pq(row, 99)  # 0.05 with 99 shifts is an ordinary p
     assert _pq(pd.Series({"score_pval": np.nan, "score_qval": np.nan}), 19) == ""
+
+
+def test_regulator_null_knocks_out_matched_regulators_the_same_way(chain_model, tmp_path):
+    kw = {"terminal": ["P3"], "progress": False}
+    written = chain_model.knockout(["Reg_P2", "Gene_7"], n_regulator_null=3, copy=True, **kw)
+    params = written.uns["kdcpt"]["knockout_params"]
+    fate = written.uns["kdcpt"]["knockout_fate"]
+    genes = np.asarray(chain_model.var_names_)
+    regulators = set(genes[chain_model.grn_.regulators])
+    for gene in ("Reg_P2", "Gene_7"):  # other regulators of the GRN, never a gene of the call
+        drawn = list(params["regulator_null"][gene])
+        assert len(drawn) == 3 and set(drawn) <= regulators - {"Reg_P2", "Gene_7"}
+    # each fate row's p is its |Δ| against the same draws knocked out on their own
+    drawn = list(params["regulator_null"]["Reg_P2"])
+    null = chain_model.knockout(drawn, inplace=False, **kw).fate
+    null_delta = null.pivot_table(index=["source", "terminal"], columns="gene", values="delta", observed=True)
+    rows = fate[fate["gene"] == "Reg_P2"].set_index(["source", "terminal"])
+    tested = 0
+    for key, row in rows.iterrows():
+        others = null_delta.loc[key, drawn].abs().to_numpy()
+        if np.isnan(row["pval_regulators"]):  # nothing changes this fate (P3 is the only terminal)
+            assert abs(row["delta"]) < 1e-9 and (others < 1e-9).all()
+            continue
+        tested += 1
+        assert row["pval_regulators"] == pytest.approx((1 + (others >= abs(row["delta"]) - 1e-12).sum()) / 4)
+    assert tested == 5 and rows["qval_regulators"].notna().sum() == tested
+    written.write_h5ad(tmp_path / "ko.h5ad")  # the drawn genes survive the file
+    back = ad.read_h5ad(tmp_path / "ko.h5ad")
+    assert list(back.uns["kdcpt"]["knockout_params"]["regulator_null"]["Reg_P2"]) == drawn
+    # told when it cannot be used, and when there are too few regulators to draw from
+    with pytest.warns(UserWarning, match="n_regulator_null=2 is not used.*simulate='grn'"):
+        chain_model.knockout("Reg_P2", simulate="classifier", n_regulator_null=2, inplace=False, **kw)
+    with pytest.raises(ValueError, match="n_regulator_null=50 needs 50 GRN regulators besides"):
+        chain_model.knockout("Reg_P2", n_regulator_null=50, inplace=False, **kw)
+    with pytest.raises(ValueError, match="n_regulator_null must be 0 or a positive integer"):
+        chain_model.knockout("Reg_P2", n_regulator_null=-1, inplace=False, **kw)

@@ -248,7 +248,12 @@ def _write_key_features_mudata(mdata, result: KeyGenes, *, key_added: str, n_top
         _uns(mdata, key_added)[entry] = mod.uns[key_added][entry]
     # the joint ranking names features of both kinds: column ``feature`` and the modality it is in
     joint = result.ranking(N_RANKED).rename(columns={"gene": "feature"})
-    where = {str(name): mod_name for mod_name in modalities.values() if mod_name in mdata.mod for name in mdata[mod_name].var_names}
+    where = {
+        str(name): mod_name
+        for mod_name in modalities.values()
+        if mod_name in mdata.mod
+        for name in mdata[mod_name].var_names
+    }
     joint.insert(2, "modality", pd.Categorical(joint["feature"].map(where), categories=list(modalities.values())))
     _uns(mdata, key_added)[_keys.UNS_KEY_FEATURES] = joint
     _added(f"mdata.uns[{key_added!r}]", [_keys.UNS_KEY_GENES, _keys.UNS_KEY_SITES, _keys.UNS_KEY_FEATURES])
@@ -272,6 +277,8 @@ def write_knockout(adata: AnnData, result: KnockoutResult, *, key_added: str = _
     uns[_keys.UNS_KNOCKOUT_SUMMARY] = summary
     params = {k: v for k, v in result.params.items() if k != "gene_sets"}
     params["gene_sets"] = {_keys.safe_name(k): v for k, v in result.params.get("gene_sets", {}).items() if len(v) > 1}
+    if "regulator_null" in params:  # gene names as keys inside the h5ad
+        params["regulator_null"] = {_keys.safe_name(k): v for k, v in params["regulator_null"].items()}
     uns[_keys.UNS_KNOCKOUT_PARAMS] = h5ad_safe(params)
     written = [_keys.UNS_KNOCKOUT, _keys.UNS_KNOCKOUT_SUMMARY, _keys.UNS_KNOCKOUT_PARAMS]
     fate = getattr(result, "fate", None)

@@ -68,6 +68,33 @@ def null_draws(
     return out
 
 
+def regulator_draws(X, units: dict[str, Unit], regulators: np.ndarray, n: int, rng: np.random.Generator) -> dict:
+    """Per unit, ``n`` units of GRN ``regulators`` (column indices) of the same size, each gene of
+    the unit matched in (mean, fraction of cells expressing) as :func:`null_draws` does: the null
+    of a *simulated* knockout's fate changes (a non-regulator's shift moves no other gene, so it is
+    no null there). Never drawn: genes screened in the call.
+    """
+    if not n:
+        return {}
+    n_genes = X.shape[1]
+    exclude = np.ones(n_genes, bool)
+    exclude[np.asarray(regulators, dtype=int)] = False
+    exclude[[g for u in units.values() for g in u]] = True
+    if int((~exclude).sum()) < n:
+        raise ValueError(
+            f"n_regulator_null={n} needs {n} GRN regulators besides the knocked-out genes; the GRN has "
+            f"{int((~exclude).sum())} such. Lower n_regulator_null, or fit the GRN with more regulators "
+            "(model.fit_grn(regulators=...))."
+        )
+    mean, frac = gene_stats(X)
+    features = np.column_stack([mean, frac])
+    out = {}
+    for name, unit in units.items():
+        draws = [stats.expression_matched(features, g, exclude, n, rng) for g in unit]
+        out[name] = [tuple(int(d[i]) for d in draws) for i in range(n)]
+    return out
+
+
 class _Correlations:
     """Pearson correlation of one gene with every gene, on ``log1p`` values of up to ``max_cells``
     sampled cells (read in row blocks: X is never densified whole, backed data stays on disk).

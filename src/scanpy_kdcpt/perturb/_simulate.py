@@ -366,11 +366,16 @@ def simulate_units(
     still = summary.loc[summary["n_shifted"] == 0, "gene"].tolist()
     if still:
         why, fix = (
-            ("n_propagation=0: the shift is not propagated, and a knocked-out gene's own loss is left out of the "
-             "chain", "Use n_propagation of 1 or more (default 3)")
+            (
+                "n_propagation=0: the shift is not propagated, and a knocked-out gene's own loss is left out of the "
+                "chain",
+                "Use n_propagation of 1 or more (default 3)",
+            )
             if sim.n_propagation == 0
-            else ("no targets among its fitted edges, or no cell expresses them",
-                  "Fit the GRN with these genes among the regulators (model.fit_grn(regulators=...))")
+            else (
+                "no targets among its fitted edges, or no cell expresses them",
+                "Fit the GRN with these genes among the regulators (model.fit_grn(regulators=...))",
+            )
         )
         warnings.warn(
             f"{len(still)} knockout(s) shift no other gene through the GRN ({still[:10]}: {why}): their cell chain "
@@ -381,6 +386,48 @@ def simulate_units(
         )
     summary["score_qval"] = stats.benjamini_hochberg(summary["score_pval"].to_numpy(float))
     return SimulatedShifts(chains, shifts, means, pd.DataFrame(scores, index=obs_names), summary, fate_pval)
+
+
+def regulator_null_pvalues(
+    sim: ShiftSimulator,
+    fd,
+    draws: dict[str, list],
+    memberships: Callable[[tuple], np.ndarray],
+    fate: pd.DataFrame,
+    *,
+    mode: str,
+    quantile: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``pval_regulators`` and ``qval_regulators`` of each row of the fate table ``fate``: the
+    knockout's fate change against those of its expression-matched regulators (``draws``, see
+    :func:`~scanpy_kdcpt.perturb._nulls.regulator_draws`), each knocked out the same way —
+    memberships from the classifier (``memberships(unit)``), shift through the GRN, perturbed
+    chain. ``p = (1 + #|Δ_null| ≥ |Δ|) / (1 + n)``; NaN where neither the knockout nor any
+    draw changes the fate (nothing to test; left out of the Benjamini–Hochberg q-values).
+    """
+    from .. import stats
+
+    cache: dict[tuple, np.ndarray] = {}
+
+    def change(unit: tuple) -> np.ndarray:
+        if unit not in cache:
+            value = 0.0 if mode == "delete" else _overexpression_level(sim.X, unit, quantile, sim.n_genes)
+            T_ko = sim.chain(unit, sim.shift(unit, value))
+            cache[unit] = (fd.fates(T_ko, memberships(unit)) - fd.fate).ravel()
+        return cache[unit]
+
+    pval = np.full(len(fate), np.nan)
+    genes = fate["gene"].astype(str).to_numpy()
+    for name, units in draws.items():
+        rows = np.flatnonzero(genes == name)
+        delta = np.abs(fate["delta"].to_numpy(float)[rows])
+        null = np.abs(np.stack([change(u) for u in units]))  # draws × rows, the fate table's order
+        with np.errstate(invalid="ignore"):
+            p = (1 + (null >= delta - 1e-12).sum(0)) / (1 + len(units))
+        nothing = (delta < 1e-9) & (null < 1e-9).all(0)
+        p[nothing | ~np.isfinite(delta) | ~np.isfinite(null).all(0)] = np.nan
+        pval[rows] = p
+    return pval, stats.benjamini_hochberg(pval)
 
 
 def _overexpression_level(X: np.ndarray, unit: Sequence[int], quantile: float, n_genes: int) -> np.ndarray:
