@@ -43,6 +43,8 @@ LINEAR_STAGE = True
 #: share of the cells each seed keeps (1: all). Below 1 every seed draws its own cells, so the sd
 #: over seeds includes the chain's, the GRN's and the shift's variation, not only the classifier's
 SUBSAMPLE = 1.0
+#: fit_grn(min_z=...) of the runs (None: the package's default); non-default: own cache and report
+MIN_Z = None
 RESULTS = HERE / "results"
 SHARED = Path(os.environ.get("KDCPT_SHARED_DATA", "/work/shared/data"))
 DATA = {
@@ -284,7 +286,8 @@ def run(dataset: str, seed: int, timing: bool, n_shift_null: int, n_null_tf: int
     model.compute_transitions(**cfg["transitions"], random_state=seed)
     rec["t"]["transitions_s"] = round(time.perf_counter() - t0, 1)
     t0 = time.perf_counter()
-    grn = model.fit_grn()
+    grn = model.fit_grn() if MIN_Z is None else model.fit_grn(min_z=MIN_Z)
+    rec["min_z"] = MIN_Z
     rec["t"]["fit_grn_s"] = round(time.perf_counter() - t0, 2)
     rec["grn_links_per_phenotype"] = [int(c.nnz) for c in grn.coef]
     rec["grn_regulators"] = int(len(grn.regulators))
@@ -528,7 +531,9 @@ def markdown(o: dict) -> str:
             f"`.fate`, averaged weighted by cell counts); fate horizon {[r['fate_horizon'] for r in rs]} steps; "
             f"GRN regulators {[r['grn_regulators'] for r in rs]}, links per phenotype "
             f"{min(min(r['grn_links_per_phenotype']) for r in rs)}–"
-            f"{max(max(r['grn_links_per_phenotype']) for r in rs)}."
+            f"{max(max(r['grn_links_per_phenotype']) for r in rs)}"
+            + (f" (`fit_grn(min_z={r0['min_z']:g})`, not the default)" if r0.get("min_z") is not None else "")
+            + "."
         )
     L += [
         "",
@@ -683,7 +688,7 @@ def markdown(o: dict) -> str:
 
 
 def main(argv=None) -> int:
-    global WORK, NAME, SIGMA, LINEAR_STAGE, SUBSAMPLE
+    global WORK, NAME, SIGMA, LINEAR_STAGE, SUBSAMPLE, MIN_Z
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run")
@@ -702,12 +707,14 @@ def main(argv=None) -> int:
         q.add_argument(
             "--subsample", type=float, default=1.0, help="share of cells per seed (< 1: own cache and report)"
         )
+        q.add_argument("--min-z", type=float, default=None, help="fit_grn(min_z=); given: own cache and report")
     a = p.parse_args(argv)
     suffix = (f"_sigma{a.sigma:g}" if a.sigma != SIGMA else "") + ("_no_linear_stage" if a.no_linear_stage else "")
     suffix += f"_subsample{a.subsample:g}" if a.subsample < 1 else ""
+    suffix += f"_minz{a.min_z:g}" if a.min_z is not None else ""
     if suffix:
         WORK, NAME = HERE / "_work" / f"kog{suffix}", f"knockout_genetics{suffix}"
-    SIGMA, LINEAR_STAGE, SUBSAMPLE = a.sigma, not a.no_linear_stage, a.subsample
+    SIGMA, LINEAR_STAGE, SUBSAMPLE, MIN_Z = a.sigma, not a.no_linear_stage, a.subsample, a.min_z
     if a.cmd == "run":
         if a.epochs:
             SETUP[a.dataset]["epochs"] = a.epochs
