@@ -67,7 +67,14 @@ def test_directed_chain_fates_and_knockouts_on_a_multiome_model(shuffled_model):
     np.testing.assert_allclose(np.asarray(result.cell_chain.sum(1)).ravel(), 1.0, atol=1e-6)
     fates = model.get_fate_probabilities(terminal=["P3"])
     assert fates.probabilities.shape == (mdata.n_obs, 1)
-    ko = model.knockout(["Reg_P1", "Site_P1_0"], terminal=["P3"], inplace=False, progress=False)
+    ko = model.knockout(["Reg_P1", "Site_P1_0"], terminal=["P3"], inplace=False, progress=False, n_regulator_null=2)
     assert set(ko.summary["gene"]) == {"Reg_P1", "Site_P1_0"}
     assert set(ko.fate["terminal"]) == {"P3", "not reached"}
     assert np.isfinite(ko.fate["delta"]).all()
+    # the regulator null draws GRN regulators (genes) for the gene; a site is not simulated: no draw, no p
+    drawn = ko.params["regulator_null"]
+    assert set(drawn) == {"Reg_P1"} and set(drawn["Reg_P1"]) <= set(mdata["rna"].var_names) - {"Reg_P1"}
+    site_rows = ko.fate[ko.fate["gene"] == "Site_P1_0"]
+    assert site_rows["pval_regulators"].isna().all()
+    gene_rows = ko.fate[(ko.fate["gene"] == "Reg_P1") & (ko.fate["terminal"] == "not reached")]
+    assert gene_rows["pval_regulators"].notna().all()

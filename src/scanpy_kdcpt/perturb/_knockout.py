@@ -329,7 +329,7 @@ class KnockoutMixin:
         if simulate == "grn":
             sim = ShiftSimulator.build(self, T, n_propagation=n_propagation, sigma=sigma)
             rng = np.random.default_rng([random_state, 1])  # apart from the draws of n_null
-            regulator_null = regulator_draws(X, units, sim.grn.regulators, n_regulator_null, rng)
+            regulator_null = regulator_draws(X, units, sim.grn.regulators, n_regulator_null, rng, n_genes=sim.n_genes)
         elif n_regulator_null:
             warnings.warn(
                 f"n_regulator_null={n_regulator_null} is not used: it tests simulated knockouts (simulate='grn', "

@@ -68,16 +68,21 @@ def null_draws(
     return out
 
 
-def regulator_draws(X, units: dict[str, Unit], regulators: np.ndarray, n: int, rng: np.random.Generator) -> dict:
-    """Per unit, ``n`` units of GRN ``regulators`` (column indices) of the same size, each gene of
-    the unit matched in (mean, fraction of cells expressing) as :func:`null_draws` does: the null
-    of a *simulated* knockout's fate changes (a non-regulator's shift moves no other gene, so it is
-    no null there). Never drawn: genes screened in the call.
+def regulator_draws(
+    X, units: dict[str, Unit], regulators: np.ndarray, n: int, rng: np.random.Generator, n_genes: int | None = None
+) -> dict:
+    """Per unit, ``n`` units of GRN ``regulators`` (column indices), one regulator per gene of the
+    unit matched to it in (mean, fraction of cells expressing) as :func:`null_draws` does: the
+    null of a *simulated* knockout's fate changes (a non-regulator's shift moves no other gene, so
+    it is no null there). Never drawn: genes screened in the call. Columns from ``n_genes`` on
+    (regulatory sites of a multiome model) are not simulated and get no draw; a unit of sites
+    alone gets none.
     """
     if not n:
         return {}
-    n_genes = X.shape[1]
-    exclude = np.ones(n_genes, bool)
+    n_features = X.shape[1]
+    n_genes = n_features if n_genes is None else int(n_genes)
+    exclude = np.ones(n_features, bool)
     exclude[np.asarray(regulators, dtype=int)] = False
     exclude[[g for u in units.values() for g in u]] = True
     if int((~exclude).sum()) < n:
@@ -90,8 +95,9 @@ def regulator_draws(X, units: dict[str, Unit], regulators: np.ndarray, n: int, r
     features = np.column_stack([mean, frac])
     out = {}
     for name, unit in units.items():
-        draws = [stats.expression_matched(features, g, exclude, n, rng) for g in unit]
-        out[name] = [tuple(int(d[i]) for d in draws) for i in range(n)]
+        draws = [stats.expression_matched(features, g, exclude, n, rng) for g in unit if g < n_genes]
+        if draws:
+            out[name] = [tuple(int(d[i]) for d in draws) for i in range(n)]
     return out
 
 
