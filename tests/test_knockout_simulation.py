@@ -308,6 +308,15 @@ def test_regulator_null_knocks_out_matched_regulators_the_same_way(chain_model, 
     written.write_h5ad(tmp_path / "ko.h5ad")  # the drawn genes survive the file
     back = ad.read_h5ad(tmp_path / "ko.h5ad")
     assert list(back.uns["kdcpt"]["knockout_params"]["regulator_null"]["Reg_P2"]) == drawn
+    # the fate heatmap marks with † exactly the written deltas with qval_regulators < alpha
+    shown = rows[rows["delta"].abs() >= 0.005]
+    alpha = float(shown["qval_regulators"].min()) + 1e-9
+    ax = kdcpt.pl.knockout_fate(back, "Reg_P2", alpha=alpha, show=False)
+    marked = [t.get_text() for t in ax.texts if "†" in t.get_text()]
+    assert len(marked) == int((shown["qval_regulators"] < alpha).sum()) >= 1
+    assert "beyond 3 expression-matched regulators knocked out alike" in ax.get_xlabel()
+    ax.figure.savefig(tmp_path / "fate.png", dpi=100, bbox_inches="tight")
+    plt.close("all")
     # told when it cannot be used, and when there are too few regulators to draw from
     with pytest.warns(UserWarning, match="n_regulator_null=2 is not used.*simulate='grn'"):
         chain_model.knockout("Reg_P2", simulate="classifier", n_regulator_null=2, inplace=False, **kw)

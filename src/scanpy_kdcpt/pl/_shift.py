@@ -195,7 +195,9 @@ def knockout_fate(
     are written where they read (``|Δ| ≥ 0.005``); the title carries the test of the knockout's
     perturbation score against randomised shifts when the knockout was simulated. With
     ``knockout(..., n_shift_null=n)`` a delta marked ``*`` changed beyond the randomised shifts
-    (``qval < alpha`` in ``knockout_fate``).
+    (``qval < alpha`` in ``knockout_fate``); with ``n_regulator_null=n`` a delta marked ``†``
+    changed more than when expression-matched GRN regulators are knocked out the same way
+    (``qval_regulators < alpha``): only a change marked ``†`` is specific to the gene.
 
     Parameters
     ----------
@@ -207,7 +209,8 @@ def knockout_fate(
     sources
         Source phenotypes to show, in order (default: all, then ``all``).
     alpha
-        Level of the ``qval`` that marks a delta with ``*`` (when the fate changes were tested).
+        Level of the ``qval`` that marks a delta with ``*`` (and of ``qval_regulators``, ``†``)
+        when the fate changes were tested.
     title
         Axes title.
     {doc_show_save_ax}
@@ -235,14 +238,17 @@ def knockout_fate(
                 f"{[str(s) for s in D.index]} ('all': the mean over all cells)."
             )
         D = D.loc[sources]
-    tested = "qval" in rows.columns and rows["qval"].notna().any()
-    Q = (
-        rows.pivot_table(index="source", columns="terminal", values="qval", observed=True, sort=False, dropna=False)
-        .reindex(index=D.index, columns=D.columns)
-        .to_numpy(float)
-        if tested
-        else np.full(D.shape, np.nan)
-    )
+
+    def q_values(column: str) -> tuple[bool, np.ndarray]:
+        if column not in rows.columns or not rows[column].notna().any():
+            return False, np.full(D.shape, np.nan)
+        table = rows.pivot_table(
+            index="source", columns="terminal", values=column, observed=True, sort=False, dropna=False
+        )
+        return True, table.reindex(index=D.index, columns=D.columns).to_numpy(float)
+
+    tested, Q = q_values("qval")
+    against_regulators, QR = q_values("qval_regulators")
     vals = D.to_numpy(float)
     vmax = max(float(np.nanmax(np.abs(vals))), 1e-3)
     fig, ax = _read.new_axes(ax, (max(5.2, 2.8 + 1.0 * D.shape[1]), 2.2 + 0.45 * D.shape[0]))
@@ -254,6 +260,7 @@ def knockout_fate(
             if np.isfinite(v) and abs(v) >= 0.005:
                 dark = abs(v) > 0.6 * vmax
                 star = "*" if np.isfinite(Q[i, j]) and Q[i, j] < alpha else ""
+                star += "†" if np.isfinite(QR[i, j]) and QR[i, j] < alpha else ""
                 text = f"{v:+.2f}{star}".replace("-", "−")
                 ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if dark else "black")
     horizon = adata.uns.get(key, {}).get(_keys.UNS_KNOCKOUT_PARAMS, {}).get("fate_horizon")
@@ -266,6 +273,11 @@ def knockout_fate(
     xlabel = "eventual fate (terminals) · mass still in transit (not reached)"
     if tested:
         xlabel += f"\n* q < {alpha:g}: the change is beyond {_against(_n_shifts(adata, key))}"
+    if against_regulators:
+        n_reg = adata.uns.get(key, {}).get(_keys.UNS_KNOCKOUT_PARAMS, {}).get("n_regulator_null")
+        xlabel += (
+            f"\n† q < {alpha:g}: beyond {int(n_reg) if n_reg else ''} expression-matched regulators knocked out alike"
+        ).replace("beyond  ", "beyond ")
     ax.set_xlabel(xlabel, fontsize=8)
     ax.set_ylabel("source phenotype", fontsize=9)
     cbar = fig.colorbar(im, ax=ax, shrink=0.9, pad=0.02)
