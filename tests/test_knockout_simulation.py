@@ -317,6 +317,10 @@ def test_regulator_null_knocks_out_matched_regulators_the_same_way(chain_model, 
     assert "beyond 3 expression-matched regulators knocked out alike" in ax.get_xlabel()
     ax.figure.savefig(tmp_path / "fate.png", dpi=100, bbox_inches="tight")
     plt.close("all")
+    ax = kdcpt.pl.knockout_fate(back, "Reg_P2", alpha=0.05, show=False)  # 3 draws: p ≥ 0.25, nothing marked
+    assert not [t for t in ax.texts if "†" in t.get_text()]
+    assert "(none can be: the least p with 3 is 0.25)" in ax.get_xlabel()
+    plt.close("all")
     # told when it cannot be used, and when there are too few regulators to draw from
     with pytest.warns(UserWarning, match="n_regulator_null=2 is not used.*simulate='grn'"):
         chain_model.knockout("Reg_P2", simulate="classifier", n_regulator_null=2, inplace=False, **kw)

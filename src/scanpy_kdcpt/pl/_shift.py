@@ -275,9 +275,11 @@ def knockout_fate(
         xlabel += f"\n* q < {alpha:g}: the change is beyond {_against(_n_shifts(adata, key))}"
     if against_regulators:
         n_reg = adata.uns.get(key, {}).get(_keys.UNS_KNOCKOUT_PARAMS, {}).get("n_regulator_null")
-        xlabel += (
-            f"\n† q < {alpha:g}: beyond {int(n_reg) if n_reg else ''} expression-matched regulators knocked out alike"
-        ).replace("beyond  ", "beyond ")
+        n_reg = int(n_reg) if n_reg else None
+        count = f"{n_reg} " if n_reg else ""
+        xlabel += f"\n† q < {alpha:g}: beyond {count}expression-matched regulators knocked out alike"
+        if n_reg and 1 / (n_reg + 1) >= alpha:  # say it when no change can be marked
+            xlabel += f" (none can be: the least p with {n_reg} is {1 / (n_reg + 1):.2g})"
     ax.set_xlabel(xlabel, fontsize=8)
     ax.set_ylabel("source phenotype", fontsize=9)
     cbar = fig.colorbar(im, ax=ax, shrink=0.9, pad=0.02)
