@@ -9,8 +9,8 @@ a cell run before the first one and left out of the saved notebook:
 - ``KDCPT_TUTORIAL_EPOCHS``: at most this many training epochs (``model.train(max_epochs=...)``);
 - ``KDCPT_TUTORIAL_MAX_CELLS``: the bundled data sets (``kdcpt.datasets.*``) subsampled to this
   many cells;
-- ``KDCPT_TUTORIAL_MAX_NULL``: at most this many null genes per knockout (``n_null``) and
-  randomised shifts (``n_shift_null``);
+- ``KDCPT_TUTORIAL_MAX_NULL``: at most this many null genes per knockout (``n_null``),
+  randomised shifts (``n_shift_null``) and matched regulators (``n_regulator_null``);
 - ``KDCPT_PANCREAS_PATH``: the local file ``kdcpt.datasets.pancreas()`` reads (default: the
   project's shared copy when present, else scVelo's download).
 
@@ -73,7 +73,8 @@ def _subsampled(loader):
 
 
 _kdcpt.KDCPT.train = _capped(_kdcpt.KDCPT.train, "max_epochs", _EPOCHS, default_to_cap=True)
-_kdcpt.KDCPT.knockout = _capped(_capped(_kdcpt.KDCPT.knockout, "n_null", _MAX_NULL), "n_shift_null", _MAX_NULL)
+for _arg in ("n_null", "n_shift_null", "n_regulator_null"):
+    _kdcpt.KDCPT.knockout = _capped(_kdcpt.KDCPT.knockout, _arg, _MAX_NULL)
 for _name in ("pbmc68k_reduced", "krumsiek11", "pancreas"):
     setattr(_kdcpt.datasets, _name, _subsampled(getattr(_kdcpt.datasets, _name)))
 if _PANCREAS:
