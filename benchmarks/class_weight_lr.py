@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 from classification import load, split  # noqa: E402
 
-from scanpy_kdcpt.model._linear_stage import C_GRID  # noqa: E402
+from scanpy_kdcpt.linear import C_GRID, choose_C, logistic_regression  # noqa: E402
 
 warnings.simplefilter("ignore")
 POWERS = {"balanced": 1.0, "sqrt": 0.5, "none": 0.0}
@@ -51,9 +51,9 @@ READING = """\
   (dataset, split, weighting) comparisons, Kang included, where the shifted test cells reward the opposite. Choosing it
   by CV would give the package's default back.
 - **The one-SE rule for C** (stronger L2 when the CV cannot tell) changes nothing on average
-  (−0.011 ± 0.005 on Paul 2015, lower on every split; mean differences within ±0.002 elsewhere) and does not reach Kang's
-  unbalanced 0.94 at C = 0.001 (`class_balance_lr.md`): with balanced weights it keeps
-  C = 0.0001 there.
+  (−0.011 ± 0.005 on Paul 2015, lower on every split; mean differences within ±0.002
+  elsewhere) and does not reach Kang's unbalanced 0.94 at C = 0.001 (`class_balance_lr.md`):
+  with balanced weights it keeps C = 0.0001 there.
 - So the first stage stays class-balanced with the 0.002 rule. Kang's gap to CellTypist
   (issue 20) is a property of the shift (stimulated CD14 monocytes resemble the smaller FCGR3A
   class), which nothing chosen on the control cells can see."""
@@ -66,14 +66,11 @@ def _weights(y: np.ndarray, power: float) -> np.ndarray:
 
 
 def _fit(X, y, c: float, power: float, clf=None):
-    from sklearn.linear_model import LogisticRegression
-
-    clf = clf or LogisticRegression(C=c, max_iter=1000, tol=1e-4)
+    clf = clf or logistic_regression(c, max_iter=1000, class_weight=None)  # the weights go in sample_weight
     return clf.set_params(C=c).fit(X, y, sample_weight=_weights(y, power))
 
 
 def run(names: list[str]) -> None:
-    from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import f1_score
     from sklearn.model_selection import StratifiedKFold
     from threadpoolctl import threadpool_limits
@@ -94,15 +91,14 @@ def run(names: list[str]) -> None:
                 for weighting, power in POWERS.items():
                     f1 = {c: [] for c in C_GRID}
                     for a, b in folds:
-                        clf = LogisticRegression(C=C_GRID[0], max_iter=200, warm_start=True)
+                        clf = logistic_regression(C_GRID[0], max_iter=200, warm_start=True, class_weight=None)
                         for c in C_GRID:
                             _fit(X[train[a]], y[train[a]], c, power, clf)
                             f1[c].append(f1_score(y[train[b]], clf.predict(X[train[b]]), average="macro"))
                     mean = {c: float(np.mean(v)) for c, v in f1.items()}
                     best = max(C_GRID, key=mean.get)
                     se = float(np.std(f1[best], ddof=1) / np.sqrt(len(folds)))
-                    rules = {"within 0.002": min(c for c in C_GRID if mean[c] >= mean[best] - 0.002),
-                             "one SE": min(c for c in C_GRID if mean[c] >= mean[best] - se)}
+                    rules = {"within 0.002": choose_C(mean), "one SE": choose_C(mean, tolerance=se)}
                     held = {c: float(f1_score(y[test], _fit(X[train], y[train], c, power).predict(X_test),
                                               average="macro")) for c in set(rules.values())}
                     for rule, c in rules.items():

@@ -1,6 +1,6 @@
 """The convex first stage's L2 strength (issue 20): which choice of ``C`` generalises.
 
-The first stage alone (class-balanced multinomial logistic regression, ``_linear_stage._logreg``)
+The first stage alone (class-balanced multinomial logistic regression, ``scanpy_kdcpt.linear.logistic_regression``)
 on 80 % of each benchmark training split (what the model's inner split leaves it), ``C`` chosen
 by 3-fold cross-validation on those cells in five ways — the package's rule (best CV macro-F1;
 within 0.002 of it the smallest ``C``) on the old grid 0.001–0.1 and on the grid extended to
@@ -23,7 +23,7 @@ from classification import load, split
 from sklearn.metrics import f1_score
 from sklearn.model_selection import StratifiedKFold
 
-from scanpy_kdcpt.model import _linear_stage as LS
+from scanpy_kdcpt.linear import logistic_regression
 
 warnings.simplefilter("ignore")
 GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
@@ -49,7 +49,7 @@ for name in sys.argv[1:]:
         f1 = {c: [] for c in GRID}
         ll = {c: [] for c in GRID}
         for a, b in folds.split(np.zeros(len(y)), y):
-            clf = LS._logreg(GRID[0], max_iter=200, warm_start=True)
+            clf = logistic_regression(GRID[0], max_iter=200, warm_start=True)
             for c in GRID:
                 clf.set_params(C=c).fit(X[tr[a]], y[a])
                 f1[c].append(f1_score(y[b], clf.predict(X[tr[b]]), average="macro"))
@@ -71,7 +71,7 @@ for name in sys.argv[1:]:
         }
         held = {}
         for c in set(choices.values()):
-            clf = LS._logreg(c, max_iter=1000).fit(X[tr], y)
+            clf = logistic_regression(c, max_iter=1000).fit(X[tr], y)
             held[c] = float(f1_score(codes[te], clf.predict(X[te]), average="macro"))
         row = {k: (c, round(held[c], 4)) for k, c in choices.items()}
         out[f"{name}_s{seed}"] = row

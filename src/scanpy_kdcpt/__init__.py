@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import calibration, datasets, directed, markov, metrics, multiome, pl, results, stats, writers
+from . import calibration, datasets, directed, linear, markov, metrics, multiome, pl, results, stats, writers
 from ._version import __version__
 from .model import KDCPT
 from .module import KDCPTModule, KDCPTTrainingPlan
@@ -15,6 +15,7 @@ __all__ = [
     "calibration",
     "datasets",
     "directed",
+    "linear",
     "markov",
     "metrics",
     "multiome",

@@ -1,6 +1,8 @@
 """The convex first stage (issue 20): an all-feature multinomial logistic regression fitted to
 convergence on the training cells, below the network, and the choice of the network's share.
 
+The regression itself (fit, ``C`` rule, subsample) is the torch-free :mod:`scanpy_kdcpt.linear`;
+here the cells are normalised as the module reads them and the result is put into the module.
 The regression reads what the module reads (``module.normalize(x)``: library-size normalised
 ``log1p`` for counts, TF-IDF for regulatory sites), is class-balanced, and its L2 strength is
 chosen by inner cross-validation on the training cells. Its coefficients become frozen buffers
@@ -11,10 +13,6 @@ validation cells. No AnnData is written here.
 
 from __future__ import annotations
 
-import time
-import warnings
-from dataclasses import dataclass, field
-
 import numpy as np
 import torch
 from scipy import sparse
@@ -22,63 +20,13 @@ from scipy import sparse
 from .. import _expression
 from .._constants import REGISTRY_KEYS
 from ..calibration import MIX_GRID, choose_mix  # noqa: F401 - the torch-free choice of the share
+from ..linear import C_GRID, MAX_CV_CELLS, LinearFit, fit, stratified_subsample  # noqa: F401 - the torch-free core
 from ..module import REGULATORY_KEY
 
 #: training cells the regression is fitted on at most (a class-stratified subsample beyond)
 MAX_CELLS = 20_000
-#: training cells of the inner cross-validation at most
-MAX_CV_CELLS = 4_000
-#: inverse L2 strengths tried by the inner cross-validation (scikit-learn's ``C``); down to 1e-4
-#: since the old lower end, 0.001, was chosen in most runs: on SNARE (23 types) 3e-4 then gave
-#: +0.02 held-out macro-F1 in 3 of 3 splits, elsewhere the same choice
-#: (``benchmarks/results/first_stage_c.md``)
-C_GRID = (0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1)
 #: values (rows × features) normalised at a time: 16M floats, 64 MB
 CHUNK_VALUES = 2**24
-
-
-@dataclass
-class LinearFit:
-    """What the first stage's fit found (kept on the model as ``linear_stage_``)."""
-
-    C: float
-    cv_macro_f1: dict[float, float]
-    n_cells: int
-    n_cv_cells: int
-    seconds: float
-    converged: bool
-    mix: float | None = None
-    mix_scores: dict[float, float] = field(default_factory=dict)
-    #: with ``mix = 0``: refitted on the training and validation cells together (at ``C``)
-    refit_with_validation: bool = False
-
-    def to_dict(self) -> dict:
-        return {
-            "C": self.C,
-            "cv_macro_f1": {str(k): v for k, v in self.cv_macro_f1.items()},
-            "n_cells": self.n_cells,
-            "n_cv_cells": self.n_cv_cells,
-            "seconds": self.seconds,
-            "converged": self.converged,
-            "mix": self.mix,
-            "mix_scores": {str(k): v for k, v in self.mix_scores.items()},
-            "refit_with_validation": self.refit_with_validation,
-        }
-
-
-def stratified_subsample(codes: np.ndarray, n_max: int, rng: np.random.Generator) -> np.ndarray:
-    """Positions of at most ``n_max`` cells, every phenotype kept in proportion (at least
-    ``min(count, 5)`` cells of each); sorted.
-    """
-    n = len(codes)
-    if n <= n_max:
-        return np.arange(n)
-    keep = []
-    classes, counts = np.unique(codes, return_counts=True)
-    for c, k in zip(classes, counts, strict=True):
-        take = int(min(k, max(min(k, 5), round(n_max * k / n))))
-        keep.append(rng.choice(np.flatnonzero(codes == c), take, replace=False))
-    return np.sort(np.concatenate(keep))
 
 
 def _normalized_blocks(module, X, rows: np.ndarray, extra=None):
@@ -119,88 +67,6 @@ def _device(module) -> torch.device:
     for b in module.buffers():
         return b.device
     return torch.device("cpu")
-
-
-def _logreg(C: float, max_iter: int, warm_start: bool = False):
-    from sklearn.linear_model import LogisticRegression
-
-    return LogisticRegression(
-        C=C, class_weight="balanced", solver="lbfgs", max_iter=max_iter, tol=1e-4, warm_start=warm_start
-    )
-
-
-def fit(
-    X: sparse.csr_matrix,
-    y: np.ndarray,
-    n_classes: int,
-    *,
-    seed: int,
-    n_folds: int = 3,
-    max_iter: int = 1000,
-    C: float | None = None,
-) -> tuple[np.ndarray, np.ndarray, LinearFit]:
-    """Class-balanced multinomial logistic regression on ``X`` (cells × features), its ``C`` chosen
-    from :data:`C_GRID` by ``n_folds``-fold stratified cross-validation (mean macro-F1) on at most
-    :data:`MAX_CV_CELLS` of the cells (or given: no cross-validation); then refitted on all of
-    them with L-BFGS to convergence.
-
-    Returns ``(weight (classes × features), bias (classes,), LinearFit)``. Phenotypes without a
-    training cell get the weight 0 and a bias of −30 (never predicted by this stage).
-    """
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.metrics import f1_score
-    from sklearn.model_selection import StratifiedKFold
-
-    t0 = time.perf_counter()
-    rng = np.random.default_rng(seed)
-    present = np.unique(y)
-    scores: dict[float, float] = {}
-    cv = stratified_subsample(y, MAX_CV_CELLS, rng)
-    y_cv = y[cv]
-    n_splits = int(min(n_folds, np.bincount(y_cv).max(initial=0)))
-    if C is None and len(present) >= 2 and n_splits >= 2:
-        folds = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # classes with one cell in a fold, convergence within the grid
-            f1: dict[float, list[float]] = {c: [] for c in C_GRID}
-            for tr, te in folds.split(np.zeros(len(y_cv)), y_cv):
-                if len(np.unique(y_cv[tr])) < 2:
-                    continue
-                clf = _logreg(C_GRID[0], max_iter=200, warm_start=True)
-                for c in C_GRID:  # along the path, each fit starting from the previous one
-                    clf.set_params(C=c).fit(X[cv[tr]], y_cv[tr])
-                    f1[c].append(f1_score(y_cv[te], clf.predict(X[cv[te]]), average="macro"))
-            scores = {c: float(np.mean(v)) if v else float("nan") for c, v in f1.items()}
-    finite = {c: s for c, s in scores.items() if np.isfinite(s)}
-    # the best macro-F1; within 0.002 of it, the strongest regularisation (smallest C)
-    if C is not None:
-        pass  # given
-    elif finite:
-        top = max(finite.values())
-        C = min(c for c, s in finite.items() if s >= top - 0.002)
-    else:
-        C = 0.1
-    weight = np.zeros((n_classes, X.shape[1]), dtype=np.float32)
-    bias = np.full(n_classes, -30.0, dtype=np.float32)
-    converged = True
-    if len(present) >= 2:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ConvergenceWarning)
-            clf = _logreg(C, max_iter=max_iter).fit(X, y)
-        converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
-        weight[clf.classes_] = clf.coef_
-        bias[clf.classes_] = clf.intercept_ - clf.intercept_.mean()
-    else:  # one phenotype among the training cells: it is predicted
-        bias[present] = 0.0
-    info = LinearFit(
-        C=float(C),
-        cv_macro_f1=scores,
-        n_cells=int(X.shape[0]),
-        n_cv_cells=int(len(cv)),
-        seconds=round(time.perf_counter() - t0, 2),
-        converged=converged,
-    )
-    return weight, bias, info
 
 
 def fit_on_training_cells(model, train_indices: np.ndarray, seed: int, C: float | None = None) -> LinearFit:

@@ -431,8 +431,8 @@ def regulator_null_pvalues(
         rows = np.flatnonzero(genes == name)
         delta = np.abs(fate["delta"].to_numpy(float)[rows])
         null = np.abs(np.stack([change(u) for u in units]))  # draws × rows, the fate table's order
-        with np.errstate(invalid="ignore"):
-            p = (1 + (null >= delta - 1e-12).sum(0)) / (1 + len(units))
+        with np.errstate(invalid="ignore"):  # ties within round-off count as as extreme
+            p = np.atleast_1d(simulation.empirical_pvalue(delta - 1e-12, null, alternative="greater"))
         nothing = (delta < 1e-9) & (null < 1e-9).all(0)
         p[nothing | ~np.isfinite(delta) | ~np.isfinite(null).all(0)] = np.nan
         pval[rows] = p
