@@ -328,3 +328,17 @@ def test_regulator_null_knocks_out_matched_regulators_the_same_way(chain_model, 
         chain_model.knockout("Reg_P2", n_regulator_null=50, inplace=False, **kw)
     with pytest.raises(ValueError, match="n_regulator_null must be 0 or a positive integer"):
         chain_model.knockout("Reg_P2", n_regulator_null=-1, inplace=False, **kw)
+
+
+def test_both_nulls_match_on_one_pass_over_the_expression(chain_model, monkeypatch):
+    from scanpy_kdcpt.perturb import _nulls
+
+    calls = []
+    stats = _nulls.gene_stats
+    monkeypatch.setattr(_nulls, "gene_stats", lambda X, *a, **k: calls.append(X.shape) or stats(X, *a, **k))
+    kw = {"terminal": ["P3"], "progress": False, "inplace": False}
+    both = chain_model.knockout("Reg_P2", n_null=2, n_regulator_null=2, **kw)
+    assert len(calls) == 1
+    # the same draws as when each null is asked alone (each matched on its own pass)
+    alone = chain_model.knockout("Reg_P2", n_regulator_null=2, **kw)
+    assert list(both.params["regulator_null"]["Reg_P2"]) == list(alone.params["regulator_null"]["Reg_P2"])

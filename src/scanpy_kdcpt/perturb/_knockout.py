@@ -26,7 +26,7 @@ from ._embed import Reembedder, make_reembedder
 from ._engine import Deltas, Perturbation
 from ._fate import FateDeltas, resolve_chain
 from ._grn import edges_matrix, fit_propagation, warn_without_targets
-from ._nulls import null_draws, regulator_draws
+from ._nulls import match_features, null_draws, regulator_draws
 from ._simulate import (
     ShiftSimulator,
     check_simulation_args,
@@ -322,14 +322,25 @@ class KnockoutMixin:
             keep = first_order.nlargest(min(n_exact, len(first_order)), keep="first").index
             units = {name: units[name] for name in keep}
         pool: dict = {}
+        # one pass over X for both nulls' matching (only the draws that are made need it)
+        features = match_features(X) if n_null or (simulate == "grn" and n_regulator_null) else None
         null = null_draws(
-            X, units, n_null, np.random.default_rng(random_state), targets=edges, max_corr=null_max_corr, pool=pool
+            X,
+            units,
+            n_null,
+            np.random.default_rng(random_state),
+            targets=edges,
+            max_corr=null_max_corr,
+            pool=pool,
+            features=features,
         )
         sim = regulator_null = None
         if simulate == "grn":
             sim = ShiftSimulator.build(self, T, n_propagation=n_propagation, sigma=sigma)
             rng = np.random.default_rng([random_state, 1])  # apart from the draws of n_null
-            regulator_null = regulator_draws(X, units, sim.grn.regulators, n_regulator_null, rng, n_genes=sim.n_genes)
+            regulator_null = regulator_draws(
+                X, units, sim.grn.regulators, n_regulator_null, rng, n_genes=sim.n_genes, features=features
+            )
         elif n_regulator_null:
             warnings.warn(
                 f"n_regulator_null={n_regulator_null} is not used: it tests simulated knockouts (simulate='grn', "

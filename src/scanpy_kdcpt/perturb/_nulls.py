@@ -23,6 +23,7 @@ def null_draws(
     targets: sparse.csr_matrix | None = None,
     max_corr: float = 0.15,
     pool: dict | None = None,
+    features: np.ndarray | None = None,
 ) -> dict[str, list[Unit]]:
     """Per unit, ``n_null`` expression-matched units of the same size.
 
@@ -30,13 +31,13 @@ def null_draws(
     given), genes whose correlation with one of the unit's genes (Pearson, on ``log1p`` of the
     values) exceeds ``max_corr`` in absolute value, and the other screened genes (when at least
     ``2 * n_null`` genes remain). ``pool`` (a dict) receives, per unit, the size of the pool
-    and the numbers of genes left out as targets and as correlates.
+    and the numbers of genes left out as targets and as correlates. ``features``: the genes'
+    :func:`match_features` when already computed (one pass over ``X`` per call).
     """
     if not n_null:
         return {}
     n_genes = X.shape[1]
-    mean, frac = gene_stats(X)
-    features = np.column_stack([mean, frac])
+    features = match_features(X) if features is None else features
     screened = np.zeros(n_genes, bool)
     screened[[g for u in units.values() for g in u]] = True
     spare = n_genes - int(screened.sum()) >= 2 * n_null
@@ -69,14 +70,20 @@ def null_draws(
 
 
 def regulator_draws(
-    X, units: dict[str, Unit], regulators: np.ndarray, n: int, rng: np.random.Generator, n_genes: int | None = None
+    X,
+    units: dict[str, Unit],
+    regulators: np.ndarray,
+    n: int,
+    rng: np.random.Generator,
+    n_genes: int | None = None,
+    features: np.ndarray | None = None,
 ) -> dict:
     """Per unit, ``n`` units of GRN ``regulators`` (column indices), one regulator per gene of the
     unit matched to it in (mean, fraction of cells expressing) as :func:`null_draws` does: the
     null of a *simulated* knockout's fate changes (a non-regulator's shift moves no other gene, so
     it is no null there). Never drawn: genes screened in the call. Columns from ``n_genes`` on
     (regulatory sites of a multiome model) are not simulated and get no draw; a unit of sites
-    alone gets none.
+    alone gets none. ``features`` as in :func:`null_draws`.
     """
     if not n:
         return {}
@@ -91,8 +98,7 @@ def regulator_draws(
             f"{int((~exclude).sum())} such. Lower n_regulator_null, or fit the GRN with more regulators "
             "(model.fit_grn(regulators=...))."
         )
-    mean, frac = gene_stats(X)
-    features = np.column_stack([mean, frac])
+    features = match_features(X) if features is None else features
     out = {}
     for name, unit in units.items():
         draws = [stats.expression_matched(features, g, exclude, n, rng) for g in unit if g < n_genes]
@@ -141,6 +147,11 @@ def null_summary(effect: float, null_effects: list[float]) -> dict:
         "null_low": float(low),
         "null_high": float(high),
     }
+
+
+def match_features(X) -> np.ndarray:
+    """Genes × 2: what null genes are matched on, each gene's mean and fraction of cells expressing."""
+    return np.column_stack(gene_stats(X))
 
 
 def gene_stats(X, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
