@@ -78,8 +78,10 @@ class GRNMixin:
             their effect (``benchmarks/results/grn_min_z.md``). On pancreas and Paul 2015, 8
             raised the share of published knockout directions beyond random TFs from 10 % to
             25 % but lowered the share beyond randomised shifts from 65 % to 50 %
-            (``knockout_genetics_minz8.md``), so the default stays 3 for now: compare a
-            knockout with ``n_regulator_null`` before reading it as specific to the gene.
+            (``knockout_genetics_minz8.md``). A standard error that accounts for the smoothing
+            is only 1.4–1.9× larger, and with it the targetless TFs still keep as many links
+            at 3 (``grn_z_smoothing.md``), so the default stays 3: compare a knockout with
+            ``n_regulator_null`` before reading it as specific to the gene.
         min_cells
             Phenotypes with fewer cells use the coefficients fitted on all cells.
         n_neighbors
