@@ -45,6 +45,9 @@ LINEAR_STAGE = True
 SUBSAMPLE = 1.0
 #: fit_grn(min_z=...) of the runs (None: the package's default); non-default: own cache and report
 MIN_Z = None
+#: fit_grn(stage=...) of the runs (None: the package's default); given: own cache and report. With
+#: "chain" the runs pass the dataset's terminals (the ones the knockouts score)
+GRN_STAGE = None
 RESULTS = HERE / "results"
 SHARED = Path(os.environ.get("KDCPT_SHARED_DATA", "/work/shared/data"))
 DATA = {
@@ -286,8 +289,11 @@ def run(dataset: str, seed: int, timing: bool, n_shift_null: int, n_null_tf: int
     model.compute_transitions(**cfg["transitions"], random_state=seed)
     rec["t"]["transitions_s"] = round(time.perf_counter() - t0, 1)
     t0 = time.perf_counter()
-    grn = model.fit_grn() if MIN_Z is None else model.fit_grn(min_z=MIN_Z)
-    rec["min_z"] = MIN_Z
+    grn_kw = {} if MIN_Z is None else {"min_z": MIN_Z}
+    if GRN_STAGE is not None:
+        grn_kw |= {"stage": GRN_STAGE, "terminal": cfg["terminal"]}
+    grn = model.fit_grn(**grn_kw)
+    rec["min_z"], rec["grn_stage"] = MIN_Z, GRN_STAGE
     rec["t"]["fit_grn_s"] = round(time.perf_counter() - t0, 2)
     rec["grn_links_per_phenotype"] = [int(c.nnz) for c in grn.coef]
     rec["grn_regulators"] = int(len(grn.regulators))
@@ -533,6 +539,11 @@ def markdown(o: dict) -> str:
             f"{min(min(r['grn_links_per_phenotype']) for r in rs)}–"
             f"{max(max(r['grn_links_per_phenotype']) for r in rs)}"
             + (f" (`fit_grn(min_z={r0['min_z']:g})`, not the default)" if r0.get("min_z") is not None else "")
+            + (
+                f" (`fit_grn(stage={r0['grn_stage']!r}, terminal=<the terminals>)`, not the default)"
+                if r0.get("grn_stage") is not None
+                else ""
+            )
             + "."
         )
     L += [
@@ -688,7 +699,7 @@ def markdown(o: dict) -> str:
 
 
 def main(argv=None) -> int:
-    global WORK, NAME, SIGMA, LINEAR_STAGE, SUBSAMPLE, MIN_Z
+    global WORK, NAME, SIGMA, LINEAR_STAGE, SUBSAMPLE, MIN_Z, GRN_STAGE
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run")
@@ -708,13 +719,15 @@ def main(argv=None) -> int:
             "--subsample", type=float, default=1.0, help="share of cells per seed (< 1: own cache and report)"
         )
         q.add_argument("--min-z", type=float, default=None, help="fit_grn(min_z=); given: own cache and report")
+        q.add_argument("--grn-stage", default=None, help="fit_grn(stage=), e.g. 'chain'; given: own cache and report")
     a = p.parse_args(argv)
     suffix = (f"_sigma{a.sigma:g}" if a.sigma != SIGMA else "") + ("_no_linear_stage" if a.no_linear_stage else "")
     suffix += f"_subsample{a.subsample:g}" if a.subsample < 1 else ""
     suffix += f"_minz{a.min_z:g}" if a.min_z is not None else ""
+    suffix += f"_stage-{a.grn_stage}" if a.grn_stage is not None else ""
     if suffix:
         WORK, NAME = HERE / "_work" / f"kog{suffix}", f"knockout_genetics{suffix}"
-    SIGMA, LINEAR_STAGE, SUBSAMPLE, MIN_Z = a.sigma, not a.no_linear_stage, a.subsample, a.min_z
+    SIGMA, LINEAR_STAGE, SUBSAMPLE, MIN_Z, GRN_STAGE = a.sigma, not a.no_linear_stage, a.subsample, a.min_z, a.grn_stage
     if a.cmd == "run":
         if a.epochs:
             SETUP[a.dataset]["epochs"] = a.epochs

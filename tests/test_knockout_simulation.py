@@ -16,7 +16,7 @@ import scanpy as sc
 import scvi
 
 import scanpy_kdcpt as kdcpt
-from scanpy_kdcpt._errors import InvalidInputError
+from scanpy_kdcpt._errors import InvalidInputError, KeyNotFoundError
 
 GENES = ["Reg_P1", "Reg_P2", "Gene_7", "Gene_40"]  # two planted regulators, two background genes
 
@@ -342,3 +342,42 @@ def test_both_nulls_match_on_one_pass_over_the_expression(chain_model, monkeypat
     # the same draws as when each null is asked alone (each matched on its own pass)
     alone = chain_model.knockout("Reg_P2", n_regulator_null=2, **kw)
     assert list(both.params["regulator_null"]["Reg_P2"]) == list(alone.params["regulator_null"]["Reg_P2"])
+
+
+def test_fit_grn_partials_out_the_chains_stage(chain_model):
+    from scanpy_kdcpt import simulation
+
+    before = chain_model.grn_
+    adata = chain_model.adata
+    try:
+        by_chain = chain_model.fit_grn(stage="chain", terminal=["P3"])
+        state = chain_model.transitions_
+        absorbing = np.asarray(state.memberships)[:, list(chain_model.classes_).index("P3")] >= 0.5
+        stage = simulation.chain_stage(state.cell_chain, absorbing)
+        assert stage[absorbing].max() == 0 and stage[~absorbing].min() > 0
+        by_array = chain_model.fit_grn(stage=stage)
+        adata.obs["test_stage"] = stage
+        by_obs = chain_model.fit_grn(stage="test_stage")
+        plain = chain_model.fit_grn()
+        for a, b, c in zip(by_chain.coef, by_array.coef, by_obs.coef, strict=True):
+            np.testing.assert_allclose(a.toarray(), b.toarray())
+            np.testing.assert_allclose(a.toarray(), c.toarray())
+        assert any((a != b).nnz for a, b in zip(by_chain.coef, plain.coef, strict=True))
+        with pytest.raises(KeyNotFoundError, match="'nope' is neither 'chain' nor a column"):
+            chain_model.fit_grn(stage="nope")
+        with pytest.raises(InvalidInputError, match="stage must be numeric"):
+            chain_model.fit_grn(stage="phenotype")
+        with pytest.raises(InvalidInputError, match="one value per registered cell"):
+            chain_model.fit_grn(stage=stage[:10])
+        with pytest.raises(InvalidInputError, match="3 NaN or infinite"):
+            chain_model.fit_grn(stage=np.where(np.arange(len(stage)) < 3, np.nan, stage))
+    finally:
+        chain_model.grn_ = before
+        if "test_stage" in adata.obs:
+            del adata.obs["test_stage"]
+
+
+def test_fit_grn_stage_chain_needs_a_chain():
+    model = _train(kdcpt.datasets.synthetic(n_cells=200, seed=3), prior_key="is_tf")
+    with pytest.raises(InvalidInputError, match="stage='chain'.*compute_transitions"):
+        model.fit_grn(stage="chain")

@@ -235,3 +235,36 @@ def test_fates_with_horizon_show_a_block(planted):
     ref = markov.fate_probabilities(T, M, [A_END, B_END])
     ok = ~np.isnan(ref).any(1)
     np.testing.assert_allclose(long[ok, :2], ref[ok], atol=1e-3)
+
+
+def test_fit_grn_with_the_stage_partialled_out_drops_links_that_only_share_it():
+    rng = np.random.default_rng(5)
+    n = 400
+    stage = rng.uniform(0, 1, n)
+    X = 0.1 * rng.standard_normal((n, 4))
+    X[:, 0] += 2.0 * stage  # a TF that rises along the lineage, driving nothing
+    X[:, 1] += 2.0 - 2.0 * stage  # a gene that falls along it on its own
+    X[:, 2] += 0.5 * rng.standard_normal(n)  # a TF varying between cells of the same stage ...
+    X[:, 3] += 1.2 * X[:, 2]  # ... that drives its target
+    regs = np.isin(np.arange(4), [0, 2])
+    codes = np.zeros(n, int)
+    plain = sim.fit_grn(X, codes, regulators=regs).coef[0].toarray()
+    adjusted = sim.fit_grn(X, codes, regulators=regs, covariates=np.column_stack([stage, stage**2])).coef[0]
+    adjusted = adjusted.toarray()
+    assert plain[0, 1] < -0.5  # without the stage, the rising TF "represses" the falling gene
+    assert adjusted[0, 1] == 0.0  # with it, no link is left (pruned at min_z)
+    assert adjusted[2, 3] == pytest.approx(plain[2, 3], rel=0.1) and adjusted[2, 3] > 1.0  # the real one stays
+    with pytest.raises(ValueError, match="covariates must be finite"):
+        sim.fit_grn(X, codes, regulators=regs, covariates=np.where(stage > 0.5, np.nan, stage))
+
+
+def test_chain_stage_counts_the_steps_to_a_terminal():
+    # 0 → 1 → 2 (absorbing); 3 ↔ 4 never reach it
+    T = sparse.csr_matrix(
+        np.array([[0, 1, 0, 0, 0], [0, 0, 1, 0, 0], [0, 0, 1, 0, 0], [0, 0, 0, 0, 1], [0, 0, 0, 1, 0]], float)
+    )
+    s = sim.chain_stage(T, np.array([False, False, True, False, False]))
+    np.testing.assert_allclose(s[:3], np.log1p([2.0, 1.0, 0.0]))
+    np.testing.assert_allclose(s[3:], np.log1p(2.0))  # stuck cells: the latest stage
+    with pytest.raises(ValueError, match="at least one absorbing"):
+        sim.chain_stage(T, np.zeros(5, bool))

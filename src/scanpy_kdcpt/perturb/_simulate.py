@@ -46,6 +46,8 @@ class GRNMixin:
         alpha: float = 0.02,
         min_z: float = 3.0,
         min_cells: int = 30,
+        stage: str | np.ndarray | None = None,
+        terminal: Sequence[str] | None = None,
         n_neighbors: int = 30,
     ) -> simulation.GRN:
         """Fit the GRN that :meth:`knockout` simulates shifts through (on the registered cells).
@@ -84,6 +86,19 @@ class GRNMixin:
             ``n_regulator_null`` before reading it as specific to the gene.
         min_cells
             Phenotypes with fewer cells use the coefficients fitted on all cells.
+        stage
+            Each cell's developmental stage, partialled out of every gene within each phenotype
+            before the regressions (with its square): ``"chain"`` — the expected number of steps
+            of the directed chain of :meth:`compute_transitions` before it reaches a cell of a
+            ``terminal`` phenotype (:func:`scanpy_kdcpt.simulation.chain_stage`) —, an
+            ``.obs`` column (e.g. a pseudotime), or one value per registered cell. Along a
+            lineage a TF that merely rises with the stage otherwise gets links to every gene
+            that falls with it, and its knockout sends cells back along the lineage (see
+            :func:`scanpy_kdcpt.simulation.fit_grn`). ``None``: no adjustment.
+        terminal
+            With ``stage="chain"``: the terminal phenotypes (default: as for fates, those named
+            with :meth:`annotate`, else the sinks of the net flux). Pass the ones the knockouts
+            will use.
         n_neighbors
             Neighbours of the smoothing graph when no chain has been computed.
 
@@ -94,14 +109,28 @@ class GRNMixin:
         """
         self._check_if_trained(warn=True)
         X, codes = _simulation_inputs(self, n_neighbors)
-        return _fit(self, X, codes, regulators=regulators, base=base, alpha=alpha, min_z=min_z, min_cells=min_cells)
+        return _fit(
+            self,
+            X,
+            codes,
+            regulators=regulators,
+            base=base,
+            alpha=alpha,
+            min_z=min_z,
+            min_cells=min_cells,
+            stage=stage,
+            terminal=terminal,
+        )
 
 
-def _fit(model, X: np.ndarray, codes: np.ndarray, *, regulators, base, alpha, min_z, min_cells) -> simulation.GRN:
+def _fit(
+    model, X: np.ndarray, codes: np.ndarray, *, regulators, base, alpha, min_z, min_cells, stage=None, terminal=None
+) -> simulation.GRN:
     """:meth:`GRNMixin.fit_grn` on expression already smoothed; sets ``model.grn_``."""
     genes = model.var_names_[: _n_genes(model)]
     mask = _regulator_mask(model, regulators, genes)
     A = edges_matrix(base, genes) if base is not None else None
+    s = _stage(model, stage, X.shape[0], terminal)
     grn = simulation.fit_grn(
         X,
         codes,
@@ -113,6 +142,7 @@ def _fit(model, X: np.ndarray, codes: np.ndarray, *, regulators, base, alpha, mi
         min_cells=min_cells,
         min_z=min_z,
         genes=genes,
+        covariates=None if s is None else np.column_stack([s, s**2]),
     )
     model.grn_ = grn
     n_links = [int(W.nnz) for W in grn.coef]
@@ -212,6 +242,55 @@ class ShiftSimulator:
         p_fate[still & (np.abs(null[:, 1:]) < 1e-9).all(0).reshape(fate_ko.shape)] = np.nan
         p_fate[~np.isfinite(fate_ko)] = np.nan  # a source with no reachable terminal
         return p_score, p_fate
+
+
+def _stage(model, stage, n_cells: int, terminal: Sequence[str] | None = None) -> np.ndarray | None:
+    """Each registered cell's stage for :meth:`GRNMixin.fit_grn` (``None``: no adjustment)."""
+    if stage is None:
+        return None
+    if isinstance(stage, str) and stage == "chain":
+        from ._fate import resolve_chain
+
+        state = model.transitions_
+        if state is None or not state.registered or not state.covers(model.adata):
+            raise InvalidInputError(
+                "fit_grn(stage='chain') needs the directed chain of the registered cells: run "
+                "model.compute_transitions() first, or pass stage= an .obs column (e.g. a pseudotime)."
+            )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            T, terminal = resolve_chain(model, None, terminal, n_cells)
+        if T is None:
+            raise InvalidInputError(
+                "fit_grn(stage='chain') needs terminal phenotypes and the chain has none: name them with "
+                "model.annotate(terminal=[...]), or pass stage= an .obs column."
+            )
+        M = np.asarray(state.memberships, dtype=float)
+        absorbing = (M[:, [list(model.classes_).index(t) for t in terminal]] >= 0.5).any(1)
+        if not absorbing.any():
+            raise InvalidInputError(f"fit_grn(stage='chain'): no cell belongs to the terminal phenotypes {terminal}.")
+        return simulation.chain_stage(T, absorbing)
+    if isinstance(stage, str):
+        if stage not in model.adata.obs:
+            raise KeyNotFoundError(
+                f"stage={stage!r} is neither 'chain' nor a column of .obs "
+                f"(columns: {list(model.adata.obs.columns)[:10]})."
+            )
+        values = model.adata.obs[stage].to_numpy()
+    else:
+        values = np.asarray(stage)
+    try:
+        values = np.asarray(values, dtype=float).ravel()
+    except (TypeError, ValueError):
+        dtype = np.asarray(values).dtype
+        raise InvalidInputError(f"stage must be numeric (one value per cell), got dtype {dtype}.") from None
+    if values.shape != (n_cells,):
+        raise InvalidInputError(f"stage must have one value per registered cell ({n_cells}), got {values.shape}.")
+    if not np.isfinite(values).all():
+        raise InvalidInputError(
+            f"stage has {int((~np.isfinite(values)).sum())} NaN or infinite values: fill or drop those cells first."
+        )
+    return values
 
 
 def _quiet(fn: Callable) -> Callable:

@@ -25,6 +25,7 @@ row-stochastic), ``M`` memberships (cells × phenotypes).
 """
 
 from ._chain import (
+    chain_stage,
     choose_horizon,
     embed_shift,
     empirical_pvalue,
@@ -38,6 +39,7 @@ from ._grn import GRN, chain_drift, fit_grn, simulate_shift, smooth_expression
 __all__ = [
     "GRN",
     "chain_drift",
+    "chain_stage",
     "choose_horizon",
     "embed_shift",
     "empirical_pvalue",

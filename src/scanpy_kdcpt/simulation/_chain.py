@@ -159,6 +159,30 @@ def perturbed_chain(
     return T_ko
 
 
+def chain_stage(T: sparse.spmatrix, absorbing: np.ndarray) -> np.ndarray:
+    """Each cell's developmental stage on a directed chain: ``log(1 + τ)``, ``τ`` the expected
+    number of steps before the chain reaches an ``absorbing`` (terminal) cell; 0 on those
+    cells, and the largest finite value on cells from which none can be reached.
+    """
+    from scipy.sparse.linalg import splu
+
+    T = sparse.csr_matrix(T, dtype=np.float64)
+    absorbing = np.asarray(absorbing, dtype=bool)
+    if absorbing.shape != (T.shape[0],):
+        raise ValueError(f"absorbing must have one entry per cell ({T.shape[0]}), got {absorbing.shape}.")
+    if not absorbing.any():
+        raise ValueError("chain_stage needs at least one absorbing (terminal) cell.")
+    tau = np.zeros(T.shape[0])
+    reach = np.isfinite(markov.absorption_probabilities(T, absorbing, np.zeros(T.shape[0], int), 1)[:, 0])
+    t = np.flatnonzero(~absorbing & reach)
+    if len(t):
+        A = (sparse.identity(len(t), format="csc") - T[t][:, t]).tocsc()
+        tau[t] = np.clip(splu(A).solve(np.ones(len(t))), 0.0, None)
+    stuck = ~absorbing & ~reach
+    tau[stuck] = tau.max()
+    return np.log1p(tau)
+
+
 # --------------------------------------------------------------------------------------------
 # the perturbation score and its null
 # --------------------------------------------------------------------------------------------

@@ -139,6 +139,7 @@ def fit_grn(
     min_z: float = 3.0,
     genes: Sequence[str] | None = None,
     response=None,
+    covariates: np.ndarray | None = None,
 ) -> GRN:
     """Fit a GRN for knockout simulation: per phenotype, a ridge of each target on its regulators.
 
@@ -207,6 +208,13 @@ def fit_grn(
         pancreas (``benchmarks/results/knockout_genetics_core_drift.md``): the drift fits the
         Neurog3 block (net flux EP → Pre-endocrine −69 %) but reverses Arx, Pax6 and Nkx6-1,
         so the expression itself stays the default.
+    covariates
+        Cells × k values partialled out of every gene (regulators and targets) within each
+        phenotype before the ridge, e.g. each cell's developmental stage (:func:`chain_stage`).
+        Along a trajectory every gene that changes with the stage correlates with every other
+        such gene, so a TF that merely rises along the lineage gets links to every gene that
+        falls, and its knockout sends cells back along the lineage. With the stage partialled
+        out, a link must explain differences between cells at the same stage.
 
     Returns
     -------
@@ -239,6 +247,10 @@ def fit_grn(
         raise ValueError(f"response must be cells × genes like X_log {X.shape}, got {response.shape}.")
     if response is not None and base is not None:
         raise ValueError("response is fitted on shared regulators only: pass base=None with a response.")
+    if covariates is not None:
+        covariates = np.asarray(covariates, dtype=np.float64).reshape(n_cells, -1)
+        if not np.isfinite(covariates).all():
+            raise ValueError("covariates must be finite (no NaN or inf).")
 
     def fit(rows: np.ndarray) -> sparse.csr_matrix:
         Xp = _dense(X[rows])
@@ -247,6 +259,8 @@ def fit_grn(
         if response is not None:
             Yp = _dense(response[rows])
             Yp -= Yp.mean(0)
+        if covariates is not None:
+            Xp, Yp = _partial_out(covariates[rows], Xp), None if Yp is None else _partial_out(covariates[rows], Yp)
         if base is None:
             return _fit_shared(Xp, R, alpha, min_z, Yp)
         return _fit_base(Xp, R, groups, alpha, min_z)
@@ -263,6 +277,16 @@ def fit_grn(
             sizes[p] = len(rows)
     names = None if genes is None else np.asarray(list(map(str, genes)))
     return GRN(coef=coef, genes=names, regulators=R, alpha=float(alpha), n_cells=sizes, pooled=pooled)
+
+
+def _partial_out(C: np.ndarray, Xc: np.ndarray) -> np.ndarray:
+    """``Xc`` (centred) less its least-squares fit on the centred, non-constant columns of ``C``."""
+    C = C - C.mean(0)
+    C = C[:, C.std(0) > 1e-9 * np.maximum(np.abs(C).max(0), 1.0)]
+    if not C.shape[1]:
+        return Xc
+    beta, *_ = linalg.lstsq(C, Xc, check_finite=False)
+    return Xc - C @ beta
 
 
 def _zscores(B: np.ndarray, K: np.ndarray, G0: np.ndarray, C: np.ndarray, yy: np.ndarray, n: int, lam: float):
