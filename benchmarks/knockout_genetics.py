@@ -45,8 +45,8 @@ LINEAR_STAGE = True
 SUBSAMPLE = 1.0
 #: fit_grn(min_z=...) of the runs (None: the package's default); non-default: own cache and report
 MIN_Z = None
-#: fit_grn(stage=...) of the runs (None: the package's default); given: own cache and report. With
-#: "chain" the runs pass the dataset's terminals (the ones the knockouts score)
+#: fit_grn(stage=...) of the runs (None: the package's default, "auto"; "none": no adjustment); given:
+#: own cache and report. The runs pass the dataset's terminals (the ones the knockouts score)
 GRN_STAGE = None
 RESULTS = HERE / "results"
 SHARED = Path(os.environ.get("KDCPT_SHARED_DATA", "/work/shared/data"))
@@ -289,9 +289,9 @@ def run(dataset: str, seed: int, timing: bool, n_shift_null: int, n_null_tf: int
     model.compute_transitions(**cfg["transitions"], random_state=seed)
     rec["t"]["transitions_s"] = round(time.perf_counter() - t0, 1)
     t0 = time.perf_counter()
-    grn_kw = {} if MIN_Z is None else {"min_z": MIN_Z}
+    grn_kw = {"terminal": cfg["terminal"]} | ({} if MIN_Z is None else {"min_z": MIN_Z})
     if GRN_STAGE is not None:
-        grn_kw |= {"stage": GRN_STAGE, "terminal": cfg["terminal"]}
+        grn_kw["stage"] = None if GRN_STAGE == "none" else GRN_STAGE
     grn = model.fit_grn(**grn_kw)
     rec["min_z"], rec["grn_stage"] = MIN_Z, GRN_STAGE
     rec["t"]["fit_grn_s"] = round(time.perf_counter() - t0, 2)
@@ -540,7 +540,8 @@ def markdown(o: dict) -> str:
             f"{max(max(r['grn_links_per_phenotype']) for r in rs)}"
             + (f" (`fit_grn(min_z={r0['min_z']:g})`, not the default)" if r0.get("min_z") is not None else "")
             + (
-                f" (`fit_grn(stage={r0['grn_stage']!r}, terminal=<the terminals>)`, not the default)"
+                f" (`fit_grn(stage={None if r0['grn_stage'] == 'none' else r0['grn_stage']!r}, "
+                "terminal=<the terminals>)`, not the default)"
                 if r0.get("grn_stage") is not None
                 else ""
             )
@@ -719,7 +720,9 @@ def main(argv=None) -> int:
             "--subsample", type=float, default=1.0, help="share of cells per seed (< 1: own cache and report)"
         )
         q.add_argument("--min-z", type=float, default=None, help="fit_grn(min_z=); given: own cache and report")
-        q.add_argument("--grn-stage", default=None, help="fit_grn(stage=), e.g. 'chain'; given: own cache and report")
+        q.add_argument(
+            "--grn-stage", default=None, help="fit_grn(stage=): 'chain' or 'none'; given: own cache and report"
+        )
     a = p.parse_args(argv)
     suffix = (f"_sigma{a.sigma:g}" if a.sigma != SIGMA else "") + ("_no_linear_stage" if a.no_linear_stage else "")
     suffix += f"_subsample{a.subsample:g}" if a.subsample < 1 else ""

@@ -358,7 +358,7 @@ def test_fit_grn_partials_out_the_chains_stage(chain_model):
         by_array = chain_model.fit_grn(stage=stage)
         adata.obs["test_stage"] = stage
         by_obs = chain_model.fit_grn(stage="test_stage")
-        plain = chain_model.fit_grn()
+        plain = chain_model.fit_grn(stage=None)
         for a, b, c in zip(by_chain.coef, by_array.coef, by_obs.coef, strict=True):
             np.testing.assert_allclose(a.toarray(), b.toarray())
             np.testing.assert_allclose(a.toarray(), c.toarray())
@@ -381,3 +381,23 @@ def test_fit_grn_stage_chain_needs_a_chain():
     model = _train(kdcpt.datasets.synthetic(n_cells=200, seed=3), prior_key="is_tf")
     with pytest.raises(InvalidInputError, match="stage='chain'.*compute_transitions"):
         model.fit_grn(stage="chain")
+    # the default adjusts only where there is a chain: without one it is the plain fit
+    auto, plain = model.fit_grn(), model.fit_grn(stage=None)
+    assert all((a != b).nnz == 0 for a, b in zip(auto.coef, plain.coef, strict=True))
+
+
+def test_the_default_grn_is_stage_adjusted_to_the_knockouts_terminals(chain_model):
+    before = chain_model.grn_
+    try:
+        chain_model.grn_ = None  # fitted on first use, with the knockout's terminals
+        chain_model.knockout("Reg_P2", terminal=["P2", "P3"], inplace=False, progress=False)
+        first_use = chain_model.grn_
+        named = chain_model.fit_grn(stage="chain", terminal=["P2", "P3"])
+        other = chain_model.fit_grn(stage="chain", terminal=["P3"])
+        plain = chain_model.fit_grn(stage=None)
+        for a, b in zip(first_use.coef, named.coef, strict=True):
+            np.testing.assert_allclose(a.toarray(), b.toarray())
+        assert any((a != b).nnz for a, b in zip(first_use.coef, other.coef, strict=True))
+        assert any((a != b).nnz for a, b in zip(first_use.coef, plain.coef, strict=True))
+    finally:
+        chain_model.grn_ = before

@@ -77,4 +77,6 @@ def test_directed_chain_fates_and_knockouts_on_a_multiome_model(shuffled_model):
     site_rows = ko.fate[ko.fate["gene"] == "Site_P1_0"]
     assert site_rows["pval_regulators"].isna().all()
     gene_rows = ko.fate[(ko.fate["gene"] == "Reg_P1") & (ko.fate["terminal"] == "not reached")]
-    assert gene_rows["pval_regulators"].notna().all()
+    # the gene's rows are tested, except where neither it nor any draw changes anything
+    assert gene_rows["pval_regulators"].notna().sum() >= 3
+    assert (gene_rows["pval_regulators"].notna() | (gene_rows["delta"].abs() < 1e-9)).all()

@@ -336,7 +336,7 @@ class KnockoutMixin:
         )
         sim = regulator_null = None
         if simulate == "grn":
-            sim = ShiftSimulator.build(self, T, n_propagation=n_propagation, sigma=sigma)
+            sim = ShiftSimulator.build(self, T, n_propagation=n_propagation, sigma=sigma, terminal=terminal)
             rng = np.random.default_rng([random_state, 1])  # apart from the draws of n_null
             regulator_null = regulator_draws(
                 X, units, sim.grn.regulators, n_regulator_null, rng, n_genes=sim.n_genes, features=features
