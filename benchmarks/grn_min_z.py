@@ -46,7 +46,8 @@ KRUMSIEK_EDGES = [  # regulator -> target, sign (scanpy's krumsiek11 rules, self
 PLANTED = {"Reg_P1": ("P0", "P1"), "Reg_P2": ("P1", "P2"), "Reg_P3": ("P2", "P3")}
 
 
-def synthetic() -> list[dict]:
+def synthetic_model():
+    """The synthetic lineage's trained model with its pseudotime chain, and its AnnData."""
     import scvi
 
     import scanpy_kdcpt as kdcpt
@@ -57,6 +58,27 @@ def synthetic() -> list[dict]:
     model = kdcpt.KDCPT(adata, n_tokens=64, n_selected=16, d_model=32, n_hidden=64, n_pcs=20)
     model.train(max_epochs=20, enable_progress_bar=False)
     model.compute_transitions(direction="pseudotime", root="P0", inplace=False)
+    return model, adata
+
+
+def krumsiek_model():
+    """krumsiek11's trained model (as its tutorial) with its pseudotime chain, and its AnnData."""
+    import scvi
+
+    import scanpy_kdcpt as kdcpt
+
+    scvi.settings.seed = 0
+    adata = kdcpt.datasets.krumsiek11()
+    adata.obs["cell_type"] = adata.obs["cell_type"].cat.reorder_categories(["progenitor", "Ery", "Mk", "Mo", "Neu"])
+    kdcpt.KDCPT.setup_anndata(adata, labels_key="cell_type", prior_key="is_tf")
+    model = kdcpt.KDCPT(adata, n_selected=6, n_pcs=10)  # as the krumsiek11 tutorial
+    model.train(max_epochs=40, enable_progress_bar=False)
+    model.compute_transitions(direction="pseudotime", root="progenitor")
+    return model, adata
+
+
+def synthetic() -> list[dict]:
+    model, adata = synthetic_model()
     tfs = list(adata.var_names[adata.var["is_tf"].to_numpy()])
     genes = list(model.var_names_)
     rows = []
@@ -76,17 +98,7 @@ def synthetic() -> list[dict]:
 
 
 def krumsiek() -> list[dict]:
-    import scvi
-
-    import scanpy_kdcpt as kdcpt
-
-    scvi.settings.seed = 0
-    adata = kdcpt.datasets.krumsiek11()
-    adata.obs["cell_type"] = adata.obs["cell_type"].cat.reorder_categories(["progenitor", "Ery", "Mk", "Mo", "Neu"])
-    kdcpt.KDCPT.setup_anndata(adata, labels_key="cell_type", prior_key="is_tf")
-    model = kdcpt.KDCPT(adata, n_selected=6, n_pcs=10)  # as the krumsiek11 tutorial
-    model.train(max_epochs=40, enable_progress_bar=False)
-    model.compute_transitions(direction="pseudotime", root="progenitor")
+    model, _ = krumsiek_model()
     rows = []
     for stage, mz in ((st, mz) for st in STAGES for mz in MIN_Z):
         grn = model.fit_grn(min_z=mz, stage=stage, terminal=["Ery", "Mk", "Mo", "Neu"])

@@ -108,31 +108,16 @@ def z_both(model, adata, labels_key: str, tf_key: str = "is_tf") -> list[dict]:
 
 
 def synthetic() -> list[dict]:
-    import scvi
+    import grn_min_z
 
-    import scanpy_kdcpt as kdcpt
-
-    scvi.settings.seed = 0
-    adata = kdcpt.datasets.synthetic(n_cells=900, seed=1, transition_labels="sampled")
-    kdcpt.KDCPT.setup_anndata(adata, labels_key="phenotype", prior_key="is_tf")
-    model = kdcpt.KDCPT(adata, n_tokens=64, n_selected=16, d_model=32, n_hidden=64, n_pcs=20)
-    model.train(max_epochs=20, enable_progress_bar=False)
-    model.compute_transitions(direction="pseudotime", root="P0", inplace=False)
+    model, adata = grn_min_z.synthetic_model()
     return z_both(model, adata, "phenotype")
 
 
 def krumsiek() -> list[dict]:
-    import scvi
+    import grn_min_z
 
-    import scanpy_kdcpt as kdcpt
-
-    scvi.settings.seed = 0
-    adata = kdcpt.datasets.krumsiek11()
-    adata.obs["cell_type"] = adata.obs["cell_type"].cat.reorder_categories(["progenitor", "Ery", "Mk", "Mo", "Neu"])
-    kdcpt.KDCPT.setup_anndata(adata, labels_key="cell_type", prior_key="is_tf")
-    model = kdcpt.KDCPT(adata, n_selected=6, n_pcs=10)
-    model.train(max_epochs=40, enable_progress_bar=False)
-    model.compute_transitions(direction="pseudotime", root="progenitor")
+    model, adata = grn_min_z.krumsiek_model()
     return z_both(model, adata, "cell_type")
 
 
