@@ -540,8 +540,11 @@ def markdown(o: dict) -> str:
             f"{max(max(r['grn_links_per_phenotype']) for r in rs)}"
             + (f" (`fit_grn(min_z={r0['min_z']:g})`, not the default)" if r0.get("min_z") is not None else "")
             + (
-                f" (`fit_grn(stage={None if r0['grn_stage'] == 'none' else r0['grn_stage']!r}, "
-                "terminal=<the terminals>)`, not the default)"
+                (
+                    " (`fit_grn(stage=None)`: no stage adjustment, not the default)"
+                    if r0["grn_stage"] == "none"
+                    else f" (`fit_grn(stage={r0['grn_stage']!r}, terminal=<the terminals>)`)"
+                )
                 if r0.get("grn_stage") is not None
                 else ""
             )
