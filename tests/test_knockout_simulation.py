@@ -401,3 +401,22 @@ def test_the_default_grn_is_stage_adjusted_to_the_knockouts_terminals(chain_mode
         assert any((a != b).nnz for a, b in zip(first_use.coef, plain.coef, strict=True))
     finally:
         chain_model.grn_ = before
+
+
+def test_a_grn_fitted_on_an_earlier_chain_is_said_to_be_stale():
+    import warnings
+
+    model = _train(kdcpt.datasets.synthetic(n_cells=300, seed=4, transition_labels="sampled"), prior_key="is_tf")
+    model.compute_transitions(direction="pseudotime", root="P0", inplace=False)
+    model.fit_grn()
+    kw = {"terminal": ["P3"], "inplace": False, "progress": False}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # fitted on this chain: nothing to say
+        model.knockout("Reg_P2", **kw)
+    model.compute_transitions(direction="pseudotime", root="P0", inplace=False)
+    with pytest.warns(UserWarning, match="model.grn_ was fitted before the current chain"):
+        model.knockout("Reg_P2", **kw)
+    model.fit_grn()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        model.knockout("Reg_P2", **kw)

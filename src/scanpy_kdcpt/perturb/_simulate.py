@@ -38,6 +38,8 @@ class GRNMixin:
 
     #: set by :meth:`fit_grn` (kept in memory, not saved with the model)
     grn_: simulation.GRN | None = None
+    #: the model's chain (``transitions_``) when the GRN was fitted: its graph smooths, its stage adjusts
+    _grn_state = None
 
     def fit_grn(
         self: KDCPTLike,
@@ -153,7 +155,7 @@ def _fit(
         genes=genes,
         covariates=None if s is None else np.column_stack([s, s**2]),
     )
-    model.grn_ = grn
+    model.grn_, model._grn_state = grn, model.transitions_
     n_links = [int(W.nnz) for W in grn.coef]
     logg.info(f"KDCPT: GRN with {len(grn.regulators)} regulators, {min(n_links)}–{max(n_links)} links per phenotype.")
     return grn
@@ -183,6 +185,14 @@ class ShiftSimulator:
         X, codes = _simulation_inputs(model, 30)  # once: for the GRN (when not fitted yet) and the shifts
         if model.grn_ is None:  # fit_grn's defaults, the stage to the knockout's terminals
             _fit(model, X, codes, **(_fit_grn_defaults() | {"terminal": terminal}))
+        elif model._grn_state is not model.transitions_:
+            warnings.warn(
+                "model.grn_ was fitted before the current chain (compute_transitions was run since): the knockouts "
+                "use the GRN as fitted then, smoothed and staged on the chain it had. Refit it on the current chain "
+                "with model.fit_grn(...) (or set model.grn_ = None to fit it with the defaults on first use).",
+                UserWarning,
+                stacklevel=4,
+            )
         basis, Z = _pca_basis(X)
         return cls(T, X, codes, model.grn_, basis, Z, n_propagation, sigma)
 
