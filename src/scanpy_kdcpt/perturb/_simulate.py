@@ -299,6 +299,7 @@ def _stage(model, stage, n_cells: int, terminal: Sequence[str] | None = None) ->
         absorbing = (M[:, [list(model.classes_).index(t) for t in terminal]] >= 0.5).any(1)
         if not absorbing.any():
             raise InvalidInputError(f"fit_grn(stage='chain'): no cell belongs to the terminal phenotypes {terminal}.")
+        logg.info(f"KDCPT: GRN with the stage partialled out: the chain's expected steps to {terminal}.")
         return simulation.chain_stage(T, absorbing)
     if isinstance(stage, str):
         if stage not in model.adata.obs:
