@@ -197,8 +197,9 @@ class KnockoutMixin:
         simulate
             How a knockout reaches the cell chain. ``"grn"``: the knockout is simulated through
             the gene regulatory network of :meth:`fit_grn` (fitted with its defaults on first
-            use, the developmental stage to this call's ``terminal``) into an expression shift ``Δx`` per cell (``n_propagation`` steps, clipped at
-            zero, the knocked-out genes held), and each cell's move on the directed chain is
+            use, the developmental stage to this call's ``terminal``) into an expression shift
+            ``Δx`` per cell (``n_propagation`` steps, clipped at zero, the knocked-out genes
+            held), and each cell's move on the directed chain is
             biased towards the neighbours its shift points to,
             ``T_ko[i, j] ∝ T[i, j] · exp(cos(Δz_i, z_j − z_i) / σ)`` (cosines in a 30-component
             PCA basis of the smoothed expression; the bias scaled by the shift's size relative to
