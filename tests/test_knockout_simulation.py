@@ -382,7 +382,9 @@ def test_fit_grn_stage_chain_needs_a_chain():
     with pytest.raises(InvalidInputError, match="stage='chain'.*compute_transitions"):
         model.fit_grn(stage="chain")
     # the default adjusts only where there is a chain: without one it is the plain fit
-    auto, plain = model.fit_grn(), model.fit_grn(stage=None)
+    auto = model.fit_grn()
+    assert model._grn_stage_note == "none (no directed chain)"
+    plain = model.fit_grn(stage=None)
     assert all((a != b).nnz == 0 for a, b in zip(auto.coef, plain.coef, strict=True))
 
 
@@ -390,7 +392,8 @@ def test_the_default_grn_is_stage_adjusted_to_the_knockouts_terminals(chain_mode
     before = chain_model.grn_
     try:
         chain_model.grn_ = None  # fitted on first use, with the knockout's terminals
-        chain_model.knockout("Reg_P2", terminal=["P2", "P3"], inplace=False, progress=False)
+        ko = chain_model.knockout("Reg_P2", terminal=["P2", "P3"], inplace=False, progress=False)
+        assert ko.params["grn_stage"] == "chain: expected steps to ['P2', 'P3']"  # recorded with the result
         first_use = chain_model.grn_
         named = chain_model.fit_grn(stage="chain", terminal=["P2", "P3"])
         other = chain_model.fit_grn(stage="chain", terminal=["P3"])

@@ -402,7 +402,11 @@ class KnockoutMixin:
                 keep_shift=keep_shift,
                 fates=fates_of if fd is not None else None,
             )
-            params.update(n_shift_null=int(n_shift_null), grn_regulators=int(len(sim.grn.regulators)))
+            params.update(
+                n_shift_null=int(n_shift_null),
+                grn_regulators=int(len(sim.grn.regulators)),
+                grn_stage=str(getattr(self, "_grn_stage_note", "unknown")),
+            )
         result = assemble(self, units, null, run_list, base, deltas, X.shape[0], params)
         if direct is not None:
             plain = assemble(self, units, null, run_list, base, direct, X.shape[0], params)

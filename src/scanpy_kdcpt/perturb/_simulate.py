@@ -40,6 +40,8 @@ class GRNMixin:
     grn_: simulation.GRN | None = None
     #: the model's chain (``transitions_``) when the GRN was fitted: its graph smooths, its stage adjusts
     _grn_state = None
+    #: what the GRN's stage adjustment was (``knockout_params["grn_stage"]``)
+    _grn_stage_note = "none"
 
     def fit_grn(
         self: KDCPTLike,
@@ -141,7 +143,7 @@ def _fit(
     genes = model.var_names_[: _n_genes(model)]
     mask = _regulator_mask(model, regulators, genes)
     A = edges_matrix(base, genes) if base is not None else None
-    s = _stage(model, stage, X.shape[0], terminal)
+    s, note = _stage(model, stage, X.shape[0], terminal)
     grn = simulation.fit_grn(
         X,
         codes,
@@ -156,6 +158,7 @@ def _fit(
         covariates=None if s is None else np.column_stack([s, s**2]),
     )
     model.grn_, model._grn_state = grn, model.transitions_
+    model._grn_stage_note = note
     n_links = [int(W.nnz) for W in grn.coef]
     logg.info(f"KDCPT: GRN with {len(grn.regulators)} regulators, {min(n_links)}–{max(n_links)} links per phenotype.")
     return grn
@@ -265,20 +268,22 @@ class ShiftSimulator:
         return p_score, p_fate
 
 
-def _stage(model, stage, n_cells: int, terminal: Sequence[str] | None = None) -> np.ndarray | None:
-    """Each registered cell's stage for :meth:`GRNMixin.fit_grn` (``None``: no adjustment)."""
+def _stage(model, stage, n_cells: int, terminal: Sequence[str] | None = None) -> tuple[np.ndarray | None, str]:
+    """Each registered cell's stage for :meth:`GRNMixin.fit_grn` (``None``: no adjustment), and
+    what it is, in words (``knockout_params["grn_stage"]``).
+    """
     if stage is None:
-        return None
+        return None, "none"
     if isinstance(stage, str) and stage == "auto":
         state = model.transitions_
         if state is None or not state.registered or not state.covers(model.adata):
             logg.info("KDCPT: GRN fitted without stage adjustment (no directed chain of the registered cells).")
-            return None
+            return None, "none (no directed chain)"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             if resolve_chain(model, None, terminal, n_cells)[0] is None:
                 logg.info("KDCPT: GRN fitted without stage adjustment (the chain has no terminal phenotypes).")
-                return None
+                return None, "none (no terminal phenotypes)"
         stage = "chain"
     if isinstance(stage, str) and stage == "chain":
         state = model.transitions_
@@ -300,16 +305,16 @@ def _stage(model, stage, n_cells: int, terminal: Sequence[str] | None = None) ->
         if not absorbing.any():
             raise InvalidInputError(f"fit_grn(stage='chain'): no cell belongs to the terminal phenotypes {terminal}.")
         logg.info(f"KDCPT: GRN with the stage partialled out: the chain's expected steps to {terminal}.")
-        return simulation.chain_stage(T, absorbing)
+        return simulation.chain_stage(T, absorbing), f"chain: expected steps to {list(terminal)}"
     if isinstance(stage, str):
         if stage not in model.adata.obs:
             raise KeyNotFoundError(
                 f"stage={stage!r} is neither 'chain' nor a column of .obs "
                 f"(columns: {list(model.adata.obs.columns)[:10]})."
             )
-        values = model.adata.obs[stage].to_numpy()
+        values, note = model.adata.obs[stage].to_numpy(), f"obs column {stage!r}"
     else:
-        values = np.asarray(stage)
+        values, note = np.asarray(stage), "values given"
     try:
         values = np.asarray(values, dtype=float).ravel()
     except (TypeError, ValueError):
@@ -321,7 +326,7 @@ def _stage(model, stage, n_cells: int, terminal: Sequence[str] | None = None) ->
         raise InvalidInputError(
             f"stage has {int((~np.isfinite(values)).sum())} NaN or infinite values: fill or drop those cells first."
         )
-    return values
+    return values, note
 
 
 def _quiet(fn: Callable) -> Callable:
