@@ -265,6 +265,6 @@ def test_chain_stage_counts_the_steps_to_a_terminal():
     )
     s = sim.chain_stage(T, np.array([False, False, True, False, False]))
     np.testing.assert_allclose(s[:3], np.log1p([2.0, 1.0, 0.0]))
-    np.testing.assert_allclose(s[3:], np.log1p(2.0))  # stuck cells: the latest stage
+    np.testing.assert_allclose(s[3:], np.log1p(2.0))  # stuck cells: as far from a terminal as any cell
     with pytest.raises(ValueError, match="at least one absorbing"):
         sim.chain_stage(T, np.zeros(5, bool))
