@@ -29,6 +29,7 @@ from ._fates import (
     absorption_probabilities,
     fate_probabilities,
     mean_fate,
+    reaches,
     terminal_phenotypes,
     terminal_states,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "net_flux",
     "posterior_transition_matrix",
     "project_chain",
+    "reaches",
     "row_normalize",
     "terminal_states",
     "stationary_distribution",

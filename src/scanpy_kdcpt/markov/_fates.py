@@ -49,7 +49,7 @@ def absorption_probabilities(
     t = np.flatnonzero(~absorbing)
     if not len(t):
         return out
-    reach = _reaches(T, absorbing)
+    reach = reaches(T, absorbing)
     stuck = t[~reach[t]]
     t_ok = t[reach[t]]
     if len(t_ok):
@@ -65,7 +65,7 @@ def absorption_probabilities(
     return out
 
 
-def _reaches(T: sparse.csr_matrix, targets: np.ndarray) -> np.ndarray:
+def reaches(T: sparse.spmatrix, targets: np.ndarray) -> np.ndarray:
     """States from which some target state is reachable (breadth-first on the reversed graph)."""
     from scipy.sparse.csgraph import breadth_first_order
 

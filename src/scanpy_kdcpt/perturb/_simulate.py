@@ -274,38 +274,8 @@ def _stage(model, stage, n_cells: int, terminal: Sequence[str] | None = None) ->
     """
     if stage is None:
         return None, "none"
-    if isinstance(stage, str) and stage == "auto":
-        state = model.transitions_
-        if state is None or not state.registered or not state.covers(model.adata):
-            logg.info("KDCPT: GRN fitted without stage adjustment (no directed chain of the registered cells).")
-            return None, "none (no directed chain)"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            if resolve_chain(model, None, terminal, n_cells)[0] is None:
-                logg.info("KDCPT: GRN fitted without stage adjustment (the chain has no terminal phenotypes).")
-                return None, "none (no terminal phenotypes)"
-        stage = "chain"
-    if isinstance(stage, str) and stage == "chain":
-        state = model.transitions_
-        if state is None or not state.registered or not state.covers(model.adata):
-            raise InvalidInputError(
-                "fit_grn(stage='chain') needs the directed chain of the registered cells: run "
-                "model.compute_transitions() first, or pass stage= an .obs column (e.g. a pseudotime)."
-            )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            T, terminal = resolve_chain(model, None, terminal, n_cells)
-        if T is None:
-            raise InvalidInputError(
-                "fit_grn(stage='chain') needs terminal phenotypes and the chain has none: name them with "
-                "model.annotate(terminal=[...]), or pass stage= an .obs column."
-            )
-        M = np.asarray(state.memberships, dtype=float)
-        absorbing = (M[:, [list(model.classes_).index(t) for t in terminal]] >= 0.5).any(1)
-        if not absorbing.any():
-            raise InvalidInputError(f"fit_grn(stage='chain'): no cell belongs to the terminal phenotypes {terminal}.")
-        logg.info(f"KDCPT: GRN with the stage partialled out: the chain's expected steps to {terminal}.")
-        return simulation.chain_stage(T, absorbing), f"chain: expected steps to {list(terminal)}"
+    if isinstance(stage, str) and stage in ("auto", "chain"):
+        return _chain_stage(model, n_cells, terminal, required=stage == "chain")
     if isinstance(stage, str):
         if stage not in model.adata.obs:
             raise KeyNotFoundError(
@@ -327,6 +297,40 @@ def _stage(model, stage, n_cells: int, terminal: Sequence[str] | None = None) ->
             f"stage has {int((~np.isfinite(values)).sum())} NaN or infinite values: fill or drop those cells first."
         )
     return values, note
+
+
+def _chain_stage(
+    model, n_cells: int, terminal: Sequence[str] | None, *, required: bool
+) -> tuple[np.ndarray | None, str]:
+    """The chain's stage for ``stage="chain"`` (``required``: a missing chain or terminal is an
+    error) or ``"auto"`` (then no adjustment, said in the log).
+    """
+    state = model.transitions_
+    if state is None or not state.registered or not state.covers(model.adata):
+        if required:
+            raise InvalidInputError(
+                "fit_grn(stage='chain') needs the directed chain of the registered cells: run "
+                "model.compute_transitions() first, or pass stage= an .obs column (e.g. a pseudotime)."
+            )
+        logg.info("KDCPT: GRN fitted without stage adjustment (no directed chain of the registered cells).")
+        return None, "none (no directed chain)"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        T, terminal = resolve_chain(model, None, terminal, n_cells)
+    if T is None:
+        if required:
+            raise InvalidInputError(
+                "fit_grn(stage='chain') needs terminal phenotypes and the chain has none: name them with "
+                "model.annotate(terminal=[...]), or pass stage= an .obs column."
+            )
+        logg.info("KDCPT: GRN fitted without stage adjustment (the chain has no terminal phenotypes).")
+        return None, "none (no terminal phenotypes)"
+    M = np.asarray(state.memberships, dtype=float)
+    absorbing = (M[:, [list(model.classes_).index(t) for t in terminal]] >= 0.5).any(1)
+    if not absorbing.any():
+        raise InvalidInputError(f"fit_grn(stage='chain'): no cell belongs to the terminal phenotypes {terminal}.")
+    logg.info(f"KDCPT: GRN with the stage partialled out: the chain's expected steps to {terminal}.")
+    return simulation.chain_stage(T, absorbing), f"chain: expected steps to {list(terminal)}"
 
 
 def _quiet(fn: Callable) -> Callable:

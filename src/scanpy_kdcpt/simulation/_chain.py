@@ -173,7 +173,7 @@ def chain_stage(T: sparse.spmatrix, absorbing: np.ndarray) -> np.ndarray:
     if not absorbing.any():
         raise ValueError("chain_stage needs at least one absorbing (terminal) cell.")
     tau = np.zeros(T.shape[0])
-    reach = np.isfinite(markov.absorption_probabilities(T, absorbing, np.zeros(T.shape[0], int), 1)[:, 0])
+    reach = markov.reaches(T, absorbing)
     t = np.flatnonzero(~absorbing & reach)
     if len(t):
         A = (sparse.identity(len(t), format="csc") - T[t][:, t]).tocsc()
