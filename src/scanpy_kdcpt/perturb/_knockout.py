@@ -405,7 +405,7 @@ class KnockoutMixin:
             params.update(
                 n_shift_null=int(n_shift_null),
                 grn_regulators=int(len(sim.grn.regulators)),
-                grn_stage=str(getattr(self, "_grn_stage_note", "unknown")),
+                grn_stage=self._grn_stage_note,
             )
         result = assemble(self, units, null, run_list, base, deltas, X.shape[0], params)
         if direct is not None:

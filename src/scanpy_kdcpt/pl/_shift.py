@@ -27,9 +27,14 @@ def _summary_row(adata: AnnData, key: str, gene: str) -> pd.Series | None:
     return rows.iloc[0] if len(rows) else None
 
 
+def _params(adata: AnnData, key: str) -> dict:
+    """The knockout's settings as written (``knockout_params``; empty when absent)."""
+    return adata.uns.get(key, {}).get(_keys.UNS_KNOCKOUT_PARAMS, {})
+
+
 def _n_shifts(adata: AnnData, key: str) -> int | None:
     """How many randomised shifts each knockout was tested against (``n_shift_null``)."""
-    n = adata.uns.get(key, {}).get(_keys.UNS_KNOCKOUT_PARAMS, {}).get("n_shift_null")
+    n = _params(adata, key).get("n_shift_null")
     return None if n is None else int(n)
 
 
@@ -263,7 +268,7 @@ def knockout_fate(
                 star += "†" if np.isfinite(QR[i, j]) and QR[i, j] < alpha else ""
                 text = f"{v:+.2f}{star}".replace("-", "−")
                 ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if dark else "black")
-    horizon = adata.uns.get(key, {}).get(_keys.UNS_KNOCKOUT_PARAMS, {}).get("fate_horizon")
+    horizon = _params(adata, key).get("fate_horizon")
     ticks = [
         f"not reached in {int(horizon)} steps" if str(c) == "not reached" and horizon is not None else str(c)
         for c in D.columns
@@ -274,7 +279,7 @@ def knockout_fate(
     if tested:
         xlabel += f"\n* q < {alpha:g}: the change is beyond {_against(_n_shifts(adata, key))}"
     if against_regulators:
-        n_reg = adata.uns.get(key, {}).get(_keys.UNS_KNOCKOUT_PARAMS, {}).get("n_regulator_null")
+        n_reg = _params(adata, key).get("n_regulator_null")
         n_reg = int(n_reg) if n_reg else None
         count = f"{n_reg} " if n_reg else ""
         xlabel += f"\n† q < {alpha:g}: beyond {count}expression-matched regulators knocked out alike"
