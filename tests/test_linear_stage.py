@@ -17,6 +17,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 
 import scanpy_kdcpt as kdcpt
+from scanpy_kdcpt import linear
 from scanpy_kdcpt.model import _linear_stage
 
 SMALL = {"n_tokens": 32, "n_selected": 8, "d_model": 16, "n_hidden": 32, "n_pcs": 10, "linear_stage": True}
@@ -246,3 +247,32 @@ def test_model_saved_before_clipping_loads_without_it(log_model, tmp_path):
     (path / "model.json").write_text(json.dumps(meta))
     loaded = kdcpt.KDCPT.load(str(path), adata=log_model.adata)
     assert torch.isinf(loaded.module.input_max).all() and loaded.module.clip_input is False
+
+
+@pytest.mark.parametrize("scheme", linear.SCHEMES)
+def test_two_phenotypes_get_opposite_weights(scheme):
+    # scikit-learn gives a binary fit one row of coefficients: copied to both phenotypes, their
+    # logits differed only by the bias and the first stage predicted by chance
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 6))
+    y = (X[:, 0] + 0.3 * X[:, 1] > 0).astype(int)
+    W, b, info = linear.fit(sparse.csr_matrix(X), y, 3, seed=0, scheme=scheme)
+    pred = (X @ W.T + b).argmax(1)
+    assert (pred == y).mean() > 0.95
+    np.testing.assert_allclose(W[0], -W[1], rtol=1e-6)
+    assert not W[2].any() and b[2] == -30.0  # a phenotype without training cells is never predicted
+
+
+def test_one_vs_rest_logits_give_its_prediction():
+    rng = np.random.default_rng(1)
+    X = rng.poisson(1.0, size=(400, 20)).astype(float)
+    y = rng.integers(0, 4, 400)
+    X[y == 1, 3] += 4.0
+    X[y == 2, 5] += 4.0
+    X = sparse.csr_matrix(X)
+    clf = linear.logistic_regression(0.1, max_iter=1000, scheme="ovr").fit(X, y)
+    W, b, _ = linear.fit(X, y, 4, seed=0, scheme="ovr", C=0.1)
+    np.testing.assert_array_equal(np.asarray(X @ W.T + b).argmax(1), clf.predict(X))
+    assert len(clf.estimators_) == 4  # one binary regression per phenotype
+    with pytest.raises(ValueError, match="scheme must be one of"):
+        linear.logistic_regression(0.1, 100, scheme="softmax")

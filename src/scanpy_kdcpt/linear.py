@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import sparse
 
-__all__ = ["LinearFit", "choose_C", "fit", "logistic_regression", "stratified_subsample"]
+__all__ = ["SCHEMES", "LinearFit", "choose_C", "coefficients", "fit", "logistic_regression", "stratified_subsample"]
 
 #: training cells of the inner cross-validation at most
 MAX_CV_CELLS = 4_000
@@ -22,6 +22,8 @@ MAX_CV_CELLS = 4_000
 #: +0.02 held-out macro-F1 in 3 of 3 splits, elsewhere the same choice
 #: (``benchmarks/results/first_stage_c.md``)
 C_GRID = (0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1)
+#: the first stage's ways of fitting several phenotypes (:func:`logistic_regression`)
+SCHEMES = ("multinomial", "ovr")
 
 
 @dataclass
@@ -68,16 +70,40 @@ def stratified_subsample(codes: np.ndarray, n_max: int, rng: np.random.Generator
     return np.sort(np.concatenate(keep))
 
 
-def logistic_regression(C: float, max_iter: int, warm_start: bool = False, class_weight: str | None = "balanced"):
-    """The first stage's estimator: scikit-learn's L2 multinomial ``LogisticRegression`` (L-BFGS,
-    ``tol=1e-4``), class-balanced unless ``class_weight=None`` (then weights go to ``fit``'s
-    ``sample_weight``).
+def logistic_regression(
+    C: float,
+    max_iter: int,
+    warm_start: bool = False,
+    class_weight: str | None = "balanced",
+    scheme: str = "multinomial",
+):
+    """The first stage's estimator: scikit-learn's L2 ``LogisticRegression`` (L-BFGS, ``tol=1e-4``),
+    class-balanced unless ``class_weight=None`` (then weights go to ``fit``'s ``sample_weight``).
+    ``scheme="multinomial"``: one softmax over the phenotypes; ``"ovr"``: one binary regression of
+    each phenotype against the rest (``OneVsRestClassifier``; balanced within each binary problem),
+    as CellTypist fits.
     """
     from sklearn.linear_model import LogisticRegression
 
-    return LogisticRegression(
+    if scheme not in SCHEMES:
+        raise ValueError(f"scheme must be one of {SCHEMES}, not {scheme!r}.")
+    clf = LogisticRegression(
         C=C, class_weight=class_weight, solver="lbfgs", max_iter=max_iter, tol=1e-4, warm_start=warm_start
     )
+    if scheme == "ovr":
+        from sklearn.multiclass import OneVsRestClassifier
+
+        return OneVsRestClassifier(clf)
+    return clf
+
+
+def coefficients(clf) -> tuple[np.ndarray, np.ndarray]:
+    """``(coef (classes × features), intercept)`` of a fitted :func:`logistic_regression`: the
+    logits whose argmax is its prediction.
+    """
+    if hasattr(clf, "estimators_"):  # one-vs-rest: each phenotype's log-odds against the rest
+        return np.vstack([e.coef_ for e in clf.estimators_]), np.concatenate([e.intercept_ for e in clf.estimators_])
+    return clf.coef_, clf.intercept_
 
 
 def choose_C(scores: dict[float, float], tolerance: float = 0.002) -> float | None:
@@ -101,6 +127,7 @@ def fit(
     n_folds: int = 3,
     max_iter: int = 1000,
     C: float | None = None,
+    scheme: str = "multinomial",
 ) -> tuple[np.ndarray, np.ndarray, LinearFit]:
     """Class-balanced multinomial logistic regression on ``X`` (cells × features), its ``C`` chosen
     from :data:`C_GRID` by ``n_folds``-fold stratified cross-validation (mean macro-F1) on at most
@@ -129,9 +156,9 @@ def fit(
             for tr, te in folds.split(np.zeros(len(y_cv)), y_cv):
                 if len(np.unique(y_cv[tr])) < 2:
                     continue
-                clf = logistic_regression(C_GRID[0], max_iter=200, warm_start=True)
-                for c in C_GRID:  # along the path, each fit starting from the previous one
-                    clf.set_params(C=c).fit(X[cv[tr]], y_cv[tr])
+                clf = logistic_regression(C_GRID[0], max_iter=200, warm_start=True, scheme=scheme)
+                for c in C_GRID:  # along the path, each fit starting from the previous one (multinomial)
+                    clf.set_params(**{"estimator__C" if scheme == "ovr" else "C": c}).fit(X[cv[tr]], y_cv[tr])
                     f1[c].append(f1_score(y_cv[te], clf.predict(X[cv[te]]), average="macro"))
             scores = {c: float(np.mean(v)) if v else float("nan") for c, v in f1.items()}
     if C is None:  # the best macro-F1; within 0.002 of it, the strongest regularisation
@@ -144,10 +171,13 @@ def fit(
     if len(present) >= 2:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvergenceWarning)
-            clf = logistic_regression(C, max_iter=max_iter).fit(X, y)
+            clf = logistic_regression(C, max_iter=max_iter, scheme=scheme).fit(X, y)
         converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
-        weight[clf.classes_] = clf.coef_
-        bias[clf.classes_] = clf.intercept_ - clf.intercept_.mean()
+        coef, intercept = coefficients(clf)
+        if len(present) == 2 and coef.shape[0] == 1:  # a binary fit: one row, the log-odds of the second
+            coef, intercept = np.vstack([-coef / 2, coef / 2]), np.r_[-intercept / 2, intercept / 2]
+        weight[clf.classes_] = coef
+        bias[clf.classes_] = intercept - intercept.mean()
     else:  # one phenotype among the training cells: it is predicted
         bias[present] = 0.0
     info = LinearFit(
