@@ -276,3 +276,15 @@ def test_one_vs_rest_logits_give_its_prediction():
     assert len(clf.estimators_) == 4  # one binary regression per phenotype
     with pytest.raises(ValueError, match="scheme must be one of"):
         linear.logistic_regression(0.1, 100, scheme="softmax")
+
+
+def test_two_phenotype_model_has_a_working_first_stage():
+    adata = _log_data(600)
+    keep = adata.obs["phenotype"].isin(adata.obs["phenotype"].cat.categories[:2]).to_numpy()
+    adata = adata[keep].copy()
+    adata.obs["phenotype"] = adata.obs["phenotype"].cat.remove_unused_categories()
+    model = _train(adata, epochs=2)
+    W = model.module.linear_weight.cpu().numpy()
+    assert not np.allclose(W[0], W[1])
+    # the linear stage alone on the validation cells (mix 0): far below chance's log-loss, log 2
+    assert model.linear_stage_.mix_scores[0.0] < 0.5 * np.log(2)
