@@ -60,6 +60,7 @@ KDCPT_VARIANTS = {
     "kdcpt_no_cl_no_cffm": (False, False, {}, {}),
     "kdcpt_no_wide": (True, True, {"use_wide": False}, {}),  # first stage, no SGD wide path
     "kdcpt_no_linear_stage": (True, True, {"linear_stage": False}, {}),  # the issue-11 default
+    "kdcpt_ovr": (True, True, {"linear_scheme": "ovr"}, {}),  # one-vs-rest first stage
     "kdcpt_no_clip": (True, True, {"clip_input": False}, {}),  # query values not clipped (before 2026-12-05 evening)
     "kdcpt_ce": (True, True, {"balanced_softmax": False}, {}),
     "kdcpt_ce_class_weights": (True, True, {"balanced_softmax": False, "class_weights": "balanced"}, {}),
@@ -84,6 +85,7 @@ LABELS = {
     "runs of 2026-11-26)",
     "kdcpt_scvi_embedding_issue11": "KDCPT on scVI's latent space, without the first stage (runs of 2026-11-26)",
     "kdcpt_no_linear_stage": "KDCPT without the first stage (linear_stage=False)",
+    "kdcpt_ovr": "KDCPT with a one-vs-rest first stage (linear_scheme='ovr')",
     "kdcpt_no_clip": "KDCPT without query clipping (clip_input=False; the default before 2026-12-05 evening)",
     "kdcpt_no_cffm": "KDCPT ablation: Cell Learner, no CFFM",
     "kdcpt_no_cl": "KDCPT ablation: no Cell Learner, CFFM",

@@ -288,3 +288,20 @@ def test_two_phenotype_model_has_a_working_first_stage():
     assert not np.allclose(W[0], W[1])
     # the linear stage alone on the validation cells (mix 0): far below chance's log-loss, log 2
     assert model.linear_stage_.mix_scores[0.0] < 0.5 * np.log(2)
+
+
+def test_one_vs_rest_scheme_reaches_the_model(monkeypatch):
+    schemes = []
+
+    def spy(*args, **kwargs):
+        schemes.append(kwargs["scheme"])
+        return linear.fit(*args, **kwargs)
+
+    monkeypatch.setattr(_linear_stage, "fit", spy)
+    adata = _log_data(300)
+    model = _train(adata, epochs=1, linear_scheme="ovr")
+    assert schemes and set(schemes) == {"ovr"}  # the fit (and a refit with the validation cells)
+    W = model.module.linear_weight.cpu().numpy()
+    assert np.isfinite(W).all() and np.abs(W).sum(1).min() > 0
+    with pytest.raises(ValueError, match="linear_scheme must be one of"):
+        kdcpt.KDCPT(adata, linear_scheme="softmax")

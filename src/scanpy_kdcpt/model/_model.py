@@ -14,7 +14,7 @@ from scvi.data.fields import CategoricalObsField, LabelsWithUnlabeledObsField, L
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 from scvi.utils import setup_anndata_dsp
 
-from .. import _expression
+from .. import _expression, linear
 from .._constants import REGISTRY_KEYS, UNLABELED_CATEGORY
 from .._utils import is_mudata
 from ..module import KDCPTModule, KDCPTTrainingPlan
@@ -125,6 +125,11 @@ class KDCPT(
         prediction is the linear model's alone and the stage is refitted on the training and
         validation cells; ``model.linear_stage_`` says what was chosen. ``False``: the network
         alone, as before the stage existed (and as models saved then load).
+    linear_scheme
+        How the first stage fits several phenotypes: ``"multinomial"`` (default), one softmax
+        regression; ``"ovr"``, one class-balanced binary regression of each phenotype against
+        the rest (as CellTypist fits), its log-odds as the stage's logits
+        (``benchmarks/results/first_stage_scheme.md``).
     clip_input
         Clip every query value at the largest value its feature had on the registered cells
         (after normalisation; stored in ``module.input_max``, default on). On the registered
@@ -164,6 +169,7 @@ class KDCPT(
         wide_l2: float = 1e-3,
         balanced_softmax: bool = True,
         linear_stage: bool = True,
+        linear_scheme: Literal["multinomial", "ovr"] = "multinomial",
         clip_input: bool = True,
     ):
         super().__init__(adata)
@@ -174,6 +180,8 @@ class KDCPT(
             raise ValueError(f"aggregation must be 'mean' or 'learned', not {aggregation!r}.")
         if not 0 <= prior_weight <= 1:
             raise ValueError(f"prior_weight must be in [0, 1], got {prior_weight}.")
+        if linear_scheme not in linear.SCHEMES:
+            raise ValueError(f"linear_scheme must be one of {linear.SCHEMES}, not {linear_scheme!r}.")
         if prior_mode not in ("bias", "blend"):
             raise ValueError(f"prior_mode must be 'bias' or 'blend', not {prior_mode!r}.")
         setup = self.adata_manager.registry["setup_args"]
@@ -198,7 +206,7 @@ class KDCPT(
             external_embedding=external,
             is_counts=self.data_type_ == "counts",
             n_batch=n_batch,
-            **{k: v for k, v in hyper.items() if k not in ("n_pcs", "class_weights", "prior_weight")},
+            **{k: v for k, v in hyper.items() if k not in ("n_pcs", "class_weights", "prior_weight", "linear_scheme")},
             prior_weight=prior_weight if setup["prior_key"] is not None else 0.0,
             **module_kwargs,
         )
