@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import sparse
 
-__all__ = ["SCHEMES", "LinearFit", "choose_C", "coefficients", "fit", "logistic_regression", "stratified_subsample"]
+__all__ = ["LinearFit", "choose_C", "coefficients", "fit", "logistic_regression", "stratified_subsample"]
 
 #: training cells of the inner cross-validation at most
 MAX_CV_CELLS = 4_000
