@@ -129,7 +129,8 @@ def fit(
     C: float | None = None,
     scheme: str = "multinomial",
 ) -> tuple[np.ndarray, np.ndarray, LinearFit]:
-    """Class-balanced multinomial logistic regression on ``X`` (cells × features), its ``C`` chosen
+    """Class-balanced logistic regression on ``X`` (cells × features; ``scheme``: multinomial or
+    one-vs-rest, see :func:`logistic_regression`), its ``C`` chosen
     from :data:`C_GRID` by ``n_folds``-fold stratified cross-validation (mean macro-F1) on at most
     :data:`MAX_CV_CELLS` of the cells (or given: no cross-validation); then refitted on all of
     them with L-BFGS to convergence.

@@ -89,7 +89,7 @@ def fit_on_training_cells(model, train_indices: np.ndarray, seed: int, C: float 
 
     # BLAS threads as many as torch's: on a busy machine more threads than cores made a fit 6× slower
     with threadpool_limits(limits=max(1, torch.get_num_threads())):
-        scheme = model.init_params_["non_kwargs"].get("linear_scheme", "multinomial")  # saved before it existed
+        scheme = model.init_params_["non_kwargs"]["linear_scheme"]  # a model saved before it existed: the default
         weight, bias, info = fit(features, codes[train], n_classes, seed=seed, C=C, scheme=scheme)
     module.set_linear_stage(torch.as_tensor(weight), torch.as_tensor(bias))
     return info
