@@ -82,10 +82,11 @@ class GRNMixin:
             neighbours first, so ``z`` is inflated and weak links pass: on the synthetic data
             the TFs without any target keep as many links at 3 as the planted regulators and
             move cells as far; at 8 they keep almost none while the planted regulators keep
-            their effect (``benchmarks/results/grn_min_z.md``). On pancreas and Paul 2015, 8
-            raised the share of published knockout directions beyond random TFs from 10 % to
-            25 % but lowered the share beyond randomised shifts from 65 % to 50 %
-            (``knockout_genetics_minz8.md``). A standard error that accounts for the smoothing
+            their effect (``benchmarks/results/grn_min_z.md``). On pancreas and Paul 2015 (with
+            the default ``stage``), 5 and 8 raised the share of published knockout directions
+            beyond random TFs from 25 % to 35 % and 40 % but lowered the share beyond
+            randomised shifts from 65 % to 60 % and 45 %, the fate changes shrinking
+            (``knockout_genetics_minz5.md``, ``_minz8.md``). A standard error that accounts for the smoothing
             is only 1.4–1.9× larger, and with it the targetless TFs still keep as many links
             at 3 (``grn_z_smoothing.md``), so the default stays 3: compare a knockout with
             ``n_regulator_null`` before reading it as specific to the gene.
