@@ -212,9 +212,9 @@ class KnockoutMixin:
         sigma
             Temperature of the bias of the perturbed chain (smaller: the shift decides more).
             Measured at 0.5 against the default 0.25 (``benchmarks/results/knockout_genetics_sigma0.5.md``,
-            3 seeds of pancreas and Paul 2015): the same published signs (70 %), fate changes a
-            third to three quarters smaller (Arx α −0.10 against −0.16, Pax4 β −0.08 against
-            −0.29), 60 % of the directions beyond randomised shifts against 65 %.
+            3 seeds of pancreas and Paul 2015): as many published signs (14 of 20), fate changes
+            a third to three quarters smaller (Arx α −0.10 against −0.16, Pax4 β −0.08 against
+            −0.29), 12 of the 20 directions beyond randomised shifts against 13.
         n_shift_null
             Randomised shifts (each gene's shift permuted across cells, with random signs) for
             the two-sided p-value of the mean perturbation score (``score_pval``; BH
