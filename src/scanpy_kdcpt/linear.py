@@ -99,11 +99,19 @@ def logistic_regression(
 
 def coefficients(clf) -> tuple[np.ndarray, np.ndarray]:
     """``(coef (classes × features), intercept)`` of a fitted :func:`logistic_regression`: the
-    logits whose argmax is its prediction.
+    logits whose argmax is its prediction, one row per class in ``clf.classes_``.
+
+    A binary fit has one row in scikit-learn (the log-odds of the second class); here each
+    class gets half of it, with opposite signs, so their softmax is the fitted probability.
     """
     if hasattr(clf, "estimators_"):  # one-vs-rest: each phenotype's log-odds against the rest
-        return np.vstack([e.coef_ for e in clf.estimators_]), np.concatenate([e.intercept_ for e in clf.estimators_])
-    return clf.coef_, clf.intercept_
+        coef = np.vstack([e.coef_ for e in clf.estimators_])
+        intercept = np.concatenate([e.intercept_ for e in clf.estimators_])
+    else:
+        coef, intercept = clf.coef_, clf.intercept_
+    if len(clf.classes_) == 2 and coef.shape[0] == 1:
+        coef, intercept = np.vstack([-coef / 2, coef / 2]), np.r_[-intercept / 2, intercept / 2]
+    return coef, intercept
 
 
 def choose_C(scores: dict[float, float], tolerance: float = 0.002) -> float | None:
@@ -175,8 +183,6 @@ def fit(
             clf = logistic_regression(C, max_iter=max_iter, scheme=scheme).fit(X, y)
         converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
         coef, intercept = coefficients(clf)
-        if len(present) == 2 and coef.shape[0] == 1:  # a binary fit: one row, the log-odds of the second
-            coef, intercept = np.vstack([-coef / 2, coef / 2]), np.r_[-intercept / 2, intercept / 2]
         weight[clf.classes_] = coef
         bias[clf.classes_] = intercept - intercept.mean()
     else:  # one phenotype among the training cells: it is predicted
