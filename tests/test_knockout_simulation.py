@@ -377,6 +377,33 @@ def test_fit_grn_partials_out_the_chains_stage(chain_model):
             del adata.obs["test_stage"]
 
 
+def test_the_grns_stage_absorbs_where_the_fates_do(chain_model):
+    """A terminal phenotype without a confident cell: the stage falls back to the cells that
+    predict it, as the fates' absorbing states do (it used to be an error)."""
+    from scanpy_kdcpt import markov, simulation
+
+    before, state = chain_model.grn_, chain_model.transitions_
+    M0 = state.memberships
+    try:
+        p3 = list(chain_model.classes_).index("P3")
+        M = np.array(M0, dtype=float)
+        excess = np.clip(M[:, p3] - 0.45, 0, None)  # no cell is ≥ 0.5 P3 any more
+        M += excess[:, None] / (M.shape[1] - 1)
+        M[:, p3] = np.minimum(M0[:, p3], 0.45)
+        assert (M[:, p3] < 0.5).all() and (M.argmax(1) == p3).any()
+        state.memberships = M
+        with pytest.warns(UserWarning, match="no cell with membership"):
+            by_chain = chain_model.fit_grn(stage="chain", terminal=["P3"])
+        with pytest.warns(UserWarning, match="no cell with membership"):
+            absorbing, _ = markov.terminal_states(M, np.array([p3]))
+        np.testing.assert_array_equal(absorbing, M.argmax(1) == p3)
+        by_array = chain_model.fit_grn(stage=simulation.chain_stage(state.cell_chain, absorbing))
+        for a, b in zip(by_chain.coef, by_array.coef, strict=True):
+            np.testing.assert_allclose(a.toarray(), b.toarray())
+    finally:
+        state.memberships, chain_model.grn_ = M0, before
+
+
 def test_fit_grn_stage_chain_needs_a_chain():
     model = _train(kdcpt.datasets.synthetic(n_cells=200, seed=3), prior_key="is_tf")
     with pytest.raises(InvalidInputError, match="stage='chain'.*compute_transitions"):

@@ -95,8 +95,9 @@ class GRNMixin:
         stage
             Each cell's developmental stage, partialled out of every gene within each phenotype
             before the regressions (with its square): ``"chain"`` — the expected number of steps
-            of the directed chain of :meth:`compute_transitions` before it reaches a cell of a
-            ``terminal`` phenotype (:func:`scanpy_kdcpt.simulation.chain_stage`) —, an
+            of the directed chain of :meth:`compute_transitions` before it reaches a terminal
+            state (the absorbing cells of the fates, :func:`scanpy_kdcpt.markov.terminal_states`;
+            :func:`scanpy_kdcpt.simulation.chain_stage`) —, an
             ``.obs`` column (e.g. a pseudotime), or one value per registered cell. Along a
             lineage a TF that merely rises with the stage otherwise gets links to every gene
             that falls with it, and its knockout sends cells back along the lineage (see
@@ -326,10 +327,9 @@ def _chain_stage(
             )
         logg.info("KDCPT: GRN fitted without stage adjustment (the chain has no terminal phenotypes).")
         return None, "none (no terminal phenotypes)"
-    M = np.asarray(state.memberships, dtype=float)
-    absorbing = (M[:, [list(model.classes_).index(t) for t in terminal]] >= 0.5).any(1)
-    if not absorbing.any():
-        raise InvalidInputError(f"fit_grn(stage='chain'): no cell belongs to the terminal phenotypes {terminal}.")
+    # the absorbing cells the fates use (a terminal phenotype without a confident cell falls back, warned)
+    codes = [list(model.classes_).index(t) for t in terminal]
+    absorbing, _ = markov.terminal_states(state.memberships, np.asarray(codes))
     logg.info(f"KDCPT: GRN with the stage partialled out: the chain's expected steps to {terminal}.")
     return simulation.chain_stage(T, absorbing), f"chain: expected steps to {list(terminal)}"
 
