@@ -66,12 +66,14 @@ def run(dataset: str, seeds: list[int]) -> None:
         codes, labelled = model.labels_()
         val = np.asarray(model.validation_indices, dtype=int)
         val = val[labelled[val]]
-        keys = ["logits_linear", "logits_network"]
-        v = model._collect(keys, indices=val)
-        t = model._collect(keys, adata=a_test)
+        # the first stage's and the network's logits apart
+        v, t = (
+            {f"logits_{c}": model.get_logits(component=c, **cells) for c in ("linear", "network")}
+            for cells in ({"indices": val}, {"adata": a_test})
+        )
         chosen = model.linear_stage_.mix
         refit(model, np.concatenate([np.asarray(model.train_indices, int), np.asarray(model.validation_indices, int)]))
-        t_refit = model._collect(["logits_linear"], adata=a_test)["logits_linear"]
+        t_refit = model.get_logits(a_test, component="linear")
         classes = list(model.classes_)
         y_test = [classes.index(c) if c in classes else -1 for c in ds.labels.iloc[test]]
         rec = {
@@ -170,9 +172,14 @@ def report(command: str) -> None:
         diff = f"{d.mean():+.4f} ± {d.std(ddof=1):.4f}; {int((d > 1e-9).sum())} / {int((d < -1e-9).sum())}"
         L.append(f"| {k} | " + " | ".join(cells) + f" | {vals.mean():.4f} | {diff if k != 'package' else '—'} |")
         summary[k] = {"mean": float(vals.mean()), "diff_mean": float(d.mean()), "diff_sd": float(d.std(ddof=1))}
-    L += ["", "Shares the package's rule chose: " + "; ".join(
-        f"{ds} " + ", ".join(f"{r['package share']:g}" for r in rows if r["dataset"] == ds) for ds in datasets
-    ), ""]
+    L += [
+        "",
+        "Shares the package's rule chose: "
+        + "; ".join(
+            f"{ds} " + ", ".join(f"{r['package share']:g}" for r in rows if r["dataset"] == ds) for ds in datasets
+        ),
+        "",
+    ]
     (C.RESULTS / f"{NAME}.md").write_text("\n".join(L))
     C.write_json(C.RESULTS / f"{NAME}.json", {"command": command, "date": C.now(), "rows": rows, "summary": summary})
     print("\n".join(L))

@@ -110,6 +110,7 @@ def test_save_load_round_trip(log_model, tmp_path):
     assert torch.equal(loaded.module.linear_weight, model.module.linear_weight)
     assert float(loaded.module.mix) == float(model.module.mix)
     assert loaded.extra_["linear_stage"]["C"] == model.linear_stage_.C
+    assert loaded.linear_stage_ == model.linear_stage_  # what the fit found, as after train()
     np.testing.assert_array_equal(loaded.predict(soft=True).to_numpy(), proba.to_numpy())
 
 
@@ -144,6 +145,28 @@ def test_knockout_and_attribution_reach_the_linear_stage(log_model):
         model.module.mix.fill_(mix)
 
 
+def test_logits_of_the_first_stage_and_the_network_apart(log_model):
+    model = log_model
+    cells = np.arange(60)
+    chosen = float(model.module.mix)
+    model.module.mix.fill_(0.5)  # a share strictly between the first stage alone and all of the network
+    try:
+        combined = model.get_logits(indices=cells)
+        first = model.get_logits(indices=cells, component="linear")
+        network = model.get_logits(indices=cells, component="network")
+    finally:
+        model.module.mix.fill_(chosen)
+    np.testing.assert_allclose(combined, first + 0.5 * network, atol=1e-4)
+    # the first stage's are its regression on the log expression the model reads
+    X = model.adata.X[cells]
+    X = X.toarray() if sparse.issparse(X) else np.asarray(X)
+    W, b = (t.cpu().numpy() for t in (model.module.linear_weight, model.module.linear_bias))
+    np.testing.assert_allclose(first, np.minimum(X, model.module.input_max.cpu().numpy()) @ W.T + b, atol=1e-3)
+    assert np.abs(network - first).max() > 1e-2
+    with pytest.raises(ValueError, match="component must be one of"):
+        model.get_logits(component="wide")
+
+
 def test_backed_data(tmp_path):
     adata = kdcpt.datasets.synthetic(n_cells=400, n_genes=100, seed=1)
     adata.X = sparse.csr_matrix(adata.X)
@@ -165,6 +188,9 @@ def test_stratified_subsample_keeps_every_phenotype():
 def test_off_switch_keeps_the_network_alone():
     model = _train(_log_data(300), epochs=1, linear_stage=False)
     assert model.linear_stage_ is None and "linear_weight" not in model.module.state_dict()
+    np.testing.assert_array_equal(model.get_logits(component="network"), model.get_logits())
+    with pytest.raises(ValueError, match="no first stage"):
+        model.get_logits(component="linear")
 
 
 def test_knockout_warns_about_a_fixed_embedding_only_where_the_prediction_reads_it():

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 from scipy import sparse
@@ -53,6 +53,15 @@ class LinearFit:
             "mix_scores": {str(k): v for k, v in self.mix_scores.items()},
             "refit_with_validation": self.refit_with_validation,
         }
+
+    @classmethod
+    def from_dict(cls, record: dict) -> LinearFit:
+        """The fit back from :meth:`to_dict` (a saved model's ``extra_["linear_stage"]``)."""
+        names = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in record.items() if k in names}
+        for k in ("cv_macro_f1", "mix_scores"):
+            kwargs[k] = {float(c): v for c, v in kwargs.get(k, {}).items()}
+        return cls(**kwargs)
 
 
 def stratified_subsample(codes: np.ndarray, n_max: int, rng: np.random.Generator) -> np.ndarray:

@@ -140,10 +140,41 @@ class InferenceMixin:
                 out[k].append(res[k].float().cpu().numpy())
         return {k: np.concatenate(v) for k, v in out.items()}
 
-    def get_logits(self, adata: AnnData | None = None, indices=None, batch_size: int | None = None) -> np.ndarray:
-        """Final (fused) logits, cells × phenotypes, before temperature scaling."""
+    def get_logits(
+        self,
+        adata: AnnData | None = None,
+        indices=None,
+        batch_size: int | None = None,
+        component: str = "combined",
+    ) -> np.ndarray:
+        """Logits, cells × phenotypes, before temperature scaling.
+
+        Parameters
+        ----------
+        adata, indices, batch_size
+            The cells (default: the registered ones) and the minibatch size.
+        component
+            ``"combined"`` (default): the model's logits, the first stage's plus the network's
+            times its share, ``linear + mix · network`` (``mix``: ``model.linear_stage_.mix``,
+            chosen on the validation cells; 0: the first stage alone). ``"linear"``: the
+            convex first stage's (the all-gene logistic regression). ``"network"``: the
+            dual-branch network's, before its share. Compare the last two to see what the network
+            adds to the first stage on your cells. Without a first stage
+            (``KDCPT(linear_stage=False)``) ``"network"`` is ``"combined"`` and ``"linear"`` is
+            an error.
+
+        """
         self._check_if_trained(warn=True)
-        return self._collect(["logits"], adata=adata, indices=indices, batch_size=batch_size)["logits"]
+        keys = {"combined": "logits", "linear": "logits_linear", "network": "logits_network"}
+        if component not in keys:
+            raise ValueError(f"component must be one of {list(keys)}, got {component!r}.")
+        if component == "linear" and not self.module.linear_stage:
+            raise ValueError(
+                "component='linear': this model has no first stage (trained with linear_stage=False); "
+                "use component='combined'."
+            )
+        key = keys[component]
+        return self._collect([key], adata=adata, indices=indices, batch_size=batch_size)[key]
 
     @model_dsp.dedent
     def predict(

@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from scvi.data._utils import _assign_adata_uuid
 
-from .. import _expression
+from .. import _expression, linear
 from .._constants import REGISTRY_KEYS
 from .._errors import InvalidInputError, ModelFileError
 from .._utils import is_mudata
@@ -111,6 +111,9 @@ def _load(cls, dir_path: str, *, adata: AnnData | None = None, accelerator: str 
     model.module.load_state_dict(weights)
     for k, v in attrs.items():
         setattr(model, k, v)
+    record = model.extra_.get("linear_stage") if isinstance(model.extra_, dict) else None
+    if record and model.module.linear_stage:  # what the first stage's fit found, as after train()
+        model.linear_stage_ = linear.LinearFit.from_dict(record)
     model.init_params_ = init
     if meta.get("history"):
         model.history_ = {k: pd.DataFrame(v).set_index("epoch") for k, v in meta["history"].items()}
