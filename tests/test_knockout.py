@@ -119,6 +119,27 @@ def test_unknown_gene_names_the_closest(transition_model):
         transition_model.knockout([], progress=False)
 
 
+def test_a_gene_the_query_lacks_is_refused_not_reported_as_no_effect(transition_model):
+    adata = transition_model.adata
+    query = adata[:200, adata.var_names != "Reg_P2"].copy()
+    with pytest.raises(KeyError, match=r"not measured in the query: \['Reg_P2'\]"):
+        transition_model.knockout("Reg_P2", adata=query, inplace=False, progress=False)
+    with pytest.raises(KeyError, match="not measured in the query"):
+        transition_model.knockout({"pair": ["Reg_P1", "Reg_P2"]}, adata=query, inplace=False, progress=False)
+    # a measured gene of the same query works
+    res = transition_model.knockout("Reg_P1", adata=query, inplace=False, progress=False)
+    assert res.summary.loc[0, "effect"] > 0
+    # "all" leaves the unmeasured gene out, saying so
+    with pytest.warns(UserWarning, match="1 gene.*not measured in the query are left out"):
+        units = kdcpt.perturb._units.resolve_units(transition_model, "all", query, kdcpt._keys.Keys("kdcpt"), 10)
+    assert "Reg_P2" not in units and len(units) == adata.n_vars - 1
+
+
+def test_a_gene_name_that_is_not_a_string_gets_a_clear_error(transition_model):
+    with pytest.raises(TypeError, match="gene names must be strings, got 1001 \\(int\\); pass '1001'"):
+        transition_model.knockout(1001, progress=False)
+
+
 def test_external_embedding_warns_once():
     adata = kdcpt.datasets.synthetic(n_cells=120, seed=1)
     adata.obsm["X_emb"] = np.random.default_rng(0).normal(size=(adata.n_obs, 5)).astype(np.float32)

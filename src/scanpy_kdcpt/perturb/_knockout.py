@@ -103,7 +103,9 @@ class KnockoutMixin:
         genes
             A gene name, a list of names (knocked out one at a time), a dict
             ``{name: [genes]}`` of gene sets (each knocked out together), ``"key"`` (the
-            ``n_top`` highest-ranked key genes) or ``"all"`` (every gene).
+            ``n_top`` highest-ranked key genes) or ``"all"`` (every gene). On a query, a gene it
+            does not measure is refused (the model zero-fills it, so its knockout would show no
+            effect); ``"key"`` and ``"all"`` leave such genes out, with a warning.
         %(param_adata)s
         mode
             ``"delete"`` (set to 0) or ``"overexpress"`` (raise to the ``quantile`` of the

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -12,7 +12,7 @@ import pandas as pd
 
 from .. import _keys, markov
 from .._errors import KeyNotFoundError
-from .._utils import check_obs_column, did_you_mean
+from .._utils import check_obs_column, did_you_mean, is_mudata
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -63,12 +63,28 @@ def resolve_units(model: KDCPTLike, genes, target: AnnData, keys: _keys.Keys, n_
             )
         return tuple(dict.fromkeys(lookup[g] for g in names))
 
+    measured = _measured(model, target)
     if isinstance(genes, str) and genes in ("key", "all") and genes not in lookup:
         if genes == "all":
-            return {g: (i,) for i, g in enumerate(model.var_names_)}
-        return {str(g): (lookup[str(g)],) for g in _top_key_genes(model, target, keys, n_top, lookup)}
+            units = {g: (i,) for i, g in enumerate(model.var_names_)}
+        else:
+            units = {str(g): (lookup[str(g)],) for g in _top_key_genes(model, target, keys, n_top, lookup)}
+        absent = [g for g in units if g not in measured]
+        if absent:
+            warnings.warn(
+                f"genes={genes!r}: {len(absent)} gene(s) not measured in the query are left out "
+                f"(e.g. {absent[:5]}): the model zero-fills them, so knocking them out changes nothing.",
+                UserWarning,
+                stacklevel=3,
+            )
+        return {g: u for g, u in units.items() if g in measured}
     if isinstance(genes, str):
-        return {genes: positions([genes])}
+        return _measured_units({genes: positions([genes])}, model, measured)
+    if not isinstance(genes, Iterable):
+        raise TypeError(
+            f"gene names must be strings, got {genes!r} ({type(genes).__name__}); pass {str(genes)!r}, "
+            "a list of names, or a dict of gene sets."
+        )
     if isinstance(genes, Mapping):
         if not genes:
             raise ValueError("genes is an empty dict; pass {name: [genes, ...]}.")
@@ -77,7 +93,7 @@ def resolve_units(model: KDCPTLike, genes, target: AnnData, keys: _keys.Keys, n_
         if empty:
             raise ValueError(f"gene set(s) {empty} are empty.")
         positions([g for members in sets.values() for g in members])  # every missing gene named at once
-        return {name: positions(members) for name, members in sets.items()}
+        return _measured_units({name: positions(members) for name, members in sets.items()}, model, measured)
     genes = list(genes)
     if not genes:
         raise ValueError("genes is empty; pass a gene name, a list, a dict of gene sets, 'key' or 'all'.")
@@ -85,7 +101,34 @@ def resolve_units(model: KDCPTLike, genes, target: AnnData, keys: _keys.Keys, n_
     if bad:
         raise TypeError(f"gene names must be strings, got {bad[:3]}; for gene sets pass a dict {{name: [genes]}}.")
     positions(genes)  # every missing gene named at once, not only the first
-    return {g: positions([g]) for g in dict.fromkeys(genes)}
+    return _measured_units({g: positions([g]) for g in dict.fromkeys(genes)}, model, measured)
+
+
+def _measured(model: KDCPTLike, target: AnnData) -> set[str]:
+    """The model's features measured in ``target`` (all of them for the registered data)."""
+    names = list(map(str, model.var_names_))
+    if target is model.adata:
+        return set(names)
+    if is_mudata(target):
+        present = set().union(*(map(str, mod.var_names) for mod in target.mod.values()))
+    else:
+        present = set(map(str, target.var_names))
+    return present.intersection(names)
+
+
+def _measured_units(units: dict[str, Unit], model: KDCPTLike, measured: set[str]) -> dict[str, Unit]:
+    """``units``, checked to be measured in the query: a knocked-out gene the query lacks is
+    zero-filled in every cell already, so its knockout would report no effect instead of none measured.
+    """
+    names = model.var_names_
+    absent = list(dict.fromkeys(str(names[i]) for u in units.values() for i in u if str(names[i]) not in measured))
+    if absent:
+        raise KeyNotFoundError(
+            f"{len(absent)} knocked-out gene(s) are not measured in the query: {absent[:10]}. The model "
+            "zero-fills genes a query lacks, so their knockout would show no effect. Knock them out on "
+            "the registered data (adata=None) or on a query that measures them, or leave them out."
+        )
+    return units
 
 
 def _top_key_genes(model: KDCPTLike, target: AnnData, keys: _keys.Keys, n_top: int, lookup: dict) -> pd.Index:
