@@ -85,6 +85,36 @@ def test_fate_written_and_survives_h5ad(transition_model, tmp_path):
     np.testing.assert_allclose(back.uns["kdcpt"]["knockout_fate"]["delta"], uns["knockout_fate"]["delta"])
 
 
+def test_fate_deltas_accumulate_over_calls_as_the_summary_does(transition_model):
+    import dataclasses
+
+    from scanpy_kdcpt import writers
+
+    adata = transition_model.adata
+    kw = {"chain": lineage_chain(adata), "inplace": False, "progress": False}
+    first = transition_model.knockout("Reg_P2", terminal=["P2", "P3"], **kw)
+    second = transition_model.knockout("Reg_P1", terminal=["P2", "P3"], **kw)
+    a = ad.AnnData(obs=adata.obs[[]].copy(), var=adata.var[[]].copy())
+    writers.write_knockout(a, first)
+    writers.write_knockout(a, second)
+    uns = a.uns["kdcpt"]
+    for key, res in (("knockout_fate", first.fate), ("knockout_flux", first.flux)):
+        assert set(uns[key]["gene"]) == {"Reg_P1", "Reg_P2"}
+        np.testing.assert_allclose(uns[key].loc[uns[key]["gene"] == "Reg_P2", "delta"], res["delta"])
+    # other terminals: other base fates, so the earlier genes' fate rows go (their summary rows stay)
+    writers.write_knockout(a, transition_model.knockout("Gene_7", terminal=["P3"], **kw))
+    assert set(uns["knockout_fate"]["gene"]) == {"Gene_7"}
+    assert set(uns["knockout_summary"]["gene"]) == {"Reg_P1", "Reg_P2", "Gene_7"}
+    # results of other phenotypes (another model or grouping) replace every earlier one
+    rename = {"P0": "early", "P1": "early", "P2": "late", "P3": "late"}
+    table = first.table.assign(**{c: first.table[c].astype(str).map(rename) for c in ("source", "target")})
+    other = dataclasses.replace(first, table=table, summary=first.summary.assign(gene="Gene_40"), fate=None, flux=None)
+    writers.write_knockout(a, other)
+    assert set(uns["knockout_summary"]["gene"]) == {"Gene_40"}
+    assert set(uns["knockout"]["source"].astype(str)) == {"early", "late"}
+    assert "knockout_fate" not in uns and "knockout_flux" not in uns
+
+
 def test_chain_errors(transition_model):
     T = lineage_chain(transition_model.adata)
     with pytest.raises(ValueError, match="cells × cells"):

@@ -86,6 +86,31 @@ def test_annotate_copy_leaves_input_untouched(synthetic_model):
     assert "kdcpt_pred" in out.obs and "kdcpt_pred" not in q.obs
 
 
+def test_reannotating_removes_earlier_outputs_the_new_ones_contradict():
+    scvi.settings.seed = 0
+    adata = kdcpt.datasets.synthetic(n_cells=300, n_genes=100, seed=2)
+    kdcpt.KDCPT.setup_anndata(adata, labels_key="phenotype")
+    model = kdcpt.KDCPT(adata, n_tokens=32, n_selected=8, d_model=16, n_hidden=32, n_pcs=10)
+    model.train(max_epochs=2, enable_progress_bar=False, enable_model_summary=False)
+    model.calibrate()
+    model.compute_transitions(direction="pseudotime", root="P0", inplace=False)
+    model.annotate(terminal=["P3"], conformal_alpha=0.1)
+    assert {"kdcpt_prediction_set", "kdcpt_set_size"} <= set(adata.obs)
+    assert "kdcpt_fate_probabilities" in adata.obsm and "kdcpt_transitions" in adata.obsp
+    adata.obs["kdcpt_proba_Old"] = 0.5  # a phenotype of an earlier model, under the same key
+    adata.obs["mine"] = 1.0
+    model.annotate(direction="posterior")  # no sets asked for, no chain
+    assert not {"kdcpt_prediction_set", "kdcpt_set_size", "kdcpt_proba_Old"} & set(adata.obs)
+    assert "mine" in adata.obs and all(f"kdcpt_proba_{c}" in adata.obs for c in model.classes_)
+    uns = adata.uns["kdcpt"]
+    assert uns["transition_method"] == "posterior"
+    assert not {"fate", "fate_terminal", "fate_params", "flux", "stationary"} & set(uns)
+    assert "kdcpt_fate_probabilities" not in adata.obsm and "kdcpt_transitions" not in adata.obsp
+    # the directed chain again: its fates come back
+    model.annotate(direction="stored", terminal=["P3"])
+    assert "kdcpt_fate_probabilities" in adata.obsm and list(uns["fate_terminal"]) == ["P3"]
+
+
 def test_a_labelled_query_gets_metrics_on_its_known_labels(synthetic_model):
     q = kdcpt.datasets.synthetic(n_cells=60, seed=5)
     labels = q.obs["phenotype"].astype(object).copy()

@@ -122,6 +122,33 @@ def test_3_query_normalised_but_not_logged_refused():
         model.predict(query)
 
 
+def test_3_non_integer_counts_with_data_type_counts():
+    adata = _data()
+    adata.X = adata.X * 3.1  # ambient-corrected counts (SoupX, CellBender) are not integers
+    with pytest.raises(InvalidInputError, match="not log-transformed.*data_type='counts'"):
+        kdcpt.KDCPT.setup_anndata(adata, labels_key="phenotype")
+    model = _train(adata, data_type="counts")  # the fix the message names works
+    query = _data(seed=1)
+    query.X = query.X * 3.1
+    pred = model.predict(query)  # a query of the same kind of values too
+    assert len(pred) == query.n_obs
+    with pytest.raises(InvalidInputError, match="looks like log values"):
+        query.X = np.log1p(query.X)
+        model.predict(query)
+
+
+def test_3_a_phenotype_named_like_a_set_is_refused_before_sets_are_written():
+    adata = _data()
+    adata.obs["phenotype"] = adata.obs["phenotype"].cat.rename_categories({"P0": "T|NK"})
+    model = _train(adata)
+    model.calibrate()
+    snap = _snapshot(adata)
+    with pytest.raises(InvalidInputError, match=r"\['T\|NK'\] contain '\|'.*rename_categories"):
+        model.annotate(conformal_alpha=0.1)
+    _unchanged(adata, snap)
+    model.annotate()  # without sets the name is fine
+
+
 # 4 ---------------------------------------------------------------------------------------
 def test_4_untrained_model_writes_nothing():
     adata = _data()

@@ -140,16 +140,29 @@ def check_values(X, what: str = "the expression matrix", *, peaks: bool = False)
         )
 
 
-def check_logged(X, what: str = "the expression matrix") -> None:
+def check_logged(X, what: str = "the expression matrix", *, at_setup: bool = True) -> None:
     """Refuse non-integer values above :data:`MAX_LOG_VALUE`: normalised but not log-transformed."""
+    if not beyond_log_range(X):
+        return
+    hint = (
+        " For non-integer counts (e.g. ambient-corrected by SoupX or CellBender) pass data_type='counts' to setup."
+        if at_setup
+        else ""
+    )
+    raise InvalidInputError(
+        f"{what} looks normalised but not log-transformed (non-integer values above {MAX_LOG_VALUE:g}, where "
+        "log-normalised values stay). Call sc.pp.log1p(adata) after sc.pp.normalize_total, or pass the raw "
+        f"counts (layer=...).{hint}"
+    )
+
+
+def beyond_log_range(X) -> bool:
+    """Non-integer values above :data:`MAX_LOG_VALUE` (in a sample of rows): not log-normalised
+    values; normalised ones, or non-integer counts (e.g. ambient-corrected).
+    """
     vals = _values_sample(X)
     vals = vals[vals != 0]
-    if vals.size and vals.max() > MAX_LOG_VALUE and not np.allclose(vals, np.round(vals)):
-        raise InvalidInputError(
-            f"{what} looks normalised but not log-transformed (non-integer values up to {vals.max():.6g}; "
-            f"log-normalised values stay below {MAX_LOG_VALUE:g}). Call sc.pp.log1p(adata) after "
-            "sc.pp.normalize_total, or pass the raw counts (layer=...)."
-        )
+    return bool(vals.size and vals.max() > MAX_LOG_VALUE and not np.allclose(vals, np.round(vals)))
 
 
 def detect_data_type(X) -> DataType:

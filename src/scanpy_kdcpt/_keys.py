@@ -129,6 +129,22 @@ def check_phenotype_keys(phenotypes, key_added: str = DEFAULT_KEY, where: str = 
         seen[col] = p
 
 
+#: joins the members of a prediction set in ``.obs["{key}_prediction_set"]`` (``"B|T"``)
+SET_SEP = "|"
+
+
+def check_set_names(phenotypes) -> None:
+    """Refuse phenotype names holding :data:`SET_SEP`: their prediction sets could not be read back."""
+    bad = [p for p in map(str, phenotypes) if SET_SEP in p]
+    if bad:
+        raise InvalidInputError(
+            f"Phenotype name(s) {bad[:3]} contain {SET_SEP!r}, which joins the members of a written "
+            f"prediction set ({SET_SEP!r}-joined, e.g. 'B{SET_SEP}T'): a set could not be told from a name. "
+            "Rename them before asking for prediction sets, e.g. adata.obs[labels_key] = "
+            f"adata.obs[labels_key].cat.rename_categories({{{bad[0]!r}: {bad[0].replace(SET_SEP, '/')!r}}})."
+        )
+
+
 # names of the entries inside ``.uns[key_added]``
 UNS_PARAMS = "params"
 UNS_CLASSES = "classes"

@@ -33,8 +33,6 @@ __all__ = [
     "write_transitions",
 ]
 
-_SET_SEP = "|"
-
 
 def _added(where: str, names) -> None:
     logg.info(f"added {where}: " + ", ".join(map(repr, names)))
@@ -49,6 +47,10 @@ def write_predictions(
 ) -> None:
     """Set ``.obs``: ``{key}_pred``, ``{key}_proba_<phenotype>``, ``{key}_confidence``,
     ``{key}_uncertainty``; and ``.uns["{key}_pred_colors"]``.
+
+    Earlier outputs of the same key that these predictions would contradict are removed:
+    ``{key}_proba_`` columns of phenotypes not predicted here (another model's) and the
+    prediction sets (:func:`write_prediction_sets` writes the sets of these predictions).
     """
     keys = _keys.Keys(key_added)
     _keys.check_phenotype_keys(result.phenotypes, key_added, where="the predictions")  # before anything is written
@@ -57,6 +59,11 @@ def write_predictions(
         obs[keys.proba(c)] = result.proba[c].to_numpy(np.float32)
     obs[keys.confidence] = result.confidence.astype(np.float32)
     obs[keys.uncertainty] = result.uncertainty.astype(np.float32)
+    stale = [c for c in adata.obs.columns if str(c).startswith(keys.proba_prefix) and c not in obs]
+    stale += [c for c in (keys.prediction_set, keys.set_size) if c in adata.obs.columns]
+    if stale:
+        adata.obs.drop(columns=stale, inplace=True)
+        logg.info(f"removed .obs {stale}: earlier outputs of key_added={key_added!r} these predictions replace")
     for k, v in obs.items():
         adata.obs[k] = v
     _added(".obs", obs)
@@ -70,8 +77,9 @@ def write_prediction_sets(
 ) -> None:
     """Set ``.obs[{key}_prediction_set]`` (e.g. ``"B|T"``) and ``.obs[{key}_set_size]``."""
     keys = _keys.Keys(key_added)
+    _keys.check_set_names(sets.columns)
     names = np.asarray(list(map(str, sets.columns)), dtype=object)
-    members = [_SET_SEP.join(names[row]) for row in sets.to_numpy()]
+    members = [_keys.SET_SEP.join(names[row]) for row in sets.to_numpy()]
     adata.obs[keys.prediction_set] = pd.Categorical(members)
     adata.obs[keys.set_size] = sets.sum(1).to_numpy(np.int32)
     _added(f".obs (conformal alpha={alpha:g})", [keys.prediction_set, keys.set_size])
@@ -112,9 +120,22 @@ def write_transitions(adata: AnnData, result: Transitions, *, key_added: str = _
     ``direction``; for a directed chain (:attr:`~scanpy_kdcpt.results.Transitions.directed`)
     also ``stationary`` and ``flux``, which are removed for an undirected one (the posterior
     form has neither); and ``.obsp["{key}_transitions"]`` when the result carries a cell-level chain.
+
+    Fates written for an earlier chain (``.obsm["{key}_fate_probabilities"]``, ``fate``,
+    ``fate_terminal``, ``fate_params``) are removed: :func:`write_fates` writes those of this
+    chain. So is an earlier cell-level chain when this result has none (the posterior form).
     """
     keys = _keys.Keys(key_added)
     uns = _uns(adata, key_added)
+    removed = [
+        k for k in (_keys.UNS_FATE, _keys.UNS_FATE_TERMINAL, _keys.UNS_FATE_PARAMS) if uns.pop(k, None) is not None
+    ]
+    if adata.obsm.pop(keys.fate_probabilities, None) is not None:
+        removed.append(f'.obsm["{keys.fate_probabilities}"]')
+    if result.cell_chain is None and adata.obsp.pop(keys.transitions, None) is not None:
+        removed.append(f'.obsp["{keys.transitions}"]')
+    if removed:
+        logg.info(f"removed {removed} of the earlier chain (key_added={key_added!r})")
     names = list(map(str, result.matrix.index))
     safe = pd.Index([_keys.safe_name(c) for c in names], name="target")
     uns[_keys.UNS_TRANSITION] = pd.DataFrame(
@@ -261,15 +282,18 @@ def _write_key_features_mudata(mdata, result: KeyGenes, *, key_added: str, n_top
 
 def write_knockout(adata: AnnData, result: KnockoutResult, *, key_added: str = _keys.DEFAULT_KEY) -> None:
     """Set ``.uns[key]``: ``knockout`` (tidy table), ``knockout_summary``, ``knockout_params``
-    (and ``knockout_fate`` / ``knockout_flux`` when the result has fate deltas, replacing earlier
-    ones); ``.var["{key}_knockout_effect"]``.
+    (and ``knockout_fate`` / ``knockout_flux`` when the result has fate deltas);
+    ``.var["{key}_knockout_effect"]``.
 
     Earlier results of the same genes and mode are replaced, others kept (when they used the
-    same ``groupby`` / ``floor`` / ``fraction``).
+    same ``groupby`` / ``floor`` / ``fraction`` and the same phenotypes; otherwise all are
+    replaced, with a warning). The fate and flux deltas of the kept genes stay beside the new
+    ones when they were computed from the same base fates (the same chain and terminals);
+    otherwise they are dropped, with a warning.
     """
     keys = _keys.Keys(key_added)
     uns = _uns(adata, key_added)
-    table, summary = _merge_earlier(uns, result, key_added)
+    table, summary, kept = _merge_earlier(uns, result, key_added)
     for frame in (table, summary):
         for col in ("gene", "mode"):
             frame[col] = frame[col].astype(str)
@@ -281,14 +305,19 @@ def write_knockout(adata: AnnData, result: KnockoutResult, *, key_added: str = _
         params["regulator_null"] = {_keys.safe_name(k): v for k, v in params["regulator_null"].items()}
     uns[_keys.UNS_KNOCKOUT_PARAMS] = h5ad_safe(params)
     written = [_keys.UNS_KNOCKOUT, _keys.UNS_KNOCKOUT_SUMMARY, _keys.UNS_KNOCKOUT_PARAMS]
-    fate = getattr(result, "fate", None)
-    if isinstance(fate, pd.DataFrame) and len(fate):
-        uns[_keys.UNS_KNOCKOUT_FATE] = fate
-        written.append(_keys.UNS_KNOCKOUT_FATE)
-    flux = getattr(result, "flux", None)
-    if isinstance(flux, pd.DataFrame) and len(flux):
-        uns[_keys.UNS_KNOCKOUT_FLUX] = flux
-        written.append(_keys.UNS_KNOCKOUT_FLUX)
+    for key, base, pair in (
+        (_keys.UNS_KNOCKOUT_FATE, "fate_base", ("source", "terminal")),
+        (_keys.UNS_KNOCKOUT_FLUX, "flux_base", ("source", "target")),
+    ):
+        new = getattr(result, key.removeprefix("knockout_"), None)
+        new = new if isinstance(new, pd.DataFrame) else None
+        merged = _merge_deltas(uns.get(key), new, kept, base, pair, key_added, key)
+        if merged is None:
+            uns.pop(key, None)
+        else:
+            uns[key] = merged
+            if isinstance(new, pd.DataFrame) and len(new):
+                written.append(key)
     # .var: effect of single-gene deletions (each modality's .var for a MuData: genes and sites);
     # a modality none of whose features was deleted gets no all-NaN column
     for target in adata.mod.values() if is_mudata(adata) else [adata]:
@@ -319,20 +348,33 @@ def _write_shifts(adata: AnnData, result: KnockoutResult, keys: _keys.Keys) -> N
         _added(f".obsm (shift on {result.params.get('shift_basis')})", [keys.ko_shift(g) for g in emb])
 
 
-def _merge_earlier(uns: dict, result: KnockoutResult, key_added: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The new knockout table and summary, with earlier results of other genes kept."""
+def _merge_earlier(uns: dict, result: KnockoutResult, key_added: str) -> tuple[pd.DataFrame, pd.DataFrame, set]:
+    """The new knockout table and summary, with earlier results of other genes kept; and the
+    genes kept.
+    """
     table, summary = result.table.copy(), result.summary.copy()
     old_t, old_s = uns.get(_keys.UNS_KNOCKOUT), uns.get(_keys.UNS_KNOCKOUT_SUMMARY)
     if not (isinstance(old_t, pd.DataFrame) and isinstance(old_s, pd.DataFrame) and len(old_s)):
-        return table, summary
+        return table, summary, set()
     old_params = uns.get(_keys.UNS_KNOCKOUT_PARAMS, {})
     same = all(str(old_params.get(k)) == str(result.params.get(k)) for k in ("groupby", "floor", "fraction"))
+    phenotypes = set(map(str, result.table["source"])) | set(map(str, result.table["target"]))
+    for col in ("source", "target"):
+        if isinstance(result.table[col].dtype, pd.CategoricalDtype):
+            phenotypes |= set(map(str, result.table[col].cat.categories))
     if not same or "mode" not in old_s.columns:
         logg.warning(
             f"earlier knockout results in .uns[{key_added!r}] used other settings (groupby / floor / fraction) "
             "and are replaced"
         )
-        return table, summary
+        return table, summary, set()
+    old_phenotypes = set(map(str, old_t["source"])) | set(map(str, old_t["target"]))
+    if not old_phenotypes <= phenotypes:
+        logg.warning(
+            f"earlier knockout results in .uns[{key_added!r}] are of other phenotypes "
+            f"(e.g. {sorted(old_phenotypes - phenotypes)[:3]}: another model or grouping) and are replaced"
+        )
+        return table, summary, set()
     done = set(zip(summary["gene"], summary["mode"], strict=True))
 
     def keep(frame: pd.DataFrame) -> np.ndarray:
@@ -346,7 +388,43 @@ def _merge_earlier(uns: dict, result: KnockoutResult, key_added: str) -> tuple[p
     for col in ("source", "target"):
         table[col] = table[col].astype(str).astype(result.table[col].dtype)
     summary = summary.sort_values("effect", ascending=False, kind="stable").reset_index(drop=True)
-    return table, summary
+    kept = set(map(str, old_s["gene"][keep_s])) - set(map(str, result.summary["gene"]))
+    return table, summary, kept
+
+
+def _merge_deltas(
+    old, new: pd.DataFrame | None, kept: set, base: str, pair: tuple[str, str], key_added: str, key: str
+) -> pd.DataFrame | None:
+    """Fate (or flux) deltas of this knockout with the earlier rows of the genes still in the
+    summary (``kept``), as the summary accumulates genes. Earlier rows are kept only when they
+    share this knockout's base values on the same rows (the same chain, terminals and
+    memberships); otherwise they are dropped, said in a warning. ``None``: nothing to write.
+    """
+    earlier = old[old["gene"].astype(str).isin(kept)] if isinstance(old, pd.DataFrame) and "gene" in old else None
+    if earlier is not None and not len(earlier):
+        earlier = None
+    if new is None or not len(new):
+        return earlier
+    if earlier is not None:
+
+        def rows(frame: pd.DataFrame) -> pd.Series:  # one gene's base values by (source, outcome)
+            one = frame[frame["gene"] == frame["gene"].iloc[0]]
+            index = pd.MultiIndex.from_arrays([one[c].astype(str) for c in pair])
+            return pd.Series(one[base].to_numpy(float), index=index)
+
+        now, before = rows(new), rows(earlier)
+        if set(now.index) != set(before.index) or not np.allclose(before.reindex(now.index), now, equal_nan=True):
+            logg.warning(
+                f"earlier .uns[{key_added!r}][{key!r}] rows of {sorted(kept)[:5]} were computed on another chain "
+                "(other terminals, memberships or cells) and are dropped: knock those genes out again"
+            )
+            earlier = None
+    if earlier is None:
+        return new
+    merged = pd.concat([earlier, new], ignore_index=True)
+    for col in pair:  # the categories of both (h5ad keeps categoricals)
+        merged[col] = pd.Categorical(merged[col].astype(str), categories=list(dict.fromkeys(new[col].astype(str))))
+    return merged
 
 
 def h5ad_safe(d: dict) -> dict:

@@ -89,8 +89,9 @@ class AnnotateMixin:
         query = None if source is self.adata else source  # None: the registered (training) data
         self._check_if_trained()
         self._check_outputs_free(source, key_added)
-        if conformal_alpha is not None:
-            self._conformal_threshold(conformal_alpha)  # fails early, before anything is written
+        if conformal_alpha is not None:  # fail early, before anything is written
+            self._conformal_threshold(conformal_alpha)
+            _keys.check_set_names(self.classes_)
         predictions, key_genes = self._predict_with_key_genes(query, batch_size=batch_size)
         calibration = self.get_calibration(predictions if query is None else None, conformal_alpha=conformal_alpha)
         if transition_predictions is not None:
@@ -142,7 +143,7 @@ class AnnotateMixin:
             ("batch_key", setup.get("batch_key"), obs_out),
             ("prior_key", setup.get("prior_key"), var_out),
         ):
-            if name is not None and name in outputs:
+            if name is not None and (name in outputs or (outputs is obs_out and name.startswith(keys.proba_prefix))):
                 raise InvalidInputError(
                     f"The model's {kind} {name!r} is also an output column of key_added={key_added!r}: writing "
                     f"would overwrite your {kind}. Pass another key_added (e.g. key_added='kdcpt_model') "

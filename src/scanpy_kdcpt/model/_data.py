@@ -16,6 +16,7 @@ from .. import _keys
 from .._constants import LABELS_COPY_KEY, UNLABELED_CATEGORY, UNSEEN_BATCH_KEY
 from .._errors import InvalidInputError, KeyNotFoundError
 from .._expression import (
+    beyond_log_range,
     check_logged,
     check_values,
     detect_data_type,
@@ -237,8 +238,11 @@ def query_anndata(
     X = get_matrix(adata, layer if layer in adata.layers else None)
     X = align_genes(X, adata.var_names, pd.Index(var_names))
     check_values(X, "the query's expression matrix")
-    check_logged(X, "the query's expression matrix")
-    query_type = detect_data_type(X)
+    if data_type == "counts" and beyond_log_range(X):
+        query_type = "counts"  # non-integer counts (ambient-corrected), as the model may have been set up with
+    else:
+        check_logged(X, "the query's expression matrix", at_setup=False)
+        query_type = detect_data_type(X)
     if query_type != data_type:
         where = f"adata.layers[{layer!r}]" if layer in adata.layers else "adata.X"
         fix = (
