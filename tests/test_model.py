@@ -111,6 +111,23 @@ def test_reannotating_removes_earlier_outputs_the_new_ones_contradict():
     assert "kdcpt_fate_probabilities" in adata.obsm and list(uns["fate_terminal"]) == ["P3"]
 
 
+def test_a_second_setup_of_the_same_anndata_does_not_change_the_first_models_labels():
+    scvi.settings.seed = 0
+    adata = kdcpt.datasets.synthetic(n_cells=300, n_genes=100, seed=4)
+    adata.obs["coarse"] = adata.obs["phenotype"].astype(str).replace({"P3": "P2"}).astype("category")
+    kdcpt.KDCPT.setup_anndata(adata, labels_key="phenotype")
+    model = kdcpt.KDCPT(adata, n_tokens=32, n_selected=8, d_model=16, n_hidden=32, n_pcs=10)
+    model.train(max_epochs=2, enable_progress_bar=False, enable_model_summary=False)
+    model.annotate(key_added="before")
+    codes_before = model.labels_()[0]
+    kdcpt.KDCPT.setup_anndata(adata, labels_key="coarse")  # e.g. for a second model on coarser labels
+    np.testing.assert_array_equal(model.labels_()[0], codes_before)
+    model.annotate(key_added="after")
+    before, after = adata.uns["before"], adata.uns["after"]
+    pd.testing.assert_frame_equal(before["transition_matrix"], after["transition_matrix"])
+    assert before["metrics"] == after["metrics"]
+
+
 def test_a_labelled_query_gets_metrics_on_its_known_labels(synthetic_model):
     q = kdcpt.datasets.synthetic(n_cells=60, seed=5)
     labels = q.obs["phenotype"].astype(object).copy()

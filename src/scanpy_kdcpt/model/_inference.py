@@ -32,7 +32,11 @@ class InferenceMixin:
         modified.
         """
         if adata is None or adata is self.adata or self.adata_manager.adata is adata:
-            return self.adata if adata is None else adata
+            registered = self.adata if adata is None else adata
+            # another model set up on the same AnnData rewrote the registered columns (labels,
+            # batches): scvi-tools replays this model's setup, so its own labels are read
+            self._validate_anndata(registered)
+            return registered
         query = self._inputs.prepare_query(adata)
         # scvi-tools notes on every call that it transfers the setup to a new AnnData: for a
         # query that is what always happens, so that note (only) is held back

@@ -121,6 +121,7 @@ class TrainingMixin:
             # aggregation="mean"): DDP must look for unused parameters or it stops at the first step
             trainer_kwargs["strategy"] = f"{trainer_kwargs['strategy']}_find_unused_parameters_true"
         train_size, validation_size, calibration_size = self._split_sizes(train_size, validation_size, calibration_size)
+        self._validate_anndata(self.adata)  # this model's setup replayed if another model's came since
         self._fit_log_prior()
         # the split is drawn here (scvi-tools' splitter, same seed, same sets) so that the first
         # stage sees the training cells only; the trainer then uses exactly these sets
