@@ -84,6 +84,17 @@ def test_chain_arguments_and_mudata_input_are_refused_before_training(tmp_path, 
     assert code == 2 and "needs --root" in err
     code, err = _error(capsys, [*base, str(tmp_path / "o3"), "--time-key", "nope"])
     assert code == 2 and "'nope' is not an obs column" in err
+    code, err = _error(capsys, [*base, str(tmp_path / "o5"), "--direction", "velocity"])
+    assert code == 2 and "needs the layers 'spliced' and 'unspliced'" in err
+    stages = kdcpt.datasets.synthetic(n_cells=60, seed=0)
+    stages.obs["day"] = np.where(np.arange(60) < 30, "day0", "day7")  # text: no order the CLI could know
+    stages.var_names = [f"ENSG{i:011d}" for i in range(stages.n_vars)]  # IDs, not symbols
+    stages.write_h5ad(tmp_path / "stages.h5ad")
+    base = ["run", str(tmp_path / "stages.h5ad"), "--labels", "phenotype", "--out"]
+    code, err = _error(capsys, [*base, str(tmp_path / "o6"), "--time-key", "day"])
+    assert code == 2 and "--time-key 'day' holds category values, which have no order" in err
+    code, err = _error(capsys, [*base, str(tmp_path / "o7"), "--species", "human"])
+    assert code == 2 and "no gene of the data is on the shipped human transcription-factor list" in err
     mu = tmp_path / "paired.h5mu"
     mu.write_bytes(b"")
     code, err = _error(capsys, ["run", str(mu), "--labels", "phenotype", "--out", str(tmp_path / "o4")])
@@ -109,6 +120,16 @@ def test_quiet_run_prints_no_training_chatter(tmp_path, capsys, monkeypatch):
     assert "Monitored metric" not in out + err
     assert cli.main([*argv, "--out", str(tmp_path / "loud")]) == 0  # without --quiet it is shown
     assert "Monitored metric" in capsys.readouterr().out
+
+
+def test_a_directed_run_without_a_prior_writes_its_knockouts(tmp_path, capsys):
+    path = tmp_path / "small.h5ad"
+    kdcpt.datasets.synthetic(n_cells=150, seed=0).write_h5ad(path)
+    argv = ["run", str(path), "--labels", "phenotype", "--root", "P0", "--epochs", "1", "--knockout-top", "2"]
+    assert cli.main([*argv, "--out", str(tmp_path / "o")]) == 0  # no --prior: it used to fail after training
+    assert "knockouts change the memberships only" in capsys.readouterr().err
+    back = ad.read_h5ad(tmp_path / "o" / "annotated.h5ad")
+    assert len(back.uns["kdcpt"]["knockout_summary"]) == 2 and "knockout_fate" in back.uns["kdcpt"]
 
 
 def test_missing_labels_key_exits_2(tmp_path, capsys):

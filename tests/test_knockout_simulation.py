@@ -120,8 +120,18 @@ def test_simulation_needs_a_chain_and_a_prior():
         model.knockout("Reg_P1", simulate="grn", progress=False, inplace=False)
     with pytest.raises(InvalidInputError, match="prior_key"):
         model.fit_grn()
+    # a chain but no prior: the default falls back to the classifier, saying how to get shifts;
+    # asking for shifts names the fix (not fit_grn's own message, a call the user never made)
+    model.compute_transitions(direction="pseudotime", root="P0", inplace=False)
+    kw = {"terminal": ["P3"], "progress": False, "inplace": False}
+    with pytest.warns(UserWarning, match=r"no prior regulators.*fit_grn\(regulators=None\)"):
+        res = model.knockout("Reg_P1", **kw)
+    assert res.params["simulate"] == "classifier"
+    with pytest.raises(InvalidInputError, match=r"knockout\(simulate='grn'\).*fit_grn\(regulators=None\)"):
+        model.knockout("Reg_P1", simulate="grn", **kw)
     grn = model.fit_grn(regulators=["Reg_P0", "Reg_P1", "Reg_P2", "Reg_P3"])
     assert len(grn.regulators) == 4
+    assert model.knockout("Reg_P1", **kw).params["simulate"] == "grn"  # with a fitted GRN the default simulates
 
 
 def test_shift_and_score_written_and_plotted_from_a_reread_file(chain_model, tmp_path):
@@ -375,6 +385,15 @@ def test_fit_grn_partials_out_the_chains_stage(chain_model):
         chain_model.grn_ = before
         if "test_stage" in adata.obs:
             del adata.obs["test_stage"]
+
+
+def test_a_query_knockout_does_not_use_the_registered_cells_chain(chain_model):
+    query = chain_model.adata[:150].copy()
+    query.obs_names = [f"q{i}" for i in range(query.n_obs)]  # other cells
+    with pytest.warns(UserWarning, match=r"terminal=\['P3'\] is not used"):
+        res = chain_model.knockout("Reg_P2", adata=query, terminal=["P3"], inplace=False, progress=False)
+    assert res.fate is None and res.params["simulate"] == "classifier"
+    assert res.summary.loc[0, "effect"] > 0
 
 
 def test_the_grns_stage_absorbs_where_the_fates_do(chain_model):

@@ -8,6 +8,7 @@ import io
 import logging
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from ._errors import KDCPTError
@@ -220,6 +221,8 @@ def _silenced(quiet: bool):
 
 def _check_direction_args(args, adata) -> None:
     """The chain's arguments, checked against the data before any training."""
+    import pandas as pd
+
     phenotypes = sorted(set(adata.obs[args.labels].dropna().astype(str)))
     if args.root is not None and str(args.root) not in phenotypes:
         raise _UsageError(
@@ -231,6 +234,23 @@ def _check_direction_args(args, adata) -> None:
         raise _UsageError("--direction pseudotime needs --root (a phenotype) or --time-key (an obs column)")
     if args.direction == "time" and args.time_key is None:
         raise _UsageError("--direction time needs --time-key (the obs column of the time points)")
+    if args.direction == "velocity":
+        missing = [k for k in ("spliced", "unspliced") if k not in adata.layers]
+        if missing:
+            raise _UsageError(
+                f"--direction velocity needs the layers 'spliced' and 'unspliced' (missing: {missing}; layers: "
+                f"{list(adata.layers.keys())}); use --root or --time-key for a pseudotime, or --direction cytotrace"
+            )
+    if args.time_key is not None and args.direction not in ("posterior", "velocity", "cytotrace", "none"):
+        col = adata.obs[args.time_key]
+        ordered = pd.api.types.is_numeric_dtype(col) or (isinstance(col.dtype, pd.CategoricalDtype) and col.cat.ordered)
+        if not ordered:
+            raise _UsageError(
+                f"--time-key {args.time_key!r} holds {col.dtype} values, which have no order: write numeric time "
+                "points (e.g. 0, 1, 2) or a pseudotime into the column"
+            )
+        if col.isna().any():
+            raise _UsageError(f"--time-key {args.time_key!r} has {int(col.isna().sum())} missing values")
 
 
 def run(args) -> int:
@@ -253,7 +273,14 @@ def run(args) -> int:
     prior_key = args.prior
     if args.species is not None:
         prior_key = "kdcpt_prior_tf"
-        adata.var[prior_key] = datasets.is_transcription_factor(adata.var_names, species=args.species)
+        flags = datasets.is_transcription_factor(adata.var_names, species=args.species)
+        if not any(flags):
+            raise _UsageError(
+                f"--species {args.species}: no gene of the data is on the shipped {args.species} transcription-factor "
+                f"list (var_names e.g. {list(adata.var_names[:3])}; the list holds gene symbols): give --prior, "
+                "or leave the prior out"
+            )
+        adata.var[prior_key] = flags
     scvi.settings.seed = args.seed
     scvi.settings.progress_bar_style = "tqdm"
     t0 = time.time()
@@ -288,6 +315,8 @@ def run(args) -> int:
     model.annotate(direction="stored" if direction != "posterior" else "posterior")
     if args.knockout_top > 0:
         _say(args, f"knocking out the {args.knockout_top} top key genes")
+        if direction != "posterior" and prior_key is None:
+            _say(args, "no --prior or --species: no GRN to simulate shifts with, knockouts change the memberships only")
         _knockout(model, args.knockout_top, progress=not args.quiet)
     out.mkdir(parents=True, exist_ok=True)
     model.save(str(out / "model"), overwrite=True)
@@ -301,7 +330,9 @@ def run(args) -> int:
 
 
 def _knockout(model, n_top: int, *, progress: bool) -> None:
-    model.knockout("key", n_top=n_top, progress=progress)
+    with warnings.catch_warnings():  # without a prior there is no GRN: said by the CLI, not in Python terms
+        warnings.filterwarnings("ignore", message=r"knockout\(simulate='auto'\)")
+        model.knockout("key", n_top=n_top, progress=progress)
 
 
 def _say(args, message: str) -> None:

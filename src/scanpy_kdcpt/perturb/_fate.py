@@ -36,12 +36,14 @@ from .. import markov, simulation
 from .._errors import KeyNotFoundError
 
 
-def resolve_chain(model, chain, terminal: Sequence[str] | None, n_cells: int):
-    """``(T, terminal)`` from the arguments or the model's ``transitions_``; ``(None, None)`` if none."""
-    source = "argument"
+def resolve_chain(model, chain, terminal: Sequence[str] | None, cells):
+    """``(T, terminal)`` for the cells of ``cells`` (an AnnData) from the arguments or the model's
+    ``transitions_`` (when it was built on these cells); ``(None, None)`` if none.
+    """
+    source, n_cells = "argument", cells.n_obs
     if chain is None:
         state = model.transitions_  # a TransitionState, set by model.compute_transitions()
-        if state is None or not state.registered:
+        if state is None or not state.registered or not state.covers(cells):  # e.g. a query
             if terminal is not None:
                 warnings.warn(
                     f"terminal={terminal!r} is not used: fate deltas need a directed chain of these cells, and "

@@ -208,7 +208,9 @@ class KnockoutMixin:
             the cell's steps); fates and flux then come from ``T_ko``. ``"classifier"``: only the
             phenotype probabilities change (the chain stays ``T``), so fate deltas stay small.
             ``"auto"`` (default): ``"grn"`` when the model has a directed chain on the registered
-            cells (:meth:`compute_transitions`), else ``"classifier"``.
+            cells (:meth:`compute_transitions`), else ``"classifier"``; also ``"classifier"``,
+            with a warning, when there is no GRN to fit: no ``model.grn_`` and no prior
+            regulators (``prior_key``) — then call :meth:`fit_grn` with ``regulators=`` first.
         n_propagation
             GRN propagation steps of the shift (CellOracle's default 3).
         sigma
@@ -316,8 +318,8 @@ class KnockoutMixin:
         if embedder is None:
             warn_fixed_embedding(self)
         prepared = self._prepare_adata(query)
-        T, terminal = resolve_chain(self, chain, terminal, target.n_obs)
-        simulate = resolve_simulate(simulate, T, query)
+        T, terminal = resolve_chain(self, chain, terminal, target)
+        simulate = resolve_simulate(simulate, T, query, self)
         X = self._inputs.registered_matrix(prepared)  # genes (+ regulatory sites with setup_mudata)
         base = baseline(self, target, query, groupby, batch_size)
         first_order = None

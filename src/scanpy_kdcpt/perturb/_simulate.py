@@ -277,7 +277,7 @@ def _stage(model, stage, n_cells: int, terminal: Sequence[str] | None = None) ->
     if stage is None:
         return None, "none"
     if isinstance(stage, str) and stage in ("auto", "chain"):
-        return _chain_stage(model, n_cells, terminal, required=stage == "chain")
+        return _chain_stage(model, terminal, required=stage == "chain")
     if isinstance(stage, str):
         if stage not in model.adata.obs:
             raise KeyNotFoundError(
@@ -301,9 +301,7 @@ def _stage(model, stage, n_cells: int, terminal: Sequence[str] | None = None) ->
     return values, note
 
 
-def _chain_stage(
-    model, n_cells: int, terminal: Sequence[str] | None, *, required: bool
-) -> tuple[np.ndarray | None, str]:
+def _chain_stage(model, terminal: Sequence[str] | None, *, required: bool) -> tuple[np.ndarray | None, str]:
     """The chain's stage for ``stage="chain"`` (``required``: a missing chain or terminal is an
     error) or ``"auto"`` (then no adjustment, said in the log).
     """
@@ -318,7 +316,7 @@ def _chain_stage(
         return None, "none (no directed chain)"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        T, terminal = resolve_chain(model, None, terminal, n_cells)
+        T, terminal = resolve_chain(model, None, terminal, model.adata)
     if T is None:
         if required:
             raise InvalidInputError(
@@ -395,13 +393,12 @@ def _regulator_mask(model, regulators, genes: list[str]) -> np.ndarray | None:
     if regulators is None:
         return None
     if isinstance(regulators, str) and regulators == "prior":
-        prior = model.module.prior.detach().cpu().numpy()[: len(genes)]
-        if model.adata_manager.registry["setup_args"].get("prior_key") is None or not (prior > 0.5).any():
+        if not has_prior_regulators(model):
             raise InvalidInputError(
                 "fit_grn(regulators='prior') needs the model's prior_key (e.g. transcription factors): "
                 "set up with prior_key=..., or pass regulators=None (every gene) or a list of regulator names."
             )
-        return prior > 0.5
+        return model.module.prior.detach().cpu().numpy()[: len(genes)] > 0.5
     arr = np.asarray(regulators)
     if arr.dtype == bool:
         if arr.shape != (len(genes),):
@@ -582,17 +579,43 @@ def check_simulation_args(simulate: str, n_propagation: int, sigma: float, n_shi
         raise ValueError(f"n_shift_null must be 0 or more, got {n_shift_null}.")
 
 
-def resolve_simulate(simulate: str, T, query) -> str:
-    """``"grn"`` needs the model's directed chain on its registered cells; ``"auto"`` takes it when there is one."""
+def resolve_simulate(simulate: str, T, query, model) -> str:
+    """``"grn"`` needs the model's directed chain on its registered cells and a GRN (fitted, or
+    prior regulators to fit it with); ``"auto"`` takes it when there are both.
+    """
+    chain = T is not None and query is None
+    grn = model.grn_ is not None or has_prior_regulators(model)
     if simulate == "auto":
-        return "grn" if T is not None and query is None else "classifier"
-    if simulate == "grn" and (T is None or query is not None):
+        if chain and not grn:
+            warnings.warn(
+                "knockout(simulate='auto'): the model has no prior regulators (prior_key) to fit the GRN with, "
+                "so the knockouts change the phenotype probabilities only (simulate='classifier'). For shifts "
+                "that move cells on the chain, call model.fit_grn(regulators=None) (every gene a candidate "
+                "regulator) or model.fit_grn(regulators=[...]) first.",
+                UserWarning,
+                stacklevel=3,
+            )
+        return "grn" if chain and grn else "classifier"
+    if simulate == "grn" and not chain:
         raise ValueError(
             "simulate='grn' moves cells on the directed chain of the registered cells: run "
             "model.compute_transitions(...) first (and knock out on the registered AnnData), or pass "
             "simulate='classifier' to change only the phenotype probabilities."
         )
+    if simulate == "grn" and not grn:
+        raise InvalidInputError(
+            "knockout(simulate='grn') fits the GRN on first use with the prior regulators, and this model has "
+            "none (set up without prior_key, or no gene flagged): call model.fit_grn(regulators=None) (every "
+            "gene a candidate regulator) or model.fit_grn(regulators=[...]) first, or pass simulate='classifier'."
+        )
     return simulate
+
+
+def has_prior_regulators(model) -> bool:
+    """Whether the model was set up with a prior that flags some gene (the default GRN's regulators)."""
+    if model.adata_manager.registry["setup_args"].get("prior_key") is None:
+        return False
+    return bool((model.module.prior.detach().cpu().numpy()[: _n_genes(model)] > 0.5).any())
 
 
 def embed_shifts(adata, T, chains: dict, basis: str | None) -> tuple[dict[str, np.ndarray], str]:
