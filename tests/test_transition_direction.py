@@ -156,8 +156,36 @@ def test_graph_labels_of_close_pbmc_phenotypes_do_not_overlap(basis):
     plt.close("all")
 
 
-def _knockout_adata(n: int, delta: np.ndarray, terminated: np.ndarray) -> ad.AnnData:
-    names = PBMC[:n]
+LONG = [f"CD{i}+ long-named progenitor subtype {i} (cluster {i})" for i in range(20)]
+
+
+def _inside(fig, texts) -> bool:
+    fig.canvas.draw()
+    box, renderer = fig.bbox, fig.canvas.get_renderer()
+    return all(
+        box.x0 - 1 <= b.x0 and b.x1 <= box.x1 + 1 and box.y0 - 1 <= b.y0 and b.y1 <= box.y1 + 1
+        for b in (t.get_window_extent(renderer) for t in texts)
+    )
+
+
+def test_a_graph_of_twenty_long_named_phenotypes_stays_readable():
+    rng = np.random.default_rng(3)
+    umap = rng.normal(scale=3, size=(20, 2))
+    P = rng.dirichlet(np.ones(20) * 0.3, 20) * 0.4 + 0.6 * np.eye(20)
+    a, _ = _annotated(P, LONG, np.full(20, 15.0), method="directed", direction={"kind": "pseudotime"}, umap=umap)
+    fig = kdcpt.pl.transition_graph(a, return_fig=True, show=False)
+    ax = fig.axes[0]
+    assert len(_arrowheads(ax)) <= 20  # not a wall of 40 arrows
+    labels = [t for t in ax.texts if "long-named" in t.get_text()]
+    assert len(labels) == 20 and _overlaps(fig, labels) == [] and _inside(fig, labels)
+    # each leader line reaches its label (none clipped at the axes' edge)
+    ylo, yhi = sorted(ax.get_ylim())
+    assert all(ylo - 1e-9 <= t.get_position()[1] <= yhi + 1e-9 for t in labels)
+    plt.close("all")
+
+
+def _knockout_adata(n: int, delta: np.ndarray, terminated: np.ndarray, names: list[str] | None = None) -> ad.AnnData:
+    names = PBMC[:n] if names is None else names
     src, tgt = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
     table = pd.DataFrame(
         {
@@ -197,6 +225,23 @@ def test_knockout_heatmap_writes_only_readable_deltas_and_marks_terminated():
     fig, small_ax = plt.subplots(figsize=(2.5, 2.5))
     kdcpt.pl.knockout(big, ax=small_ax, show=False)
     assert [t for t in small_ax.texts if t.get_text() not in ("×", "")] == []
+    plt.close("all")
+
+
+def test_knockout_heatmap_of_twenty_long_names_has_readable_labels():
+    delta = np.zeros((20, 20))
+    delta[12, 12] = -0.8
+    a = _knockout_adata(20, delta, np.zeros((20, 20), bool), names=LONG)
+    fig = kdcpt.pl.knockout(a, return_fig=True, show=False)
+    ax = fig.axes[0]
+    ys, xs = ax.get_yticklabels(), ax.get_xticklabels()
+    assert len(ys) == 20 and _overlaps(fig, ys) == [] and _inside(fig, ys + xs)
+    # the x labels stand rotated: neighbours clear each other when the columns are further apart,
+    # across the text, than a label is high (all its lines)
+    step_pt = np.diff(ax.transData.transform([(0, 0), (1, 0)])[:, 0])[0] * 72 / fig.dpi
+    rotation = np.radians(xs[0].get_rotation())
+    tallest = max((t.get_text().count("\n") + 1) * 1.2 * t.get_fontsize() for t in xs)
+    assert step_pt * np.sin(rotation) >= tallest
     plt.close("all")
 
 

@@ -118,22 +118,32 @@ def knockout(
     D = delta.to_numpy(dtype=float)
     T = term.fillna(False).to_numpy(dtype=bool)
     n_r, n_c = D.shape
+    labelsize = max(6.0, min(9.0, 11 - 0.25 * max(n_r, n_c)))
     cell = 0.5 if max(n_r, n_c) <= 12 else 0.32
-    fig, ax = _read.new_axes(ax, (2.6 + cell * n_c, 1.9 + cell * n_r))
+    line = labelsize * 1.4 / 72  # inches per line of label text
+    xlabels = [_read.wrap(str(c), wrap) for c in delta.columns]
+    ylabels = [_read.wrap(str(r), wrap) for r in delta.index]
+    # wrapped labels must clear their neighbours (x: rotated by 60°), else one line each
+    if _lines(xlabels) * line / np.sin(np.radians(60)) > cell:
+        xlabels = [str(c) for c in delta.columns]
+    if _lines(ylabels) * line > cell:
+        ylabels = [str(r) for r in delta.index]
+    width = 1.6 + _text_width(ylabels, labelsize) + cell * n_c
+    height = 1.1 + _text_width(xlabels, labelsize) * np.sin(np.radians(60)) + _lines(xlabels) * line + cell * n_r
+    fig, ax = _read.new_axes(ax, (width, height))
     vmax = float(np.nanmax(np.abs(D))) if np.isfinite(D).any() else 1.0
     vmax = vmax if vmax > 0 else 1e-3
     im = ax.imshow(D, cmap=cmap, vmin=-vmax, vmax=vmax, aspect="equal")
     ax.grid(False)  # no style grid through the cells and their numbers
-    labelsize = max(6.0, min(9.0, 11 - 0.25 * max(n_r, n_c)))
     ax.set_xticks(
         range(n_c),
-        [_read.wrap(str(c), wrap) for c in delta.columns],
+        xlabels,
         rotation=60,
         ha="right",
         rotation_mode="anchor",
         fontsize=labelsize,
     )
-    ax.set_yticks(range(n_r), [_read.wrap(str(r), wrap) for r in delta.index], fontsize=labelsize)
+    ax.set_yticks(range(n_r), ylabels, fontsize=labelsize)
     ax.tick_params(length=0)
     ax.set_xlabel("target phenotype")
     ax.set_ylabel("source phenotype")
@@ -173,6 +183,17 @@ def knockout(
 
 #: deltas below this fraction of the largest one are not written in their cell
 _ANNOTATE_FRACTION = 0.2
+
+
+def _lines(labels: list[str]) -> int:
+    """The most lines of any label."""
+    return max((label.count("\n") + 1 for label in labels), default=1)
+
+
+def _text_width(labels: list[str], size: float) -> float:
+    """Inches of the longest line of the labels at font ``size`` (an average glyph width)."""
+    longest = max((len(part) for label in labels for part in label.split("\n")), default=0)
+    return longest * size * 0.6 / 72
 
 
 def _annotate_deltas(ax, D: np.ndarray, vmax: float, *, min_delta: float, force: bool) -> tuple[int, float | None]:

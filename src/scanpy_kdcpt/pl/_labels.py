@@ -66,12 +66,13 @@ def column_labels(
 ) -> list:
     """Labels in two columns, right-aligned at ``x = left`` for the nodes in the left half and
     left-aligned at ``x = right`` for the others, each as near its node's height as the others
-    allow, joined to its node by a thin grey line. Call after the axes limits are set.
+    allow, joined to its node by a thin grey line. A column is kept within the axes' height,
+    in a smaller font (down to 5 pt) when its labels need more. Call after the axes limits are set.
     """
     _, per_pt_y = data_per_point(ax)
+    y_lo, y_hi = sorted(ax.get_ylim())
     centre = 0.5 * (left + right)
     lines = np.array([lab.count("\n") + 1 for lab in labels], dtype=float)
-    heights = (lines * LINE * fontsize + 3.0) * per_pt_y
     y = xy[:, 1].astype(float).copy()
     texts = [None] * len(labels)
     on_left = xy[:, 0] < centre
@@ -79,10 +80,16 @@ def column_labels(
         idx = np.flatnonzero(side)
         if not len(idx):
             continue
-        y[idx] = spread(xy[idx, 1], heights[idx])
+        need = float((lines[idx] * LINE * fontsize + 3.0).sum()) * per_pt_y
+        size = fontsize if need <= y_hi - y_lo else max(5.0, fontsize * (y_hi - y_lo) / need)
+        heights = (lines[idx] * LINE * size + 3.0) * per_pt_y
+        y[idx] = spread(xy[idx, 1], heights)
+        over = (y[idx] + heights / 2).max() - y_hi  # the stack kept inside the axes
+        y[idx] -= max(over, 0.0)
+        y[idx] += max(y_lo - (y[idx] - heights / 2).min(), 0.0)
         for k in idx:
             ax.plot([xy[k, 0], x], [xy[k, 1], y[k]], color="0.6", linewidth=0.6, zorder=2.5, solid_capstyle="round")
-            texts[k] = ax.text(x, y[k], labels[k], ha=ha, va="center", fontsize=fontsize, zorder=5)
+            texts[k] = ax.text(x, y[k], labels[k], ha=ha, va="center", fontsize=size, zorder=5)
     return texts
 
 

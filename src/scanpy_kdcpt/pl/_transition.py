@@ -209,8 +209,8 @@ def transition_graph(
         Hide edges below it. Default: 10 % of the largest net flux or similarity, 5 % of
         the largest off-diagonal probability.
     max_edges
-        Keep only the strongest edges (default: twice the number of phenotypes, so that the
-        graph stays readable; the title says how many are drawn).
+        Keep only the strongest edges (default: twice the number of phenotypes, at most 20,
+        so that the graph stays readable; the title says how many are drawn).
     layout
         Without an embedding: ``"circle"``, ``"spring"`` (needs networkx) or a dict
         phenotype → (x, y).
@@ -260,11 +260,17 @@ def transition_graph(
         (i, j, off[i, j]) for i in range(n) for j in range(n) if i != j and off[i, j] > 0 and off[i, j] >= threshold
     ]
     edges.sort(key=lambda e: -e[2])
-    edges = edges[: 2 * n if max_edges is None else max_edges]
+    edges = edges[: min(2 * n, MAX_EDGES) if max_edges is None else max_edges]
 
     cols = _read.colors(adata, key, names)
     emb = _embedding(adata, key, basis, names)
-    fig, ax = _read.new_axes(ax, (8.4, 5.6) if emb is not None or layout != "circle" else (6.4, 5.6))
+    labels = [
+        f"{_read.wrap(c, wrap)}\n(stay {values[k, k]:.2f})" if weights == "probability" else _read.wrap(c, wrap)
+        for k, c in enumerate(names)
+    ]
+    # beside an embedding the labels may stand in two columns: tall enough for about half of them each
+    tall = 1.6 + 0.6 * sum(lab.count("\n") + 1 for lab in labels) * _labels.LINE * 8 / 72
+    fig, ax = _read.new_axes(ax, (8.4, max(5.6, tall)) if emb is not None or layout != "circle" else (6.4, 5.6))
     if emb is not None:
         coords, pos = emb
         ax.scatter(coords[:, 0], coords[:, 1], s=3, c="#d9d9d9", linewidths=0, zorder=1, rasterized=True)
@@ -351,10 +357,6 @@ def transition_graph(
                 bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8},
                 zorder=4,
             )
-    labels = [
-        f"{_read.wrap(c, wrap)}\n(stay {values[k, k]:.2f})" if weights == "probability" else _read.wrap(c, wrap)
-        for k, c in enumerate(names)
-    ]
     if emb is None and layout == "circle":
         _labels.radial_labels(ax, xy, labels, offset_pt=radius_pt + 4)
     else:  # labels beside the nodes, or in a column on each side
@@ -363,6 +365,9 @@ def transition_graph(
     ax.axis("off")
     return _read.finish(fig, ax, show, return_fig, save)
 
+
+#: the most edges drawn by default (beyond it arrows cross into a wall no direction can be read from)
+MAX_EDGES = 20
 
 #: arrow head length as a share of the arrow's mutation scale (Matplotlib's default for "-|>")
 _ARROW_HEAD = 0.4
