@@ -130,6 +130,16 @@ def test_plots_with_long_phenotype_names_and_given_axes(reread):
     plt.close("all")
 
 
+def test_training_history_ticks_whole_epochs():
+    a = ad.AnnData(np.zeros((2, 1), dtype=np.float32))
+    a.uns["kdcpt"] = {
+        "history": pd.DataFrame({"epoch": [0, 1], "train_loss": [1.0, 0.6], "validation_loss": [1.1, 0.8]})
+    }
+    (ax,) = kdcpt.pl.training_history(a, metrics=["loss"], show=False)
+    assert len(ax.lines) == 2 and all(float(t).is_integer() for t in ax.get_xticks())  # no 0.2, 0.4, ...
+    plt.close("all")
+
+
 def test_plots_explain_missing_keys():
     a = ad.AnnData(np.zeros((3, 2)))
     with pytest.raises(KeyError, match="model.annotate"):

@@ -66,6 +66,7 @@ def training_history(
 
     """
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     hist = _history(model_or_adata, key)
     metrics = [metrics] if isinstance(metrics, str) else list(metrics)
@@ -96,6 +97,7 @@ def training_history(
         if not drawn:
             a.text(0.5, 0.5, f"no {m} logged", transform=a.transAxes, ha="center", va="center", color="0.4")
         a.set_xlabel("epoch")
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no 0.2, 0.4 ticks
         a.set_title(_LABELS[m], fontsize=10)
         if m in ("accuracy", "f1"):
             a.set_ylim(max(0.0, a.get_ylim()[0]), 1.01)
