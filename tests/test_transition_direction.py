@@ -184,6 +184,30 @@ def test_a_graph_of_twenty_long_named_phenotypes_stays_readable():
     plt.close("all")
 
 
+@pytest.mark.parametrize("names", [LONG, ["Ductal", "EP", "Alpha", "Beta"]])
+def test_embedding_labels_never_cover_each_other(names):
+    from scanpy_kdcpt import markov
+
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, len(names), 600)
+    centres = rng.normal(scale=2.0, size=(len(names), 2)) * (1 if len(names) > 4 else 4)
+    a = ad.AnnData(np.zeros((600, 1), dtype=np.float32))
+    a.obsm["X_umap"] = centres[codes] + 0.3 * rng.normal(size=(600, 2))
+    a.obs["kdcpt_pred"] = pd.Categorical.from_codes(codes, categories=names)
+    a.obsp["kdcpt_transitions"] = markov.knn_transition_matrix(a.obsm["X_umap"], 10)
+    a.uns["kdcpt"] = {"classes": np.asarray(names, dtype=object)}
+    fig = kdcpt.pl.transition_stream(a, return_fig=True, show=False)
+    ax = fig.axes[0]
+    assert _overlaps(fig, ax.texts) == []
+    legends = fig.legends + ([ax.get_legend()] if ax.get_legend() else [])
+    if len(names) > 4:  # 20 long names: numbers on the cells, the names in a legend below, inside the figure
+        assert sorted(t.get_text() for t in ax.texts) == sorted(str(k) for k in range(1, 21))
+        assert [t.get_text() for t in legends[0].get_texts()] == names and _inside(fig, legends[0].get_texts())
+    else:  # a few short names stay on the cells
+        assert sorted(t.get_text() for t in ax.texts) == sorted(names) and not legends
+    plt.close("all")
+
+
 def _knockout_adata(n: int, delta: np.ndarray, terminated: np.ndarray, names: list[str] | None = None) -> ad.AnnData:
     names = PBMC[:n] if names is None else names
     src, tgt = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")

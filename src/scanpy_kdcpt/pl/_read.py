@@ -143,19 +143,49 @@ def savefig(fig: Figure, writekey: str, save: str | bool | None) -> Path | None:
 
 
 def label_groups(ax, X: np.ndarray, groups, *, min_cells: int = 5) -> None:
-    """Each group's name at the median of its cells on an embedding (white box, for orientation)."""
+    """Each group's name at the median of its cells on an embedding (white box, for orientation).
+
+    When the names would cover each other (many groups, long names), each group gets its
+    number there instead, and a legend below the axes says which number is which name.
+    """
     if groups is None:
         return
-    col = pd.Series(np.asarray(groups, dtype=object)).astype(str).astype("category")
-    for name in col.cat.categories:
-        sel = (col == name).to_numpy()
-        if sel.sum() >= min_cells:
-            ax.text(
-                *np.median(X[sel], 0),
-                wrap(str(name), 14),
-                fontsize=8,
-                ha="center",
-                va="center",
-                zorder=4,
-                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.75},
-            )
+    dtype = getattr(groups, "dtype", None)
+    col = pd.Series(np.asarray(groups, dtype=object)).astype(str)
+    # in the categories' order (the phenotypes' order elsewhere), else sorted
+    order = [str(c) for c in dtype.categories] if isinstance(dtype, pd.CategoricalDtype) else sorted(set(col))
+    shown = [(name, np.median(X[(col == name).to_numpy()], 0)) for name in order if (col == name).sum() >= min_cells]
+    box = {"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.75}
+    texts = [
+        ax.text(*at, wrap(name, 14), fontsize=8, ha="center", va="center", zorder=4, bbox=box) for name, at in shown
+    ]
+    if not _any_overlap(ax, texts):
+        return
+    for t in texts:
+        t.remove()
+    from matplotlib.lines import Line2D
+
+    handles = []
+    for k, (_, at) in enumerate(shown, start=1):
+        ax.text(*at, str(k), fontsize=7, ha="center", va="center", zorder=4, bbox=box)
+        handles.append(
+            Line2D([], [], linestyle="none", marker=f"${k}$", color="black", markersize=1 + 4.5 * len(str(k)))
+        )
+    ncol = 2 if len(shown) > 6 else 1
+    kw = {"ncol": ncol, "fontsize": 7, "frameon": False, "handletextpad": 0.4}
+    fig, names = ax.figure, [name for name, _ in shown]
+    if len(fig.axes) <= 2 and fig.get_layout_engine() is not None:
+        # a figure of this plot alone (and its colour bar): taller, the legend below everything
+        rows = -(-len(shown) // ncol)
+        fig.set_figheight(fig.get_figheight() + rows * 7 * 1.5 / 72 + 0.2)
+        fig.legend(handles, names, loc="outside lower center", **kw)
+    else:
+        ax.legend(handles, names, loc="upper center", bbox_to_anchor=(0.5, -0.08), **kw)
+
+
+def _any_overlap(ax, texts) -> bool:
+    """Whether any two of the texts' boxes overlap, once the figure is laid out."""
+    ax.figure.draw_without_rendering()  # limits and layout final (autoscaling is lazy)
+    renderer = ax.figure.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in texts]
+    return any(a.overlaps(b) for k, a in enumerate(boxes) for b in boxes[k + 1 :])
