@@ -111,7 +111,7 @@ UNS_ENTRIES = '.uns["kdcpt"]'  # heading of the table of the entries inside .uns
 
 #: keys outputs.md names that _keys.py does not define, and who writes them
 NOT_IN_KEYS = {
-    _constants.LABELS_COPY_KEY: "setup_anndata / setup_mudata: private copy of the labels (_constants.py)",
+    f"{_constants.LABELS_COPY_PREFIX}<labels_key>": "setup_anndata / setup_mudata: private copy of the labels",
     "kdcpt_prior_tf": "kdcpt run --species (cli.py)",
     "_scvi_uuid": "scvi-tools' setup",
     "_scvi_manager_uuid": "scvi-tools' setup",

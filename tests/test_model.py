@@ -128,6 +128,25 @@ def test_a_second_setup_of_the_same_anndata_does_not_change_the_first_models_lab
     assert before["metrics"] == after["metrics"]
 
 
+def test_two_setups_with_missing_labels_keep_their_own_private_copies():
+    scvi.settings.seed = 0
+    adata = kdcpt.datasets.synthetic(n_cells=300, n_genes=100, seed=4)
+    fine = adata.obs["phenotype"].astype(object)
+    coarse = adata.obs["phenotype"].astype(str).replace({"P3": "P2"}).astype(object)
+    fine.iloc[:20], coarse.iloc[20:40] = np.nan, np.nan  # missing labels: each column gets a private copy
+    adata.obs["fine"], adata.obs["coarse"] = fine, coarse
+    kdcpt.KDCPT.setup_anndata(adata, labels_key="fine")
+    model = kdcpt.KDCPT(adata, n_tokens=32, n_selected=8, d_model=16, n_hidden=32, n_pcs=10)
+    model.train(max_epochs=1, enable_progress_bar=False, enable_model_summary=False)
+    codes, labelled = model.labels_()
+    assert labelled.sum() == 280
+    kdcpt.KDCPT.setup_anndata(adata, labels_key="coarse")
+    again, labelled_again = model.labels_()
+    np.testing.assert_array_equal(again, codes)
+    np.testing.assert_array_equal(labelled_again, labelled)
+    assert {"_kdcpt_labels_fine", "_kdcpt_labels_coarse"} <= set(adata.obs)
+
+
 def test_a_labelled_query_gets_metrics_on_its_known_labels(synthetic_model):
     q = kdcpt.datasets.synthetic(n_cells=60, seed=5)
     labels = q.obs["phenotype"].astype(object).copy()

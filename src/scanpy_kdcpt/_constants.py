@@ -19,6 +19,6 @@ TARGET_SUM = 1e4
 #: placeholder category for cells without a phenotype label
 UNLABELED_CATEGORY = "kdcpt_unlabeled"
 #: private `.obs` column holding labels when missing values had to be recoded
-LABELS_COPY_KEY = "_kdcpt_labels"
+LABELS_COPY_PREFIX = "_kdcpt_labels_"  # + the labels_key: one copy per labels column
 #: `.obs` column of a model-built query AnnData: cells of batches unseen at training
 UNSEEN_BATCH_KEY = "_kdcpt_unseen_batch"

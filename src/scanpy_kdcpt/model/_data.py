@@ -13,7 +13,7 @@ from scanpy import logging as logg
 from scipy import sparse
 
 from .. import _keys
-from .._constants import LABELS_COPY_KEY, UNLABELED_CATEGORY, UNSEEN_BATCH_KEY
+from .._constants import LABELS_COPY_PREFIX, UNLABELED_CATEGORY, UNSEEN_BATCH_KEY
 from .._errors import InvalidInputError, KeyNotFoundError
 from .._expression import (
     beyond_log_range,
@@ -174,12 +174,14 @@ def check_labels(adata: AnnData, labels_key: str, unlabeled_category, where: str
         # their text, in a private column; the user's column is left as it is
         fill = UNLABELED_CATEGORY if unlabeled_category is None else unlabeled_category
         copy = labels.astype(object).where(labels.notna(), fill).astype(str)
-        adata.obs[LABELS_COPY_KEY] = pd.Categorical(copy)
+        # named after the labels column: another model set up on another column keeps its own
+        copy_key = f"{LABELS_COPY_PREFIX}{labels_key}"
+        adata.obs[copy_key] = pd.Categorical(copy)
         if labels.isna().any():
             logg.info(f"{int(labels.isna().sum())} cells without a label are predicted but left out of the loss.")
         if not_text:
             logg.info(f"adata.obs[{labels_key!r}] holds non-text labels: phenotypes are named by their text.")
-        return LABELS_COPY_KEY
+        return copy_key
     return labels_key
 
 
