@@ -8,6 +8,7 @@ from contextlib import contextmanager
 import numpy as np
 import pandas as pd
 import pytest
+import scvi
 
 import scanpy_kdcpt as kdcpt
 from scanpy_kdcpt.calibration import (
@@ -141,6 +142,21 @@ def test_conformal_sets_cover_held_out_cells_and_survive_save_load(synthetic_mod
         loaded = kdcpt.KDCPT.load(str(tmp_path / "m"), adata=model.adata, accelerator="cpu")
         assert loaded.temperature_ == pytest.approx(model.temperature_)
         pd.testing.assert_frame_equal(loaded.predict(indices=test, conformal_alpha=alpha), sets)
+
+
+def test_training_again_drops_the_earlier_calibration():
+    scvi.settings.seed = 0
+    adata = kdcpt.datasets.synthetic(n_cells=300, n_genes=100, seed=5)
+    kdcpt.KDCPT.setup_anndata(adata, labels_key="phenotype")
+    model = kdcpt.KDCPT(adata, n_tokens=32, n_selected=8, d_model=16, n_hidden=32, n_pcs=10, linear_stage=False)
+    model.train(max_epochs=2, enable_progress_bar=False, enable_model_summary=False)
+    model.calibrate()
+    assert model.get_calibration().summary["calibrated"] and model.temperature_ != 1.0
+    with pytest.warns(UserWarning, match="discards the earlier calibrate"):
+        model.train(max_epochs=2, enable_progress_bar=False, enable_model_summary=False)
+    assert not model.get_calibration().summary["calibrated"] and model.temperature_ == 1.0
+    with pytest.raises(ValueError, match="call model.calibrate"):
+        model.predict(conformal_alpha=0.1)  # no sets from the earlier weights' scores
 
 
 def test_uncertainty_higher_for_misclassified_pbmc_cells(pbmc_model):

@@ -100,6 +100,20 @@ def test_linear_stage_alone_is_refitted_with_the_validation_cells(monkeypatch, m
     np.testing.assert_allclose(model.module.linear_weight.cpu().numpy(), w, atol=1e-5)
 
 
+def test_calibrating_on_validation_cells_the_stage_was_refitted_on_warns(monkeypatch):
+    monkeypatch.setattr(
+        _linear_stage, "choose_mix", lambda *a: (0.0, {m: float(m != 0.0) for m in _linear_stage.MIX_GRID})
+    )
+    scvi.settings.seed = 0
+    adata = _log_data(400)
+    kdcpt.KDCPT.setup_anndata(adata, labels_key="phenotype")
+    model = kdcpt.KDCPT(adata, **SMALL)
+    model.train(max_epochs=1, calibration_size=0.0, enable_progress_bar=False, enable_model_summary=False)
+    assert model.linear_stage_.refit_with_validation and not len(model.calibration_indices_)
+    with pytest.warns(UserWarning, match="refitted on them.*optimistic"):
+        model.calibrate()
+
+
 def test_save_load_round_trip(log_model, tmp_path):
     model = log_model
     assert {"linear_weight", "linear_bias", "mix"} <= set(model.module.state_dict())

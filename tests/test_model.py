@@ -186,6 +186,21 @@ def test_save_load_identical_probabilities(synthetic_model, tmp_path):
         synthetic_model.save(tmp_path / "m")
 
 
+def test_loaded_with_other_cells_the_model_forgets_its_held_out_positions(synthetic_model, tmp_path):
+    synthetic_model.save(tmp_path / "m", overwrite=True)
+    held = np.asarray(synthetic_model.calibration_indices_)
+    assert len(held) and held.max() >= 200  # positions that do not exist in the smaller data below
+    same = kdcpt.KDCPT.load(tmp_path / "m", synthetic_model.adata.copy())
+    np.testing.assert_array_equal(same.calibration_indices_, held)  # the training cells: kept
+    other = kdcpt.datasets.synthetic(n_cells=200, seed=7)
+    loaded = kdcpt.KDCPT.load(tmp_path / "m", other)
+    assert loaded.calibration_indices_ is None
+    loaded.annotate()  # an IndexError before; and no "calibration" metrics of arbitrary cells
+    assert "calibration" not in other.uns["kdcpt"]["metrics"]
+    with pytest.raises(ValueError, match="no held-out cells"):
+        loaded.calibrate()
+
+
 def test_load_with_the_reread_h5ad_in_the_same_session(synthetic_model, tmp_path):
     import anndata as ad
 

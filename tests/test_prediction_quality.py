@@ -202,6 +202,14 @@ def test_train_sizes():
     assert split(None, 0.2, 0.0) == pytest.approx((0.8, 0.2, 0.0))
     with pytest.raises(ValueError):
         split(0.9, 0.2, 0.1)
+    # train and validation given: calibration takes the rest; a calibration_size given must be it
+    assert split(0.8, 0.2, None) == pytest.approx((0.8, 0.2, 0.0))
+    assert split(0.5, 0.2, 0.3) == pytest.approx((0.5, 0.2, 0.3))
+    with pytest.raises(ValueError, match="sum to 1.1, not 1"):
+        split(0.8, 0.2, 0.1)  # was accepted, with no calibration cells
+    with pytest.raises(ValueError, match="sum to 0.75, not 1"):
+        split(0.5, 0.2, 0.05)  # was accepted, with 0.3 of the cells for calibration
+    assert split(None, None, None) == pytest.approx((0.8, 0.1, 0.1))
 
 
 def test_wide_lr_param_group(trained):

@@ -224,6 +224,13 @@ def test_8_backed_sparse_anndata(tmp_path):
     in_memory[:, ::-1].copy().write_h5ad(tmp_path / "reordered.h5ad")
     query = ad.read_h5ad(tmp_path / "reordered.h5ad", backed="r")
     np.testing.assert_allclose(model.predict(query, soft=True).to_numpy(), proba.to_numpy(), atol=1e-5)
+    # the default chain (CytoTRACE here: no root, time or velocity) reads the backed matrix too
+    backed_chain = model.compute_transitions(inplace=False)
+    assert backed_chain.direction["kind"] == "cytotrace"
+    np.testing.assert_allclose(backed_chain.cell_chain.sum(1), 1.0)
+    # cross-fitting reads each fold's cells into memory (a backed view cannot be copied)
+    crossfit = model.get_cross_fitted_predictions(n_folds=2, max_epochs=1)
+    assert crossfit.proba.shape == proba.shape and np.isfinite(crossfit.proba.to_numpy()).all()
 
 
 # 9 ---------------------------------------------------------------------------------------

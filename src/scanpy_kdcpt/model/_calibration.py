@@ -7,6 +7,7 @@ AnnData.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -205,6 +206,16 @@ def _held_out_indices(model, target, indices) -> np.ndarray:
         indices = getattr(model, "calibration_indices_", None)
         if indices is None or not len(indices):
             indices = getattr(model, "validation_indices", None)
+            stage = getattr(model, "linear_stage_", None)
+            if indices is not None and len(indices) and stage is not None and stage.refit_with_validation:
+                warnings.warn(
+                    "calibrate() falls back to the validation cells (no calibration cells), and the first stage "
+                    "was refitted on them (mix = 0): the temperature and conformal scores come from cells the "
+                    "model has seen and will be optimistic. Train with calibration_size > 0 (default 0.1), or "
+                    "pass indices= of labelled cells left out of training.",
+                    UserWarning,
+                    stacklevel=3,
+                )
         if indices is None or not len(indices):
             raise ValueError(
                 "The model has no held-out cells to calibrate on (trained with train_size=1.0, "

@@ -101,14 +101,14 @@ class CrossFitMixin:
             for k, (train, held) in enumerate(splits):
                 logg.info(f"cross-fitting: fold {k + 1} of {n_folds} ({len(held)} cells held out)")
                 scvi.settings.seed = random_state + k
-                sub = adata[train].copy()
+                sub = _cells(adata, train)
                 type(self).setup_anndata(sub, **setup_kwargs)
                 model = type(self)(sub, **init)
                 train_kwargs.setdefault("enable_progress_bar", False)
                 model.train(**train_kwargs)
                 if calibrate:
                     model.calibrate()
-                fold = model.predict(adata[held].copy(), soft=True)
+                fold = model.predict(_cells(adata, held), soft=True)
                 proba[held] = fold.reindex(columns=self.classes_, fill_value=0.0).to_numpy(np.float64)
         finally:
             scvi.settings.seed = seed
@@ -131,3 +131,9 @@ def check_predictions(predictions: Predictions, obs_names: pd.Index, classes: li
         )
     if not np.isfinite(predictions.proba.to_numpy(np.float64)).all():
         raise ValueError("transition_predictions contain NaN or infinite probabilities.")
+
+
+def _cells(adata, rows: np.ndarray):
+    """The cells ``rows`` as their own object in memory (a backed AnnData read for them only)."""
+    view = adata[rows]
+    return view.to_memory() if getattr(adata, "isbacked", False) else view.copy()

@@ -12,6 +12,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import torch
+from scanpy import logging as logg
 from scvi.data._utils import _assign_adata_uuid
 
 from .. import _expression, linear
@@ -54,6 +55,7 @@ def _save(model, dir_path: str, *, overwrite: bool = False, save_anndata: bool =
         "init_params": model.init_params_,
         "registry": model.adata_manager.registry,
         "attrs": attrs,
+        "cells": cells_fingerprint(model.adata),
         "history": history,
         "version": __version__,
         "saved_anndata": bool(save_anndata),
@@ -111,6 +113,16 @@ def _load(cls, dir_path: str, *, adata: AnnData | None = None, accelerator: str 
     model.module.load_state_dict(weights)
     for k, v in attrs.items():
         setattr(model, k, v)
+    held = getattr(model, "calibration_indices_", None)
+    if held is not None and len(held):
+        saved = meta.get("cells")  # absent in files of earlier versions: positions out of range tell
+        other = saved != cells_fingerprint(adata) if saved else int(np.max(held)) >= adata.n_obs
+        if other:  # positions into the training cells mean nothing in other cells
+            model.calibration_indices_ = None
+            logg.info(
+                "KDCPT: loaded with another AnnData than the training one: its held-out calibration cells are "
+                "not known here (calibrate(indices=...) or calibrate(adata, labels_key=...) to recalibrate)."
+            )
     record = model.extra_.get("linear_stage") if isinstance(model.extra_, dict) else None
     if record and model.module.linear_stage:  # what the first stage's fit found, as after train()
         model.linear_stage_ = linear.LinearFit.from_dict(record)
@@ -121,6 +133,14 @@ def _load(cls, dir_path: str, *, adata: AnnData | None = None, accelerator: str 
     model.to_device(dev)
     model.module.eval()
     return model
+
+
+def cells_fingerprint(adata) -> dict:
+    """The cells a model was trained on, in order: their number and a digest of their names."""
+    import hashlib
+
+    names = "\n".join(map(str, adata.obs_names)).encode()
+    return {"n_obs": int(adata.n_obs), "sha1": hashlib.sha1(names).hexdigest()}
 
 
 def read_meta(dir_path: str) -> dict:

@@ -27,7 +27,7 @@ class TrainingMixin:
         devices: int | list[int] | str = "auto",
         train_size: float | None = None,
         validation_size: float | None = None,
-        calibration_size: float = 0.1,
+        calibration_size: float | None = None,
         batch_size: int = 128,
         early_stopping: bool = True,
         early_stopping_patience: int = 8,
@@ -71,6 +71,8 @@ class TrainingMixin:
             ``train_size`` is given, the rest is shared: calibration takes
             ``min(calibration_size, (1 - train_size) / 2)``, validation the remainder
             (``train_size=1.0`` trains on every cell, without validation or calibration).
+            When ``train_size`` and ``validation_size`` are both given, calibration takes the
+            rest; a ``calibration_size`` given as well must be that rest (the three sum to 1).
         batch_size
             Cells per minibatch.
         early_stopping, early_stopping_patience
@@ -122,6 +124,7 @@ class TrainingMixin:
             trainer_kwargs["strategy"] = f"{trainer_kwargs['strategy']}_find_unused_parameters_true"
         train_size, validation_size, calibration_size = self._split_sizes(train_size, validation_size, calibration_size)
         self._validate_anndata(self.adata)  # this model's setup replayed if another model's came since
+        self._forget_calibration()
         self._fit_log_prior()
         # the split is drawn here (scvi-tools' splitter, same seed, same sets) so that the first
         # stage sees the training cells only; the trainer then uses exactly these sets
@@ -221,11 +224,35 @@ class TrainingMixin:
         chosen.refit_with_validation = True
         self.extra_["linear_stage"] = {**chosen.to_dict(), "validation_temperature": self.temperature_}
 
+    def _forget_calibration(self) -> None:
+        """A calibration belongs to the weights it was fitted for: training anew drops it (the
+        temperature back to 1, the conformal scores gone), said in a warning.
+        """
+        extra = self.extra_ if isinstance(getattr(self, "extra_", None), dict) else {}
+        if extra.pop("calibration", None) is not None:
+            warnings.warn(
+                "train() discards the earlier calibrate(): its temperature and conformal scores belonged to the "
+                "weights it replaces. Call model.calibrate() again after training.",
+                UserWarning,
+                stacklevel=3,
+            )
+        self.temperature_ = 1.0
+
     @staticmethod
     def _split_sizes(train_size, validation_size, calibration_size) -> tuple[float, float, float]:
         """Resolve train / validation / calibration fractions (see :meth:`train`)."""
+        given = calibration_size is not None
+        calibration_size = 0.1 if calibration_size is None else calibration_size
         if not 0 <= calibration_size < 1:
             raise ValueError(f"calibration_size must be in [0, 1), got {calibration_size}.")
+        if given and train_size is not None and validation_size is not None:
+            total = train_size + validation_size + calibration_size
+            if abs(total - 1.0) > 1e-6:
+                raise ValueError(
+                    f"train_size={train_size:g}, validation_size={validation_size:g} and calibration_size="
+                    f"{calibration_size:g} sum to {total:g}, not 1: give two of them (the third takes the rest) "
+                    "or three that sum to 1."
+                )
         if train_size is None:
             validation_size = 0.1 if validation_size is None else validation_size
             train_size = 1.0 - validation_size - calibration_size

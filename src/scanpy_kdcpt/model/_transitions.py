@@ -257,7 +257,10 @@ class TransitionMixin:
         weights = directed.resolve_direction(direction, target, time_key=time_key, root=root)
         if "cytotrace" in weights:
             manager = self.get_anndata_manager(self._prepare_adata(adata), required=True)
-            expression = _expression.log_normalize(manager.get_from_registry(REGISTRY_KEYS.X_KEY), self.data_type_)
+            X = manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+            if _expression.is_backed(X):  # CytoTRACE reads every cell's genes: in row blocks, kept sparse
+                X = _expression.read_rows(X, np.arange(X.shape[0]))
+            expression = _expression.log_normalize(X, self.data_type_)
         graph = markov.knn_graph(Z, n_neighbors, random_state=random_state)
         T, record = directed.directed_chain(
             target,
