@@ -36,6 +36,7 @@ def test_run_writes_annotated_model_and_report(demo_run):
     assert (adata.obs["kdcpt_pred"].astype(str).to_numpy() == proba.idxmax(1).to_numpy()).all()
     report = (out / "report.md").read_text()
     assert report.startswith("# KD-CPT report")
+    assert "shades into *j* (no direction: the posterior form)" in report
     for section in ("## Metrics", "## Transition matrix", "## Entropy", "## Top key genes", "## Strongest knockouts"):
         assert section in report, section
     uns = adata.uns["kdcpt"]
@@ -130,6 +131,8 @@ def test_a_directed_run_without_a_prior_writes_its_knockouts(tmp_path, capsys):
     assert "knockouts change the memberships only" in capsys.readouterr().err
     back = ad.read_h5ad(tmp_path / "o" / "annotated.h5ad")
     assert len(back.uns["kdcpt"]["knockout_summary"]) == 2 and "knockout_fate" in back.uns["kdcpt"]
+    # the report reads the matrix of a directed chain as one
+    assert "moves to *j* in one step of the directed cell chain" in (tmp_path / "o" / "report.md").read_text()
 
 
 def test_missing_labels_key_exits_2(tmp_path, capsys):

@@ -193,6 +193,10 @@ def test_knockout_writes_survive_h5ad_and_plots_draw(transition_model, tmp_path)
     assert len(boxes) == int(rows["terminated"].sum())
     ax = kdcpt.pl.knockout_effects(back, show=False)
     assert [t.get_text() for t in ax.get_xticklabels()][0] == summary.sort_values("effect")["gene"].iloc[-1]
+    ax.figure.canvas.draw()  # the legend covers no dot
+    legend = ax.get_legend().get_window_extent(ax.figure.canvas.get_renderer())
+    dots = np.concatenate([ax.transData.transform(c.get_offsets()) for c in ax.collections])
+    assert not any(legend.contains(x, y) for x, y in dots)
     assert ax.get_xticklabels()[0].get_rotation() == 0  # three short names stand upright
     # the legend names only what is drawn: a red entry only when some knockout terminated a transition
     legend = [t.get_text() for t in ax.get_legend().get_texts()]

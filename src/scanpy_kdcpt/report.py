@@ -70,7 +70,13 @@ def _transitions_section(uns: dict, classes: list[str], figures: dict) -> list[s
     if len(P.columns) == len(P.index):
         P.columns = list(P.index)  # stored columns use h5ad-safe names; the index keeps the real ones
     P.index.name = "from \\ to"
-    lines = ["## Transition matrix", "", "Row *i*, column *j*: probability that phenotype *i* shades into *j*.", ""]
+    directed = uns.get(_keys.UNS_FLUX) is not None  # written for a directed chain only
+    meaning = (
+        "probability that a cell of phenotype *i* moves to *j* in one step of the directed cell chain"
+        if directed
+        else "probability that phenotype *i* shades into *j* (no direction: the posterior form)"
+    )
+    lines = ["## Transition matrix", "", f"Row *i*, column *j*: {meaning}.", ""]
     lines += [_table(P, "{:.2f}"), ""]
     lines += _figures(figures, "transition_matrix", "transition_graph")
     lines += _direction_section(uns, P.index, figures)

@@ -240,11 +240,12 @@ class KnockoutMixin:
             ``pval_regulators = (1 + #|Δ_null| ≥ |Δ|) / (1 + n_regulator_null)`` and its
             Benjamini–Hochberg ``qval_regulators`` (over the call's tested rows; NaN where no
             knockout changes the fate). It asks whether the gene changes the fate more than
-            another regulator of its expression does: on pancreas and Paul 2015 only 2 of 20
+            another regulator of its expression does: on pancreas and Paul 2015 only 5 of 20
             published knockout directions pass it (``benchmarks/results/knockout_genetics.md``),
             so read a fate change beside it. The drawn genes are in
             ``params["regulator_null"]``. Each draw costs one simulated knockout (about 2 s on
-            3,700 cells); 19 or more for p below 0.05. Off by default (``0``).
+            3,700 cells); the smallest p is ``1 / (1 + n_regulator_null)``, so 39 or more for a p (and
+            a BH q) that can fall below 0.05. Off by default (``0``).
         basis
             Embedding (``.obsm["X_" + basis]``) the shifts are projected on for
             :func:`scanpy_kdcpt.pl.knockout_shift` (``None``: none).

@@ -275,7 +275,7 @@ def knockout_effects(
     summary = summary[np.isfinite(summary["effect"].to_numpy(float))]
     s = summary.sort_values("effect", ascending=False).head(n_genes).reset_index(drop=True)
     n = len(s)
-    fig, ax = _read.new_axes(ax, (max(3.5, 1.0 + 0.28 * n), 3.4))
+    fig, ax = _read.new_axes(ax, (max(3.5, 1.0 + 0.28 * n) + 1.8, 3.4))  # + the legend beside the axes
     x = np.arange(n)
     has_null = "null_low" in s.columns and s["null_low"].notna().any()
     if has_null:
@@ -310,12 +310,15 @@ def knockout_effects(
             )
         )
     h0, _ = ax.get_legend_handles_labels()
-    ax.legend(handles=h0 + handles, fontsize=7, frameon=False, loc="upper right")
+    # beside the axes, never over a dot
+    ax.legend(handles=h0 + handles, fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     names = s["gene"].astype(str)
     upright = n <= 6 and names.str.len().max() <= 8  # a few short names read best level
     ax.set_xticks(x, names, rotation=0 if upright else 90, fontsize=9)
     ax.set_xlim(-0.7, n - 0.3)
-    ax.set_ylim(bottom=0)
+    tops = [y, s["null_high"].to_numpy(float)] if has_null else [y]
+    top = float(np.nanmax(np.concatenate(tops))) if n else 1.0
+    ax.set_ylim(0, 1.12 * top if top > 0 else 1.0)  # room above the largest dot
     ax.set_ylabel("effect (mean TV distance)")
     mode_name = str(s["mode"].iloc[0]) if "mode" in s.columns and n else "delete"
     note = _fixed_note(adata, key)
