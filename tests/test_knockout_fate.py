@@ -36,7 +36,7 @@ def fate_result(transition_model):
 
 def test_fate_table_shape_and_shares(fate_result, transition_model):
     f = fate_result.fate
-    assert list(f.columns) == ["gene", "source", "terminal", "fate_base", "fate_ko", "delta"]
+    assert list(f.columns) == ["gene", "mode", "source", "terminal", "fate_base", "fate_ko", "delta"]
     n_src = len(transition_model.classes_) + 1  # phenotypes and "all"
     assert len(f) == 4 * n_src * 3  # outcomes: the two terminals and "not reached" within the horizon
     assert list(f["terminal"].cat.categories) == ["P2", "P3", "not reached"]
@@ -113,6 +113,35 @@ def test_fate_deltas_accumulate_over_calls_as_the_summary_does(transition_model)
     assert set(uns["knockout_summary"]["gene"]) == {"Gene_40"}
     assert set(uns["knockout"]["source"].astype(str)) == {"early", "late"}
     assert "knockout_fate" not in uns and "knockout_flux" not in uns
+
+
+def test_a_gene_deleted_and_overexpressed_keeps_both_fate_tables(transition_model):
+    import matplotlib.pyplot as plt
+
+    import scanpy_kdcpt as kdcpt
+    from scanpy_kdcpt import report, writers
+
+    adata = transition_model.adata
+    kw = {"chain": lineage_chain(adata), "terminal": ["P2", "P3"], "inplace": False, "progress": False}
+    deleted = transition_model.knockout("Reg_P2", **kw)
+    raised = transition_model.knockout("Reg_P2", mode="overexpress", **kw)
+    assert set(deleted.fate["mode"]) == {"delete"} and set(raised.flux["mode"]) == {"overexpress"}
+    a = ad.AnnData(obs=adata.obs[[]].copy(), var=adata.var[[]].copy())
+    writers.write_knockout(a, deleted)
+    writers.write_knockout(a, raised)
+    uns = a.uns["kdcpt"]
+    for key, res in (("knockout_fate", deleted.fate), ("knockout_flux", deleted.flux)):
+        assert set(uns[key]["mode"]) == {"delete", "overexpress"}  # the deletion's rows were dropped before
+        np.testing.assert_allclose(uns[key].loc[uns[key]["mode"] == "delete", "delta"], res["delta"])
+    ax = kdcpt.pl.knockout_fate(a, "Reg_P2", mode="overexpress", show=False)
+    assert "overexpression" in ax.get_title()
+    drawn = np.asarray(ax.images[0].get_array())
+    expected = raised.fate.pivot_table(index="source", columns="terminal", values="delta", observed=True, sort=False)
+    np.testing.assert_allclose(drawn, expected.to_numpy())
+    assert "knockout" in kdcpt.pl.knockout_fate(a, "Reg_P2", show=False).get_title()  # the deletion by default
+    plt.close("all")
+    lines = "\n".join(report._knockout_section(uns, 5, {}))  # the report's fate table: a row for each
+    assert "| Reg_P2 (delete) |" in lines and "| Reg_P2 (overexpress) |" in lines
 
 
 def test_chain_errors(transition_model):

@@ -206,7 +206,11 @@ def _knockout_section(uns: dict, n_top: int, figures: dict) -> list[str]:
     fate = uns.get(_keys.UNS_KNOCKOUT_FATE)
     if isinstance(fate, pd.DataFrame) and len(fate):
         allc = fate[fate["source"].astype(str) == "all"]
-        wide = allc.pivot_table(index="gene", columns="terminal", values="delta", observed=True)
+        # one row per knockout; a gene both deleted and overexpressed gets a row for each
+        index = ["gene", "mode"] if "mode" in allc.columns and allc["mode"].nunique() > 1 else "gene"
+        wide = allc.pivot_table(index=index, columns="terminal", values="delta", observed=True)
+        if isinstance(wide.index, pd.MultiIndex):
+            wide.index = pd.Index([f"{g} ({m})" for g, m in wide.index], name="gene (mode)")
         lines += [
             "### Fate deltas",
             "",

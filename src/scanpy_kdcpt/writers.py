@@ -311,6 +311,9 @@ def write_knockout(adata: AnnData, result: KnockoutResult, *, key_added: str = _
     ):
         new = getattr(result, key.removeprefix("knockout_"), None)
         new = new if isinstance(new, pd.DataFrame) else None
+        if new is not None and "mode" not in new.columns:  # a result made before modes were recorded
+            new = new.copy()
+            new.insert(1, "mode", str(result.params.get("mode", "delete")))
         merged = _merge_deltas(uns.get(key), new, kept, base, pair, key_added, key)
         if merged is None:
             uns.pop(key, None)
@@ -388,35 +391,47 @@ def _merge_earlier(uns: dict, result: KnockoutResult, key_added: str) -> tuple[p
     for col in ("source", "target"):
         table[col] = table[col].astype(str).astype(result.table[col].dtype)
     summary = summary.sort_values("effect", ascending=False, kind="stable").reset_index(drop=True)
-    kept = set(map(str, old_s["gene"][keep_s])) - set(map(str, result.summary["gene"]))
+    kept = _pairs(old_s[keep_s]) - _pairs(result.summary)
     return table, summary, kept
+
+
+def _pairs(frame: pd.DataFrame) -> set[tuple[str, str]]:
+    """The (gene, mode) of each row (``"delete"`` where a table written before modes has none)."""
+    modes = frame["mode"].astype(str) if "mode" in frame.columns else pd.Series("delete", index=frame.index)
+    return set(zip(frame["gene"].astype(str), modes, strict=True))
 
 
 def _merge_deltas(
     old, new: pd.DataFrame | None, kept: set, base: str, pair: tuple[str, str], key_added: str, key: str
 ) -> pd.DataFrame | None:
-    """Fate (or flux) deltas of this knockout with the earlier rows of the genes still in the
-    summary (``kept``), as the summary accumulates genes. Earlier rows are kept only when they
-    share this knockout's base values on the same rows (the same chain, terminals and
+    """Fate (or flux) deltas of this knockout with the earlier rows of the (gene, mode) pairs
+    still in the summary (``kept``), as the summary accumulates them. Earlier rows are kept only
+    when they share this knockout's base values on the same rows (the same chain, terminals and
     memberships); otherwise they are dropped, said in a warning. ``None``: nothing to write.
     """
-    earlier = old[old["gene"].astype(str).isin(kept)] if isinstance(old, pd.DataFrame) and "gene" in old else None
+    earlier = None
+    if isinstance(old, pd.DataFrame) and "gene" in old:
+        if "mode" not in old.columns:  # written before modes were recorded: deletions
+            old = old.assign(mode="delete")
+        pairs = pd.Series(list(zip(old["gene"].astype(str), old["mode"].astype(str), strict=True)), index=old.index)
+        earlier = old[pairs.isin(kept).to_numpy()]
     if earlier is not None and not len(earlier):
         earlier = None
     if new is None or not len(new):
         return earlier
     if earlier is not None:
 
-        def rows(frame: pd.DataFrame) -> pd.Series:  # one gene's base values by (source, outcome)
-            one = frame[frame["gene"] == frame["gene"].iloc[0]]
+        def rows(frame: pd.DataFrame) -> pd.Series:  # one knockout's base values by (source, outcome)
+            first = frame.iloc[0]
+            one = frame[(frame["gene"] == first["gene"]) & (frame["mode"] == first["mode"])]
             index = pd.MultiIndex.from_arrays([one[c].astype(str) for c in pair])
             return pd.Series(one[base].to_numpy(float), index=index)
 
         now, before = rows(new), rows(earlier)
         if set(now.index) != set(before.index) or not np.allclose(before.reindex(now.index), now, equal_nan=True):
             logg.warning(
-                f"earlier .uns[{key_added!r}][{key!r}] rows of {sorted(kept)[:5]} were computed on another chain "
-                "(other terminals, memberships or cells) and are dropped: knock those genes out again"
+                f"earlier .uns[{key_added!r}][{key!r}] rows of {sorted(g for g, _ in kept)[:5]} were computed on "
+                "another chain (other terminals, memberships or cells) and are dropped: knock those genes out again"
             )
             earlier = None
     if earlier is None:

@@ -439,6 +439,8 @@ class KnockoutMixin:
                 chains=chains,
                 pvals=shifts.fate_pval if shifts is not None else None,
             )
+            for frame in (result.fate, result.flux):  # a gene deleted and overexpressed keeps both
+                frame.insert(1, "mode", params["mode"])
             params.update(
                 terminal=np.asarray(terminal, dtype=object), fate_horizon=int(horizon), terminal_states=terminal_states
             )

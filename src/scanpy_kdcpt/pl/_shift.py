@@ -12,6 +12,7 @@ from .._errors import KeyNotFoundError
 from . import _read
 from ._docs import doc_params
 from ._fate import _basis, _grid
+from ._knockout import _pick_mode
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -19,11 +20,11 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
-def _summary_row(adata: AnnData, key: str, gene: str) -> pd.Series | None:
+def _summary_row(adata: AnnData, key: str, gene: str, mode: str = "delete") -> pd.Series | None:
     summary = adata.uns.get(key, {}).get(_keys.UNS_KNOCKOUT_SUMMARY)
     if not isinstance(summary, pd.DataFrame) or "gene" not in summary:
         return None
-    rows = summary[(summary["gene"].astype(str) == gene) & (summary.get("mode", "delete") == "delete")]
+    rows = summary[(summary["gene"].astype(str) == gene) & (summary.get("mode", "delete") == mode)]
     return rows.iloc[0] if len(rows) else None
 
 
@@ -53,9 +54,9 @@ def _pq(row: pd.Series | None, n: int | None) -> str:
     return f"score {p_text}, q = {row['score_qval']:.3g} against {_against(n)}"
 
 
-def _title(head: str, adata: AnnData, key: str, gene: str) -> str:
+def _title(head: str, adata: AnnData, key: str, gene: str, mode: str = "delete") -> str:
     """The plot's subject, and the test of its perturbation score on a line of its own."""
-    test = _pq(_summary_row(adata, key, gene), _n_shifts(adata, key))
+    test = _pq(_summary_row(adata, key, gene, mode), _n_shifts(adata, key))
     return f"{head}\n({test})" if test else head
 
 
@@ -183,6 +184,7 @@ def knockout_fate(
     *,
     key: str = _keys.DEFAULT_KEY,
     sources: list[str] | None = None,
+    mode: str | None = None,
     alpha: float = 0.05,
     title: str | None = None,
     ax: Axes | None = None,
@@ -213,6 +215,9 @@ def knockout_fate(
     {doc_key}
     sources
         Source phenotypes to show, in order (default: all, then ``all``).
+    mode
+        ``"delete"`` or ``"overexpress"`` when the gene was perturbed both ways (default: the
+        deletion).
     alpha
         Level of the ``qval`` that marks a delta with ``*`` (and of ``qval_regulators``, ``†``)
         when the fate changes were tested.
@@ -233,6 +238,11 @@ def knockout_fate(
     if not len(rows):
         known = sorted(set(fate["gene"].astype(str)))
         raise KeyNotFoundError(f"No fate deltas for {gene!r}; knocked out: {known}.")
+    if "mode" not in rows.columns:  # written before modes were recorded: deletions
+        rows = rows.assign(mode="delete")
+    rows = _pick_mode(rows, mode)
+    mode = str(rows["mode"].iloc[0])
+    verb = "knockout" if mode == "delete" else "overexpression"
     D = rows.pivot_table(index="source", columns="terminal", values="delta", observed=True, sort=False)
     if sources is not None:
         sources = [sources] if isinstance(sources, str) else list(sources)
@@ -288,7 +298,8 @@ def knockout_fate(
     ax.set_xlabel(xlabel, fontsize=8)
     ax.set_ylabel("source phenotype", fontsize=9)
     cbar = fig.colorbar(im, ax=ax, shrink=0.9, pad=0.02)
-    cbar.set_label("Δ fate\n(knockout − base)", fontsize=8)
+    cbar.set_label(f"Δ fate\n({verb} − base)", fontsize=8)
     cbar.ax.tick_params(labelsize=8)
-    ax.set_title(title if title is not None else _title(f"{gene} knockout: fate deltas", adata, key, gene), fontsize=10)
+    head = f"{gene} {verb}: fate deltas"
+    ax.set_title(title if title is not None else _title(head, adata, key, gene, mode), fontsize=10)
     return _read.finish(fig, ax, show, return_fig, save)

@@ -36,14 +36,14 @@ class KnockoutResult(_Result):
     params
         Parameters of the screen.
     fate
-        With a directed chain: tidy fate deltas ``gene``, ``source`` (phenotypes, and ``"all"``
+        With a directed chain: tidy fate deltas ``gene``, ``mode``, ``source`` (phenotypes, and ``"all"``
         for the mean over all cells), ``terminal`` (the terminal phenotypes, then ``"not
         reached"``: the mass that has reached no terminal within the chain's horizon — a block,
         not a fate), ``fate_base``, ``fate_ko``, ``delta``. A phenotype's fate in a terminal is
         its cells' probability of eventually ending there (absorption), averaged with their
         memberships, as in :meth:`~scanpy_kdcpt.KDCPT.get_fate_probabilities`.
     flux
-        With a directed chain: tidy ``gene``, ``source``, ``target``, ``p_base``, ``p_ko`` (the
+        With a directed chain: tidy ``gene``, ``mode``, ``source``, ``target``, ``p_base``, ``p_ko`` (the
         directed phenotype chain), ``flux_base``, ``flux_ko``, ``delta`` (change of net flux).
     shift
         With ``simulate="grn"`` and ``keep_shift=True``: per knockout, the simulated expression
