@@ -387,6 +387,20 @@ def test_fit_grn_partials_out_the_chains_stage(chain_model):
             del adata.obs["test_stage"]
 
 
+def test_knockout_shift_says_which_perturbation_it_draws(chain_model):
+    import matplotlib.pyplot as plt
+
+    adata = chain_model.adata
+    kw = {"terminal": ["P3"], "progress": False}
+    chain_model.knockout("Reg_P1", **kw)
+    assert "Reg_P1 knockout: simulated shift" in kdcpt.pl.knockout_shift(adata, "Reg_P1", show=False).get_title()
+    chain_model.knockout("Reg_P1", mode="overexpress", **kw)  # the same .obs / .obsm keys, now its overexpression
+    assert adata.uns["kdcpt"]["knockout_shift_mode"]["Reg_P1"] == "overexpress"
+    title = kdcpt.pl.knockout_shift(adata, "Reg_P1", show=False).get_title()
+    assert "Reg_P1 overexpression: simulated shift" in title
+    plt.close("all")
+
+
 def test_a_query_knockout_does_not_use_the_registered_cells_chain(chain_model):
     query = chain_model.adata[:150].copy()
     query.obs_names = [f"q{i}" for i in range(query.n_obs)]  # other cells

@@ -340,8 +340,10 @@ def _write_shifts(adata: AnnData, result: KnockoutResult, keys: _keys.Keys) -> N
     scores = getattr(result, "shift_score", None)
     if isinstance(scores, pd.DataFrame):
         cols = []
+        modes = _uns(adata, keys.key_added).setdefault(_keys.UNS_KNOCKOUT_SHIFT_MODE, {})
         for gene in scores.columns:
             adata.obs[keys.ko_score(gene)] = scores[gene].to_numpy(np.float64)
+            modes[_keys.safe_name(str(gene))] = str(result.params.get("mode", "delete"))
             cols.append(keys.ko_score(gene))
         _added(".obs (perturbation score: < 0 pushed back against development)", cols)
     emb = getattr(result, "shift_embedding", None) or {}

@@ -125,6 +125,9 @@ def knockout_shift(
     X = _basis(adata, basis)
     V = np.asarray(adata.obsm[shift_key], dtype=float)
     score = adata.obs[score_key].to_numpy(float)
+    modes = adata.uns.get(key, {}).get(_keys.UNS_KNOCKOUT_SHIFT_MODE, {})
+    mode = str(modes.get(_keys.safe_name(gene), "delete"))  # the gene's latest simulated perturbation
+    verb = "knockout" if mode == "delete" else "overexpression"
     gx, gy, U, W = _grid(X, V, grid, max_gap=1.0)  # arrows only on the cells, not in the gaps between them
     fig, ax = _read.new_axes(ax, (6.4, 5.6))
     lim = float(np.nanpercentile(np.abs(score), 98)) or 1.0
@@ -172,7 +175,7 @@ def knockout_shift(
     ax.set_xlabel(f"{basis.upper()}1")
     ax.set_ylabel(f"{basis.upper()}2")
     ax.set_title(
-        title if title is not None else _title(f"{gene} knockout: simulated shift", adata, key, gene), fontsize=10
+        title if title is not None else _title(f"{gene} {verb}: simulated shift", adata, key, gene, mode), fontsize=10
     )
     return _read.finish(fig, ax, show, return_fig, save)
 
