@@ -382,3 +382,43 @@ def test_a_single_terminal_found_by_the_flux_is_flagged_as_uninformative(transit
     said.clear()
     m.get_fate_probabilities(terminal=["P3"])  # asked for: no note
     assert not any("Only one terminal" in s for s in said)
+
+
+def test_chain_inputs_at_the_edges(transition_model):
+    """Fifth bug hunt: each case failed inside scanpy / CellRank or was silently mislabelled."""
+    m = transition_model
+    adata = m.adata
+    # a gene constant over the cells (undetected; zero-filled in a query): CytoTRACE leaves it out
+    query = adata[:300].copy()
+    query.X = query.X.toarray() if hasattr(query.X, "toarray") else query.X.copy()
+    query.X[:, -1] = 0
+    chain = m.compute_transitions(query, direction="cytotrace", inplace=False)
+    np.testing.assert_allclose(np.asarray(chain.cell_chain.sum(1)).ravel(), 1.0)
+    # the neighbour graph alone has no direction, whatever way it is asked for
+    plain = m.compute_transitions(query, direction={"connectivity": 1.0}, inplace=False)
+    assert plain.direction["kind"] == "none" and not plain.directed and plain.flux is None
+    # more neighbours than cells: said, and the number used recorded
+    with pytest.warns(UserWarning, match="n_neighbors=500 is more than the other 299 cells"):
+        wide = m.compute_transitions(query, direction="cytotrace", n_neighbors=500, inplace=False)
+    assert wide.direction["n_neighbors"] == 299
+    # a root phenotype without cells here, and too few cells for a diffusion map: named, with the fix
+    codes = m.predict(query).astype(str).to_numpy()
+    absent = next(c for c in m.classes_ if c not in set(codes[:4]))
+    with pytest.raises(ValueError, match="at least 5 cells, got 4"):
+        m.compute_transitions(query[:4].copy(), direction="pseudotime", root=absent, n_neighbors=3, inplace=False)
+    only = query[codes != absent].copy()
+    with pytest.raises(ValueError, match=f"No cell of the root phenotype {absent!r}"):
+        m.compute_transitions(only, direction="pseudotime", root=absent, inplace=False)
+
+
+def test_grouped_latent_chains_are_row_stochastic(transition_model):
+    m = transition_model
+    adata = m.adata.copy()
+    adata.obs["cond"] = np.where(np.arange(adata.n_obs) % 2 == 0, "a", "b")
+    chains = m.get_transition_matrix(adata, method="latent", groupby="cond")
+    for name in ("a", "b"):
+        T = chains[name].cell_chain
+        np.testing.assert_allclose(np.asarray(T.sum(1)).ravel(), 1.0)  # 600 rows summed to 0 before
+        within = adata.obs["cond"].to_numpy()
+        rows, cols = T.nonzero()
+        assert (within[rows] == within[cols]).all()  # every cell moves within its own condition

@@ -56,6 +56,13 @@ def test_unpaired_cells_are_refused_with_the_fix():
         kdcpt.KDCPT.setup_mudata(unpaired, "phenotype")
 
 
+def test_the_default_direction_works_on_a_mudata(shuffled_model):
+    _, mdata, model = shuffled_model
+    result = model.compute_transitions(inplace=False)  # "auto": a MuData has no layers of its own
+    assert result.direction["kind"] == "cytotrace"
+    np.testing.assert_allclose(np.asarray(result.cell_chain.sum(1)).ravel(), 1.0)
+
+
 def test_directed_chain_fates_and_knockouts_on_a_multiome_model(shuffled_model):
     _, mdata, model = shuffled_model
     # the encoder representation covers genes and sites: as wide as the internal encoder

@@ -65,7 +65,8 @@ def resolve_direction(
         total = sum(weights.values())
         return {k: v / total for k, v in weights.items()}
     if direction == "auto":
-        if all(k in adata.layers for k in VELOCITY_LAYERS):
+        layers = getattr(adata, "layers", None) or {}  # a MuData has none of its own
+        if all(k in layers for k in VELOCITY_LAYERS):
             direction = "velocity"
         elif time_key is not None:
             direction = "pseudotime"
@@ -128,13 +129,22 @@ def directed_chain(
 
     """
     weights = resolve_direction(direction, adata, time_key=time_key, root=root)
+    if n_neighbors > adata.n_obs - 1:
+        warnings.warn(
+            f"n_neighbors={n_neighbors} is more than the other {adata.n_obs - 1} cells: every cell is a neighbour "
+            "of every other, and the chain is nearly uniform. Pass a smaller n_neighbors (e.g. 15-30).",
+            UserWarning,
+            stacklevel=3,
+        )
     Z = np.asarray(representation, dtype=np.float32)
     if Z.ndim != 2 or Z.shape[0] != adata.n_obs:
         raise ValueError(f"representation must be cells × dimensions with {adata.n_obs} rows, got {Z.shape}.")
     _check_inputs(weights, adata, time_key=time_key, root=root, phenotypes=phenotypes, codes=codes)
     D, W = graph if graph is not None else markov.knn_graph(Z, n_neighbors, random_state=random_state)
     light = _light(adata, D, W, n_neighbors)
-    record: dict = {"kind": "+".join(weights), "weights": dict(weights), "n_neighbors": int(n_neighbors)}
+    # a chain of the neighbour graph alone has no direction (as direction=None)
+    kind = "none" if set(weights) == {"connectivity"} else "+".join(weights)
+    record: dict = {"kind": kind, "weights": dict(weights), "n_neighbors": int(min(n_neighbors, adata.n_obs - 1))}
     T = sparse.csr_matrix((adata.n_obs, adata.n_obs))
     for kind, w in weights.items():
         Tk, params = _KERNELS[kind](
@@ -160,7 +170,10 @@ def root_cell(diffmap: np.ndarray, codes: np.ndarray, root_code: int) -> int:
     cand = np.flatnonzero(codes == root_code)
     others = [c for c in np.unique(codes) if c != root_code and c >= 0]
     if not len(cand):
-        raise ValueError(f"No cell of the root phenotype (code {root_code}).")
+        raise ValueError(
+            f"No cell of the root phenotype (code {root_code}) among these cells: choose a root phenotype "
+            "that has cells here, or pass time_key= a pseudotime."
+        )
     if not others:
         return int(cand[0])
     cents = np.stack([diffmap[codes == c].mean(0) for c in others])
@@ -306,6 +319,16 @@ def _pseudotime_kernel(light, adata, *, codes, phenotypes, time_key, root, **_):
     import scanpy as sc
 
     root_code = list(phenotypes).index(str(root))
+    if light.n_obs < 5:
+        raise ValueError(
+            f"root= pseudotime needs a diffusion map of at least 5 cells, got {light.n_obs}: pass time_key= a "
+            "pseudotime, or use more cells."
+        )
+    if not (np.asarray(codes) == root_code).any():
+        raise ValueError(
+            f"No cell of the root phenotype {str(root)!r} among these cells: choose a root phenotype that has "
+            "cells here, or pass time_key= a pseudotime."
+        )
     with _quiet():
         sc.tl.diffmap(light, n_comps=min(15, light.n_obs - 2))
     dm = np.asarray(light.obsm["X_diffmap"])[:, 1:]
@@ -351,6 +374,18 @@ def _cytotrace_kernel(light, adata, *, expression, **_):
 
     X = adata.X if expression is None else expression
     X = sparse.csr_matrix(X, dtype=np.float32) if sparse.issparse(X) else np.asarray(X, dtype=np.float32)
+    # a gene constant over the cells (e.g. undetected, or zero-filled in a query) has no correlation
+    # with the gene count: CellRank's CytoTRACE stops at its NaN
+    mean = np.asarray(X.mean(0)).ravel()
+    sq = np.asarray((X.multiply(X) if sparse.issparse(X) else X * X).mean(0)).ravel()
+    varying = sq - mean**2 > 1e-12
+    if not varying.all():
+        X = X[:, np.flatnonzero(varying)]
+    if X.shape[1] < 2 or adata.n_obs < 3:
+        raise ValueError(
+            f"direction='cytotrace' needs at least 2 genes that vary and 3 cells (got {X.shape[1]} genes, "
+            f"{adata.n_obs} cells): use direction='pseudotime' with root= or time_key=."
+        )
     cyt = _with_expression(light, X, [f"g{i}" for i in range(X.shape[1])])
     cyt.layers["Ms"] = _smooth(light.obsp["connectivities"], X)
     with _quiet():

@@ -151,9 +151,12 @@ class TransitionMixin:
             )
         if groupby is None:
             return out[None]
-        if method == "latent":  # every condition's chain, block-diagonal in the cells' order
-            for name, idx in groups.items():
-                out[name].cell_chain = _embed_chain(out[name].cell_chain, idx, target.n_obs)
+        if method == "latent":  # all conditions' chains, block-diagonal in the cells' order: every
+            # cell moves within its own condition, and every row sums to 1 (a PrecomputedKernel reads it)
+            blocks = [_embed_chain(out[name].cell_chain, idx, target.n_obs) for name, idx in groups.items()]
+            whole = sparse.csr_matrix(sum(blocks[1:], blocks[0]))
+            for name in groups:
+                out[name].cell_chain = whole
         return out
 
     def get_encoder_representation(
