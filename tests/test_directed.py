@@ -422,3 +422,12 @@ def test_grouped_latent_chains_are_row_stochastic(transition_model):
         within = adata.obs["cond"].to_numpy()
         rows, cols = T.nonzero()
         assert (within[rows] == within[cols]).all()  # every cell moves within its own condition
+
+
+def test_a_representation_with_nan_is_named(transition_model):
+    from scanpy_kdcpt._errors import InvalidInputError
+
+    query = transition_model.adata[:100].copy()
+    query.obsm["X_nan"] = np.where(np.arange(100)[:, None] == 3, np.nan, np.ones((100, 5)))
+    with pytest.raises(InvalidInputError, match=r"adata.obsm\['X_nan'\] has 5 NaN"):
+        transition_model.compute_transitions(query, direction="cytotrace", representation="X_nan", inplace=False)

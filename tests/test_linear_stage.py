@@ -114,6 +114,19 @@ def test_calibrating_on_validation_cells_the_stage_was_refitted_on_warns(monkeyp
         model.calibrate()
 
 
+def test_a_first_stage_alone_says_the_batches_are_not_used(monkeypatch):
+    monkeypatch.setattr(
+        _linear_stage, "choose_mix", lambda *a: (0.0, {m: float(m != 0.0) for m in _linear_stage.MIX_GRID})
+    )
+    scvi.settings.seed = 0
+    adata = _log_data(300)
+    adata.obs["batch"] = np.where(np.arange(adata.n_obs) % 2 == 0, "b1", "b2")
+    kdcpt.KDCPT.setup_anndata(adata, labels_key="phenotype", batch_key="batch")
+    model = kdcpt.KDCPT(adata, **SMALL)
+    with pytest.warns(UserWarning, match="does not read batch_key"):
+        model.train(max_epochs=1, enable_progress_bar=False, enable_model_summary=False)
+
+
 def test_save_load_round_trip(log_model, tmp_path):
     model = log_model
     assert {"linear_weight", "linear_bias", "mix"} <= set(model.module.state_dict())

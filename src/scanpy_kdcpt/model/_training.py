@@ -179,6 +179,15 @@ class TrainingMixin:
             self._choose_mix(np.asarray(val_idx, dtype=int))
             if self.linear_stage_.mix == 0.0 and len(val_idx):
                 self._refit_linear_stage(np.concatenate([train_idx, val_idx]))
+                if self.adata_manager.registry["setup_args"].get("batch_key") is not None:
+                    warnings.warn(
+                        "The validation cells chose the first stage alone (mix = 0), a regression on the expression "
+                        "that does not read batch_key: the predictions do not use the batches (the latent "
+                        "representation still does). model.linear_stage_.mix_scores says how close the network's "
+                        "share came; KDCPT(linear_stage=False) trains the batch-aware network alone.",
+                        UserWarning,
+                        stacklevel=2,
+                    )
         held_out = np.asarray(self.test_indices if self.test_indices is not None else [], dtype=int)
         codes = self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY).ravel()
         self.calibration_indices_ = np.sort(held_out[codes[held_out] < len(self.classes_)]).astype(int)

@@ -17,7 +17,7 @@ from scipy import sparse
 
 from .. import _expression, _keys, directed, markov, writers
 from .._constants import REGISTRY_KEYS
-from .._errors import KeyNotFoundError
+from .._errors import InvalidInputError, KeyNotFoundError
 from .._utils import check_obs_column
 from ..results import Fates, Predictions, Transitions
 from ._docs import model_dsp, output_target
@@ -305,7 +305,13 @@ class TransitionMixin:
         if representation == "latent":
             return self.get_latent_representation(adata, batch_size=batch_size)
         if representation in target.obsm:
-            return np.asarray(target.obsm[representation], dtype=np.float32)
+            Z = np.asarray(target.obsm[representation], dtype=np.float32)
+            if not np.isfinite(Z).all():
+                raise InvalidInputError(
+                    f"adata.obsm[{representation!r}] has {int((~np.isfinite(Z)).sum())} NaN or infinite values: "
+                    "fill them, or pass representation='encoder'."
+                )
+            return Z
         raise KeyNotFoundError(
             f"representation {representation!r} is neither 'encoder', 'latent' nor an .obsm key "
             f"(obsm keys: {list(target.obsm.keys())})."
