@@ -70,3 +70,21 @@ def test_classification_report_by_hand():
     assert r["macro_f1"] == pytest.approx((2 / 3 + 0.8 + 1) / 3)
     # kappa: po = 0.8, pe = (2*1 + 2*3 + 1*1) / 25 = 9/25
     assert r["kappa"] == pytest.approx((0.8 - 9 / 25) / (1 - 9 / 25))
+
+
+def test_metrics_read_labels_as_users_give_them():
+    import pandas as pd
+
+    # integer ids with a missing value arrive as floats: 1.0 is still the label 1 (it scored 0)
+    r = metrics.classification_report(pd.Series([1, 2, np.nan, 1, 2]), [1, 2, 2, 2, 2])
+    assert r["n_cells"] == 4 and r["accuracy"] == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="3 true labels for 2 predictions"):
+        metrics.classification_report(["a", "b", "a"], ["a", "b"])
+    # probabilities only: logits or other scores give no "ECE"
+    with pytest.raises(ValueError, match="rows in \\[0, 1\\] summing to 1"):
+        metrics.ece(["x", "y"], [[5.0, 1.0], [1.0, 3.0]], classes=["x", "y"])
+    with pytest.raises(ValueError, match="n_bins must be 1 or more"):
+        metrics.ece(["x"], [[1.0, 0.0]], classes=["x", "y"], n_bins=0)
+    assert metrics.ece(pd.Series([1.0, 2.0]), [[0.9, 0.1], [0.2, 0.8]], classes=[1, 2]) == pytest.approx(0.15)
+    # one gene symbol, not its letters
+    assert kdcpt.datasets.is_transcription_factor("GATA1").tolist() == [True]

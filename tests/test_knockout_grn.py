@@ -67,3 +67,7 @@ def test_tf_target_prior_reads_dorothea():
     assert (edges["tf"] == "Gata1").any()
     with pytest.raises(FileNotFoundError):
         kdcpt.datasets.tf_target_prior(DOROTHEA / "nope.tsv")
+    lower = kdcpt.datasets.tf_target_prior(DOROTHEA / "dorothea_mm.tsv.gz", confidence=["a"])  # any case
+    assert len(lower) == len(edges)
+    with pytest.raises(ValueError, match="none of its levels \\['HIGH'\\] is in the table"):
+        kdcpt.datasets.tf_target_prior(DOROTHEA / "dorothea_mm.tsv.gz", confidence=["high"])  # was 0 edges, silently

@@ -130,6 +130,12 @@ def test_plots_with_long_phenotype_names_and_given_axes(reread):
     plt.close("all")
 
 
+def test_key_genes_of_one_phenotype_given_as_a_string(reread):
+    ax = kdcpt.pl.key_genes(reread, phenotypes="P2", n_genes=3, show=False)  # 'P2', not ['P', '2']
+    assert ax is not None
+    plt.close("all")
+
+
 def test_training_history_ticks_whole_epochs():
     a = ad.AnnData(np.zeros((2, 1), dtype=np.float32))
     a.uns["kdcpt"] = {

@@ -12,7 +12,17 @@ from . import calibration
 
 
 def _as_labels(y) -> np.ndarray:
-    return np.asarray(pd.Series(y).astype(str))
+    """Labels as text; whole numbers as integers first (``1.0`` → ``"1"``: integer labels with a
+    missing value arrive as floats and must still equal ``1``).
+    """
+    values = [_text(v) for v in np.asarray(y, dtype=object).ravel()]
+    return np.asarray(values, dtype=object).astype(str)
+
+
+def _text(v) -> str:
+    if isinstance(v, float | np.floating) and np.isfinite(v) and float(v).is_integer():
+        return str(int(v))
+    return str(v)
 
 
 def accuracy(y_true: Sequence, y_pred: Sequence) -> float:
@@ -37,6 +47,8 @@ def classification_report(y_true: Sequence, y_pred: Sequence) -> dict[str, float
     """
     y_true = pd.Series(np.asarray(y_true, dtype=object))
     y_pred = pd.Series(np.asarray(y_pred, dtype=object))
+    if len(y_true) != len(y_pred):
+        raise ValueError(f"{len(y_true)} true labels for {len(y_pred)} predictions: pass one of each per cell.")
     keep = y_true.notna().to_numpy()
     if keep.sum() == 0:
         raise ValueError("No cell has a known phenotype: nothing to score.")
@@ -69,7 +81,7 @@ def _proba_and_codes(y_true: Sequence, proba, classes: Sequence | None) -> tuple
     if len(y) != len(p):
         raise ValueError(f"{len(y)} labels for {len(p)} rows of probabilities.")
     keep = y.notna().to_numpy()
-    y = y[keep].astype(str)
+    y = pd.Series(_as_labels(y[keep]), dtype=object)
     unknown = sorted(set(y) - set(classes))
     if unknown:
         raise ValueError(
@@ -78,8 +90,14 @@ def _proba_and_codes(y_true: Sequence, proba, classes: Sequence | None) -> tuple
         )
     if not keep.any():
         raise ValueError("No cell has a known phenotype: nothing to score.")
+    p = p[keep]
+    if not np.isfinite(p).all() or (p < -1e-6).any() or (p > 1 + 1e-6).any() or not np.allclose(p.sum(1), 1, atol=1e-3):
+        raise ValueError(
+            "proba must hold probabilities (rows in [0, 1] summing to 1): for logits pass their softmax "
+            "(e.g. model.predict(soft=True))."
+        )
     lookup = {c: i for i, c in enumerate(classes)}
-    return p[keep], y.map(lookup).to_numpy(int)
+    return p, y.map(lookup).to_numpy(int)
 
 
 def ece(y_true: Sequence, proba, *, classes: Sequence | None = None, n_bins: int = 15) -> float:
@@ -102,6 +120,8 @@ def ece(y_true: Sequence, proba, *, classes: Sequence | None = None, n_bins: int
     ``Σ_b (n_b / n) |accuracy_b - confidence_b|``: 0 for a calibrated model.
 
     """
+    if int(n_bins) < 1:
+        raise ValueError(f"n_bins must be 1 or more, got {n_bins}.")
     p, y = _proba_and_codes(y_true, proba, classes)
     return calibration.expected_calibration_error(p, y, n_bins)
 

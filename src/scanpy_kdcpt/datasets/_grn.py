@@ -30,7 +30,8 @@ def tf_target_prior(
         present. DoRothEA's regulons: ``dorothea_mm.tsv.gz`` / ``dorothea_hs.tsv.gz``
         exported from the saezlab/dorothea R package.
     confidence
-        Confidence levels kept (DoRothEA: A most reliable … E); ``None`` keeps all.
+        Confidence levels kept (DoRothEA: A most reliable … E), as a string of letters
+        (``"ABC"``) or a list (``["A", "B"]``); case-insensitive. ``None`` keeps all.
     genes
         Keep only edges whose TF and target are both among these genes (e.g. ``adata.var_names``).
 
@@ -49,7 +50,14 @@ def tf_target_prior(
     if "mor" not in edges:
         edges["mor"] = 1.0
     if confidence is not None and "confidence" in edges:
-        edges = edges[edges["confidence"].astype(str).isin(list(confidence))]
+        levels = sorted({str(c).strip().upper() for c in confidence} - {"", ","})
+        known = sorted(set(edges["confidence"].astype(str)))
+        if not set(levels) & set(known):
+            raise ValueError(
+                f"confidence {confidence!r}: none of its levels {levels} is in the table, whose levels are "
+                f"{known} (pass e.g. 'ABC' or ['A', 'B'], or None for all)."
+            )
+        edges = edges[edges["confidence"].astype(str).isin(levels)]
     if genes is not None:
         genes = set(map(str, genes))
         edges = edges[edges["tf"].astype(str).isin(genes) & edges["target"].astype(str).isin(genes)]

@@ -61,4 +61,5 @@ def is_transcription_factor(
     ``source`` as in :func:`transcription_factors`.
     """
     tfs = {g.upper() for g in _load(species, source)}
+    genes = [genes] if isinstance(genes, str) else genes  # one symbol, not a collection of letters
     return np.asarray([str(g).upper() in tfs for g in pd.Index(genes)], dtype=bool)

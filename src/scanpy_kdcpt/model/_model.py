@@ -55,8 +55,8 @@ class KDCPT(
     """KD-CPT: dual-branch model of cell phenotypes and their transitions.
 
     A prediction branch reads a cell embedding (an external one from ``.obsm``, or the model's
-    own frozen PCA encoder); a Cell Learner selects key gene tokens by CLS attention blended
-    with a prior (e.g. transcription factors); the cross-function fusion module (CFFM) fuses
+    own frozen PCA encoder); a Cell Learner selects key gene tokens by CLS attention biased
+    by a prior (e.g. transcription factors); the cross-function fusion module (CFFM) fuses
     the two into phenotype logits.
 
     Parameters

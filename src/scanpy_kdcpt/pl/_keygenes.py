@@ -104,6 +104,7 @@ def key_genes(
         else list(dict.fromkeys(ranking["phenotype"].astype(str)))
     )
     if phenotypes is not None:
+        phenotypes = [phenotypes] if isinstance(phenotypes, str) else list(phenotypes)  # one name, not its letters
         unknown = [p for p in phenotypes if p not in order]
         if unknown:
             raise KeyNotFoundError(f"Unknown phenotype(s) {unknown}; phenotypes: {order}.")

@@ -20,8 +20,10 @@ class KeyGenes(_Result):
     overall
         Genes × ``score`` (mean Cell Learner score over all cells; 0 where the gene is not a
         token), ``selected_frac`` (fraction of cells in which the Cell Learner selects it),
-        ``attention`` and ``attribution`` (their means over all cells, when present) and ``rank``
-        (1 = highest mean attribution when present, else highest score), indexed by ``var_names``.
+        ``attention`` (its mean over all cells, when present), ``attribution`` (the phenotypes'
+        ``attribution`` averaged weighted by their cells, a phenotype where the gene's mean
+        expression is not above its overall mean counting at most 0) and ``rank`` (1 = highest
+        attribution when present, else highest score), indexed by ``var_names``.
     scores
         Genes × phenotypes: mean score over the cells of each phenotype.
     selected_frac
