@@ -166,3 +166,10 @@ def test_uncertainty_higher_for_misclassified_pbmc_cells(pbmc_model):
     assert 0 < wrong.sum() < len(wrong)
     u = cosine_uncertainty(proba.to_numpy())
     assert u[wrong].mean() > u[~wrong].mean()
+
+
+def test_the_reliability_cells_are_named_for_what_they_are(synthetic_model):
+    with keep_calibration(synthetic_model) as model:
+        model.extra_ = {k: v for k, v in (model.extra_ or {}).items() if k != "calibration"}
+        summary = model.get_calibration(model.get_predictions()).summary
+        assert summary["cells"] == "calibration (held-out) cells"  # not "validation cells"

@@ -131,8 +131,10 @@ def test_a_directed_run_without_a_prior_writes_its_knockouts(tmp_path, capsys):
     assert "knockouts change the memberships only" in capsys.readouterr().err
     back = ad.read_h5ad(tmp_path / "o" / "annotated.h5ad")
     assert len(back.uns["kdcpt"]["knockout_summary"]) == 2 and "knockout_fate" in back.uns["kdcpt"]
-    # the report reads the matrix of a directed chain as one
-    assert "moves to *j* in one step of the directed cell chain" in (tmp_path / "o" / "report.md").read_text()
+    # the report reads the matrix of a directed chain as one, and says which matrix each knockout table is of
+    report = (tmp_path / "o" / "report.md").read_text()
+    assert "moves to *j* in one step of the directed cell chain" in report
+    assert "posterior-form matrix of the classifier's memberships" in report and "### Directed chain" in report
 
 
 def test_missing_labels_key_exits_2(tmp_path, capsys):

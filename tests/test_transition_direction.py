@@ -126,6 +126,7 @@ def test_directed_graph_keeps_arrows():
     n_positive = int((r.flux.to_numpy() > 0).sum())
     assert len(_arrowheads(ax)) == n_positive and n_positive > 0
     assert "net flux" in ax.get_title().lower() and "cells per step" in ax.get_title()  # the flux's unit
+    assert "node size: stationary distribution" in ax.get_title()  # what the nodes' size means
     plt.close("all")
 
 
@@ -361,4 +362,14 @@ def test_arrows_between_big_neighbouring_nodes_stay_visible():
         head = 0.4 * p.get_mutation_scale()
         assert free >= head + 3 or p.get_zorder() > nodes.get_zorder(), (names[i], names[j], free, head)
     assert pairs <= seen
+    plt.close("all")
+
+
+def test_the_posterior_form_is_not_drawn_as_moves():
+    a, _ = _annotated(P3, ["a", "b", "c"], N3, method="posterior")
+    ax = kdcpt.pl.transition_matrix(a, show=False)
+    assert ax.get_ylabel() == "cells of phenotype" and ax.get_xlabel() == "mean predicted probability of phenotype"
+    a, _ = _annotated(P3, ["a", "b", "c"], N3, method="directed", direction={"kind": "pseudotime"})
+    ax = kdcpt.pl.transition_matrix(a, show=False)
+    assert (ax.get_ylabel(), ax.get_xlabel()) == ("from phenotype", "to phenotype")
     plt.close("all")

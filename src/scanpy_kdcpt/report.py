@@ -184,10 +184,17 @@ def _knockout_section(uns: dict, n_top: int, figures: dict) -> list[str]:
     summary = summary.loc[:, summary.notna().any()]  # e.g. no p-values without a null
     if "mode" in summary.columns and summary["mode"].nunique() == 1:
         summary = summary.drop(columns="mode")
+    directed = isinstance(uns.get(_keys.UNS_KNOCKOUT_FLUX), pd.DataFrame)
+    which = (
+        "the posterior-form matrix of the classifier's memberships (the directed chain's change is under "
+        "Directed chain below)"
+        if directed
+        else "the transition matrix"
+    )
     lines = [
         "## Strongest knockouts",
         "",
-        "Effect: mean total-variation distance between the rows of the transition matrix before and after the "
+        f"Effect: mean total-variation distance between the rows of {which} before and after the "
         "knockout; frac_changed: fraction of cells whose predicted phenotype changes.",
         "",
         _table(summary.head(n_top)),
@@ -198,6 +205,8 @@ def _knockout_section(uns: dict, n_top: int, figures: dict) -> list[str]:
     if isinstance(ko, pd.DataFrame) and "terminated" in ko.columns:
         term = ko[ko["terminated"].astype(bool)]
         lines += ["### Terminated transitions", ""]
+        if directed:
+            lines += ["In the posterior-form matrix of the classifier's memberships (as the effect above).", ""]
         if len(term):
             cols = [c for c in ("gene", "source", "target", "p_base", "p_ko", "delta") if c in term.columns]
             lines += [_table(term[cols].reset_index(drop=True), index=False), ""]
@@ -215,9 +224,24 @@ def _knockout_section(uns: dict, n_top: int, figures: dict) -> list[str]:
             "### Fate deltas",
             "",
             "Change of the fate probabilities into each terminal phenotype (mean over all cells, "
-            "knockout − base) on the directed chain.",
+            "knockout − base) on the directed chain; `not reached`: the change of the mass that reaches no "
+            "terminal within the chain's horizon (a block or delay, not a fate). With a single terminal every "
+            "fate is 1, and only `not reached` can change.",
             "",
             _table(wide),
+            "",
+        ]
+    flux = uns.get(_keys.UNS_KNOCKOUT_FLUX)
+    if directed and len(flux):
+        moved = flux.reindex(flux["delta"].abs().sort_values(ascending=False).index).head(n_top)
+        cols = [c for c in ("gene", "mode", "source", "target", "p_base", "p_ko", "flux_base", "flux_ko") if c in moved]
+        lines += [
+            "### Directed chain",
+            "",
+            "The largest changes of net flux (cells per step, source → target) on the directed chain under "
+            "each knockout, with its transition probabilities before and after.",
+            "",
+            _table(moved[cols].reset_index(drop=True), index=False),
             "",
         ]
     return lines + _figures(figures, "knockout")
@@ -272,9 +296,11 @@ def write_report(
     lines += [
         _table(metrics),
         "",
-        "`labelled` includes the training cells (optimistic); `validation` and `calibration`, where present, were held "
-        "out. `ece_floor`: the ECE a perfectly calibrated model would show on that many cells — an ECE "
-        "near it is as good as the set's size can show.",
+        "`labelled` includes the training cells (optimistic); `validation`: cells held out of the gradient "
+        "steps but used for early stopping and to choose the first stage's mix and a provisional temperature "
+        "(mildly optimistic); `calibration`: held out of all of that (after `calibrate()` its temperature, "
+        "one number, is fitted on them). `ece_floor`: the ECE a perfectly calibrated model would show on that many "
+        "cells — an ECE near it is as good as the set's size can show.",
         "",
     ]
     lines += _figures(placed, "training_history", "reliability")

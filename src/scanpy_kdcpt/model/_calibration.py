@@ -149,7 +149,13 @@ class CalibrationMixin:
             if held_out.size:
                 p = predictions.proba.to_numpy()[held_out]
                 codes = codes_of(predictions.labels.iloc[held_out], self.classes_)
-                summary.update(_scores(p, codes, 15), cells="validation cells")
+                calibration_cells = getattr(self, "calibration_indices_", None)
+                which = (
+                    "calibration (held-out) cells"
+                    if calibration_cells is not None and len(calibration_cells)
+                    else "validation cells (T fitted on them)"
+                )
+                summary.update(_scores(p, codes, 15), cells=which)
                 reliability = cal.reliability_table(p, codes)
         if conformal_alpha is not None:
             summary["conformal_alpha"] = float(conformal_alpha)

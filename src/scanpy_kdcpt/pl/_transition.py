@@ -92,8 +92,13 @@ def transition_matrix(
     ax.set_yticks(range(n), [_read.wrap(c, wrap) for c in names])
     small = max(5.5, min(9.0, 11 - 0.25 * n))
     ax.tick_params(labelsize=small, length=0)
-    ax.set_xlabel("to phenotype")
-    ax.set_ylabel("from phenotype")
+    posterior = matrix is None and str(adata.uns.get(key, {}).get(_keys.UNS_TRANSITION_METHOD, "")) == "posterior"
+    if posterior:  # rows: the cells of a phenotype; columns: their mean probability of each (no move)
+        ax.set_xlabel("mean predicted probability of phenotype")
+        ax.set_ylabel("cells of phenotype")
+    else:
+        ax.set_xlabel("to phenotype")
+        ax.set_ylabel("from phenotype")
     # phenotype colours as small patches along both axes
     cols = _read.colors(adata, key, names)
     for i, c in enumerate(names):
@@ -126,7 +131,7 @@ def transition_matrix(
     ax.set_xlim(-0.7, n - 0.5)
     ax.set_ylim(n - 0.5 + 0.2, -0.5)
     cbar = fig.colorbar(im, ax=ax, shrink=0.8, pad=0.02)
-    cbar.set_label("transition probability")
+    cbar.set_label("mean probability" if posterior else "transition probability")
     ax.set_title(title if title is not None else _matrix_title(adata, key, matrix))
     return _read.finish(fig, ax, show, return_fig, save)
 
@@ -305,6 +310,8 @@ def transition_graph(
         head += f" ({method})"
     if weights == "similarity":
         shown += "\nedge: (n_i P_ij + n_j P_ji) / (n_i + n_j); node size: share of cells"
+    elif node_size in ("auto", "stationary", "mass"):  # say what the nodes' size means
+        shown += "\nnode size: " + ("share of cells" if node_size == "mass" else "stationary distribution")
     ax.set_title(title if title is not None else f"{head}\n{shown}", fontsize=10)
     # nodes joined by an edge must not cover it: shrink all nodes alike (their ratios are the
     # information) until every edge shows its shaft and head between the nodes, down to a floor
