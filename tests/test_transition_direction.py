@@ -126,7 +126,7 @@ def test_directed_graph_keeps_arrows():
     n_positive = int((r.flux.to_numpy() > 0).sum())
     assert len(_arrowheads(ax)) == n_positive and n_positive > 0
     assert "net flux" in ax.get_title().lower() and "cells per step" in ax.get_title()  # the flux's unit
-    assert "node size: stationary distribution" in ax.get_title()  # what the nodes' size means
+    assert "node size: stationary distribution; arrow colour: its source" in ax.get_title()  # what size, colour mean
     plt.close("all")
 
 

@@ -312,6 +312,8 @@ def transition_graph(
         shown += "\nedge: (n_i P_ij + n_j P_ji) / (n_i + n_j); node size: share of cells"
     elif node_size in ("auto", "stationary", "mass"):  # say what the nodes' size means
         shown += "\nnode size: " + ("share of cells" if node_size == "mass" else "stationary distribution")
+        if emb is None and directed:  # arrows then take their source's colour
+            shown += "; arrow colour: its source"
     ax.set_title(title if title is not None else f"{head}\n{shown}", fontsize=10)
     # nodes joined by an edge must not cover it: shrink all nodes alike (their ratios are the
     # information) until every edge shows its shaft and head between the nodes, down to a floor
