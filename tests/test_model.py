@@ -190,13 +190,18 @@ def test_loaded_with_other_cells_the_model_forgets_its_held_out_positions(synthe
     synthetic_model.save(tmp_path / "m", overwrite=True)
     held = np.asarray(synthetic_model.calibration_indices_)
     assert len(held) and held.max() >= 200  # positions that do not exist in the smaller data below
-    same = kdcpt.KDCPT.load(tmp_path / "m", synthetic_model.adata.copy())
+    same_cells = synthetic_model.adata.copy()
+    same = kdcpt.KDCPT.load(tmp_path / "m", same_cells)
     np.testing.assert_array_equal(same.calibration_indices_, held)  # the training cells: kept
+    for k in ("train_indices", "validation_indices", "test_indices"):  # and the split of train()
+        np.testing.assert_array_equal(getattr(same, k), getattr(synthetic_model, k))
+    same.annotate()
+    assert "validation" in same_cells.uns["kdcpt"]["metrics"]  # held-out metrics as after training
     other = kdcpt.datasets.synthetic(n_cells=200, seed=7)
     loaded = kdcpt.KDCPT.load(tmp_path / "m", other)
-    assert loaded.calibration_indices_ is None
+    assert loaded.calibration_indices_ is None and loaded.validation_indices is None
     loaded.annotate()  # an IndexError before; and no "calibration" metrics of arbitrary cells
-    assert "calibration" not in other.uns["kdcpt"]["metrics"]
+    assert not {"calibration", "validation"} & set(other.uns["kdcpt"]["metrics"])
     with pytest.raises(ValueError, match="no held-out cells"):
         loaded.calibrate()
 

@@ -9,7 +9,9 @@ import mudata as md
 import numpy as np
 import pandas as pd
 import pytest
+import scanpy as sc
 import scvi
+import torch
 from conftest import SHARED_DATA, needs_shared
 from scipy import sparse
 
@@ -208,6 +210,64 @@ def test_query_mudata_and_rna_only_query(multiome):
     renamed.var_names = [f"peak-{i}" for i in range(renamed.n_vars)]
     with pytest.raises(ValueError, match="None of the model's sites.*peak names"):
         model.predict(md.MuData({"rna": mdata["rna"].copy(), "atac": renamed}))
+
+
+def test_mudata_query_is_read_in_the_order_of_its_cells(multiome, tmp_path):
+    mdata, model = multiome
+    base = model.predict(soft=True)
+    # the same cells, the RNA modality listed in another order than mdata.obs (and the ATAC one)
+    perm = np.random.default_rng(1).permutation(mdata.n_obs)
+    shuffled = md.MuData({"atac": mdata["atac"].copy(), "rna": mdata["rna"][perm].copy()})
+    assert not shuffled.obs_names.equals(shuffled["rna"].obs_names)
+    got = model.predict(shuffled, soft=True)
+    assert got.index.equals(shuffled.obs_names)
+    np.testing.assert_allclose(got.loc[base.index].to_numpy(), base.to_numpy(), atol=1e-5)
+    # annotate writes each cell's own prediction, and scores the query's own labels
+    shuffled.obs["phenotype"] = mdata.obs["phenotype"].reindex(shuffled.obs_names).to_numpy()
+    model.annotate(shuffled)
+    want = mdata.obs["kdcpt_pred"].astype(str).reindex(shuffled.obs_names)
+    assert (shuffled.obs["kdcpt_pred"].astype(str) == want).all()
+    assert shuffled.uns["kdcpt"]["metrics"]["labelled"]["n_cells"] == mdata.n_obs
+    # an RNA modality without some of the MuData's cells: named, not a pandas length error
+    short = md.MuData({"rna": mdata["rna"][:300].copy(), "atac": mdata["atac"][:400].copy()})
+    with pytest.raises(ValueError, match=r"'rna' modality lacks 100 of the MuData's 400 cells.*intersect_obs"):
+        model.predict(short)
+    # log-normalised RNA for a model trained on counts: refused, as for an AnnData query and on load
+    logged = mdata.copy()
+    sc.pp.normalize_total(logged["rna"])
+    sc.pp.log1p(logged["rna"])
+    with pytest.raises(ValueError, match=r"'rna' modality's X looks like log values but the model was trained on"):
+        model.predict(logged)
+    model.save(tmp_path / "model")
+    with pytest.raises(ValueError, match=r"mdata\['rna'\]\.X looks like log values but the model was trained on"):
+        kdcpt.KDCPT.load(tmp_path / "model", adata=logged)
+    # save_anndata is for AnnData: refused before anything is written
+    with pytest.raises(ValueError, match="save_anndata=True is for AnnData"):
+        model.save(tmp_path / "refused", save_anndata=True)
+    assert not (tmp_path / "refused").exists()
+
+
+def test_mudata_batches_without_training_cells_are_batch_free():
+    scvi.settings.seed = 0
+    mdata = kdcpt.datasets.synthetic_multiome(n_cells=240, n_peaks=200, seed=3)
+    # a categorical batch column with a category that holds no cell (as after subsetting)
+    mdata.obs["batch"] = pd.Categorical(np.where(np.arange(mdata.n_obs) % 2, "b1", "b2"), categories=["b1", "b2", "b3"])
+    kdcpt.KDCPT.setup_mudata(mdata, "phenotype", batch_key="batch")
+    model = kdcpt.KDCPT(mdata, n_tokens=32, n_selected=8, n_pcs=10, linear_stage=False)
+    with pytest.warns(UserWarning, match=r"1 batches of batch_key have no training cell \(\['b3'\]"):
+        _train(model, max_epochs=2)
+    weight = model.module.batch_embedding.weight.detach()
+    torch.testing.assert_close(weight[2], weight[:2].mean(0))  # b3: the trained batches' mean
+    assert model._batch_categories() == ["b1", "b2"]
+    # queries of b3 or of a batch never registered are predicted batch-free, with a warning
+    query = md.MuData({"rna": mdata["rna"].copy(), "atac": mdata["atac"].copy()})
+    query.obs["batch"] = "b3"
+    with pytest.warns(UserWarning, match=r"240 query cells come from batches unseen at training \(\['b3'\]"):
+        p3 = model.predict(query, soft=True)
+    query.obs["batch"] = "new"
+    with pytest.warns(UserWarning, match=r"unseen at training \(\['new'\]"):
+        p_new = model.predict(query, soft=True)
+    np.testing.assert_allclose(p3.to_numpy(), p_new.to_numpy(), atol=1e-6)
 
 
 def _texts(labels) -> list[str]:

@@ -239,22 +239,8 @@ def query_anndata(
     layer = setup["layer"]
     X = get_matrix(adata, layer if layer in adata.layers else None)
     X = align_genes(X, adata.var_names, pd.Index(var_names))
-    check_values(X, "the query's expression matrix")
-    if data_type == "counts" and beyond_log_range(X):
-        query_type = "counts"  # non-integer counts (ambient-corrected), as the model may have been set up with
-    else:
-        check_logged(X, "the query's expression matrix", at_setup=False)
-        query_type = detect_data_type(X)
-    if query_type != data_type:
-        where = f"adata.layers[{layer!r}]" if layer in adata.layers else "adata.X"
-        fix = (
-            "Pass the query's raw counts (same layer name as at setup, or in X)."
-            if data_type == "counts"
-            else "Normalise the query the same way (sc.pp.normalize_total + sc.pp.log1p)."
-        )
-        raise InvalidInputError(
-            f"The query's {where} looks like {query_type} values but the model was trained on {data_type} values. {fix}"
-        )
+    where = f"adata.layers[{layer!r}]" if layer in adata.layers else "adata.X"
+    check_query_values(X, data_type, "the query's expression matrix", f"The query's {where}")
     obs = pd.DataFrame(index=adata.obs_names.copy())
     obs[labels_state.original_key] = _query_labels(adata, setup["labels_key"], labels_state)
     obsm = {}
@@ -272,6 +258,27 @@ def query_anndata(
     if layer is None:
         return ad.AnnData(X=X, obs=obs, obsm=obsm, var=var)
     return ad.AnnData(obs=obs, obsm=obsm, var=var, layers={layer: X})  # the registry reads this layer
+
+
+def check_query_values(X, data_type: str, what: str, where: str) -> None:
+    """A query's expression values: finite, non-negative, and of the model's ``data_type``
+    (counts or log-normalised). ``what`` names the matrix in the value errors, ``where`` (e.g.
+    "The query's adata.X") in the data-type error.
+    """
+    check_values(X, what)
+    if data_type == "counts" and beyond_log_range(X):
+        return  # non-integer counts (ambient-corrected), as the model may have been set up with
+    check_logged(X, what, at_setup=False)
+    query_type = detect_data_type(X)
+    if query_type != data_type:
+        fix = (
+            "Pass the query's raw counts (same layer name as at setup, or in X)."
+            if data_type == "counts"
+            else "Normalise the query the same way (sc.pp.normalize_total + sc.pp.log1p)."
+        )
+        raise InvalidInputError(
+            f"{where} looks like {query_type} values but the model was trained on {data_type} values. {fix}"
+        )
 
 
 def _query_labels(adata: AnnData, labels_key: str, labels_state) -> pd.Categorical:

@@ -45,9 +45,14 @@ class InferenceMixin:
             return self._validate_anndata(query)
 
     def _batch_categories(self) -> list | None:
-        """The batches seen at training (``None`` without a ``batch_key``)."""
+        """The batches seen at training (``None`` without a ``batch_key``): those with training
+        cells (recorded by ``train``), else every registered category (models of earlier versions).
+        """
         if self.adata_manager.registry["setup_args"].get("batch_key") is None:
             return None
+        trained = self.extra_.get("trained_batches") if isinstance(getattr(self, "extra_", None), dict) else None
+        if trained is not None:
+            return list(trained)
         return list(self.adata_manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY).categorical_mapping)
 
     def _check_if_trained(self, warn: bool = True, message: str | None = None) -> bool:

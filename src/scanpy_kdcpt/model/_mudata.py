@@ -24,8 +24,8 @@ from scipy import sparse
 from scvi.data import AnnDataManager
 
 from .. import _expression, multiome
-from .._constants import REGISTRY_KEYS, UNLABELED_CATEGORY
-from .._errors import KeyNotFoundError
+from .._constants import REGISTRY_KEYS, UNLABELED_CATEGORY, UNSEEN_BATCH_KEY
+from .._errors import InvalidInputError, KeyNotFoundError
 from .._utils import is_mudata
 from ..module import REGULATORY_KEY
 from . import _data
@@ -245,7 +245,7 @@ def _check_paired(mdata, mods: dict[str, str]) -> None:
     """Unique feature names, and both modalities holding the cells of ``mdata.obs``.
 
     MuData aligns modalities by cell name: a modality that holds the same cells in another order
-    has its rows put in the order of ``mdata.obs_names`` (nothing else changes; logged). Only
+    has its rows put in the order of ``mdata.obs_names`` (a copy replaces it; warned). Only
     cells missing from a modality are an error.
     """
     rna, peaks = mdata[mods["rna"]], mdata[mods["regulatory"]]
@@ -269,7 +269,13 @@ def _check_paired(mdata, mods: dict[str, str]) -> None:
     reordered = [name for name in (mods["rna"], mods["regulatory"]) if not mdata[name].obs_names.equals(cells)]
     for name in reordered:
         mdata.mod[name] = mdata[name][cells].copy()
-        logg.info(f"KDCPT: the rows of mdata[{name!r}] were put in the order of mdata.obs_names (same cells).")
+        warnings.warn(
+            f"mdata[{name!r}] held the same cells as mdata.obs in another order: setup_mudata replaced it by a copy "
+            "in the order of mdata.obs_names. A variable that still points to the old AnnData is no longer the "
+            f"MuData's modality and receives no outputs: read mdata[{name!r}] from now on.",
+            UserWarning,
+            stacklevel=3,
+        )
     if reordered:  # MuData's own map from its cells to each modality's rows follows the new order
         mdata.update()
 
@@ -292,6 +298,27 @@ def _unpaired_message(mdata, mods: dict[str, str]) -> str:
     return f"{head}: subset both modalities to the {len(common)} shared cells, e.g. mu.pp.intersect_obs(mdata)."
 
 
+def _query_rows(mdata, name: str):
+    """``mdata[name]`` with its rows in the order of ``mdata.obs_names`` (a view: the query is not
+    changed); a clear error when the modality lacks some of the MuData's cells.
+    """
+    mod, cells = mdata[name], mdata.obs_names
+    if mod.obs_names.equals(cells):
+        return mod
+    if mod.obs_names.has_duplicates:
+        raise InvalidInputError(
+            f"The query's {name!r} modality has duplicated cell names; call mdata[{name!r}].obs_names_make_unique()."
+        )
+    missing = cells.difference(mod.obs_names)
+    if len(missing):
+        raise InvalidInputError(
+            f"The query's {name!r} modality lacks {len(missing)} of the MuData's {len(cells)} cells (e.g. "
+            f"{list(map(str, missing[:3]))}); KDCPT needs paired cells: subset the modalities to the shared cells "
+            "(mu.pp.intersect_obs(mdata))."
+        )
+    return mod[cells]
+
+
 def prepare_query(model, mdata) -> MuData:
     """A light MuData from a query, aligned to the model's genes and sites.
 
@@ -306,16 +333,23 @@ def prepare_query(model, mdata) -> MuData:
     rna_names = pd.Index(model.var_names_[: model.module.n_rna])
     site_names = pd.Index(model.var_names_[model.module.n_rna :])
     if is_mudata(mdata):
+        if mdata.n_obs == 0:
+            raise InvalidInputError("The query has no cells (mdata.n_obs == 0): pass a MuData with cells to predict.")
         if mods["rna"] not in mdata.mod:
             raise KeyNotFoundError(f"The query has no {mods['rna']!r} modality (modalities: {list(mdata.mod)}).")
-        rna = mdata[mods["rna"]]
-        peaks = mdata.mod.get(mods["regulatory"])
+        # every modality's rows in the order of mdata.obs_names: the results are written there
+        rna = _query_rows(mdata, mods["rna"])
+        peaks = _query_rows(mdata, mods["regulatory"]) if mods["regulatory"] in mdata.mod else None
     else:
+        if mdata.n_obs == 0:
+            raise InvalidInputError("The query has no cells (adata.n_obs == 0): pass an AnnData with cells to predict.")
         rna, peaks = mdata, None
     rna_name = f"the query's {mods['rna']!r} modality" if is_mudata(mdata) else "the query"
-    X = _expression.get_matrix(rna, setup["rna_layer"] if setup["rna_layer"] in rna.layers else None, name=rna_name)
+    rna_layer = setup["rna_layer"] if setup["rna_layer"] in rna.layers else None
+    X = _expression.get_matrix(rna, rna_layer, name=rna_name)
     X = _data.align_genes(X, rna.var_names, rna_names)
-    _expression.check_values(X, f"{rna_name}'s RNA" if not is_mudata(mdata) else rna_name)
+    where = f"{rna_name}'s " + (f"layers[{rna_layer!r}]" if rna_layer is not None else "X")
+    _data.check_query_values(X, model.data_type_, rna_name, where[0].upper() + where[1:])
     if peaks is None:
         warnings.warn(
             f"The query has no {mods['regulatory']!r} modality: cells are predicted from RNA alone (sites "
@@ -325,15 +359,6 @@ def prepare_query(model, mdata) -> MuData:
         )
         P = sparse.csr_matrix((rna.n_obs, len(site_names)), dtype=np.float32)
     else:
-        if not peaks.obs_names.equals(rna.obs_names):  # aligned by cell name, without changing the query
-            missing = rna.obs_names.difference(peaks.obs_names)
-            if len(missing):
-                raise ValueError(
-                    f"The query's {mods['regulatory']!r} modality lacks {len(missing)} of its RNA cells (e.g. "
-                    f"{list(map(str, missing[:3]))}); subset both modalities to the shared cells "
-                    "(mu.pp.intersect_obs(mdata))."
-                )
-            peaks = peaks[rna.obs_names]
         layer = setup["regulatory_layer"]
         peaks_name = f"the query's {mods['regulatory']!r} modality"
         P = _expression.get_matrix(peaks, layer if layer in peaks.layers else None, name=peaks_name)
@@ -341,16 +366,16 @@ def prepare_query(model, mdata) -> MuData:
         _expression.check_values(P, peaks_name, peaks=True)
     labels_state = model.adata_manager.get_state_registry(REGISTRY_KEYS.LABELS_KEY)
     obs = pd.DataFrame(index=rna.obs_names.copy())
-    obs[labels_state.original_key] = pd.Categorical(
-        [labels_state.unlabeled_category] * rna.n_obs, categories=labels_state.categorical_mapping
-    )
+    # the query's own labels (mdata.obs), where it has the labels_key column: for annotate's metrics
+    obs[labels_state.original_key] = _data._query_labels(mdata, setup["labels_key"], labels_state)
     if setup["batch_key"] is not None:
-        src = mdata.obs if is_mudata(mdata) else rna.obs
-        if setup["batch_key"] not in src:
+        key, where = setup["batch_key"], "mdata.obs" if is_mudata(mdata) else "the query's .obs"
+        if key not in mdata.obs:
             raise KeyNotFoundError(
-                f"The model was set up with batch_key {setup['batch_key']!r}, which the query lacks."
+                f"The model was set up with batch_key {key!r}, which {where} lacks. Add the column (any value; "
+                "batches unseen at training are predicted batch-free)."
             )
-        obs[setup["batch_key"]] = src[setup["batch_key"]].to_numpy()
+        obs[key], obs[UNSEEN_BATCH_KEY] = _data._known_batches(mdata.obs[key], model._batch_categories())
     obsm = {}
     if setup["embedding_key"] is not None:
         src = mdata if is_mudata(mdata) else rna

@@ -31,10 +31,18 @@ META_FILE = "model.json"
 ADATA_FILE = "adata.h5ad"
 #: model attributes (ending in ``_``) that survive save / load
 STATE_ATTRS = ("classes_", "data_type_", "temperature_", "var_names_", "is_trained_", "extra_")
+#: positions into the training cells (the split of train(), the calibration cells): kept by load
+#: only with the same cells
+HELD_OUT_ATTRS = ("calibration_indices_", "train_indices", "validation_indices", "test_indices")
 
 
 def _save(model, dir_path: str, *, overwrite: bool = False, save_anndata: bool = False, **anndata_write_kwargs) -> None:
     """Write ``model.pt`` (tensors), ``model.json`` (settings, registry, state, history)."""
+    if save_anndata and is_mudata(model.adata):  # setup_mudata; refused before anything is written
+        raise InvalidInputError(
+            "save_anndata=True is for AnnData; save the model without it and write the MuData yourself with "
+            "mdata.write_h5mu(...)."
+        )
     if os.path.exists(dir_path) and os.listdir(dir_path) and not overwrite:
         raise InvalidInputError(f"{dir_path} exists and is not empty; pass overwrite=True to replace it.")
     os.makedirs(dir_path, exist_ok=True)
@@ -48,7 +56,7 @@ def _save(model, dir_path: str, *, overwrite: bool = False, save_anndata: bool =
     attrs = {k: getattr(model, k, {} if k == "extra_" else None) for k in STATE_ATTRS}
     attrs["temperature_"] = float(attrs["temperature_"])
     attrs["is_trained_"] = bool(attrs["is_trained_"])
-    for k in ("calibration_indices_",):
+    for k in HELD_OUT_ATTRS:
         if getattr(model, k, None) is not None:
             attrs[k] = np.asarray(getattr(model, k))
     meta = {
@@ -63,8 +71,6 @@ def _save(model, dir_path: str, *, overwrite: bool = False, save_anndata: bool =
     with open(os.path.join(dir_path, META_FILE), "w") as f:
         json.dump(meta, f, cls=Encoder)
     if save_anndata:
-        if is_mudata(model.adata):  # setup_mudata
-            raise ValueError("save_anndata=True is for AnnData; write the MuData yourself with mdata.write_h5mu(...).")
         model.adata.write_h5ad(os.path.join(dir_path, ADATA_FILE), **anndata_write_kwargs)
 
 
@@ -84,6 +90,7 @@ def _load(cls, dir_path: str, *, adata: AnnData | None = None, accelerator: str 
     if multiome:  # genes + sites of the registered modalities
         mods = registry["setup_args"]["modalities"]
         check_same_genes(adata[mods["rna"]].var_names.append(adata[mods["regulatory"]].var_names), attrs["var_names_"])
+        check_data(adata, registry, attrs)
     else:
         check_same_genes(adata.var_names, attrs["var_names_"])
         check_data(adata, registry, attrs)
@@ -113,15 +120,18 @@ def _load(cls, dir_path: str, *, adata: AnnData | None = None, accelerator: str 
     model.module.load_state_dict(weights)
     for k, v in attrs.items():
         setattr(model, k, v)
-    held = getattr(model, "calibration_indices_", None)
-    if held is not None and len(held):
-        saved = meta.get("cells")  # absent in files of earlier versions: positions out of range tell
-        other = saved != cells_fingerprint(adata) if saved else int(np.max(held)) >= adata.n_obs
+    saved = meta.get("cells")  # absent in files of earlier versions: positions out of range tell
+    held = {k: np.asarray(attrs[k], dtype=int) for k in HELD_OUT_ATTRS if attrs.get(k) is not None}
+    held = {k: v for k, v in held.items() if len(v)}
+    if held:
+        other = saved != cells_fingerprint(adata) if saved else max(int(v.max()) for v in held.values()) >= adata.n_obs
         if other:  # positions into the training cells mean nothing in other cells
-            model.calibration_indices_ = None
+            for k in held:
+                setattr(model, k, None)
             logg.info(
-                "KDCPT: loaded with another AnnData than the training one: its held-out calibration cells are "
-                "not known here (calibrate(indices=...) or calibrate(adata, labels_key=...) to recalibrate)."
+                "KDCPT: loaded with another AnnData than the training one: its training, validation and held-out "
+                "calibration cells are not known here (annotate reports no held-out metrics; calibrate(indices=...) "
+                "or calibrate(adata, labels_key=...) to recalibrate)."
             )
     record = model.extra_.get("linear_stage") if isinstance(model.extra_, dict) else None
     if record and model.module.linear_stage:  # what the first stage's fit found, as after train()
@@ -184,9 +194,14 @@ def check_data(adata: AnnData, registry: dict, attrs: dict) -> None:
     training (scvi-tools would ask for ``extend_categories``, which ``load`` cannot take).
     """
     setup = registry["setup_args"]
-    layer = setup.get("layer")
-    where = f"adata.layers[{layer!r}]" if layer else "adata.X"
-    X = _expression.get_matrix(adata, layer)
+    if "modalities" in setup:  # a MuData (setup_mudata): the RNA modality's values, mdata.obs's labels
+        rna_mod, layer = setup["modalities"]["rna"], setup.get("rna_layer")
+        holder, obs_name = adata[rna_mod], "mdata.obs"
+        where = f"mdata[{rna_mod!r}]." + (f"layers[{layer!r}]" if layer else "X")
+    else:
+        holder, layer, obs_name = adata, setup.get("layer"), "adata.obs"
+        where = f"adata.layers[{layer!r}]" if layer else "adata.X"
+    X = _expression.get_matrix(holder, layer)
     _expression.check_values(X, where)
     trained_on = attrs.get("data_type_")
     found = _expression.detect_data_type(X)
@@ -215,7 +230,7 @@ def check_data(adata: AnnData, registry: dict, attrs: dict) -> None:
         new = sorted(set(values) - set(map(str, known)) - {str(unlabeled)})
         if new:
             raise InvalidInputError(
-                f"adata.obs[{key!r}] holds {kind} never seen at training ({new[:5]}). Load the model with its "
+                f"{obs_name}[{key!r}] holds {kind} never seen at training ({new[:5]}). Load the model with its "
                 "training AnnData (KDCPT.load(dir_path, adata=training_adata)) and call model.predict(adata) or "
                 "model.annotate(adata): new data is then treated as a query (labels ignored, unseen batches "
                 "predicted batch-free)."

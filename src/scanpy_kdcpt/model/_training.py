@@ -175,6 +175,7 @@ class TrainingMixin:
                 datasplitter_kwargs=splitter_kwargs,
                 **trainer_kwargs,
             )
+        self._settle_untrained_batches(np.asarray(train_idx, dtype=int))
         if self.linear_stage_ is not None:
             self._choose_mix(np.asarray(val_idx, dtype=int))
             if self.linear_stage_.mix == 0.0 and len(val_idx):
@@ -193,6 +194,37 @@ class TrainingMixin:
         self.calibration_indices_ = np.sort(held_out[codes[held_out] < len(self.classes_)]).astype(int)
         self.best_epoch_ = getattr(self.trainer.lightning_module, "best_epoch", None) if self.trainer else None
         self.module.eval()
+
+    def _settle_untrained_batches(self, train_idx: np.ndarray) -> None:
+        """Batches without a training cell (e.g. unused categories of a categorical ``batch_key``,
+        or a batch held out whole) got no gradient: their embedding rows are still random. They
+        are set to the mean of the trained rows (batch-free, as a query's unseen batch), and the
+        trained batches are recorded (``extra_["trained_batches"]``) so that queries of the others
+        are flagged as unseen.
+        """
+        if not isinstance(getattr(self, "extra_", None), dict):
+            self.extra_ = {}
+        self.extra_.pop("trained_batches", None)
+        embedding = getattr(self.module, "batch_embedding", None)
+        if embedding is None:
+            return
+        mapping = list(self.adata_manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY).categorical_mapping)
+        codes = np.asarray(self.adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)).ravel()[train_idx]
+        seen = np.unique(codes.astype(int))
+        untrained = np.setdiff1d(np.arange(len(mapping)), seen)
+        if untrained.size:
+            with torch.no_grad():
+                embedding.weight[torch.as_tensor(untrained)] = embedding.weight[torch.as_tensor(seen)].mean(0)
+            names = [str(mapping[i]) for i in untrained]
+            warnings.warn(
+                f"{len(names)} batches of batch_key have no training cell ({names[:5]}; e.g. unused categories of "
+                "a categorical column): their cells are predicted batch-free (the mean of the trained batches' "
+                "embeddings). Drop unused categories (adata.obs[batch_key].cat.remove_unused_categories()) to "
+                "silence this.",
+                UserWarning,
+                stacklevel=3,
+            )
+        self.extra_["trained_batches"] = [mapping[i] for i in seen]
 
     def _choose_mix(self, validation: np.ndarray) -> None:
         """The network's share on top of the first stage, on the labelled validation cells
