@@ -38,6 +38,20 @@ def multiome():
 
 
 # ----------------------------------------------------------------- torch-free core
+def test_null_draws_stay_within_a_modality():
+    from scanpy_kdcpt.perturb._nulls import null_draws
+
+    rng = np.random.default_rng(0)
+    # 30 genes and 30 sites of the same value ranges: by expression alone, either could match either
+    X = sparse.random(400, 60, density=0.3, random_state=0, format="csr", data_rvs=lambda n: rng.integers(1, 5, n))
+    units = {"gene": (3,), "site": (40,), "both": (5, 45)}
+    draws = null_draws(X, units, 8, np.random.default_rng(1), max_corr=1.0, n_genes=30)
+    assert all(d[0] < 30 for d in draws["gene"]) and all(d[0] >= 30 for d in draws["site"])
+    assert all(d[0] < 30 <= d[1] for d in draws["both"])  # member by member
+    mixed = null_draws(X, units, 8, np.random.default_rng(1), max_corr=1.0)  # without sites: any column
+    assert any(d[0] >= 30 for d in mixed["gene"]) or any(d[0] < 30 for d in mixed["site"])
+
+
 def test_tfidf_sparse_matches_dense():
     rng = np.random.default_rng(0)
     X = sparse.random(50, 40, density=0.1, random_state=0, format="csr", data_rvs=lambda n: rng.integers(1, 4, n))
@@ -186,7 +200,11 @@ def test_site_knockouts(multiome):
     eff = res.summary.set_index("gene")["effect"]
     assert eff["sites_P1"] > 3 * eff["random_sites"]
     assert eff["Reg_P1+sites"] > eff["sites_P1"]
-    # a single site: its effect lands in atac.var
+    # a single site: its effect lands in atac.var; its null is drawn from sites only, a gene's from genes
+    n_sites = mdata["atac"].n_vars
+    res = model.knockout({"site": [sites_p1[0]], "gene": ["Reg_P2"]}, n_null=5, progress=False)
+    pool = res.summary.set_index("gene")["null_pool"]
+    assert 0 < pool["site"] < n_sites and 0 < pool["gene"] < mdata["rna"].n_vars
     model.knockout(sites_p1[0], progress=False)
     col = mdata["atac"].var["kdcpt_knockout_effect"]
     assert np.isfinite(col[sites_p1[0]]) and col.drop(sites_p1[0]).isna().all()

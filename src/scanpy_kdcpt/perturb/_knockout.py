@@ -29,6 +29,7 @@ from ._grn import edges_matrix, fit_propagation, warn_without_targets
 from ._nulls import match_features, null_draws, regulator_draws
 from ._simulate import (
     ShiftSimulator,
+    _n_genes,
     check_simulation_args,
     embed_shifts,
     regulator_null_pvalues,
@@ -118,7 +119,8 @@ class KnockoutMixin:
             empirical p-value per gene (0: none): for each screened gene, ``n_null`` genes drawn
             from the ``3 * n_null`` genes closest to it in (mean expression, fraction of cells
             expressing), among the genes not screened in this call (when at least
-            ``2 * n_null`` remain). ``pval = (1 + #null effects ≥ effect) / (1 + n_null)``
+            ``2 * n_null`` remain); with ``setup_mudata``, a site's null is drawn from the
+            sites and a gene's from the genes. ``pval = (1 + #null effects ≥ effect) / (1 + n_null)``
             (use ``n_null ≥ 50`` for p-values below 0.05); ``qval``: Benjamini–Hochberg
             across the genes screened.
         groupby
@@ -343,6 +345,7 @@ class KnockoutMixin:
             max_corr=null_max_corr,
             pool=pool,
             features=features,
+            n_genes=_n_genes(self),
         )
         sim = regulator_null = None
         if simulate == "grn":

@@ -24,6 +24,7 @@ def null_draws(
     max_corr: float = 0.15,
     pool: dict | None = None,
     features: np.ndarray | None = None,
+    n_genes: int | None = None,
 ) -> dict[str, list[Unit]]:
     """Per unit, ``n_null`` expression-matched units of the same size.
 
@@ -32,11 +33,15 @@ def null_draws(
     values) exceeds ``max_corr`` in absolute value, and the other screened genes (when at least
     ``2 * n_null`` genes remain). ``pool`` (a dict) receives, per unit, the size of the pool
     and the numbers of genes left out as targets and as correlates. ``features``: the genes'
-    :func:`match_features` when already computed (one pass over ``X`` per call).
+    :func:`match_features` when already computed (one pass over ``X`` per call). ``n_genes``:
+    columns from ``n_genes`` on are regulatory sites (a multiome model): a gene's null is drawn
+    from genes and a site's from sites, never across (their values are not comparable).
     """
     if not n_null:
         return {}
-    n_genes = X.shape[1]
+    n_features = X.shape[1]
+    is_site = np.arange(n_features) >= (n_features if n_genes is None else int(n_genes))
+    n_genes = n_features
     features = match_features(X) if features is None else features
     screened = np.zeros(n_genes, bool)
     screened[[g for u in units.values() for g in u]] = True
@@ -58,11 +63,12 @@ def null_draws(
         if n_genes - int(exclude.sum()) < n_null:  # too strict for this gene: keep the correlates
             exclude &= ~(cor & ~tgt)
             n_cor = 0
-        draws = [stats.expression_matched(features, g, exclude, n_null, rng) for g in unit]
+        draws = [stats.expression_matched(features, g, exclude | (is_site != is_site[g]), n_null, rng) for g in unit]
         out[name] = [tuple(int(d[i]) for d in draws) for i in range(n_null)]
         if pool is not None:
+            kinds = np.isin(is_site, is_site[list(unit)])  # the columns of the unit's modalities
             pool[name] = {
-                "null_pool": int(n_genes - exclude.sum()),
+                "null_pool": int((~exclude & kinds).sum()),
                 "null_excluded_targets": n_tgt,
                 "null_excluded_correlated": n_cor,
             }
