@@ -44,6 +44,17 @@ def test_ece_and_brier_hand_values():
         kdcpt.metrics.ece(["B", "NK"], proba.iloc[:2])
     with pytest.raises(ValueError, match="classes="):
         kdcpt.metrics.brier(["B"], proba.to_numpy()[:1])
+    # the torch-free core refuses what is not a probability (logits gave an "ECE" of 2.8; a NaN row
+    # dropped its whole bin) and bins that are not a whole number
+    core = kdcpt.calibration
+    codes = np.array([0, 1, 0])
+    for bad in ([[5.0, 1.0], [1.0, 3.0], [2.0, 0.0]], [[0.9, 0.1], [np.nan, np.nan], [0.8, 0.2]]):
+        for f in (core.expected_calibration_error, core.reliability_table, core.brier_score):
+            with pytest.raises(ValueError, match="Expected probabilities"):
+                f(np.array(bad), codes)
+    for n_bins in (0, 2.5):
+        with pytest.raises(ValueError, match="n_bins must be a whole number"):
+            core.reliability_table(proba.to_numpy()[:3], codes, n_bins)
 
 
 def test_temperature_scaling_fixes_overconfident_logits():

@@ -83,7 +83,7 @@ def test_metrics_read_labels_as_users_give_them():
     # probabilities only: logits or other scores give no "ECE"
     with pytest.raises(ValueError, match="rows in \\[0, 1\\] summing to 1"):
         metrics.ece(["x", "y"], [[5.0, 1.0], [1.0, 3.0]], classes=["x", "y"])
-    with pytest.raises(ValueError, match="n_bins must be 1 or more"):
+    with pytest.raises(ValueError, match="n_bins must be a whole number of 1 or more"):
         metrics.ece(["x"], [[1.0, 0.0]], classes=["x", "y"], n_bins=0)
     assert metrics.ece(pd.Series([1.0, 2.0]), [[0.9, 0.1], [0.2, 0.8]], classes=[1, 2]) == pytest.approx(0.15)
     # one gene symbol, not its letters

@@ -156,8 +156,24 @@ def test_bad_direction_input_gets_clear_errors(transition_model):
             m.compute_transitions(direction="time", time_key="t_one", inplace=False)
         with pytest.raises(KeyNotFoundError, match="not a column"):
             m.compute_transitions(direction="time", time_key="nope", inplace=False)
+        # sc.tl.dpt writes inf for unreached cells: named, not a "not row stochastic" from CellRank
+        a.obs["t_inf"] = np.where(np.arange(a.n_obs) < 3, np.inf, np.arange(a.n_obs, dtype=float))
+        with pytest.raises(ValueError, match="3 infinite values"):
+            m.compute_transitions(direction="pseudotime", time_key="t_inf", inplace=False)
     finally:
         del a.obs["t_nan"], a.obs["t_one"]
+        a.obs.drop(columns="t_inf", inplace=True, errors="ignore")
+
+
+def test_an_ordered_categorical_is_a_pseudotime_too(transition_model):
+    a = transition_model.adata
+    stage = a.obs["source_phenotype"].astype(str).str[1].astype(int)  # P0 < P1 < P2 < P3
+    a.obs["stage"] = pd.Categorical(np.array(["a", "b", "c", "d"])[stage], ordered=True)
+    try:  # it raised "could not convert string to float" inside pandas
+        r = transition_model.compute_transitions(direction="pseudotime", time_key="stage", inplace=False)
+    finally:
+        del a.obs["stage"]
+    assert r.flux.loc["P0", "P1"] > 0 and r.flux.loc["P2", "P3"] > 0
 
 
 def test_fates_annotate_roundtrip_and_cellrank(transition_model, tmp_path):

@@ -49,6 +49,26 @@ def _check_codes(proba: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.n
     return p, y.astype(int)
 
 
+def _check_probabilities(proba: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_check_codes`, and rows that are probabilities (finite, in [0, 1], summing to 1)."""
+    p, y = _check_codes(proba, codes)
+    if p.size and (
+        not np.isfinite(p).all() or (p < -1e-6).any() or (p > 1 + 1e-6).any() or not np.allclose(p.sum(1), 1, atol=1e-3)
+    ):
+        raise ValueError(
+            "Expected probabilities (finite rows in [0, 1] summing to 1): for logits pass their softmax "
+            "(scanpy_kdcpt.calibration.softmax); drop cells with missing values."
+        )
+    return p, y
+
+
+def check_n_bins(n_bins) -> int:
+    """``n_bins`` as an integer of 1 or more (else a ValueError naming it)."""
+    if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
+        raise ValueError(f"n_bins must be a whole number of 1 or more, got {n_bins!r}.")
+    return int(n_bins)
+
+
 def nll(logits: np.ndarray, codes: np.ndarray, temperature: float = 1.0) -> float:
     """Mean negative log-likelihood of the known phenotypes under ``softmax(logits / T)``."""
     z = np.asarray(logits, dtype=float) / float(temperature)
@@ -89,7 +109,8 @@ def reliability_table(proba: np.ndarray, codes: np.ndarray, n_bins: int = 15) ->
     ``accuracy`` (fraction correct), ``count`` (cells); empty bins have NaN means and count 0.
 
     """
-    p, y = _check_codes(proba, codes)
+    p, y = _check_probabilities(proba, codes)
+    n_bins = check_n_bins(n_bins)
     conf = p.max(axis=1)
     correct = (p.argmax(axis=1) == y).astype(float)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
@@ -159,7 +180,7 @@ def ece_floor(proba: np.ndarray, n_bins: int = 15) -> float:
 
 def brier_score(proba: np.ndarray, codes: np.ndarray) -> float:
     """Multi-class Brier score: mean over cells of ``Σ_j (p_j - 1[j = y])²`` (0 best, 2 worst)."""
-    p, y = _check_codes(proba, codes)
+    p, y = _check_probabilities(proba, codes)
     onehot = np.zeros_like(p)
     onehot[np.arange(len(y)), y] = 1.0
     return float(((p - onehot) ** 2).sum(axis=1).mean())

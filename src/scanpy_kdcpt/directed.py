@@ -236,6 +236,12 @@ def _check_inputs(weights, adata, *, time_key, root, phenotypes, codes) -> None:
                 f"adata.obs[{time_key!r}] is an unordered categorical: make it ordered "
                 "(adata.obs[key] = adata.obs[key].cat.as_ordered()) so the time points have an order."
             )
+        if pd.api.types.is_numeric_dtype(col) and not np.isfinite(col.to_numpy(float)).all():
+            n_inf = int((~np.isfinite(col.to_numpy(float))).sum())
+            raise ValueError(
+                f"adata.obs[{time_key!r}] has {n_inf} infinite values (sc.tl.dpt writes inf for cells it cannot "
+                "reach from the root): drop those cells, or fill them with a finite value you choose."
+            )
     if root is not None and "pseudotime" in weights and time_key is None:
         if phenotypes is None or codes is None:
             raise ValueError("root= needs the cells' phenotypes (codes and phenotypes).")
@@ -314,8 +320,10 @@ def _pseudotime_from_values(light, values: np.ndarray, params: dict):
 
 
 def _pseudotime_kernel(light, adata, *, codes, phenotypes, time_key, root, **_):
-    if time_key is not None:
-        return _pseudotime_from_values(light, adata.obs[time_key].to_numpy(float), {"time_key": time_key})
+    if time_key is not None:  # an ordered categorical gives its order
+        col = adata.obs[time_key]
+        values = col.cat.codes.to_numpy(float) if isinstance(col.dtype, pd.CategoricalDtype) else col.to_numpy(float)
+        return _pseudotime_from_values(light, values, {"time_key": time_key})
     import scanpy as sc
 
     root_code = list(phenotypes).index(str(root))

@@ -120,8 +120,7 @@ def ece(y_true: Sequence, proba, *, classes: Sequence | None = None, n_bins: int
     ``Σ_b (n_b / n) |accuracy_b - confidence_b|``: 0 for a calibrated model.
 
     """
-    if int(n_bins) < 1:
-        raise ValueError(f"n_bins must be 1 or more, got {n_bins}.")
+    n_bins = calibration.check_n_bins(n_bins)
     p, y = _proba_and_codes(y_true, proba, classes)
     return calibration.expected_calibration_error(p, y, n_bins)
 

@@ -76,6 +76,7 @@ class CalibrationMixin:
 
         """
         self._check_if_trained(warn=True)
+        n_bins = cal.check_n_bins(n_bins)
         target = self.adata if adata is None else adata
         indices = _held_out_indices(self, target, indices)
         codes = _held_out_codes(self, target, indices, labels_key)
