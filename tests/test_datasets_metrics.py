@@ -86,5 +86,18 @@ def test_metrics_read_labels_as_users_give_them():
     with pytest.raises(ValueError, match="n_bins must be a whole number of 1 or more"):
         metrics.ece(["x"], [[1.0, 0.0]], classes=["x", "y"], n_bins=0)
     assert metrics.ece(pd.Series([1.0, 2.0]), [[0.9, 0.1], [0.2, 0.8]], classes=[1, 2]) == pytest.approx(0.15)
+    # the model's own readers too: calibrate(query, labels_key=) found 0 labelled cells, annotate no metrics
+    from types import SimpleNamespace
+
+    import anndata as ad
+
+    from scanpy_kdcpt._utils import codes_of
+    from scanpy_kdcpt.model._data import _query_labels
+
+    assert codes_of(pd.Series([1.0, np.nan, 2.0, 7.0]), ["1", "2"]).tolist() == [0, -1, 1, -1]
+    assert codes_of(["1.5", 1.5], ["1.5"]).tolist() == [0, 0]
+    query = ad.AnnData(obs=pd.DataFrame({"cluster": [1.0, np.nan, 2.0]}, index=["a", "b", "c"]))
+    state = SimpleNamespace(categorical_mapping=np.array(["1", "2", "unknown"]), unlabeled_category="unknown")
+    assert list(_query_labels(query, "cluster", state)) == ["1", "unknown", "2"]
     # one gene symbol, not its letters
     assert kdcpt.datasets.is_transcription_factor("GATA1").tolist() == [True]

@@ -48,13 +48,27 @@ def did_you_mean(names: Iterable[str], universe: Sequence[str]) -> str:
     return "; ".join(f"{g!r}: did you mean {c}?" if c else f"{g!r}: no close name" for g, c in close.items())
 
 
+def label_text(v) -> str:
+    """A label as text, whole numbers as integers first (``1.0`` → ``"1"``: integer labels with a
+    missing value arrive as floats and must still equal ``1``).
+    """
+    if isinstance(v, float | np.floating) and np.isfinite(v) and float(v).is_integer():
+        return str(int(v))
+    return str(v)
+
+
 def codes_of(labels, phenotypes: Sequence[str]) -> np.ndarray:
-    """Integer code of each label among ``phenotypes``; ``-1`` for missing or unknown labels."""
+    """Integer code of each label among ``phenotypes``; ``-1`` for missing or unknown labels
+    (a label ``1.0`` is the phenotype ``"1"``, see :func:`label_text`).
+    """
     import pandas as pd
 
     lookup = {str(c): i for i, c in enumerate(phenotypes)}
-    s = pd.Series(np.asarray(labels, dtype=object))
-    return s.map(lambda x: lookup.get(str(x), -1) if pd.notna(x) else -1).to_numpy(int)
+
+    def code(x) -> int:
+        return lookup.get(str(x), lookup.get(label_text(x), -1)) if pd.notna(x) else -1
+
+    return pd.Series(np.asarray(labels, dtype=object)).map(code).to_numpy(int)
 
 
 def check_obs_column(data, key: str, what: str, where: str = "adata") -> None:

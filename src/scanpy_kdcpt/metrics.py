@@ -9,6 +9,7 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score
 
 from . import calibration
+from ._utils import label_text
 
 
 def _as_labels(y) -> np.ndarray:
@@ -19,10 +20,7 @@ def _as_labels(y) -> np.ndarray:
     return np.asarray(values, dtype=object).astype(str)
 
 
-def _text(v) -> str:
-    if isinstance(v, float | np.floating) and np.isfinite(v) and float(v).is_integer():
-        return str(int(v))
-    return str(v)
+_text = label_text
 
 
 def accuracy(y_true: Sequence, y_pred: Sequence) -> float:

@@ -26,7 +26,7 @@ from .._expression import (
     log_normalize,
     read_rows,
 )
-from .._utils import check_obs_column
+from .._utils import check_obs_column, label_text
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -292,8 +292,11 @@ def _query_labels(adata: AnnData, labels_key: str, labels_state) -> pd.Categoric
     if labels_key in adata.obs:
         lookup = {str(c): c for c in mapping if c != unlabeled}
         given = adata.obs[labels_key]
-        text = given.astype(object).where(given.notna(), None).map(lambda v: None if v is None else str(v))
-        known = text.map(lookup).to_numpy(dtype=object)
+        raw = given.astype(object).where(given.notna(), None)
+        text = raw.map(lambda v: None if v is None else label_text(v))
+        # a label 1.0 is the phenotype "1" (integer labels with a missing value arrive as floats)
+        known = raw.map(lambda v: None if v is None else lookup.get(str(v), lookup.get(label_text(v))))
+        known = known.to_numpy(dtype=object)
         hit = pd.notna(known)
         values[hit] = known[hit]
         unknown = sorted(set(text[text.notna() & ~hit]) - {str(unlabeled)})
