@@ -165,6 +165,16 @@ def test_bad_direction_input_gets_clear_errors(transition_model):
         a.obs.drop(columns="t_inf", inplace=True, errors="ignore")
 
 
+def test_predictions_of_other_cells_or_order_are_refused(transition_model):
+    m = transition_model
+    perm = np.random.default_rng(0).permutation(m.adata.n_obs)
+    shuffled = m.get_predictions(m.adata[perm].copy())  # the same cells in another order
+    with pytest.raises(ValueError, match="predictions are of other cells .* order"):
+        m.compute_transitions(direction="cytotrace", predictions=shuffled, inplace=False)
+    with pytest.raises(ValueError, match="predictions are of other cells"):
+        m.get_transition_matrix(predictions=m.get_predictions(m.adata[:50].copy()))
+
+
 def test_an_ordered_categorical_is_a_pseudotime_too(transition_model):
     a = transition_model.adata
     stage = a.obs["source_phenotype"].astype(str).str[1].astype(int)  # P0 < P1 < P2 < P3

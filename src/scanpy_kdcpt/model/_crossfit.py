@@ -116,21 +116,23 @@ class CrossFitMixin:
         return Predictions(proba=result.proba, labels=result.labels, temperature=float("nan"))
 
 
-def check_predictions(predictions: Predictions, obs_names: pd.Index, classes: list[str]) -> None:
-    """``predictions`` must be of the same cells and phenotypes, without NaN."""
+def check_predictions(
+    predictions: Predictions, obs_names: pd.Index, classes: list[str], name: str = "transition_predictions"
+) -> None:
+    """``predictions`` (the argument ``name``) must be of the same cells in the same order and of
+    the same phenotypes, without NaN.
+    """
     if not isinstance(predictions, Predictions):
-        raise TypeError(f"transition_predictions must be Predictions, not {type(predictions).__name__}.")
+        raise TypeError(f"{name} must be Predictions, not {type(predictions).__name__}.")
     if not predictions.proba.index.equals(obs_names):
         raise ValueError(
-            "transition_predictions are of other cells than the annotated AnnData (obs_names differ); "
-            "compute them on the same AnnData (model.get_cross_fitted_predictions())."
+            f"{name} are of other cells than the AnnData (obs_names differ, or their order does); "
+            "compute them on the same AnnData (model.get_predictions(adata) or model.get_cross_fitted_predictions())."
         )
     if list(map(str, predictions.proba.columns)) != list(classes):
-        raise ValueError(
-            f"transition_predictions' phenotypes {list(predictions.proba.columns)} are not the model's {classes}."
-        )
+        raise ValueError(f"{name}' phenotypes {list(predictions.proba.columns)} are not the model's {classes}.")
     if not np.isfinite(predictions.proba.to_numpy(np.float64)).all():
-        raise ValueError("transition_predictions contain NaN or infinite probabilities.")
+        raise ValueError(f"{name} contain NaN or infinite probabilities.")
 
 
 def _cells(adata, rows: np.ndarray):

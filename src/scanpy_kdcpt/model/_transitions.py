@@ -20,6 +20,7 @@ from .._constants import REGISTRY_KEYS
 from .._errors import InvalidInputError, KeyNotFoundError
 from .._utils import check_obs_column
 from ..results import Fates, Predictions, Transitions
+from ._crossfit import check_predictions
 from ._docs import model_dsp, output_target
 
 if TYPE_CHECKING:
@@ -126,6 +127,8 @@ class TransitionMixin:
             raise ValueError(f"method must be 'posterior' or 'latent', not {method!r}.")
         target = self.adata if adata is None else adata
         groups = _groups(target, groupby)
+        if predictions is not None:
+            check_predictions(predictions, target.obs_names, self.classes_, name="predictions")
         pred = predictions if predictions is not None else self.get_predictions(adata, batch_size=batch_size)
         proba = pred.proba.to_numpy()
         assigned = pred.assigned
@@ -253,6 +256,8 @@ class TransitionMixin:
 
         """
         target = self.adata if adata is None else adata
+        if predictions is not None:
+            check_predictions(predictions, target.obs_names, self.classes_, name="predictions")
         pred = predictions if predictions is not None else self.get_predictions(adata, batch_size=batch_size)
         M = pred.proba.to_numpy(np.float64)
         Z = self._transition_representation(adata, representation, batch_size=batch_size)
