@@ -115,6 +115,37 @@ def test_fate_deltas_accumulate_over_calls_as_the_summary_does(transition_model)
     assert "knockout_fate" not in uns and "knockout_flux" not in uns
 
 
+def test_knockout_deltas_of_another_chain_are_removed_when_it_is_written(transition_model):
+    m = transition_model
+    earlier = m.transitions_
+    try:
+        other = m.compute_transitions(direction="pseudotime", root="P0", inplace=False)
+        m.transitions_ = None  # knockouts below use only the chain they are given
+        _check_deltas_follow_their_chain(m, other)
+    finally:
+        m.transitions_ = earlier  # the session's model as the other tests left it
+
+
+def _check_deltas_follow_their_chain(m, other):
+    import dataclasses
+
+    from scanpy_kdcpt import writers
+
+    T = lineage_chain(m.adata)
+    a = ad.AnnData(obs=m.adata.obs[[]].copy(), var=m.adata.var[[]].copy())
+    writers.write_knockout(a, m.knockout("Reg_P2", chain=T, terminal=["P2", "P3"], inplace=False, progress=False))
+    uns = a.uns["kdcpt"]
+    writers.write_transitions(a, dataclasses.replace(other, cell_chain=T))  # the knockouts' chain again: kept
+    assert {"knockout_fate", "knockout_flux"} <= set(uns)
+    # a later classifier-only knockout (no chain) keeps the earlier gene's deltas and their chain
+    writers.write_knockout(a, m.knockout("Gene_7", simulate="classifier", inplace=False, progress=False))
+    writers.write_transitions(a, dataclasses.replace(other, cell_chain=T))
+    assert set(uns["knockout_fate"]["gene"]) == {"Reg_P2"}
+    with pytest.warns(UserWarning, match="computed on another cell chain"):  # they contradicted its flux
+        writers.write_transitions(a, other)
+    assert not {"knockout_fate", "knockout_flux"} & set(uns) and {"knockout", "knockout_summary"} <= set(uns)
+
+
 def test_a_gene_deleted_and_overexpressed_keeps_both_fate_tables(transition_model):
     import matplotlib.pyplot as plt
 

@@ -57,6 +57,23 @@ def label_text(v) -> str:
     return str(v)
 
 
+def chain_fingerprint(chain) -> str:
+    """A short digest of a cells × cells chain (its sparsity pattern and float32 values): tells
+    whether results computed on a chain (knockout fate deltas) belong to the one now written.
+    """
+    import hashlib
+
+    from scipy import sparse
+
+    T = sparse.csr_matrix(chain, dtype=np.float32, copy=True)
+    T.sum_duplicates()
+    T.sort_indices()
+    digest = hashlib.sha1(np.asarray(T.shape, dtype=np.int64).tobytes())
+    for part in (T.indptr.astype(np.int64), T.indices.astype(np.int64), T.data):
+        digest.update(np.ascontiguousarray(part).tobytes())
+    return digest.hexdigest()[:16]
+
+
 def codes_of(labels, phenotypes: Sequence[str]) -> np.ndarray:
     """Integer code of each label among ``phenotypes``; ``-1`` for missing or unknown labels
     (a label ``1.0`` is the phenotype ``"1"``, see :func:`label_text`).

@@ -7,6 +7,8 @@ key written is logged through scanpy's ``logg`` (shown at ``sc.settings.verbosit
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -14,7 +16,7 @@ import pandas as pd
 from scanpy import logging as logg
 
 from . import _keys
-from ._utils import is_mudata
+from ._utils import chain_fingerprint, is_mudata
 from .results import N_KEY_GENES, N_RANKED
 
 if TYPE_CHECKING:
@@ -136,6 +138,7 @@ def write_transitions(adata: AnnData, result: Transitions, *, key_added: str = _
         removed.append(f'.obsp["{keys.transitions}"]')
     if removed:
         logg.info(f"removed {removed} of the earlier chain (key_added={key_added!r})")
+    _drop_knockout_deltas_of_another_chain(uns, result, key_added)
     names = list(map(str, result.matrix.index))
     safe = pd.Index([_keys.safe_name(c) for c in names], name="target")
     uns[_keys.UNS_TRANSITION] = pd.DataFrame(
@@ -172,6 +175,28 @@ def write_transitions(adata: AnnData, result: Transitions, *, key_added: str = _
             logg.info(f"replacing .obsp[{keys.transitions!r}]")
         adata.obsp[keys.transitions] = result.cell_chain.tocsr()
         _added(".obsp (cell-level Markov chain, rows sum to 1)", [keys.transitions])
+
+
+def _drop_knockout_deltas_of_another_chain(uns: dict, result: Transitions, key_added: str) -> None:
+    """Knockout fate / flux deltas are of the chain they were computed on (its fingerprint in
+    ``knockout_params["chain"]``): kept when the same chain is written again, removed with a
+    warning for another chain or none (they contradicted the new ``flux``).
+    """
+    held = [k for k in (_keys.UNS_KNOCKOUT_FATE, _keys.UNS_KNOCKOUT_FLUX) if k in uns]
+    if not held:
+        return
+    params = uns.get(_keys.UNS_KNOCKOUT_PARAMS)
+    theirs = params.get("chain") if isinstance(params, Mapping) else None
+    if result.cell_chain is not None and theirs is not None and str(theirs) == chain_fingerprint(result.cell_chain):
+        return
+    for k in held:
+        uns.pop(k)
+    warnings.warn(
+        f".uns[{key_added!r}] {held} were computed on another cell chain than the one written now: removed "
+        "(they would contradict its flux and fates). Rerun model.knockout(...) for this chain.",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def write_fates(adata: AnnData, result: Fates, *, key_added: str = _keys.DEFAULT_KEY) -> None:
@@ -303,7 +328,8 @@ def write_knockout(adata: AnnData, result: KnockoutResult, *, key_added: str = _
     params["gene_sets"] = {_keys.safe_name(k): v for k, v in result.params.get("gene_sets", {}).items() if len(v) > 1}
     if "regulator_null" in params:  # gene names as keys inside the h5ad
         params["regulator_null"] = {_keys.safe_name(k): v for k, v in params["regulator_null"].items()}
-    uns[_keys.UNS_KNOCKOUT_PARAMS] = h5ad_safe(params)
+    earlier = uns.get(_keys.UNS_KNOCKOUT_PARAMS)
+    earlier_chain = earlier.get("chain") if isinstance(earlier, Mapping) else None
     written = [_keys.UNS_KNOCKOUT, _keys.UNS_KNOCKOUT_SUMMARY, _keys.UNS_KNOCKOUT_PARAMS]
     for key, base, pair in (
         (_keys.UNS_KNOCKOUT_FATE, "fate_base", ("source", "terminal")),
@@ -321,6 +347,10 @@ def write_knockout(adata: AnnData, result: KnockoutResult, *, key_added: str = _
             uns[key] = merged
             if isinstance(new, pd.DataFrame) and len(new):
                 written.append(key)
+    kept_deltas = any(k in uns for k in (_keys.UNS_KNOCKOUT_FATE, _keys.UNS_KNOCKOUT_FLUX))
+    if "chain" not in params and earlier_chain is not None and kept_deltas:
+        params["chain"] = earlier_chain  # the kept genes' deltas stay of their chain
+    uns[_keys.UNS_KNOCKOUT_PARAMS] = h5ad_safe(params)
     # .var: effect of single-gene deletions (each modality's .var for a MuData: genes and sites);
     # a modality none of whose features was deleted gets no all-NaN column
     for target in adata.mod.values() if is_mudata(adata) else [adata]:

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .. import _expression, _keys, writers
+from .._utils import chain_fingerprint
 from ..model._docs import model_dsp, output_target
 from ..results import KnockoutResult
 from ._assemble import assemble, fate_deltas, first_order_effects, unit_cells, with_first_order
@@ -445,7 +446,10 @@ class KnockoutMixin:
             for frame in (result.fate, result.flux):  # a gene deleted and overexpressed keeps both
                 frame.insert(1, "mode", params["mode"])
             params.update(
-                terminal=np.asarray(terminal, dtype=object), fate_horizon=int(horizon), terminal_states=terminal_states
+                chain=chain_fingerprint(T),  # write_transitions drops these deltas when another chain is written
+                terminal=np.asarray(terminal, dtype=object),
+                fate_horizon=int(horizon),
+                terminal_states=terminal_states,
             )
             if regulator_null:
                 result.fate["pval_regulators"], result.fate["qval_regulators"] = regulator_null_pvalues(
