@@ -54,10 +54,13 @@ def test_key_gene_statistics_are_consistent(synthetic_model, key_genes):
         top = key_genes.top(ph, 10).index
         assert (key_genes.expression.loc[top, ph] > key_genes.mean_expression.loc[top]).all()
     assert (key_genes.attribution.to_numpy() > 0).sum() > (key_genes.statistic("attribution").to_numpy() > 0).sum()
-    # without attributions the Cell Learner's score ranks the genes
+    # without attributions the specificity of the Cell Learner's score ranks the genes, overall too
+    # (the raw score put the prior's decoy TFs first in .var)
     plain = synthetic_model.get_key_genes(attribution=False)
     assert plain.attribution is None and plain.default_by == "specificity"
-    assert plain.overall["rank"].idxmin() == plain.overall["score"].idxmax()
+    assert plain.overall["rank"].idxmin() == plain.overall["specificity"].idxmax()
+    regulators = set(synthetic_model.adata.uns["synthetic"]["regulators"].values())
+    assert set(plain.overall["rank"].nsmallest(len(regulators)).index) == regulators
     np.testing.assert_allclose(plain.scores, key_genes.scores, rtol=1e-5, atol=1e-7)
     assert key_genes.n_cells.sum() == synthetic_model.adata.n_obs
     # a regulator is selected in nearly every cell of its phenotype, a background gene is not
@@ -110,6 +113,27 @@ def test_write_key_genes_sets_var_and_uns(synthetic_model, key_genes):
     assert {"phenotype", "gene", "rank", "score", "selected_frac"} <= set(ranking.columns)
     first = ranking[ranking["rank"] == 1].set_index("phenotype")["gene"]
     assert first["P2"] == "Reg_P2"
+
+
+def test_key_genes_of_cells_of_one_phenotype_compare_them_with_the_training_cells(synthetic_model):
+    model = synthetic_model
+    adata = model.adata
+    query = adata[adata.obs["phenotype"] == "P1"].copy()
+    model.annotate(query)  # against the mean of these cells alone, no gene was "up": the first genes of .var won
+    assert query.var["kdcpt_rank"].idxmin() == "Reg_P1"
+    ranking = query.uns["kdcpt"]["key_genes"]
+    assert set(ranking["phenotype"].astype(str)) == {"P1"}  # phenotypes without cells get no key genes
+    assert ranking.set_index("rank").loc[1, "gene"] == "Reg_P1"
+    kg = model.get_key_genes(query)
+    assert (kg.top("P1", 5) > 0).all()  # genes the phenotype expresses above the average training cell
+    np.testing.assert_allclose(kg.baseline, model.get_key_genes().mean_expression, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="'P0' has no cells among those analysed"):
+        kg.top("P0")
+    cells = np.flatnonzero(adata.obs["phenotype"] == "P1")
+    assert model.get_key_genes(indices=cells).top("P1", 1).index[0] == "Reg_P1"
+    # a ranking without attributions drops the earlier ranking's attribution column (it contradicted the ranks)
+    writers.write_key_genes(query, model.get_key_genes(query, attribution=False))
+    assert "kdcpt_attribution" not in query.var and "kdcpt_attention" in query.var
 
 
 def test_phenotype_names_with_slash_survive_h5ad_and_plot(tmp_path):

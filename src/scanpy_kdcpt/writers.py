@@ -232,7 +232,7 @@ def write_key_genes(
     link_key: str | None = None,
 ) -> None:
     """Set ``.var``: ``{key}_score``, ``{key}_selected_frac``, ``{key}_rank``, ``{key}_key_gene``
-    (the ``n_top`` best ranked: by mean attribution when the result has it, else by score;
+    (the ``n_top`` best ranked: by mean attribution when the result has it, else by specificity;
     default ``min(50, max(5, n_genes // 10))``), ``{key}_attention`` and ``{key}_attribution``
     (the prior-free attention and the mean attribution, when the result has them) and
     ``.uns[key]["key_genes"]``: a tidy DataFrame (``phenotype``, ``gene``, ``rank``, ``score``,
@@ -263,9 +263,15 @@ def write_key_genes(
         keys.rank: ov["rank"].to_numpy(np.float64),
         keys.key_gene: (ov["rank"] <= n_top).to_numpy(bool),
     }
+    stale = []
     for extra, name in (("attention", keys.attention), ("attribution", keys.attribution)):
         if extra in ov:
             columns[name] = ov[extra].to_numpy(np.float32)
+        elif name in adata.var:  # of an earlier ranking: it would contradict this one's ranks
+            adata.var.pop(name)
+            stale.append(name)
+    if stale:
+        logg.info(f"removed .var {stale} of an earlier key-gene ranking (this result has none)")
     for k, v in columns.items():
         adata.var[k] = v
     _uns(adata, key_added)[_keys.UNS_KEY_GENES] = result.ranking(N_RANKED)

@@ -164,7 +164,8 @@ class AnnotateMixin:
             logits.append(lg)
             acc.add(out, np.where(labelled[pos], codes[pos], lg.argmax(1)))
         proba = self._softmax(np.concatenate(logits))
-        return self._predictions(adata, proba, codes, labelled), acc.result()
+        query = adata is not None and adata is not self.adata  # attributions against the training cells' mean
+        return self._predictions(adata, proba, codes, labelled), acc.result(self._reference_input() if query else None)
 
     def get_metrics(self, predictions: Predictions, *, is_training: bool = True) -> dict[str, dict[str, float]]:
         """Accuracy, macro-F1, kappa, ECE, mean confidence and uncertainty.

@@ -60,7 +60,10 @@ class KeyGeneAccumulator:
             self.grad_sum.index_add_(0, index, out["gradient"].to("cpu", torch.float64))
             self.x_sum.index_add_(0, index, out["x_log"].to("cpu", torch.float64))
 
-    def result(self) -> KeyGenes:
+    def result(self, baseline: np.ndarray | None = None) -> KeyGenes:
+        """The key genes; ``baseline``: each gene's reference level for the attributions (default:
+        its mean over the cells added).
+        """
         shape = (len(self.phenotypes), len(self.genes))
         score_sum, sel_sum = self.score_sum.reshape(shape), self.sel_sum.reshape(shape)
         attn_sum = self.attn_sum.reshape(shape)
@@ -77,16 +80,16 @@ class KeyGeneAccumulator:
         denom = np.maximum(self.n_cells, 1)[:, None]
         attribution = expression = None
         if self.attr_sum is not None:
-            # gradient × (input − mean input): relative to the average cell of the pass, so that a
+            # gradient × (input − baseline): relative to the average (training) cell, so that a
             # gene at the same level everywhere (a housekeeping gene, an uninformative TF) gets ≈ 0
-            baseline = self.x_sum.sum(0) / total
+            given = baseline is not None
+            baseline = torch.as_tensor(baseline, dtype=torch.float64) if given else self.x_sum.sum(0) / total
             attr_sum = (self.attr_sum - baseline[None, :] * self.grad_sum).numpy()
             attribution = pd.DataFrame((attr_sum / denom).T, index=genes, columns=self.phenotypes)
             expression = pd.DataFrame((self.x_sum.numpy() / denom).T, index=genes, columns=self.phenotypes)
             up = expression.to_numpy() > baseline.numpy()[:, None]
             overall["attribution"] = (np.where(up, attribution, np.minimum(attribution, 0)) @ self.n_cells) / total
-        overall["rank"] = rank_overall(overall)
-        return KeyGenes(
+        result = KeyGenes(
             overall=overall,
             scores=pd.DataFrame((score_sum / denom).T, index=genes, columns=self.phenotypes),
             selected_frac=pd.DataFrame((sel_sum / denom).T, index=genes, columns=self.phenotypes),
@@ -94,7 +97,11 @@ class KeyGeneAccumulator:
             attention=pd.DataFrame((attn_sum / denom).T, index=genes, columns=self.phenotypes),
             attribution=attribution,
             expression=None if attribution is None else expression,
+            baseline=pd.Series(baseline.numpy(), index=genes) if attribution is not None and given else None,
         )
+        overall["specificity"] = result.overall_specificity()
+        overall["rank"] = rank_overall(overall)
+        return result
 
 
 class KeyGenesMixin:
@@ -119,8 +126,10 @@ class KeyGenesMixin:
         of each cell's own-phenotype logit margin (its logit minus the mean logit; the
         log-probability would saturate where the model is confident) with respect to the
         log-normalised expression (through both branches and the fusion; one backward pass per minibatch),
-        times the gene's expression minus its mean over the cells analysed (gradient × input
-        against the average cell as baseline).
+        times the gene's expression minus its mean over the model's registered (training) cells
+        (gradient × input against the average cell as baseline; for a query or ``indices``
+        the training cells' mean too, so that the key genes of cells of one phenotype still
+        compare them with the other phenotypes).
         The attribution ranks the genes: it says how much a gene, at its level in the
         phenotype's cells, pushes the model towards the phenotype — on pancreas it ranks known
         markers higher than Wilcoxon does (``benchmarks/results/keygenes_pancreas.md``), and
@@ -162,7 +171,28 @@ class KeyGenesMixin:
         ):
             pred = out["logits"].argmax(-1).cpu().numpy()
             acc.add(out, np.where(labelled[pos], codes[pos], pred))
-        return acc.result()
+        subset = indices is not None or (adata is not None and adata is not self.adata)
+        return acc.result(baseline=self._reference_input() if attribution and subset else None)
+
+    def _reference_input(self: KDCPTLike) -> np.ndarray:
+        """Each feature's mean normalised input (as the module reads it, clipped as it clips)
+        over the registered cells, read in row blocks; cached on the model.
+        """
+        cached = getattr(self, "_reference_cache", None)
+        if cached is not None and cached[0] is self.adata:
+            return cached[1]
+        m = self.module
+        X = self._inputs.registered_matrix(self.adata)
+        total = np.zeros(X.shape[1])
+        with torch.inference_mode():
+            for start in range(0, X.shape[0], 4096):
+                block = X[start : start + 4096]
+                block = block.toarray() if hasattr(block, "toarray") else np.asarray(block)
+                x = m.normalize(torch.as_tensor(block, dtype=torch.float32, device=m.input_max.device))
+                total += torch.minimum(x, m.input_max).sum(0).double().cpu().numpy()
+        mean = total / max(X.shape[0], 1)
+        self._reference_cache = (self.adata, mean)
+        return mean
 
     @model_dsp.dedent
     def get_faithfulness(

@@ -14,8 +14,10 @@ N_KEY_GENES = 50
 
 
 def rank_overall(overall: pd.DataFrame) -> pd.Series:
-    """Overall gene rank (1 = top): by mean attribution when present, else by mean Cell Learner score."""
-    stat = overall["attribution"] if "attribution" in overall else overall["score"]
+    """Overall gene rank (1 = top): by mean attribution when present, else by specificity (the
+    largest over the phenotypes) when present, else by mean Cell Learner score.
+    """
+    stat = next(overall[c] for c in ("attribution", "specificity", "score") if c in overall)
     return stat.rank(ascending=False, method="first").astype(np.int64)
 
 

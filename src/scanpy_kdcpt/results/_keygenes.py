@@ -22,8 +22,9 @@ class KeyGenes(_Result):
         token), ``selected_frac`` (fraction of cells in which the Cell Learner selects it),
         ``attention`` (its mean over all cells, when present), ``attribution`` (the phenotypes'
         ``attribution`` averaged weighted by their cells, a phenotype where the gene's mean
-        expression is not above its overall mean counting at most 0) and ``rank`` (1 = highest
-        attribution when present, else highest score), indexed by ``var_names``.
+        expression is not above the baseline counting at most 0), ``specificity`` (its largest
+        :attr:`specificity` over the phenotypes with cells) and ``rank`` (1 = highest
+        attribution when present, else highest specificity), indexed by ``var_names``.
     scores
         Genes × phenotypes: mean score over the cells of each phenotype.
     selected_frac
@@ -37,13 +38,18 @@ class KeyGenes(_Result):
         Genes × phenotypes: mean over the cells of each phenotype of the gradient of the cell's
         own-phenotype logit margin (logit minus the mean logit; with respect to the
         log-normalised expression, through both branches and the fusion) times the gene's
-        expression minus its mean over all cells: how much the gene, at its level in these
+        expression minus the :attr:`baseline`: how much the gene, at its level in these
         cells compared with the average cell, pushes the model towards the phenotype. ``None``
         for results built without it. When present it ranks the genes (``overall["rank"]``
         and the default of :meth:`top` / :meth:`ranking`; see :meth:`statistic`).
     expression
         Genes × phenotypes: mean log-normalised expression over the cells of each phenotype
         (with ``attribution``).
+    baseline
+        Each gene's mean log-normalised expression over the model's registered (training)
+        cells: what the attributions are measured against, so that key genes of a query or of
+        some cells (one phenotype alone, say) still compare them with the average training
+        cell. ``None``: the mean over the cells analysed (:attr:`mean_expression`).
 
     """
 
@@ -54,6 +60,7 @@ class KeyGenes(_Result):
     attention: pd.DataFrame | None = None
     attribution: pd.DataFrame | None = None
     expression: pd.DataFrame | None = None
+    baseline: pd.Series | None = None
 
     @property
     def specificity(self) -> pd.DataFrame:
@@ -91,7 +98,8 @@ class KeyGenes(_Result):
         if by == "attribution" and self.attribution is not None:
             if self.expression is None:
                 return self.attribution
-            up = self.expression.to_numpy() > self.mean_expression.to_numpy()[:, None]
+            reference = self.mean_expression if self.baseline is None else self.baseline
+            up = self.expression.to_numpy() > reference.reindex(self.expression.index).to_numpy()[:, None]
             return self.attribution.where(up, self.attribution.clip(upper=0))
         if by == "specificity":
             return self.specificity
@@ -113,19 +121,38 @@ class KeyGenes(_Result):
         """
         if phenotype not in self.scores.columns:
             raise KeyNotFoundError(f"{phenotype!r} is not a phenotype; phenotypes: {list(self.scores.columns)}.")
+        if not self.n_cells.get(phenotype, 0):
+            raise ValueError(
+                f"{phenotype!r} has no cells among those analysed: it has no key genes here (phenotypes with "
+                f"cells: {self.phenotypes_with_cells})."
+            )
         return self.statistic(by)[phenotype].nlargest(n)
+
+    @property
+    def phenotypes_with_cells(self) -> list[str]:
+        """The phenotypes with at least one cell among those analysed (the others have no key genes)."""
+        n = self.n_cells.reindex(self.scores.columns).fillna(0)
+        return [str(ph) for ph in self.scores.columns if n[ph] > 0]
+
+    def overall_specificity(self) -> pd.Series:
+        """Each gene's largest :attr:`specificity` over the phenotypes with cells."""
+        spec = self.specificity[[ph for ph in self.scores.columns if str(ph) in self.phenotypes_with_cells]]
+        return spec.max(axis=1) if spec.shape[1] else pd.Series(np.nan, index=self.scores.index)
 
     def ranking(self, n: int = N_RANKED, *, by: str | None = None) -> pd.DataFrame:
         """Tidy per-phenotype ranking, ranked ``by`` (see :meth:`top`).
 
         Columns ``phenotype``, ``gene``, ``rank``, ``score``, ``selected_frac``, ``specificity``
-        (and ``attention`` when present).
+        (and ``attention`` when present). Phenotypes without cells among those analysed have
+        no rows.
         """
         rows = []
         n = min(n, self.scores.shape[0])
         stat = self.statistic(by)
         spec = self.specificity
         for ph in self.scores.columns:
+            if str(ph) not in self.phenotypes_with_cells:
+                continue
             top = stat[ph].nlargest(n)
             rows.append(
                 pd.DataFrame(
@@ -157,6 +184,7 @@ class KeyGenes(_Result):
         attribution = attribution and self.attribution is not None
         if not attribution:
             overall = overall.drop(columns="attribution", errors="ignore")
+        overall["specificity"] = self.overall_specificity().loc[features]
         overall["rank"] = rank_overall(overall)
         return KeyGenes(
             overall=overall,
@@ -166,6 +194,7 @@ class KeyGenes(_Result):
             attention=None if self.attention is None else self.attention.loc[features],
             attribution=self.attribution.loc[features] if attribution else None,
             expression=self.expression.loc[features] if attribution else None,
+            baseline=self.baseline.loc[features] if attribution and self.baseline is not None else None,
         )
 
     def to_frame(self) -> pd.DataFrame:
