@@ -101,6 +101,9 @@ def test_conformal_sets_cover_exchangeable_cells():
         assert sets.sum(1).mean() < 6  # not the trivial full set
     with pytest.raises(ValueError, match="conformal_alpha must be in"):
         conformal_threshold(np.array([0.1, 0.2]), 1.5)
+    # 30 cells cannot support alpha = 0.01: every set is full, and that is said
+    with pytest.warns(UserWarning, match="needs at least 99 calibration cells, there are 30"):
+        assert conformal_threshold(conformal_scores(p[:30], y[:30]), 0.01) == np.inf
 
 
 def test_cosine_uncertainty_extremes():

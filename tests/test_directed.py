@@ -33,6 +33,9 @@ def test_fate_probabilities_split_a_branch_and_mark_unreachable_cells_nan():
     np.testing.assert_allclose(mean[0], [0.5, 0.5])  # NaN rows of phenotype S left out
     with pytest.raises(ValueError, match="distinct phenotype codes"):
         markov.fate_probabilities(T, M, [1, 1])
+    # half absorbed in A, half trapped in the closed pair {3, 4}: shares conditional on absorption
+    T[0] = [0, 0.5, 0, 0.5, 0]
+    np.testing.assert_allclose(markov.fate_probabilities(sparse.csr_matrix(T), M, [1, 2])[0], [1.0, 0.0])
 
 
 def test_progenitor_phenotypes_with_different_cell_fates_get_different_fates():
@@ -146,6 +149,8 @@ def test_bad_direction_input_gets_clear_errors(transition_model):
         m.compute_transitions(direction="pseudotime", root="P9", inplace=False)
     with pytest.raises(ValueError, match="time_key= .* or root="):
         m.compute_transitions(direction="pseudotime", inplace=False)
+    with pytest.raises(ValueError, match="finite and 0 or more"):
+        m.compute_transitions(direction={"cytotrace": 1.0, "connectivity": -0.5}, inplace=False)
     a = m.adata
     a.obs["t_nan"] = np.where(np.arange(a.n_obs) % 7 == 0, np.nan, 1.0 + np.arange(a.n_obs) % 3)
     a.obs["t_one"] = 1.0

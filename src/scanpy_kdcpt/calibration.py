@@ -207,6 +207,15 @@ def conformal_threshold(scores: np.ndarray, alpha: float) -> float:
     rank = int(np.ceil((n + 1) * (1 - alpha)))
     if rank > n:
         # too few calibration cells for this alpha: the only valid set is every phenotype
+        import warnings
+
+        warnings.warn(
+            f"conformal_alpha={alpha} needs at least {int(np.ceil(1 / alpha)) - 1} calibration cells, there are "
+            f"{n}: every prediction set holds every phenotype (guaranteed coverage, no information). Use a "
+            f"larger alpha (at least {1 / (n + 1):.3g}) or calibrate on more held-out cells.",
+            UserWarning,
+            stacklevel=2,
+        )
         return float("inf")
     return float(scores[rank - 1])
 

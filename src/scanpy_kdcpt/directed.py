@@ -17,7 +17,8 @@ Direction signals (``direction=``):
   (optimal transport) which is not a dependency: the time points are used as a pseudotime
   (``PseudotimeKernel``), recorded as ``"time (as pseudotime)"``;
 - ``"cytotrace"``: CytoTRACE developmental potential → ``CytoTRACEKernel`` (no root needed);
-- ``"auto"``: velocity when the layers exist, otherwise CytoTRACE;
+- ``"auto"``: velocity when the layers exist, else pseudotime when ``time_key`` or ``root`` is
+  given, otherwise CytoTRACE;
 - ``None``: the undirected ``ConnectivityKernel``;
 - a dict ``{signal: weight}`` combines kernels, e.g. ``{"velocity": 0.5, "cytotrace": 0.3,
   "connectivity": 0.2}``.
@@ -56,7 +57,11 @@ def resolve_direction(
     if direction is None or direction == "none":
         return {"connectivity": 1.0}
     if isinstance(direction, dict):
-        weights = {str(k): float(v) for k, v in direction.items() if float(v) > 0}
+        weights = {str(k): float(v) for k, v in direction.items()}
+        bad = {k: v for k, v in weights.items() if not np.isfinite(v) or v < 0}
+        if bad:  # dropped silently before: {'velocity': -1, 'cytotrace': 1} ran CytoTRACE alone
+            raise ValueError(f"direction weights must be finite and 0 or more; got {bad} in {direction!r}.")
+        weights = {k: v for k, v in weights.items() if v > 0}
         unknown = sorted(set(weights) - set(DIRECTIONS))
         if unknown or not weights:
             raise ValueError(

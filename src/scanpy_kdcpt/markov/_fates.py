@@ -31,6 +31,9 @@ def absorption_probabilities(
     -------
     States × groups. Absorbing states get their own group with probability 1. Rows of
     transient states from which no absorbing state is reachable are NaN (not a uniform guess).
+    Rows are shares conditional on absorption: a state that may instead fall into a closed class
+    without an absorbing state (e.g. a chain given by hand with dead ends) gets its absorbed
+    mass normalised to sum to 1 (half absorbed in A, half trapped: A with share 1).
 
     """
     from scipy.sparse.linalg import splu
@@ -59,7 +62,7 @@ def absorption_probabilities(
         )
         A = (sparse.identity(len(t_ok), format="csc") - Q).tocsc()
         out[t_ok] = np.clip(splu(A).solve(np.asarray(R.todense())), 0.0, 1.0)
-        s = out[t_ok].sum(1, keepdims=True)
+        s = out[t_ok].sum(1, keepdims=True)  # shares conditional on absorption (see Returns)
         out[t_ok] /= np.where(s > 0, s, 1.0)
     out[stuck] = np.nan
     return out
@@ -108,7 +111,8 @@ def fate_probabilities(
     Returns
     -------
     Cells × terminals (in the order of ``terminal``); NaN rows for cells from which no
-    terminal state is reachable.
+    terminal state is reachable; rows sum to 1, shares conditional on reaching a terminal
+    (see :func:`absorption_probabilities`).
 
     """
     M = M.toarray() if sparse.issparse(M) else np.asarray(M, dtype=float)
