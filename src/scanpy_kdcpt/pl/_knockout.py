@@ -164,7 +164,11 @@ def knockout(
             fontweight="bold",
             color="white" if dark else "black",
         )
-    cb = fig.colorbar(im, ax=ax, shrink=0.8)
+    from mpl_toolkits.axes_grid1 import make_axes_locatable
+
+    # a colour bar as tall as the square heatmap (shrink= on an aspect-equal axes overran its title)
+    cax = make_axes_locatable(ax).append_axes("right", size=0.18, pad=0.12)
+    cb = fig.colorbar(im, cax=cax)
     cb.set_label("Δ P (knockout − base)")
     lines = [f"{gene} {verb}: change of transition probabilities"]
     if _has_fates(adata, key, gene):  # the simulated shift moved the chain: its fates are drawn elsewhere

@@ -50,7 +50,7 @@ def _pq(row: pd.Series | None, n: int | None) -> str:
     p = float(row["score_pval"])
     # an empirical p is at least 1/(n+1): at that floor it says "beyond every shift drawn", not how far
     floor = n is not None and n > 0 and p <= 1.0 / (n + 1) + 1e-12
-    p_text = f"p = {p:.2g}, the least possible" if floor else f"p = {p:.3g}"
+    p_text = f"p = {p:.3g}, the least possible" if floor else f"p = {p:.3g}"  # as q, so equal values read equal
     return f"score {p_text}, q = {row['score_qval']:.3g} against {_against(n)}"
 
 
