@@ -176,6 +176,7 @@ class TrainingMixin:
                 **trainer_kwargs,
             )
         self._settle_untrained_batches(np.asarray(train_idx, dtype=int))
+        self._reference_cache = None  # the key genes' baseline is of the inputs as this training clips them
         if self.linear_stage_ is not None:
             self._choose_mix(np.asarray(val_idx, dtype=int))
             if self.linear_stage_.mix == 0.0 and len(val_idx):
