@@ -133,10 +133,15 @@ def execute(
 
 
 def shrink_images(nb: nbformat.NotebookNode, max_width: int = 900) -> None:
-    """Re-encode embedded PNG figures as 256-colour PNGs (wider ones at 2/3 size): notebooks stay ~1 MB."""
+    """Re-encode embedded PNG figures as 256-colour PNGs (wider ones at 2/3 size): notebooks stay ~1 MB.
+
+    A figure that 256 colours cannot hold (a rare category's colour, e.g. a small cluster on a
+    UMAP, would turn into its neighbour's) is kept in full colour.
+    """
     import base64
     import io
 
+    import numpy as np
     from PIL import Image
 
     for cell in nb.cells:
@@ -148,7 +153,9 @@ def shrink_images(nb: nbformat.NotebookNode, max_width: int = 900) -> None:
             if img.width > max_width:
                 img = img.resize((img.width * 2 // 3, img.height * 2 // 3), Image.LANCZOS)
             buf = io.BytesIO()
-            img.quantize(256).save(buf, format="PNG", optimize=True)
+            small = img.quantize(256)
+            error = np.abs(np.asarray(small.convert("RGB"), dtype=int) - np.asarray(img, dtype=int)).max(axis=2)
+            (img if (error > 40).mean() > 1e-4 else small).save(buf, format="PNG", optimize=True)
             data["image/png"] = base64.b64encode(buf.getvalue()).decode()
 
 
