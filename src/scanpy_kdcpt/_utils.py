@@ -57,6 +57,11 @@ def label_text(v) -> str:
     return str(v)
 
 
+def find_label(lookup: dict, v, default=None):
+    """``lookup[str(v)]``, else ``lookup[label_text(v)]`` (a label ``1.0`` finds ``"1"``), else ``default``."""
+    return lookup.get(str(v), lookup.get(label_text(v), default))
+
+
 def chain_fingerprint(chain) -> str:
     """A short digest of a cells × cells chain (its sparsity pattern and float32 values): tells
     whether results computed on a chain (knockout fate deltas) belong to the one now written.
@@ -83,7 +88,7 @@ def codes_of(labels, phenotypes: Sequence[str]) -> np.ndarray:
     lookup = {str(c): i for i, c in enumerate(phenotypes)}
 
     def code(x) -> int:
-        return lookup.get(str(x), lookup.get(label_text(x), -1)) if pd.notna(x) else -1
+        return find_label(lookup, x, -1) if pd.notna(x) else -1
 
     return pd.Series(np.asarray(labels, dtype=object)).map(code).to_numpy(int)
 

@@ -49,12 +49,18 @@ def _check_codes(proba: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.n
     return p, y.astype(int)
 
 
+def are_probabilities(p: np.ndarray) -> bool:
+    """Whether every row of ``p`` is a probability vector (finite, in [0, 1], summing to 1)."""
+    p = np.asarray(p, dtype=float)
+    return bool(
+        np.isfinite(p).all() and (p >= -1e-6).all() and (p <= 1 + 1e-6).all() and np.allclose(p.sum(1), 1, atol=1e-3)
+    )
+
+
 def _check_probabilities(proba: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`_check_codes`, and rows that are probabilities (finite, in [0, 1], summing to 1)."""
+    """:func:`_check_codes`, and rows that are probabilities (:func:`are_probabilities`)."""
     p, y = _check_codes(proba, codes)
-    if p.size and (
-        not np.isfinite(p).all() or (p < -1e-6).any() or (p > 1 + 1e-6).any() or not np.allclose(p.sum(1), 1, atol=1e-3)
-    ):
+    if p.size and not are_probabilities(p):
         raise ValueError(
             "Expected probabilities (finite rows in [0, 1] summing to 1): for logits pass their softmax "
             "(scanpy_kdcpt.calibration.softmax); drop cells with missing values."

@@ -89,7 +89,7 @@ def _proba_and_codes(y_true: Sequence, proba, classes: Sequence | None) -> tuple
     if not keep.any():
         raise ValueError("No cell has a known phenotype: nothing to score.")
     p = p[keep]
-    if not np.isfinite(p).all() or (p < -1e-6).any() or (p > 1 + 1e-6).any() or not np.allclose(p.sum(1), 1, atol=1e-3):
+    if not calibration.are_probabilities(p):
         raise ValueError(
             "proba must hold probabilities (rows in [0, 1] summing to 1): for logits pass their softmax "
             "(e.g. model.predict(soft=True))."

@@ -26,7 +26,7 @@ from .._expression import (
     log_normalize,
     read_rows,
 )
-from .._utils import check_obs_column, label_text
+from .._utils import check_obs_column, find_label, label_text
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -295,7 +295,7 @@ def _query_labels(adata: AnnData, labels_key: str, labels_state) -> pd.Categoric
         raw = given.astype(object).where(given.notna(), None)
         text = raw.map(lambda v: None if v is None else label_text(v))
         # a label 1.0 is the phenotype "1" (integer labels with a missing value arrive as floats)
-        known = raw.map(lambda v: None if v is None else lookup.get(str(v), lookup.get(label_text(v))))
+        known = raw.map(lambda v: None if v is None else find_label(lookup, v))
         known = known.to_numpy(dtype=object)
         hit = pd.notna(known)
         values[hit] = known[hit]

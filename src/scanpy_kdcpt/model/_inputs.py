@@ -20,7 +20,7 @@ from .._constants import REGISTRY_KEYS
 from .._utils import is_mudata
 from ..module import REGULATORY_KEY, KDCPTModule, KDCPTMultiomeModule
 from . import _data
-from ._linear_stage import normalized_max
+from ._linear_stage import normalized_max, normalized_mean
 from ._mudata import fit_lsi, prepare_query
 
 if TYPE_CHECKING:
@@ -77,6 +77,15 @@ class RnaInputs:
         X = manager.get_from_registry(REGISTRY_KEYS.X_KEY)
         extra = manager.get_from_registry(REGULATORY_KEY) if self.multiome else None
         return normalized_max(self.model.module, X, extra)
+
+    def feature_mean(self) -> np.ndarray:
+        """Each feature's mean value as the module reads it (normalised, clipped) over the
+        registered cells, read in row blocks: the key genes' attribution baseline.
+        """
+        manager = self.model.adata_manager
+        X = manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+        extra = manager.get_from_registry(REGULATORY_KEY) if self.multiome else None
+        return normalized_mean(self.model.module, X, extra)
 
     def prepare_query(self, adata: AnnData) -> AnnData:
         """A light AnnData from a query, aligned to the model's genes (not yet registered)."""

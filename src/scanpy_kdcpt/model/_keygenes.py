@@ -175,24 +175,13 @@ class KeyGenesMixin:
         return acc.result(baseline=self._reference_input() if attribution and subset else None)
 
     def _reference_input(self: KDCPTLike) -> np.ndarray:
-        """Each feature's mean normalised input (as the module reads it, clipped as it clips)
-        over the registered cells, read in row blocks; cached on the model.
+        """Each feature's mean input as the module reads it over the registered cells
+        (:meth:`_inputs.feature_mean`), cached on the model until it is trained again.
         """
         cached = getattr(self, "_reference_cache", None)
-        if cached is not None and cached[0] is self.adata:
-            return cached[1]
-        m = self.module
-        X = self._inputs.registered_matrix(self.adata)
-        total = np.zeros(X.shape[1])
-        with torch.inference_mode():
-            for start in range(0, X.shape[0], 4096):
-                block = X[start : start + 4096]
-                block = block.toarray() if hasattr(block, "toarray") else np.asarray(block)
-                x = m.normalize(torch.as_tensor(block, dtype=torch.float32, device=m.input_max.device))
-                total += torch.minimum(x, m.input_max).sum(0).double().cpu().numpy()
-        mean = total / max(X.shape[0], 1)
-        self._reference_cache = (self.adata, mean)
-        return mean
+        if cached is None or cached[0] is not self.adata:
+            cached = self._reference_cache = (self.adata, self._inputs.feature_mean())
+        return cached[1]
 
     @model_dsp.dedent
     def get_faithfulness(

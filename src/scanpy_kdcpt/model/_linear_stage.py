@@ -63,6 +63,17 @@ def normalized_max(module, X, extra=None) -> np.ndarray:
     return top
 
 
+def normalized_mean(module, X, extra=None) -> np.ndarray:
+    """Each feature's mean ``module.normalize`` value over all rows of ``X`` (and ``extra``),
+    clipped at ``module.input_max`` as the forward pass clips, read in blocks.
+    """
+    total = np.zeros(module.n_genes)
+    cap = module.input_max.detach().cpu().numpy()
+    for block in _normalized_blocks(module, X, np.arange(X.shape[0]), extra):
+        total += np.minimum(block, cap).sum(0)
+    return total / max(X.shape[0], 1)
+
+
 def _device(module) -> torch.device:
     for b in module.buffers():
         return b.device

@@ -41,26 +41,25 @@ def null_draws(
         return {}
     n_features = X.shape[1]
     is_site = np.arange(n_features) >= (n_features if n_genes is None else int(n_genes))
-    n_genes = n_features
     features = match_features(X) if features is None else features
-    screened = np.zeros(n_genes, bool)
+    screened = np.zeros(n_features, bool)
     screened[[g for u in units.values() for g in u]] = True
-    spare = n_genes - int(screened.sum()) >= 2 * n_null
+    spare = n_features - int(screened.sum()) >= 2 * n_null
     corr = _Correlations(X)
     out = {}
     for name, unit in units.items():
-        exclude = screened.copy() if spare else np.zeros(n_genes, bool)
+        exclude = screened.copy() if spare else np.zeros(n_features, bool)
         exclude[list(unit)] = True
-        tgt = np.zeros(n_genes, bool)
+        tgt = np.zeros(n_features, bool)
         if targets is not None:
             tgt[np.asarray(targets[list(unit)].sum(0)).ravel() > 0] = True
-        cor = np.zeros(n_genes, bool)
+        cor = np.zeros(n_features, bool)
         for g in unit:
             cor |= np.abs(corr.of(g)) > max_corr
         cor[list(unit)] = False
         n_tgt, n_cor = int((tgt & ~exclude).sum()), int((cor & ~exclude & ~tgt).sum())
         exclude |= tgt | cor
-        if n_genes - int(exclude.sum()) < n_null:  # too strict for this gene: keep the correlates
+        if n_features - int(exclude.sum()) < n_null:  # too strict for this gene: keep the correlates
             exclude &= ~(cor & ~tgt)
             n_cor = 0
         draws = [stats.expression_matched(features, g, exclude | (is_site != is_site[g]), n_null, rng) for g in unit]
