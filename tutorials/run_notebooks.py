@@ -135,8 +135,9 @@ def execute(
 def shrink_images(nb: nbformat.NotebookNode, max_width: int = 900) -> None:
     """Re-encode embedded PNG figures as 256-colour PNGs (wider ones at 2/3 size): notebooks stay ~1 MB.
 
-    A figure that 256 colours cannot hold (a rare category's colour, e.g. a small cluster on a
-    UMAP, would turn into its neighbour's) is kept in full colour.
+    The palette is the first of median cut, maximum coverage and octree that keeps every pixel
+    near its colour (median cut alone turned a rare category's colour, e.g. a small cluster on
+    a UMAP, into its neighbour's); a figure none of them holds is kept in full colour.
     """
     import base64
     import io
@@ -153,9 +154,15 @@ def shrink_images(nb: nbformat.NotebookNode, max_width: int = 900) -> None:
             if img.width > max_width:
                 img = img.resize((img.width * 2 // 3, img.height * 2 // 3), Image.LANCZOS)
             buf = io.BytesIO()
-            small = img.quantize(256)
-            error = np.abs(np.asarray(small.convert("RGB"), dtype=int) - np.asarray(img, dtype=int)).max(axis=2)
-            (img if (error > 40).mean() > 1e-4 else small).save(buf, format="PNG", optimize=True)
+            pixels = np.asarray(img, dtype=int)
+            kept = img
+            for method in (Image.Quantize.MEDIANCUT, Image.Quantize.MAXCOVERAGE, Image.Quantize.FASTOCTREE):
+                small = img.quantize(256, method=method)
+                error = np.abs(np.asarray(small.convert("RGB"), dtype=int) - pixels).max(axis=2)
+                if (error > 40).mean() <= 1e-4:
+                    kept = small
+                    break
+            kept.save(buf, format="PNG", optimize=True)
             data["image/png"] = base64.b64encode(buf.getvalue()).decode()
 
 
