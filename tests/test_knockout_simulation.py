@@ -83,6 +83,27 @@ def test_planted_regulator_cuts_the_flow_into_its_phenotype(both):
     assert s.loc["Reg_P2", "score"] < 0  # pushed back against development
 
 
+def test_planted_block_lowers_the_flux_over_the_horizon_and_is_tested(both):
+    grn, clf = both
+    base = _flux(grn, "Reg_P2", "P1", "P2", "flux_horizon_base")
+    assert base > 5  # cells pass P1 -> P2 within the horizon before the knockout
+    assert _flux(grn, "Reg_P2", "P1", "P2", "delta_horizon") < -0.3 * base
+    # antisymmetric, like the one-step flux
+    assert _flux(grn, "Reg_P2", "P2", "P1", "delta_horizon") == pytest.approx(
+        -_flux(grn, "Reg_P2", "P1", "P2", "delta_horizon")
+    )
+    # tested against the same randomised shifts as the fates: the planted block beyond all 9
+    assert _flux(grn, "Reg_P2", "P1", "P2", "pval_horizon") == pytest.approx(0.1)
+    f = grn.flux.set_index(["gene", "source", "target"])
+    # one q per pair of phenotypes: i -> j and j -> i are one change
+    assert f.loc[("Reg_P2", "P1", "P2"), "qval_horizon"] == f.loc[("Reg_P2", "P2", "P1"), "qval_horizon"]
+    p, q = grn.flux["pval_horizon"].to_numpy(float), grn.flux["qval_horizon"].to_numpy(float)
+    ok = np.isfinite(p)
+    assert ok.sum() >= 12 and (q[ok] >= p[ok] - 1e-12).all() and np.array_equal(ok, np.isfinite(q))
+    assert grn.flux.loc[grn.flux["gene"] == "Gene_7", "pval_horizon"].isna().all()  # its shift moves nothing
+    assert "pval_horizon" not in clf.flux.columns
+
+
 def test_a_gene_without_regulatory_effect_leaves_the_chain_unchanged(chain_model, both):
     grn, clf = both
     T = chain_model.transitions_.cell_chain
@@ -95,6 +116,10 @@ def test_a_gene_without_regulatory_effect_leaves_the_chain_unchanged(chain_model
             a = getattr(grn, frame)
             b = getattr(clf, frame)
             np.testing.assert_allclose(a[a["gene"] == gene]["delta"], b[b["gene"] == gene]["delta"], atol=1e-12)
+        a, b = grn.flux, clf.flux
+        np.testing.assert_allclose(
+            a[a["gene"] == gene]["delta_horizon"], b[b["gene"] == gene]["delta_horizon"], atol=1e-9
+        )
 
 
 def test_no_propagation_means_no_shift_of_the_chain(chain_model):

@@ -237,6 +237,40 @@ def test_fates_with_horizon_show_a_block(planted):
     np.testing.assert_allclose(long[ok, :2], ref[ok], atol=1e-3)
 
 
+def _line_chain(rows):
+    """Cells a, b, c, d (one per phenotype, d terminal) with the given moves."""
+    T = np.zeros((4, 4))
+    for i, moves in enumerate(rows):
+        for j, p in moves.items():
+            T[i, j] = p
+    return sparse.csr_matrix(T)
+
+
+def test_horizon_flux_falls_behind_a_block_where_the_one_step_flux_rises():
+    M = np.eye(4)
+    a, b, c, d = range(4)
+    base = _line_chain([{a: 0.5, b: 0.5}, {a: 0.1, b: 0.4, c: 0.5}, {b: 0.3, c: 0.2, d: 0.5}, {d: 1.0}])
+    # the knockout: entry into b almost blocked, and c no longer drifts back into b
+    ko = _line_chain([{a: 0.99, b: 0.01}, {a: 0.1, b: 0.4, c: 0.5}, {c: 0.2, d: 0.8}, {d: 1.0}])
+    one = markov.net_flux(markov.coarse_grain(base, M), M.sum(0))
+    one_ko = markov.net_flux(markov.coarse_grain(ko, M), M.sum(0))
+    assert one_ko[b, c] > one[b, c]  # the one-step net flux b -> c rises: nothing returns from c
+    n = sim.choose_horizon(base, M, [d])  # the base chain's horizon, as a knockout uses it
+    h = sim.horizon_flux(base, M, [d], n_steps=n)
+    h_ko = sim.horizon_flux(ko, M, [d], n_steps=n)
+    np.testing.assert_allclose(h, -h.T)
+    # within the horizon a's mass passes b -> c before; under the block hardly any of it does
+    assert h[b, c] > 1.5 and h_ko[b, c] < 0.6 * h[b, c]
+    # eventually a's and b's mass cross once, net; c's starts beyond and nets 0 however often it goes back
+    assert sim.horizon_flux(base, M, [d], n_steps=500)[b, c] == pytest.approx(2.0, abs=1e-6)
+    # one step of the non-terminal cells is the one-step net flux without the terminal's row
+    F = M[:3].T @ base[:3].toarray() @ M
+    np.testing.assert_allclose(sim.horizon_flux(base, M, [d], n_steps=1), F - F.T)
+    np.testing.assert_allclose(sim.horizon_flux(base, M, [d], n_steps=0), 0.0)
+    with pytest.raises(ValueError, match="n_steps"):
+        sim.horizon_flux(base, M, [d], n_steps=-1)
+
+
 def test_fit_grn_with_the_stage_partialled_out_drops_links_that_only_share_it():
     rng = np.random.default_rng(5)
     n = 400

@@ -136,8 +136,10 @@ def fate_deltas(
 ) -> tuple[pd.DataFrame, pd.DataFrame, int]:
     """Tidy fate and flux deltas of every screened unit on the directed chain of ``fd`` (or the
     unit's perturbed chain in ``chains``), and the fate horizon. ``pvals``: per unit, the test of
-    each fate change against randomised shifts (sources × outcomes); with them the fate table
-    gets ``pval`` and ``qval`` (Benjamini–Hochberg over every tested row of the call).
+    each fate change and horizon-flux change against randomised shifts (flat, as
+    :meth:`FateDeltas.tested`); with them the fate table gets ``pval`` and ``qval``
+    (Benjamini–Hochberg over every tested row of the call), the flux table ``pval_horizon`` and
+    ``qval_horizon`` (over each tested pair of phenotypes once: ``i → j`` and ``j → i`` are one change).
     """
     from .. import stats
 
@@ -148,11 +150,20 @@ def fate_deltas(
         T_ko = None if chains is None else chains.get(name)
         pval = None if pvals is None else pvals.get(name)
         if pvals and pval is None:  # a knockout without a shift: no test
-            pval = np.full(fd.fate.shape, np.nan)
+            pval = np.full(fd.fate.size + len(fd.offdiag[0]), np.nan)
         fate, flux = fd.unit(name, cells, dp, T_ko=T_ko, pval=pval)
         fates.append(fate)
         fluxes.append(flux)
     fate = pd.concat(fates, ignore_index=True)
     if "pval" in fate.columns:
         fate["qval"] = stats.benjamini_hochberg(fate["pval"].to_numpy(float))
-    return fate, pd.concat(fluxes, ignore_index=True), fd.horizon
+    flux = pd.concat(fluxes, ignore_index=True)
+    if "pval_horizon" in flux.columns:
+        once = (flux["source"].cat.codes < flux["target"].cat.codes).to_numpy()
+        q = np.full(len(flux), np.nan)
+        q[once] = stats.benjamini_hochberg(flux["pval_horizon"].to_numpy(float)[once])
+        key = flux["gene"].astype(str) + "\0" + flux["source"].astype(str) + "\0" + flux["target"].astype(str)
+        back = flux["gene"].astype(str) + "\0" + flux["target"].astype(str) + "\0" + flux["source"].astype(str)
+        q[~once] = pd.Series(q[once], index=key[once].to_numpy()).reindex(back[~once].to_numpy()).to_numpy()
+        flux["qval_horizon"] = q
+    return fate, flux, fd.horizon

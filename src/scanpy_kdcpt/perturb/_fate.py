@@ -20,7 +20,11 @@ cells), which decide the terminal states (cells of a terminal phenotype with mem
 ≥ 0.5; with ``terminal_states="base"`` the unperturbed memberships decide them, so the same
 cells absorb before and after), and — with ``simulate="grn"`` — the chain itself (``T_ko``).
 The directed phenotype chain is ``P = D⁻¹ Mᵀ T M`` before and ``P_ko = D⁻¹ M_koᵀ T_ko M_ko``
-after; net flux ``F - Fᵀ`` with ``F = diag(Mᵀ 1) P``.
+after; net flux ``F - Fᵀ`` with ``F = diag(Mᵀ 1) P`` (one step of the observed cells). Beside it,
+the net flux over the horizon (:func:`scanpy_kdcpt.simulation.horizon_flux`): how many more
+cells pass ``i → j`` than back while the non-terminal cells' mass moves for the horizon's steps.
+A knockout that blocks a state lowers this flux downstream of the block, where the one-step
+flux can rise because cells stop returning to the blocked state.
 """
 
 from __future__ import annotations
@@ -117,6 +121,8 @@ class FateDeltas:
         self.fate = self._phenotype_fates(self.cell_fate)
         self.P, self.sizes = markov.coarse_grain(T, self.M), self.M.sum(0)
         self.flux = markov.net_flux(self.P, self.sizes)
+        self.flux_horizon = self.horizon_flux(T, self.M)
+        self.offdiag = np.nonzero(~np.eye(len(self.phenotypes), dtype=bool))
 
     def _cell_fates(self, T, M: np.ndarray) -> np.ndarray:
         """Cells × (terminals + 1): eventual absorption in each terminal, then "not reached" within the horizon."""
@@ -148,6 +154,20 @@ class FateDeltas:
         """
         return self._phenotype_fates(self._cell_fates(T, self.M if self.fixed_states else M))
 
+    def horizon_flux(self, T: sparse.csr_matrix, M: np.ndarray) -> np.ndarray:
+        """Phenotypes × phenotypes net flux over the horizon of the chain ``T`` with the memberships
+        ``M`` (the base ones decide the absorbing cells with ``terminal_states="base"``).
+        """
+        return simulation.horizon_flux(
+            T, M, self.terminal_idx, n_steps=self.horizon, states=self.M if self.fixed_states else None
+        )
+
+    def tested(self, T: sparse.csr_matrix, M: np.ndarray) -> np.ndarray:
+        """What a knockout's randomised-shift test compares, flat: the fates (sources × outcomes,
+        row-major), then the net flux over the horizon of each ordered pair of phenotypes.
+        """
+        return np.r_[self.fates(T, M).ravel(), self.horizon_flux(T, M)[self.offdiag]]
+
     def unit(
         self,
         name: str,
@@ -157,8 +177,9 @@ class FateDeltas:
         pval: np.ndarray | None = None,
     ) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Fate and flux rows of one knockout: ``dp`` is the change of probabilities of ``cells``;
-        ``T_ko`` the perturbed chain (default: the unperturbed one); ``pval`` (sources × outcomes)
-        the test of each fate change against randomised shifts, a column ``pval`` when given.
+        ``T_ko`` the perturbed chain (default: the unperturbed one); ``pval`` the test against
+        randomised shifts of what :meth:`tested` gives (fates, then horizon fluxes), columns
+        ``pval`` of the fate rows and ``pval_horizon`` of the flux rows when given.
         """
         M = self.memberships(cells, dp)
         T = self.T if T_ko is None else T_ko
@@ -177,10 +198,12 @@ class FateDeltas:
             }
         )
         if pval is not None:
-            fate["pval"] = np.asarray(pval, dtype=float).ravel()
+            pval = np.asarray(pval, dtype=float).ravel()
+            fate["pval"] = pval[: self.fate.size]
         P_ko, sizes_ko = markov.coarse_grain(T, M), M.sum(0)
         flux_ko = markov.net_flux(P_ko, sizes_ko)
-        i, j = np.nonzero(~np.eye(len(self.phenotypes), dtype=bool))
+        horizon_ko = self.horizon_flux(T, M)
+        i, j = self.offdiag
         cats = pd.CategoricalDtype(self.phenotypes)
         flux = pd.DataFrame(
             {
@@ -192,6 +215,11 @@ class FateDeltas:
                 "flux_base": self.flux[i, j],
                 "flux_ko": flux_ko[i, j],
                 "delta": flux_ko[i, j] - self.flux[i, j],
+                "flux_horizon_base": self.flux_horizon[i, j],
+                "flux_horizon_ko": horizon_ko[i, j],
+                "delta_horizon": horizon_ko[i, j] - self.flux_horizon[i, j],
             }
         )
+        if pval is not None:
+            flux["pval_horizon"] = pval[self.fate.size :] if len(pval) > self.fate.size else np.nan
         return fate, flux

@@ -398,9 +398,9 @@ class KnockoutMixin:
             fd = FateDeltas(T, base.proba, list(self.classes_), terminal, terminal_states=terminal_states)
         if simulate == "grn":
 
-            def fates_of(name: str):  # the unit's fates of any chain, its memberships fixed
+            def fates_of(name: str):  # the unit's fates and horizon fluxes of any chain, its memberships fixed
                 M = fd.memberships(*unit_cells(plan, deltas, run_list, units[name]))
-                return lambda chain: fd.fates(chain, M)
+                return lambda chain: fd.tested(chain, M)
 
             shifts = simulate_units(
                 sim,

@@ -235,10 +235,11 @@ class ShiftSimulator:
         randomised shifts: each gene's shift permuted across cells with random signs (velocyto's /
         CellOracle's randomisation), the same draws for both.
 
-        ``fates(T_chain)`` gives the fates of a chain (sources × outcomes, the knockout's
-        memberships fixed); the fate change tested is ``fates(T_ko) − fates(T)`` against
-        ``fates(T_null) − fates(T)``: does the direction of the simulated shift change the fates
-        more than the same genes moved by the same amounts in random directions.
+        ``fates(T_chain)`` gives what is tested of a chain (the fates, then the net fluxes over the
+        horizon, flat, :meth:`FateDeltas.tested`; the knockout's memberships fixed); the change
+        tested is ``fates(T_ko) − fates(T)`` against ``fates(T_null) − fates(T)``: does the
+        direction of the simulated shift change the fates (and fluxes) more than the same genes
+        moved by the same amounts in random directions.
         """
         if n < 1 or not np.any(shift):
             return np.nan, None
@@ -425,7 +426,7 @@ class SimulatedShifts:
     shift_mean: dict[str, pd.DataFrame]  # mean Δx per phenotype, phenotypes × genes
     scores: pd.DataFrame  # cells × knockouts
     summary: pd.DataFrame  # gene, score, score_pval, score_qval, shift_norm, n_shifted
-    fate_pval: dict[str, np.ndarray] = field(default_factory=dict)  # sources × outcomes, with fates and a null
+    fate_pval: dict[str, np.ndarray] = field(default_factory=dict)  # flat: fates, then horizon fluxes (with a null)
 
 
 def simulate_units(

@@ -17,7 +17,9 @@ Nature 2023, on this package's own directed chain):
    :func:`randomized_shift_null` and :func:`empirical_pvalue` test any statistic of the
    perturbed chain against row-shuffled shifts;
 5. :func:`fates_with_horizon` — fates within a horizon with a "not reached" outcome, so that a
-   knockout that blocks progenitors lowers their fates into every terminal.
+   knockout that blocks progenitors lowers their fates into every terminal;
+   :func:`horizon_flux` — the net flux between phenotypes of the mass that moves within that
+   horizon, so that a block upstream lowers the flux downstream.
 
 Every function takes numpy arrays or scipy sparse matrices and knows nothing of AnnData or
 torch. Notation as in :mod:`scanpy_kdcpt.markov`: ``T`` a cell chain (cells × cells,
@@ -30,6 +32,7 @@ from ._chain import (
     embed_shift,
     empirical_pvalue,
     fates_with_horizon,
+    horizon_flux,
     perturbation_score,
     perturbed_chain,
     randomized_shift_null,
@@ -45,6 +48,7 @@ __all__ = [
     "empirical_pvalue",
     "fates_with_horizon",
     "fit_grn",
+    "horizon_flux",
     "perturbation_score",
     "perturbed_chain",
     "randomized_shift_null",

@@ -369,6 +369,49 @@ def fates_with_horizon(T: sparse.spmatrix, M, terminal: np.ndarray, *, n_steps: 
     return np.column_stack([A, np.clip(1.0 - A.sum(1), 0.0, 1.0)])
 
 
+def horizon_flux(
+    T: sparse.spmatrix,
+    M,
+    terminal: np.ndarray,
+    *,
+    n_steps: int,
+    core: float = 0.5,
+    states=None,
+) -> np.ndarray:
+    """Net flux between phenotypes over ``n_steps`` steps of the mass that starts on the cells
+    outside the terminal states (one unit per cell), absorbed where it reaches a terminal state.
+
+    ``F = Mᵀ diag(v) T M`` with ``v = Σ_{t < n_steps} p_t`` the expected visits of that mass
+    (``p_0`` one per non-terminal cell, ``p_{t+1} = p_t T``, terminal states absorbing); the
+    result is ``F - Fᵀ``, in cells: how many more cells move ``i → j`` than back within the
+    horizon. With ``n_steps=1`` it is the one-step net flux of :func:`scanpy_kdcpt.markov.net_flux`
+    restricted to the non-terminal cells.
+
+    The one-step net flux weighs each phenotype by the cells observed in it, so a knockout that
+    stops cells from *returning* to a state (Neurog3: Pre-endocrine cells no longer drift back
+    into Ngn3 high EP) raises the net forward flux even when fewer cells *arrive* there. Over the
+    horizon the mass has to reach a phenotype before it can leave it, so a block upstream lowers
+    the flux downstream: the flux that answers "how many cells pass from i to j".
+
+    ``states`` (default ``M``): the memberships that decide the terminal states (the base ones,
+    to keep the absorbing cells of a knockout fixed).
+    """
+    T = sparse.csr_matrix(T, dtype=np.float64)
+    M = np.asarray(M.toarray() if sparse.issparse(M) else M, dtype=np.float64)
+    if n_steps < 0:
+        raise ValueError(f"n_steps must be ≥ 0, got {n_steps}.")
+    absorbing, _ = markov.terminal_states(M if states is None else states, terminal, core=core)
+    p = (~absorbing).astype(np.float64)
+    visits = np.zeros_like(p)
+    Tt = T.T.tocsr()
+    for _ in range(int(n_steps)):
+        visits += p
+        p = Tt @ p
+        p[absorbing] = 0.0
+    F = (M * visits[:, None]).T @ np.asarray(T @ M)
+    return F - F.T
+
+
 def choose_horizon(
     T: sparse.spmatrix, M, terminal: np.ndarray, *, reached: float = 0.9, core: float = 0.5, max_steps: int = 10000
 ) -> int:
