@@ -194,3 +194,22 @@ def test_report_lists_fate_deltas_and_qvalues(fate_result):
     uns = {"knockout_summary": summary, "knockout": fate_result.table, "knockout_fate": fate_result.fate}
     text = "\n".join(report._knockout_section(uns, 5, {}))
     assert "qval" in text and "### Fate deltas" in text and "Reg_P2" in text.split("### Fate deltas")[1]
+
+
+def test_report_lists_each_flux_change_once_over_the_horizon(fate_result):
+    from scanpy_kdcpt import report
+
+    uns = {"knockout_summary": fate_result.summary, "knockout_flux": fate_result.flux}
+    text = "\n".join(report._knockout_section(uns, 6, {}))
+    table = text.split("### Directed chain")[1]
+    rows = [r for r in table.splitlines() if r.startswith("|") and "Reg_" in r]
+    assert "flux_horizon_ko" in table and len(rows) == 6
+    pairs = [tuple(c.strip() for c in r.split("|")[1:5]) for r in rows]
+    # never a pair twice (i -> j and j -> i are one change)
+    assert len({(g, frozenset((a, b))) for g, _, a, b in pairs}) == len(pairs)
+    # largest change over the horizon first, each in the direction its cells went before
+    f = fate_result.flux.set_index(["gene", "source", "target"])
+    shown = [f.loc[(g, a, b)] for g, _, a, b in pairs]
+    assert all(r["flux_horizon_base"] >= 0 for r in shown)
+    sizes = [abs(r["delta_horizon"]) for r in shown]
+    assert sizes == sorted(sizes, reverse=True) and sizes[0] == pytest.approx(f["delta_horizon"].abs().max())

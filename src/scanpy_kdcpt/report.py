@@ -233,13 +233,43 @@ def _knockout_section(uns: dict, n_top: int, figures: dict) -> list[str]:
         ]
     flux = uns.get(_keys.UNS_KNOCKOUT_FLUX)
     if directed and len(flux):
-        moved = flux.reindex(flux["delta"].abs().sort_values(ascending=False).index).head(n_top)
-        cols = [c for c in ("gene", "mode", "source", "target", "p_base", "p_ko", "flux_base", "flux_ko") if c in moved]
+        # each pair of phenotypes once, in the direction its cells went before the knockout
+        horizon = "delta_horizon" in flux.columns
+        base = flux["flux_horizon_base" if horizon else "flux_base"]
+        once = flux[(base > 0) | ((base == 0) & (flux["source"].cat.codes < flux["target"].cat.codes))]
+        moved = once.reindex(once["delta_horizon" if horizon else "delta"].abs().sort_values(ascending=False).index)
+        moved = moved.head(n_top)
+        cols = [
+            c
+            for c in (
+                "gene",
+                "mode",
+                "source",
+                "target",
+                "p_base",
+                "p_ko",
+                "flux_horizon_base",
+                "flux_horizon_ko",
+                "pval_horizon",
+                "qval_horizon",
+                "flux_base",
+                "flux_ko",
+            )
+            if c in moved
+        ]
+        what = (
+            "net flux over the fate horizon (`flux_horizon_*`: how many more cells pass source → target than back "
+            "while the non-terminal cells' mass moves for the horizon's steps; a block lowers it downstream)"
+            if horizon
+            else "net flux (cells per step)"
+        )
         lines += [
             "### Directed chain",
             "",
-            "The largest changes of net flux (cells per step, source → target) on the directed chain under "
-            "each knockout, with its transition probabilities before and after.",
+            f"The largest changes of the {what} on the directed chain under each knockout, each pair of "
+            "phenotypes once, in the direction of its net flux before the knockout, with the transition "
+            "probabilities before and after"
+            + (" and the one-step net flux of the observed cells (`flux_base`, `flux_ko`)." if horizon else "."),
             "",
             _table(moved[cols].reset_index(drop=True), index=False),
             "",

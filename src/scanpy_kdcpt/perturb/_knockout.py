@@ -287,11 +287,17 @@ class KnockoutMixin:
         reached no terminal within the chain's horizon (``knockout_params["fate_horizon"]``
         steps), where a knockout that blocks progenitors shows; ``source="all"``: the mean over
         all cells) and ``.uns[key]["knockout_flux"]`` (``gene``, ``source``, ``target``, ``p_base``,
-        ``p_ko`` of the directed chain, ``flux_base``, ``flux_ko``, ``delta``). With
-        ``n_shift_null > 0`` the fate table also has ``pval`` and ``qval`` (Benjamini–Hochberg
-        over the tested rows of the call; NaN where no shift can change the fate, e.g. a
-        terminal phenotype's own); with ``n_regulator_null > 0``, ``pval_regulators`` and
-        ``qval_regulators``.
+        ``p_ko`` of the directed chain, ``flux_base``, ``flux_ko``, ``delta``: the net flux of one
+        step of the observed cells; ``flux_horizon_base``, ``flux_horizon_ko``,
+        ``delta_horizon``: the net flux, in cells, of the non-terminal cells' mass while it moves
+        for the horizon's steps, :func:`scanpy_kdcpt.simulation.horizon_flux`. A block lowers the
+        flux over the horizon downstream of it, where the one-step flux can rise because cells
+        stop returning to the blocked state). With ``n_shift_null > 0`` the fate table also has
+        ``pval`` and ``qval`` (Benjamini–Hochberg over the tested rows of the call; NaN where no
+        shift can change the fate, e.g. a terminal phenotype's own) and the flux table
+        ``pval_horizon`` and ``qval_horizon`` (the change over the horizon against the same
+        randomised shifts; one q per pair of phenotypes); with ``n_regulator_null > 0``,
+        ``pval_regulators`` and ``qval_regulators``.
 
         """
         self._check_if_trained(warn=True)
