@@ -281,6 +281,27 @@ def test_fate_test_does_not_repeat_the_notes_on_memberships(chain_model, monkeyp
     assert sum("a note on the memberships" in str(w.message) for w in caught) == 1
 
 
+def test_the_horizon_flux_does_not_repeat_the_fates_notes_on_terminal_states(chain_model, monkeypatch):
+    """The flux over the horizon finds the terminal states as the fates do; a note on them (a
+    terminal without core cells) is the fates' to give, not once more per flux."""
+    import warnings
+
+    from scanpy_kdcpt import simulation
+
+    flux = simulation.horizon_flux
+
+    def noisy(*args, **kwargs):
+        warnings.warn("a note on the terminal states", UserWarning, stacklevel=2)
+        return flux(*args, **kwargs)
+
+    monkeypatch.setattr(simulation, "horizon_flux", noisy)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = chain_model.knockout("Reg_P2", terminal=["P3"], inplace=False, progress=False, n_shift_null=0)
+    assert "delta_horizon" in res.flux.columns
+    assert not any("a note on the terminal states" in str(w.message) for w in caught)
+
+
 def test_terminals_the_user_named_are_kept_by_annotate_and_knockouts(chain_model):
     state = chain_model.transitions_
     try:

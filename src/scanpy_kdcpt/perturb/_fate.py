@@ -158,9 +158,11 @@ class FateDeltas:
         """Phenotypes × phenotypes net flux over the horizon of the chain ``T`` with the memberships
         ``M`` (the base ones decide the absorbing cells with ``terminal_states="base"``).
         """
-        return simulation.horizon_flux(
-            T, M, self.terminal_idx, n_steps=self.horizon, states=self.M if self.fixed_states else None
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # the same notes on the terminal states as the fates give
+            return simulation.horizon_flux(
+                T, M, self.terminal_idx, n_steps=self.horizon, states=self.M if self.fixed_states else None
+            )
 
     def tested(self, T: sparse.csr_matrix, M: np.ndarray) -> np.ndarray:
         """What a knockout's randomised-shift test compares, flat: the fates (sources × outcomes,
