@@ -207,6 +207,53 @@ def test_shift_and_score_written_and_plotted_from_a_reread_file(chain_model, tmp
         kdcpt.pl.knockout_shift(back, "Reg_P2")
 
 
+def test_knockout_flux_plot_draws_the_largest_changes_over_the_horizon(chain_model, tmp_path):
+    adata = chain_model.adata.copy()
+    res = chain_model.knockout(["Reg_P2", "Gene_7"], terminal=["P3"], progress=False, n_shift_null=9, inplace=False)
+    kdcpt.writers.write_knockout(adata, res)
+    adata.write_h5ad(tmp_path / "ko.h5ad")
+    back = ad.read_h5ad(tmp_path / "ko.h5ad")
+    ax = kdcpt.pl.knockout_flux(back, "Reg_P2", alpha=0.5, show=False)  # 9 shifts: q ≥ 0.1
+    labels = [t.get_text().replace("\n", " ") for t in ax.get_yticklabels()]
+    rows = res.flux[res.flux["gene"] == "Reg_P2"].set_index(["source", "target"])
+    once = rows[rows["flux_horizon_base"] > 0]
+    first = once["delta_horizon"].abs().idxmax()
+    assert labels[0] == " → ".join(first)  # the largest change on top
+    # the planted block of P2 lowers the flux into P2 and on out of it
+    assert {"P1 → P2", "P2 → P3"} <= set(labels)
+    assert rows.loc[("P1", "P2"), "delta_horizon"] < 0 and rows.loc[("P2", "P3"), "delta_horizon"] < 0
+    top = rows.loc[first]
+    bars = sorted(ax.patches, key=lambda r: (r.get_y(), r.get_x()))
+    widths = {round(r.get_y() + r.get_height() / 2, 1): r.get_width() for r in bars}
+    # base (grey) and knockout bars of the first transition are its fluxes over the horizon
+    assert widths[-0.2] == pytest.approx(top["flux_horizon_base"]) and widths[0.2] == pytest.approx(
+        top["flux_horizon_ko"]
+    )
+    # each pair of phenotypes once, in the direction of its base net flux
+    pairs = [tuple(lab.split(" → ")) for lab in labels]
+    assert len({frozenset(p) for p in pairs}) == len(pairs)
+    assert all(rows.loc[p, "flux_horizon_base"] >= 0 for p in pairs)
+    # its change is written in cells and starred when beyond the randomised shifts at alpha
+    texts = [t.get_text() for t in ax.texts]
+    assert texts[0].startswith(f"{top['delta_horizon']:+,.0f}".replace("-", "−"))
+    assert texts[0].endswith("*") == bool(top["qval_horizon"] < 0.5)
+    assert "randomised shifts" in ax.get_xlabel() and "Reg_P2" in ax.get_title()
+    plt.close("all")
+    table = back.uns["kdcpt"]["knockout_flux"]
+    still = table["gene"] == "Gene_7"  # its chain does not move: only its memberships change the flux
+    assert table.loc[still, "delta_horizon"].abs().max() < 0.1 * table.loc[~still, "delta_horizon"].abs().max()
+    table.loc[still, "delta_horizon"] = 0.0
+    with pytest.raises(ValueError, match="changes no net flux"):
+        kdcpt.pl.knockout_flux(back, "Gene_7", show=False)
+    with pytest.raises(KeyError, match="No flux changes for 'Reg_P9'"):
+        kdcpt.pl.knockout_flux(back, "Reg_P9", show=False)
+    old = back.uns["kdcpt"]["knockout_flux"].drop(columns=["flux_horizon_base", "flux_horizon_ko", "delta_horizon"])
+    back.uns["kdcpt"]["knockout_flux"] = old  # as written before the flux over the horizon
+    with pytest.raises(KeyError, match="run model.knockout"):
+        kdcpt.pl.knockout_flux(back, "Reg_P2", show=False)
+    plt.close("all")
+
+
 def test_shift_kept_on_request_and_its_phenotype_means(chain_model, both):
     from scanpy_kdcpt import simulation
     from scanpy_kdcpt.perturb._simulate import ShiftSimulator

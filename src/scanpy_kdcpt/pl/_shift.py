@@ -306,3 +306,134 @@ def knockout_fate(
     head = f"{gene} {verb}: fate deltas"
     ax.set_title(title if title is not None else _title(head, adata, key, gene, mode), fontsize=10)
     return _read.finish(fig, ax, show, return_fig, save)
+
+
+#: knockout_flux draws changes of at least this share of the largest, and relative changes of
+#: fluxes of at least this share of the largest bar
+MIN_SHARE = 0.05
+
+
+@doc_params("doc_key", "doc_show_save_ax", "doc_returns")
+def knockout_flux(
+    adata: AnnData,
+    gene: str,
+    *,
+    key: str = _keys.DEFAULT_KEY,
+    n_top: int = 8,
+    mode: str | None = None,
+    alpha: float = 0.05,
+    title: str | None = None,
+    ax: Axes | None = None,
+    show: bool | None = None,
+    return_fig: bool = False,
+    save: str | bool | None = None,
+) -> Axes | Figure | None:
+    """Net flux between phenotypes over the fate horizon before and after one knockout.
+
+    One pair of bars per transition ``source → target`` (each pair of phenotypes once, in the
+    direction of its net flux before the knockout): how many more cells pass ``source → target``
+    than back while the non-terminal cells' mass moves for the horizon's steps, before (grey)
+    and under the knockout (blue where it falls, red where it rises), from
+    ``.uns[key]["knockout_flux"]`` (``flux_horizon_base``, ``flux_horizon_ko``). The
+    ``n_top`` transitions whose flux changes most are drawn (changes under 5 % of the largest
+    are left out), the largest change first, each with its change in cells and, beside a flux
+    that reads as a bar, its relative change; ``*`` marks a change beyond the randomised shifts
+    (``qval_horizon < alpha``, with ``knockout(..., n_shift_null=n)``). A block lowers this flux
+    downstream of it; the one-step net flux of the observed cells (``flux_base``, ``flux_ko``)
+    is not drawn: it can rise behind a block, because cells stop returning to the blocked state.
+
+    Parameters
+    ----------
+    adata
+        AnnData after ``model.knockout(...)`` with a directed chain (a re-read ``.h5ad`` works).
+    gene
+        The knocked-out gene (or gene-set name).
+    {doc_key}
+    n_top
+        How many transitions to draw.
+    mode
+        ``"delete"`` or ``"overexpress"`` when the gene was perturbed both ways (default: the
+        deletion).
+    alpha
+        Level of the ``qval_horizon`` that marks a change with ``*``.
+    title
+        Axes title.
+    {doc_show_save_ax}
+
+    {doc_returns}
+
+    """
+    flux = adata.uns.get(key, {}).get(_keys.UNS_KNOCKOUT_FLUX)
+    if not isinstance(flux, pd.DataFrame) or not len(flux):
+        raise KeyNotFoundError(
+            f"adata.uns[{key!r}]['knockout_flux'] not found: run model.compute_transitions(...) and then "
+            "model.knockout(...) (flux changes need a directed chain)."
+        )
+    if "flux_horizon_base" not in flux.columns:
+        raise KeyNotFoundError(
+            f"adata.uns[{key!r}]['knockout_flux'] has no flux over the horizon (written by an earlier version): "
+            "run model.knockout(...) again."
+        )
+    if int(n_top) != n_top or n_top < 1:
+        raise ValueError(f"n_top must be a whole number ≥ 1, got {n_top!r}.")
+    rows = flux[flux["gene"].astype(str) == gene]
+    if not len(rows):
+        known = sorted(set(flux["gene"].astype(str)))
+        raise KeyNotFoundError(f"No flux changes for {gene!r}; knocked out: {known}.")
+    if "mode" not in rows.columns:  # written before modes were recorded: deletions
+        rows = rows.assign(mode="delete")
+    rows = _pick_mode(rows, mode)
+    mode = str(rows["mode"].iloc[0])
+    verb = "knockout" if mode == "delete" else "overexpression"
+    base = rows["flux_horizon_base"].to_numpy(float)
+    names = rows["source"].astype(str).to_numpy(), rows["target"].astype(str).to_numpy()
+    once = rows[(base > 0) | ((base == 0) & (names[0] < names[1]))]
+    top = once.reindex(once["delta_horizon"].abs().sort_values(ascending=False).index).head(int(n_top))
+    # changes too small to see beside the largest are left out (a relative change of a tiny flux misleads)
+    top = top[top["delta_horizon"].abs() >= max(MIN_SHARE * float(once["delta_horizon"].abs().max()), 1e-12)]
+    if not len(top):
+        raise ValueError(f"The {verb} of {gene!r} changes no net flux over the horizon: nothing to draw.")
+    b, k = top["flux_horizon_base"].to_numpy(float), top["flux_horizon_ko"].to_numpy(float)
+    q = top["qval_horizon"].to_numpy(float) if "qval_horizon" in top.columns else np.full(len(top), np.nan)
+    y = np.arange(len(top))
+    fig, ax = _read.new_axes(ax, (6.8, 1.4 + 0.55 * len(top)))
+    ax.barh(y - 0.2, b, height=0.38, color="0.72", label="base")
+    ax.barh(y + 0.2, k, height=0.38, color=np.where(k < b, "#2166ac", "#b2182b"), label=verb)
+    span = max(float(np.nanmax(np.abs(np.r_[b, k]))), 1e-9)
+    for yi, bi, ki, qi in zip(y, b, k, q, strict=True):
+        change = f"{ki - bi:+,.0f}" if span >= 10 else f"{ki - bi:+.3g}"
+        if abs(bi) >= MIN_SHARE * span:  # relative to a flux that reads as a bar
+            change += f" ({(ki - bi) / abs(bi):+.0%})"
+        text = change.replace("-", "−") + ("*" if np.isfinite(qi) and qi < alpha else "")
+        ax.text(max(ki, 0) + 0.02 * span, yi + 0.2, text, va="center", fontsize=8)
+    labels = [
+        f"{_read.wrap(s, 22)} → {_read.wrap(t, 22)}"
+        for s, t in zip(top["source"].astype(str), top["target"].astype(str), strict=True)
+    ]
+    ax.set_yticks(y, labels, fontsize=9)
+    ax.invert_yaxis()  # the largest change on top
+    ax.axvline(0, color="0.3", lw=0.8)
+    left = min(0.0, float(np.nanmin(np.r_[b, k])))
+    ax.set_xlim(left - (0.05 * span if left < 0 else 0), 1.38 * span)  # room for the changes written
+    ax.grid(False)
+    horizon = _params(adata, key).get("fate_horizon")
+    steps = f"within {int(horizon)} steps" if horizon is not None else "within the fate horizon"
+    xlabel = f"net cells passing source → target {steps} (mass of the non-terminal cells)"
+    if "qval_horizon" in top.columns and np.isfinite(q).any():
+        n_shifts = _n_shifts(adata, key)
+        xlabel += f"\n* q < {alpha:g}: the change is beyond {_against(n_shifts)}"
+        if n_shifts and 1 / (n_shifts + 1) >= alpha:  # say it when no change can be marked
+            xlabel += f" (none can be: the least p with {n_shifts} is {1 / (n_shifts + 1):.2g})"
+    ax.set_xlabel(xlabel, fontsize=8)
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color="0.72", label="base")]
+    handles += [
+        Patch(color=c, label=f"{verb}: {w}")
+        for c, w, m in (("#2166ac", "lower", k < b), ("#b2182b", "higher", k >= b))
+        if m.any()
+    ]
+    ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    head = f"{gene} {verb}: net flux over the fate horizon"
+    ax.set_title(title if title is not None else _title(head, adata, key, gene, mode), fontsize=10)
+    return _read.finish(fig, ax, show, return_fig, save)
