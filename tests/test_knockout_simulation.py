@@ -247,8 +247,11 @@ def test_knockout_flux_plot_draws_the_largest_changes_over_the_horizon(chain_mod
         kdcpt.pl.knockout_flux(back, "Gene_7", show=False)
     with pytest.raises(KeyError, match="No flux changes for 'Reg_P9'"):
         kdcpt.pl.knockout_flux(back, "Reg_P9", show=False)
-    old = back.uns["kdcpt"]["knockout_flux"].drop(columns=["flux_horizon_base", "flux_horizon_ko", "delta_horizon"])
-    back.uns["kdcpt"]["knockout_flux"] = old  # as written before the flux over the horizon
+    # a gene's rows written before the flux over the horizon, beside newer rows (NaN there) or alone
+    table.loc[table["gene"] == "Reg_P2", ["flux_horizon_base", "flux_horizon_ko", "delta_horizon"]] = np.nan
+    with pytest.raises(KeyError, match=r"for 'Reg_P2'.*run model.knockout\('Reg_P2'"):
+        kdcpt.pl.knockout_flux(back, "Reg_P2", show=False)
+    back.uns["kdcpt"]["knockout_flux"] = table.drop(columns=["flux_horizon_base", "flux_horizon_ko", "delta_horizon"])
     with pytest.raises(KeyError, match="run model.knockout"):
         kdcpt.pl.knockout_flux(back, "Reg_P2", show=False)
     plt.close("all")

@@ -369,17 +369,17 @@ def knockout_flux(
             f"adata.uns[{key!r}]['knockout_flux'] not found: run model.compute_transitions(...) and then "
             "model.knockout(...) (flux changes need a directed chain)."
         )
-    if "flux_horizon_base" not in flux.columns:
-        raise KeyNotFoundError(
-            f"adata.uns[{key!r}]['knockout_flux'] has no flux over the horizon (written by an earlier version): "
-            "run model.knockout(...) again."
-        )
     if int(n_top) != n_top or n_top < 1:
         raise ValueError(f"n_top must be a whole number ≥ 1, got {n_top!r}.")
     rows = flux[flux["gene"].astype(str) == gene]
     if not len(rows):
         known = sorted(set(flux["gene"].astype(str)))
         raise KeyNotFoundError(f"No flux changes for {gene!r}; knocked out: {known}.")
+    if "flux_horizon_base" not in rows.columns or rows["flux_horizon_base"].isna().all():
+        raise KeyNotFoundError(
+            f"adata.uns[{key!r}]['knockout_flux'] has no flux over the horizon for {gene!r} (written by an earlier "
+            f"version): run model.knockout({gene!r}, ...) again."
+        )
     if "mode" not in rows.columns:  # written before modes were recorded: deletions
         rows = rows.assign(mode="delete")
     rows = _pick_mode(rows, mode)
