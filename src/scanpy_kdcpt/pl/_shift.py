@@ -180,6 +180,27 @@ def knockout_shift(
     return _read.finish(fig, ax, show, return_fig, save)
 
 
+def _gene_rows(adata: AnnData, key: str, entry: str, gene: str, mode: str | None, what: str):
+    """One gene's rows of a knockout's tidy table (``knockout_fate`` or ``knockout_flux``) in one
+    mode: ``(rows, mode, "knockout" | "overexpression")``.
+    """
+    table = adata.uns.get(key, {}).get(entry)
+    if not isinstance(table, pd.DataFrame) or not len(table):
+        raise KeyNotFoundError(
+            f"adata.uns[{key!r}][{entry!r}] not found: run model.compute_transitions(...) and then "
+            f"model.knockout(...) ({what} need a directed chain)."
+        )
+    rows = table[table["gene"].astype(str) == gene]
+    if not len(rows):
+        known = sorted(set(table["gene"].astype(str)))
+        raise KeyNotFoundError(f"No {what} for {gene!r}; knocked out: {known}.")
+    if "mode" not in rows.columns:  # written before modes were recorded: deletions
+        rows = rows.assign(mode="delete")
+    rows = _pick_mode(rows, mode)
+    mode = str(rows["mode"].iloc[0])
+    return rows, mode, "knockout" if mode == "delete" else "overexpression"
+
+
 @doc_params("doc_key", "doc_show_save_ax", "doc_returns")
 def knockout_fate(
     adata: AnnData,
@@ -231,21 +252,7 @@ def knockout_fate(
     {doc_returns}
 
     """
-    fate = adata.uns.get(key, {}).get(_keys.UNS_KNOCKOUT_FATE)
-    if not isinstance(fate, pd.DataFrame) or not len(fate):
-        raise KeyNotFoundError(
-            f"adata.uns[{key!r}]['knockout_fate'] not found: run model.compute_transitions(...) and then "
-            "model.knockout(...) (fate deltas need a directed chain)."
-        )
-    rows = fate[fate["gene"].astype(str) == gene]
-    if not len(rows):
-        known = sorted(set(fate["gene"].astype(str)))
-        raise KeyNotFoundError(f"No fate deltas for {gene!r}; knocked out: {known}.")
-    if "mode" not in rows.columns:  # written before modes were recorded: deletions
-        rows = rows.assign(mode="delete")
-    rows = _pick_mode(rows, mode)
-    mode = str(rows["mode"].iloc[0])
-    verb = "knockout" if mode == "delete" else "overexpression"
+    rows, mode, verb = _gene_rows(adata, key, _keys.UNS_KNOCKOUT_FATE, gene, mode, "fate deltas")
     D = rows.pivot_table(index="source", columns="terminal", values="delta", observed=True, sort=False)
     if sources is not None:
         sources = [sources] if isinstance(sources, str) else list(sources)
@@ -363,28 +370,14 @@ def knockout_flux(
     {doc_returns}
 
     """
-    flux = adata.uns.get(key, {}).get(_keys.UNS_KNOCKOUT_FLUX)
-    if not isinstance(flux, pd.DataFrame) or not len(flux):
-        raise KeyNotFoundError(
-            f"adata.uns[{key!r}]['knockout_flux'] not found: run model.compute_transitions(...) and then "
-            "model.knockout(...) (flux changes need a directed chain)."
-        )
     if int(n_top) != n_top or n_top < 1:
         raise ValueError(f"n_top must be a whole number ≥ 1, got {n_top!r}.")
-    rows = flux[flux["gene"].astype(str) == gene]
-    if not len(rows):
-        known = sorted(set(flux["gene"].astype(str)))
-        raise KeyNotFoundError(f"No flux changes for {gene!r}; knocked out: {known}.")
+    rows, mode, verb = _gene_rows(adata, key, _keys.UNS_KNOCKOUT_FLUX, gene, mode, "flux changes")
     if "flux_horizon_base" not in rows.columns or rows["flux_horizon_base"].isna().all():
         raise KeyNotFoundError(
             f"adata.uns[{key!r}]['knockout_flux'] has no flux over the horizon for {gene!r} (written by an earlier "
             f"version): run model.knockout({gene!r}, ...) again."
         )
-    if "mode" not in rows.columns:  # written before modes were recorded: deletions
-        rows = rows.assign(mode="delete")
-    rows = _pick_mode(rows, mode)
-    mode = str(rows["mode"].iloc[0])
-    verb = "knockout" if mode == "delete" else "overexpression"
     base = rows["flux_horizon_base"].to_numpy(float)
     names = rows["source"].astype(str).to_numpy(), rows["target"].astype(str).to_numpy()
     once = rows[(base > 0) | ((base == 0) & (names[0] < names[1]))]
