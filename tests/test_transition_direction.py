@@ -278,7 +278,7 @@ def test_knockout_heatmap_title_says_when_nothing_is_readable_and_where_the_fate
     plt.close("all")
     a.uns["kdcpt"]["knockout_fate"] = pd.DataFrame({"gene": ["G"], "source": ["a"], "terminal": ["b"], "delta": [-0.2]})
     title = kdcpt.pl.knockout(a, "G", return_fig=True, show=False).axes[0].get_title()
-    assert "classifier memberships; fates: pl.knockout_fate" in title
+    assert "classifier memberships; on the chain: pl.knockout_fate, pl.knockout_flux" in title
     plt.close("all")
 
 

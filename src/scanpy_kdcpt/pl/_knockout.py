@@ -172,7 +172,7 @@ def knockout(
     cb.set_label("Δ P (knockout − base)")
     lines = [f"{gene} {verb}: change of transition probabilities"]
     if _has_fates(adata, key, gene):  # the simulated shift moved the chain: its fates are drawn elsewhere
-        lines.append("(classifier memberships; fates: pl.knockout_fate)")
+        lines.append("(classifier memberships; on the chain: pl.knockout_fate, pl.knockout_flux)")
     if annotate is None or annotate:
         shown, size = _annotate_deltas(ax, D, vmax, min_delta=min_delta, force=bool(annotate))
         if shown == 0 and np.isfinite(D).any() and vmax < min_delta:
