@@ -62,6 +62,16 @@ def find_label(lookup: dict, v, default=None):
     return lookup.get(str(v), lookup.get(label_text(v), default))
 
 
+def each_pair_once(flux, base: str):
+    """Rows of a tidy ``source`` → ``target`` flux table (``knockout_flux``), each pair of
+    phenotypes once: in the direction of its net flux ``base`` before the knockout (``> 0``; at
+    0 the direction whose source name sorts first; NaN rows left out).
+    """
+    b = flux[base].to_numpy(float)
+    first = flux["source"].astype(str).to_numpy() < flux["target"].astype(str).to_numpy()
+    return flux[(b > 0) | ((b == 0) & first)]
+
+
 def chain_fingerprint(chain) -> str:
     """A short digest of a cells × cells chain (its sparsity pattern and float32 values): tells
     whether results computed on a chain (knockout fate deltas) belong to the one now written.

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from . import _keys
+from ._utils import each_pair_once
 from .results import Transitions
 
 if TYPE_CHECKING:
@@ -235,8 +236,7 @@ def _knockout_section(uns: dict, n_top: int, figures: dict) -> list[str]:
     if directed and len(flux):
         # each pair of phenotypes once, in the direction its cells went before the knockout
         horizon = "delta_horizon" in flux.columns
-        base = flux["flux_horizon_base" if horizon else "flux_base"]
-        once = flux[(base > 0) | ((base == 0) & (flux["source"].astype(str) < flux["target"].astype(str)))]
+        once = each_pair_once(flux, "flux_horizon_base" if horizon else "flux_base")
         moved = once.reindex(once["delta_horizon" if horizon else "delta"].abs().sort_values(ascending=False).index)
         moved = moved.head(n_top)
         cols = [

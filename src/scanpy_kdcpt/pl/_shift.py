@@ -9,6 +9,7 @@ import pandas as pd
 
 from .. import _keys
 from .._errors import KeyNotFoundError
+from .._utils import each_pair_once
 from . import _read
 from ._docs import doc_params
 from ._fate import _basis, _grid
@@ -378,9 +379,7 @@ def knockout_flux(
             f"adata.uns[{key!r}]['knockout_flux'] has no flux over the horizon for {gene!r} (written by an earlier "
             f"version): run model.knockout({gene!r}, ...) again."
         )
-    base = rows["flux_horizon_base"].to_numpy(float)
-    names = rows["source"].astype(str).to_numpy(), rows["target"].astype(str).to_numpy()
-    once = rows[(base > 0) | ((base == 0) & (names[0] < names[1]))]
+    once = each_pair_once(rows, "flux_horizon_base")
     top = once.reindex(once["delta_horizon"].abs().sort_values(ascending=False).index).head(int(n_top))
     # changes too small to see beside the largest are left out (a relative change of a tiny flux misleads)
     top = top[top["delta_horizon"].abs() >= max(MIN_SHARE * float(once["delta_horizon"].abs().max()), 1e-12)]
