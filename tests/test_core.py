@@ -35,6 +35,46 @@ def test_absorption_probabilities_of_a_hand_solved_chain():
         markov.absorption_probabilities(T, np.zeros(6, bool), targets, 2)
 
 
+def _drifting_knn_chain(n: int, seed: int = 0):
+    """A kNN chain of points in the unit square drifting towards x = 1 (absorbing beyond 0.9)."""
+    rng = np.random.default_rng(seed)
+    xy = rng.random((n, 2))
+    from sklearn.neighbors import NearestNeighbors
+
+    idx = NearestNeighbors(n_neighbors=15).fit(xy).kneighbors(return_distance=False)
+    rows = np.repeat(np.arange(n), idx.shape[1])
+    w = np.exp(4.0 * (xy[idx.ravel(), 0] - xy[rows, 0]))  # forward moves favoured
+    W = sparse.csr_matrix((w, (rows, idx.ravel())), shape=(n, n))
+    T = sparse.diags(1.0 / np.asarray(W.sum(1)).ravel()) @ W
+    return T, xy[:, 0] > 0.9, (xy[:, 1] > 0.5).astype(int)
+
+
+def test_absorbing_chains_are_solved_without_the_sparse_lu(monkeypatch):
+    # the sparse LU fills in faster than linearly on kNN graphs (minutes at 10,000 cells): the
+    # solve is iterative, checked against its residual, and the LU is only a fallback
+    import scipy.sparse.linalg as spla
+
+    from scanpy_kdcpt import simulation
+
+    T, absorbing, groups = _drifting_knn_chain(1500)
+    t = np.flatnonzero(~absorbing)
+    A = np.eye(len(t)) - T[t][:, t].toarray()
+    R = np.column_stack([np.asarray(T[t][:, absorbing & (groups == g)].sum(1)).ravel() for g in (0, 1)])
+    exact, steps = np.linalg.solve(A, R), np.linalg.solve(A, np.ones(len(t)))
+
+    def no_lu(*args, **kwargs):
+        raise AssertionError("the sparse LU was called")
+
+    monkeypatch.setattr(spla, "splu", no_lu)
+    F = markov.absorption_probabilities(T, absorbing, groups, 2)
+    np.testing.assert_allclose(F[t], exact / exact.sum(1, keepdims=True), atol=1e-8)
+    np.testing.assert_allclose(simulation.chain_stage(T, absorbing)[t], np.log1p(steps), atol=1e-8)
+    monkeypatch.undo()
+    # where GMRES does not converge, the LU gives the exact answer
+    monkeypatch.setattr(spla, "gmres", lambda A, b, **kw: (np.zeros_like(b), 1))
+    np.testing.assert_allclose(markov.solve_transient(T[t][:, t], R), exact, atol=1e-10)
+
+
 def test_net_flux_is_antisymmetric_with_the_hand_value():
     P = np.array([[0.7, 0.2, 0.1], [0.3, 0.6, 0.1], [0.0, 0.5, 0.5]])
     w = np.array([10.0, 5.0, 2.0])

@@ -30,6 +30,7 @@ from ._fates import (
     fate_probabilities,
     mean_fate,
     reaches,
+    solve_transient,
     terminal_phenotypes,
     terminal_states,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "project_chain",
     "reaches",
     "row_normalize",
+    "solve_transient",
     "terminal_states",
     "stationary_distribution",
     "symmetrized",

@@ -164,8 +164,6 @@ def chain_stage(T: sparse.spmatrix, absorbing: np.ndarray) -> np.ndarray:
     number of steps before the chain reaches an ``absorbing`` (terminal) cell; 0 on those
     cells, and the largest finite value on cells from which none can be reached.
     """
-    from scipy.sparse.linalg import splu
-
     T = sparse.csr_matrix(T, dtype=np.float64)
     absorbing = np.asarray(absorbing, dtype=bool)
     if absorbing.shape != (T.shape[0],):
@@ -176,8 +174,7 @@ def chain_stage(T: sparse.spmatrix, absorbing: np.ndarray) -> np.ndarray:
     reach = markov.reaches(T, absorbing)
     t = np.flatnonzero(~absorbing & reach)
     if len(t):
-        A = (sparse.identity(len(t), format="csc") - T[t][:, t]).tocsc()
-        tau[t] = np.clip(splu(A).solve(np.ones(len(t))), 0.0, None)
+        tau[t] = np.clip(markov.solve_transient(T[t][:, t], np.ones(len(t))), 0.0, None)
     stuck = ~absorbing & ~reach
     tau[stuck] = tau.max()
     return np.log1p(tau)
