@@ -117,27 +117,30 @@ def one_size(n_cells: int, lu_limit: float) -> dict:
     return rec
 
 
-def markdown(runs: list[dict], command: str) -> str:
+def markdown(runs: list[dict], commands: list[dict]) -> str:
     lines = [
         "# Fates, GRN and simulated knockouts at scale (issue 18)",
         "",
-        f"Command: `{command}`  ",
-        f"Date: {time.strftime('%Y-%m-%dT%H:%M:%S')}; git {runs[0].get('git', '?')}; one torch thread, "
+        *[f"Command (git {c['git']}): `{c['command']}`  " for c in commands],
+        f"Report: {time.strftime('%Y-%m-%dT%H:%M:%S')}; one torch thread, "
         "2-core machine shared with other jobs (load average per run below).",
         "",
         "Synthetic lineage (`kdcpt.datasets.synthetic`, 2,000 genes, 4 phenotypes), KDCPT trained for 5 batches, "
-        "chain by pseudotime from P0. Seconds; peak resident memory of the process after the step (MB).",
+        "chain by pseudotime from P0. Seconds; peak resident memory of the process after the step (MB; the "
+        "data and imports alone are part of it).",
         "",
-        "| cells | transient cells | transitions | fates | fit_grn | knockout (grn) | + 5 randomised shifts "
-        "| peak MB after knockouts | solve: GMRES | solve: sparse LU (before) | load before |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| git | cells | transient cells | transitions | fates | fit_grn | knockout (grn) "
+        "| + 5 randomised shifts | peak MB before knockouts | peak MB after knockouts "
+        "| solve: GMRES | solve: sparse LU (before) | load before |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for r in runs:
+    for r in sorted(runs, key=lambda r: (r["git"], r["n_cells"])):
         t = r["t"]
         lu = t["solve_lu"]
         lines.append(
-            f"| {r['n_cells']:,} | {r['transient_cells']:,} | {t['compute_transitions']} | {t['fates']} "
+            f"| {r['git']} | {r['n_cells']:,} | {r['transient_cells']:,} | {t['compute_transitions']} | {t['fates']} "
             f"| {t['fit_grn']} | {t['knockout_grn']} | {t['knockout_grn_5_shift_null']} "
+            f"| {r['peak_rss_mb']['fit_grn']:,.0f} "
             f"| {r['peak_rss_mb']['knockout_grn_5_shift_null']:,.0f} | {t['solve_gmres']} "
             f"| {lu} | {r['load_before']} |"
         )
@@ -179,9 +182,15 @@ def main(argv=None) -> int:
         runs.append(rec)
     command = "python benchmarks/fates_scale.py " + " ".join(sys.argv[1:] if argv is None else argv)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "fates_scale.json").write_text(json.dumps({"command": command, "runs": runs}, indent=1) + "\n")
-    (RESULTS / "fates_scale.md").write_text(markdown(runs, command.strip()))
-    print(markdown(runs, command.strip()))
+    path = RESULTS / "fates_scale.json"
+    # earlier runs of other sizes or commits are kept (one row per size and commit)
+    earlier = json.loads(path.read_text()) if path.exists() else {"commands": [], "runs": []}
+    new = {(r["n_cells"], r["git"]) for r in runs}
+    runs = [r for r in earlier["runs"] if (r["n_cells"], r["git"]) not in new] + runs
+    commands = [c for c in earlier["commands"] if c["git"] != git] + [{"git": git, "command": command.strip()}]
+    path.write_text(json.dumps({"commands": commands, "runs": runs}, indent=1) + "\n")
+    (RESULTS / "fates_scale.md").write_text(markdown(runs, commands))
+    print(markdown(runs, commands))
     return 0
 
 

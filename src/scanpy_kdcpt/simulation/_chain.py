@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -40,12 +41,61 @@ def _step_gate(T: sparse.csr_matrix, X: np.ndarray, S: np.ndarray) -> np.ndarray
     for a in range(0, T.nnz, 20000):
         r, c = rows[a : a + 20000], T.indices[a : a + 20000]
         length[a : a + 20000] = np.linalg.norm(X[c] - X[r], axis=1)
-    ell = np.zeros(n)
-    for i in range(n):
-        seg = length[T.indptr[i] : T.indptr[i + 1]]
-        seg = seg[seg > 0]
-        ell[i] = np.median(seg) if len(seg) else np.inf
+    # each row's steps in a padded table (NaN: no step, or a step of length 0), median per row
+    degree = np.diff(T.indptr)
+    table = np.full((n, max(int(degree.max(initial=0)), 1)), np.nan)
+    table[rows, np.arange(T.nnz) - T.indptr[rows]] = np.where(length > 0, length, np.nan)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a row without a step: "All-NaN slice"
+        ell = np.nanmedian(table, axis=1)
+    ell[~np.isfinite(ell)] = np.inf
     return np.minimum(1.0, np.linalg.norm(S, axis=1) / ell)
+
+
+def _projected(X: np.ndarray, S: np.ndarray | None, basis: np.ndarray | None, ignore) -> tuple[np.ndarray, ...]:
+    """``X`` and ``S`` without the ``ignore`` columns, projected on ``basis`` when given (genes ×
+    components), without copying the cells × genes matrices: ``X B − X[:, ignore] B[ignore]``.
+    """
+    ign = np.zeros(X.shape[1], bool)
+    if ignore is not None:
+        ign[np.asarray(ignore, dtype=int)] = True
+    if basis is None:
+        if not ign.any():
+            return X, S
+        return X[:, ~ign], None if S is None else S[:, ~ign]
+    basis = np.asarray(basis, dtype=np.float64)
+    if basis.shape[0] != X.shape[1]:
+        raise ValueError(f"basis must be genes × components with {X.shape[1]} rows, got {basis.shape}.")
+
+    def project(A):
+        out = A @ basis
+        if ign.any():
+            out -= A[:, ign] @ basis[ign]
+        return out
+
+    return project(X), None if S is None else project(S)
+
+
+def _biased_chain(T: sparse.csr_matrix, X: np.ndarray, S: np.ndarray, sigma: float, step_scale: bool):
+    """:func:`perturbed_chain` on ``X`` and ``S`` already in the space the cosines are taken in."""
+    n = T.shape[0]
+    moving = np.linalg.norm(S, axis=1) > 0
+    T_ko = T.copy()
+    if not moving.any():
+        return T_ko
+    c = _cosines(T, X, S)
+    rows = _row_of(T)
+    logit = c / sigma
+    if step_scale:
+        logit *= _step_gate(T, X, S)[rows]
+    # subtract each row's largest logit before exp (same result after normalisation, no overflow)
+    row_max = np.full(n, -np.inf)
+    np.maximum.at(row_max, rows, logit)
+    w = T.data * np.exp(logit - row_max[rows])
+    s = np.bincount(rows, weights=w, minlength=n)
+    upd = moving[rows] & (s[rows] > 0)
+    T_ko.data[upd] = w[upd] / s[rows][upd]
+    return T_ko
 
 
 def perturbed_chain(
@@ -124,39 +174,13 @@ def perturbed_chain(
     T.sort_indices()
     n = T.shape[0]
     X = _dense(X)
-    S = np.array(_dense(shift), dtype=np.float64)
+    S = _dense(shift)
     if X.shape[0] != n or S.shape != X.shape:
         raise ValueError(f"X and shift must both be cells × genes with {n} rows, got {X.shape} and {S.shape}.")
     if sigma <= 0:
         raise ValueError(f"sigma must be positive, got {sigma}.")
-    if ignore is not None:
-        keep = np.ones(X.shape[1], bool)
-        keep[np.asarray(ignore, dtype=int)] = False
-        X, S = X[:, keep], S[:, keep]
-        if basis is not None:
-            basis = np.asarray(basis)[keep]
-    if basis is not None:
-        basis = np.asarray(basis, dtype=np.float64)
-        if basis.shape[0] != X.shape[1]:
-            raise ValueError(f"basis must be genes × components with {X.shape[1]} rows, got {basis.shape}.")
-        X, S = X @ basis, S @ basis
-    moving = np.linalg.norm(S, axis=1) > 0
-    T_ko = T.copy()
-    if not moving.any():
-        return T_ko
-    c = _cosines(T, X, S)
-    rows = _row_of(T)
-    logit = c / sigma
-    if step_scale:
-        logit *= _step_gate(T, X, S)[rows]
-    # subtract each row's largest logit before exp (same result after normalisation, no overflow)
-    row_max = np.full(n, -np.inf)
-    np.maximum.at(row_max, rows, logit)
-    w = T.data * np.exp(logit - row_max[rows])
-    s = np.bincount(rows, weights=w, minlength=n)
-    upd = moving[rows] & (s[rows] > 0)
-    T_ko.data[upd] = w[upd] / s[rows][upd]
-    return T_ko
+    X, S = _projected(X, np.asarray(S, dtype=np.float64), basis, ignore)
+    return _biased_chain(T, X, S, sigma, step_scale)
 
 
 def chain_stage(T: sparse.spmatrix, absorbing: np.ndarray) -> np.ndarray:
@@ -271,36 +295,61 @@ def randomized_shift_null(
     """
     if mode not in ("cells", "genes", "entries"):
         raise ValueError(f"mode must be 'cells', 'genes' or 'entries', got {mode!r}.")
+    T = sparse.csr_matrix(T, dtype=np.float64)
+    T.sort_indices()
     rng = np.random.default_rng(seed)
-    S = _dense(shift)
+    X = _dense(X)
+    S = np.asarray(_dense(shift), dtype=np.float64)
     n, n_genes = S.shape
+    if X.shape != S.shape or T.shape[0] != n:
+        raise ValueError(f"X and shift must both be cells × genes with {T.shape[0]} rows, got {X.shape} and {S.shape}.")
+    sigma, step_scale = chain_kwargs.pop("sigma", 0.25), chain_kwargs.pop("step_scale", True)
+    basis, ignore = chain_kwargs.pop("basis", None), chain_kwargs.pop("ignore", None)
+    if chain_kwargs:
+        raise TypeError(f"unexpected keyword arguments for perturbed_chain: {sorted(chain_kwargs)}.")
+    if sigma <= 0:
+        raise ValueError(f"sigma must be positive, got {sigma}.")
     movable = np.ones(n_genes, bool)
-    if chain_kwargs.get("ignore") is not None:
-        movable[np.asarray(chain_kwargs["ignore"], dtype=int)] = False
+    if ignore is not None:
+        movable[np.asarray(ignore, dtype=int)] = False
     cols = np.flatnonzero(movable)
-    out = []
     moved = cols[np.abs(S[:, cols]).sum(0) > 0]  # only these columns carry a shift to randomise
+    # the expression in the cosines' space once; each randomised shift is projected block by block
+    # of genes, so no cells × genes copy of it is made when a basis is given
+    Xp, Sp = _projected(X, S, basis, ignore)
+    kept = np.cumsum(movable) - 1  # a movable gene's column after the ignored ones are dropped
+    B = None if basis is None else np.asarray(basis, dtype=np.float64)
+    out = []
     for _ in range(int(n_permutations)):
-        if mode == "entries":
-            S_null = S.copy()
-            block = S[:, moved]
-            idx = np.argsort(rng.random(block.shape), axis=0)
-            signs = rng.choice(np.array([-1.0, 1.0], dtype=S.dtype), size=block.shape)
-            S_null[:, moved] = np.take_along_axis(block, idx, axis=0) * signs
-        elif mode == "genes":
+        if mode == "entries":  # velocyto's permute_rows_nsign, one block of genes at a time
+            S_null = np.zeros((n, B.shape[1] if B is not None else Sp.shape[1]))
+            for a in range(0, len(moved), 64):
+                g = moved[a : a + 64]
+                block = rng.permuted(S[:, g], axis=0)
+                block *= rng.choice(np.array([-1.0, 1.0]), size=block.shape)
+                if B is not None:
+                    S_null += block @ B[g]
+                else:
+                    S_null[:, kept[g]] = block
+        elif mode == "genes":  # column j takes gene perm[j]'s shift
             perm = np.arange(n_genes)
             perm[cols] = rng.permutation(cols)
-            S_null = S[:, perm]
+            if B is not None:
+                B_perm = np.zeros_like(B)
+                B_perm[perm[cols]] = B[cols]
+                S_null = S[:, cols] @ B_perm[cols]
+            else:
+                S_null = S[:, perm[cols]]
         elif groups is None:
-            S_null = S[rng.permutation(n)]
+            S_null = Sp[rng.permutation(n)]
         else:
             groups = np.asarray(groups)
             perm = np.arange(n)
             for gval in np.unique(groups):
                 idx = np.flatnonzero(groups == gval)
                 perm[idx] = rng.permutation(idx)
-            S_null = S[perm]
-        out.append(np.asarray(statistic(perturbed_chain(T, X, S_null, **chain_kwargs)), dtype=float))
+            S_null = Sp[perm]
+        out.append(np.asarray(statistic(_biased_chain(T, Xp, S_null, sigma, step_scale)), dtype=float))
     return np.stack(out)
 
 
