@@ -56,7 +56,8 @@ def test_absorbing_chains_are_solved_without_the_sparse_lu(monkeypatch):
 
     from scanpy_kdcpt import simulation
 
-    T, absorbing, groups = _drifting_knn_chain(1500)
+    T, absorbing, groups = _drifting_knn_chain(2500)
+    assert (~absorbing).sum() > markov._fates.LU_UP_TO  # the iterative path
     t = np.flatnonzero(~absorbing)
     A = np.eye(len(t)) - T[t][:, t].toarray()
     R = np.column_stack([np.asarray(T[t][:, absorbing & (groups == g)].sum(1)).ravel() for g in (0, 1)])

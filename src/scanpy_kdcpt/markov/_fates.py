@@ -11,16 +11,19 @@ from ._chains import net_flux
 
 #: relative residual an iterative solve of an absorbing chain must reach; else the exact LU is used
 SOLVE_RTOL = 1e-10
+#: transient states up to which the exact LU is used: fast there (milliseconds at a few hundred
+#: states, where GMRES on a slowly mixing chain needs ~100 products per column)
+LU_UP_TO = 2000
 
 
 def solve_transient(Q: sparse.spmatrix, B: np.ndarray) -> np.ndarray:
     """``X = (I − Q)⁻¹ B`` for the transient block ``Q`` of an absorbing chain (each column of ``B``).
 
-    GMRES (restarted every 50 iterations), each column checked against its true residual
-    (``≤ SOLVE_RTOL`` relative); a column that does not get there is solved by the exact sparse LU.
-    The LU alone fills in faster than linearly on the kNN graph of a cell chain: 0.24 s for
-    2,400 transient cells of pancreas but 57 s for 7,500 of a synthetic lineage and more than
-    20 min for 30,000, where GMRES takes 0.02 s to the same answer (``benchmarks/results/fates_scale.md``).
+    Up to ``LU_UP_TO`` states, the exact sparse LU. Above, GMRES (restarted every 50
+    iterations), each column checked against its true residual (``≤ SOLVE_RTOL`` relative); a
+    column that does not get there is solved by the LU. The LU fills in faster than linearly on
+    the kNN graph of a cell chain: 2.2 s for 2,500 transient cells of a synthetic lineage,
+    93 s for 10,000 (``benchmarks/results/fates_scale.md``), where GMRES takes 0.03 s.
     """
     from scipy.sparse.linalg import gmres, splu
 
@@ -28,6 +31,9 @@ def solve_transient(Q: sparse.spmatrix, B: np.ndarray) -> np.ndarray:
     B = np.asarray(B, dtype=np.float64)
     vector = B.ndim == 1
     B = B.reshape(B.shape[0], -1)
+    if A.shape[0] <= LU_UP_TO:
+        X = splu(A.tocsc()).solve(B)
+        return X[:, 0] if vector else X
     X = np.zeros_like(B)
     failed = []
     for j in range(B.shape[1]):
