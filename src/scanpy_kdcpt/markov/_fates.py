@@ -22,8 +22,9 @@ def solve_transient(Q: sparse.spmatrix, B: np.ndarray) -> np.ndarray:
     Up to ``LU_UP_TO`` states, the exact sparse LU. Above, GMRES (restarted every 50
     iterations), each column checked against its true residual (``≤ SOLVE_RTOL`` relative); a
     column that does not get there is solved by the LU. The LU fills in faster than linearly on
-    the kNN graph of a cell chain: 2.2 s for 2,500 transient cells of a synthetic lineage,
-    93 s for 10,000 (``benchmarks/results/fates_scale.md``), where GMRES takes 0.03 s.
+    the kNN graph of a cell chain: 2.9 s for 2,500 transient cells of a synthetic lineage, 93 s
+    for 10,000 and more than 10 min for 20,000, where GMRES takes 0.02–0.06 s
+    (``benchmarks/results/fates_scale.md``).
     """
     from scipy.sparse.linalg import gmres, splu
 
