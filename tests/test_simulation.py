@@ -216,6 +216,19 @@ def test_perturbation_score_and_null(planted):
     assert sim.empirical_pvalue(0.0, np.ones(4)) == 1.0
 
 
+def test_step_gate_uses_each_cells_median_step():
+    from scanpy_kdcpt.simulation._chain import _step_gate
+
+    # 1-d positions; cell 0 steps to 1, 2, 3 (lengths 1, 2, 4: median 2), cell 1 to 0 and 2
+    # (1, 1: median 1), cell 2 to 4 only, a step of length 0 (no step to measure: no bias)
+    X = np.array([[0.0], [1.0], [2.0], [4.0], [2.0]])
+    T = sparse.csr_matrix(
+        ([1 / 3] * 3 + [0.5] * 2 + [1.0] * 3, ([0, 0, 0, 1, 1, 2, 3, 4], [1, 2, 3, 0, 2, 4, 3, 4])), shape=(5, 5)
+    )
+    S = np.array([[1.0], [3.0], [5.0], [0.0], [0.5]])
+    np.testing.assert_allclose(_step_gate(T, X, S), [0.5, 1.0, 0.0, 0.0, 0.0])
+
+
 def test_randomised_shifts_are_the_permuted_shifts_on_the_basis(planted):
     # the null projects each randomised shift on the basis without building it: the statistic must
     # be that of perturbed_chain on the shift permuted by hand (same draws), ignored genes kept out

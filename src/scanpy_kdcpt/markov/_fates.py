@@ -31,23 +31,27 @@ def solve_transient(Q: sparse.spmatrix, B: np.ndarray) -> np.ndarray:
     A = (sparse.identity(Q.shape[0], format="csr") - sparse.csr_matrix(Q, dtype=np.float64)).tocsr()
     B = np.asarray(B, dtype=np.float64)
     vector = B.ndim == 1
-    B = B.reshape(B.shape[0], -1)
-    if A.shape[0] <= LU_UP_TO:
+    B = B[:, None] if vector else B
+    if B.ndim != 2 or B.shape[0] != A.shape[0]:
+        raise ValueError(f"B must have one row per transient state ({A.shape[0]}), got {B.shape[0]}.")
+    if A.shape[0] == 0:
+        X = np.zeros_like(B)
+    elif A.shape[0] <= LU_UP_TO:
         X = splu(A.tocsc()).solve(B)
-        return X[:, 0] if vector else X
-    X = np.zeros_like(B)
-    failed = []
-    for j in range(B.shape[1]):
-        b = B[:, j]
-        norm = np.linalg.norm(b)
-        if norm == 0:
-            continue
-        x, info = gmres(A, b, rtol=SOLVE_RTOL, atol=0.0, restart=50, maxiter=200)
-        if info != 0 or not np.linalg.norm(A @ x - b) <= 10 * SOLVE_RTOL * norm:
-            failed.append(j)
-        X[:, j] = x
-    if failed:
-        X[:, failed] = splu(A.tocsc()).solve(B[:, failed])
+    else:
+        X = np.zeros_like(B)
+        failed = []
+        for j in range(B.shape[1]):
+            b = B[:, j]
+            norm = np.linalg.norm(b)
+            if norm == 0:
+                continue
+            x, info = gmres(A, b, rtol=SOLVE_RTOL, atol=0.0, restart=50, maxiter=200)
+            if info != 0 or not np.linalg.norm(A @ x - b) <= 10 * SOLVE_RTOL * norm:
+                failed.append(j)
+            X[:, j] = x
+        if failed:
+            X[:, failed] = splu(A.tocsc()).solve(B[:, failed])
     return X[:, 0] if vector else X
 
 

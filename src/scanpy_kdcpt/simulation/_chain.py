@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -41,14 +40,15 @@ def _step_gate(T: sparse.csr_matrix, X: np.ndarray, S: np.ndarray) -> np.ndarray
     for a in range(0, T.nnz, 20000):
         r, c = rows[a : a + 20000], T.indices[a : a + 20000]
         length[a : a + 20000] = np.linalg.norm(X[c] - X[r], axis=1)
-    # each row's steps in a padded table (NaN: no step, or a step of length 0), median per row
-    degree = np.diff(T.indptr)
-    table = np.full((n, max(int(degree.max(initial=0)), 1)), np.nan)
-    table[rows, np.arange(T.nnz) - T.indptr[rows]] = np.where(length > 0, length, np.nan)
-    with np.errstate(invalid="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a row without a step: "All-NaN slice"
-        ell = np.nanmedian(table, axis=1)
-    ell[~np.isfinite(ell)] = np.inf
+    # median of each row's steps of length > 0: the steps sorted by row, then by length
+    valid = length > 0
+    r, steps = rows[valid], length[valid]
+    steps = steps[np.lexsort((steps, r))]
+    count = np.bincount(r, minlength=n)
+    start = np.cumsum(count) - count
+    ell = np.full(n, np.inf)
+    has = count > 0
+    ell[has] = 0.5 * (steps[start[has] + (count[has] - 1) // 2] + steps[start[has] + count[has] // 2])
     return np.minimum(1.0, np.linalg.norm(S, axis=1) / ell)
 
 
