@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -74,6 +75,19 @@ def _projected(X: np.ndarray, S: np.ndarray | None, basis: np.ndarray | None, ig
         return out
 
     return project(X), None if S is None else project(S)
+
+
+def _checked(T, X, shift, sigma: float) -> tuple[sparse.csr_matrix, np.ndarray, np.ndarray]:
+    """The chain (CSR, sorted), the expression and the shift (float64) of :func:`perturbed_chain`, checked."""
+    T = sparse.csr_matrix(T, dtype=np.float64)
+    T.sort_indices()
+    X = _dense(X)
+    S = np.asarray(_dense(shift), dtype=np.float64)
+    if X.shape[0] != T.shape[0] or S.shape != X.shape:
+        raise ValueError(f"X and shift must both be cells × genes with {T.shape[0]} rows, got {X.shape} and {S.shape}.")
+    if sigma <= 0:
+        raise ValueError(f"sigma must be positive, got {sigma}.")
+    return T, X, S
 
 
 def _biased_chain(T: sparse.csr_matrix, X: np.ndarray, S: np.ndarray, sigma: float, step_scale: bool):
@@ -170,16 +184,8 @@ def perturbed_chain(
     ``T_ko``, cells × cells CSR with the pattern of ``T``, rows summing to 1.
 
     """
-    T = sparse.csr_matrix(T, dtype=np.float64)
-    T.sort_indices()
-    n = T.shape[0]
-    X = _dense(X)
-    S = _dense(shift)
-    if X.shape[0] != n or S.shape != X.shape:
-        raise ValueError(f"X and shift must both be cells × genes with {n} rows, got {X.shape} and {S.shape}.")
-    if sigma <= 0:
-        raise ValueError(f"sigma must be positive, got {sigma}.")
-    X, S = _projected(X, np.asarray(S, dtype=np.float64), basis, ignore)
+    T, X, S = _checked(T, X, shift, sigma)
+    X, S = _projected(X, S, basis, ignore)
     return _biased_chain(T, X, S, sigma, step_scale)
 
 
@@ -295,20 +301,13 @@ def randomized_shift_null(
     """
     if mode not in ("cells", "genes", "entries"):
         raise ValueError(f"mode must be 'cells', 'genes' or 'entries', got {mode!r}.")
-    T = sparse.csr_matrix(T, dtype=np.float64)
-    T.sort_indices()
+    # perturbed_chain's own defaults (an unknown keyword is a TypeError, as in a direct call)
+    kw = inspect.signature(perturbed_chain).bind(T, X, shift, **chain_kwargs)
+    kw.apply_defaults()
+    sigma, basis, ignore, step_scale = (kw.arguments[k] for k in ("sigma", "basis", "ignore", "step_scale"))
+    T, X, S = _checked(T, X, shift, sigma)
     rng = np.random.default_rng(seed)
-    X = _dense(X)
-    S = np.asarray(_dense(shift), dtype=np.float64)
     n, n_genes = S.shape
-    if X.shape != S.shape or T.shape[0] != n:
-        raise ValueError(f"X and shift must both be cells × genes with {T.shape[0]} rows, got {X.shape} and {S.shape}.")
-    sigma, step_scale = chain_kwargs.pop("sigma", 0.25), chain_kwargs.pop("step_scale", True)
-    basis, ignore = chain_kwargs.pop("basis", None), chain_kwargs.pop("ignore", None)
-    if chain_kwargs:
-        raise TypeError(f"unexpected keyword arguments for perturbed_chain: {sorted(chain_kwargs)}.")
-    if sigma <= 0:
-        raise ValueError(f"sigma must be positive, got {sigma}.")
     movable = np.ones(n_genes, bool)
     if ignore is not None:
         movable[np.asarray(ignore, dtype=int)] = False
@@ -316,13 +315,14 @@ def randomized_shift_null(
     moved = cols[np.abs(S[:, cols]).sum(0) > 0]  # only these columns carry a shift to randomise
     # the expression in the cosines' space once; each randomised shift is projected block by block
     # of genes, so no cells × genes copy of it is made when a basis is given
-    Xp, Sp = _projected(X, S, basis, ignore)
+    # mode "cells" shuffles the rows of the projected shift; the others project each randomised one
+    Xp, Sp = _projected(X, S if mode == "cells" else None, basis, ignore)
     kept = np.cumsum(movable) - 1  # a movable gene's column after the ignored ones are dropped
     B = None if basis is None else np.asarray(basis, dtype=np.float64)
     out = []
     for _ in range(int(n_permutations)):
         if mode == "entries":  # velocyto's permute_rows_nsign, one block of genes at a time
-            S_null = np.zeros((n, B.shape[1] if B is not None else Sp.shape[1]))
+            S_null = np.zeros((n, Xp.shape[1]))
             for a in range(0, len(moved), 64):
                 g = moved[a : a + 64]
                 block = rng.permuted(S[:, g], axis=0)
