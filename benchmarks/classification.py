@@ -62,6 +62,9 @@ KDCPT_VARIANTS = {
     "kdcpt_no_linear_stage": (True, True, {"linear_stage": False}, {}),  # the issue-11 default
     "kdcpt_ovr": (True, True, {"linear_scheme": "ovr"}, {}),  # one-vs-rest first stage
     "kdcpt_no_clip": (True, True, {"clip_input": False}, {}),  # query values not clipped (before 2026-12-05 evening)
+    "kdcpt_unwhitened": (True, True, {"whiten": False}, {}),  # internal PCA encoder not whitened
+    "kdcpt_pcs20": (True, True, {"n_pcs": 20}, {}),  # internal encoder with 20 PCs (default 100)
+    "kdcpt_pcs50": (True, True, {"n_pcs": 50}, {}),  # internal encoder with 50 PCs
     "kdcpt_ce": (True, True, {"balanced_softmax": False}, {}),
     "kdcpt_ce_class_weights": (True, True, {"balanced_softmax": False, "class_weights": "balanced"}, {}),
     "kdcpt_no_calibration_split": (True, True, {}, {"calibration_size": 0.0}),
@@ -87,6 +90,9 @@ LABELS = {
     "kdcpt_no_linear_stage": "KDCPT without the first stage (linear_stage=False)",
     "kdcpt_ovr": "KDCPT with a one-vs-rest first stage (linear_scheme='ovr')",
     "kdcpt_no_clip": "KDCPT without query clipping (clip_input=False; the default before 2026-12-05 evening)",
+    "kdcpt_unwhitened": "KDCPT with the PCA encoder not whitened (whiten=False: relative variances kept)",
+    "kdcpt_pcs20": "KDCPT with a 20-PC internal encoder (n_pcs=20; default 100)",
+    "kdcpt_pcs50": "KDCPT with a 50-PC internal encoder (n_pcs=50)",
     "kdcpt_no_cffm": "KDCPT ablation: Cell Learner, no CFFM",
     "kdcpt_no_cl": "KDCPT ablation: no Cell Learner, CFFM",
     "kdcpt_no_cl_no_cffm": "KDCPT ablation: neither",

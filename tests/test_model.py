@@ -433,3 +433,37 @@ def test_training_drops_lightnings_advert_but_keeps_its_device_lines():
     assert any("GPU available" in s for s in said)
     assert not any("Tip: For seamless cloud logging" in s for s in said)
     assert not log.filters  # the filter is taken off after training
+
+
+def _embedded_variances(model) -> np.ndarray:
+    """Variance of each component of the network's input embedding over the registered cells."""
+    import torch
+
+    X = model._inputs.registered_matrix(model.adata)
+    X = X.toarray() if hasattr(X, "toarray") else np.asarray(X)
+    m = model.module
+    with torch.inference_mode():
+        e = m.embed(m.normalize(torch.as_tensor(X, dtype=torch.float32)), None, None)
+    return e.numpy().var(0)
+
+
+def test_whiten_false_keeps_the_encoder_components_relative_variances(tmp_path):
+    adata = kdcpt.datasets.synthetic(n_cells=300, n_genes=100, seed=2)
+    kdcpt.KDCPT.setup_anndata(adata, labels_key="phenotype")
+    small = {"n_tokens": 32, "n_selected": 8, "d_model": 16, "n_hidden": 32, "n_pcs": 10}
+    scvi.settings.seed = 0
+    whitened = kdcpt.KDCPT(adata, **small)
+    scvi.settings.seed = 0
+    plain = kdcpt.KDCPT(adata, whiten=False, **small)
+    np.testing.assert_allclose(whitened.module.loadings.numpy(), plain.module.loadings.numpy())  # same PCA
+    v_white, v_plain = _embedded_variances(whitened), _embedded_variances(plain)
+    np.testing.assert_allclose(v_white, 1.0, rtol=0.02)  # each component by its own sd
+    assert v_plain[0] == pytest.approx(1.0, rel=0.02)  # all by the first component's sd
+    assert np.all(np.diff(v_plain) <= 1e-6) and v_plain[-1] < 0.5 * v_plain[0]
+    sd = whitened.module.embedding_scale.numpy()  # each component's sd on the registered cells
+    np.testing.assert_allclose(v_plain, (sd / sd[0]) ** 2, rtol=0.02)  # their relative variances
+    # the scaling is the model's: it survives save and load
+    plain.train(max_epochs=1, enable_progress_bar=False, enable_model_summary=False)
+    plain.save(tmp_path / "m", overwrite=True)
+    loaded = kdcpt.KDCPT.load(tmp_path / "m", adata=adata)
+    np.testing.assert_allclose(_embedded_variances(loaded), v_plain, rtol=1e-5)
