@@ -349,3 +349,47 @@ def test_chain_stage_counts_the_steps_to_a_terminal():
     np.testing.assert_allclose(s[3:], np.log1p(2.0))  # stuck cells: as far from a terminal as any cell
     with pytest.raises(ValueError, match="at least one absorbing"):
         sim.chain_stage(T, np.zeros(5, bool))
+
+
+def _traced_peak(fn) -> tuple[object, int]:
+    """``fn()`` and the peak bytes numpy allocated during it (numpy reports its buffers to tracemalloc)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    start = tracemalloc.get_traced_memory()[0]
+    tracemalloc.reset_peak()
+    try:
+        out = fn()
+        return out, tracemalloc.get_traced_memory()[1] - start
+    finally:
+        tracemalloc.stop()
+
+
+def test_the_shift_and_its_chain_copy_no_more_than_they_must(monkeypatch):
+    """Memory of a knockout on many cells: the shift is propagated one block of cells at a time
+    (each cell's shift is its own) into the array it returns, never a copy of the expression; the
+    perturbed chain projects on the basis block by block of cells, never a float64 copy of all.
+    """
+    import scanpy_kdcpt.simulation._grn as grn_module
+
+    rng = np.random.default_rng(0)
+    n, g = 3000, 1500  # wide, as real data: cells × genes arrays outweigh the chain's entries
+    X = rng.gamma(1.0, 1.0, (n, g)).astype(np.float32)
+    codes = np.repeat(np.arange(3), n // 3)
+    W = sparse.csr_matrix((rng.normal(0, 0.3, 30), (np.zeros(30, int), np.arange(1, 31))), shape=(g, g))
+    grn = sim.GRN(coef=[W] * 3, genes=None, regulators=np.array([0]), alpha=1.0, n_cells=np.full(3, n // 3))
+    _, W_knn = markov.knn_graph(X[:, :20], 10)
+    T = sparse.csr_matrix(sparse.diags(1.0 / np.asarray(W_knn.sum(1)).ravel()) @ W_knn)
+    basis = np.linalg.qr(rng.normal(size=(g, 10)))[0]
+    monkeypatch.setattr(grn_module, "BLOCK_ENTRIES", n * g)  # all cells in one block
+    whole_shift = sim.simulate_shift(X, codes, grn, [0], n_propagation=3)
+    whole_chain = sim.perturbed_chain(T, X, whole_shift, basis=basis, ignore=[0])
+
+    monkeypatch.setattr(grn_module, "BLOCK_ENTRIES", 250 * g)  # blocks of 250 cells
+    S, peak = _traced_peak(lambda: sim.simulate_shift(X, codes, grn, [0], n_propagation=3))
+    assert S.dtype == np.float32 and S[:, 1:31].any()
+    np.testing.assert_array_equal(S, whole_shift)  # blocks of cells: the same shift
+    assert peak < 1.75 * X.nbytes, peak / X.nbytes  # was 5: copies of X, the direct change, 2 steps, −X
+    T_ko, peak = _traced_peak(lambda: sim.perturbed_chain(T, X, S, basis=basis, ignore=[0]))
+    assert peak < X.nbytes, peak / X.nbytes  # was ~4: float64 copies of X and the shift
+    np.testing.assert_allclose(T_ko.toarray(), whole_chain.toarray(), rtol=1e-12, atol=1e-15)

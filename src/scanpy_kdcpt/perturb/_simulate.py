@@ -22,6 +22,7 @@ from scipy import sparse
 
 from .. import _expression, markov, simulation
 from .._errors import InvalidInputError, KeyNotFoundError
+from ..simulation._grn import _block_rows
 from ._fate import resolve_chain
 from ._grn import edges_matrix
 
@@ -376,9 +377,12 @@ def _smoothed_expression(model, n_neighbors: int) -> np.ndarray:
         graph = state.connectivities
     else:
         graph = markov.knn_graph(model.get_encoder_representation(), n_neighbors)[1]
-    X = model._inputs.registered_matrix(model.adata)[:, : _n_genes(model)]
+    X = model._inputs.registered_matrix(model.adata)
+    in_memory = isinstance(X, np.ndarray) or sparse.issparse(X)
+    if X.shape[1] > _n_genes(model) or not in_memory:  # sites follow the genes (setup_mudata); backed: read
+        X = X[:, : _n_genes(model)]
     X = _expression.log_normalize(X, model.data_type_)
-    return simulation.smooth_expression(X, graph).astype(np.float32)
+    return simulation.smooth_expression(X, graph)  # float32
 
 
 def _pca_basis(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -387,7 +391,10 @@ def _pca_basis(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     k = int(min(N_BASIS, X.shape[0] - 1, X.shape[1] - 1))
     pca = PCA(n_components=k, svd_solver="randomized", random_state=0).fit(X)
     basis = pca.components_.T.astype(np.float64)
-    return basis, (X - pca.mean_) @ basis
+    Z, step = np.empty((X.shape[0], k)), _block_rows(X.shape[1])
+    for a in range(0, X.shape[0], step):  # one block of cells at a time: no float64 copy of X
+        Z[a : a + step] = (X[a : a + step] - pca.mean_) @ basis
+    return basis, Z
 
 
 def _regulator_mask(model, regulators, genes: list[str]) -> np.ndarray | None:
@@ -467,10 +474,7 @@ def simulate_units(
         T_ko = sim.chain(unit, S)
         score = sim.score(T_ko)
         observed = float(score.mean())
-        own = [g for g in unit if g < sim.n_genes]
-        propagated = S.copy()
-        propagated[:, own] = 0.0  # the knocked-out genes' own loss is not a shift of the cell
-        moved = np.abs(propagated).sum(1) > 0
+        norm, moved = _propagated_size(S, [g for g in unit if g < sim.n_genes])
         p_score, p_fate = sim.pvalues(
             unit, S, T_ko, observed, n_shift_null, random_state + k, fates=None if fates is None else fates(name)
         )
@@ -481,7 +485,7 @@ def simulate_units(
                 "gene": name,
                 "score": observed,
                 "score_pval": p_score,
-                "shift_norm": float(np.linalg.norm(propagated, axis=1).mean()),
+                "shift_norm": float(norm.mean()),
                 "n_shifted": int(moved.sum()),
                 "chain_tv": float(0.5 * np.abs((T_ko - sim.T).data).sum() / max(sim.T.shape[0], 1)),
             }
@@ -515,6 +519,19 @@ def simulate_units(
         )
     summary["score_qval"] = stats.benjamini_hochberg(summary["score_pval"].to_numpy(float))
     return SimulatedShifts(chains, shifts, means, pd.DataFrame(scores, index=obs_names), summary, fate_pval)
+
+
+def _propagated_size(S: np.ndarray, own: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Per cell, the norm of the shift without the knocked-out genes' own loss (not a shift of
+    the cell) and whether any other gene moved; one block of cells at a time (no copy of ``S``).
+    """
+    norm, moved, step = np.empty(S.shape[0]), np.empty(S.shape[0], bool), _block_rows(S.shape[1])
+    for a in range(0, S.shape[0], step):
+        block = S[a : a + step].copy()
+        block[:, own] = 0.0
+        norm[a : a + step] = np.linalg.norm(block, axis=1)
+        moved[a : a + step] = (block != 0).any(1)
+    return norm, moved
 
 
 def regulator_null_pvalues(

@@ -9,7 +9,7 @@ import numpy as np
 from scipy import sparse
 
 from .. import markov
-from ._grn import _dense
+from ._grn import _block_rows, _dense
 
 # --------------------------------------------------------------------------------------------
 # the perturbed chain
@@ -60,7 +60,8 @@ def _projected(X: np.ndarray, S: np.ndarray | None, basis: np.ndarray | None, ig
     ign = np.zeros(X.shape[1], bool)
     if ignore is not None:
         ign[np.asarray(ignore, dtype=int)] = True
-    if basis is None:
+    if basis is None:  # gene space, in float64
+        X, S = _float64(X), None if S is None else _float64(S)
         if not ign.any():
             return X, S
         return X[:, ~ign], None if S is None else S[:, ~ign]
@@ -68,21 +69,39 @@ def _projected(X: np.ndarray, S: np.ndarray | None, basis: np.ndarray | None, ig
     if basis.shape[0] != X.shape[1]:
         raise ValueError(f"basis must be genes × components with {X.shape[1]} rows, got {basis.shape}.")
 
-    def project(A):
-        out = A @ basis
-        if ign.any():
-            out -= A[:, ign] @ basis[ign]
+    def project(A):  # in float64, one block of rows at a time (A is never copied whole)
+        out, step = np.empty((A.shape[0], basis.shape[1])), _block_rows(A.shape[1])
+        for a in range(0, A.shape[0], step):
+            block = np.asarray(A[a : a + step], dtype=np.float64)
+            out[a : a + step] = block @ basis
+            if ign.any():
+                out[a : a + step] -= block[:, ign] @ basis[ign]
         return out
 
     return project(X), None if S is None else project(S)
 
 
+def _float64(A: np.ndarray) -> np.ndarray:
+    return np.asarray(A, dtype=np.float64)
+
+
+def _as_array(A) -> np.ndarray:
+    """A dense float array: float32 and float64 arrays as they are (no copy), anything else float64."""
+    if isinstance(A, np.ndarray) and A.dtype in (np.float32, np.float64):
+        return A
+    return _dense(A)
+
+
 def _checked(T, X, shift, sigma: float) -> tuple[sparse.csr_matrix, np.ndarray, np.ndarray]:
-    """The chain (CSR, sorted), the expression and the shift (float64) of :func:`perturbed_chain`, checked."""
+    """The chain (CSR, sorted), the expression and the shift of :func:`perturbed_chain`, checked.
+
+    Cells × genes arrays keep their float32 or float64 dtype (no copy): :func:`_projected` reads
+    them in float64 one block of rows at a time.
+    """
     T = sparse.csr_matrix(T, dtype=np.float64)
     T.sort_indices()
-    X = _dense(X)
-    S = np.asarray(_dense(shift), dtype=np.float64)
+    X = _as_array(X)
+    S = _as_array(shift)
     if X.shape[0] != T.shape[0] or S.shape != X.shape:
         raise ValueError(f"X and shift must both be cells × genes with {T.shape[0]} rows, got {X.shape} and {S.shape}.")
     if sigma <= 0:
@@ -312,7 +331,10 @@ def randomized_shift_null(
     if ignore is not None:
         movable[np.asarray(ignore, dtype=int)] = False
     cols = np.flatnonzero(movable)
-    moved = cols[np.abs(S[:, cols]).sum(0) > 0]  # only these columns carry a shift to randomise
+    shifted, step = np.zeros(n_genes, bool), _block_rows(n_genes)  # only movable columns with a shift are randomised
+    for a in range(0, n, step):
+        shifted |= (S[a : a + step] != 0).any(0)
+    moved = cols[shifted[cols]]
     # the expression in the cosines' space once; each randomised shift is projected block by block
     # of genes, so no cells × genes copy of it is made when a basis is given
     # mode "cells" shuffles the rows of the projected shift; the others project each randomised one
@@ -325,7 +347,7 @@ def randomized_shift_null(
             S_null = np.zeros((n, Xp.shape[1]))
             for a in range(0, len(moved), 64):
                 g = moved[a : a + 64]
-                block = rng.permuted(S[:, g], axis=0)
+                block = rng.permuted(_float64(S[:, g]), axis=0)
                 block *= rng.choice(np.array([-1.0, 1.0]), size=block.shape)
                 if B is not None:
                     S_null += block @ B[g]
@@ -339,7 +361,7 @@ def randomized_shift_null(
                 B_perm[perm[cols]] = B[cols]
                 S_null = S[:, cols] @ B_perm[cols]
             else:
-                S_null = S[:, perm[cols]]
+                S_null = _float64(S[:, perm[cols]])
         elif groups is None:
             S_null = Sp[rng.permutation(n)]
         else:

@@ -84,6 +84,16 @@ class GRN:
         return np.flatnonzero(hit)
 
 
+#: entries of a block of cells × genes read or made at a time (2**22: 16 MB in float32, 32 MB in
+#: float64), so that the shift and the projections on the cosines' basis need no whole copies
+BLOCK_ENTRIES = 2**22
+
+
+def _block_rows(n_columns: int) -> int:
+    """Rows of a cells × ``n_columns`` array in one block of :data:`BLOCK_ENTRIES` entries."""
+    return max(1, BLOCK_ENTRIES // max(int(n_columns), 1))
+
+
 def smooth_expression(X, graph: sparse.spmatrix) -> np.ndarray:
     """Each cell's expression averaged over itself and its kNN neighbours (dense float32).
 
@@ -97,9 +107,13 @@ def smooth_expression(X, graph: sparse.spmatrix) -> np.ndarray:
     if G.shape != (n, n) or X.shape[0] != n:
         raise ValueError(f"graph must be cells × cells matching X's {X.shape[0]} rows, got {G.shape}.")
     A = sparse.csr_matrix(G != 0, dtype=np.float32) + sparse.identity(n, dtype=np.float32, format="csr")
-    A = sparse.diags(1.0 / np.asarray(A.sum(1)).ravel()) @ A
-    out = A @ X
-    return np.asarray(out.toarray() if sparse.issparse(out) else out, dtype=np.float32)
+    A = sparse.csr_matrix(sparse.diags(1.0 / np.asarray(A.sum(1)).ravel()) @ A)
+    out = np.empty(X.shape, dtype=np.float32)
+    step = _block_rows(X.shape[1])
+    for a in range(0, n, step):  # one block of cells at a time: no float64 copy of all cells × genes
+        block = A[a : a + step] @ X
+        out[a : a + step] = block.toarray() if sparse.issparse(block) else block
+    return out
 
 
 def chain_drift(T, X, lag: int = 20) -> np.ndarray:
@@ -442,7 +456,8 @@ def simulate_shift(
     only the propagated effect moves the cells.
 
     """
-    X = _dense(X_log).astype(np.float32)
+    # float32 as given (no copy); memory: the shift returned and blocks of cells
+    X = X_log if isinstance(X_log, np.ndarray) and X_log.dtype == np.float32 else _dense(X_log).astype(np.float32)
     n_cells, n_genes = X.shape
     if n_genes != grn.n_genes:
         raise ValueError(f"X_log has {n_genes} genes, the GRN {grn.n_genes}.")
@@ -452,22 +467,31 @@ def simulate_shift(
     if codes.shape != (n_cells,):
         raise ValueError(f"codes must have one entry per cell ({n_cells}), got {codes.shape}.")
     g = grn.gene_index(genes)
-    d0 = np.zeros_like(X)
-    d0[:, g] = np.asarray(value, dtype=np.float32) - X[:, g]
-    delta = d0.copy()
     known = (codes >= 0) & (codes < grn.n_phenotypes)
     if not known.all():
         raise ValueError(f"codes must lie in [0, {grn.n_phenotypes}) (the GRN's phenotypes).")
     R = grn.regulators
-    groups = [np.flatnonzero(codes == p) for p in range(grn.n_phenotypes)]
     W_R = [sparse.csc_matrix(W[R], dtype=np.float32) for W in grn.coef] if n_propagation else []
+    value = np.asarray(value, dtype=np.float32)
+    out = np.empty_like(X)
+    step = _block_rows(n_genes)
+    for a in range(0, n_cells, step):  # each cell's shift is its own: one block of cells at a time
+        out[a : a + step] = _propagate(X[a : a + step], codes[a : a + step], W_R, R, g, value, n_propagation)
+    return out
+
+
+def _propagate(X, codes, W_R, R, g, value, n_propagation: int) -> np.ndarray:
+    """:func:`simulate_shift` of a block of cells (float32)."""
+    set_to = value - X[:, g]  # the direct change of the knocked-out genes
+    delta = np.zeros_like(X)
+    delta[:, g] = set_to
+    groups = [(p, np.flatnonzero(codes == p)) for p in np.unique(codes)]
     for _ in range(n_propagation):
-        nxt = d0.copy()
-        for p, rows in enumerate(groups):
-            if len(rows):
-                # δ · W_p over the regulator rows only (the others hold no coefficients)
-                nxt[rows] += np.asarray(W_R[p].T @ delta[np.ix_(rows, R)].T).T
-        nxt[:, g] = d0[:, g]
-        np.maximum(nxt, -X, out=nxt)
+        nxt = np.zeros_like(X)
+        for p, rows in groups:
+            # δ · W_p over the regulator rows only (the others hold no coefficients)
+            nxt[rows] += np.asarray(W_R[p].T @ delta[np.ix_(rows, R)].T).T
+        nxt[:, g] = set_to
+        np.maximum(nxt, -X, out=nxt)  # x + δ ≥ 0: δ ≥ −x
         delta = nxt
     return delta
