@@ -393,3 +393,15 @@ def test_the_shift_and_its_chain_copy_no_more_than_they_must(monkeypatch):
     T_ko, peak = _traced_peak(lambda: sim.perturbed_chain(T, X, S, basis=basis, ignore=[0]))
     assert peak < X.nbytes, peak / X.nbytes  # was ~4: float64 copies of X and the shift
     np.testing.assert_allclose(T_ko.toarray(), whole_chain.toarray(), rtol=1e-12, atol=1e-15)
+
+
+def test_the_chain_reads_any_array_like_input_as_before(planted):
+    """float32, float64, np.matrix and sparse inputs give the same perturbed chain."""
+    X, codes, T, grn, M = planted
+    S = sim.simulate_shift(X, codes, grn, REG)
+    basis = np.linalg.qr(np.random.default_rng(0).normal(size=(N_GENES, 4)))[0]
+    ref = sim.perturbed_chain(T, X.astype(np.float64), S.astype(np.float64), basis=basis, ignore=[REG]).toarray()
+    for Xi, Si in ((X, S), (np.asmatrix(X), np.asmatrix(S)), (sparse.csr_matrix(X), sparse.csr_matrix(S))):
+        got = sim.perturbed_chain(T, Xi, Si, basis=basis, ignore=[REG]).toarray()
+        np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-14)
+    np.testing.assert_array_equal(sim.simulate_shift(np.asmatrix(X), codes, grn, REG), S)

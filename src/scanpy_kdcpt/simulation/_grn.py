@@ -85,7 +85,7 @@ class GRN:
 
 
 #: entries of a block of cells × genes read or made at a time (2**22: 16 MB in float32, 32 MB in
-#: float64), so that the shift and the projections on the cosines' basis need no whole copies
+#: float64): the smoothing, the shift and the projections on the cosines' basis make no whole copies
 BLOCK_ENTRIES = 2**22
 
 
