@@ -405,3 +405,20 @@ def test_the_chain_reads_any_array_like_input_as_before(planted):
         got = sim.perturbed_chain(T, Xi, Si, basis=basis, ignore=[REG]).toarray()
         np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-14)
     np.testing.assert_array_equal(sim.simulate_shift(np.asmatrix(X), codes, grn, REG), S)
+
+
+def test_the_phenotype_means_of_a_shift_copy_no_cells_by_genes_array(monkeypatch):
+    """``knockout``'s mean shift per phenotype: scipy's ``member @ S`` copies a float32 ``S`` whole
+    into float64; by blocks of cells it does not, and gives the same sums.
+    """
+    import scanpy_kdcpt.simulation._grn as grn_module
+    from scanpy_kdcpt.perturb._simulate import _phenotype_sums
+
+    rng = np.random.default_rng(1)
+    S = rng.normal(size=(3000, 1500)).astype(np.float32)
+    codes = rng.integers(0, 4, 3000)
+    member = sparse.csc_matrix((np.ones(3000), (codes, np.arange(3000))), shape=(4, 3000))
+    monkeypatch.setattr(grn_module, "BLOCK_ENTRIES", 250 * S.shape[1])
+    sums, peak = _traced_peak(lambda: _phenotype_sums(member, S))
+    np.testing.assert_allclose(sums, member @ S.astype(np.float64), rtol=1e-12, atol=1e-9)
+    assert peak < 0.5 * S.nbytes, peak / S.nbytes  # member @ S: 2 (S in float64)

@@ -464,7 +464,7 @@ def simulate_units(
 
     chains, shifts, means, scores, rows, fate_pval = {}, {}, {}, {}, [], {}
     counts = np.bincount(sim.codes[sim.codes >= 0], minlength=len(phenotypes))
-    member = sparse.csr_matrix(
+    member = sparse.csc_matrix(
         (np.ones(int((sim.codes >= 0).sum())), (sim.codes[sim.codes >= 0], np.flatnonzero(sim.codes >= 0))),
         shape=(len(phenotypes), len(sim.codes)),
     )
@@ -491,7 +491,7 @@ def simulate_units(
             }
         )
         chains[name], scores[name] = T_ko, score
-        mean = np.asarray(member @ S) / np.maximum(counts, 1)[:, None]
+        mean = _phenotype_sums(member, S) / np.maximum(counts, 1)[:, None]
         means[name] = pd.DataFrame(mean.astype(np.float32), index=list(phenotypes), columns=list(genes[: sim.n_genes]))
         if keep_shift:
             shifts[name] = S.astype(np.float32, copy=False)
@@ -519,6 +519,16 @@ def simulate_units(
         )
     summary["score_qval"] = stats.benjamini_hochberg(summary["score_pval"].to_numpy(float))
     return SimulatedShifts(chains, shifts, means, pd.DataFrame(scores, index=obs_names), summary, fate_pval)
+
+
+def _phenotype_sums(member: sparse.csc_matrix, S: np.ndarray) -> np.ndarray:
+    """``member @ S`` in float64, one block of cells at a time (scipy would copy a float32 ``S``
+    whole into float64 for the product).
+    """
+    out, step = np.zeros((member.shape[0], S.shape[1])), _block_rows(S.shape[1])
+    for a in range(0, S.shape[0], step):
+        out += member[:, a : a + step] @ np.asarray(S[a : a + step], dtype=np.float64)
+    return out
 
 
 def _propagated_size(S: np.ndarray, own: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
