@@ -217,7 +217,7 @@ def test_perturbation_score_and_null(planted):
 
 
 def test_step_gate_uses_each_cells_median_step():
-    from scanpy_kdcpt.simulation._chain import _step_gate
+    from scanpy_kdcpt.simulation._chain import _cosines, _step_gate
 
     # 1-d positions; cell 0 steps to 1, 2, 3 (lengths 1, 2, 4: median 2), cell 1 to 0 and 2
     # (1, 1: median 1), cell 2 to 4 only, a step of length 0 (no step to measure: no bias)
@@ -226,7 +226,7 @@ def test_step_gate_uses_each_cells_median_step():
         ([1 / 3] * 3 + [0.5] * 2 + [1.0] * 3, ([0, 0, 0, 1, 1, 2, 3, 4], [1, 2, 3, 0, 2, 4, 3, 4])), shape=(5, 5)
     )
     S = np.array([[1.0], [3.0], [5.0], [0.0], [0.5]])
-    np.testing.assert_allclose(_step_gate(T, X, S), [0.5, 1.0, 0.0, 0.0, 0.0])
+    np.testing.assert_allclose(_step_gate(T, _cosines(T, X, S)[1], S), [0.5, 1.0, 0.0, 0.0, 0.0])
 
 
 def test_randomised_shifts_are_the_permuted_shifts_on_the_basis(planted):

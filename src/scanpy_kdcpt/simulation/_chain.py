@@ -20,27 +20,28 @@ def _row_of(T: sparse.csr_matrix) -> np.ndarray:
     return np.repeat(np.arange(T.shape[0]), np.diff(T.indptr))
 
 
-def _cosines(T: sparse.csr_matrix, X: np.ndarray, S: np.ndarray, chunk: int = 20000) -> np.ndarray:
-    """``cos(S_i, X_j − X_i)`` for every stored entry ``(i, j)`` of ``T`` (0 where either is 0)."""
+def _cosines(T: sparse.csr_matrix, X: np.ndarray, S: np.ndarray, chunk: int = 20000) -> tuple[np.ndarray, np.ndarray]:
+    """For every stored entry ``(i, j)`` of ``T``: ``cos(S_i, X_j − X_i)`` (0 where either is 0),
+    and the step's length ``|X_j − X_i|`` (for :func:`_step_gate`), in one pass.
+    """
     rows, cols = _row_of(T), T.indices
-    out = np.zeros(T.nnz)
+    out, length = np.zeros(T.nnz), np.zeros(T.nnz)
     s_norm = np.linalg.norm(S, axis=1)
     for a in range(0, T.nnz, chunk):
         r, c = rows[a : a + chunk], cols[a : a + chunk]
         D = X[c] - X[r]
         num = np.einsum("ij,ij->i", S[r], D, dtype=np.float64)
-        den = s_norm[r] * np.linalg.norm(D, axis=1)
+        length[a : a + chunk] = np.linalg.norm(D, axis=1)
+        den = s_norm[r] * length[a : a + chunk]
         out[a : a + chunk] = np.divide(num, den, out=np.zeros_like(num), where=den > 0)
-    return out
+    return out, length
 
 
-def _step_gate(T: sparse.csr_matrix, X: np.ndarray, S: np.ndarray) -> np.ndarray:
-    """Per cell ``min(1, |Δz_i| / ℓ_i)``, ``ℓ_i`` the median length of the cell's steps ``|z_j − z_i|`` in ``T``."""
+def _step_gate(T: sparse.csr_matrix, length: np.ndarray, S: np.ndarray) -> np.ndarray:
+    """Per cell ``min(1, |Δz_i| / ℓ_i)``, ``ℓ_i`` the median of the cell's step lengths ``|z_j − z_i|``
+    in ``T`` (``length``, one per stored entry, from :func:`_cosines`).
+    """
     rows, n = _row_of(T), T.shape[0]
-    length = np.zeros(T.nnz)
-    for a in range(0, T.nnz, 20000):
-        r, c = rows[a : a + 20000], T.indices[a : a + 20000]
-        length[a : a + 20000] = np.linalg.norm(X[c] - X[r], axis=1)
     # median of each row's steps of length > 0: the steps sorted by row, then by length
     valid = length > 0
     r, steps = rows[valid], length[valid]
@@ -61,7 +62,7 @@ def _projected(X: np.ndarray, S: np.ndarray | None, basis: np.ndarray | None, ig
     if ignore is not None:
         ign[np.asarray(ignore, dtype=int)] = True
     if basis is None:  # gene space, in float64
-        X, S = _float64(X), None if S is None else _float64(S)
+        X, S = _dense(X), None if S is None else _dense(S)
         if not ign.any():
             return X, S
         return X[:, ~ign], None if S is None else S[:, ~ign]
@@ -79,10 +80,6 @@ def _projected(X: np.ndarray, S: np.ndarray | None, basis: np.ndarray | None, ig
         return out
 
     return project(X), None if S is None else project(S)
-
-
-def _float64(A: np.ndarray) -> np.ndarray:
-    return np.asarray(A, dtype=np.float64)
 
 
 def _as_array(A) -> np.ndarray:
@@ -116,11 +113,11 @@ def _biased_chain(T: sparse.csr_matrix, X: np.ndarray, S: np.ndarray, sigma: flo
     T_ko = T.copy()
     if not moving.any():
         return T_ko
-    c = _cosines(T, X, S)
+    c, length = _cosines(T, X, S)
     rows = _row_of(T)
     logit = c / sigma
     if step_scale:
-        logit *= _step_gate(T, X, S)[rows]
+        logit *= _step_gate(T, length, S)[rows]
     # subtract each row's largest logit before exp (same result after normalisation, no overflow)
     row_max = np.full(n, -np.inf)
     np.maximum.at(row_max, rows, logit)
@@ -347,7 +344,7 @@ def randomized_shift_null(
             S_null = np.zeros((n, Xp.shape[1]))
             for a in range(0, len(moved), 64):
                 g = moved[a : a + 64]
-                block = rng.permuted(_float64(S[:, g]), axis=0)
+                block = rng.permuted(_dense(S[:, g]), axis=0)
                 block *= rng.choice(np.array([-1.0, 1.0]), size=block.shape)
                 if B is not None:
                     S_null += block @ B[g]
@@ -361,7 +358,7 @@ def randomized_shift_null(
                 B_perm[perm[cols]] = B[cols]
                 S_null = S[:, cols] @ B_perm[cols]
             else:
-                S_null = _float64(S[:, perm[cols]])
+                S_null = _dense(S[:, perm[cols]])
         elif groups is None:
             S_null = Sp[rng.permutation(n)]
         else:
