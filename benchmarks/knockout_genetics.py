@@ -126,7 +126,7 @@ EXPECTED = {
             "checks": [("Delta", -1)],
             "phenotype": "δ cells not formed (endocrine-specific deletion)",
             "ref": "Zhang J, McKenna LB, Bogue CW, Kaestner KH. The diabetes gene Hhex maintains δ-cell "
-            "differentiation and islet function. Genes Dev 28:829-834, 2014.",
+            "differentiation and islet function. Genes Dev 28:829-834, 2014 (doi:10.1101/gad.235499.113).",
             "added": True,
         },
         "Pdx1": {
@@ -700,7 +700,8 @@ def markdown(o: dict) -> str:
         if all(p and p["n"] for _, p in parts):
             (_, a), (_, b) = parts
             L += [
-                f"The genes issue 18 names and the table before 2026-12-07 ({a['n']} directions): sign "
+                f"The table before the genes added on 2026-12-07 (the genes issue 18 names and the ε checks; "
+                f"{a['n']} directions): sign "
                 f"{a['share_sign']:.0%}, beyond the TF null {a['share_sign_beyond_null']:.0%}, beyond the "
                 f"randomised-shift null {shift(a['share_sign_beyond_shift_null'])}. The genes added 2026-12-07 "
                 f"({b['n']} directions): sign {b['share_sign']:.0%}, beyond the TF null "
