@@ -175,3 +175,36 @@ def test_writers_are_silent_at_warning_verbosity(info_log):
     writers.write_transitions(adata, result)
     assert info_log.getvalue() == ""
     assert "transition_matrix" in adata.uns["kdcpt"]
+
+
+def test_every_error_the_package_raises_is_one_of_its_own():
+    # docs/scale.md: "every error the package raises on bad input derives from KDCPTError" — a
+    # plain ValueError / KeyError escaped `except KDCPTError` (root=, terminal=, time_key= ...)
+    import pathlib
+    import re
+
+    import scanpy_kdcpt
+
+    root = pathlib.Path(scanpy_kdcpt.__file__).parent
+    plain = [
+        f"{p.relative_to(root)}:{i}"
+        for p in sorted(root.rglob("*.py"))
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if re.search(r"\braise (ValueError|KeyError)\(", line)
+    ]
+    assert not plain, f"raise InvalidInputError / KeyNotFoundError (scanpy_kdcpt._errors) instead at {plain}"
+
+
+def test_chain_input_errors_are_the_packages_and_keep_their_builtin_type():
+    from scanpy_kdcpt import directed
+    from scanpy_kdcpt._errors import InvalidInputError, KDCPTError, KeyNotFoundError
+
+    adata = ad.AnnData(np.zeros((4, 2), dtype=np.float32))
+    with pytest.raises(KeyNotFoundError, match="root 'HSC' is not a phenotype") as err:
+        directed._check_inputs(
+            {"pseudotime": 1.0}, adata, time_key=None, root="HSC", phenotypes=["A"], codes=np.zeros(4, int)
+        )
+    assert isinstance(err.value, KDCPTError) and isinstance(err.value, KeyError)
+    with pytest.raises(InvalidInputError, match="empty='absorbing' needs a square matrix") as err:
+        markov.row_normalize(np.ones((2, 3)), empty="absorbing")
+    assert isinstance(err.value, ValueError)

@@ -375,8 +375,10 @@ def test_a_terminal_phenotype_left_without_cells_gets_fate_zero_not_an_error():
     # a warning, and fate 0 (it used to raise)
     T = np.array([[0.0, 1.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
     M = np.array([[1.0, 0.0, 0.0], [0.0, 0.9, 0.1], [0.0, 0.8, 0.2]])  # phenotypes S, A, B
-    with pytest.warns(UserWarning, match="no cell left"):
+    with pytest.warns(UserWarning, match=r"phenotype code\(s\) \[2\] have no cell left"):
         absorbing, group = markov.terminal_states(M, np.array([1, 2]))
+    with pytest.warns(UserWarning, match=r"phenotype\(s\) \['B'\] have no cell left"):  # named when names are given
+        markov.terminal_states(M, np.array([1, 2]), names=["S", "A", "B"])
     assert absorbing.tolist() == [False, True, True] and (group[absorbing] == 0).all()
     with pytest.warns(UserWarning):
         F = markov.fate_probabilities(sparse.csr_matrix(T), M, [1, 2])

@@ -245,6 +245,32 @@ def test_query_with_missing_genes_is_zero_filled_with_warning(synthetic_model):
     assert "_scvi_labels" not in query.obs  # the user's query is not modified
 
 
+def test_a_dense_view_of_a_query_is_read_as_its_copy(synthetic_model):
+    # users subset a query before predicting; a view of a dense X used to reach torch as an
+    # anndata ArrayView ("'ArrayView' object has no attribute 'float'")
+    query = kdcpt.datasets.synthetic(n_cells=300, seed=2)
+    query.X = query.X.toarray()
+    view = query[query.obs["phenotype"] != query.obs["phenotype"].cat.categories[0]]
+    assert view.is_view
+    pd.testing.assert_frame_equal(
+        synthetic_model.get_predictions(view).proba, synthetic_model.get_predictions(view.copy()).proba
+    )
+    got, expected = synthetic_model.get_key_genes(view), synthetic_model.get_key_genes(view.copy())
+    pd.testing.assert_frame_equal(got.attribution, expected.attribution)
+    assert view.is_view  # nothing was written into the user's view
+
+
+def test_annotate_says_when_terminal_cannot_be_used_and_checks_its_names(synthetic_model):
+    # without a directed chain for these cells annotate(terminal=...) wrote nothing and said nothing
+    query = kdcpt.datasets.synthetic(n_cells=150, seed=4)
+    unused = r"terminal=\['P3'\] is not used: there is no directed chain.*compute_transitions"
+    with pytest.warns(UserWarning, match=unused):
+        synthetic_model.annotate(query, terminal=["P3"])
+    assert not any(k.endswith("fate_probabilities") for k in query.obsm)
+    with pytest.raises(kdcpt._errors.KeyNotFoundError, match=r"terminal \['Nope'\] not among the phenotypes"):
+        synthetic_model.annotate(query.copy(), terminal=["P3", "Nope"])
+
+
 def test_query_with_no_shared_genes_fails(synthetic_model):
     query = kdcpt.datasets.synthetic(n_cells=20, seed=2)
     query.var_names = [f"X{i}" for i in range(query.n_vars)]

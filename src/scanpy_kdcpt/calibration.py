@@ -8,6 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ._errors import InvalidInputError
+
 
 def confidence(proba: np.ndarray) -> np.ndarray:
     """Maximum probability per cell."""
@@ -41,11 +43,11 @@ def _check_codes(proba: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.n
     p = np.asarray(proba, dtype=float)
     y = np.asarray(codes).ravel()
     if p.ndim != 2:
-        raise ValueError(f"Probabilities must be a cells × phenotypes matrix, got shape {p.shape}.")
+        raise InvalidInputError(f"Probabilities must be a cells × phenotypes matrix, got shape {p.shape}.")
     if y.shape[0] != p.shape[0]:
-        raise ValueError(f"{y.shape[0]} labels for {p.shape[0]} cells: pass one known phenotype per cell.")
+        raise InvalidInputError(f"{y.shape[0]} labels for {p.shape[0]} cells: pass one known phenotype per cell.")
     if y.size and (y.min() < 0 or y.max() >= p.shape[1]):
-        raise ValueError("Label codes must lie in [0, n_phenotypes); drop unlabelled cells first.")
+        raise InvalidInputError("Label codes must lie in [0, n_phenotypes); drop unlabelled cells first.")
     return p, y.astype(int)
 
 
@@ -61,7 +63,7 @@ def _check_probabilities(proba: np.ndarray, codes: np.ndarray) -> tuple[np.ndarr
     """:func:`_check_codes`, and rows that are probabilities (:func:`are_probabilities`)."""
     p, y = _check_codes(proba, codes)
     if p.size and not are_probabilities(p):
-        raise ValueError(
+        raise InvalidInputError(
             "Expected probabilities (finite rows in [0, 1] summing to 1): for logits pass their softmax "
             "(scanpy_kdcpt.calibration.softmax); drop cells with missing values."
         )
@@ -71,7 +73,7 @@ def _check_probabilities(proba: np.ndarray, codes: np.ndarray) -> tuple[np.ndarr
 def check_n_bins(n_bins) -> int:
     """``n_bins`` as an integer of 1 or more (else a ValueError naming it)."""
     if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
-        raise ValueError(f"n_bins must be a whole number of 1 or more, got {n_bins!r}.")
+        raise InvalidInputError(f"n_bins must be a whole number of 1 or more, got {n_bins!r}.")
     return int(n_bins)
 
 
@@ -96,7 +98,7 @@ def fit_temperature(logits: np.ndarray, codes: np.ndarray, bounds: tuple[float, 
     logits = np.asarray(logits, dtype=float)
     _check_codes(logits, codes)
     if len(logits) == 0:
-        raise ValueError("No labelled held-out cells to fit a temperature on.")
+        raise InvalidInputError("No labelled held-out cells to fit a temperature on.")
     res = minimize_scalar(
         lambda log_t: nll(logits, codes, np.exp(log_t)),
         bounds=(np.log(bounds[0]), np.log(bounds[1])),
@@ -135,7 +137,7 @@ def expected_calibration_error(proba: np.ndarray, codes: np.ndarray, n_bins: int
     """Top-label ECE: ``Σ_b (n_b / n) |accuracy_b - confidence_b|`` over ``n_bins`` equal bins."""
     table = reliability_table(proba, codes, n_bins)
     if table["count"].sum() == 0:
-        raise ValueError("No cells to compute the ECE on.")
+        raise InvalidInputError("No cells to compute the ECE on.")
     return ece_from_table(table)
 
 
@@ -180,7 +182,7 @@ def ece_floor(proba: np.ndarray, n_bins: int = 15) -> float:
     """:func:`ece_floor_from_table` for probabilities ``proba`` (cells × phenotypes; labels not needed)."""
     p = np.asarray(proba, dtype=float)
     if p.ndim != 2 or not len(p):
-        raise ValueError(f"proba must be a non-empty cells × phenotypes array, got shape {p.shape}.")
+        raise InvalidInputError(f"proba must be a non-empty cells × phenotypes array, got shape {p.shape}.")
     return ece_floor_from_table(reliability_table(p, p.argmax(axis=1), n_bins))
 
 
@@ -205,11 +207,11 @@ def conformal_threshold(scores: np.ndarray, alpha: float) -> float:
     probability at least ``1 - α``.
     """
     if not 0 < alpha < 1:
-        raise ValueError(f"conformal_alpha must be in (0, 1), e.g. 0.1 for 90 % coverage; got {alpha}.")
+        raise InvalidInputError(f"conformal_alpha must be in (0, 1), e.g. 0.1 for 90 % coverage; got {alpha}.")
     scores = np.sort(np.asarray(scores, dtype=float))
     n = len(scores)
     if n == 0:
-        raise ValueError("No calibration scores: call model.calibrate() on labelled held-out cells first.")
+        raise InvalidInputError("No calibration scores: call model.calibrate() on labelled held-out cells first.")
     rank = int(np.ceil((n + 1) * (1 - alpha)))
     if rank > n:
         # too few calibration cells for this alpha: the only valid set is every phenotype

@@ -37,7 +37,7 @@ import pandas as pd
 from scipy import sparse
 
 from . import markov
-from ._errors import KeyNotFoundError
+from ._errors import InvalidInputError, KeyNotFoundError
 from ._utils import import_cellrank
 
 if TYPE_CHECKING:
@@ -60,11 +60,11 @@ def resolve_direction(
         weights = {str(k): float(v) for k, v in direction.items()}
         bad = {k: v for k, v in weights.items() if not np.isfinite(v) or v < 0}
         if bad:  # dropped silently before: {'velocity': -1, 'cytotrace': 1} ran CytoTRACE alone
-            raise ValueError(f"direction weights must be finite and 0 or more; got {bad} in {direction!r}.")
+            raise InvalidInputError(f"direction weights must be finite and 0 or more; got {bad} in {direction!r}.")
         weights = {k: v for k, v in weights.items() if v > 0}
         unknown = sorted(set(weights) - set(DIRECTIONS))
         if unknown or not weights:
-            raise ValueError(
+            raise InvalidInputError(
                 f"direction weights must name some of {list(DIRECTIONS)} with positive weights; got {direction!r}."
             )
         total = sum(weights.values())
@@ -83,7 +83,7 @@ def resolve_direction(
         return {"velocity": 0.8, "connectivity": 0.2}
     if direction in DIRECTIONS:
         return {direction: 1.0}
-    raise ValueError(
+    raise InvalidInputError(
         f"direction must be 'auto', None, one of {list(DIRECTIONS)} or a dict of weights; got {direction!r}."
     )
 
@@ -143,7 +143,7 @@ def directed_chain(
         )
     Z = np.asarray(representation, dtype=np.float32)
     if Z.ndim != 2 or Z.shape[0] != adata.n_obs:
-        raise ValueError(f"representation must be cells × dimensions with {adata.n_obs} rows, got {Z.shape}.")
+        raise InvalidInputError(f"representation must be cells × dimensions with {adata.n_obs} rows, got {Z.shape}.")
     _check_inputs(weights, adata, time_key=time_key, root=root, phenotypes=phenotypes, codes=codes)
     D, W = graph if graph is not None else markov.knn_graph(Z, n_neighbors, random_state=random_state)
     light = _light(adata, D, W, n_neighbors)
@@ -175,7 +175,7 @@ def root_cell(diffmap: np.ndarray, codes: np.ndarray, root_code: int) -> int:
     cand = np.flatnonzero(codes == root_code)
     others = [c for c in np.unique(codes) if c != root_code and c >= 0]
     if not len(cand):
-        raise ValueError(
+        raise InvalidInputError(
             f"No cell of the root phenotype (code {root_code}) among these cells: choose a root phenotype "
             "that has cells here, or pass time_key= a pseudotime."
         )
@@ -217,9 +217,9 @@ def _check_inputs(weights, adata, *, time_key, root, phenotypes, codes) -> None:
                 "'time' with time_key=, 'cytotrace', or None."
             )
     if "time" in weights and time_key is None:
-        raise ValueError("direction='time' needs time_key=, the .obs column of experimental time points.")
+        raise InvalidInputError("direction='time' needs time_key=, the .obs column of experimental time points.")
     if "pseudotime" in weights and time_key is None and root is None:
-        raise ValueError(
+        raise InvalidInputError(
             "direction='pseudotime' needs time_key= (an .obs pseudotime column) or root= (a root phenotype)."
         )
     if time_key is not None and ("time" in weights or "pseudotime" in weights):
@@ -229,29 +229,33 @@ def _check_inputs(weights, adata, *, time_key, root, phenotypes, codes) -> None:
             )
         col = adata.obs[time_key]
         if col.isna().any():
-            raise ValueError(
+            raise InvalidInputError(
                 f"adata.obs[{time_key!r}] has {int(col.isna().sum())} missing values: fill or drop those cells."
             )
         if col.nunique() < 2:
-            raise ValueError(f"adata.obs[{time_key!r}] holds a single time point: a direction needs at least two.")
+            raise InvalidInputError(
+                f"adata.obs[{time_key!r}] holds a single time point: a direction needs at least two."
+            )
         if not isinstance(col.dtype, pd.CategoricalDtype) and not pd.api.types.is_numeric_dtype(col):
-            raise ValueError(f"adata.obs[{time_key!r}] must be numeric or an ordered categorical, not {col.dtype}.")
+            raise InvalidInputError(
+                f"adata.obs[{time_key!r}] must be numeric or an ordered categorical, not {col.dtype}."
+            )
         if isinstance(col.dtype, pd.CategoricalDtype) and not col.cat.ordered:
-            raise ValueError(
+            raise InvalidInputError(
                 f"adata.obs[{time_key!r}] is an unordered categorical: make it ordered "
                 "(adata.obs[key] = adata.obs[key].cat.as_ordered()) so the time points have an order."
             )
         if pd.api.types.is_numeric_dtype(col) and not np.isfinite(col.to_numpy(float)).all():
             n_inf = int((~np.isfinite(col.to_numpy(float))).sum())
-            raise ValueError(
+            raise InvalidInputError(
                 f"adata.obs[{time_key!r}] has {n_inf} infinite values (sc.tl.dpt writes inf for cells it cannot "
                 "reach from the root): drop those cells, or fill them with a finite value you choose."
             )
     if root is not None and "pseudotime" in weights and time_key is None:
         if phenotypes is None or codes is None:
-            raise ValueError("root= needs the cells' phenotypes (codes and phenotypes).")
+            raise InvalidInputError("root= needs the cells' phenotypes (codes and phenotypes).")
         if str(root) not in phenotypes:
-            raise KeyError(f"root {root!r} is not a phenotype; phenotypes: {phenotypes}.")
+            raise KeyNotFoundError(f"root {root!r} is not a phenotype; phenotypes: {phenotypes}.")
 
 
 def _light(adata: AnnData, D, W, n_neighbors: int) -> AnnData:
@@ -333,12 +337,12 @@ def _pseudotime_kernel(light, adata, *, codes, phenotypes, time_key, root, **_):
 
     root_code = list(phenotypes).index(str(root))
     if light.n_obs < 5:
-        raise ValueError(
+        raise InvalidInputError(
             f"root= pseudotime needs a diffusion map of at least 5 cells, got {light.n_obs}: pass time_key= a "
             "pseudotime, or use more cells."
         )
     if not (np.asarray(codes) == root_code).any():
-        raise ValueError(
+        raise InvalidInputError(
             f"No cell of the root phenotype {str(root)!r} among these cells: choose a root phenotype that has "
             "cells here, or pass time_key= a pseudotime."
         )
@@ -395,7 +399,7 @@ def _cytotrace_kernel(light, adata, *, expression, **_):
     if not varying.all():
         X = X[:, np.flatnonzero(varying)]
     if X.shape[1] < 2 or adata.n_obs < 3:
-        raise ValueError(
+        raise InvalidInputError(
             f"direction='cytotrace' needs at least 2 genes that vary and 3 cells (got {X.shape[1]} genes, "
             f"{adata.n_obs} cells): use direction='pseudotime' with root= or time_key=."
         )

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 from scipy import sparse
 
+from ._errors import InvalidInputError
+
 __all__ = ["LinearFit", "choose_C", "coefficients", "fit", "logistic_regression", "stratified_subsample"]
 
 #: training cells of the inner cross-validation at most
@@ -95,7 +97,7 @@ def logistic_regression(
     from sklearn.linear_model import LogisticRegression
 
     if scheme not in SCHEMES:
-        raise ValueError(f"scheme must be one of {SCHEMES}, not {scheme!r}.")
+        raise InvalidInputError(f"scheme must be one of {SCHEMES}, not {scheme!r}.")
     clf = LogisticRegression(
         C=C, class_weight=class_weight, solver="lbfgs", max_iter=max_iter, tol=1e-4, warm_start=warm_start
     )

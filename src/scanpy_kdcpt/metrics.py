@@ -9,6 +9,7 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score
 
 from . import calibration
+from ._errors import InvalidInputError
 from ._utils import label_text
 
 
@@ -46,10 +47,10 @@ def classification_report(y_true: Sequence, y_pred: Sequence) -> dict[str, float
     y_true = pd.Series(np.asarray(y_true, dtype=object))
     y_pred = pd.Series(np.asarray(y_pred, dtype=object))
     if len(y_true) != len(y_pred):
-        raise ValueError(f"{len(y_true)} true labels for {len(y_pred)} predictions: pass one of each per cell.")
+        raise InvalidInputError(f"{len(y_true)} true labels for {len(y_pred)} predictions: pass one of each per cell.")
     keep = y_true.notna().to_numpy()
     if keep.sum() == 0:
-        raise ValueError("No cell has a known phenotype: nothing to score.")
+        raise InvalidInputError("No cell has a known phenotype: nothing to score.")
     t, p = y_true[keep], y_pred[keep]
     return {
         "accuracy": accuracy(t, p),
@@ -67,30 +68,30 @@ def _proba_and_codes(y_true: Sequence, proba, classes: Sequence | None) -> tuple
         proba = proba.to_numpy()
     p = np.asarray(proba, dtype=float)
     if p.ndim != 2:
-        raise ValueError(f"proba must be a cells × phenotypes matrix, got shape {p.shape}.")
+        raise InvalidInputError(f"proba must be a cells × phenotypes matrix, got shape {p.shape}.")
     if classes is None:
-        raise ValueError(
+        raise InvalidInputError(
             "Pass classes=[...] (the phenotype of each column) or proba as a DataFrame with them as columns."
         )
     classes = [str(c) for c in classes]
     if len(classes) != p.shape[1]:
-        raise ValueError(f"{len(classes)} classes for {p.shape[1]} probability columns.")
+        raise InvalidInputError(f"{len(classes)} classes for {p.shape[1]} probability columns.")
     y = pd.Series(np.asarray(y_true, dtype=object))
     if len(y) != len(p):
-        raise ValueError(f"{len(y)} labels for {len(p)} rows of probabilities.")
+        raise InvalidInputError(f"{len(y)} labels for {len(p)} rows of probabilities.")
     keep = y.notna().to_numpy()
     y = pd.Series(_as_labels(y[keep]), dtype=object)
     unknown = sorted(set(y) - set(classes))
     if unknown:
-        raise ValueError(
+        raise InvalidInputError(
             f"Labels {unknown[:5]} are not among the probability columns {classes[:10]}; "
             "score only cells of phenotypes the model predicts."
         )
     if not keep.any():
-        raise ValueError("No cell has a known phenotype: nothing to score.")
+        raise InvalidInputError("No cell has a known phenotype: nothing to score.")
     p = p[keep]
     if not calibration.are_probabilities(p):
-        raise ValueError(
+        raise InvalidInputError(
             "proba must hold probabilities (rows in [0, 1] summing to 1): for logits pass their softmax "
             "(e.g. model.predict(soft=True))."
         )

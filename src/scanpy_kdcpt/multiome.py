@@ -14,7 +14,7 @@ import pandas as pd
 from scanpy import logging as logg
 from scipy import sparse
 
-from ._errors import KeyNotFoundError
+from ._errors import InvalidInputError, KeyNotFoundError
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -84,7 +84,7 @@ def peak_coordinates(peaks: AnnData) -> pd.DataFrame:
         parsed = pd.Series(var.index.astype(str), index=var.index).str.extract(_COORD)
         if parsed.isna().any(axis=None):
             bad = list(var.index[parsed.isna().any(axis=1)][:3])
-            raise ValueError(
+            raise InvalidInputError(
                 f"Peaks have no coordinates: no 'chrom'/'start'/'end' columns and names such as {bad} are not "
                 "'chr:start-end'. Link each peak to a gene yourself: "
                 'mdata["atac"].var["linked_gene"] = <gene name per peak> (empty string for none).'
@@ -171,7 +171,7 @@ def _modalities(mdata, modalities: dict[str, str] | None) -> dict[str, str]:
     mods = {"rna": "rna", "regulatory": "atac", **(modalities or {})}
     unknown = set(mods) - {"rna", "regulatory"}
     if unknown:
-        raise ValueError(f"modalities takes the roles 'rna' and 'regulatory', not {sorted(unknown)}.")
+        raise InvalidInputError(f"modalities takes the roles 'rna' and 'regulatory', not {sorted(unknown)}.")
     for role, name in mods.items():
         if name not in mdata.mod:
             raise KeyNotFoundError(

@@ -8,6 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ._errors import InvalidInputError
+
 __all__ = ["benjamini_hochberg", "empirical_pvalue", "expression_matched"]
 
 
@@ -46,7 +48,7 @@ def expression_matched(
     pool = np.argsort(d, kind="stable")[: max(3 * n, n)]
     pool = pool[np.isfinite(d[pool])]
     if len(pool) < n:
-        raise ValueError(
+        raise InvalidInputError(
             f"Only {len(pool)} genes are available for an expression-matched null of {n} genes; lower n_null."
         )
     return np.sort(rng.choice(pool, n, replace=False))

@@ -9,6 +9,8 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 
+from .._errors import InvalidInputError
+
 _PANCREAS_URL = "https://github.com/theislab/scvelo_notebooks/raw/master/data/Pancreas/endocrinogenesis_day15.h5ad"
 
 
@@ -88,7 +90,7 @@ def pancreas(path: str | os.PathLike | None = None, cache_dir: str | os.PathLike
         raise FileNotFoundError(f"No file at {path}. Pass the path of the pancreas .h5ad, or path=None to download it.")
     adata = ad.read_h5ad(path)
     if "clusters" not in adata.obs:
-        raise ValueError(f"{path} has no obs['clusters']: is it the pancreas endocrinogenesis data?")
+        raise InvalidInputError(f"{path} has no obs['clusters']: is it the pancreas endocrinogenesis data?")
     if "spliced" in adata.layers and "counts" not in adata.layers and adata.n_vars > 5000:
         adata.X = adata.layers["spliced"].copy()
     return adata

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .._errors import InvalidInputError
+
 
 def tf_target_prior(
     path: str | Path,
@@ -46,14 +48,16 @@ def tf_target_prior(
     edges = pd.read_csv(path, sep="\t")
     missing = {"tf", "target"} - set(edges.columns)
     if missing:
-        raise ValueError(f"{path} lacks the column(s) {sorted(missing)}; it needs 'tf' and 'target' (and 'mor').")
+        raise InvalidInputError(
+            f"{path} lacks the column(s) {sorted(missing)}; it needs 'tf' and 'target' (and 'mor')."
+        )
     if "mor" not in edges:
         edges["mor"] = 1.0
     if confidence is not None and "confidence" in edges:
         levels = sorted({str(c).strip().upper() for c in confidence} - {"", ","})
         known = sorted(set(edges["confidence"].astype(str)))
         if not set(levels) & set(known):
-            raise ValueError(
+            raise InvalidInputError(
                 f"confidence {confidence!r}: none of its levels {levels} is in the table, whose levels are "
                 f"{known} (pass e.g. 'ABC' or ['A', 'B'], or None for all)."
             )

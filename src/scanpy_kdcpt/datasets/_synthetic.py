@@ -7,6 +7,8 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from .._errors import InvalidInputError
+
 
 def synthetic(
     n_cells: int = 2000,
@@ -47,9 +49,9 @@ def synthetic(
     """
     n_special = n_phenotypes * (1 + n_targets) + n_decoy_tfs
     if n_genes < n_special + 10:
-        raise ValueError(f"n_genes must be at least {n_special + 10} for these settings.")
+        raise InvalidInputError(f"n_genes must be at least {n_special + 10} for these settings.")
     if n_phenotypes < 2:
-        raise ValueError("n_phenotypes must be at least 2.")
+        raise InvalidInputError("n_phenotypes must be at least 2.")
     rng = np.random.default_rng(seed)
     phenos = [f"P{i}" for i in range(n_phenotypes)]
     regs = [f"Reg_{p}" for p in phenos]
@@ -60,7 +62,7 @@ def synthetic(
     genes = regs + [t for ts in targets for t in ts] + decoys + background
 
     if transition_labels not in ("source", "sampled"):
-        raise ValueError(f"transition_labels must be 'source' or 'sampled', not {transition_labels!r}.")
+        raise InvalidInputError(f"transition_labels must be 'source' or 'sampled', not {transition_labels!r}.")
     label = rng.integers(0, n_phenotypes, n_cells)
     transitioning = (rng.random(n_cells) < transition_frac) & (label < n_phenotypes - 1)
     w = np.where(transitioning, rng.uniform(0.15, 0.45, n_cells), 0.0)
@@ -145,7 +147,7 @@ def synthetic_multiome(
     genes = list(rna.var_names)
     n_special = n_phenotypes * n_key_sites
     if n_peaks < n_special + 10:
-        raise ValueError(f"n_peaks must be at least {n_special + 10} for these settings.")
+        raise InvalidInputError(f"n_peaks must be at least {n_special + 10} for these settings.")
     starts = np.arange(len(genes)) * 100_000 + 10_000
     rna.var["chrom"] = "chr1"
     rna.var["start"] = starts

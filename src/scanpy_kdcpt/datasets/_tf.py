@@ -23,6 +23,8 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from .._errors import InvalidInputError
+
 #: per species, its lists; the first is the default
 _FILES = {
     "human": {"lambert2018": "tfs_human_lambert2018.txt"},
@@ -33,11 +35,13 @@ _FILES = {
 @cache
 def _load(species: str, source: str | None = None) -> tuple[str, ...]:
     if species not in _FILES:
-        raise ValueError(f"No transcription-factor list for species {species!r}; choose one of {sorted(_FILES)}.")
+        raise InvalidInputError(
+            f"No transcription-factor list for species {species!r}; choose one of {sorted(_FILES)}."
+        )
     lists = _FILES[species]
     name = next(iter(lists)) if source is None else source
     if name not in lists:
-        raise ValueError(f"No {species} transcription-factor list {source!r}; choose one of {list(lists)}.")
+        raise InvalidInputError(f"No {species} transcription-factor list {source!r}; choose one of {list(lists)}.")
     text = files("scanpy_kdcpt.datasets").joinpath("data", lists[name]).read_text()
     return tuple(g.strip() for g in text.splitlines() if g.strip())
 

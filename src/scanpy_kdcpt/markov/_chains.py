@@ -6,14 +6,16 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from .._errors import InvalidInputError
+
 
 def check_stochastic(P: np.ndarray, what: str = "A transition matrix") -> np.ndarray:
     """``P`` as a float array, or a ValueError if it is not square, non-negative, rows summing to 1."""
     P = np.asarray(P, dtype=float)
     if P.ndim != 2 or P.shape[0] != P.shape[1]:
-        raise ValueError(f"{what} must be square, got shape {P.shape}.")
+        raise InvalidInputError(f"{what} must be square, got shape {P.shape}.")
     if (P < -1e-12).any() or not np.allclose(P.sum(1), 1.0, atol=1e-6):
-        raise ValueError(f"{what} must be non-negative with rows summing to 1.")
+        raise InvalidInputError(f"{what} must be non-negative with rows summing to 1.")
     return P
 
 
@@ -29,11 +31,11 @@ def row_normalize(W: np.ndarray, *, empty: str = "absorbing") -> np.ndarray:
     W[~zero] /= s[~zero, None]
     if empty == "absorbing":
         if W.shape[0] != W.shape[1]:
-            raise ValueError("empty='absorbing' needs a square matrix.")
+            raise InvalidInputError("empty='absorbing' needs a square matrix.")
         W[zero] = 0.0
         W[np.flatnonzero(zero), np.flatnonzero(zero)] = 1.0
     elif empty != "zero":
-        raise ValueError(f"empty must be 'absorbing' or 'zero', not {empty!r}.")
+        raise InvalidInputError(f"empty must be 'absorbing' or 'zero', not {empty!r}.")
     return W
 
 
@@ -55,7 +57,7 @@ def coarse_grain(T: sparse.spmatrix | np.ndarray, M: sparse.spmatrix | np.ndarra
     T = sparse.csr_matrix(T)
     M = sparse.csr_matrix(M) if sparse.issparse(M) else np.asarray(M, dtype=float)
     if T.shape[0] != T.shape[1] or T.shape[0] != M.shape[0]:
-        raise ValueError(f"T must be cells × cells and M cells × phenotypes; got {T.shape} and {M.shape}.")
+        raise InvalidInputError(f"T must be cells × cells and M cells × phenotypes; got {T.shape} and {M.shape}.")
     TM = T @ M
     flow = M.T @ TM
     flow = flow.toarray() if sparse.issparse(flow) else np.asarray(flow)
@@ -92,9 +94,9 @@ def knn_transition_matrix(
     Z = np.asarray(representation, dtype=np.float32)
     n = Z.shape[0]
     if n < 2:
-        raise ValueError(f"A kNN transition matrix needs at least 2 cells, got {n}.")
+        raise InvalidInputError(f"A kNN transition matrix needs at least 2 cells, got {n}.")
     if n_neighbors < 1:
-        raise ValueError(f"n_neighbors must be at least 1, got {n_neighbors}.")
+        raise InvalidInputError(f"n_neighbors must be at least 1, got {n_neighbors}.")
     k = int(min(n_neighbors, n - 1))
     idx, dist = knn(Z, k, random_state=random_state, exact_below=exact_below)
     sim = 1.0 - np.asarray(dist, dtype=np.float64)
@@ -163,7 +165,7 @@ def entropy(P: np.ndarray | pd.DataFrame, priors: np.ndarray | None = None) -> t
         h = -np.where(P > 0, P * np.log(P), 0.0).sum(1)
     pi = np.full(n, 1.0 / n) if priors is None else np.asarray(priors, dtype=float)
     if pi.shape != (n,) or (pi < 0).any() or pi.sum() <= 0:
-        raise ValueError(f"priors must be {n} non-negative weights (one per phenotype).")
+        raise InvalidInputError(f"priors must be {n} non-negative weights (one per phenotype).")
     pi = pi / pi.sum()
     norm = np.log(n) if n > 1 else 1.0
     table = pd.DataFrame(
@@ -180,7 +182,7 @@ def net_flux(P: np.ndarray, weights: np.ndarray) -> np.ndarray:
     P = check_stochastic(P)
     w = np.asarray(weights, dtype=float).ravel()
     if w.shape != (P.shape[0],):
-        raise ValueError(f"weights must have one entry per phenotype ({P.shape[0]}), got {w.shape}.")
+        raise InvalidInputError(f"weights must have one entry per phenotype ({P.shape[0]}), got {w.shape}.")
     F = w[:, None] * P
     return F - F.T
 
@@ -195,7 +197,7 @@ def symmetrized(P: np.ndarray, weights: np.ndarray) -> np.ndarray:
     P = check_stochastic(P)
     w = np.asarray(weights, dtype=float).ravel()
     if w.shape != (P.shape[0],) or (w < 0).any():
-        raise ValueError(f"weights must be {P.shape[0]} non-negative values (one per phenotype), got {w.shape}.")
+        raise InvalidInputError(f"weights must be {P.shape[0]} non-negative values (one per phenotype), got {w.shape}.")
     F = w[:, None] * P
     pair = w[:, None] + w[None, :]
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -238,7 +240,7 @@ def knn_graph(
     Z = np.asarray(Z, dtype=np.float32)
     n = Z.shape[0]
     if n < 2:
-        raise ValueError(f"A kNN graph needs at least 2 cells, got {n}.")
+        raise InvalidInputError(f"A kNN graph needs at least 2 cells, got {n}.")
     k = int(min(max(1, n_neighbors), n - 1))
     idx, dist = knn(Z, k, random_state=random_state, exact_below=exact_below)
     dist = np.maximum(np.asarray(dist, dtype=np.float64), 0.0)

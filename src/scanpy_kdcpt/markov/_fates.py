@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import sparse
 
+from .._errors import InvalidInputError
 from ._chains import net_flux
 
 #: relative residual an iterative solve of an absorbing chain must reach; else the exact LU is used
@@ -33,7 +35,7 @@ def solve_transient(Q: sparse.spmatrix, B: np.ndarray) -> np.ndarray:
     vector = B.ndim == 1
     B = B[:, None] if vector else B
     if B.ndim != 2 or B.shape[0] != A.shape[0]:
-        raise ValueError(f"B must have one row per transient state ({A.shape[0]}), got {B.shape[0]}.")
+        raise InvalidInputError(f"B must have one row per transient state ({A.shape[0]}), got {B.shape[0]}.")
     if A.shape[0] == 0:
         X = np.zeros_like(B)
     elif A.shape[0] <= LU_UP_TO:
@@ -86,9 +88,9 @@ def absorption_probabilities(
     absorbing = np.asarray(absorbing, dtype=bool)
     targets = np.asarray(targets, dtype=int)
     if absorbing.shape != (n,) or targets.shape != (n,):
-        raise ValueError(f"absorbing and targets need one entry per state ({n}).")
+        raise InvalidInputError(f"absorbing and targets need one entry per state ({n}).")
     if not absorbing.any():
-        raise ValueError("No absorbing state: name at least one terminal phenotype.")
+        raise InvalidInputError("No absorbing state: name at least one terminal phenotype.")
     out = np.zeros((n, n_targets))
     a = np.flatnonzero(absorbing)
     out[a, targets[a]] = 1.0
@@ -127,7 +129,12 @@ def reaches(T: sparse.spmatrix, targets: np.ndarray) -> np.ndarray:
 
 
 def fate_probabilities(
-    T: sparse.spmatrix | np.ndarray, M: sparse.spmatrix | np.ndarray, terminal: np.ndarray, *, core: float = 0.5
+    T: sparse.spmatrix | np.ndarray,
+    M: sparse.spmatrix | np.ndarray,
+    terminal: np.ndarray,
+    *,
+    core: float = 0.5,
+    names: Sequence[str] | None = None,
 ) -> np.ndarray:
     """Probability that each cell's chain ends in each terminal phenotype.
 
@@ -149,6 +156,8 @@ def fate_probabilities(
         Integer codes (columns of ``M``) of the terminal phenotypes.
     core
         Least membership of a terminal phenotype for a cell to be one of its absorbing states.
+    names
+        The phenotypes' names (one per column of ``M``), for the warnings; codes without them.
 
     Returns
     -------
@@ -160,12 +169,14 @@ def fate_probabilities(
     M = M.toarray() if sparse.issparse(M) else np.asarray(M, dtype=float)
     terminal = np.asarray(terminal, dtype=int).ravel()
     if M.ndim != 2 or M.shape[0] != T.shape[0]:
-        raise ValueError(f"M must be cells × phenotypes with {T.shape[0]} rows, got {M.shape}.")
+        raise InvalidInputError(f"M must be cells × phenotypes with {T.shape[0]} rows, got {M.shape}.")
     if not len(terminal):
-        raise ValueError("terminal is empty: name at least one terminal phenotype.")
+        raise InvalidInputError("terminal is empty: name at least one terminal phenotype.")
     if len(set(terminal.tolist())) != len(terminal) or terminal.min() < 0 or terminal.max() >= M.shape[1]:
-        raise ValueError(f"terminal must hold distinct phenotype codes in [0, {M.shape[1]}), got {terminal.tolist()}.")
-    absorbing, group = terminal_states(M, terminal, core=core)
+        raise InvalidInputError(
+            f"terminal must hold distinct phenotype codes in [0, {M.shape[1]}), got {terminal.tolist()}."
+        )
+    absorbing, group = terminal_states(M, terminal, core=core, names=names)
     return absorption_probabilities(T, absorbing, np.where(absorbing, group, 0), len(terminal))
 
 
@@ -197,12 +208,15 @@ def terminal_phenotypes(P: np.ndarray, weights: np.ndarray, *, tol: float = 0.05
     return np.flatnonzero((in_max > 0) & (out_max <= tol * in_max))
 
 
-def terminal_states(M: np.ndarray, terminal: np.ndarray, *, core: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+def terminal_states(
+    M: np.ndarray, terminal: np.ndarray, *, core: float = 0.5, names: Sequence[str] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """The absorbing cells of each terminal phenotype: ``(absorbing mask, terminal index per cell)``.
 
     A cell is a terminal state of phenotype ``terminal[i]`` when that is its largest membership
     and at least ``core``. A terminal phenotype without such a cell falls back, with a warning,
-    to the cells that predict it (else the 1 % with its largest membership).
+    to the cells that predict it (else the 1 % with its largest membership). ``names`` (one per
+    column of ``M``) name the phenotypes in the warnings; without them they give the codes.
     """
     M = M.toarray() if sparse.issparse(M) else np.asarray(M, dtype=float)
     terminal = np.asarray(terminal, dtype=int).ravel()
@@ -228,16 +242,20 @@ def terminal_states(M: np.ndarray, terminal: np.ndarray, *, core: float = 0.5) -
             continue
         group[cand], absorbing[cand] = i, True
         fallback.append(int(t))
+
+    def said(codes: list[int]) -> str:
+        return f"phenotype(s) {[str(names[c]) for c in codes]}" if names is not None else f"phenotype code(s) {codes}"
+
     if lost:
         warnings.warn(
-            f"Terminal phenotype code(s) {lost} have no cell left that could absorb the chain (their cells "
+            f"Terminal {said(lost)} have no cell left that could absorb the chain (their cells "
             "absorb in other terminals): no cell ends there, their fates are 0.",
             UserWarning,
             stacklevel=2,
         )
     if fallback:
         warnings.warn(
-            f"Terminal phenotype code(s) {fallback} have no cell with membership ≥ core={core}: their absorbing "
+            f"Terminal {said(fallback)} have no cell with membership ≥ core={core}: their absorbing "
             "states are the cells that predict them (else those with the largest membership). Fates into them "
             "are rough; train longer or lower core.",
             UserWarning,

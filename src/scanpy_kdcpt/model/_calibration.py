@@ -16,6 +16,7 @@ import pandas as pd
 from scanpy import logging as logg
 
 from .. import calibration as cal
+from .._errors import InvalidInputError
 from .._utils import check_obs_column, codes_of
 from ..results import Calibration, Predictions
 from ._docs import model_dsp
@@ -82,7 +83,7 @@ class CalibrationMixin:
         codes = _held_out_codes(self, target, indices, labels_key)
         keep = codes >= 0
         if keep.sum() < 2:
-            raise ValueError(
+            raise InvalidInputError(
                 f"Only {int(keep.sum())} of the {len(indices)} held-out cells are labelled; calibration needs more."
             )
         if keep.sum() < 50:
@@ -171,7 +172,7 @@ class CalibrationMixin:
     def _conformal_threshold(self: KDCPTLike, alpha: float) -> float:
         state = _state(self)
         if state is None or "logits" not in state:
-            raise ValueError(
+            raise InvalidInputError(
                 "Prediction sets need conformal calibration scores: call model.calibrate() (held-out "
                 "labelled cells) before predict(conformal_alpha=...) or annotate(conformal_alpha=...)."
             )
@@ -224,7 +225,7 @@ def _held_out_indices(model, target, indices) -> np.ndarray:
                     stacklevel=3,
                 )
         if indices is None or not len(indices):
-            raise ValueError(
+            raise InvalidInputError(
                 "The model has no held-out cells to calibrate on (trained with train_size=1.0, "
                 "or loaded from disk). Pass indices= of labelled cells left out of training."
             )
@@ -235,7 +236,9 @@ def _held_out_indices(model, target, indices) -> np.ndarray:
 def _held_out_codes(model, target, indices: np.ndarray, labels_key: str | None) -> np.ndarray:
     if labels_key is None:
         if target is not model.adata:
-            raise ValueError("Pass labels_key= (the .obs column of known phenotypes) to calibrate on another AnnData.")
+            raise InvalidInputError(
+                "Pass labels_key= (the .obs column of known phenotypes) to calibrate on another AnnData."
+            )
         codes, _ = model.labels_(None)
         return codes[indices]
     check_obs_column(target, labels_key, "labels_key")

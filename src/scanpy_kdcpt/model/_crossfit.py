@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from scanpy import logging as logg
 
+from .._errors import InvalidInputError
 from ..results import Predictions
 
 if TYPE_CHECKING:
@@ -74,14 +75,14 @@ class CrossFitMixin:
             )
         setup = dict(self.adata_manager.registry["setup_args"])
         if int(n_folds) != n_folds or n_folds < 2:
-            raise ValueError(f"n_folds must be an integer of 2 or more, got {n_folds!r}.")
+            raise InvalidInputError(f"n_folds must be an integer of 2 or more, got {n_folds!r}.")
         n_folds = int(n_folds)
         adata = self.adata
         codes, labelled = self.labels_()
         counts = np.bincount(codes[labelled], minlength=len(self.classes_))
         if labelled.sum() < n_folds or (counts[counts > 0] < 2).any():
             rare = [c for c, n in zip(self.classes_, counts, strict=True) if 0 < n < 2]
-            raise ValueError(
+            raise InvalidInputError(
                 f"Cross-fitting needs at least 2 labelled cells per phenotype (and {n_folds} in all); "
                 f"phenotypes with fewer: {rare}. Merge or drop them, or lower n_folds."
             )
@@ -125,14 +126,14 @@ def check_predictions(
     if not isinstance(predictions, Predictions):
         raise TypeError(f"{name} must be Predictions, not {type(predictions).__name__}.")
     if not predictions.proba.index.equals(obs_names):
-        raise ValueError(
+        raise InvalidInputError(
             f"{name} are of other cells than the AnnData (obs_names differ, or their order does); "
             "compute them on the same AnnData (model.get_predictions(adata) or model.get_cross_fitted_predictions())."
         )
     if list(map(str, predictions.proba.columns)) != list(classes):
-        raise ValueError(f"{name}' phenotypes {list(predictions.proba.columns)} are not the model's {classes}.")
+        raise InvalidInputError(f"{name}' phenotypes {list(predictions.proba.columns)} are not the model's {classes}.")
     if not np.isfinite(predictions.proba.to_numpy(np.float64)).all():
-        raise ValueError(f"{name} contain NaN or infinite probabilities.")
+        raise InvalidInputError(f"{name} contain NaN or infinite probabilities.")
 
 
 def _cells(adata, rows: np.ndarray):

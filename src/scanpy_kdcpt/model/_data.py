@@ -99,6 +99,8 @@ def align_genes(X, query_genes: pd.Index, model_genes: pd.Index, *, kind: str = 
     """Reorder the columns of ``X`` to ``model_genes``; missing genes zero-filled with a warning
     (``kind`` names the features in the messages, e.g. ``"sites"``).
     """
+    if isinstance(X, np.ndarray):  # an AnnData view's ArrayView as a plain array (no copy): torch reads only those
+        X = np.asarray(X)
     if query_genes.equals(model_genes):
         return X
     if query_genes.has_duplicates:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from scvi.utils._docstrings import DocstringProcessor
 
+from .._errors import InvalidInputError
+
 param_adata = """\
 adata
     The registered AnnData (default) or a query: its genes are aligned to the model's by name
@@ -55,7 +57,9 @@ def output_target(adata, *, inplace: bool = True, copy: bool = False):
     its result (``None`` for ``annotate``).
     """
     if copy and not inplace:
-        raise ValueError("copy=True writes into a copy, inplace=False writes nothing: pass one of them, not both.")
+        raise InvalidInputError(
+            "copy=True writes into a copy, inplace=False writes nothing: pass one of them, not both."
+        )
     if copy:
         return adata.copy()
     return adata if inplace else None

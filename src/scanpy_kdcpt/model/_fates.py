@@ -10,6 +10,7 @@ from scanpy import logging as logg
 from scipy import sparse
 
 from .. import markov
+from .._errors import InvalidInputError, KeyNotFoundError
 from .._utils import import_cellrank
 from ..results import Fates
 
@@ -71,7 +72,7 @@ class FateMixin:
             codes = markov.terminal_phenotypes(P, M.sum(0))
             how = "flux"
             if not len(codes):
-                raise ValueError(
+                raise InvalidInputError(
                     "No phenotype is a sink of the net flux: pass terminal= (phenotype names) or terminal='gpcca'."
                 )
         elif isinstance(terminal, str) and terminal == "gpcca":
@@ -80,9 +81,9 @@ class FateMixin:
             terminal = [terminal] if isinstance(terminal, str) else list(terminal)
             unknown = [t for t in terminal if str(t) not in names]
             if unknown:
-                raise KeyError(f"terminal {unknown} not among the phenotypes; phenotypes: {names}.")
+                raise KeyNotFoundError(f"terminal {unknown} not among the phenotypes; phenotypes: {names}.")
             codes, how = np.array([names.index(str(t)) for t in terminal]), "given"
-        F = markov.fate_probabilities(T, M, codes, core=core)
+        F = markov.fate_probabilities(T, M, codes, core=core, names=names)
         stuck = np.isnan(F).any(1)
         if stuck.any():
             obs = list(target.obs_names[stuck][:5])

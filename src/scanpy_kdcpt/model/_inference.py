@@ -12,7 +12,7 @@ from scvi.utils import track
 
 from .. import calibration as cal
 from .._constants import REGISTRY_KEYS, UNSEEN_BATCH_KEY
-from .._errors import NotTrainedError
+from .._errors import InvalidInputError, NotTrainedError
 from .._utils import dropping_log_messages
 from ..results import Predictions
 from ._docs import model_dsp
@@ -176,9 +176,9 @@ class InferenceMixin:
         self._check_if_trained(warn=True)
         keys = {"combined": "logits", "linear": "logits_linear", "network": "logits_network"}
         if component not in keys:
-            raise ValueError(f"component must be one of {list(keys)}, got {component!r}.")
+            raise InvalidInputError(f"component must be one of {list(keys)}, got {component!r}.")
         if component == "linear" and not self.module.linear_stage:
-            raise ValueError(
+            raise InvalidInputError(
                 "component='linear': this model has no first stage (trained with linear_stage=False); "
                 "use component='combined'."
             )

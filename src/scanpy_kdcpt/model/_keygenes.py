@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .._errors import InvalidInputError
 from ..results import KeyGenes, rank_overall
 from ._docs import model_dsp
 
@@ -234,12 +235,12 @@ class KeyGenesMixin:
         self._check_if_trained(warn=True)
         ks = sorted({int(k) for k in ks})
         if not ks or ks[0] < 1:
-            raise ValueError(f"ks must be positive numbers of genes, got {ks}.")
+            raise InvalidInputError(f"ks must be positive numbers of genes, got {ks}.")
         if n_random < 1:
-            raise ValueError(f"n_random must be 1 or more, got {n_random}.")
+            raise InvalidInputError(f"n_random must be 1 or more, got {n_random}.")
         n_genes = len(self.var_names_)
         if ks[-1] >= n_genes:
-            raise ValueError(f"ks must be below the number of genes ({n_genes}), got {ks[-1]}.")
+            raise InvalidInputError(f"ks must be below the number of genes ({n_genes}), got {ks[-1]}.")
         kg = key_genes if key_genes is not None else self.get_key_genes(adata, indices=indices, batch_size=batch_size)
         stat = kg.statistic(by).reindex(columns=self.classes_)
         order = np.argsort(-stat.reindex(self.var_names_).to_numpy(float), axis=0, kind="stable")  # genes × phen.

@@ -16,6 +16,7 @@ from scvi.utils import setup_anndata_dsp
 
 from .. import _expression, linear
 from .._constants import REGISTRY_KEYS, UNLABELED_CATEGORY
+from .._errors import InvalidInputError
 from .._utils import is_mudata
 from ..module import KDCPTModule, KDCPTTrainingPlan
 from ..perturb import GRNMixin, KnockoutMixin
@@ -194,13 +195,13 @@ class KDCPT(
         self.init_params_ = self._get_init_params(locals())
         hyper = self.init_params_["non_kwargs"]
         if aggregation not in ("mean", "learned"):
-            raise ValueError(f"aggregation must be 'mean' or 'learned', not {aggregation!r}.")
+            raise InvalidInputError(f"aggregation must be 'mean' or 'learned', not {aggregation!r}.")
         if not 0 <= prior_weight <= 1:
-            raise ValueError(f"prior_weight must be in [0, 1], got {prior_weight}.")
+            raise InvalidInputError(f"prior_weight must be in [0, 1], got {prior_weight}.")
         if linear_scheme not in linear.SCHEMES:
-            raise ValueError(f"linear_scheme must be one of {linear.SCHEMES}, not {linear_scheme!r}.")
+            raise InvalidInputError(f"linear_scheme must be one of {linear.SCHEMES}, not {linear_scheme!r}.")
         if prior_mode not in ("bias", "blend"):
-            raise ValueError(f"prior_mode must be 'bias' or 'blend', not {prior_mode!r}.")
+            raise InvalidInputError(f"prior_mode must be 'bias' or 'blend', not {prior_mode!r}.")
         setup = self.adata_manager.registry["setup_args"]
         labels_state = self.adata_manager.get_state_registry(REGISTRY_KEYS.LABELS_KEY)
         mapping = list(labels_state.categorical_mapping)
@@ -338,13 +339,15 @@ class KDCPT(
             codes = self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY).ravel()
             if isinstance(class_weights, str):
                 if class_weights != "balanced":
-                    raise ValueError(f"class_weights must be None, 'balanced' or a sequence, not {class_weights!r}.")
+                    raise InvalidInputError(
+                        f"class_weights must be None, 'balanced' or a sequence, not {class_weights!r}."
+                    )
                 counts = np.bincount(codes[codes < len(self.classes_)].astype(int), minlength=len(self.classes_))
                 w = counts.sum() / (len(self.classes_) * np.maximum(counts, 1))
             else:
                 w = np.asarray(class_weights, dtype=float)
                 if w.shape != (len(self.classes_),):
-                    raise ValueError(
+                    raise InvalidInputError(
                         f"class_weights needs one weight per phenotype ({len(self.classes_)}), got {w.shape}."
                     )
             m.class_weights.copy_(torch.as_tensor(w, dtype=torch.float32))

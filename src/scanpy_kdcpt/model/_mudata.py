@@ -135,7 +135,7 @@ class MuDataMixin:
         where = peaks_name + (f".layers[{regulatory_layer!r}]" if regulatory_layer else ".X")
         _expression.check_values(P, where, peaks=True)
         if regulatory_type not in ("auto", "counts", "tfidf"):
-            raise ValueError(f"regulatory_type must be 'auto', 'counts' or 'tfidf', not {regulatory_type!r}.")
+            raise InvalidInputError(f"regulatory_type must be 'auto', 'counts' or 'tfidf', not {regulatory_type!r}.")
         vals = _expression._values_sample(P)
         vals = vals[vals != 0]
         integers = vals.size == 0 or np.allclose(vals, np.round(vals))
@@ -159,7 +159,7 @@ class MuDataMixin:
                 try:
                     multiome.link_peaks_to_genes(mdata, window=link_window, modalities=mods, key_added=link_key)
                 except (KeyError, ValueError) as e:
-                    raise ValueError(
+                    raise InvalidInputError(
                         f"prior_key needs each peak's gene: mdata[{mods['regulatory']!r}].var has no {link_key!r} "
                         f"column and the peaks could not be linked by coordinates ({e}). Set "
                         f"mdata[{mods['regulatory']!r}].var[{link_key!r}] to the gene of each peak, or call "
@@ -205,7 +205,7 @@ class MuDataMixin:
 
         """
         if not self._inputs.multiome:
-            raise ValueError("linked_sites needs a model set up with KDCPT.setup_mudata.")
+            raise InvalidInputError("linked_sites needs a model set up with KDCPT.setup_mudata.")
         genes = [genes] if isinstance(genes, str) else list(genes)
         rna, peaks = self._inputs.modality_data()
         link_key = self.adata_manager.registry["setup_args"]["link_key"]
@@ -252,7 +252,7 @@ def _check_paired(mdata, mods: dict[str, str]) -> None:
     names = rna.var_names.append(peaks.var_names)
     if names.has_duplicates:
         dup = names[names.duplicated()].unique()[:5].tolist()
-        raise ValueError(
+        raise InvalidInputError(
             f"Gene and site names must be unique across both modalities (e.g. {dup} repeat). Call "
             "mdata[...].var_names_make_unique() on the modality, or mdata.var_names_make_unique()."
         )
@@ -260,12 +260,12 @@ def _check_paired(mdata, mods: dict[str, str]) -> None:
     for name in (mods["rna"], mods["regulatory"]):
         mod = mdata[name]
         if mod.obs_names.has_duplicates:
-            raise ValueError(
+            raise InvalidInputError(
                 f"mdata[{name!r}] has duplicated cell names; call mdata[{name!r}].obs_names_make_unique() first."
             )
         missing = cells.difference(mod.obs_names)
         if len(missing) or mod.n_obs != len(cells):
-            raise ValueError(_unpaired_message(mdata, mods))
+            raise InvalidInputError(_unpaired_message(mdata, mods))
     reordered = [name for name in (mods["rna"], mods["regulatory"]) if not mdata[name].obs_names.equals(cells)]
     for name in reordered:
         mdata.mod[name] = mdata[name][cells].copy()

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from .._constants import REGISTRY_KEYS
+from .._errors import InvalidInputError
 from .._utils import without_library_noise
 from . import _linear_stage
 
@@ -286,11 +287,11 @@ class TrainingMixin:
         given = calibration_size is not None
         calibration_size = 0.1 if calibration_size is None else calibration_size
         if not 0 <= calibration_size < 1:
-            raise ValueError(f"calibration_size must be in [0, 1), got {calibration_size}.")
+            raise InvalidInputError(f"calibration_size must be in [0, 1), got {calibration_size}.")
         if given and train_size is not None and validation_size is not None:
             total = train_size + validation_size + calibration_size
             if abs(total - 1.0) > 1e-6:
-                raise ValueError(
+                raise InvalidInputError(
                     f"train_size={train_size:g}, validation_size={validation_size:g} and calibration_size="
                     f"{calibration_size:g} sum to {total:g}, not 1: give two of them (the third takes the rest) "
                     "or three that sum to 1."
@@ -305,7 +306,7 @@ class TrainingMixin:
         else:
             calibration_size = 1.0 - train_size - validation_size
         if train_size <= 0 or validation_size < 0 or calibration_size < -1e-9:
-            raise ValueError(
+            raise InvalidInputError(
                 f"train_size={train_size:.3g}, validation_size={validation_size:.3g} and "
                 f"calibration_size={calibration_size:.3g} must be non-negative fractions that sum to 1."
             )

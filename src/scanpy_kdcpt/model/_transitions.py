@@ -6,6 +6,7 @@ return :class:`~scanpy_kdcpt.results.Transitions` objects. They never write into
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -124,7 +125,7 @@ class TransitionMixin:
 
         """
         if method not in ("posterior", "latent"):
-            raise ValueError(f"method must be 'posterior' or 'latent', not {method!r}.")
+            raise InvalidInputError(f"method must be 'posterior' or 'latent', not {method!r}.")
         target = self.adata if adata is None else adata
         groups = _groups(target, groupby)
         if predictions is not None:
@@ -326,9 +327,9 @@ class TransitionMixin:
         state = self.transitions_
         target = self.adata if adata is None else adata
         if state is None:
-            raise ValueError("No directed cell chain: run model.compute_transitions(...) first.")
+            raise InvalidInputError("No directed cell chain: run model.compute_transitions(...) first.")
         if not state.covers(target):
-            raise ValueError(
+            raise InvalidInputError(
                 "model.transitions_ was computed on other cells: run model.compute_transitions(adata) on these cells."
             )
         return state
@@ -338,6 +339,11 @@ class TransitionMixin:
     ) -> tuple[Transitions, Fates | None]:
         """The transitions (and fates) :meth:`annotate` writes; see its ``direction`` and ``terminal``."""
         target = self.adata if adata is None else adata
+        if terminal is not None and not (isinstance(terminal, str) and terminal == "gpcca"):
+            names = [str(c) for c in self.classes_]
+            unknown = [t for t in ([terminal] if isinstance(terminal, str) else list(terminal)) if str(t) not in names]
+            if unknown:  # checked whether or not a chain will use them
+                raise KeyNotFoundError(f"terminal {unknown} not among the phenotypes; phenotypes: {names}.")
         if direction == "posterior":
             return self.get_transition_matrix(adata, predictions=predictions), None
         if direction == "stored":
@@ -349,6 +355,7 @@ class TransitionMixin:
                     "note": "posterior form: no directed chain (run model.compute_transitions or "
                     "annotate(direction=...))",
                 }
+                _terminal_not_used(terminal)
                 return result, None
             state.memberships = M = predictions.proba.to_numpy(np.float64)
             result = Transitions.from_matrix(
@@ -362,11 +369,8 @@ class TransitionMixin:
         else:
             result = self.compute_transitions(adata, direction=direction, predictions=predictions, inplace=False)
         fates = None
-        if result.direction.get("kind") == "none" and terminal is not None:
-            logg.warning(
-                f"terminal={terminal!r} not used: there is no directed chain, so no fates are written "
-                "(run model.compute_transitions(...) first, or pass direction=...)."
-            )
+        if result.direction.get("kind") == "none":
+            _terminal_not_used(terminal)
         if result.direction.get("kind") != "none":
             state = self.transitions_
             if terminal is None and state.terminal_named:
@@ -409,7 +413,7 @@ def _groups(adata: AnnData, groupby: str | None) -> dict:
     check_obs_column(adata, groupby, "groupby")
     col = adata.obs[groupby]
     if col.isna().any():
-        raise ValueError(f"adata.obs[{groupby!r}] has missing values; fill or drop them before grouping.")
+        raise InvalidInputError(f"adata.obs[{groupby!r}] has missing values; fill or drop them before grouping.")
     col = col.astype("category")
     return {str(c): np.flatnonzero((col == c).to_numpy()) for c in col.cat.categories if (col == c).any()}
 
@@ -425,3 +429,14 @@ def _embed_chain(chain: sparse.spmatrix, idx: np.ndarray, n: int) -> sparse.csr_
     """A chain over the cells ``idx`` placed into an ``n × n`` matrix."""
     coo = chain.tocoo()
     return sparse.csr_matrix((coo.data, (idx[coo.row], idx[coo.col])), shape=(n, n))
+
+
+def _terminal_not_used(terminal) -> None:
+    """Warn that ``annotate(terminal=...)`` writes no fates: there is no directed chain."""
+    if terminal is not None:
+        warnings.warn(
+            f"terminal={terminal!r} is not used: there is no directed chain, so no fates are written. Run "
+            "model.compute_transitions(...) first, or pass annotate(direction=...).",
+            UserWarning,
+            stacklevel=4,
+        )

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._errors import InvalidInputError
+
 
 def log_normalize(x: torch.Tensor, target_sum: float) -> torch.Tensor:
     """Library-size normalise counts to ``target_sum`` and apply ``log1p``."""
@@ -79,7 +81,7 @@ class LatentCrossAttentionLayer(nn.Module):
     def __init__(self, d_model: int, n_heads: int, dropout: float):
         super().__init__()
         if d_model % n_heads:
-            raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}.")
+            raise InvalidInputError(f"d_model={d_model} must be divisible by n_heads={n_heads}.")
         self.n_heads = n_heads
         self.d_head = d_model // n_heads
         self.norm_q = nn.LayerNorm(d_model)
@@ -140,7 +142,7 @@ class CellLearner(nn.Module):
     ):
         super().__init__()
         if prior_mode not in ("bias", "blend"):
-            raise ValueError(f"prior_mode must be 'bias' or 'blend', not {prior_mode!r}.")
+            raise InvalidInputError(f"prior_mode must be 'bias' or 'blend', not {prior_mode!r}.")
         self.n_selected = n_selected
         self.prior_weight = prior_weight
         self.prior_mode = prior_mode
@@ -278,7 +280,7 @@ class PredictionBranch(nn.Module):
         logits = self.head(h)
         if self.wide is not None:
             if x_log is None:
-                raise ValueError("This prediction branch has a wide path and needs the genes' values x_log.")
+                raise InvalidInputError("This prediction branch has a wide path and needs the genes' values x_log.")
             logits = logits + self.wide(x_log)
         return logits, e_p
 

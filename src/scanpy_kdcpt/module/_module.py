@@ -8,6 +8,7 @@ from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from torch import nn
 
 from .._constants import REGISTRY_KEYS, TARGET_SUM
+from .._errors import InvalidInputError
 from ._components import CFFM, CellLearner, GeneTokenizer, PredictionBranch, log_normalize
 
 
@@ -176,7 +177,7 @@ class KDCPTModule(BaseModuleClass):
         """Standardised cell embedding: external, or the frozen PCA encoder of ``x_log``."""
         if self.external_embedding:
             if embedding is None:
-                raise ValueError("This model was set up with an embedding_key but got no embedding.")
+                raise InvalidInputError("This model was set up with an embedding_key but got no embedding.")
             e = embedding.float()
         else:
             e = (x_log - self.gene_mean) @ self.loadings
@@ -193,7 +194,7 @@ class KDCPTModule(BaseModuleClass):
     def set_linear_stage(self, weight: torch.Tensor, bias: torch.Tensor, mix: float = 1.0) -> None:
         """Put a fitted first stage (``weight``: phenotypes × features, ``bias``) into the buffers."""
         if not self.linear_stage:
-            raise ValueError("This module was built with linear_stage=False.")
+            raise InvalidInputError("This module was built with linear_stage=False.")
         self.linear_weight.copy_(weight.to(self.linear_weight))
         self.linear_bias.copy_(bias.to(self.linear_bias))
         self.mix.fill_(float(mix))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from .._constants import REGISTRY_KEYS, TARGET_SUM
+from .._errors import InvalidInputError
 from ..multiome import TFIDF_SCALE
 from ._components import GeneTokenizer, log_normalize
 from ._module import KDCPTModule
@@ -49,7 +50,7 @@ class KDCPTMultiomeModule(KDCPTModule):
     ):
         super().__init__(n_genes, n_classes, n_embedding, **kwargs)
         if not 0 < n_regulatory < n_genes:
-            raise ValueError(f"n_regulatory must be in (0, n_genes={n_genes}), got {n_regulatory}.")
+            raise InvalidInputError(f"n_regulatory must be in (0, n_genes={n_genes}), got {n_regulatory}.")
         self.n_rna = n_genes - n_regulatory
         self.n_regulatory = n_regulatory
         self.regulatory_is_counts = regulatory_is_counts

@@ -10,6 +10,8 @@ import lightning.pytorch as pl
 from scvi.train import TrainingPlan
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from .._errors import InvalidInputError
+
 if TYPE_CHECKING:
     from scvi.module.base import LossOutput
 
@@ -85,7 +87,7 @@ class KDCPTTrainingPlan(TrainingPlan):
         self.n_classes = n_classes
         self.restore_best = restore_best
         if wide_lr is not None and not (isinstance(wide_lr, (int, float)) and wide_lr > 0):
-            raise ValueError(f"wide_lr must be a positive learning rate or None, got {wide_lr!r}.")
+            raise InvalidInputError(f"wide_lr must be a positive learning rate or None, got {wide_lr!r}.")
         self.wide_lr = wide_lr
         self.best_epoch: int | None = None
         self.best_score: float | None = None

@@ -22,6 +22,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .._errors import InvalidInputError
+
 if TYPE_CHECKING:
     from anndata import AnnData
 
@@ -77,13 +79,13 @@ class Reembedder:
             out = out.detach().cpu().numpy()
         out = np.asarray(out, dtype=np.float32)
         if out.shape != (X.shape[0], self.width):
-            raise ValueError(
+            raise InvalidInputError(
                 f"embed_fn ({self.kind}) returned shape {out.shape} for {X.shape[0]} cells; the model's embedding "
                 f"has {self.width} dimensions, so it must return ({X.shape[0]}, {self.width}). Pass the model (or "
                 "function) that made the .obsm embedding the model was set up with."
             )
         if not np.isfinite(out).all():
-            raise ValueError(f"embed_fn ({self.kind}) returned non-finite values.")
+            raise InvalidInputError(f"embed_fn ({self.kind}) returned non-finite values.")
         return out
 
     def shifted(self, x0: torch.Tensor, x1: torch.Tensor, stored: torch.Tensor, cells: np.ndarray) -> torch.Tensor:
@@ -107,7 +109,7 @@ def make_reembedder(model, embed_fn, target: AnnData) -> Reembedder | None:
     if embed_fn is None:
         return None
     if not getattr(model.module, "external_embedding", False):
-        raise ValueError(
+        raise InvalidInputError(
             "embed_fn was given, but this model was set up without embedding_key: its own PCA encoder "
             "already passes knockouts to the prediction branch. Leave embed_fn out."
         )

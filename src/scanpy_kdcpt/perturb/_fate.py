@@ -37,7 +37,7 @@ import pandas as pd
 from scipy import sparse
 
 from .. import markov, simulation
-from .._errors import KeyNotFoundError
+from .._errors import InvalidInputError, KeyNotFoundError
 
 
 def resolve_chain(model, chain, terminal: Sequence[str] | None, cells):
@@ -72,18 +72,18 @@ def resolve_chain(model, chain, terminal: Sequence[str] | None, cells):
             terminal = (getattr(chain, "direction", None) or {}).get("terminal")
         chain = chain.cell_chain
         if chain is None:
-            raise ValueError("chain is a Transitions result without a cell_chain; pass a cells × cells matrix.")
+            raise InvalidInputError("chain is a Transitions result without a cell_chain; pass a cells × cells matrix.")
     T = sparse.csr_matrix(chain, dtype=float)
     if T.shape != (n_cells, n_cells):
-        raise ValueError(
+        raise InvalidInputError(
             f"chain must be cells × cells ({n_cells} × {n_cells}) for the knocked-out AnnData, got {T.shape} "
             f"(from {source})."
         )
     rows = np.asarray(T.sum(1)).ravel()
     if (T.data < 0).any() or not np.allclose(rows, 1.0, atol=1e-6):
-        raise ValueError(f"chain (from {source}) must be row-stochastic: non-negative, rows summing to 1.")
+        raise InvalidInputError(f"chain (from {source}) must be row-stochastic: non-negative, rows summing to 1.")
     if terminal is None or (not isinstance(terminal, str) and len(terminal) == 0):
-        raise ValueError(
+        raise InvalidInputError(
             "Fate deltas need the terminal phenotypes: pass terminal=[...] (e.g. ['Alpha', 'Beta', 'Delta', "
             "'Epsilon']) with the chain."
         )
@@ -112,11 +112,11 @@ class FateDeltas:
         terminal_states: str = "knockout",
     ):
         if terminal_states not in TERMINAL_STATES:
-            raise ValueError(f"terminal_states must be one of {TERMINAL_STATES}, not {terminal_states!r}.")
+            raise InvalidInputError(f"terminal_states must be one of {TERMINAL_STATES}, not {terminal_states!r}.")
         self.T, self.M, self.phenotypes = T, np.asarray(proba, float), list(phenotypes)
         self.terminal, self.fixed_states = list(terminal), terminal_states == "base"
         self.terminal_idx = np.array([self.phenotypes.index(t) for t in terminal])
-        self.horizon = simulation.choose_horizon(T, self.M, self.terminal_idx)
+        self.horizon = simulation.choose_horizon(T, self.M, self.terminal_idx, names=self.phenotypes)
         self.cell_fate = self._cell_fates(T, self.M)
         self.fate = self._phenotype_fates(self.cell_fate)
         self.P, self.sizes = markov.coarse_grain(T, self.M), self.M.sum(0)
@@ -128,8 +128,8 @@ class FateDeltas:
         """Cells × (terminals + 1): eventual absorption in each terminal, then "not reached" within the horizon."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # the fallback warning is given once per chain by the horizon
-            eventual = markov.fate_probabilities(T, M, self.terminal_idx)
-        within = simulation.fates_with_horizon(T, M, self.terminal_idx, n_steps=self.horizon)
+            eventual = markov.fate_probabilities(T, M, self.terminal_idx, names=self.phenotypes)
+        within = simulation.fates_with_horizon(T, M, self.terminal_idx, n_steps=self.horizon, names=self.phenotypes)
         return np.column_stack([eventual, within[:, -1]])
 
     def _phenotype_fates(self, F: np.ndarray) -> np.ndarray:

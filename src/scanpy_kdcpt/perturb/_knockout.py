@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .. import _expression, _keys, writers
+from .._errors import InvalidInputError
 from .._utils import chain_fingerprint
 from ..model._docs import model_dsp, output_target
 from ..results import KnockoutResult
@@ -304,22 +305,22 @@ class KnockoutMixin:
         check_args(mode, floor, fraction, quantile, n_null)
         check_simulation_args(simulate, n_propagation, sigma, n_shift_null)
         if int(n_regulator_null) != n_regulator_null or n_regulator_null < 0:
-            raise ValueError(f"n_regulator_null must be 0 or a positive integer, got {n_regulator_null!r}.")
+            raise InvalidInputError(f"n_regulator_null must be 0 or a positive integer, got {n_regulator_null!r}.")
         if terminal_states not in ("knockout", "base"):
-            raise ValueError(f"terminal_states must be 'knockout' or 'base', not {terminal_states!r}.")
+            raise InvalidInputError(f"terminal_states must be 'knockout' or 'base', not {terminal_states!r}.")
         if screen not in ("auto", "exact", "first_order"):
-            raise ValueError(f"screen must be 'auto', 'exact' or 'first_order', not {screen!r}.")
+            raise InvalidInputError(f"screen must be 'auto', 'exact' or 'first_order', not {screen!r}.")
         if n_exact < 1:
-            raise ValueError(f"n_exact must be 1 or more, got {n_exact}.")
+            raise InvalidInputError(f"n_exact must be 1 or more, got {n_exact}.")
         if propagate not in (None, "grn"):
-            raise ValueError(f"propagate must be None or 'grn', not {propagate!r}.")
+            raise InvalidInputError(f"propagate must be None or 'grn', not {propagate!r}.")
         if propagate == "grn" and grn is None:
-            raise ValueError(
+            raise InvalidInputError(
                 "propagate='grn' needs grn=, a TF → target table (columns 'tf', 'target'), e.g. "
                 "kdcpt.datasets.tf_target_prior('dorothea_mm.tsv.gz', genes=adata.var_names)."
             )
         if n_steps < 1:
-            raise ValueError(f"n_steps must be 1 or more, got {n_steps}.")
+            raise InvalidInputError(f"n_steps must be 1 or more, got {n_steps}.")
         edges = edges_matrix(grn, self.var_names_) if grn is not None else None
         target = self.adata if adata is None else adata
         query = None if target is self.adata else target
@@ -335,7 +336,7 @@ class KnockoutMixin:
         first_order = None
         single = all(len(u) == 1 for u in units.values())
         if screen == "first_order" and (mode != "delete" or not single):
-            raise ValueError("screen='first_order' estimates single-gene deletions only; use screen='exact'.")
+            raise InvalidInputError("screen='first_order' estimates single-gene deletions only; use screen='exact'.")
         if screen == "first_order" or (screen == "auto" and mode == "delete" and single and len(units) > n_exact):
             first_order = first_order_effects(self, prepared, base, units, batch_size, progress)
             keep = first_order.nlargest(min(n_exact, len(first_order)), keep="first").index

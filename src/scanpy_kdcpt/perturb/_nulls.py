@@ -8,6 +8,7 @@ import numpy as np
 from scipy import sparse
 
 from .. import _expression, stats
+from .._errors import InvalidInputError
 from ._units import Unit
 
 if TYPE_CHECKING:
@@ -98,7 +99,7 @@ def regulator_draws(
     exclude[np.asarray(regulators, dtype=int)] = False
     exclude[[g for u in units.values() for g in u]] = True
     if int((~exclude).sum()) < n:
-        raise ValueError(
+        raise InvalidInputError(
             f"n_regulator_null={n} needs {n} GRN regulators besides the knocked-out genes; the GRN has "
             f"{int((~exclude).sum())} such. Lower n_regulator_null, or fit the GRN with more regulators "
             "(model.fit_grn(regulators=...))."

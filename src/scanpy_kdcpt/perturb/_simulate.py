@@ -329,7 +329,7 @@ def _chain_stage(model, terminal: Sequence[str] | None, *, required: bool) -> tu
         return None, "none (no terminal phenotypes)"
     # the absorbing cells the fates use (a terminal phenotype without a confident cell falls back, warned)
     codes = [list(model.classes_).index(t) for t in terminal]
-    absorbing, _ = markov.terminal_states(state.memberships, np.asarray(codes))
+    absorbing, _ = markov.terminal_states(state.memberships, np.asarray(codes), names=list(model.classes_))
     logg.info(f"KDCPT: GRN with the stage partialled out: the chain's expected steps to {terminal}.")
     return simulation.chain_stage(T, absorbing), f"chain: expected steps to {list(terminal)}"
 
@@ -598,13 +598,13 @@ def _overexpression_level(X: np.ndarray, unit: Sequence[int], quantile: float, n
 
 def check_simulation_args(simulate: str, n_propagation: int, sigma: float, n_shift_null: int) -> None:
     if simulate not in ("auto", "grn", "classifier"):
-        raise ValueError(f"simulate must be 'auto', 'grn' or 'classifier', not {simulate!r}.")
+        raise InvalidInputError(f"simulate must be 'auto', 'grn' or 'classifier', not {simulate!r}.")
     if n_propagation < 0:
-        raise ValueError(f"n_propagation must be 0 or more, got {n_propagation}.")
+        raise InvalidInputError(f"n_propagation must be 0 or more, got {n_propagation}.")
     if sigma <= 0:
-        raise ValueError(f"sigma must be positive, got {sigma}.")
+        raise InvalidInputError(f"sigma must be positive, got {sigma}.")
     if n_shift_null < 0:
-        raise ValueError(f"n_shift_null must be 0 or more, got {n_shift_null}.")
+        raise InvalidInputError(f"n_shift_null must be 0 or more, got {n_shift_null}.")
 
 
 def resolve_simulate(simulate: str, T, query, model) -> str:
@@ -625,7 +625,7 @@ def resolve_simulate(simulate: str, T, query, model) -> str:
             )
         return "grn" if chain and grn else "classifier"
     if simulate == "grn" and not chain:
-        raise ValueError(
+        raise InvalidInputError(
             "simulate='grn' moves cells on the directed chain of the registered cells: run "
             "model.compute_transitions(...) first (and knock out on the registered AnnData), or pass "
             "simulate='classifier' to change only the phenotype probabilities."

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .. import _keys, markov
-from .._errors import KeyNotFoundError
+from .._errors import InvalidInputError, KeyNotFoundError
 from .._utils import check_obs_column, did_you_mean, is_mudata
 
 if TYPE_CHECKING:
@@ -38,15 +38,15 @@ class Baseline:
 
 def check_args(mode: str, floor: float, fraction: float, quantile: float, n_null: int) -> None:
     if mode not in ("delete", "overexpress"):
-        raise ValueError(f"mode must be 'delete' or 'overexpress', not {mode!r}.")
+        raise InvalidInputError(f"mode must be 'delete' or 'overexpress', not {mode!r}.")
     if not 0 <= floor < 1:
-        raise ValueError(f"floor must be in [0, 1), got {floor}.")
+        raise InvalidInputError(f"floor must be in [0, 1), got {floor}.")
     if not 0 < fraction <= 1:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}.")
+        raise InvalidInputError(f"fraction must be in (0, 1], got {fraction}.")
     if not 0 < quantile <= 1:
-        raise ValueError(f"quantile must be in (0, 1], got {quantile}.")
+        raise InvalidInputError(f"quantile must be in (0, 1], got {quantile}.")
     if n_null < 0:
-        raise ValueError(f"n_null must be 0 or more, got {n_null}.")
+        raise InvalidInputError(f"n_null must be 0 or more, got {n_null}.")
 
 
 def resolve_units(model: KDCPTLike, genes, target: AnnData, keys: _keys.Keys, n_top: int) -> dict[str, Unit]:
@@ -87,16 +87,16 @@ def resolve_units(model: KDCPTLike, genes, target: AnnData, keys: _keys.Keys, n_
         )
     if isinstance(genes, Mapping):
         if not genes:
-            raise ValueError("genes is an empty dict; pass {name: [genes, ...]}.")
+            raise InvalidInputError("genes is an empty dict; pass {name: [genes, ...]}.")
         sets = {str(name): [m] if isinstance(m, str) else list(m) for name, m in genes.items()}
         empty = [name for name, members in sets.items() if not members]
         if empty:
-            raise ValueError(f"gene set(s) {empty} are empty.")
+            raise InvalidInputError(f"gene set(s) {empty} are empty.")
         positions([g for members in sets.values() for g in members])  # every missing gene named at once
         return _measured_units({name: positions(members) for name, members in sets.items()}, model, measured)
     genes = list(genes)
     if not genes:
-        raise ValueError("genes is empty; pass a gene name, a list, a dict of gene sets, 'key' or 'all'.")
+        raise InvalidInputError("genes is empty; pass a gene name, a list, a dict of gene sets, 'key' or 'all'.")
     bad = [g for g in genes if not isinstance(g, str)]
     if bad:
         raise TypeError(f"gene names must be strings, got {bad[:3]}; for gene sets pass a dict {{name: [genes]}}.")
@@ -133,7 +133,7 @@ def _measured_units(units: dict[str, Unit], model: KDCPTLike, measured: set[str]
 
 def _top_key_genes(model: KDCPTLike, target: AnnData, keys: _keys.Keys, n_top: int, lookup: dict) -> pd.Index:
     if n_top < 1:
-        raise ValueError(f"n_top must be 1 or more, got {n_top}.")
+        raise InvalidInputError(f"n_top must be 1 or more, got {n_top}.")
     if keys.rank in target.var and target.var[keys.rank].notna().any():
         rank = target.var[keys.rank].astype(float)
         return rank[rank.index.isin(list(lookup))].nsmallest(n_top).index

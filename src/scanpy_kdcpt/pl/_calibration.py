@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from .. import _keys
-from .._errors import KeyNotFoundError
+from .._errors import InvalidInputError, KeyNotFoundError
 from .._utils import codes_of
 from ..calibration import ece_floor_from_table, ece_from_table, reliability_table
 from . import _read
@@ -32,7 +32,7 @@ def _from_obs(adata: AnnData, key: str, labels_key: str | None, n_bins: int) -> 
     codes = codes_of(adata.obs[labels_key], names)
     keep = codes >= 0
     if not keep.any():
-        raise ValueError(f"No cell of adata.obs[{labels_key!r}] has a phenotype the model predicts.")
+        raise InvalidInputError(f"No cell of adata.obs[{labels_key!r}] has a phenotype the model predicts.")
     proba = adata.obs.loc[keep, cols].to_numpy(dtype=float)
     return reliability_table(proba, codes[keep], n_bins), f"{int(keep.sum())} labelled cells (training included)"
 
@@ -83,7 +83,7 @@ def reliability(
 
     """
     if source not in ("auto", "uns", "obs"):
-        raise ValueError(f"source must be 'auto', 'uns' or 'obs', not {source!r}.")
+        raise InvalidInputError(f"source must be 'auto', 'uns' or 'obs', not {source!r}.")
     calib = adata.uns.get(key, {}).get(_keys.UNS_CALIBRATION, {})
     before = None
     if source in ("auto", "uns") and "reliability" in calib:

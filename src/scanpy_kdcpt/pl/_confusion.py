@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from .. import _keys
-from .._errors import KeyNotFoundError
+from .._errors import InvalidInputError, KeyNotFoundError
 from ..metrics import classification_report
 from . import _read
 from ._docs import doc_params
@@ -28,7 +28,7 @@ def _positions(adata: AnnData, cells) -> np.ndarray:
     cells = np.asarray(cells)
     if cells.dtype == bool:
         if cells.shape != (adata.n_obs,):
-            raise ValueError(f"A boolean cells mask needs {adata.n_obs} entries, got {cells.shape}.")
+            raise InvalidInputError(f"A boolean cells mask needs {adata.n_obs} entries, got {cells.shape}.")
         return np.flatnonzero(cells)
     if np.issubdtype(cells.dtype, np.integer):
         return cells.astype(int)
@@ -62,7 +62,7 @@ def confusion_table(
     pred = adata.obs[pred_key].iloc[pos].astype(str)
     keep = true.notna().to_numpy() & true.astype(str).isin(names).to_numpy()
     if not keep.any():
-        raise ValueError(
+        raise InvalidInputError(
             f"No selected cell has a known phenotype in adata.obs[{labels_key!r}] that the model predicts."
         )
     true, pred = true[keep].astype(str), pred[keep]

@@ -12,6 +12,8 @@ import re
 from textwrap import dedent, indent
 from typing import TypeVar
 
+from .._errors import InvalidInputError
+
 _F = TypeVar("_F")
 
 doc_key = """\
@@ -65,7 +67,7 @@ def doc_params(*names: str, **replacements: str):
         for name, text in fragments.items():
             pattern = re.compile(rf"^([ \t]*)\{{{name}\}}[ \t]*$", re.MULTILINE)
             if not pattern.search(doc):
-                raise ValueError(f"The docstring of {obj.__name__} has no line {{{name}}}.")
+                raise InvalidInputError(f"The docstring of {obj.__name__} has no line {{{name}}}.")
             doc = pattern.sub(lambda m, t=text: indent(dedent(t), m.group(1)), doc)
         obj.__doc__ = doc
         return obj

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from .. import _keys, markov
-from .._errors import KeyNotFoundError
+from .._errors import InvalidInputError, KeyNotFoundError
 from . import _read
 from ._docs import doc_params
 
@@ -235,7 +235,7 @@ def fate_probabilities(
         fig.colorbar(sc_, ax=axs[:n].tolist(), shrink=0.6, label="probability")
         return _read.finish(fig, list(axs[:n]), show, return_fig, save)
     if kind != "phenotype":
-        raise ValueError(f"kind must be 'embedding', 'phenotype' or None, not {kind!r}.")
+        raise InvalidInputError(f"kind must be 'embedding', 'phenotype' or None, not {kind!r}.")
     M = mean[show_names]
     fig, ax = _read.new_axes(ax, (6.4, 0.45 * len(M) + 1.6))
     cols = _read.colors(adata, key, show_names)

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from .. import _keys
+from .._errors import InvalidInputError
 from .._utils import is_mudata
 from . import _read
 from ._docs import doc_params
@@ -28,7 +29,7 @@ def _history(model_or_adata, key: str) -> pd.DataFrame:
     else:
         history = getattr(model_or_adata, "history", None)
         if not history:
-            raise ValueError("The model has no training history: train it first (model.train()).")
+            raise InvalidInputError("The model has no training history: train it first (model.train()).")
         hist = pd.concat(list(history.values()), axis=1).reset_index()
     if "epoch" not in hist.columns:
         hist = hist.reset_index().rename(columns={"index": "epoch"})
@@ -72,7 +73,7 @@ def training_history(
     metrics = [metrics] if isinstance(metrics, str) else list(metrics)
     unknown = [m for m in metrics if m not in _LABELS]
     if unknown:
-        raise ValueError(f"Unknown metrics {unknown}; choose among {list(_LABELS)}.")
+        raise InvalidInputError(f"Unknown metrics {unknown}; choose among {list(_LABELS)}.")
     if ax is None:
         fig, axes = plt.subplots(
             1, len(metrics), figsize=(3.4 * len(metrics), 3.0), layout="constrained", squeeze=False
@@ -81,7 +82,7 @@ def training_history(
     else:
         axes = [ax] if not isinstance(ax, Sequence | np.ndarray) else list(np.ravel(ax))
         if len(axes) != len(metrics):
-            raise ValueError(f"Pass one Axes per metric: {len(metrics)} metrics, {len(axes)} Axes.")
+            raise InvalidInputError(f"Pass one Axes per metric: {len(metrics)} metrics, {len(axes)} Axes.")
         fig = axes[0].figure
     epoch = pd.to_numeric(hist["epoch"], errors="coerce").to_numpy(float)
     for a, m in zip(axes, metrics, strict=True):

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from .. import _keys
-from .._errors import KeyNotFoundError
+from .._errors import InvalidInputError, KeyNotFoundError
 from .._expression import detect_data_type, log_normalize
 from .._utils import is_mudata
 from . import _read
@@ -76,10 +76,10 @@ def key_genes(
     from scipy import sparse
 
     if n_genes < 1:
-        raise ValueError(f"n_genes must be 1 or more, got {n_genes}.")
+        raise InvalidInputError(f"n_genes must be 1 or more, got {n_genes}.")
     ranking = _read.uns_entry(adata, key, _keys.UNS_KEY_GENES, "model.annotate()")
     if not isinstance(ranking, pd.DataFrame) or not {"phenotype", "gene", "rank"} <= set(ranking.columns):
-        raise ValueError(f"adata.uns[{key!r}]['key_genes'] is not a key-gene ranking; rerun model.annotate().")
+        raise InvalidInputError(f"adata.uns[{key!r}]['key_genes'] is not a key-gene ranking; rerun model.annotate().")
     keys = _keys.Keys(key)
     groupby = keys.pred if groupby is None else groupby
     mdata = None
@@ -125,7 +125,7 @@ def key_genes(
         if genes:
             groups[ph] = genes
     if not groups:
-        raise ValueError("No key gene of the ranking is among adata.var_names.")
+        raise InvalidInputError("No key gene of the ranking is among adata.var_names.")
 
     # a light AnnData with only the plotted genes (the user's object is not touched)
     genes = [g for gs in groups.values() for g in gs]
@@ -184,5 +184,5 @@ def _gene_modality(mdata, ranking: pd.DataFrame):
     hits = {name: len(genes & set(map(str, mod.var_names))) for name, mod in mdata.mod.items()}
     best = max(hits, key=hits.get) if hits else None
     if best is None or hits[best] == 0:
-        raise ValueError(f"No modality of the MuData holds the key genes (modalities: {list(mdata.mod)}).")
+        raise InvalidInputError(f"No modality of the MuData holds the key genes (modalities: {list(mdata.mod)}).")
     return mdata.mod[best]

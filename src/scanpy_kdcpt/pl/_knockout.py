@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from .. import _keys
-from .._errors import KeyNotFoundError
+from .._errors import InvalidInputError, KeyNotFoundError
 from .._utils import closest_names
 from . import _read
 from ._docs import doc_params
@@ -28,7 +28,7 @@ def _pick_mode(frame: pd.DataFrame, mode: str | None) -> pd.DataFrame:
             else frame[frame["mode"].astype(str) == ("delete" if "delete" in modes else modes[0])]
         )
     if mode not in modes:
-        raise ValueError(f"No knockout with mode={mode!r} in the AnnData; modes screened: {modes}.")
+        raise InvalidInputError(f"No knockout with mode={mode!r} in the AnnData; modes screened: {modes}.")
     return frame[frame["mode"].astype(str) == mode]
 
 
@@ -273,7 +273,7 @@ def knockout_effects(
 
     """
     if n_genes < 1:
-        raise ValueError(f"n_genes must be 1 or more, got {n_genes}.")
+        raise InvalidInputError(f"n_genes must be 1 or more, got {n_genes}.")
     summary = _pick_mode(_read.uns_entry(adata, key, _keys.UNS_KNOCKOUT_SUMMARY, "model.knockout(...)"), mode)
     # genes estimated to first order only (a genome-wide screen) have no exact effect
     summary = summary[np.isfinite(summary["effect"].to_numpy(float))]

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .. import _keys
-from .._errors import KeyNotFoundError
+from .._errors import InvalidInputError, KeyNotFoundError
 from .._utils import default_palette
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ def labels_key(adata: AnnData, key: str, labels_key: str | None) -> str:
         params = adata.uns.get(key, {}).get(_keys.UNS_PARAMS, {})
         labels_key = params.get("labels_key")
         if labels_key is None or str(labels_key) == "None":
-            raise ValueError(
+            raise InvalidInputError(
                 f"Pass labels_key= (the .obs column of known phenotypes): adata.uns[{key!r}] does not record one."
             )
     labels_key = str(labels_key)

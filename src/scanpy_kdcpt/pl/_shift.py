@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from .. import _keys
-from .._errors import KeyNotFoundError
+from .._errors import InvalidInputError, KeyNotFoundError
 from .._utils import each_pair_once
 from . import _read
 from ._docs import doc_params
@@ -259,7 +259,7 @@ def knockout_fate(
         sources = [sources] if isinstance(sources, str) else list(sources)
         unknown = [s for s in sources if s not in D.index]
         if unknown:
-            raise ValueError(
+            raise InvalidInputError(
                 f"sources {unknown} have no fate deltas for {gene!r}; the sources of this knockout are "
                 f"{[str(s) for s in D.index]} ('all': the mean over all cells)."
             )
@@ -372,7 +372,7 @@ def knockout_flux(
 
     """
     if int(n_top) != n_top or n_top < 1:
-        raise ValueError(f"n_top must be a whole number ≥ 1, got {n_top!r}.")
+        raise InvalidInputError(f"n_top must be a whole number ≥ 1, got {n_top!r}.")
     rows, mode, verb = _gene_rows(adata, key, _keys.UNS_KNOCKOUT_FLUX, gene, mode, "flux changes")
     if "flux_horizon_base" not in rows.columns or rows["flux_horizon_base"].isna().all():
         raise KeyNotFoundError(
@@ -384,7 +384,7 @@ def knockout_flux(
     # changes too small to see beside the largest are left out (a relative change of a tiny flux misleads)
     top = top[top["delta_horizon"].abs() >= max(MIN_SHARE * float(once["delta_horizon"].abs().max()), 1e-12)]
     if not len(top):
-        raise ValueError(f"The {verb} of {gene!r} changes no net flux over the horizon: nothing to draw.")
+        raise InvalidInputError(f"The {verb} of {gene!r} changes no net flux over the horizon: nothing to draw.")
     b, k = top["flux_horizon_base"].to_numpy(float), top["flux_horizon_ko"].to_numpy(float)
     q = top["qval_horizon"].to_numpy(float) if "qval_horizon" in top.columns else np.full(len(top), np.nan)
     y = np.arange(len(top))

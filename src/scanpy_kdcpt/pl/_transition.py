@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from .. import _keys
+from .._errors import InvalidInputError
 from ..markov import stationary_distribution
 from . import _read
 from ._docs import doc_params
@@ -32,7 +33,7 @@ def _matrix(adata: AnnData, key: str, matrix: pd.DataFrame | None) -> pd.DataFra
         P = matrix
     P = P.astype(float)
     if P.shape[0] != P.shape[1]:
-        raise ValueError(f"A transition matrix must be square, got shape {P.shape}.")
+        raise InvalidInputError(f"A transition matrix must be square, got shape {P.shape}.")
     return P
 
 
@@ -249,7 +250,7 @@ def transition_graph(
     allowed = ("flux", "probability") if directed else ("similarity",)
     if weights not in allowed:
         why = "" if directed else " (an undirected chain, such as the posterior form, has no direction to draw)"
-        raise ValueError(f"weights must be one of {allowed} for this chain{why}, not {weights!r}.")
+        raise InvalidInputError(f"weights must be one of {allowed} for this chain{why}, not {weights!r}.")
     mass = _mass(adata, key, n)
     if weights == "flux":
         off = np.clip(_flux(adata, key, P, matrix, mass), 0.0, None)
@@ -448,7 +449,7 @@ def _layout(layout, names: list[str], off: np.ndarray) -> dict[str, np.ndarray]:
     if isinstance(layout, dict):
         missing = [c for c in names if c not in layout]
         if missing:
-            raise ValueError(f"layout lacks positions for {missing}.")
+            raise InvalidInputError(f"layout lacks positions for {missing}.")
         return {c: np.asarray(layout[c], dtype=float) for c in names}
     if layout == "circle":
         angles = np.pi / 2 - 2 * np.pi * np.arange(n) / n
@@ -468,7 +469,7 @@ def _layout(layout, names: list[str], off: np.ndarray) -> dict[str, np.ndarray]:
                     g.add_edge(i, j, weight=float(off[i, j]))
         pos = nx.spring_layout(g.to_undirected(), weight="weight", seed=0)
         return {c: np.asarray(pos[k]) for k, c in enumerate(names)}
-    raise ValueError(f"layout must be 'circle', 'spring' or a dict of positions, not {layout!r}.")
+    raise InvalidInputError(f"layout must be 'circle', 'spring' or a dict of positions, not {layout!r}.")
 
 
 def _node_sizes(adata, key, names, node_size, matrix, directed, mass) -> np.ndarray:
@@ -478,9 +479,9 @@ def _node_sizes(adata, key, names, node_size, matrix, directed, mass) -> np.ndar
     if node_size == "auto":
         node_size = "stationary" if directed else "mass"
     if node_size not in (None, "stationary", "mass"):
-        raise ValueError(f"node_size must be 'auto', 'stationary', 'mass' or None, not {node_size!r}.")
+        raise InvalidInputError(f"node_size must be 'auto', 'stationary', 'mass' or None, not {node_size!r}.")
     if node_size == "stationary" and not directed:
-        raise ValueError(
+        raise InvalidInputError(
             "node_size='stationary' needs a directed chain: the stationary vector of an undirected one "
             "(the posterior form) is not a state cells reach. Use node_size='mass' (share of the cells)."
         )

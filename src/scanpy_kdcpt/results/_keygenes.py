@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .._errors import KeyNotFoundError
+from .._errors import InvalidInputError, KeyNotFoundError
 from ._base import N_RANKED, _Result, rank_overall
 
 
@@ -107,7 +107,7 @@ class KeyGenes(_Result):
             return self.scores
         if by == "attention" and self.attention is not None:
             return self.attention
-        raise ValueError(
+        raise InvalidInputError(
             f"by must be 'attribution' or 'attention' (when present), 'specificity' or 'score', not {by!r}."
         )
 
@@ -122,7 +122,7 @@ class KeyGenes(_Result):
         if phenotype not in self.scores.columns:
             raise KeyNotFoundError(f"{phenotype!r} is not a phenotype; phenotypes: {list(self.scores.columns)}.")
         if not self.n_cells.get(phenotype, 0):
-            raise ValueError(
+            raise InvalidInputError(
                 f"{phenotype!r} has no cells among those analysed: it has no key genes here (phenotypes with "
                 f"cells: {self.phenotypes_with_cells})."
             )

@@ -9,6 +9,7 @@ import numpy as np
 from scipy import sparse
 
 from .. import markov
+from .._errors import InvalidInputError
 from ._grn import _block_rows, _dense
 
 # --------------------------------------------------------------------------------------------
@@ -68,7 +69,7 @@ def _projected(X: np.ndarray, S: np.ndarray | None, basis: np.ndarray | None, ig
         return X[:, ~ign], None if S is None else S[:, ~ign]
     basis = np.asarray(basis, dtype=np.float64)
     if basis.shape[0] != X.shape[1]:
-        raise ValueError(f"basis must be genes × components with {X.shape[1]} rows, got {basis.shape}.")
+        raise InvalidInputError(f"basis must be genes × components with {X.shape[1]} rows, got {basis.shape}.")
 
     def project(A):  # in float64, one block of rows at a time (A is never copied whole)
         out, step = np.empty((A.shape[0], basis.shape[1])), _block_rows(A.shape[1])
@@ -100,9 +101,11 @@ def _checked(T, X, shift, sigma: float) -> tuple[sparse.csr_matrix, np.ndarray, 
     X = _as_array(X)
     S = _as_array(shift)
     if X.shape[0] != T.shape[0] or S.shape != X.shape:
-        raise ValueError(f"X and shift must both be cells × genes with {T.shape[0]} rows, got {X.shape} and {S.shape}.")
+        raise InvalidInputError(
+            f"X and shift must both be cells × genes with {T.shape[0]} rows, got {X.shape} and {S.shape}."
+        )
     if sigma <= 0:
-        raise ValueError(f"sigma must be positive, got {sigma}.")
+        raise InvalidInputError(f"sigma must be positive, got {sigma}.")
     return T, X, S
 
 
@@ -213,9 +216,9 @@ def chain_stage(T: sparse.spmatrix, absorbing: np.ndarray) -> np.ndarray:
     T = sparse.csr_matrix(T, dtype=np.float64)
     absorbing = np.asarray(absorbing, dtype=bool)
     if absorbing.shape != (T.shape[0],):
-        raise ValueError(f"absorbing must have one entry per cell ({T.shape[0]}), got {absorbing.shape}.")
+        raise InvalidInputError(f"absorbing must have one entry per cell ({T.shape[0]}), got {absorbing.shape}.")
     if not absorbing.any():
-        raise ValueError("chain_stage needs at least one absorbing (terminal) cell.")
+        raise InvalidInputError("chain_stage needs at least one absorbing (terminal) cell.")
     tau = np.zeros(T.shape[0])
     reach = markov.reaches(T, absorbing)
     t = np.flatnonzero(~absorbing & reach)
@@ -254,7 +257,7 @@ def perturbation_score(T: sparse.spmatrix, representation: np.ndarray, shift_emb
     Z = np.asarray(representation, dtype=np.float64)
     V = np.asarray(shift_embedding, dtype=np.float64)
     if V.shape != Z.shape:
-        raise ValueError(f"shift_embedding must match representation's shape {Z.shape}, got {V.shape}.")
+        raise InvalidInputError(f"shift_embedding must match representation's shape {Z.shape}, got {V.shape}.")
     drift = np.asarray(sparse.csr_matrix(T) @ Z) - Z
     return np.einsum("ij,ij->i", V, drift)
 
@@ -316,7 +319,7 @@ def randomized_shift_null(
 
     """
     if mode not in ("cells", "genes", "entries"):
-        raise ValueError(f"mode must be 'cells', 'genes' or 'entries', got {mode!r}.")
+        raise InvalidInputError(f"mode must be 'cells', 'genes' or 'entries', got {mode!r}.")
     # perturbed_chain's own defaults (an unknown keyword is a TypeError, as in a direct call)
     kw = inspect.signature(perturbed_chain).bind(T, X, shift, **chain_kwargs)
     kw.apply_defaults()
@@ -387,7 +390,7 @@ def empirical_pvalue(observed, null: np.ndarray, *, alternative: str = "two-side
     elif alternative == "less":
         hits = null <= obs
     else:
-        raise ValueError(f"alternative must be 'two-sided', 'greater' or 'less', got {alternative!r}.")
+        raise InvalidInputError(f"alternative must be 'two-sided', 'greater' or 'less', got {alternative!r}.")
     p = (1.0 + hits.sum(0)) / (1.0 + null.shape[0])
     return float(p) if np.ndim(p) == 0 else p
 
@@ -397,7 +400,9 @@ def empirical_pvalue(observed, null: np.ndarray, *, alternative: str = "two-side
 # --------------------------------------------------------------------------------------------
 
 
-def fates_with_horizon(T: sparse.spmatrix, M, terminal: np.ndarray, *, n_steps: int, core: float = 0.5) -> np.ndarray:
+def fates_with_horizon(
+    T: sparse.spmatrix, M, terminal: np.ndarray, *, n_steps: int, core: float = 0.5, names: Sequence[str] | None = None
+) -> np.ndarray:
     """Probability of reaching each terminal within ``n_steps`` steps, and of reaching none.
 
     Absorption probabilities on a connected chain always sum to 1 over the terminals: a
@@ -410,7 +415,8 @@ def fates_with_horizon(T: sparse.spmatrix, M, terminal: np.ndarray, *, n_steps: 
     and it leaves the terminals of :func:`scanpy_kdcpt.markov.fate_probabilities` unchanged.
 
     Terminal states are the cells of a terminal phenotype with membership ≥ ``core`` (as in
-    :func:`~scanpy_kdcpt.markov.fate_probabilities`).
+    :func:`~scanpy_kdcpt.markov.fate_probabilities`; ``names``, one per column of ``M``, name
+    the phenotypes in its warnings).
 
     Returns
     -------
@@ -420,8 +426,8 @@ def fates_with_horizon(T: sparse.spmatrix, M, terminal: np.ndarray, *, n_steps: 
     """
     T = sparse.csr_matrix(T, dtype=np.float64)
     if n_steps < 0:
-        raise ValueError(f"n_steps must be ≥ 0, got {n_steps}.")
-    absorbing, group = markov.terminal_states(M, terminal, core=core)
+        raise InvalidInputError(f"n_steps must be ≥ 0, got {n_steps}.")
+    absorbing, group = markov.terminal_states(M, terminal, core=core, names=names)
     k = len(np.asarray(terminal).ravel())
     A = np.zeros((T.shape[0], k))
     A[np.flatnonzero(absorbing), group[absorbing]] = 1.0
@@ -442,6 +448,7 @@ def horizon_flux(
     n_steps: int,
     core: float = 0.5,
     states=None,
+    names: Sequence[str] | None = None,
 ) -> np.ndarray:
     """Net flux between phenotypes over ``n_steps`` steps of the mass that starts on the cells
     outside the terminal states (one unit per cell), absorbed where it reaches a terminal state.
@@ -459,13 +466,13 @@ def horizon_flux(
     the flux downstream: the flux that answers "how many cells pass from i to j".
 
     ``states`` (default ``M``): the memberships that decide the terminal states (the base ones,
-    to keep the absorbing cells of a knockout fixed).
+    to keep the absorbing cells of a knockout fixed). ``names``: as for :func:`fates_with_horizon`.
     """
     T = sparse.csr_matrix(T, dtype=np.float64)
     M = np.asarray(M.toarray() if sparse.issparse(M) else M, dtype=np.float64)
     if n_steps < 0:
-        raise ValueError(f"n_steps must be ≥ 0, got {n_steps}.")
-    absorbing, _ = markov.terminal_states(M if states is None else states, terminal, core=core)
+        raise InvalidInputError(f"n_steps must be ≥ 0, got {n_steps}.")
+    absorbing, _ = markov.terminal_states(M if states is None else states, terminal, core=core, names=names)
     p = (~absorbing).astype(np.float64)
     visits = np.zeros_like(p)
     Tt = T.T.tocsr()
@@ -478,7 +485,14 @@ def horizon_flux(
 
 
 def choose_horizon(
-    T: sparse.spmatrix, M, terminal: np.ndarray, *, reached: float = 0.9, core: float = 0.5, max_steps: int = 10000
+    T: sparse.spmatrix,
+    M,
+    terminal: np.ndarray,
+    *,
+    reached: float = 0.9,
+    core: float = 0.5,
+    max_steps: int = 10000,
+    names: Sequence[str] | None = None,
 ) -> int:
     """The horizon for :func:`fates_with_horizon`: the fewest steps after which the unperturbed chain
     has brought cells to a terminal with mean probability ≥ ``reached`` of what it ever brings.
@@ -488,10 +502,10 @@ def choose_horizon(
     (a dead end, a cycle away from the terminals) it is ``reached`` times the mean mass that
     arrives by the time the chain has converged (no gain above 1e-9 in 100 steps), so a chain
     with unreachable cells still gets a horizon. Use the same horizon for the chain under a
-    knockout.
+    knockout. ``names``: as for :func:`fates_with_horizon`.
     """
     T = sparse.csr_matrix(T, dtype=np.float64)
-    absorbing, group = markov.terminal_states(M, terminal, core=core)
+    absorbing, group = markov.terminal_states(M, terminal, core=core, names=names)
     free = ~absorbing
     if not free.any():
         return 1
@@ -507,5 +521,5 @@ def choose_horizon(
             break
     limit = means[-1]
     if limit <= 0:
-        raise ValueError("No cell outside the terminal states ever reaches a terminal phenotype on this chain.")
+        raise InvalidInputError("No cell outside the terminal states ever reaches a terminal phenotype on this chain.")
     return int(np.searchsorted(np.asarray(means), reached * limit) + 1)

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import linalg, sparse
 
+from .._errors import InvalidInputError, KeyNotFoundError
+
 # --------------------------------------------------------------------------------------------
 # the GRN
 # --------------------------------------------------------------------------------------------
@@ -61,10 +63,10 @@ class GRN:
         for g in items:
             if isinstance(g, str):
                 if self.genes is None:
-                    raise KeyError(f"Gene {g!r} given by name, but the GRN was fitted without gene names.")
+                    raise KeyNotFoundError(f"Gene {g!r} given by name, but the GRN was fitted without gene names.")
                 hit = np.flatnonzero(self.genes == g)
                 if not len(hit):
-                    raise KeyError(f"Gene {g!r} is not among the GRN's {self.n_genes} genes.")
+                    raise KeyNotFoundError(f"Gene {g!r} is not among the GRN's {self.n_genes} genes.")
                 out.append(int(hit[0]))
             else:
                 g = int(g)
@@ -105,7 +107,7 @@ def smooth_expression(X, graph: sparse.spmatrix) -> np.ndarray:
     G = sparse.csr_matrix(graph)
     n = G.shape[0]
     if G.shape != (n, n) or X.shape[0] != n:
-        raise ValueError(f"graph must be cells × cells matching X's {X.shape[0]} rows, got {G.shape}.")
+        raise InvalidInputError(f"graph must be cells × cells matching X's {X.shape[0]} rows, got {G.shape}.")
     A = sparse.csr_matrix(G != 0, dtype=np.float32) + sparse.identity(n, dtype=np.float32, format="csr")
     A = sparse.csr_matrix(sparse.diags(1.0 / np.asarray(A.sum(1)).ravel()) @ A)
     out = np.empty(X.shape, dtype=np.float32)
@@ -125,11 +127,11 @@ def chain_drift(T, X, lag: int = 20) -> np.ndarray:
     its current level.
     """
     if lag < 1:
-        raise ValueError(f"lag must be 1 or more, got {lag}.")
+        raise InvalidInputError(f"lag must be 1 or more, got {lag}.")
     T = sparse.csr_matrix(T)
     X0 = _dense(X)
     if T.shape != (X0.shape[0], X0.shape[0]):
-        raise ValueError(f"T must be cells × cells ({X0.shape[0]}), got {T.shape}.")
+        raise InvalidInputError(f"T must be cells × cells ({X0.shape[0]}), got {T.shape}.")
     Y = X0
     for _ in range(int(lag)):
         Y = T @ Y
@@ -238,33 +240,33 @@ def fit_grn(
     n_cells, n_genes = X_log.shape
     codes = np.asarray(codes).astype(int).ravel()
     if codes.shape != (n_cells,):
-        raise ValueError(f"codes must have one entry per cell ({n_cells}), got {codes.shape}.")
+        raise InvalidInputError(f"codes must have one entry per cell ({n_cells}), got {codes.shape}.")
     if alpha <= 0:
-        raise ValueError(f"alpha must be positive, got {alpha}.")
+        raise InvalidInputError(f"alpha must be positive, got {alpha}.")
     n_phenotypes = int(codes.max()) + 1 if n_phenotypes is None else int(n_phenotypes)
     reg_mask = np.ones(n_genes, bool) if regulators is None else np.asarray(regulators, dtype=bool).ravel()
     if reg_mask.shape != (n_genes,):
-        raise ValueError(f"regulators must be a boolean mask over the {n_genes} genes, got {reg_mask.shape}.")
+        raise InvalidInputError(f"regulators must be a boolean mask over the {n_genes} genes, got {reg_mask.shape}.")
     if genes is not None and len(genes) != n_genes:
-        raise ValueError(f"genes must name the {n_genes} genes, got {len(genes)}.")
+        raise InvalidInputError(f"genes must name the {n_genes} genes, got {len(genes)}.")
     if base is not None:
         base = sparse.csc_matrix(base)
         if base.shape != (n_genes, n_genes):
-            raise ValueError(f"base must be genes × genes ({n_genes} × {n_genes}), got {base.shape}.")
+            raise InvalidInputError(f"base must be genes × genes ({n_genes} × {n_genes}), got {base.shape}.")
         groups = _regulator_groups(base, reg_mask)
         reg_mask = reg_mask & (np.asarray(abs(base).sum(1)).ravel() > 0)
     R = np.flatnonzero(reg_mask)
     if not len(R):
-        raise ValueError("No candidate regulator: regulators (and base) leave none.")
+        raise InvalidInputError("No candidate regulator: regulators (and base) leave none.")
     X = smooth_expression(X_log, graph) if graph is not None else X_log
     if response is not None and response.shape != X.shape:
-        raise ValueError(f"response must be cells × genes like X_log {X.shape}, got {response.shape}.")
+        raise InvalidInputError(f"response must be cells × genes like X_log {X.shape}, got {response.shape}.")
     if response is not None and base is not None:
-        raise ValueError("response is fitted on shared regulators only: pass base=None with a response.")
+        raise InvalidInputError("response is fitted on shared regulators only: pass base=None with a response.")
     if covariates is not None:
         covariates = np.asarray(covariates, dtype=np.float64).reshape(n_cells, -1)
         if not np.isfinite(covariates).all():
-            raise ValueError("covariates must be finite (no NaN or inf).")
+            raise InvalidInputError("covariates must be finite (no NaN or inf).")
 
     def fit(rows: np.ndarray) -> sparse.csr_matrix:
         Xp = _dense(X[rows])
@@ -460,16 +462,16 @@ def simulate_shift(
     X = X_log if isinstance(X_log, np.ndarray) and X_log.dtype == np.float32 else _dense(X_log).astype(np.float32)
     n_cells, n_genes = X.shape
     if n_genes != grn.n_genes:
-        raise ValueError(f"X_log has {n_genes} genes, the GRN {grn.n_genes}.")
+        raise InvalidInputError(f"X_log has {n_genes} genes, the GRN {grn.n_genes}.")
     if n_propagation < 0:
-        raise ValueError(f"n_propagation must be ≥ 0, got {n_propagation}.")
+        raise InvalidInputError(f"n_propagation must be ≥ 0, got {n_propagation}.")
     codes = np.asarray(codes).astype(int).ravel()
     if codes.shape != (n_cells,):
-        raise ValueError(f"codes must have one entry per cell ({n_cells}), got {codes.shape}.")
+        raise InvalidInputError(f"codes must have one entry per cell ({n_cells}), got {codes.shape}.")
     g = grn.gene_index(genes)
     known = (codes >= 0) & (codes < grn.n_phenotypes)
     if not known.all():
-        raise ValueError(f"codes must lie in [0, {grn.n_phenotypes}) (the GRN's phenotypes).")
+        raise InvalidInputError(f"codes must lie in [0, {grn.n_phenotypes}) (the GRN's phenotypes).")
     R = grn.regulators
     W_R = [sparse.csc_matrix(W[R], dtype=np.float32) for W in grn.coef] if n_propagation else []
     value = np.asarray(value, dtype=np.float32)
