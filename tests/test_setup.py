@@ -17,8 +17,8 @@ def adata():
     return kdcpt.datasets.synthetic(n_cells=200, seed=0)
 
 
-def _setup_type(a, **kw):
-    KDCPT.setup_anndata(a, labels_key="phenotype", **kw)
+def _setup_type(a, labels_key="phenotype", **kw):
+    KDCPT.setup_anndata(a, labels_key=labels_key, **kw)
     return KDCPT._get_most_recent_anndata_manager(a).registry["setup_args"]["data_type"]
 
 
@@ -108,3 +108,26 @@ def test_prior_reaches_the_module(adata):
     KDCPT.setup_anndata(adata, labels_key="phenotype", prior_key="is_tf")
     model = KDCPT(adata)
     np.testing.assert_array_equal(model.module.prior.numpy().astype(bool), adata.var["is_tf"].to_numpy())
+
+
+def test_a_numeric_column_is_refused_as_labels(adata):
+    # a first-use slip: labels_key="n_counts" trained a model of hundreds of "phenotypes"
+    adata.obs["n_counts"] = np.asarray(adata.X.sum(1)).ravel() + 0.5
+    with pytest.raises(kdcpt._errors.InvalidInputError, match=r"'n_counts'\] holds continuous numbers.*cell types"):
+        KDCPT.setup_anndata(adata, labels_key="n_counts")
+    adata.obs["cell_id"] = np.arange(adata.n_obs)
+    with pytest.raises(kdcpt._errors.InvalidInputError, match=r"'cell_id'\] holds almost one value per cell"):
+        KDCPT.setup_anndata(adata, labels_key="cell_id")
+    adata.obs["leiden"] = adata.obs["phenotype"].cat.codes.to_numpy()  # integer cluster ids are labels
+    assert _setup_type(adata, labels_key="leiden") == "counts"
+
+
+def test_a_data_type_the_values_contradict_is_refused_or_warned(adata):
+    counts = adata.copy()
+    counts.X = counts.X * 10  # integer counts up to 260: no log-normalised value is that large
+    with pytest.raises(kdcpt._errors.InvalidInputError, match=r"data_type='log'.*integer values up to 260.*counts"):
+        _setup_type(counts, data_type="log")
+    log = adata.copy()
+    log.X = log.X.log1p()
+    with pytest.warns(UserWarning, match=r"data_type='counts'.*non-integer values no larger than.*data_type='log'"):
+        assert _setup_type(log, data_type="counts") == "counts"

@@ -165,6 +165,15 @@ def beyond_log_range(X) -> bool:
     return bool(vals.size and vals.max() > MAX_LOG_VALUE and not np.allclose(vals, np.round(vals)))
 
 
+def value_kind(X) -> tuple[bool, float]:
+    """``(all integers, largest value)`` of the nonzero values in a sample of rows."""
+    vals = _values_sample(X)
+    vals = vals[vals != 0]
+    if vals.size == 0:
+        return True, 0.0
+    return bool(np.allclose(vals, np.round(vals))), float(vals.max())
+
+
 def detect_data_type(X) -> DataType:
     """``"counts"`` when the sampled values are all non-negative integers, else ``"log"``."""
     vals = _values_sample(X)

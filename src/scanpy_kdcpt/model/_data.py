@@ -16,6 +16,7 @@ from .. import _keys
 from .._constants import LABELS_COPY_PREFIX, UNLABELED_CATEGORY, UNSEEN_BATCH_KEY
 from .._errors import InvalidInputError, KeyNotFoundError
 from .._expression import (
+    MAX_LOG_VALUE,
     beyond_log_range,
     check_logged,
     check_values,
@@ -25,6 +26,7 @@ from .._expression import (
     iter_rows,
     log_normalize,
     read_rows,
+    value_kind,
 )
 from .._utils import check_obs_column, find_label, label_text
 
@@ -167,6 +169,15 @@ def check_labels(adata: AnnData, labels_key: str, unlabeled_category, where: str
         raise InvalidInputError(
             f"adata.obs[{labels_key!r}] has {n_classes} labelled phenotype(s); KDCPT needs at least two. "
             "Check the column or the unlabeled_category."
+        )
+    numbers = pd.api.types.is_numeric_dtype(known) and not pd.api.types.is_bool_dtype(known)
+    continuous = numbers and not np.allclose(known.to_numpy(float), np.round(known.to_numpy(float)))
+    if continuous or n_classes > max(50, len(known) // 2):
+        what = "continuous numbers" if continuous else "almost one value per cell"
+        raise InvalidInputError(
+            f"adata.obs[{labels_key!r}] holds {what} ({n_classes} distinct values over {len(known)} labelled "
+            "cells), not phenotype labels: labels_key must name a column of cell types or clusters (e.g. "
+            "'cell_type', 'leiden')."
         )
     _keys.check_phenotype_keys(known.astype(str).unique(), where=f"adata.obs[{labels_key!r}]")
     values = labels.cat.categories if isinstance(labels.dtype, pd.CategoricalDtype) else known.unique()
@@ -354,8 +365,24 @@ def resolve_data_type(X, data_type: str, where: str) -> str:
     if data_type not in ("auto", "counts", "log"):
         raise InvalidInputError(f"data_type must be 'auto', 'counts' or 'log', not {data_type!r}.")
     check_values(X, where)
+    declared = data_type != "auto"
     if data_type == "auto":
         data_type = detect_data_type(X)
     if data_type == "log":
         check_logged(X, where)
+    integer, largest = value_kind(X)
+    if data_type == "log" and integer and largest > MAX_LOG_VALUE:
+        # no log-normalised value comes near this (log1p(1e6) ≈ 13.8, log2(TPM + 1) ≈ 20)
+        raise InvalidInputError(
+            f"data_type='log', but {where} holds integer values up to {largest:g}: raw counts, not log values. "
+            "Pass data_type='counts' (or 'auto'), so that they are normalised and logged."
+        )
+    if declared and data_type == "counts" and not integer and largest <= 20:
+        warnings.warn(
+            f"data_type='counts', but {where} holds non-integer values no larger than {largest:.3g}, as "
+            "log-normalised data does. If they are log values, pass data_type='log' (counts are normalised and "
+            "logged, so log values would be logged twice); ambient-corrected counts are fine as they are.",
+            UserWarning,
+            stacklevel=4,
+        )
     return data_type
