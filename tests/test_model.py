@@ -271,6 +271,16 @@ def test_annotate_says_when_terminal_cannot_be_used_and_checks_its_names(synthet
         synthetic_model.annotate(query.copy(), terminal=["P3", "Nope"])
 
 
+def test_a_query_with_nan_is_told_to_fix_the_query_not_the_setup(synthetic_model):
+    query = kdcpt.datasets.synthetic(n_cells=20, seed=2)
+    X = query.X.toarray()
+    X[2, 3] = np.nan
+    query.X = X
+    with pytest.raises(kdcpt._errors.InvalidInputError, match="1 NaN or infinite values") as err:
+        synthetic_model.predict(query)
+    assert "before predicting" in str(err.value) and "setup_anndata" not in str(err.value)
+
+
 def test_query_with_no_shared_genes_fails(synthetic_model):
     query = kdcpt.datasets.synthetic(n_cells=20, seed=2)
     query.var_names = [f"X{i}" for i in range(query.n_vars)]

@@ -96,11 +96,12 @@ def _block_values(block) -> np.ndarray:
     return np.asarray(block.data) if sparse.issparse(block) else np.asarray(block).ravel()
 
 
-def check_values(X, what: str = "the expression matrix", *, peaks: bool = False) -> None:
+def check_values(X, what: str = "the expression matrix", *, peaks: bool = False, before: str | None = None) -> None:
     """Refuse NaN / inf, scaled (z-scored, negative) values and an all-zero matrix, with a
     message naming the fix (for accessibility when ``peaks``). The matrix is read in row blocks
-    (backed and sparse alike).
+    (backed and sparse alike). ``before``: the call the fix must come before (default: the setup).
     """
+    before = before or ("setup_mudata" if peaks else "setup_anndata")
     n_bad, vmin, n_nonzero = 0, np.inf, 0
     for _, block in iter_rows(X):
         data = _block_values(block)
@@ -115,11 +116,11 @@ def check_values(X, what: str = "the expression matrix", *, peaks: bool = False)
         if peaks:
             raise InvalidInputError(
                 f"{what} contains {n_bad} NaN or infinite values. Peak values must be finite counts or "
-                "TF-IDF: drop the affected peaks or pass regulatory_layer=... naming the counts, before setup_mudata."
+                f"TF-IDF: drop the affected peaks or pass regulatory_layer=... naming the counts, before {before}."
             )
         raise InvalidInputError(
             f"{what} contains {n_bad} NaN or infinite values. Remove or impute them "
-            "(e.g. `adata = adata[:, np.isfinite(X).all(0)]`) before setup_anndata."
+            f"(e.g. `adata = adata[:, np.isfinite(X).all(0)]`) before {before}."
         )
     if vmin < 0 and peaks:
         raise InvalidInputError(

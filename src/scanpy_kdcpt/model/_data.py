@@ -278,7 +278,7 @@ def check_query_values(X, data_type: str, what: str, where: str) -> None:
     (counts or log-normalised). ``what`` names the matrix in the value errors, ``where`` (e.g.
     "The query's adata.X") in the data-type error.
     """
-    check_values(X, what)
+    check_values(X, what, before="predicting")
     if data_type == "counts" and beyond_log_range(X):
         return  # non-integer counts (ambient-corrected), as the model may have been set up with
     check_logged(X, what, at_setup=False)

@@ -363,7 +363,7 @@ def prepare_query(model, mdata) -> MuData:
         peaks_name = f"the query's {mods['regulatory']!r} modality"
         P = _expression.get_matrix(peaks, layer if layer in peaks.layers else None, name=peaks_name)
         P = _data.align_genes(P, peaks.var_names, site_names, kind="sites")
-        _expression.check_values(P, peaks_name, peaks=True)
+        _expression.check_values(P, peaks_name, peaks=True, before="predicting")
     labels_state = model.adata_manager.get_state_registry(REGISTRY_KEYS.LABELS_KEY)
     obs = pd.DataFrame(index=rna.obs_names.copy())
     # the query's own labels (mdata.obs), where it has the labels_key column: for annotate's metrics

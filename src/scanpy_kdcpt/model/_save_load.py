@@ -202,7 +202,7 @@ def check_data(adata: AnnData, registry: dict, attrs: dict) -> None:
         holder, layer, obs_name = adata, setup.get("layer"), "adata.obs"
         where = f"adata.layers[{layer!r}]" if layer else "adata.X"
     X = _expression.get_matrix(holder, layer)
-    _expression.check_values(X, where)
+    _expression.check_values(X, where, before="KDCPT.load")
     trained_on = attrs.get("data_type_")
     found = _expression.detect_data_type(X)
     if trained_on is not None and found != trained_on:
