@@ -330,7 +330,23 @@ def test_transition_matrix_title_says_which_matrix_is_drawn():
 
 def test_arrows_between_big_neighbouring_nodes_stay_visible():
     # a SNARE-like circle: big adjacent nodes (L2/3, L4/5) used to cover the arrow between them
-    names = ["Astro", "CGE", "Clau", "Endo", "L2/3", "L4/5", "L6", "MGC", "Mis", "Npy", "OPC", "Oligo", "Peri", "Pvalb", "Sst"]
+    names = [
+        "Astro",
+        "CGE",
+        "Clau",
+        "Endo",
+        "L2/3",
+        "L4/5",
+        "L6",
+        "MGC",
+        "Mis",
+        "Npy",
+        "OPC",
+        "Oligo",
+        "Peri",
+        "Pvalb",
+        "Sst",
+    ]
     n = len(names)
     P = 0.9 * np.eye(n) + 0.1 * np.random.default_rng(0).dirichlet(np.full(n, 0.3), n)
     for src, dst, w in [("Mis", "L2/3", 0.3), ("L4/5", "L2/3", 0.2), ("Mis", "L4/5", 0.15), ("Oligo", "Mis", 0.2)]:
@@ -372,4 +388,20 @@ def test_the_posterior_form_is_not_drawn_as_moves():
     a, _ = _annotated(P3, ["a", "b", "c"], N3, method="directed", direction={"kind": "pseudotime"})
     ax = kdcpt.pl.transition_matrix(a, show=False)
     assert (ax.get_ylabel(), ax.get_xlabel()) == ("from phenotype", "to phenotype")
+    plt.close("all")
+
+
+def test_the_numbers_of_two_way_arrows_sit_on_their_own_arrows():
+    # weights="probability" draws i → j and j → i as two arcs; their numbers were both put at the
+    # chord's middle, the smaller often printed over the larger
+    P = np.array([[0.5, 0.22, 0.28], [0.47, 0.5, 0.03], [0.1, 0.2, 0.7]])
+    a, _ = _annotated(
+        P, ["Ductal", "EP", "Beta"], np.array([40.0, 30.0, 30.0]), method="directed", direction={"kind": "pseudotime"}
+    )
+    fig = kdcpt.pl.transition_graph(
+        a, basis=None, weights="probability", edge_labels=True, threshold=0.0, return_fig=True, show=False
+    )
+    numbers = [t for t in fig.axes[0].texts if t.get_text() in {"0.22", "0.47", "0.28", "0.1", "0.2", "0.03"}]
+    assert {t.get_text() for t in numbers} >= {"0.22", "0.47"}
+    assert _overlaps(fig, numbers) == []
     plt.close("all")

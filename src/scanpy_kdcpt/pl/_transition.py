@@ -331,13 +331,13 @@ def transition_graph(
     # an arrow takes its source's colour; an undirected edge has no source
     colors = [cols[names[i]] if emb is None and directed else "#333333" for i, _, _ in drawn]
     widths = [edge_width[i, j] for i, j, _ in drawn]
+    rad = 0.0 if weights in ("flux", "similarity") else 0.18  # two-way arrows of P bend apart
     if weights == "similarity":  # plain lines, no heads; the nodes (above) cover their ends
         segments = [[xy[i], xy[j]] for i, j, _ in drawn]
         ax.add_collection(
             LineCollection(segments, linewidths=widths, colors=colors, alpha=0.6, zorder=2, capstyle="round")
         )
     else:
-        rad = 0.0 if weights == "flux" else 0.18
         for (i, j, _), width, color in zip(drawn, widths, colors, strict=True):
             # nodes still too close (centroids nearly on top of each other): the arrow goes over them
             over = dist_pt[i, j] - radius_pt[i] - radius_pt[j] < gap_pt[i, j]
@@ -357,9 +357,15 @@ def transition_graph(
                 )
             )
     if edge_labels:
+        # each number on its own arrow: at the middle of the arc (matplotlib's arc3 control point
+        # is the chord's middle + rad · (dy, −dx) in display space, so the curve's middle is half
+        # that), which puts the numbers of i → j and j → i on opposite sides, not on top of each other
+        disp = ax.transData.transform(xy)
         for i, j, p in edges:
+            dx, dy = disp[j] - disp[i]
+            mid = 0.5 * (disp[i] + disp[j]) + 0.5 * rad * np.array([dy, -dx])
             ax.text(
-                *(0.5 * (xy[i] + xy[j])),
+                *ax.transData.inverted().transform(mid),
                 f"{p:.2g}",
                 fontsize=7,
                 ha="center",
