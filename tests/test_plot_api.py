@@ -140,3 +140,35 @@ def test_knockout_effects_legend_names_only_what_is_drawn():
     assert "terminates none" in legend
     assert "terminates a transition" not in legend and not any("not significant" in t for t in legend)
     plt.close("all")
+
+
+def test_knockout_effects_tells_untested_from_not_significant():
+    # a knockout run without a null (n_null=0) has no p: it was drawn hollow, "not significant"
+    import pandas as pd
+
+    adata = ad.AnnData(np.zeros((3, 3), dtype=np.float32))
+    summary = pd.DataFrame(
+        {
+            "gene": ["Gata1", "Klf1", "Sod1"],
+            "mode": "delete",
+            "effect": [0.3, 0.2, 0.01],
+            "n_terminated": [0, 0, 0],
+            "null_low": [0.0, 0.0, np.nan],
+            "null_high": [0.05, 0.05, np.nan],
+            "null_mean": [0.02, 0.02, np.nan],
+            "qval": [0.001, 0.2, np.nan],  # Sod1 was knocked out in a later call without a null
+        }
+    )
+    adata.uns["kdcpt"] = {"knockout_summary": summary}
+    ax = kdcpt.pl.knockout_effects(adata, show=False)
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert {"significant (q < 0.05)", "not significant (q ≥ 0.05)", "not tested (no null: n_null=0)"} <= set(legend)
+    faces = ax.collections[-1].get_facecolors()
+    assert faces[0][:3].tolist() != [1.0, 1.0, 1.0] and faces[1][:3].tolist() == [1.0, 1.0, 1.0]  # filled, hollow
+    assert faces[2][:3].tolist() not in ([1.0, 1.0, 1.0], faces[0][:3].tolist())  # neither: grey
+    plt.close("all")
+    summary[["null_low", "null_high", "null_mean", "qval"]] = np.nan  # no null at all
+    ax = kdcpt.pl.knockout_effects(adata, show=False)
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "not tested (no null: n_null=0)" in legend and not any("significant" in t for t in legend)
+    plt.close("all")

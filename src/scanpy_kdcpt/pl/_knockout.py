@@ -287,36 +287,34 @@ def knockout_effects(
         ax.bar(x, hi - lo, bottom=lo, width=0.6, color="0.85", edgecolor="none", label="null 2.5–97.5 %", zorder=1)
         ax.scatter(x, s["null_mean"], marker="_", color="0.45", s=60, zorder=2, label="null mean")
     stat = "qval" if "qval" in s.columns and s["qval"].notna().any() else "pval"
-    sig = s[stat].to_numpy(float) < alpha if stat in s.columns else np.zeros(n, bool)
+    p = s[stat].to_numpy(float) if stat in s.columns else np.full(n, np.nan)
+    tested = np.isfinite(p)  # a knockout run without a null (n_null=0) has no p: not tested, not "not significant"
+    sig = tested & (np.where(tested, p, 1.0) < alpha)
     term = s["n_terminated"].to_numpy() > 0 if "n_terminated" in s.columns else np.zeros(n, bool)
     color = np.where(term, "#d62728", "#1f77b4")
     y = s["effect"].to_numpy(float)
-    face = np.where(sig | (not has_null), color, "white")
+    face = np.where(sig, color, np.where(tested, "white", "0.8"))
     ax.scatter(x, y, s=36, facecolors=face, edgecolors=color, linewidths=1.4, zorder=3)
-    # legend proxies
+    # legend proxies: colour as a line (it says nothing of the test), the fill as grey dots
     from matplotlib.lines import Line2D
 
     handles = []  # an entry only for what is drawn
     if term.any():
-        handles.append(Line2D([], [], marker="o", ls="", color="#d62728", label="terminates a transition"))
+        handles.append(Line2D([], [], ls="-", lw=3, color="#d62728", label="terminates a transition"))
     if (~term).any():
-        handles.append(Line2D([], [], marker="o", ls="", color="#1f77b4", label="terminates none"))
-    if has_null and (~sig).any():
-        handles.append(
-            Line2D(
-                [],
-                [],
-                marker="o",
-                ls="",
-                markerfacecolor="white",
-                markeredgecolor="0.3",
-                label=f"not significant ({stat[0]} ≥ {alpha:g})",
-            )
-        )
+        handles.append(Line2D([], [], ls="-", lw=3, color="#1f77b4", label="terminates none"))
+    for shown, fill, label in (
+        (sig, "0.3", f"significant ({stat[0]} < {alpha:g})"),
+        (tested & ~sig, "white", f"not significant ({stat[0]} ≥ {alpha:g})"),
+        (~tested, "0.8", "not tested (no null: n_null=0)"),
+    ):
+        if shown.any():
+            handles.append(Line2D([], [], marker="o", ls="", markerfacecolor=fill, markeredgecolor="0.3", label=label))
     h0, _ = ax.get_legend_handles_labels()
     # beside the axes, never over a dot
     ax.legend(handles=h0 + handles, fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    names = s["gene"].astype(str)
+    # a long gene-set name, rotated, took most of the figure's height: cut to 24 characters
+    names = s["gene"].astype(str).map(lambda t: t if len(t) <= 24 else t[:23] + "…")
     upright = n <= 6 and names.str.len().max() <= 8  # a few short names read best level
     ax.set_xticks(x, names, rotation=0 if upright else 90, fontsize=9)
     ax.set_xlim(-0.7, n - 0.3)
