@@ -213,3 +213,31 @@ def test_report_lists_each_flux_change_once_over_the_horizon(fate_result):
     assert all(r["flux_horizon_base"] >= 0 for r in shown)
     sizes = [abs(r["delta_horizon"]) for r in shown]
     assert sizes == sorted(sizes, reverse=True) and sizes[0] == pytest.approx(f["delta_horizon"].abs().max())
+
+
+def test_knockouts_of_another_model_are_replaced_not_merged(transition_model):
+    # a second model's knockout kept the first model's results of other genes (and the CLI report
+    # listed them as the new run's)
+    import dataclasses
+
+    from scanpy_kdcpt import writers
+
+    adata = transition_model.adata
+    kw = {"chain": lineage_chain(adata), "inplace": False, "progress": False}
+    first = transition_model.knockout("Reg_P2", terminal=["P2", "P3"], **kw)
+    assert first.params["model_id"] == transition_model.extra_["model_id"] != "None"
+    a = ad.AnnData(obs=adata.obs[[]].copy(), var=adata.var[[]].copy())
+    writers.write_knockout(a, first)
+    writers.write_knockout(a, transition_model.knockout("Reg_P1", terminal=["P2", "P3"], **kw))
+    assert set(a.uns["kdcpt"]["knockout_summary"]["gene"]) == {"Reg_P1", "Reg_P2"}  # the same model: merged
+    other = dataclasses.replace(
+        first,
+        summary=first.summary.assign(gene="Gene_7"),
+        table=first.table.assign(gene="Gene_7"),
+        params={**first.params, "model_id": "another"},
+        fate=None,
+        flux=None,
+    )
+    with pytest.warns(UserWarning, match="come from another model"):
+        writers.write_knockout(a, other)
+    assert set(a.uns["kdcpt"]["knockout_summary"]["gene"]) == {"Gene_7"}

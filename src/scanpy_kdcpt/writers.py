@@ -399,6 +399,14 @@ def _merge_earlier(uns: dict, result: KnockoutResult, key_added: str) -> tuple[p
         return table, summary, set()
     old_params = uns.get(_keys.UNS_KNOCKOUT_PARAMS, {})
     same = all(str(old_params.get(k)) == str(result.params.get(k)) for k in ("groupby", "floor", "fraction"))
+    if str(old_params.get("model_id")) != str(result.params.get("model_id")):
+        warnings.warn(
+            f"earlier knockout results in .uns[{key_added!r}] come from another model (or another training of this "
+            "one) and are replaced: results of different models are not merged.",
+            UserWarning,
+            stacklevel=4,
+        )
+        return table, summary, set()
     phenotypes = set(map(str, result.table["source"])) | set(map(str, result.table["target"]))
     for col in ("source", "target"):
         if isinstance(result.table[col].dtype, pd.CategoricalDtype):

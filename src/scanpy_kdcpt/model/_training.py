@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 import warnings
 from typing import TYPE_CHECKING
 
@@ -195,6 +196,8 @@ class TrainingMixin:
         codes = self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY).ravel()
         self.calibration_indices_ = np.sort(held_out[codes[held_out] < len(self.classes_)]).astype(int)
         self.best_epoch_ = getattr(self.trainer.lightning_module, "best_epoch", None) if self.trainer else None
+        # each training is another model: results written by an earlier one are not merged with its own
+        self.extra_["model_id"] = uuid.uuid4().hex[:16]
         self.module.eval()
 
     def _settle_untrained_batches(self, train_idx: np.ndarray) -> None:

@@ -383,6 +383,7 @@ class KnockoutMixin:
             )
         deltas = self._rerun(prepared, plan, base, batch_size, progress, embedder=embedder, keep_cells=T is not None)
         params = {
+            "model_id": str((getattr(self, "extra_", None) or {}).get("model_id")),
             "mode": mode,
             "groupby": groupby if groupby is not None else "phenotype (known, else predicted)",
             "floor": float(floor),
