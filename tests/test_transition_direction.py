@@ -405,3 +405,16 @@ def test_the_numbers_of_two_way_arrows_sit_on_their_own_arrows():
     assert {t.get_text() for t in numbers} >= {"0.22", "0.47"}
     assert _overlaps(fig, numbers) == []
     plt.close("all")
+
+
+def test_the_stored_matrix_has_the_same_names_on_both_axes(tmp_path):
+    # columns were h5ad-safe ("/" → "_") and the index was not: P.loc["CD4+/CD25 T Reg", ...] failed
+    names = ["CD4+/CD25 T Reg", "CD19+ B", "L2/3"]
+    a, r = _annotated(P3, names, N3, method="posterior")
+    a.write_h5ad(tmp_path / "t.h5ad")
+    for P in (a.uns["kdcpt"]["transition_matrix"], ad.read_h5ad(tmp_path / "t.h5ad").uns["kdcpt"]["transition_matrix"]):
+        assert list(P.index) == list(P.columns) == ["CD4+_CD25 T Reg", "CD19+ B", "L2_3"]
+        assert P.loc["L2_3", "L2_3"] == pytest.approx(P3[2, 2])
+    fig = kdcpt.pl.transition_matrix(a, return_fig=True, show=False)  # the plots still read the real names
+    assert "CD4+/CD25 T Reg" in [t.get_text().replace("\n", " ") for t in fig.axes[0].get_yticklabels()]
+    plt.close("all")

@@ -68,8 +68,8 @@ def _transitions_section(uns: dict, classes: list[str], figures: dict) -> list[s
     P = uns[_keys.UNS_TRANSITION]
     P = P if isinstance(P, pd.DataFrame) else pd.DataFrame(np.asarray(P), index=classes, columns=classes)
     P = P.copy()
-    if len(P.columns) == len(P.index):
-        P.columns = list(P.index)  # stored columns use h5ad-safe names; the index keeps the real ones
+    if len(P.columns) == len(P.index) == len(classes):
+        P.index = P.columns = list(classes)  # the stored axes use h5ad-safe names ("/" → "_")
     P.index.name = "from \\ to"
     directed = uns.get(_keys.UNS_FLUX) is not None  # written for a directed chain only
     meaning = (

@@ -139,10 +139,13 @@ def write_transitions(adata: AnnData, result: Transitions, *, key_added: str = _
     if removed:
         logg.info(f"removed {removed} of the earlier chain (key_added={key_added!r})")
     _drop_knockout_deltas_of_another_chain(uns, result, key_added)
-    names = list(map(str, result.matrix.index))
-    safe = pd.Index([_keys.safe_name(c) for c in names], name="target")
+    # h5ad-safe names ("/" → "_", as the kdcpt_proba_ columns) on both axes, so that
+    # P.loc[name, name] works; uns["classes"] keeps the real names in the same order
+    safe = [_keys.safe_name(c) for c in map(str, result.matrix.index)]
     uns[_keys.UNS_TRANSITION] = pd.DataFrame(
-        result.matrix.to_numpy(float), index=pd.Index(names, name="source"), columns=safe
+        result.matrix.to_numpy(float),
+        index=pd.Index(safe, name="source"),
+        columns=pd.Index(safe, name="target"),
     )
     uns[_keys.UNS_PHENOTYPE_MASS] = result.mass.to_numpy(float)  # in the order of the matrix rows
     uns[_keys.UNS_ENTROPY] = result.entropy
@@ -162,7 +165,7 @@ def write_transitions(adata: AnnData, result: Transitions, *, key_added: str = _
     if result.directed:
         uns[_keys.UNS_STATIONARY] = np.asarray(result.stationary, dtype=float)
         uns[_keys.UNS_FLUX] = pd.DataFrame(
-            result.flux.to_numpy(float), index=pd.Index(names, name="source"), columns=safe
+            result.flux.to_numpy(float), index=pd.Index(safe, name="source"), columns=pd.Index(safe, name="target")
         )
         written += [_keys.UNS_STATIONARY, _keys.UNS_FLUX]
     else:

@@ -27,7 +27,7 @@ def _matrix(adata: AnnData, key: str, matrix: pd.DataFrame | None) -> pd.DataFra
         if not isinstance(P, pd.DataFrame):
             P = pd.DataFrame(np.asarray(P), index=names, columns=names)
         if len(P.index) == len(names):
-            # stored columns use h5ad-safe names; the index keeps the real ones
+            # the stored axes use h5ad-safe names ("/" → "_"); uns["classes"] the real ones
             P = pd.DataFrame(P.to_numpy(), index=names, columns=names)
     else:
         P = matrix
