@@ -131,3 +131,19 @@ def test_a_data_type_the_values_contradict_is_refused_or_warned(adata):
     log.X = log.X.log1p()
     with pytest.warns(UserWarning, match=r"data_type='counts'.*non-integer values no larger than.*data_type='log'"):
         assert _setup_type(log, data_type="counts") == "counts"
+
+
+def test_label_categories_without_cells_are_not_phenotypes(adata):
+    # mdata[cells].copy() keeps unused categories; they became phenotypes the model predicted with no example
+    adata.obs["phenotype"] = (
+        adata.obs["phenotype"].cat.add_categories(["Ghost"]).cat.reorder_categories(["P3", "Ghost", "P0", "P1", "P2"])
+    )
+    KDCPT.setup_anndata(adata, labels_key="phenotype")
+    assert list(KDCPT(adata).classes_) == ["P3", "P0", "P1", "P2"]  # the column's order, without Ghost
+    assert list(adata.obs["phenotype"].cat.categories) == [
+        "P3",
+        "Ghost",
+        "P0",
+        "P1",
+        "P2",
+    ]  # the user's column as it was

@@ -182,18 +182,26 @@ def check_labels(adata: AnnData, labels_key: str, unlabeled_category, where: str
     _keys.check_phenotype_keys(known.astype(str).unique(), where=f"adata.obs[{labels_key!r}]")
     values = labels.cat.categories if isinstance(labels.dtype, pd.CategoricalDtype) else known.unique()
     not_text = not all(isinstance(v, str) for v in values)
-    if labels.isna().any() or not_text:
+    # categories without a cell (left by subsetting, e.g. mdata[cells].copy()) would be phenotypes
+    # the model is trained on and predicts with no example: the copy below leaves them out
+    unused = [c for c in values if c not in set(labels.dropna().unique())] if labels.dtype == "category" else []
+    if labels.isna().any() or not_text or unused:
         # missing labels become the unlabelled category, and non-text labels (integers, ...)
         # their text, in a private column; the user's column is left as it is
         fill = UNLABELED_CATEGORY if unlabeled_category is None else unlabeled_category
         copy = labels.astype(object).where(labels.notna(), fill).astype(str)
         # named after the labels column: another model set up on another column keeps its own
         copy_key = f"{LABELS_COPY_PREFIX}{labels_key}"
-        adata.obs[copy_key] = pd.Categorical(copy)
+        # copied only to leave out unused categories: the column's order (as without the copy); with
+        # missing or non-text labels the order stays as it has been (sorted), so saved models load alike
+        order = [str(c) for c in values if c not in unused] if not (labels.isna().any() or not_text) else None
+        adata.obs[copy_key] = pd.Categorical(copy, categories=order)
         if labels.isna().any():
             logg.info(f"{int(labels.isna().sum())} cells without a label are predicted but left out of the loss.")
         if not_text:
             logg.info(f"adata.obs[{labels_key!r}] holds non-text labels: phenotypes are named by their text.")
+        if unused:
+            logg.info(f"adata.obs[{labels_key!r}]: categories without a cell are not phenotypes: {unused[:10]}.")
         return copy_key
     return labels_key
 
