@@ -234,6 +234,19 @@ def test_load_against_other_genes_names_the_difference(synthetic_model, tmp_path
         kdcpt.KDCPT.load(tmp_path / "m", other)
 
 
+def test_a_model_loads_onto_fewer_cells_than_its_encoder_has_components(synthetic_model, tmp_path):
+    # load rebuilt the 100-component encoder from the cells it was given: on ≤ 100 cells a torch
+    # "size mismatch for embedding_mean" error
+    synthetic_model.save(tmp_path / "m", save_anndata=False)
+    few = synthetic_model.adata[:60].copy()
+    loaded = kdcpt.KDCPT.load(tmp_path / "m", few)
+    np.testing.assert_allclose(
+        loaded.get_predictions().proba.to_numpy(),
+        synthetic_model.get_predictions(few).proba.to_numpy(),
+        atol=1e-5,
+    )
+
+
 def test_query_with_missing_genes_is_zero_filled_with_warning(synthetic_model):
     query = kdcpt.datasets.synthetic(n_cells=300, seed=2)
     keep = query.var_names[query.var_names.str.startswith("Gene_")][:10]

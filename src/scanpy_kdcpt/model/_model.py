@@ -212,7 +212,9 @@ class KDCPT(
         self._inputs = inputs_for(self)
         self.var_names_ = self._inputs.feature_names()  # genes (+ regulatory sites with setup_mudata)
         external = setup["embedding_key"] is not None
-        n_pcs = int(min(n_pcs, self.adata.n_obs - 1, len(self.var_names_) - 1))
+        # a PCA has at most n_obs − 1 components; a loaded model keeps its saved width, whatever the cells
+        limits = [n_pcs, len(self.var_names_) - 1] + ([self.adata.n_obs - 1] if self._fit_encoder_on_init else [])
+        n_pcs = int(min(limits))
         n_embedding = self.adata.obsm[setup["embedding_key"]].shape[1] if external else n_pcs
         n_batch = self.summary_stats.get("n_batch", 0) if setup["batch_key"] is not None else 0
 

@@ -110,6 +110,8 @@ def _load(cls, dir_path: str, *, adata: AnnData | None = None, accelerator: str 
         kwargs["linear_stage"] = False  # saved before the first stage existed
     if "clip_input" not in kwargs and "input_max" not in weights:
         kwargs["clip_input"] = False  # saved before query clipping existed: none, as then
+    if weights.get("loadings") is not None and weights["loadings"].shape[0] > 0:
+        kwargs["n_pcs"] = int(weights["loadings"].shape[1])  # the saved encoder's width (it was fit on other cells)
     cls._fit_encoder_on_init = False
     try:
         model = cls(adata, **kwargs)
