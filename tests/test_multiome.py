@@ -388,3 +388,23 @@ def test_snare_subset():
     assert float(model.module.prior[model.var_names_.index(tf_site)]) == 1.0
     res = model.knockout(model.linked_sites("Plp1"), progress=False)
     assert res.summary["n_recomputed"].iloc[0] > 0
+
+
+def test_an_anndata_and_a_mudata_model_say_which_input_they_need(multiome, synthetic_model, tmp_path):
+    # a MuData-trained model loaded with an AnnData raised a bare KeyError: 'rna'; an AnnData
+    # model given a MuData to predict, a TypeError; a foreign torch file, torch's state-dict error
+    from scanpy_kdcpt._errors import InvalidInputError, ModelFileError
+
+    mdata, model = multiome
+    model.save(tmp_path / "mu", save_anndata=False)
+    with pytest.raises(InvalidInputError, match=r"trained on a MuData \(setup_mudata\).*load it with the MuData"):
+        kdcpt.KDCPT.load(tmp_path / "mu", mdata["rna"].copy())
+    query = md.MuData({"rna": synthetic_model.adata.copy()})
+    with pytest.raises(InvalidInputError, match=r"reads one AnnData.*mdata\['rna'\]"):
+        synthetic_model.predict(query)
+    synthetic_model.save(tmp_path / "rna", save_anndata=False)
+    with pytest.raises(InvalidInputError, match=r"trained on an AnnData and was given a MuData.*mdata\['rna'\]"):
+        kdcpt.KDCPT.load(tmp_path / "rna", query)
+    torch.save({"x": torch.zeros(3)}, tmp_path / "rna" / "model.pt")
+    with pytest.raises(ModelFileError, match="does not hold this model's weights"):
+        kdcpt.KDCPT.load(tmp_path / "rna", synthetic_model.adata.copy())

@@ -17,6 +17,7 @@ from scipy import sparse
 
 from .. import _expression, multiome
 from .._constants import REGISTRY_KEYS
+from .._errors import InvalidInputError
 from .._utils import is_mudata
 from ..module import REGULATORY_KEY, KDCPTModule, KDCPTMultiomeModule
 from . import _data
@@ -90,6 +91,11 @@ class RnaInputs:
     def prepare_query(self, adata: AnnData) -> AnnData:
         """A light AnnData from a query, aligned to the model's genes (not yet registered)."""
         model = self.model
+        if is_mudata(adata):
+            raise InvalidInputError(
+                "This model was set up with setup_anndata and reads one AnnData; it was given a MuData. Pass its "
+                "RNA modality (e.g. mdata['rna'])."
+            )
         return _data.query_anndata(
             adata,
             setup=self.setup,

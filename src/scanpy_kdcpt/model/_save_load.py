@@ -87,6 +87,14 @@ def _load(cls, dir_path: str, *, adata: AnnData | None = None, accelerator: str 
         adata = ad.read_h5ad(path)
     registry = meta["registry"]
     multiome = registry.get("setup_method_name") == "setup_mudata"
+    if multiome != is_mudata(adata):
+        trained, given = ("a MuData (setup_mudata)", "an AnnData") if multiome else ("an AnnData", "a MuData")
+        fix = (
+            f"load it with the MuData it was trained on (modalities {dict(registry['setup_args']['modalities'])})"
+            if multiome
+            else "pass the RNA AnnData (e.g. mdata['rna'])"
+        )
+        raise InvalidInputError(f"The model was trained on {trained} and was given {given}: {fix}.")
     if multiome:  # genes + sites of the registered modalities
         mods = registry["setup_args"]["modalities"]
         check_same_genes(adata[mods["rna"]].var_names.append(adata[mods["regulatory"]].var_names), attrs["var_names_"])
@@ -119,7 +127,13 @@ def _load(cls, dir_path: str, *, adata: AnnData | None = None, accelerator: str 
         cls._fit_encoder_on_init = True
     if "input_max" not in weights:  # saved before query clipping existed: no clipping, as then
         weights["input_max"] = model.module.input_max
-    model.module.load_state_dict(weights)
+    try:
+        model.module.load_state_dict(weights)
+    except RuntimeError as err:  # a torch file, but not this model's weights (missing or other-shaped tensors)
+        raise ModelFileError(
+            f"{os.path.join(dir_path, MODEL_FILE)} does not hold this model's weights ({str(err).splitlines()[0]}): "
+            "save the model again (model.save) or point to the folder it was saved in."
+        ) from None
     for k, v in attrs.items():
         setattr(model, k, v)
     saved = meta.get("cells")  # absent in files of earlier versions: positions out of range tell
