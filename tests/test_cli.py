@@ -185,3 +185,13 @@ def test_help_lists_every_option(capsys):
         assert opt in text, opt
     for action in run._actions:
         assert action.help, action.dest  # every option is explained
+
+
+def test_a_run_never_writes_over_its_input(tmp_path, capsys):
+    # `kdcpt run out/annotated.h5ad --out out` replaced the user's input file
+    path = tmp_path / "annotated.h5ad"
+    kdcpt.datasets.synthetic(n_cells=60, seed=0).write_h5ad(path)
+    before = path.read_bytes()
+    code, err = _error(capsys, ["run", str(path), "--labels", "phenotype", "--out", str(tmp_path)])
+    assert code == 2 and "over the input file" in err and "another --out" in err
+    assert path.read_bytes() == before

@@ -261,6 +261,10 @@ def run(args) -> int:
     from .report import write_report
 
     out = Path(args.out)
+    if args.input is not None and (out / "annotated.h5ad").resolve() == Path(args.input).resolve():
+        raise _UsageError(
+            f"--out {out} would write annotated.h5ad over the input file {args.input}: pass another --out folder"
+        )
     check_out(out)
     adata, source = _load_input(args)
     if args.labels not in adata.obs:
