@@ -51,12 +51,17 @@ def test_drawn_matrix_is_sklearns_row_normalised(annotated):
     assert rows == [f"{n} ({c})" for n, c in zip(NAMES, counts.sum(1), strict=True)]
     f1 = float(re.search(r"macro-F1 ([0-9.]+)", ax.get_title()).group(1))
     assert f1 == pytest.approx(f1_score(true, pred, average="macro", zero_division=0), abs=0.005)
+    # every labelled cell, the training ones too: the title says it is a fit
     assert ax.get_title().startswith(f"{int(keep.sum())} cells")
-    # one number per non-empty cell of the matrix, and they are the shares drawn
+    assert ax.get_title().endswith("(every labelled cell, training ones included: a fit)")
+    # one number per non-empty cell of the matrix, and they are the shares drawn ("<.01", not "0.00", below 0.005)
     texts = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in ax.texts}
     assert set(texts) == {(i, j) for i, j in zip(*np.nonzero(counts), strict=True)}
     for (i, j), s in texts.items():
-        assert float(s) == pytest.approx(drawn[i, j], abs=0.005)
+        if s == "<.01":
+            assert 0 < drawn[i, j] < 0.005
+        else:
+            assert float(s) == pytest.approx(drawn[i, j], abs=0.005) and float(s) > 0
     plt.close("all")
 
 
@@ -73,7 +78,7 @@ def test_cells_restrict_the_count(annotated, as_):
     counts = sk_confusion(true, annotated.obs["kdcpt_pred"].iloc[pos].astype(str), labels=NAMES)
     rows = [f"{n} ({c})" for n, c in zip(NAMES, counts.sum(1), strict=True)]
     assert [t.get_text() for t in ax.get_yticklabels()] == rows
-    assert ax.get_title().startswith("30 cells")
+    assert ax.get_title().startswith("30 cells:") and "training" not in ax.get_title()  # the cells asked for
     plt.close("all")
 
 

@@ -90,6 +90,9 @@ def test_every_plot_draws_from_reread_file(reread, synthetic_model):
     assert f"before (ECE {calib['ece_before']:.3f})" in legend  # the grey curve before calibration
     ax = kdcpt.pl.reliability(reread, source="obs", show=False)
     assert _title_ece(ax) == pytest.approx(_hand_ece(reread), abs=5e-4)
+    n = int(reread.obs["phenotype"].notna().sum())  # the count once ("3696 3696 labelled cells" before)
+    assert f"{n} labelled cells (training included)" in ax.get_legend().get_title().get_text() + ax.get_title()
+    assert f"{n} {n}" not in ax.get_legend().get_title().get_text() + ax.get_title()
 
     axes = kdcpt.pl.training_history(reread, show=False)
     assert len(axes) == 3 and all(len(a.lines) == 2 for a in axes)

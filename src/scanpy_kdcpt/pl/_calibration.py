@@ -34,7 +34,7 @@ def _from_obs(adata: AnnData, key: str, labels_key: str | None, n_bins: int) -> 
     if not keep.any():
         raise InvalidInputError(f"No cell of adata.obs[{labels_key!r}] has a phenotype the model predicts.")
     proba = adata.obs.loc[keep, cols].to_numpy(dtype=float)
-    return reliability_table(proba, codes[keep], n_bins), f"{int(keep.sum())} labelled cells (training included)"
+    return reliability_table(proba, codes[keep], n_bins), "labelled cells (training included)"  # the title adds n
 
 
 @doc_params("doc_key", "doc_show_save_ax", "doc_returns")

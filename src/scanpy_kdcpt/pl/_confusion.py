@@ -138,7 +138,7 @@ def confusion_matrix(
                 ax.text(
                     j,
                     i,
-                    f"{v:.2f}",
+                    f"{v:.2f}" if v >= 0.005 else "<.01",  # not 0.00 where some cells are
                     ha="center",
                     va="center",
                     fontsize=text_size,
@@ -157,5 +157,7 @@ def confusion_matrix(
     if title is None:
         r = classification_report(true, pred)
         title = f"{r['n_cells']} cells: accuracy {r['accuracy']:.2f}, macro-F1 {r['macro_f1']:.2f}"
+        if cells is None:  # say that the training cells are in it: a fit, not an estimate on new cells
+            title += "\n(every labelled cell, training ones included: a fit)"
     ax.set_title(title, fontsize=10)
     return _read.finish(fig, ax, show, return_fig, save)
