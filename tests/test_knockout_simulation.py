@@ -197,6 +197,11 @@ def test_shift_and_score_written_and_plotted_from_a_reread_file(chain_model, tmp
     plt.close("all")
     one = kdcpt.pl.knockout_fate(back, "Reg_P2", sources=["all"], show=False)
     assert one.get_images()[0].get_array().shape[0] == 1
+    # a later knockout of another gene without a test leaves Reg_P2's figure saying what Reg_P2 was tested against
+    assert "against 9 randomised shifts" in one.get_title()
+    back.uns["kdcpt"]["knockout_params"]["n_shift_null"] = 0  # what the later call writes
+    again = kdcpt.pl.knockout_fate(back, "Reg_P2", sources=["all"], show=False)
+    assert "against 9 randomised shifts" in again.get_title() and "beyond 9 randomised shifts" in again.get_xlabel()
     with pytest.raises(ValueError, match=r"'MPP'.*sources of this knockout are.*'all'"):
         kdcpt.pl.knockout_fate(back, "Reg_P2", sources=["MPP"], show=False)
     plt.close("all")

@@ -485,6 +485,7 @@ def simulate_units(
                 "gene": name,
                 "score": observed,
                 "score_pval": p_score,
+                "n_shift_null": int(n_shift_null),  # per gene: a later call may test others against more or fewer
                 "shift_norm": float(norm.mean()),
                 "n_shifted": int(moved.sum()),
                 "chain_tv": float(0.5 * np.abs((T_ko - sim.T).data).sum() / max(sim.T.shape[0], 1)),

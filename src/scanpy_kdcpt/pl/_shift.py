@@ -34,8 +34,14 @@ def _params(adata: AnnData, key: str) -> dict:
     return adata.uns.get(key, {}).get(_keys.UNS_KNOCKOUT_PARAMS, {})
 
 
-def _n_shifts(adata: AnnData, key: str) -> int | None:
-    """How many randomised shifts each knockout was tested against (``n_shift_null``)."""
+def _n_shifts(adata: AnnData, key: str, gene: str | None = None, mode: str = "delete") -> int | None:
+    """How many randomised shifts ``gene``'s knockout was tested against: its own summary row's
+    ``n_shift_null`` (a later call with another ``n_shift_null`` does not change it), else the
+    last call's setting (results written before the column existed).
+    """
+    row = None if gene is None else _summary_row(adata, key, gene, mode)
+    if row is not None and "n_shift_null" in row.index and pd.notna(row["n_shift_null"]):
+        return int(row["n_shift_null"])
     n = _params(adata, key).get("n_shift_null")
     return None if n is None else int(n)
 
@@ -57,7 +63,7 @@ def _pq(row: pd.Series | None, n: int | None) -> str:
 
 def _title(head: str, adata: AnnData, key: str, gene: str, mode: str = "delete") -> str:
     """The plot's subject, and the test of its perturbation score on a line of its own."""
-    test = _pq(_summary_row(adata, key, gene, mode), _n_shifts(adata, key))
+    test = _pq(_summary_row(adata, key, gene, mode), _n_shifts(adata, key, gene, mode))
     return f"{head}\n({test})" if test else head
 
 
@@ -298,7 +304,7 @@ def knockout_fate(
     ax.set_yticks(range(D.shape[0]), [_read.wrap(str(r), 22) for r in D.index], fontsize=9)
     xlabel = "eventual fate (terminals) · mass still in transit (not reached)"
     if tested:
-        xlabel += f"\n* q < {alpha:g}: the change is beyond {_against(_n_shifts(adata, key))}"
+        xlabel += f"\n* q < {alpha:g}: the change is beyond {_against(_n_shifts(adata, key, gene, mode))}"
     if against_regulators:
         n_reg = _params(adata, key).get("n_regulator_null")
         n_reg = int(n_reg) if n_reg else None
@@ -412,7 +418,7 @@ def knockout_flux(
     steps = f"within {int(horizon)} steps" if horizon is not None else "within the fate horizon"
     xlabel = f"net cells passing source → target {steps} (mass of the non-terminal cells)"
     if "qval_horizon" in top.columns and np.isfinite(q).any():
-        n_shifts = _n_shifts(adata, key)
+        n_shifts = _n_shifts(adata, key, gene, mode)
         xlabel += f"\n* q < {alpha:g}: the change is beyond {_against(n_shifts)}"
         if n_shifts and 1 / (n_shifts + 1) >= alpha:  # say it when no change can be marked
             xlabel += f" (none can be: the least p with {n_shifts} is {1 / (n_shifts + 1):.2g})"
