@@ -516,3 +516,10 @@ def test_whiten_false_keeps_the_encoder_components_relative_variances(tmp_path):
     plain.save(tmp_path / "m", overwrite=True)
     loaded = kdcpt.KDCPT.load(tmp_path / "m", adata=adata)
     np.testing.assert_allclose(_embedded_variances(loaded), v_plain, rtol=1e-5)
+
+
+def test_saving_where_no_folder_can_be_made_says_so(synthetic_model, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(kdcpt._errors.OutputPathError, match="cannot be saved in.*pass a writable folder"):
+        synthetic_model.save(blocker / "model")  # a folder under a file: os.makedirs raised a raw OSError

@@ -17,7 +17,7 @@ from scvi.data._utils import _assign_adata_uuid
 
 from .. import _expression, linear
 from .._constants import REGISTRY_KEYS
-from .._errors import InvalidInputError, ModelFileError
+from .._errors import InvalidInputError, ModelFileError, OutputPathError
 from .._utils import is_mudata
 from .._version import __version__
 
@@ -45,7 +45,12 @@ def _save(model, dir_path: str, *, overwrite: bool = False, save_anndata: bool =
         )
     if os.path.exists(dir_path) and os.listdir(dir_path) and not overwrite:
         raise InvalidInputError(f"{dir_path} exists and is not empty; pass overwrite=True to replace it.")
-    os.makedirs(dir_path, exist_ok=True)
+    try:
+        os.makedirs(dir_path, exist_ok=True)
+    except OSError as err:
+        raise OutputPathError(
+            f"The model cannot be saved in {dir_path} ({err.strerror or err}): pass a writable folder."
+        ) from err
     stale = os.path.join(dir_path, ADATA_FILE)
     if not save_anndata and os.path.exists(stale):
         # an AnnData of an earlier save must not be paired with these weights by load()
