@@ -86,8 +86,8 @@ def knockout_shift(
 
     Arrows: the change of each cell's expected step under the knockout's chain ``T_ko``
     against the unperturbed chain ``T`` (``.obsm["{key}_ko_shift_<gene>"]``), averaged on a
-    grid (no arrows farther than a grid spacing from any cell, nor where the shift is under 10 %
-    of the largest arrows: the knockout leaves those cells where they were). Colour: each cell's perturbation score
+    grid (no arrows farther than half a grid spacing from every cell, nor where the shift is under
+    25 % of the largest arrows: the knockout leaves those cells about where they were). Colour: each cell's perturbation score
     (``.obs["{key}_ko_score_<gene>"]``): blue, the knockout pushes the cell back against the
     chain's developmental drift (a block); red, it speeds the cell along — CellOracle's
     figure, on this package's directed chain.
@@ -135,7 +135,9 @@ def knockout_shift(
     modes = adata.uns.get(key, {}).get(_keys.UNS_KNOCKOUT_SHIFT_MODE, {})
     mode = str(modes.get(_keys.safe_name(gene), "delete"))  # the gene's latest simulated perturbation
     verb = "knockout" if mode == "delete" else "overexpression"
-    gx, gy, U, W = _grid(X, V, grid, max_gap=1.0)  # arrows only on the cells, not in the gaps between them
+    # arrows only on the cells: a grid point half a spacing or more from every cell is a gap (at one
+    # spacing, arrows stood in the holes of the embedding)
+    gx, gy, U, W = _grid(X, V, grid, max_gap=0.5)
     fig, ax = _read.new_axes(ax, (6.4, 5.6))
     lim = float(np.nanpercentile(np.abs(score), 98)) or 1.0
     order = np.argsort(np.abs(score))  # the strongest on top
@@ -155,7 +157,7 @@ def knockout_shift(
     ok = ~np.isnan(U)
     lengths = np.hypot(np.nan_to_num(U), np.nan_to_num(W))
     top = float(np.percentile(lengths[ok], 98)) if ok.any() else 0.0
-    ok &= lengths > 0.10 * top  # where the shift is nil an arrow would be a dot: none drawn
+    ok &= lengths > 0.25 * top  # shorter arrows are heads without shafts (at 10 % a lattice of specks): none
     if scale is None:
         length = top
         spacing = min(np.diff(gx).mean(), np.diff(gy).mean()) if len(gx) > 1 and len(gy) > 1 else 1.0
