@@ -87,10 +87,10 @@ def knockout_shift(
     Arrows: the change of each cell's expected step under the knockout's chain ``T_ko``
     against the unperturbed chain ``T`` (``.obsm["{key}_ko_shift_<gene>"]``), averaged on a
     grid (no arrows farther than half a grid spacing from every cell, nor where the shift is under
-    25 % of the largest arrows: the knockout leaves those cells about where they were). Colour: each cell's perturbation score
-    (``.obs["{key}_ko_score_<gene>"]``): blue, the knockout pushes the cell back against the
-    chain's developmental drift (a block); red, it speeds the cell along — CellOracle's
-    figure, on this package's directed chain.
+    25 % of the largest arrows: the knockout leaves those cells about where they were). Colour:
+    each cell's perturbation score (``.obs["{key}_ko_score_<gene>"]``): blue, the knockout
+    pushes the cell back against the chain's developmental drift (a block); red, it speeds the
+    cell along — CellOracle's figure, on this package's directed chain.
 
     Parameters
     ----------
