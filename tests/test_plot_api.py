@@ -118,23 +118,18 @@ def test_pl_imports_only_keys_helpers_and_the_public_core():
                 raise AssertionError(f"{path.name} imports {node.module}")
 
 
-def test_knockout_effects_legend_names_only_what_is_drawn():
+def _knockout_summary(**columns) -> ad.AnnData:
+    """An AnnData holding only a knockout summary of three genes (none terminated a transition)."""
     import pandas as pd
 
     adata = ad.AnnData(np.zeros((3, 3), dtype=np.float32))
-    summary = pd.DataFrame(
-        {
-            "gene": ["Gata1", "Klf1", "Sod1"],
-            "mode": "delete",
-            "effect": [0.3, 0.2, 0.01],
-            "n_terminated": [0, 0, 0],  # none terminated a transition
-            "null_low": 0.0,
-            "null_high": 0.05,
-            "null_mean": 0.02,
-            "qval": [0.001, 0.01, 0.04],  # all significant
-        }
-    )
-    adata.uns["kdcpt"] = {"knockout_summary": summary}
+    base = {"gene": ["Gata1", "Klf1", "Sod1"], "mode": "delete", "effect": [0.3, 0.2, 0.01], "n_terminated": 0}
+    adata.uns["kdcpt"] = {"knockout_summary": pd.DataFrame({**base, **columns})}
+    return adata
+
+
+def test_knockout_effects_legend_names_only_what_is_drawn():
+    adata = _knockout_summary(null_low=0.0, null_high=0.05, null_mean=0.02, qval=[0.001, 0.01, 0.04])  # all significant
     ax = kdcpt.pl.knockout_effects(adata, show=False)
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert "terminates none" in legend
@@ -144,22 +139,13 @@ def test_knockout_effects_legend_names_only_what_is_drawn():
 
 def test_knockout_effects_tells_untested_from_not_significant():
     # a knockout run without a null (n_null=0) has no p: it was drawn hollow, "not significant"
-    import pandas as pd
-
-    adata = ad.AnnData(np.zeros((3, 3), dtype=np.float32))
-    summary = pd.DataFrame(
-        {
-            "gene": ["Gata1", "Klf1", "Sod1"],
-            "mode": "delete",
-            "effect": [0.3, 0.2, 0.01],
-            "n_terminated": [0, 0, 0],
-            "null_low": [0.0, 0.0, np.nan],
-            "null_high": [0.05, 0.05, np.nan],
-            "null_mean": [0.02, 0.02, np.nan],
-            "qval": [0.001, 0.2, np.nan],  # Sod1 was knocked out in a later call without a null
-        }
+    adata = _knockout_summary(
+        null_low=[0.0, 0.0, np.nan],
+        null_high=[0.05, 0.05, np.nan],
+        null_mean=[0.02, 0.02, np.nan],
+        qval=[0.001, 0.2, np.nan],  # Sod1 was knocked out in a later call without a null
     )
-    adata.uns["kdcpt"] = {"knockout_summary": summary}
+    summary = adata.uns["kdcpt"]["knockout_summary"]
     ax = kdcpt.pl.knockout_effects(adata, show=False)
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert {"significant (q < 0.05)", "not significant (q ≥ 0.05)", "not tested (no null: n_null=0)"} <= set(legend)
