@@ -195,3 +195,12 @@ def test_a_run_never_writes_over_its_input(tmp_path, capsys):
     code, err = _error(capsys, ["run", str(path), "--labels", "phenotype", "--out", str(tmp_path)])
     assert code == 2 and "over the input file" in err and "another --out" in err
     assert path.read_bytes() == before
+
+
+def test_a_species_the_gene_symbols_contradict_is_refused(tmp_path, capsys):
+    # the TF list is matched case-insensitively, so --species mouse on human symbols ran without comment
+    path = tmp_path / "pbmc.h5ad"
+    kdcpt.datasets.pbmc68k_reduced().write_h5ad(path)
+    argv = ["run", str(path), "--labels", "bulk_labels", "--species", "mouse", "--out", str(tmp_path / "o")]
+    code, err = _error(capsys, argv)
+    assert code == 2 and "--species mouse, but the gene symbols look human" in err and "--species human" in err

@@ -89,6 +89,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _symbol_species(var_names) -> str | None:
+    """``"human"`` when nearly all gene symbols with letters are upper case (CD3E), ``"mouse"`` when
+    nearly all have lower-case letters (Cd3e); ``None`` when it is not that clear (IDs, mixed).
+    """
+    symbols = [str(g) for g in var_names if sum(c.isalpha() for c in str(g)) >= 2]
+    if len(symbols) < 20 or any(s.startswith(("ENSG", "ENSMUSG")) for s in symbols[:50]):
+        return None
+    upper = sum(s == s.upper() for s in symbols) / len(symbols)
+    return "human" if upper >= 0.9 else "mouse" if upper <= 0.1 else None
+
+
 def _load_input(args):
     import anndata as ad
 
@@ -277,6 +288,12 @@ def run(args) -> int:
     prior_key = args.prior
     if args.species is not None:
         prior_key = "kdcpt_prior_tf"
+        looks = _symbol_species(adata.var_names)
+        if looks is not None and looks != args.species:  # the list is matched case-insensitively: say it here
+            raise _UsageError(
+                f"--species {args.species}, but the gene symbols look {looks} (e.g. {list(adata.var_names[:3])}; "
+                f"human symbols are upper case, mouse ones capitalised): pass --species {looks}"
+            )
         flags = datasets.is_transcription_factor(adata.var_names, species=args.species)
         if not any(flags):
             raise _UsageError(
