@@ -143,6 +143,10 @@ def test_missing_labels_key_exits_2(tmp_path, capsys):
     code, err = _error(capsys, ["run", str(path), "--labels", "cell_type", "--out", str(tmp_path / "o")])
     assert code == 2
     assert "'cell_type'" in err and "phenotype" in err  # names the missing key and the existing columns
+    assert not (tmp_path / "o").exists()  # the failed run left no empty --out folder behind
+    (tmp_path / "mine").mkdir()
+    assert _error(capsys, ["run", str(path), "--labels", "cell_type", "--out", str(tmp_path / "mine")])[0] == 2
+    assert (tmp_path / "mine").is_dir()  # a folder the user had stays
 
 
 def test_labels_required_with_input(tmp_path, capsys):

@@ -265,18 +265,29 @@ def _check_direction_args(args, adata) -> None:
 
 
 def run(args) -> int:
+    out = Path(args.out)
+    if args.input is not None and (out / "annotated.h5ad").resolve() == Path(args.input).resolve():
+        raise _UsageError(
+            f"--out {out} would write annotated.h5ad over the input file {args.input}: pass another --out folder"
+        )
+    created = not out.exists()
+    check_out(out)
+    try:
+        return _run_checked(args, out)
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a run that failed leaves no empty --out folder behind
+        raise
+
+
+def _run_checked(args, out: Path) -> int:
+    """:func:`run` once ``--out`` is known to be writable."""
     import scvi
 
     from . import datasets
     from .model import KDCPT
     from .report import write_report
 
-    out = Path(args.out)
-    if args.input is not None and (out / "annotated.h5ad").resolve() == Path(args.input).resolve():
-        raise _UsageError(
-            f"--out {out} would write annotated.h5ad over the input file {args.input}: pass another --out folder"
-        )
-    check_out(out)
     adata, source = _load_input(args)
     if args.labels not in adata.obs:
         raise _UsageError(f"--labels {args.labels!r} is not an obs column; columns: {list(adata.obs.columns)}")
