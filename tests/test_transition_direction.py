@@ -418,3 +418,26 @@ def test_the_stored_matrix_has_the_same_names_on_both_axes(tmp_path):
     fig = kdcpt.pl.transition_matrix(a, return_fig=True, show=False)  # the plots still read the real names
     assert "CD4+/CD25 T Reg" in [t.get_text().replace("\n", " ") for t in fig.axes[0].get_yticklabels()]
     plt.close("all")
+
+
+def test_streamlines_stay_on_the_cells():
+    # a flow straight out of a block of cells: streamlines used to run on past its edge (as out of
+    # the pancreas UMAP's Ductal cells), where the kernel average still had some mass
+    from matplotlib.collections import LineCollection
+    from scipy import sparse
+
+    rng = np.random.default_rng(0)
+    cells = rng.uniform(0, 10, size=(2000, 2))
+    a = ad.AnnData(np.zeros((2000, 1), dtype=np.float32))
+    a.obsm["X_umap"] = cells
+    a.obs["kdcpt_pred"] = pd.Categorical.from_codes(np.zeros(2000, int), categories=["A"])
+    d = np.sqrt(((cells[:, None] - cells[None]) ** 2).sum(-1))
+    W = np.where((d < 0.6) & (d > 0), np.exp(3 * (cells[None, :, 0] - cells[:, None, 0])), 0.0)  # rightwards
+    a.obsp["kdcpt_transitions"] = sparse.csr_matrix(W / W.sum(1, keepdims=True))
+    a.uns["kdcpt"] = {"classes": np.asarray(["A"], dtype=object)}
+    fig = kdcpt.pl.transition_stream(a, return_fig=True, show=False)
+    lines = [c for c in fig.axes[0].collections if isinstance(c, LineCollection)]
+    points = np.concatenate([np.asarray(seg) for c in lines for seg in c.get_segments()])
+    nearest = np.sqrt(((points[:, None, :] - cells[None, :, :]) ** 2).sum(-1)).min(1)
+    assert nearest.max() < 1.2 * 10 / 35  # within about a grid spacing of a cell, the right edge too
+    plt.close("all")

@@ -106,7 +106,7 @@ def transition_stream(
         )
     X = _basis(adata, basis)
     V = markov.project_chain(adata.obsp[keys.transitions], X)
-    gx, gy, U, W = _grid(X, V, grid)
+    gx, gy, U, W = _grid(X, V, grid, max_gap=1.0)  # no streamline through a gap between cells
     fig, ax = _read.new_axes(ax, (6.4, 5.6))
     color = keys.pred if color is None else color
     if color in adata.obs:
