@@ -161,9 +161,8 @@ def beyond_log_range(X) -> bool:
     """Non-integer values above :data:`MAX_LOG_VALUE` (in a sample of rows): not log-normalised
     values; normalised ones, or non-integer counts (e.g. ambient-corrected).
     """
-    vals = _values_sample(X)
-    vals = vals[vals != 0]
-    return bool(vals.size and vals.max() > MAX_LOG_VALUE and not np.allclose(vals, np.round(vals)))
+    integer, largest = value_kind(X)
+    return largest > MAX_LOG_VALUE and not integer
 
 
 def value_kind(X) -> tuple[bool, float]:
@@ -177,13 +176,8 @@ def value_kind(X) -> tuple[bool, float]:
 
 def detect_data_type(X) -> DataType:
     """``"counts"`` when the sampled values are all non-negative integers, else ``"log"``."""
-    vals = _values_sample(X)
-    vals = vals[vals != 0]
-    if vals.size == 0:
-        return "log"
-    if np.allclose(vals, np.round(vals)) and vals.max() > 1:
-        return "counts"
-    return "log"
+    integer, largest = value_kind(X)
+    return "counts" if integer and largest > 1 else "log"
 
 
 def log_normalize(X, data_type: DataType, *, library: np.ndarray | None = None):

@@ -171,7 +171,8 @@ def check_labels(adata: AnnData, labels_key: str, unlabeled_category, where: str
             "Check the column or the unlabeled_category."
         )
     numbers = pd.api.types.is_numeric_dtype(known) and not pd.api.types.is_bool_dtype(known)
-    continuous = numbers and not np.allclose(known.to_numpy(float), np.round(known.to_numpy(float)))
+    value = known.to_numpy(float) if numbers else None
+    continuous = numbers and not np.allclose(value, np.round(value))
     if continuous or n_classes > max(50, len(known) // 2):
         what = "continuous numbers" if continuous else "almost one value per cell"
         raise InvalidInputError(
@@ -184,7 +185,8 @@ def check_labels(adata: AnnData, labels_key: str, unlabeled_category, where: str
     not_text = not all(isinstance(v, str) for v in values)
     # categories without a cell (left by subsetting, e.g. mdata[cells].copy()) would be phenotypes
     # the model is trained on and predicts with no example: the copy below leaves them out
-    unused = [c for c in values if c not in set(labels.dropna().unique())] if labels.dtype == "category" else []
+    present = set(labels.dropna().unique())
+    unused = [c for c in values if c not in present] if labels.dtype == "category" else []
     if labels.isna().any() or not_text or unused:
         # missing labels become the unlabelled category, and non-text labels (integers, ...)
         # their text, in a private column; the user's column is left as it is

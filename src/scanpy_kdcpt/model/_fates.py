@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -78,11 +79,8 @@ class FateMixin:
         elif isinstance(terminal, str) and terminal == "gpcca":
             codes, how = _gpcca_terminal(T, M), "gpcca"
         else:
-            terminal = [terminal] if isinstance(terminal, str) else list(terminal)
-            unknown = [t for t in terminal if str(t) not in names]
-            if unknown:
-                raise KeyNotFoundError(f"terminal {unknown} not among the phenotypes; phenotypes: {names}.")
-            codes, how = np.array([names.index(str(t)) for t in terminal]), "given"
+            terminal = terminal_names(terminal, names)
+            codes, how = np.array([names.index(t) for t in terminal]), "given"
         F = markov.fate_probabilities(T, M, codes, core=core, names=names)
         stuck = np.isnan(F).any(1)
         if stuck.any():
@@ -141,3 +139,13 @@ def _gpcca_terminal(T: sparse.csr_matrix, M: np.ndarray) -> np.ndarray:
         cells = (states == name).to_numpy()
         codes.append(int(np.bincount(top[cells], minlength=C).argmax()))
     return np.array(sorted(set(codes)))
+
+
+def terminal_names(terminal: str | Sequence[str], phenotypes: Sequence[str]) -> list[str]:
+    """``terminal`` (a name or names) as a list of phenotype names, each checked to be one."""
+    names = [str(p) for p in phenotypes]
+    terminal = [str(t) for t in ([terminal] if isinstance(terminal, str) else terminal)]
+    unknown = [t for t in terminal if t not in names]
+    if unknown:
+        raise KeyNotFoundError(f"terminal {unknown} not among the phenotypes; phenotypes: {names}.")
+    return terminal

@@ -23,6 +23,7 @@ from .._utils import check_obs_column
 from ..results import Fates, Predictions, Transitions
 from ._crossfit import check_predictions
 from ._docs import model_dsp, output_target
+from ._fates import terminal_names
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -340,10 +341,7 @@ class TransitionMixin:
         """The transitions (and fates) :meth:`annotate` writes; see its ``direction`` and ``terminal``."""
         target = self.adata if adata is None else adata
         if terminal is not None and not (isinstance(terminal, str) and terminal == "gpcca"):
-            names = [str(c) for c in self.classes_]
-            unknown = [t for t in ([terminal] if isinstance(terminal, str) else list(terminal)) if str(t) not in names]
-            if unknown:  # checked whether or not a chain will use them
-                raise KeyNotFoundError(f"terminal {unknown} not among the phenotypes; phenotypes: {names}.")
+            terminal_names(terminal, self.classes_)  # checked whether or not a chain will use them
         if direction == "posterior":
             return self.get_transition_matrix(adata, predictions=predictions), None
         if direction == "stored":
