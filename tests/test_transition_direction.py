@@ -157,6 +157,43 @@ def test_graph_labels_of_close_pbmc_phenotypes_do_not_overlap(basis):
     plt.close("all")
 
 
+def test_labels_beside_the_nodes_keep_clear_of_the_arrows():
+    # a label just right of its node was the only place tried: on the pancreas UMAP "Delta" ran
+    # over the thick Pre-endocrine → Beta arrow (and labels on the right of a node with an arrow
+    # leaving rightwards covered its shaft)
+    names = ["Ductal", "EP", "Alpha", "Beta"]
+    umap = [[0, 0], [3, 0], [6, 0], [3, -3]]
+    P = np.array([[0.6, 0.4, 0, 0], [0, 0.5, 0.25, 0.25], [0, 0, 1.0, 0], [0, 0, 0, 1.0]])
+    a, _ = _annotated(P, names, np.full(4, 40.0), method="directed", direction={"kind": "pseudotime"}, umap=umap)
+    fig = kdcpt.pl.transition_graph(a, return_fig=True, show=False)
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    labels = [t for t in ax.texts if t.get_text() in names]
+    assert len(labels) == 4 and not [line for line in ax.lines]  # beside the nodes, no leader lines
+    arrows = [p for p in ax.patches if isinstance(p, FancyArrowPatch)]
+    assert len(arrows) >= 3
+    points = []
+    for p in arrows:  # each arrow's outline, densely sampled, in display pixels
+        for poly in p.get_path().to_polygons(closed_only=False):
+            poly = ax.transData.transform(poly)
+            for u, v in zip(poly[:-1], poly[1:], strict=True):
+                points.append(u + np.linspace(0, 1, 50)[:, None] * (v - u))
+    points = np.concatenate(points)
+    for t in labels:
+        b = t.get_window_extent(renderer)
+        inside = (
+            (points[:, 0] > b.x0 + 1)
+            & (points[:, 0] < b.x1 - 1)
+            & (points[:, 1] > b.y0 + 1)
+            & (points[:, 1] < b.y1 - 1)
+        )
+        assert not inside.any(), t.get_text()
+    assert fig.get_size_inches()[0] < 8.4  # the room kept for label columns was given back
+    assert _overlaps(fig, labels) == []
+    plt.close("all")
+
+
 LONG = [f"CD{i}+ long-named progenitor subtype {i} (cluster {i})" for i in range(20)]
 
 

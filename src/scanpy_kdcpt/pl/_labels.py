@@ -1,5 +1,6 @@
 """Node labels of graph plots that do not overlap: radial around a circle; on an embedding
-beside each node when they fit there, else in two columns with a leader line to each node.
+beside each node when they fit there (clear of the other labels, nodes and edges), else in two
+columns with a leader line to each node.
 """
 
 from __future__ import annotations
@@ -119,49 +120,114 @@ def radial_labels(ax: Axes, xy: np.ndarray, labels: list[str], *, offset_pt: np.
     return texts
 
 
+#: where a label may stand beside its node, in the order tried: (direction, ha, va)
+_SIDES = (
+    ((1.0, 0.0), "left", "center"),
+    ((-1.0, 0.0), "right", "center"),
+    ((0.7071, 0.7071), "left", "bottom"),
+    ((-0.7071, 0.7071), "right", "bottom"),
+    ((0.7071, -0.7071), "left", "top"),
+    ((-0.7071, -0.7071), "right", "top"),
+    ((0.0, 1.0), "center", "bottom"),
+    ((0.0, -1.0), "center", "top"),
+)
+
+
+def _segment_hits_box(p0: np.ndarray, p1: np.ndarray, box: tuple) -> bool:
+    """Whether the segment ``p0``–``p1`` meets the box ``(x0, y0, x1, y1)`` (Liang–Barsky)."""
+    d = p1 - p0
+    t0, t1 = 0.0, 1.0
+    for p, q in ((-d[0], p0[0] - box[0]), (d[0], box[2] - p0[0]), (-d[1], p0[1] - box[1]), (d[1], box[3] - p0[1])):
+        if p == 0:
+            if q < 0:
+                return False
+            continue
+        t = q / p
+        if p < 0:
+            t0 = max(t0, t)
+        else:
+            t1 = min(t1, t)
+        if t0 > t1:
+            return False
+    return True
+
+
+def _hit(a: tuple, b: tuple) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
 def beside_nodes(
-    ax: Axes, xy: np.ndarray, labels: list[str], *, offset_pt: np.ndarray, fontsize: float = 8
+    ax: Axes,
+    xy: np.ndarray,
+    labels: list[str],
+    *,
+    offset_pt: np.ndarray,
+    lines: list[np.ndarray] = (),
+    avoid: list = (),
+    fontsize: float = 8,
 ) -> list | None:
-    """Labels just right of their nodes, when none would overlap another label or node (text
-    size estimated: 0.6 font sizes a character); else ``None`` and nothing is drawn. Call after
-    the axes limits are set.
+    """Each label just beside its node, on the first of eight sides (right, left, the diagonals,
+    above, below) where it covers no other label, node, edge (``lines``: polylines in display
+    pixels) or artist of ``avoid`` and stays inside the axes; the most constrained labels are
+    placed first. When some label has no such side, ``None`` and nothing is drawn. Call once
+    the axes limits are final.
     """
-    per_x, per_y = data_per_point(ax)
-    boxes = []
-    for k, lab in enumerate(labels):
-        lines = lab.split("\n")
-        w = (0.6 * fontsize * max(len(line) for line in lines) + 4) * per_x
-        h = (LINE * fontsize * len(lines) + 2) * per_y
-        x0 = xy[k, 0] + offset_pt[k] * per_x
-        boxes.append((x0, xy[k, 1] - h / 2, x0 + w, xy[k, 1] + h / 2))
+    fig = ax.figure
+    fig.canvas.draw()  # text extents need a renderer and the final layout
+    renderer = fig.canvas.get_renderer()
+    px = fig.dpi / 72.0
+    centres = ax.transData.transform(xy)
+    frame = ax.get_window_extent(renderer)
+    frame = (frame.x0, frame.y0, frame.x1, frame.y1)
     nodes = [
-        (xy[k, 0] - r * per_x, xy[k, 1] - r * per_y, xy[k, 0] + r * per_x, xy[k, 1] + r * per_y)
-        for k, r in enumerate(offset_pt)
+        (c[0] - r * px, c[1] - r * px, c[0] + r * px, c[1] + r * px) for c, r in zip(centres, offset_pt, strict=True)
     ]
+    others = [(b.x0, b.y0, b.x1, b.y1) for b in (a.get_window_extent(renderer) for a in avoid)]
+    segments = [(pl[k], pl[k + 1]) for pl in lines for k in range(len(pl) - 1)]
+    sizes = []
+    for lab in labels:
+        t = ax.text(0, 0, lab, fontsize=fontsize)
+        b = t.get_window_extent(renderer)
+        t.remove()
+        sizes.append((b.width + 3.0, b.height + 2.0))  # the white box's padding
 
-    def hit(a, b) -> bool:
-        return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+    def box(k: int, side: int) -> tuple:
+        (dx, dy), ha, va = _SIDES[side]
+        w, h = sizes[k]
+        x = centres[k, 0] + dx * offset_pt[k] * px
+        y = centres[k, 1] + dy * offset_pt[k] * px
+        x0 = x if ha == "left" else x - w if ha == "right" else x - w / 2
+        y0 = y if va == "bottom" else y - h if va == "top" else y - h / 2
+        return (x0, y0, x0 + w, y0 + h)
 
-    n = len(labels)
-    for k in range(n):
-        if any(hit(boxes[k], boxes[m]) for m in range(k + 1, n)) or any(
-            hit(boxes[k], nodes[m]) for m in range(n) if m != k
-        ):
+    def free(k: int, b: tuple) -> bool:
+        if b[0] < frame[0] or b[2] > frame[2] or b[1] < frame[1] or b[3] > frame[3]:
+            return False
+        if any(_hit(b, nodes[m]) for m in range(len(labels)) if m != k) or any(_hit(b, o) for o in others):
+            return False
+        return not any(_segment_hits_box(p0, p1, b) for p0, p1 in segments)
+
+    options = [[s for s in range(len(_SIDES)) if free(k, box(k, s))] for k in range(len(labels))]
+    placed: dict[int, int] = {}
+    for k in sorted(range(len(labels)), key=lambda k: len(options[k])):
+        side = next((s for s in options[k] if not any(_hit(box(k, s), box(m, t)) for m, t in placed.items())), None)
+        if side is None:
             return None
-    x_lo, x_hi = ax.get_xlim()
-    if max(b[2] for b in boxes) > x_hi:
-        return None
-    return [
-        ax.annotate(
-            lab,
-            xy[k],
-            xytext=(offset_pt[k], 0),
-            textcoords="offset points",
-            ha="left",
-            va="center",
-            fontsize=fontsize,
-            zorder=5,
-            bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.7},
+        placed[k] = side
+    texts = []
+    for k, lab in enumerate(labels):
+        (dx, dy), ha, va = _SIDES[placed[k]]
+        texts.append(
+            ax.annotate(
+                lab,
+                xy[k],
+                xytext=(dx * offset_pt[k], dy * offset_pt[k]),
+                textcoords="offset points",
+                ha=ha,
+                va=va,
+                fontsize=fontsize,
+                zorder=5,
+                bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.7},
+            )
         )
-        for k, lab in enumerate(labels)
-    ]
+    return texts

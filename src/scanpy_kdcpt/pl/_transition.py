@@ -191,8 +191,9 @@ def transition_graph(
     cells; :func:`scanpy_kdcpt.markov.symmetrized`); nodes are sized by the phenotype mass.
 
     Nodes sit at the phenotype centroids of ``.obsm["X_{basis}"]`` when it exists (over the
-    cells, in grey; labels in two columns beside it, each joined to its node), else on a
-    circle (labels outside it).
+    cells, in grey; each label beside its node, clear of the other labels, nodes and edges, or,
+    where they do not all fit there, in two columns beside the cells, each joined to its node),
+    else on a circle (labels outside it).
 
     Parameters
     ----------
@@ -276,6 +277,7 @@ def transition_graph(
     ]
     # beside an embedding the labels may stand in two columns: tall enough for about half of them each
     tall = 1.6 + 0.6 * sum(lab.count("\n") + 1 for lab in labels) * _labels.LINE * 8 / 72
+    own_figure = ax is None
     fig, ax = _read.new_axes(ax, (8.4, max(5.6, tall)) if emb is not None or layout != "circle" else (6.4, 5.6))
     if emb is not None:
         coords, pos = emb
@@ -332,16 +334,18 @@ def transition_graph(
     colors = [cols[names[i]] if emb is None and directed else "#333333" for i, _, _ in drawn]
     widths = [edge_width[i, j] for i, j, _ in drawn]
     rad = 0.0 if weights in ("flux", "similarity") else 0.18  # two-way arrows of P bend apart
+    arrows = []
     if weights == "similarity":  # plain lines, no heads; the nodes (above) cover their ends
         segments = [[xy[i], xy[j]] for i, j, _ in drawn]
         ax.add_collection(
             LineCollection(segments, linewidths=widths, colors=colors, alpha=0.6, zorder=2, capstyle="round")
         )
     else:
+        segments = []
         for (i, j, _), width, color in zip(drawn, widths, colors, strict=True):
             # nodes still too close (centroids nearly on top of each other): the arrow goes over them
             over = dist_pt[i, j] - radius_pt[i] - radius_pt[j] < gap_pt[i, j]
-            ax.add_patch(
+            arrows.append(
                 FancyArrowPatch(
                     xy[i],
                     xy[j],
@@ -356,28 +360,42 @@ def transition_graph(
                     zorder=4 if over else 2,
                 )
             )
+            ax.add_patch(arrows[-1])
+    numbers = []
     if edge_labels:
         # each number on its own arrow: at the middle of the arc (matplotlib's arc3 control point
         # is the chord's middle + rad · (dy, −dx) in display space, so the curve's middle is half
-        # that), which puts the numbers of i → j and j → i on opposite sides, not on top of each other
+        # that), which puts the numbers of i → j and j → i on opposite sides, not on top of each
+        # other; on a short arc, at least a number's height from the chord
         disp = ax.transData.transform(xy)
+        least = 8.0 * fig.dpi / 72.0  # pixels: half a 7-pt number's box and a little
         for i, j, p in edges:
             dx, dy = disp[j] - disp[i]
-            mid = 0.5 * (disp[i] + disp[j]) + 0.5 * rad * np.array([dy, -dx])
-            ax.text(
-                *ax.transData.inverted().transform(mid),
-                f"{p:.2g}",
-                fontsize=7,
-                ha="center",
-                va="center",
-                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8},
-                zorder=4,
+            normal = np.array([dy, -dx])
+            length = float(np.hypot(dx, dy)) or 1.0
+            bend = max(0.5 * abs(rad) * length, least) if rad else 0.0
+            mid = 0.5 * (disp[i] + disp[j]) + bend * normal / length
+            numbers.append(
+                ax.text(
+                    *ax.transData.inverted().transform(mid),
+                    f"{p:.2g}",
+                    fontsize=7,
+                    ha="center",
+                    va="center",
+                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8},
+                    zorder=4,
+                )
             )
     if emb is None and layout == "circle":
         _labels.radial_labels(ax, xy, labels, offset_pt=radius_pt + 4)
-    else:  # labels beside the nodes, or in a column on each side
-        if _labels.beside_nodes(ax, xy, labels, offset_pt=radius_pt + 3) is None:
+    else:  # labels beside the nodes clear of the edges, or in a column on each side
+        lines = [ax.transData.transform(np.asarray(seg)) for seg in segments]
+        lines += [ax.transData.transform(poly) for a in arrows for poly in a.get_path().to_polygons(closed_only=False)]
+        texts = _labels.beside_nodes(ax, xy, labels, offset_pt=radius_pt + 3, lines=lines, avoid=numbers)
+        if texts is None:
             _labels.column_labels(ax, xy, labels, left=left, right=right)
+        elif own_figure:  # the room kept for label columns is not needed
+            _trim_width(fig, ax, pts, xy, radius_pt, texts + numbers)
     ax.axis("off")
     return _read.finish(fig, ax, show, return_fig, save)
 
@@ -387,6 +405,30 @@ MAX_EDGES = 20
 
 #: arrow head length as a share of the arrow's mutation scale (Matplotlib's default for "-|>")
 _ARROW_HEAD = 0.4
+
+
+def _trim_width(fig: Figure, ax: Axes, pts: np.ndarray, xy: np.ndarray, radius_pt: np.ndarray, texts: list) -> None:
+    """Narrow the axes' x-range to what is drawn (cells, nodes, labels) and the figure by as much,
+    so that the drawing keeps its scale and only the empty sides go. The title keeps its room.
+    """
+    renderer = fig.canvas.get_renderer()
+    px = fig.dpi / 72.0
+    x_pts = ax.transData.transform(pts)[:, 0]
+    x_nodes = ax.transData.transform(xy)[:, 0]
+    extents = [b for b in (t.get_window_extent(renderer) for t in texts)]
+    lo = min(x_pts.min(), (x_nodes - radius_pt * px).min(), *(b.x0 for b in extents)) - 8 * px
+    hi = max(x_pts.max(), (x_nodes + radius_pt * px).max(), *(b.x1 for b in extents)) + 8 * px
+    box = ax.get_window_extent(renderer)
+    title = ax.title.get_window_extent(renderer).width + 8 * px
+    keep = max(hi - lo, title)
+    lo, hi = 0.5 * (lo + hi) - 0.5 * keep, 0.5 * (lo + hi) + 0.5 * keep
+    cut = box.width - (hi - lo)
+    if cut <= 0:
+        return
+    inverse = ax.transData.inverted()
+    ax.set_xlim(inverse.transform((lo, 0))[0], inverse.transform((hi, 0))[0])
+    width, height = fig.get_size_inches()
+    fig.set_size_inches(width - cut / fig.dpi, height)
 
 
 def _node_distances_pt(fig: Figure, ax: Axes, xy: np.ndarray) -> np.ndarray:
