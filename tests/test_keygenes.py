@@ -169,6 +169,38 @@ def test_phenotype_names_with_slash_survive_h5ad_and_plot(tmp_path):
     plt.close("all")
 
 
+def test_key_genes_plot_fits_inside_its_figure():
+    # scanpy's dotplot draws its rotated gene names below the figure: a plain fig.savefig (no
+    # bbox_inches="tight") cut them off
+    genes = pd.Index([f"Gm{i}0011H14Rik-long-name" for i in range(6)])
+    phen = ["Ngn3 high EP", "Pre-endocrine"]
+    rng = np.random.default_rng(0)
+    scores = pd.DataFrame(rng.random((6, 2)), index=genes, columns=phen)
+    kg = KeyGenes(
+        overall=pd.DataFrame({"score": scores.mean(1), "selected_frac": 0.5, "rank": np.arange(1, 7)}, index=genes),
+        scores=scores,
+        selected_frac=scores / 2,
+        n_cells=pd.Series([5, 5], index=phen),
+    )
+    adata = ad.AnnData(
+        X=rng.poisson(2, (10, 6)).astype(np.float32),
+        obs=pd.DataFrame({"kdcpt_pred": pd.Categorical(phen * 5)}, index=[f"c{i}" for i in range(10)]),
+        var=pd.DataFrame(index=genes),
+    )
+    writers.write_key_genes(adata, kg)
+    for title in (None, "Key genes"):
+        fig = kdcpt.pl.key_genes(adata, n_genes=3, title=title, return_fig=True, show=False)
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        texts = [t for a in fig.axes for t in a.texts + a.get_xticklabels() + a.get_yticklabels() if t.get_text()]
+        texts += [t for t in fig.texts if t.get_text()]
+        assert any("Rik" in t.get_text() for t in texts)
+        for t in texts:
+            b = t.get_window_extent(renderer)
+            assert b.x0 >= -1 and b.y0 >= -1 and b.x1 <= fig.bbox.x1 + 1 and b.y1 <= fig.bbox.y1 + 1, t.get_text()
+        plt.close("all")
+
+
 def test_key_genes_plot_needs_annotate():
     adata = ad.AnnData(np.ones((3, 2), dtype=np.float32))
     with pytest.raises(KeyError, match="annotate"):

@@ -175,6 +175,8 @@ def key_genes(
             + [fig.bbox.y1]
         )
         fig.suptitle(title, y=fig.transFigure.inverted().transform((0, top))[1] + 0.02, va="bottom")
+    if ax is None:
+        _read.grow_to_fit(dp.fig)
     return _read.finish(dp.fig, axes["mainplot_ax"], show, return_fig, save)
 
 

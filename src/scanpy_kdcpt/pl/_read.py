@@ -84,6 +84,39 @@ def new_axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axe
     return fig, ax
 
 
+def grow_to_fit(fig: Figure, pad: float = 0.05) -> None:
+    """Enlarge ``fig`` (inches) so that everything drawn lies inside it, every axes keeping its
+    size and its place relative to the others: a plain ``fig.savefig`` then clips nothing (tick
+    labels rotated below a dotplot used to). For figures the plot made itself, not a user's.
+    """
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    inner = fig.get_tightbbox(renderer)  # inches
+    width, height = fig.get_size_inches()
+    left, bottom = max(-inner.x0, 0.0), max(-inner.y0, 0.0)
+    right, top = max(inner.x1 - width, 0.0), max(inner.y1 - height, 0.0)
+    if max(left, bottom, right, top) <= 0:
+        return
+    left, bottom = (left + pad if left else 0.0), (bottom + pad if bottom else 0.0)
+    right, top = (right + pad if right else 0.0), (top + pad if top else 0.0)
+    boxes = [(a, a.get_position()) for a in fig.axes]
+    new_w, new_h = width + left + right, height + bottom + top
+    fig.set_size_inches(new_w, new_h)
+    for a, b in boxes:
+        a.set_position(
+            [
+                (b.x0 * width + left) / new_w,
+                (b.y0 * height + bottom) / new_h,
+                b.width * width / new_w,
+                b.height * height / new_h,
+            ]
+        )
+    for t in fig.texts:  # suptitles and figure texts keep their place relative to the axes
+        if t.get_transform() == fig.transFigure:
+            x, y = t.get_position()
+            t.set_position(((x * width + left) / new_w, (y * height + bottom) / new_h))
+
+
 def finish(
     fig: Figure,
     axes,
