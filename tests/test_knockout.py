@@ -11,6 +11,7 @@ from matplotlib.image import AxesImage
 from matplotlib.patches import Rectangle
 
 import scanpy_kdcpt as kdcpt
+from scanpy_kdcpt._errors import InvalidInputError
 
 RANDOM_GENES = ["Gene_7", "Gene_40", "Gene_91"]
 FLOOR = 0.02  # P of the planted transitions is 0.03-0.06 with this model
@@ -103,6 +104,22 @@ def test_overexpressing_a_planted_regulator_raises_its_phenotype(transition_mode
     assert gain.loc["Reg_P2", "P2"] > 5 * abs(gain.loc["Gene_7", "P2"])  # a random gene barely moves it
     s = over.summary.set_index("gene")
     assert s.loc["Reg_P2", "effect"] > s.loc["Gene_7", "effect"]
+
+
+def test_a_gene_set_named_like_a_gene_is_refused(transition_model):
+    # the set's result used to stand in the gene's own row: .var's effect and the summary then
+    # held the set's effect under the gene's name, without a word
+    before = transition_model.adata.uns.get("kdcpt", {}).get("knockout_summary")
+    with pytest.raises(InvalidInputError, match=r"also gene names.*'Reg_P1 set'"):
+        transition_model.knockout({"Reg_P1": ["Reg_P1", "Reg_P2"]}, progress=False)
+    with pytest.raises(InvalidInputError, match="also gene names"):
+        transition_model.knockout({"Reg_P2": ["Reg_P1"]}, progress=False)
+    with pytest.raises(InvalidInputError, match="one name"):
+        transition_model.knockout({"P1/P2": ["Reg_P1", "Reg_P2"], "P1_P2": ["Reg_P1"]}, progress=False)
+    after = transition_model.adata.uns.get("kdcpt", {}).get("knockout_summary")
+    assert (before is None and after is None) or before is after  # nothing written
+    res = transition_model.knockout({"Reg_P1": ["Reg_P1"]}, inplace=False, progress=False)  # the gene itself
+    assert list(res.summary["gene"]) == ["Reg_P1"]
 
 
 def test_unknown_gene_names_the_closest(transition_model):

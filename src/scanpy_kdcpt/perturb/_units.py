@@ -93,6 +93,22 @@ def resolve_units(model: KDCPTLike, genes, target: AnnData, keys: _keys.Keys, n_
         if empty:
             raise InvalidInputError(f"gene set(s) {empty} are empty.")
         positions([g for members in sets.values() for g in members])  # every missing gene named at once
+        # results are stored by name: a set named like a gene would stand in that gene's own row
+        # (.var's knockout effect, the summary), and h5ad keys turn "/" into "_"
+        clash = [name for name, members in sets.items() if name in lookup and members != [name]]
+        if clash:
+            raise InvalidInputError(
+                f"gene set name(s) {clash[:5]} are also gene names: results are stored by name, so the set "
+                f"would be read as that gene's own knockout. Name the set otherwise, e.g. {clash[0] + ' set'!r}."
+            )
+        safe: dict[str, str] = {}
+        for name in sets:
+            other = safe.setdefault(_keys.safe_name(name), name)
+            if other != name:
+                raise InvalidInputError(
+                    f"gene sets {other!r} and {name!r} would be stored under one name ({_keys.safe_name(name)!r}: "
+                    "h5ad keys cannot hold '/'); rename one of them."
+                )
         return _measured_units({name: positions(members) for name, members in sets.items()}, model, measured)
     genes = list(genes)
     if not genes:
