@@ -147,3 +147,70 @@ def test_label_categories_without_cells_are_not_phenotypes(adata):
         "P1",
         "P2",
     ]  # the user's column as it was
+
+
+def _classes(a, **kw):
+    KDCPT.setup_anndata(a, **kw)
+    state = KDCPT._get_most_recent_anndata_manager(a).get_state_registry("labels")
+    return [c for c in state.categorical_mapping if c != state.unlabeled_category]  # the phenotypes
+
+
+def test_labels_a_user_would_mean_otherwise(adata):
+    from scanpy_kdcpt._errors import InvalidInputError
+
+    text = adata.obs["phenotype"].astype(str).to_numpy().copy()
+    # "" for "no annotation" became a phenotype, and the annotated AnnData could not be written
+    empty = text.copy()
+    empty[:20] = ""
+    adata.obs["empty"] = empty
+    with pytest.raises(InvalidInputError, match=r"20 cells with empty text.*unlabeled_category=''"):
+        KDCPT.setup_anndata(adata, labels_key="empty")
+    assert "" not in _classes(adata, labels_key="empty", unlabeled_category="")
+    # the text astype(str) makes of NaN, and two spellings of one label, are trained as phenotypes: said
+    nan = text.copy()
+    nan[:20] = "nan"
+    adata.obs["nan_text"] = nan
+    with pytest.warns(UserWarning, match=r"20 cells 'nan'.*unlabeled_category='nan'"):
+        KDCPT.setup_anndata(adata, labels_key="nan_text")
+    spaced = text.copy()
+    spaced[:5] = [t + " " for t in spaced[:5]]
+    adata.obs["spaced"] = spaced
+    with pytest.warns(UserWarning, match="differ only in spaces or case"):
+        KDCPT.setup_anndata(adata, labels_key="spaced")
+
+
+def test_integer_labels_keep_integer_names(adata):
+    codes = adata.obs["phenotype"].cat.codes.to_numpy().astype(int)
+    # -1 as the unlabelled code (scikit-learn's convention) failed inside pandas
+    adata.obs["cluster"] = np.where(np.arange(adata.n_obs) < 30, -1, codes)
+    names = _classes(adata, labels_key="cluster", unlabeled_category=-1)
+    assert "-1" not in names and set(names) >= {str(c) for c in np.unique(codes)}
+    # integer ids with a missing value arrive as floats: the phenotypes were "0.0", "1.0", ... and
+    # a query labelled with integers then matched none of them
+    ids = codes.astype(float)
+    ids[:10] = np.nan
+    adata.obs["ids"] = ids
+    assert sorted(_classes(adata, labels_key="ids")) == sorted(str(c) for c in np.unique(codes))
+
+
+def test_a_batch_column_with_missing_values_is_refused_before_anything_is_written(adata):
+    from scanpy_kdcpt._errors import InvalidInputError
+
+    batch = np.where(np.arange(adata.n_obs) % 2 == 0, "b1", "b2").astype(object)
+    batch[:7] = np.nan
+    adata.obs["donor"] = batch
+    columns = list(adata.obs.columns)
+    with pytest.raises(InvalidInputError, match=r"'donor'\] has 7 cells without a batch"):
+        KDCPT.setup_anndata(adata, labels_key="phenotype", batch_key="donor")
+    assert list(adata.obs.columns) == columns
+
+
+def test_an_empty_prior_and_a_sparse_embedding_are_said(adata):
+    from scanpy_kdcpt._errors import InvalidInputError
+
+    adata.var["none"] = False  # e.g. the TF list matched against Ensembl IDs
+    with pytest.warns(UserWarning, match="flags no gene.*Ensembl"):
+        KDCPT.setup_anndata(adata, labels_key="phenotype", prior_key="none")
+    adata.obsm["X_emb"] = sparse.csr_matrix(np.random.default_rng(0).normal(size=(adata.n_obs, 8)))
+    with pytest.raises(InvalidInputError, match=r"'X_emb'\] is a sparse matrix.*toarray"):
+        KDCPT.setup_anndata(adata, labels_key="phenotype", embedding_key="X_emb")

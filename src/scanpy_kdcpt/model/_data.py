@@ -158,12 +158,16 @@ def check_var_names(adata: AnnData) -> None:
         )
 
 
-def check_labels(adata: AnnData, labels_key: str, unlabeled_category, where: str = "adata") -> str:
+def check_labels(adata: AnnData, labels_key: str, unlabeled_category, where: str = "adata") -> tuple[str, object]:
+    """Check the labels column; return the obs column to register (the user's, or a private copy
+    with missing labels filled, non-text labels as text, unused categories left out) and the
+    unlabelled category as that column holds it (``None``: the package's default).
+    """
     check_obs_column(adata, labels_key, "labels_key", where=where)
     labels = adata.obs[labels_key]
     known = labels[labels.notna()]
     if unlabeled_category is not None:
-        known = known[known != unlabeled_category]
+        known = known[known.map(label_text).astype(str) != label_text(unlabeled_category)]
     n_classes = known.nunique()
     if n_classes < 2:
         raise InvalidInputError(
@@ -180,7 +184,9 @@ def check_labels(adata: AnnData, labels_key: str, unlabeled_category, where: str
             "cells), not phenotype labels: labels_key must name a column of cell types or clusters (e.g. "
             "'cell_type', 'leiden')."
         )
-    _keys.check_phenotype_keys(known.astype(str).unique(), where=f"adata.obs[{labels_key!r}]")
+    names = pd.Series(known.astype(object).map(label_text).unique(), dtype=object)
+    _check_label_names(names, labels_key, known)
+    _keys.check_phenotype_keys(names, where=f"adata.obs[{labels_key!r}]")
     values = labels.cat.categories if isinstance(labels.dtype, pd.CategoricalDtype) else known.unique()
     not_text = not all(isinstance(v, str) for v in values)
     # categories without a cell (left by subsetting, e.g. mdata[cells].copy()) would be phenotypes
@@ -189,9 +195,11 @@ def check_labels(adata: AnnData, labels_key: str, unlabeled_category, where: str
     unused = [c for c in values if c not in present] if labels.dtype == "category" else []
     if labels.isna().any() or not_text or unused:
         # missing labels become the unlabelled category, and non-text labels (integers, ...)
-        # their text, in a private column; the user's column is left as it is
-        fill = UNLABELED_CATEGORY if unlabeled_category is None else unlabeled_category
-        copy = labels.astype(object).where(labels.notna(), fill).astype(str)
+        # their text (whole numbers as integers: 1.0 → "1", as queries are matched), in a
+        # private column; the user's column is left as it is
+        unlabeled = None if unlabeled_category is None else label_text(unlabeled_category)
+        fill = UNLABELED_CATEGORY if unlabeled is None else unlabeled
+        copy = labels.astype(object).map(label_text, na_action="ignore").where(labels.notna(), fill).astype(str)
         # named after the labels column: another model set up on another column keeps its own
         copy_key = f"{LABELS_COPY_PREFIX}{labels_key}"
         # copied only to leave out unused categories: the column's order (as without the copy); with
@@ -204,14 +212,62 @@ def check_labels(adata: AnnData, labels_key: str, unlabeled_category, where: str
             logg.info(f"adata.obs[{labels_key!r}] holds non-text labels: phenotypes are named by their text.")
         if unused:
             logg.info(f"adata.obs[{labels_key!r}]: categories without a cell are not phenotypes: {unused[:10]}.")
-        return copy_key
-    return labels_key
+        return copy_key, unlabeled
+    return labels_key, unlabeled_category
+
+
+def _check_label_names(names: pd.Series, labels_key: str, known: pd.Series) -> None:
+    """Phenotype names that cannot be right: empty (refused: a phenotype needs a name, and h5ad
+    cannot store an empty key), the text of a missing value, or two names equal but for spaces.
+    """
+    text = known.astype(object).map(label_text)
+    empty = [n for n in names if not n.strip()]
+    if empty:
+        raise InvalidInputError(
+            f"adata.obs[{labels_key!r}] labels {int(text.isin(empty).sum())} cells with empty text ({empty[0]!r}). "
+            f"If they have no label, set them to NaN or pass unlabeled_category={empty[0]!r}; a phenotype needs a name."
+        )
+    missing = [n for n in names if n.strip().lower() in ("nan", "none", "na", "<na>", "null")]
+    if missing:
+        warnings.warn(
+            f"adata.obs[{labels_key!r}] labels {int(text.isin(missing).sum())} cells {missing[0]!r}, the text "
+            f"astype(str) makes of a missing value; they are trained as a phenotype {missing[0]!r}. If they have "
+            f"no label, set them to NaN or pass unlabeled_category={missing[0]!r}.",
+            UserWarning,
+            stacklevel=4,
+        )
+    stripped = names.str.strip().str.casefold()
+    twins = names[stripped.duplicated(keep=False)].tolist()
+    if twins:
+        warnings.warn(
+            f"adata.obs[{labels_key!r}] has labels that differ only in spaces or case, each trained as a phenotype "
+            f"of its own: {twins[:6]}. Clean the column first if they are one phenotype.",
+            UserWarning,
+            stacklevel=4,
+        )
+
+
+def check_batch(adata: AnnData, batch_key: str, where: str = "adata") -> None:
+    """The batch column exists and gives every cell a batch (scvi-tools' message on NaN named none)."""
+    check_obs_column(adata, batch_key, "batch_key", where=where)
+    n_missing = int(adata.obs[batch_key].isna().sum())
+    if n_missing:
+        raise InvalidInputError(
+            f"{where}.obs[{batch_key!r}] has {n_missing} cells without a batch (NaN). Give them one (e.g. "
+            f"{where}.obs[{batch_key!r}] = {where}.obs[{batch_key!r}].astype(str).fillna('unknown')) or leave "
+            "batch_key out."
+        )
 
 
 def check_embedding(adata: AnnData, embedding_key: str) -> None:
     if embedding_key not in adata.obsm:
         raise KeyNotFoundError(
             f"embedding_key {embedding_key!r} is not in adata.obsm (keys: {list(adata.obsm.keys())})."
+        )
+    if sparse.issparse(adata.obsm[embedding_key]):
+        raise InvalidInputError(
+            f"adata.obsm[{embedding_key!r}] is a sparse matrix; a cell embedding must be dense: "
+            f"adata.obsm[{embedding_key!r}] = adata.obsm[{embedding_key!r}].toarray()."
         )
     emb = np.asarray(adata.obsm[embedding_key])
     if emb.ndim != 2 or emb.shape[0] != adata.n_obs:
@@ -233,6 +289,15 @@ def check_prior(adata: AnnData, prior_key: str, where: str = "adata") -> None:
     if not np.isfinite(prior).all() or prior.min() < 0 or prior.max() > 1:
         raise InvalidInputError(
             f"adata.var[{prior_key!r}] must be boolean or numbers in [0, 1] with no missing values."
+        )
+    if not (prior > 0).any() or (prior >= 1).all():
+        what = "no gene" if not (prior > 0).any() else "every gene"
+        warnings.warn(
+            f"{where}.var[{prior_key!r}] flags {what} of the {len(prior)}, so the prior guides nothing. "
+            "kdcpt.datasets.is_transcription_factor matches gene symbols: with Ensembl IDs as var_names, pass "
+            "the symbols (e.g. adata.var['gene_symbols']) instead.",
+            UserWarning,
+            stacklevel=4,
         )
 
 

@@ -297,7 +297,9 @@ class KDCPT(
         setup_method_args["setup_args"]["data_type"] = data_type
         logg.info(f"KDCPT: expression treated as {data_type}.")
 
-        labels_obs_key = _data.check_labels(adata, labels_key, unlabeled_category)
+        if batch_key is not None:  # before anything is written
+            _data.check_batch(adata, batch_key)
+        labels_obs_key, unlabeled_category = _data.check_labels(adata, labels_key, unlabeled_category)
         if unlabeled_category is None:
             unlabeled_category = UNLABELED_CATEGORY
         fields = [
@@ -305,7 +307,6 @@ class KDCPT(
             LabelsWithUnlabeledObsField(REGISTRY_KEYS.LABELS_KEY, labels_obs_key, unlabeled_category),
         ]
         if batch_key is not None:
-            _data.check_obs_column(adata, batch_key, "batch_key")
             fields.append(CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key))
         if embedding_key is not None:
             _data.check_embedding(adata, embedding_key)

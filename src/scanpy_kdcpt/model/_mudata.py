@@ -166,7 +166,9 @@ class MuDataMixin:
                         "kdcpt.multiome.link_peaks_to_genes(mdata, window=...) with gene coordinates in "
                         f"mdata[{mods['rna']!r}].var ('chrom', 'start', 'end')."
                     ) from None
-        labels_obs_key = _data.check_labels(mdata, labels_key, unlabeled_category, where="mdata")
+        if batch_key is not None:  # before anything is written
+            _data.check_batch(mdata, batch_key, where="mdata")
+        labels_obs_key, unlabeled_category = _data.check_labels(mdata, labels_key, unlabeled_category, where="mdata")
         if unlabeled_category is None:
             unlabeled_category = UNLABELED_CATEGORY
         fields = [
@@ -179,7 +181,6 @@ class MuDataMixin:
             MuDataLabelsWithUnlabeledObsField(REGISTRY_KEYS.LABELS_KEY, labels_obs_key, unlabeled_category),
         ]
         if batch_key is not None:
-            _data.check_obs_column(mdata, batch_key, "batch_key", where="mdata")
             fields.append(MuDataCategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key))
         if embedding_key is not None:
             _data.check_embedding(mdata, embedding_key)
