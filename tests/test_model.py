@@ -523,3 +523,37 @@ def test_saving_where_no_folder_can_be_made_says_so(synthetic_model, tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(kdcpt._errors.OutputPathError, match="cannot be saved in.*pass a writable folder"):
         synthetic_model.save(blocker / "model")  # a folder under a file: os.makedirs raised a raw OSError
+
+
+def test_inputs_that_failed_inside_the_libraries_are_named(synthetic_model):
+    from scanpy_kdcpt._errors import InvalidInputError
+
+    m = synthetic_model
+    a = m.adata.copy()
+    # a key_added with "/" (or empty) was written, then spread over nested groups by write_h5ad
+    for bad in ("run/1", ""):
+        with pytest.raises(InvalidInputError, match="key_added must be a non-empty name without '/'"):
+            m.annotate(a, key_added=bad)
+    # a value of the user's under the output key: a TypeError after .obs had been written
+    a.uns["kdcpt"] = "my notes"
+    columns = list(a.obs.columns)
+    with pytest.raises(InvalidInputError, match=r"uns\['kdcpt'\] holds a str"):
+        m.annotate(a)
+    assert list(a.obs.columns) == columns and a.uns["kdcpt"] == "my notes"
+    # indices that pick no cell, or cells that do not exist: pandas' IndexError before
+    with pytest.raises(InvalidInputError, match="selects no cell"):
+        m.predict(indices=[])
+    with pytest.raises(InvalidInputError, match=r"must lie in 0 \.\."):
+        m.predict(indices=[0, m.adata.n_obs + 5])
+    assert len(m.predict(indices=np.arange(m.adata.n_obs) < 3)) == 3
+
+
+def test_too_few_cells_for_a_validation_set_are_named():
+    from scanpy_kdcpt._errors import InvalidInputError
+
+    a = kdcpt.datasets.synthetic(n_cells=200, seed=0)[:5].copy()
+    a.obs["phenotype"] = pd.Categorical(["P0", "P1", "P0", "P1", "P0"])
+    kdcpt.KDCPT.setup_anndata(a, labels_key="phenotype")
+    model = kdcpt.KDCPT(a, n_tokens=8, n_selected=2, d_model=8, n_hidden=8)
+    with pytest.raises(InvalidInputError, match="validation share.*holds no cell.*validation_size=0"):
+        model.train(max_epochs=1, enable_progress_bar=False)

@@ -24,6 +24,15 @@ class Keys:
 
     key_added: str = DEFAULT_KEY
 
+    def __post_init__(self) -> None:
+        # every key below starts with key_added; h5ad reads "/" as a path into nested groups and
+        # spreads an empty key's entries over .uns, so results could not be found after a save
+        if not isinstance(self.key_added, str) or not self.key_added.strip() or "/" in self.key_added:
+            raise InvalidInputError(
+                f"key_added must be a non-empty name without '/', got {self.key_added!r} "
+                "(h5ad files read '/' as nested groups); e.g. key_added='kdcpt_run1'."
+            )
+
     # .obs
     @property
     def pred(self) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -133,6 +134,11 @@ class AnnotateMixin:
         output (``labels_key="kdcpt_pred"``); phenotype names must map to distinct columns.
         """
         keys = _keys.Keys(key_added)
+        if keys.uns in adata.uns and not isinstance(adata.uns[keys.uns], Mapping):
+            raise InvalidInputError(
+                f"adata.uns[{keys.uns!r}] holds a {type(adata.uns[keys.uns]).__name__}, not the package's results: "
+                f"writing would replace it. Pass another key_added or move adata.uns[{keys.uns!r}]."
+            )
         setup = self.adata_manager.registry["setup_args"]
         _keys.check_phenotype_keys(self.classes_, key_added, where="the model's phenotypes")
         obs_out = {keys.pred, keys.confidence, keys.uncertainty, keys.prediction_set, keys.set_size}

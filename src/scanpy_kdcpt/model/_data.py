@@ -247,6 +247,24 @@ def _check_label_names(names: pd.Series, labels_key: str, known: pd.Series) -> N
         )
 
 
+def check_indices(indices, n_obs: int) -> np.ndarray:
+    """Cell positions (or a boolean mask) as an integer array within ``0 .. n_obs - 1``."""
+    idx = np.asarray(indices)
+    if idx.dtype == bool:
+        if idx.shape != (n_obs,):
+            raise InvalidInputError(f"A boolean indices mask needs one value per cell ({n_obs}), got {idx.shape}.")
+        idx = np.flatnonzero(idx)
+    if idx.size == 0:
+        raise InvalidInputError("indices selects no cell.")
+    if not np.issubdtype(idx.dtype, np.integer):
+        raise InvalidInputError(f"indices must be cell positions (integers) or a boolean mask, got {idx.dtype}.")
+    if idx.min() < -n_obs or idx.max() >= n_obs:
+        raise InvalidInputError(
+            f"indices must lie in 0 .. {n_obs - 1} (the data's cells); got {idx.min()} .. {idx.max()}."
+        )
+    return idx
+
+
 def check_batch(adata: AnnData, batch_key: str, where: str = "adata") -> None:
     """The batch column exists and gives every cell a batch (scvi-tools' message on NaN named none)."""
     check_obs_column(adata, batch_key, "batch_key", where=where)

@@ -15,6 +15,7 @@ from .._constants import REGISTRY_KEYS, UNSEEN_BATCH_KEY
 from .._errors import InvalidInputError, NotTrainedError
 from .._utils import dropping_log_messages
 from ..results import Predictions
+from . import _data
 from ._docs import model_dsp
 
 if TYPE_CHECKING:
@@ -219,7 +220,7 @@ class InferenceMixin:
         """
         obs_names = (adata if adata is not None else self.adata).obs_names
         if indices is not None:
-            obs_names = obs_names[np.asarray(indices)]
+            obs_names = obs_names[_data.check_indices(indices, len(obs_names))]
         proba = self._softmax(self.get_logits(adata, indices=indices, batch_size=batch_size))
         if conformal_alpha is not None:
             return self.get_prediction_sets(

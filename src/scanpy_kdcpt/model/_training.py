@@ -142,6 +142,11 @@ class TrainingMixin:
                 np.asarray(splitter.test_idx),
             ]
         train_idx, val_idx, _ = splitter_kwargs["external_indexing"]
+        if validation_size > 0 and len(val_idx) == 0:  # scvi-tools' early stopping failed on it
+            raise InvalidInputError(
+                f"With {self.adata.n_obs} cells the validation share ({validation_size:g}) holds no cell. Train on "
+                "more cells, or pass validation_size=0 (no early stopping, no choice of the first stage's mix)."
+            )
         self.linear_stage_ = None
         if getattr(self.module, "linear_stage", False):
             from scvi import settings
