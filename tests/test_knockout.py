@@ -235,3 +235,16 @@ def test_null_pool_leaves_out_targets_and_correlates(transition_model):
     assert row["null_excluded_correlated"] >= 6  # its planted targets at least
     assert row["null_pool"] + row["null_excluded_correlated"] < transition_model.adata.n_vars
     assert 0 < row["qval"] <= 1
+
+
+def test_a_knockout_that_reaches_no_cell_is_said(transition_model):
+    # a gene no cell expresses: "effect 0" read as no effect, though nothing was perturbed
+    query = transition_model.adata[:120].copy()
+    X = query.X.toarray() if hasattr(query.X, "toarray") else np.asarray(query.X).copy()
+    X[:, list(query.var_names).index("Gene_7")] = 0
+    query.X = X
+    with pytest.warns(UserWarning, match=r"reach no cell: \['Gene_7'\] is expressed in no cell"):
+        res = transition_model.knockout(["Gene_7", "Reg_P1"], adata=query, inplace=False, progress=False)
+    assert res.summary.set_index("gene").loc["Gene_7", "n_recomputed"] == 0
+    with pytest.warns(UserWarning, match="overexpressing"):
+        transition_model.knockout("Gene_7", adata=query, mode="overexpress", inplace=False, progress=False)

@@ -373,6 +373,15 @@ class KnockoutMixin:
         nulls = [*null.values(), *(regulator_null or {}).values()]
         run_list = list(dict.fromkeys([*units.values(), *(d for draws in nulls for d in draws)]))
         plan = Perturbation.plan(X, run_list, mode, quantile, only_expressing, self.data_type_ == "counts")
+        silent = [name for name, u in units.items() if not plan.n_rerun[run_list.index(u)]]
+        if silent:  # an effect of 0 would read as "no effect", not "nothing to perturb"
+            warnings.warn(
+                f"{len(silent)} perturbation(s) reach no cell: {silent[:10]} {'is' if len(silent) == 1 else 'are'} "
+                f"expressed in no cell of the data, so {'deleting' if mode == 'delete' else 'overexpressing'} "
+                "changes no input and the reported effect 0 is not a measured absence of effect.",
+                UserWarning,
+                stacklevel=2,
+            )
         direct = None
         if propagate == "grn":
             props = fit_propagation(_expression.log_normalize(X, self.data_type_), edges, run_list, n_steps=n_steps)
