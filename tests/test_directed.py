@@ -84,6 +84,8 @@ def test_knn_graph_is_symmetric_without_diagonal_and_local():
     assert W.diagonal().sum() == 0 and (D.diagonal() == 0).all()
     assert W[:40, 40:].sum() == 0  # no edge between the separated clusters
     assert (np.diff(D.indptr) == 8).all()
+    with pytest.raises(kdcpt._errors.InvalidInputError, match="n_neighbors must be at least 1, got 0"):
+        markov.knn_graph(Z, 0)  # was raised to 1 without a word
 
 
 def test_terminal_phenotypes_are_the_sinks_of_the_net_flux():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import anndata as ad
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import pytest
 import scvi
 from matplotlib.image import AxesImage
@@ -248,3 +249,15 @@ def test_a_knockout_that_reaches_no_cell_is_said(transition_model):
     assert res.summary.set_index("gene").loc["Gene_7", "n_recomputed"] == 0
     with pytest.warns(UserWarning, match="overexpressing"):
         transition_model.knockout("Gene_7", adata=query, mode="overexpress", inplace=False, progress=False)
+
+
+def test_knockout_groups_are_groups_of_cells(transition_model):
+    query = transition_model.adata[:150].copy()
+    labels = query.obs["phenotype"].astype(str)
+    query.obs["group"] = pd.Categorical(labels, categories=[*sorted(labels.unique()), "ghost"])
+    res = transition_model.knockout("Reg_P1", adata=query, groupby="group", inplace=False, progress=False)
+    sources = set(res.table["source"].astype(str))  # a source row of zeros for the empty category
+    assert "ghost" not in sources and sources <= set(labels) and "ghost" not in res.transition_matrix.index
+    query.obs["n_genes"] = np.arange(query.n_obs) * 1.5
+    with pytest.raises(InvalidInputError, match="groupby 'n_genes' holds numbers with 150 distinct values"):
+        transition_model.knockout("Reg_P1", adata=query, groupby="n_genes", inplace=False, progress=False)

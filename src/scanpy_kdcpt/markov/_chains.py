@@ -241,7 +241,9 @@ def knn_graph(
     n = Z.shape[0]
     if n < 2:
         raise InvalidInputError(f"A kNN graph needs at least 2 cells, got {n}.")
-    k = int(min(max(1, n_neighbors), n - 1))
+    if n_neighbors < 1:  # was raised to 1 without a word
+        raise InvalidInputError(f"n_neighbors must be at least 1, got {n_neighbors}.")
+    k = int(min(n_neighbors, n - 1))
     idx, dist = knn(Z, k, random_state=random_state, exact_below=exact_below)
     dist = np.maximum(np.asarray(dist, dtype=np.float64), 0.0)
     sigma = np.maximum(np.median(dist, axis=1), 1e-8)

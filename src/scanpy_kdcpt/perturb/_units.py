@@ -189,7 +189,14 @@ def baseline(model: KDCPTLike, target: AnnData, query, groupby: str | None, batc
         groups, names = np.where(labelled, codes, pred).astype(np.int64), list(model.classes_)
     else:
         check_obs_column(target, groupby, "groupby")
-        col = target.obs[groupby].astype("category")
+        raw = target.obs[groupby]
+        if pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_bool_dtype(raw) and raw.nunique() > 50:
+            raise InvalidInputError(
+                f"groupby {groupby!r} holds numbers with {raw.nunique()} distinct values, not groups of cells: "
+                "pass a column of cell types or clusters."
+            )
+        # a category without a cell would be a source row of zeros in every table
+        col = raw.astype("category").cat.remove_unused_categories()
         groups, names = col.cat.codes.to_numpy().astype(np.int64), list(map(str, col.cat.categories))
     M = markov.memberships(groups, len(names))
     n_per_group = np.asarray(M.sum(0)).ravel()
