@@ -256,6 +256,10 @@ def test_query_with_missing_genes_is_zero_filled_with_warning(synthetic_model):
     assert pred.index.equals(query.obs_names)
     assert (pred.astype(str) == query.obs["phenotype"].astype(str)).mean() >= 0.85
     assert "_scvi_labels" not in query.obs  # the user's query is not modified
+    # most genes missing: "predictions lean on the shared genes" understated predictions from 5 genes
+    few = query[:, query.var_names[:5]].copy()
+    with pytest.warns(UserWarning, match="195 of the model's 200 genes.*most of its genes missing.*unreliable"):
+        synthetic_model.predict(few)
 
 
 def test_a_dense_view_of_a_query_is_read_as_its_copy(synthetic_model):

@@ -122,9 +122,16 @@ def align_genes(X, query_genes: pd.Index, model_genes: pd.Index, *, kind: str = 
             f"(model: {list(model_genes[:3])}..., query: {list(query_genes[:3])}...). Check that both use {same}."
         )
     if n_missing:
+        most = n_missing > len(model_genes) / 2
         warnings.warn(
             f"{n_missing} of the model's {len(model_genes)} {kind} are missing from the query and are "
-            f"zero-filled (e.g. {list(model_genes[~present][:5])}). Predictions lean on the shared {kind}.",
+            f"zero-filled (e.g. {list(model_genes[~present][:5])}). "
+            + (
+                f"The model reads a zero as 'not expressed', so with most of its {kind} missing the predictions "
+                f"are unreliable: predict a query that measures them, or train a model on the shared {kind}."
+                if most
+                else f"Predictions lean on the shared {kind}."
+            ),
             UserWarning,
             stacklevel=3,
         )
