@@ -98,10 +98,14 @@ def test_reannotating_removes_earlier_outputs_the_new_ones_contradict():
     assert {"kdcpt_prediction_set", "kdcpt_set_size"} <= set(adata.obs)
     assert "kdcpt_fate_probabilities" in adata.obsm and "kdcpt_transitions" in adata.obsp
     adata.obs["kdcpt_proba_Old"] = 0.5  # a phenotype of an earlier model, under the same key
+    adata.uns["kdcpt"]["classes"] = np.asarray([*model.classes_, "Old"], dtype=object)
     adata.obs["mine"] = 1.0
+    adata.obs["kdcpt_proba_user"] = 2.0  # the user's own column with the prefix: no model wrote it
     model.annotate(direction="posterior")  # no sets asked for, no chain
     assert not {"kdcpt_prediction_set", "kdcpt_set_size", "kdcpt_proba_Old"} & set(adata.obs)
-    assert "mine" in adata.obs and all(f"kdcpt_proba_{c}" in adata.obs for c in model.classes_)
+    assert {"mine", "kdcpt_proba_user"} <= set(adata.obs) and all(
+        f"kdcpt_proba_{c}" in adata.obs for c in model.classes_
+    )
     uns = adata.uns["kdcpt"]
     assert uns["transition_method"] == "posterior"
     assert not {"fate", "fate_terminal", "fate_params", "flux", "stationary"} & set(uns)

@@ -61,7 +61,11 @@ def write_predictions(
         obs[keys.proba(c)] = result.proba[c].to_numpy(np.float32)
     obs[keys.confidence] = result.confidence.astype(np.float32)
     obs[keys.uncertainty] = result.uncertainty.astype(np.float32)
-    stale = [c for c in adata.obs.columns if str(c).startswith(keys.proba_prefix) and c not in obs]
+    earlier = adata.uns.get(keys.uns, {}).get(_keys.UNS_CLASSES) if isinstance(adata.uns.get(keys.uns), dict) else None
+    if earlier is not None:  # the columns an earlier run wrote, not a user's column that shares the prefix
+        stale = [keys.proba(c) for c in earlier if keys.proba(c) in adata.obs.columns and keys.proba(c) not in obs]
+    else:
+        stale = [c for c in adata.obs.columns if str(c).startswith(keys.proba_prefix) and c not in obs]
     stale += [c for c in (keys.prediction_set, keys.set_size) if c in adata.obs.columns]
     if stale:
         adata.obs.drop(columns=stale, inplace=True)
