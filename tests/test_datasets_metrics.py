@@ -70,6 +70,14 @@ def test_classification_report_by_hand():
     assert r["macro_f1"] == pytest.approx((2 / 3 + 0.8 + 1) / 3)
     # kappa: po = 0.8, pe = (2*1 + 2*3 + 1*1) / 25 = 9/25
     assert r["kappa"] == pytest.approx((0.8 - 9 / 25) / (1 - 9 / 25))
+    # one phenotype among a few query cells and their predictions: kappa is undefined (0/0), said
+    # as NaN without scikit-learn's warning reaching the user
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = metrics.classification_report(["a", "a"], ["a", "a"])
+    assert r["accuracy"] == 1 and np.isnan(r["kappa"])
 
 
 def test_metrics_read_labels_as_users_give_them():

@@ -35,8 +35,13 @@ def macro_f1(y_true: Sequence, y_pred: Sequence) -> float:
 
 
 def kappa(y_true: Sequence, y_pred: Sequence) -> float:
-    """Cohen's kappa: agreement corrected for chance."""
-    return float(cohen_kappa_score(_as_labels(y_true), _as_labels(y_pred)))
+    """Cohen's kappa: agreement corrected for chance (NaN where chance agreement is certain, e.g.
+    one phenotype among the cells and predictions: kappa is undefined there).
+    """
+    t, p = _as_labels(y_true), _as_labels(y_pred)
+    if len(np.union1d(t, p)) < 2:  # scikit-learn warns and returns NaN (0/0)
+        return float("nan")
+    return float(cohen_kappa_score(t, p))
 
 
 def classification_report(y_true: Sequence, y_pred: Sequence) -> dict[str, float]:
