@@ -35,11 +35,12 @@ def test_pbmc_has_log_values_and_labels():
     assert "X_umap" in adata.obsm
 
 
-def test_krumsiek11_is_nonnegative_with_known_regulators():
+def test_krumsiek11_is_nonnegative_with_known_regulators(tmp_path):
     adata = kdcpt.datasets.krumsiek11()
     assert adata.X.min() >= 0
     assert {"Gata1", "Pu.1", "Cebpa"} <= set(adata.var_names)
     assert set(adata.obs["cell_type"].unique()) == {"progenitor", "Ery", "Mk", "Mo", "Neu"}
+    adata.write_h5ad(tmp_path / "k.h5ad")  # scanpy's uns["highlights"] has integer keys, which h5ad refused
 
 
 def test_synthetic_plants_regulators_and_transitions():

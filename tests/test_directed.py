@@ -328,6 +328,53 @@ def test_directed_plots_draw_from_reread_h5ad(transition_model, tmp_path):
     assert _keys.Keys().fate_probabilities == "kdcpt_fate_probabilities"
 
 
+def test_directed_plots_with_inputs_users_have(transition_model):
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import FancyArrowPatch
+
+    from scanpy_kdcpt._errors import InvalidInputError
+    from scanpy_kdcpt.pl import _read
+
+    m = transition_model
+    m.compute_transitions(direction="pseudotime", root="P0", inplace=False)
+    a = m.annotate(m.adata.copy(), copy=True)
+    umap = m.get_encoder_representation()[:, :2].astype(float)
+    umap[:5] = np.nan  # cells without coordinates: matplotlib's / scikit-learn's NaN errors before
+    a.obsm["X_umap"] = umap
+    with pytest.raises(InvalidInputError, match=r"'X_umap'\] has 5 cells without finite coordinates"):
+        kdcpt.pl.transition_stream(a, show=False)
+    ax = kdcpt.pl.transition_graph(a, max_edges=1, show=False)  # drawn on the cells that have coordinates
+    assert len([p for p in ax.patches if isinstance(p, FancyArrowPatch)]) == 1
+    assert "the 1 largest of" in ax.get_title()  # not "1 arrows, net flux ≥ ...": more pass the threshold
+    plt.close("all")
+    # the user's Axes are used (a new figure was opened); one per terminal
+    terminals = list(a.uns["kdcpt"]["fate_terminal"])
+    fig, axs = plt.subplots(1, len(terminals) + 1)
+    out = kdcpt.pl.fate_probabilities(a, ax=axs, show=False)
+    assert [x.figure for x in out] == [fig] * len(terminals) and all(x.collections for x in axs[: len(terminals)])
+    assert axs[-1].axison  # a spare Axes of the user's is left as it was
+    if len(terminals) > 1:
+        with pytest.raises(InvalidInputError, match="one panel per terminal"):
+            kdcpt.pl.fate_probabilities(a, ax=axs[0], show=False)
+    plt.close("all")
+    # a phenotype no cell is predicted as had a node at the mean of all cells, in an empty place
+    pred = a.obs["kdcpt_pred"].astype(str).to_numpy()
+    gone = str(m.classes_[-1])
+    pred[pred == gone] = str(m.classes_[0])
+    a.obs["kdcpt_pred"] = pd.Categorical(pred, categories=list(m.classes_))
+    ax = kdcpt.pl.transition_graph(a, show=False)
+    assert f"not drawn (no cell predicted): {gone}" in ax.get_title()
+    assert gone not in [t.get_text() for t in ax.texts]
+    plt.close("all")
+    # leiden-style names: the key of overlapping labels uses letters, not numbers that read as clusters
+    fig, ax = plt.subplots()
+    X = np.zeros((40, 2))
+    ax.scatter(X[:, 0], X[:, 1])
+    _read.label_groups(ax, X, pd.Categorical(["0"] * 20 + ["1"] * 20))
+    assert {t.get_text() for t in ax.texts} == {"A", "B"}
+    plt.close("all")
+
+
 # ------------------------------------------------------------------------------------------
 # kdcpt run
 # ------------------------------------------------------------------------------------------

@@ -171,6 +171,14 @@ def test_a_gene_deleted_and_overexpressed_keeps_both_fate_tables(transition_mode
     np.testing.assert_allclose(drawn, expected.to_numpy())
     assert "knockout" in kdcpt.pl.knockout_fate(a, "Reg_P2", show=False).get_title()  # the deletion by default
     plt.close("all")
+    # a gene only overexpressed, beside another gene's deletion: pl.knockout said it was never knocked out
+    other = transition_model.knockout("Reg_P3", **kw)
+    b = ad.AnnData(obs=adata.obs[[]].copy(), var=adata.var[[]].copy())
+    writers.write_knockout(b, other)
+    writers.write_knockout(b, raised)
+    ax = kdcpt.pl.knockout(b, "Reg_P2", show=False)
+    assert "Reg_P2" in ax.get_title() and "overexpression" in ax.get_title()
+    plt.close("all")
     lines = "\n".join(report._knockout_section(uns, 5, {}))  # the report's fate table: a row for each
     assert "| Reg_P2 (delete) |" in lines and "| Reg_P2 (overexpress) |" in lines
 

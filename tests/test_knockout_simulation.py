@@ -216,6 +216,24 @@ def test_shift_and_score_written_and_plotted_from_a_reread_file(chain_model, tmp
         kdcpt.pl.knockout_shift(back, "Reg_P2")
 
 
+def test_knockout_plots_say_what_was_not_tested_and_where_shifts_belong(chain_model):
+    a = chain_model.adata.copy()
+    res = chain_model.knockout(["Gene_7", "Reg_P2"], terminal=["P3"], inplace=False, progress=False)
+    kdcpt.writers.write_knockout(a, res)
+    # untested changes carried no word of it; a background gene's hundredths filled the colour scale
+    ax = kdcpt.pl.knockout_fate(a, "Gene_7", show=False)
+    assert "not tested against randomised shifts" in ax.get_xlabel()
+    assert ax.get_images()[0].get_clim()[1] >= 0.1
+    assert "not tested against randomised shifts" in kdcpt.pl.knockout_flux(a, "Reg_P2", show=False).get_xlabel()
+    plt.close("all")
+    # the shifts were projected on the UMAP: drawn on PCA coordinates they looked plausible and were wrong
+    a.obsm["X_pca"] = np.asarray(chain_model.get_encoder_representation())[:, :2]
+    with pytest.raises(kdcpt._errors.InvalidInputError, match="projected on 'X_umap', not on 'X_pca'"):
+        kdcpt.pl.knockout_shift(a, "Reg_P2", basis="pca", show=False)
+    assert kdcpt.pl.knockout_shift(a, "Reg_P2", show=False) is not None
+    plt.close("all")
+
+
 def test_knockout_flux_plot_draws_the_largest_changes_over_the_horizon(chain_model, tmp_path):
     adata = chain_model.adata.copy()
     res = chain_model.knockout(["Reg_P2", "Gene_7"], terminal=["P3"], progress=False, n_shift_null=9, inplace=False)

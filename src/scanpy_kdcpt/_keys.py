@@ -172,6 +172,7 @@ UNS_KNOCKOUT_PARAMS = "knockout_params"
 UNS_KNOCKOUT_FATE = "knockout_fate"
 UNS_KNOCKOUT_FLUX = "knockout_flux"
 UNS_KNOCKOUT_SHIFT_MODE = "knockout_shift_mode"  # gene → the mode its .obs score / .obsm shift are of
+UNS_KNOCKOUT_SHIFT_BASIS = "knockout_shift_basis"  # gene → the .obsm embedding its shift was projected on
 UNS_FLUX = "flux"  # directed chains only
 UNS_TRANSITION_METHOD = "transition_method"
 UNS_DIRECTION = "direction"

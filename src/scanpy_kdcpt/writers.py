@@ -390,8 +390,10 @@ def _write_shifts(adata: AnnData, result: KnockoutResult, keys: _keys.Keys) -> N
             cols.append(keys.ko_score(gene))
         _added(".obs (perturbation score: < 0 pushed back against development)", cols)
     emb = getattr(result, "shift_embedding", None) or {}
+    bases = _uns(adata, keys.key_added).setdefault(_keys.UNS_KNOCKOUT_SHIFT_BASIS, {}) if emb else {}
     for gene, V in emb.items():
         adata.obsm[keys.ko_shift(gene)] = np.asarray(V)
+        bases[_keys.safe_name(str(gene))] = str(result.params.get("shift_basis"))
     if emb:
         _added(f".obsm (shift on {result.params.get('shift_basis')})", [keys.ko_shift(g) for g in emb])
 

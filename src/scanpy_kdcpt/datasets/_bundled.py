@@ -52,6 +52,9 @@ def krumsiek11() -> ad.AnnData:
     adata.obs_names_make_unique()
     adata.X = np.clip(np.asarray(adata.X, dtype=np.float32), 0, None)
     adata.var["is_tf"] = True
+    # scanpy's cell index → label dict has integer keys, which write_h5ad cannot store
+    if isinstance(adata.uns.get("highlights"), dict):
+        adata.uns["highlights"] = {str(k): v for k, v in adata.uns["highlights"].items()}
     return adata
 
 

@@ -18,14 +18,26 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
-def _basis(adata: AnnData, basis: str) -> np.ndarray:
+def _basis(adata: AnnData, basis: str, *, finite: bool = True) -> np.ndarray:
+    """The first two coordinates of ``.obsm["X_{basis}"]`` (or ``.obsm[basis]``); with ``finite``,
+    refused when a cell has none (a NaN row failed inside matplotlib or scikit-learn).
+    """
     obsm_key = basis if basis in adata.obsm else f"X_{basis}"
     if obsm_key not in adata.obsm:
+        embeddings = [k for k in adata.obsm.keys() if str(k).startswith("X_")]
         raise KeyNotFoundError(
             f"adata.obsm[{obsm_key!r}] not found: compute the embedding first (e.g. sc.tl.umap) or pass "
-            f"basis= one of {list(adata.obsm.keys())}."
+            f"basis= one of {embeddings}."
         )
-    return np.asarray(adata.obsm[obsm_key])[:, :2].astype(float)
+    X = np.asarray(adata.obsm[obsm_key])[:, :2].astype(float)
+    missing = ~np.isfinite(X).all(1)
+    if finite and missing.any():
+        raise InvalidInputError(
+            f"adata.obsm[{obsm_key!r}] has {int(missing.sum())} cells without finite coordinates (NaN or inf); "
+            "this plot needs every cell's position: subset the AnnData to the cells that have one, or compute "
+            "the embedding for all cells."
+        )
+    return X
 
 
 def _grid(X: np.ndarray, V: np.ndarray, density: int = 35, smooth: float = 0.5, max_gap: float | None = None):
@@ -213,12 +225,21 @@ def fate_probabilities(
     if kind is None:
         kind = "embedding" if (basis in adata.obsm or f"X_{basis}" in adata.obsm) else "phenotype"
     if kind == "embedding":
-        X = _basis(adata, basis)
+        X = _basis(adata, basis, finite=False)  # cells without coordinates are not drawn
         n = len(show_names)
-        nc = min(ncols, n)
-        nr = int(np.ceil(n / nc))
-        fig, axs = plt.subplots(nr, nc, figsize=(3.4 * nc, 3.1 * nr), layout="constrained", squeeze=False)
-        axs = axs.ravel()
+        if ax is not None:  # the user's Axes: one per terminal shown
+            axs = np.atleast_1d(np.asarray(ax, dtype=object)).ravel()
+            if len(axs) < n:
+                raise InvalidInputError(
+                    f"kind='embedding' draws one panel per terminal ({n}: {show_names}); pass that many Axes as ax=, "
+                    "or terminal=[one of them] for a single Axes."
+                )
+            fig = axs[0].figure
+        else:
+            nc = min(ncols, n)
+            nr = int(np.ceil(n / nc))
+            fig, axs = plt.subplots(nr, nc, figsize=(3.4 * nc, 3.1 * nr), layout="constrained", squeeze=False)
+            axs = axs.ravel()
         for a, t in zip(axs, show_names, strict=False):
             f = F[:, names.index(t)]
             nan = np.isnan(f)
@@ -227,10 +248,15 @@ def fate_probabilities(
             sc_ = a.scatter(
                 X[order, 0], X[order, 1], s=4, c=f[order], cmap=cmap, vmin=0, vmax=1, linewidths=0, rasterized=True
             )
-            a.set_title(f"fate: {_read.wrap(t, 24)}", fontsize=10)
+            head = f"fate: {_read.wrap(t, 24)}"
+            if len(names) == 1:  # nothing to choose between: not a commitment
+                head += "\n(the only terminal: every cell\nthat reaches one ends here)"
+            if nan.any():
+                head += f"\ngrey: no terminal reachable ({int(nan.sum())} cells)"
+            a.set_title(head, fontsize=10 if head.count("\n") < 2 else 8)
             a.set_xticks([])
             a.set_yticks([])
-        for a in axs[n:]:
+        for a in axs[n:] if ax is None else ():  # the grid's empty panels (a user's spare Axes stay)
             a.axis("off")
         fig.colorbar(sc_, ax=axs[:n].tolist(), shrink=0.6, label="probability")
         return _read.finish(fig, list(axs[:n]), show, return_fig, save)
@@ -241,6 +267,9 @@ def fate_probabilities(
     cols = _read.colors(adata, key, show_names)
     left = np.zeros(len(M))
     y = np.arange(len(M))
+    unreached = M.isna().all(axis=1).to_numpy()  # no terminal reachable: said, not drawn as a bar of 0
+    for yi in np.flatnonzero(unreached):
+        ax.text(0.01, yi, "no terminal reachable", ha="left", va="center", fontsize=7, color="0.4", style="italic")
     for t in show_names:
         v = np.nan_to_num(M[t].to_numpy(float))
         ax.barh(y, v, left=left, color=cols[t], edgecolor="white", linewidth=0.5, label=t)
@@ -253,5 +282,8 @@ def fate_probabilities(
     ax.set_xlim(0, 1)
     ax.set_xlabel("mean fate probability")
     ax.legend(title="terminal", fontsize=8, title_fontsize=8, bbox_to_anchor=(1.01, 1), loc="upper left", frameon=False)
-    ax.set_title(title if title is not None else "Fate of each phenotype", fontsize=10)
+    head = "Fate of each phenotype"
+    if len(names) == 1:
+        head += f"\n(only one terminal, {names[0]}: the fates choose nothing)"
+    ax.set_title(title if title is not None else head, fontsize=10)
     return _read.finish(fig, ax, show, return_fig, save)

@@ -94,11 +94,14 @@ def knockout(
     {doc_returns}
 
     """
-    table = _pick_mode(_read.uns_entry(adata, key, _keys.UNS_KNOCKOUT, "model.knockout(...)"), mode)
+    table = _read.uns_entry(adata, key, _keys.UNS_KNOCKOUT, "model.knockout(...)")
     if gene is None:
         summary = _read.uns_entry(adata, key, _keys.UNS_KNOCKOUT_SUMMARY, "model.knockout(...)")
         summary = _pick_mode(summary, mode)
         gene = str(summary.sort_values("effect", ascending=False)["gene"].iloc[0])
+    if str(gene) in set(table["gene"].astype(str)):  # the gene first: one only overexpressed has no deletion
+        table = table[table["gene"].astype(str) == str(gene)]
+    table = _pick_mode(table, mode)
     rows = table[table["gene"].astype(str) == str(gene)]
     if not len(rows):
         screened = list(dict.fromkeys(table["gene"].astype(str)))

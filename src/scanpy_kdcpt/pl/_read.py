@@ -199,10 +199,14 @@ def label_groups(ax, X: np.ndarray, groups, *, min_cells: int = 5) -> None:
     from matplotlib.lines import Line2D
 
     handles = []
+    # names that are numbers themselves (leiden clusters '0', '1', ...) get letters: a number would
+    # read as the cluster of that name
+    numeric = any(name.strip().lstrip("-").isdigit() for name, _ in shown)
     for k, (_, at) in enumerate(shown, start=1):
-        ax.text(*at, str(k), fontsize=7, ha="center", va="center", zorder=4, bbox=box)
+        code = _letters(k) if numeric else str(k)
+        ax.text(*at, code, fontsize=7, ha="center", va="center", zorder=4, bbox=box)
         handles.append(
-            Line2D([], [], linestyle="none", marker=f"${k}$", color="black", markersize=1 + 4.5 * len(str(k)))
+            Line2D([], [], linestyle="none", marker=f"${code}$", color="black", markersize=1 + 4.5 * len(code))
         )
     ncol = 2 if len(shown) > 6 else 1
     kw = {"ncol": ncol, "fontsize": 7, "frameon": False, "handletextpad": 0.4}
@@ -214,6 +218,15 @@ def label_groups(ax, X: np.ndarray, groups, *, min_cells: int = 5) -> None:
         fig.legend(handles, names, loc="outside lower center", **kw)
     else:
         ax.legend(handles, names, loc="upper center", bbox_to_anchor=(0.5, -0.08), **kw)
+
+
+def _letters(k: int) -> str:
+    """``1`` → ``"A"``, ``26`` → ``"Z"``, ``27`` → ``"AA"`` (spreadsheet columns)."""
+    out = ""
+    while k > 0:
+        k, r = divmod(k - 1, 26)
+        out = chr(ord("A") + r) + out
+    return out
 
 
 def _any_overlap(ax, texts) -> bool:

@@ -129,6 +129,14 @@ def knockout_shift(
             "run model.knockout(gene, simulate='grn') after model.compute_transitions(...), on an AnnData with "
             "an embedding (e.g. sc.tl.umap)."
         )
+    bases = adata.uns.get(key, {}).get(_keys.UNS_KNOCKOUT_SHIFT_BASIS, {})
+    projected = str(bases.get(_keys.safe_name(gene), "")) if isinstance(bases, dict) else ""
+    wanted = basis if basis in adata.obsm else f"X_{basis}"
+    if projected and projected not in (wanted, basis):  # arrows of one embedding on another's coordinates
+        raise InvalidInputError(
+            f"The knockout shifts were projected on {projected!r}, not on {wanted!r}: pass "
+            f"basis={projected.removeprefix('X_')!r}, or rerun model.knockout(..., basis={basis!r})."
+        )
     X = _basis(adata, basis)
     V = np.asarray(adata.obsm[shift_key], dtype=float)
     score = adata.obs[score_key].to_numpy(float)
@@ -284,7 +292,8 @@ def knockout_fate(
     tested, Q = q_values("qval")
     against_regulators, QR = q_values("qval_regulators")
     vals = D.to_numpy(float)
-    vmax = max(float(np.nanmax(np.abs(vals))), 1e-3)
+    # a floor on the colour scale: changes of a hundredth must not look like a regulator's
+    vmax = max(float(np.nanmax(np.abs(vals))) if np.isfinite(vals).any() else 0.0, FATE_SCALE_FLOOR)
     fig, ax = _read.new_axes(ax, (max(5.2, 2.8 + 1.0 * D.shape[1]), 2.2 + 0.45 * D.shape[0]))
     im = ax.imshow(vals, cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto")
     ax.grid(False)  # no style grid through the cells and their numbers
@@ -306,7 +315,12 @@ def knockout_fate(
     ax.set_yticks(range(D.shape[0]), [_read.wrap(str(r), 22) for r in D.index], fontsize=9)
     xlabel = "eventual fate (terminals) · mass still in transit (not reached)"
     if tested:
-        xlabel += f"\n* q < {alpha:g}: the change is beyond {_against(_n_shifts(adata, key, gene, mode))}"
+        n_shifts = _n_shifts(adata, key, gene, mode)
+        xlabel += f"\n* q < {alpha:g}: the change is beyond {_against(n_shifts)}"
+        if n_shifts and 1 / (n_shifts + 1) >= alpha:  # say it when no change can be marked
+            xlabel += f" (none can be: the least p with {n_shifts} is {1 / (n_shifts + 1):.2g})"
+    else:
+        xlabel += f"\n{NOT_TESTED}"
     if against_regulators:
         n_reg = _params(adata, key).get("n_regulator_null")
         n_reg = int(n_reg) if n_reg else None
@@ -323,6 +337,12 @@ def knockout_fate(
     ax.set_title(title if title is not None else _title(head, adata, key, gene, mode), fontsize=10)
     return _read.finish(fig, ax, show, return_fig, save)
 
+
+#: the least Δ fate at the ends of knockout_fate's colour scale
+FATE_SCALE_FLOOR = 0.1
+
+#: said under a knockout's fate or flux changes when no randomised shifts tested them
+NOT_TESTED = "not tested against randomised shifts: knockout(..., n_shift_null=19) tests each change"
 
 #: knockout_flux draws changes of at least this share of the largest, and relative changes of
 #: fluxes of at least this share of the largest bar
@@ -424,6 +444,8 @@ def knockout_flux(
         xlabel += f"\n* q < {alpha:g}: the change is beyond {_against(n_shifts)}"
         if n_shifts and 1 / (n_shifts + 1) >= alpha:  # say it when no change can be marked
             xlabel += f" (none can be: the least p with {n_shifts} is {1 / (n_shifts + 1):.2g})"
+    else:
+        xlabel += f"\n{NOT_TESTED}"
     ax.set_xlabel(xlabel, fontsize=8)
     from matplotlib.patches import Patch
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -267,6 +268,7 @@ def transition_graph(
         (i, j, off[i, j]) for i in range(n) for j in range(n) if i != j and off[i, j] > 0 and off[i, j] >= threshold
     ]
     edges.sort(key=lambda e: -e[2])
+    n_pass = len(edges)  # above the threshold; the title says when fewer are drawn
     edges = edges[: min(2 * n, MAX_EDGES) if max_edges is None else max_edges]
 
     cols = _read.colors(adata, key, names)
@@ -285,6 +287,14 @@ def transition_graph(
     else:
         pos = _layout(layout, names, off)
     sizes = _node_sizes(adata, key, names, node_size, matrix, directed, mass) * (0.6 if emb is not None else 1.0)
+    # a phenotype no cell is predicted as has no place on the embedding: not drawn (nor its edges)
+    unplaced = [c for c in names if c not in pos]
+    if unplaced:
+        keep = [k for k, c in enumerate(names) if c in pos]
+        new = {k: i for i, k in enumerate(keep)}
+        n_pass -= sum(1 for i, j, _ in edges if i not in new or j not in new)
+        edges = [(new[i], new[j], p) for i, j, p in edges if i in new and j in new]
+        names, labels, sizes = [names[k] for k in keep], [labels[k] for k in keep], sizes[keep]
     xy = np.array([pos[c] for c in names])
     if emb is None and layout == "circle":
         pad = 0.42 * max(np.ptp(xy[:, 0]), np.ptp(xy[:, 1]), 1e-9)
@@ -302,7 +312,15 @@ def transition_graph(
     what = {"flux": "net flux", "probability": "P", "similarity": "similarity"}[weights]
     kind = "arrows" if directed else "edges"
     unit = " cells per step" if weights == "flux" else ""  # F = diag(n) P: cells moving i → j per step, net
-    shown = f"{len(edges)} {kind}, {what} ≥ {threshold:.2g}{unit}" if edges else f"no {what} above the threshold"
+    kinds = kind if len(edges) != 1 else kind[:-1]
+    if not edges:
+        shown = f"no {what} above the threshold"
+    elif n_pass > len(edges):  # not every edge above the threshold: say how many are left out
+        shown = f"the {len(edges)} largest of {n_pass} {kind} with {what} ≥ {threshold:.2g}{unit}"
+    else:
+        shown = f"{len(edges)} {kinds}, {what} ≥ {threshold:.2g}{unit}"
+    if unplaced:
+        shown += f"\nnot drawn (no cell predicted): {', '.join(unplaced[:3])}{' ...' if len(unplaced) > 3 else ''}"
     method = adata.uns.get(key, {}).get(_keys.UNS_TRANSITION_METHOD) if matrix is None else None
     head = {
         "flux": "Net flux between phenotypes",
@@ -482,13 +500,24 @@ def _embedding(adata: AnnData, key: str, basis: str | None, names: list[str]):
     obsm_key = basis if basis in adata.obsm else f"X_{basis}"
     pred = _keys.Keys(key).pred
     if obsm_key not in adata.obsm or pred not in adata.obs:
+        if basis != "umap" and obsm_key not in adata.obsm:  # asked for by name: a typo would pass unseen
+            warnings.warn(
+                f"adata.obsm[{obsm_key!r}] not found: the graph is drawn with layout= instead of on the embedding "
+                f"(embeddings: {[k for k in adata.obsm.keys() if str(k).startswith('X_')]}).",
+                UserWarning,
+                stacklevel=3,
+            )
         return None
     coords = np.asarray(adata.obsm[obsm_key])[:, :2].astype(float)
-    labels = adata.obs[pred].astype(str).to_numpy()
+    placed = np.isfinite(coords).all(1)  # cells without coordinates (NaN) are left out
+    coords, labels = coords[placed], adata.obs[pred].astype(str).to_numpy()[placed]
+    if not len(coords):
+        raise InvalidInputError(f"adata.obsm[{obsm_key!r}] has no cell with finite coordinates.")
     pos = {}
     for c in names:
         sel = labels == c
-        pos[c] = np.median(coords[sel], axis=0) if sel.any() else coords.mean(0)
+        if sel.any():  # a phenotype no cell is predicted as has no place: left out
+            pos[c] = np.median(coords[sel], axis=0)
     return coords, pos
 
 
