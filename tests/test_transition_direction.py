@@ -222,6 +222,21 @@ def test_a_graph_of_twenty_long_named_phenotypes_stays_readable():
     plt.close("all")
 
 
+def test_long_names_of_many_phenotypes_do_not_run_into_each_other():
+    # names of five and more lines ran into the next row's name (entropy, matrix, fates)
+    names = [f"Cluster {i}: long intermediate transitional population with mixed signature #{i}" for i in range(24)]
+    rng = np.random.default_rng(4)
+    P = rng.dirichlet(np.ones(24) * 0.3, 24) * 0.4 + 0.6 * np.eye(24)
+    a, _ = _annotated(P, names, np.full(24, 10.0), method="directed", direction={"kind": "pseudotime"})
+    for plot in (kdcpt.pl.entropy, kdcpt.pl.transition_matrix):
+        fig = plot(a, return_fig=True, show=False)
+        ticks = [t for t in fig.axes[0].get_yticklabels() if t.get_text()]
+        assert len(ticks) == 24 and all(t.get_text().count("\n") <= 1 for t in ticks)
+        assert _overlaps(fig, ticks) == []
+        assert any(t.get_text().startswith("Cluster 3:") for t in ticks)  # still tells the rows apart
+        plt.close("all")
+
+
 @pytest.mark.parametrize("names", [LONG, ["Ductal", "EP", "Alpha", "Beta"]])
 def test_embedding_labels_never_cover_each_other(names):
     from scanpy_kdcpt import markov

@@ -42,7 +42,9 @@ The :class:`~matplotlib.axes.Axes` (``None`` when shown; the
 
 doc_wrap_title = """\
 wrap
-    Break phenotype names longer than this over lines.
+    Break phenotype names longer than this over lines (at most two; a longer name is cut with
+    "…", so that the names of neighbouring rows do not run into each other: a wider ``wrap``
+    shows more of it).
 title
     Axes title."""
 

@@ -270,12 +270,16 @@ def fate_probabilities(
     unreached = M.isna().all(axis=1).to_numpy()  # no terminal reachable: said, not drawn as a bar of 0
     for yi in np.flatnonzero(unreached):
         ax.text(0.01, yi, "no terminal reachable", ha="left", va="center", fontsize=7, color="0.4", style="italic")
+    from matplotlib.colors import to_rgb
+
     for t in show_names:
         v = np.nan_to_num(M[t].to_numpy(float))
-        ax.barh(y, v, left=left, color=cols[t], edgecolor="white", linewidth=0.5, label=t)
+        ax.barh(y, v, left=left, color=cols[t], edgecolor="white", linewidth=0.5, label=_read.wrap(t, 24))
+        r, g, b = to_rgb(cols[t])
+        ink = "white" if 0.299 * r + 0.587 * g + 0.114 * b < 0.5 else "black"  # readable on dark bars
         for yi, (l0, vi) in enumerate(zip(left, v, strict=True)):
             if vi >= 0.12:
-                ax.text(l0 + vi / 2, yi, f"{vi:.2f}", ha="center", va="center", fontsize=7)
+                ax.text(l0 + vi / 2, yi, f"{vi:.2f}", ha="center", va="center", fontsize=7, color=ink)
         left += v
     ax.set_yticks(y, [_read.wrap(c, 20) for c in M.index], fontsize=8)
     ax.invert_yaxis()

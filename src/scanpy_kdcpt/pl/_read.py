@@ -65,14 +65,21 @@ def colors(adata: AnnData, key: str, names: list[str]) -> dict[str, str]:
     return {n: lookup.get(n, "#999999") for n in names}
 
 
-def wrap(name: str, width: int = 16) -> str:
-    """Break a long phenotype name (e.g. ``CD4+/CD45RA+/CD25- Naive T``) over lines."""
+def wrap(name: str, width: int = 16, max_lines: int = 2) -> str:
+    """Break a long phenotype name (e.g. ``CD4+/CD45RA+/CD25- Naive T``) over at most
+    ``max_lines`` lines, the last cut with "…" when the name needs more (beside a row of a
+    heatmap or a bar, more lines ran into the next row's name).
+    """
     name = str(name)
     if len(name) <= width:
         return name
     # allow breaks after "/" too: wrap with a space after each "/", then drop it again
     lines = textwrap.wrap(name.replace("/", "/ "), width=width, break_long_words=False)
-    return "\n".join(line.replace("/ ", "/") for line in lines)
+    lines = [line.replace("/ ", "/") for line in lines]
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
+        lines[-1] = lines[-1][: max(width - 1, 1)].rstrip() + "…"
+    return "\n".join(lines)
 
 
 def new_axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:

@@ -427,7 +427,7 @@ def knockout_flux(
         text = change.replace("-", "−") + ("*" if np.isfinite(qi) and qi < alpha else "")
         ax.text(max(ki, 0) + 0.02 * span, yi + 0.2, text, va="center", fontsize=8)
     labels = [
-        f"{_read.wrap(s, 22)} → {_read.wrap(t, 22)}"
+        f"{_read.wrap(s, 22, 1)} → {_read.wrap(t, 22, 1)}"
         for s, t in zip(top["source"].astype(str), top["target"].astype(str), strict=True)
     ]
     ax.set_yticks(y, labels, fontsize=9)

@@ -274,7 +274,7 @@ def transition_graph(
     cols = _read.colors(adata, key, names)
     emb = _embedding(adata, key, basis, names)
     labels = [
-        f"{_read.wrap(c, wrap)}\n(stay {values[k, k]:.2f})" if weights == "probability" else _read.wrap(c, wrap)
+        f"{_read.wrap(c, wrap, 3)}\n(stay {values[k, k]:.2f})" if weights == "probability" else _read.wrap(c, wrap, 3)
         for k, c in enumerate(names)
     ]
     # beside an embedding the labels may stand in two columns: tall enough for about half of them each
