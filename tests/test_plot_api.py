@@ -134,6 +134,10 @@ def test_knockout_effects_legend_names_only_what_is_drawn():
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert "terminates none" in legend
     assert "terminates a transition" not in legend and not any("not significant" in t for t in legend)
+    assert "largest" not in ax.get_title()  # every knockout drawn
+    plt.close("all")
+    ax = kdcpt.pl.knockout_effects(adata, n_genes=2, show=False)
+    assert "(the 2 largest of 3)" in ax.get_title()  # Sod1 left out, and said
     plt.close("all")
 
 

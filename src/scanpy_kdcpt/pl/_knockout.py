@@ -327,6 +327,8 @@ def knockout_effects(
     ax.set_ylabel("effect (mean TV distance)")
     mode_name = str(s["mode"].iloc[0]) if "mode" in s.columns and n else "delete"
     note = _fixed_note(adata, key)
+    if len(summary) > n:  # not every knockout: say how many are left out
+        note = f"\n(the {n} largest of {len(summary)})" + note
     ax.set_title(
         ("Knockout effects" if mode_name == "delete" else "Overexpression effects") + note,
         fontsize=10 if note else None,
