@@ -222,6 +222,14 @@ def test_a_graph_of_twenty_long_named_phenotypes_stays_readable():
     plt.close("all")
 
 
+def test_a_row_of_few_cells_says_so():
+    a, _ = _annotated(P3, ["a", "b", "c"], np.array([60.0, 40.0, 3.0]), method="posterior")
+    fig = kdcpt.pl.transition_matrix(a, return_fig=True, show=False)
+    rows = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert rows == ["a", "b", "c (≈3 cells)"]
+    plt.close("all")
+
+
 def test_long_names_of_many_phenotypes_do_not_run_into_each_other():
     # names of five and more lines ran into the next row's name (entropy, matrix, fates)
     names = [f"Cluster {i}: long intermediate transitional population with mixed signature #{i}" for i in range(24)]

@@ -91,7 +91,11 @@ def transition_matrix(
     im = ax.imshow(P.to_numpy(), cmap=cmap, norm=PowerNorm(gamma=gamma, vmin=0.0, vmax=1.0), aspect="equal")
     ax.grid(False)  # no style grid through the cells and their numbers
     ax.set_xticks(range(n), [_read.wrap(c, wrap) for c in P.columns], rotation=60, ha="right", rotation_mode="anchor")
-    ax.set_yticks(range(n), [_read.wrap(c, wrap) for c in names])
+    ylabels = [_read.wrap(c, wrap) for c in names]
+    if matrix is None and _keys.UNS_PHENOTYPE_MASS in adata.uns.get(key, {}):  # a row of a handful of
+        cells = _mass(adata, key, n) * adata.n_obs  # cells reads like any other: say how few
+        ylabels = [f"{lab} (≈{c:.0f} cells)" if c < THIN_ROW else lab for lab, c in zip(ylabels, cells, strict=True)]
+    ax.set_yticks(range(n), ylabels)
     small = max(5.5, min(9.0, 11 - 0.25 * n))
     ax.tick_params(labelsize=small, length=0)
     posterior = matrix is None and str(adata.uns.get(key, {}).get(_keys.UNS_TRANSITION_METHOD, "")) == "posterior"
@@ -417,6 +421,9 @@ def transition_graph(
     ax.axis("off")
     return _read.finish(fig, ax, show, return_fig, save)
 
+
+#: rows of fewer cells (membership mass) than this are marked with their count
+THIN_ROW = 20
 
 #: the most edges drawn by default (beyond it arrows cross into a wall no direction can be read from)
 MAX_EDGES = 20
