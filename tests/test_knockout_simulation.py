@@ -230,7 +230,8 @@ def test_knockout_plots_say_what_was_not_tested_and_where_shifts_belong(chain_mo
     a.obsm["X_pca"] = np.asarray(chain_model.get_encoder_representation())[:, :2]
     with pytest.raises(kdcpt._errors.InvalidInputError, match="projected on 'X_umap', not on 'X_pca'"):
         kdcpt.pl.knockout_shift(a, "Reg_P2", basis="pca", show=False)
-    assert kdcpt.pl.knockout_shift(a, "Reg_P2", show=False) is not None
+    ax = kdcpt.pl.knockout_shift(a, "Reg_P2", show=False)
+    assert "arrows: how the knockout changes the cells' expected step" in ax.get_xlabel()  # what arrows mean
     plt.close("all")
 
 
