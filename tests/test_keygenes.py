@@ -140,9 +140,8 @@ def test_key_genes_of_cells_of_one_phenotype_compare_them_with_the_training_cell
     assert "kdcpt_attribution" not in query.var and "kdcpt_attention" in query.var
 
 
-def test_phenotype_names_with_slash_survive_h5ad_and_plot(tmp_path):
-    genes = pd.Index([f"g{i}" for i in range(6)])
-    phen = ["CD4+/CD45RA+ naive", "B/plasma"]
+def _two_phenotype_key_genes(genes: pd.Index, phen: list[str]) -> ad.AnnData:
+    """Ten cells of two phenotypes with a written key-gene ranking of six genes."""
     rng = np.random.default_rng(0)
     scores = pd.DataFrame(rng.random((6, 2)), index=genes, columns=phen)
     kg = KeyGenes(
@@ -156,8 +155,14 @@ def test_phenotype_names_with_slash_survive_h5ad_and_plot(tmp_path):
         obs=pd.DataFrame({"kdcpt_pred": pd.Categorical(phen * 5)}, index=[f"c{i}" for i in range(10)]),
         var=pd.DataFrame(index=genes),
     )
-
     writers.write_key_genes(adata, kg)
+    return adata
+
+
+def test_phenotype_names_with_slash_survive_h5ad_and_plot(tmp_path):
+    genes = pd.Index([f"g{i}" for i in range(6)])
+    phen = ["CD4+/CD45RA+ naive", "B/plasma"]
+    adata = _two_phenotype_key_genes(genes, phen)
     path = tmp_path / "slash.h5ad"
     adata.write_h5ad(path)
     back = ad.read_h5ad(path)
@@ -174,20 +179,7 @@ def test_key_genes_plot_fits_inside_its_figure():
     # bbox_inches="tight") cut them off
     genes = pd.Index([f"Gm{i}0011H14Rik-long-name" for i in range(6)])
     phen = ["Ngn3 high EP", "Pre-endocrine"]
-    rng = np.random.default_rng(0)
-    scores = pd.DataFrame(rng.random((6, 2)), index=genes, columns=phen)
-    kg = KeyGenes(
-        overall=pd.DataFrame({"score": scores.mean(1), "selected_frac": 0.5, "rank": np.arange(1, 7)}, index=genes),
-        scores=scores,
-        selected_frac=scores / 2,
-        n_cells=pd.Series([5, 5], index=phen),
-    )
-    adata = ad.AnnData(
-        X=rng.poisson(2, (10, 6)).astype(np.float32),
-        obs=pd.DataFrame({"kdcpt_pred": pd.Categorical(phen * 5)}, index=[f"c{i}" for i in range(10)]),
-        var=pd.DataFrame(index=genes),
-    )
-    writers.write_key_genes(adata, kg)
+    adata = _two_phenotype_key_genes(genes, phen)
     for title in (None, "Key genes"):
         fig = kdcpt.pl.key_genes(adata, n_genes=3, title=title, return_fig=True, show=False)
         fig.canvas.draw()

@@ -61,6 +61,17 @@ def _pq(row: pd.Series | None, n: int | None) -> str:
     return f"score {p_text}, q = {row['score_qval']:.3g} against {_against(n)}"
 
 
+def _test_note(adata: AnnData, key: str, gene: str, mode: str, alpha: float, tested: bool) -> str:
+    """The line under a knockout's fate or flux changes: what ``*`` means, or that nothing was tested."""
+    if not tested:
+        return f"\n{NOT_TESTED}"
+    n_shifts = _n_shifts(adata, key, gene, mode)
+    note = f"\n* q < {alpha:g}: the change is beyond {_against(n_shifts)}"
+    if n_shifts and 1 / (n_shifts + 1) >= alpha:  # say it when no change can be marked
+        note += f" (none can be: the least p with {n_shifts} is {1 / (n_shifts + 1):.2g})"
+    return note
+
+
 def _title(head: str, adata: AnnData, key: str, gene: str, mode: str = "delete") -> str:
     """The plot's subject, and the test of its perturbation score on a line of its own."""
     test = _pq(_summary_row(adata, key, gene, mode), _n_shifts(adata, key, gene, mode))
@@ -318,13 +329,7 @@ def knockout_fate(
     ax.set_xticks(range(D.shape[1]), [_read.wrap(t, 12) for t in ticks], fontsize=9)
     ax.set_yticks(range(D.shape[0]), [_read.wrap(str(r), 22) for r in D.index], fontsize=9)
     xlabel = "eventual fate (terminals) · mass still in transit (not reached)"
-    if tested:
-        n_shifts = _n_shifts(adata, key, gene, mode)
-        xlabel += f"\n* q < {alpha:g}: the change is beyond {_against(n_shifts)}"
-        if n_shifts and 1 / (n_shifts + 1) >= alpha:  # say it when no change can be marked
-            xlabel += f" (none can be: the least p with {n_shifts} is {1 / (n_shifts + 1):.2g})"
-    else:
-        xlabel += f"\n{NOT_TESTED}"
+    xlabel += _test_note(adata, key, gene, mode, alpha, tested)
     if against_regulators:
         n_reg = _params(adata, key).get("n_regulator_null")
         n_reg = int(n_reg) if n_reg else None
@@ -443,13 +448,7 @@ def knockout_flux(
     horizon = _params(adata, key).get("fate_horizon")
     steps = f"within {int(horizon)} steps" if horizon is not None else "within the fate horizon"
     xlabel = f"net cells passing source → target {steps} (mass of the non-terminal cells)"
-    if "qval_horizon" in top.columns and np.isfinite(q).any():
-        n_shifts = _n_shifts(adata, key, gene, mode)
-        xlabel += f"\n* q < {alpha:g}: the change is beyond {_against(n_shifts)}"
-        if n_shifts and 1 / (n_shifts + 1) >= alpha:  # say it when no change can be marked
-            xlabel += f" (none can be: the least p with {n_shifts} is {1 / (n_shifts + 1):.2g})"
-    else:
-        xlabel += f"\n{NOT_TESTED}"
+    xlabel += _test_note(adata, key, gene, mode, alpha, "qval_horizon" in top.columns and np.isfinite(q).any())
     ax.set_xlabel(xlabel, fontsize=8)
     from matplotlib.patches import Patch
 
