@@ -139,6 +139,9 @@ def test_knockout_effects_legend_names_only_what_is_drawn():
     ax = kdcpt.pl.knockout_effects(adata, n_genes=2, show=False)
     assert "(the 2 largest of 3)" in ax.get_title()  # Sod1 left out, and said
     plt.close("all")
+    tiny = _knockout_summary(effect=[0.0005, 0.0003, 0.0001])  # the axis stretched them to fill it
+    assert kdcpt.pl.knockout_effects(tiny, show=False).get_ylim()[1] >= 0.01
+    plt.close("all")
 
 
 def test_knockout_effects_tells_untested_from_not_significant():
