@@ -327,7 +327,7 @@ def knockout_effects(
     ax.set_xlim(-0.7, n - 0.3)
     tops = [y, s["null_high"].to_numpy(float)] if has_null else [y]
     top = float(np.nanmax(np.concatenate(tops))) if n else 1.0
-    # room above the largest dot; at least to EFFECT_SCALE_FLOOR, so effects of ten-thousandths look as small as they are
+    # room above the largest dot; at least EFFECT_SCALE_FLOOR: effects of ten-thousandths look as small as they are
     ax.set_ylim(0, max(1.12 * top, EFFECT_SCALE_FLOOR) if top > 0 else 1.0)
     ax.set_ylabel("effect (mean TV distance)")
     mode_name = str(s["mode"].iloc[0]) if "mode" in s.columns and n else "delete"
