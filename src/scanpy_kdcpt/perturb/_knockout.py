@@ -232,7 +232,7 @@ class KnockoutMixin:
             the GRN gives the shift matters, not whether the gene matters more than another
             regulator would). The smallest p is ``1 / (1 + n_shift_null)``. Off by default (``0``:
             NaN): each randomised shift costs a perturbed chain, its score and its fates, ~1.2 s
-            on 3,700 cells (a 10-gene pancreas knockout took 243 s with 19 against 22 s without;
+            on 3,700 cells (a 10-gene pancreas knockout took 60 s with 19 against 13 s without;
             ``benchmarks/results/knockout_genetics.md``), and on pancreas both tests reached
             their smallest p for nearly every gene, Nkx2-2's tiny shift included — the random-TF
             comparison of that benchmark (``n_regulator_null``) is the more telling null.
@@ -244,7 +244,7 @@ class KnockoutMixin:
             ``pval_regulators = (1 + #|Δ_null| ≥ |Δ|) / (1 + n_regulator_null)`` and its
             Benjamini–Hochberg ``qval_regulators`` (over the call's tested rows; NaN where no
             knockout changes the fate). It asks whether the gene changes the fate more than
-            another regulator of its expression does: on pancreas and Paul 2015 only 5 of 20
+            another regulator of its expression does: on pancreas and Paul 2015 only 10 of 30
             published knockout directions pass it (``benchmarks/results/knockout_genetics.md``),
             so read a fate change beside it. The drawn genes are in
             ``params["regulator_null"]``. Each draw costs one simulated knockout (about 2 s on
