@@ -313,6 +313,22 @@ def test_knockout_heatmap_writes_only_readable_deltas_and_marks_terminated():
     plt.close("all")
 
 
+def test_knockout_heatmap_colour_bar_keeps_to_its_panel_in_a_grid():
+    # the colour bar was appended beside the axes outside the layout: in a user's constrained grid
+    # it and its label ran over the next panel
+    n = 5
+    a = _knockout_adata(n, np.eye(n) * 0.3, np.zeros((n, n), bool))
+    fig, axs = plt.subplots(1, 2, figsize=(6, 3), layout="constrained")
+    kdcpt.pl.knockout(a, ax=axs[0], show=False)
+    axs[1].plot([0, 1], [0, 1])
+    axs[1].set_ylabel("a neighbour's label")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    bar = next(x for x in [*fig.axes, *axs[0].child_axes] if x not in axs)
+    assert bar.get_tightbbox(renderer).x1 <= axs[1].get_tightbbox(renderer).x0 + 1
+    plt.close("all")
+
+
 def test_knockout_heatmap_of_twenty_long_names_has_readable_labels():
     delta = np.zeros((20, 20))
     delta[12, 12] = -0.8

@@ -171,10 +171,9 @@ def knockout(
             fontweight="bold",
             color="white" if dark else "black",
         )
-    from mpl_toolkits.axes_grid1 import make_axes_locatable
-
-    # a colour bar as tall as the square heatmap (shrink= on an aspect-equal axes overran its title)
-    cax = make_axes_locatable(ax).append_axes("right", size=0.18, pad=0.12)
+    # a colour bar as tall as the square heatmap (shrink= on an aspect-equal axes overran its title),
+    # as an inset of the axes so that a constrained layout makes room for it in a user's grid
+    cax = ax.inset_axes([1.03, 0.0, 0.035, 1.0])
     cb = fig.colorbar(im, cax=cax)
     cb.set_label("Δ P (knockout − base)")
     lines = [f"{gene} {verb}: change of transition probabilities"]
