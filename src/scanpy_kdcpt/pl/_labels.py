@@ -165,11 +165,13 @@ def beside_nodes(
     lines: list[np.ndarray] = (),
     avoid: list = (),
     fontsize: float = 8,
-) -> list | None:
+    partial: bool = False,
+) -> list | dict | None:
     """Each label just beside its node, on the first of eight sides (right, left, the diagonals,
     above, below) where it covers no other label, node, edge (``lines``: polylines in display
     pixels) or artist of ``avoid`` and stays inside the axes; the most constrained labels are
-    placed first. When some label has no such side, ``None`` and nothing is drawn. Call once
+    placed first. When some label has no such side, ``None`` and nothing is drawn; with
+    ``partial``, the labels that have one are drawn and returned as ``{index: text}``. Call once
     the axes limits are final.
     """
     fig = ax.figure
@@ -211,23 +213,63 @@ def beside_nodes(
     placed: dict[int, int] = {}
     for k in sorted(range(len(labels)), key=lambda k: len(options[k])):
         side = next((s for s in options[k] if not any(_hit(box(k, s), box(m, t)) for m, t in placed.items())), None)
-        if side is None:
+        if side is None and not partial:
             return None
-        placed[k] = side
-    texts = []
-    for k, lab in enumerate(labels):
+        if side is not None:
+            placed[k] = side
+    texts = {}
+    for k in sorted(placed):
         (dx, dy), ha, va = _SIDES[placed[k]]
-        texts.append(
-            ax.annotate(
-                lab,
-                xy[k],
-                xytext=(dx * offset_pt[k], dy * offset_pt[k]),
-                textcoords="offset points",
-                ha=ha,
-                va=va,
-                fontsize=fontsize,
-                zorder=5,
-                bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.7},
-            )
+        lab = labels[k]
+        texts[k] = ax.annotate(
+            lab,
+            xy[k],
+            xytext=(dx * offset_pt[k], dy * offset_pt[k]),
+            textcoords="offset points",
+            ha=ha,
+            va=va,
+            fontsize=fontsize,
+            zorder=5,
+            bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.7},
         )
-    return texts
+    return texts if partial else [texts[k] for k in range(len(labels))]
+
+
+def mixed_labels(
+    ax: Axes,
+    xy: np.ndarray,
+    labels: list[str],
+    *,
+    offset_pt: np.ndarray,
+    left: float,
+    right: float,
+    lines: list[np.ndarray] = (),
+    avoid: list = (),
+) -> None:
+    """Labels beside the nodes where they fit (:func:`beside_nodes`), the others in the two
+    columns of :func:`column_labels`, each joined to its node: only crowded nodes get a leader
+    line. A label beside its node that a column label or a leader line would cover goes to the
+    columns too.
+    """
+    beside = beside_nodes(ax, xy, labels, offset_pt=offset_pt, lines=lines, avoid=avoid, partial=True)
+    rest = [k for k in range(len(labels)) if k not in beside]
+    renderer = ax.figure.canvas.get_renderer()
+    while rest:
+        n_lines = len(ax.lines)
+        columns = column_labels(ax, xy[rest], [labels[k] for k in rest], left=left, right=right)
+        leaders = ax.lines[n_lines:]
+        taken = [(b.x0, b.y0, b.x1, b.y1) for b in (t.get_window_extent(renderer) for t in columns)]
+        segments = [ax.transData.transform(np.column_stack(line.get_data())) for line in leaders]
+        clash = [k for k, t in beside.items() if _covered(t, renderer, taken, segments)]
+        if not clash:
+            return
+        for artist in [*columns, *leaders, *(beside.pop(k) for k in clash)]:
+            artist.remove()
+        rest = sorted(rest + clash)
+
+
+def _covered(text, renderer, boxes: list[tuple], segments: list[np.ndarray]) -> bool:
+    """Whether a text's box meets any of ``boxes`` or of the two-point ``segments`` (display pixels)."""
+    b = text.get_window_extent(renderer)
+    box = (b.x0, b.y0, b.x1, b.y1)
+    return any(_hit(box, o) for o in boxes) or any(_segment_hits_box(p[0], p[1], box) for p in segments)

@@ -414,8 +414,10 @@ def transition_graph(
         lines = [ax.transData.transform(np.asarray(seg)) for seg in segments]
         lines += [ax.transData.transform(poly) for a in arrows for poly in a.get_path().to_polygons(closed_only=False)]
         texts = _labels.beside_nodes(ax, xy, labels, offset_pt=radius_pt + 3, lines=lines, avoid=numbers)
-        if texts is None:
-            _labels.column_labels(ax, xy, labels, left=left, right=right)
+        if texts is None:  # those that fit beside their nodes, the crowded ones in columns
+            _labels.mixed_labels(
+                ax, xy, labels, offset_pt=radius_pt + 3, left=left, right=right, lines=lines, avoid=numbers
+            )
         elif own_figure:  # the room kept for label columns is not needed
             _trim_width(fig, ax, pts, xy, radius_pt, texts + numbers)
     ax.axis("off")
