@@ -249,6 +249,8 @@ def test_a_knockout_that_reaches_no_cell_is_said(transition_model):
     assert res.summary.set_index("gene").loc["Gene_7", "n_recomputed"] == 0
     with pytest.warns(UserWarning, match="overexpressing"):
         transition_model.knockout("Gene_7", adata=query, mode="overexpress", inplace=False, progress=False)
+    with pytest.warns(UserWarning, match="reach no cell"):  # every cell rerun, none changed
+        transition_model.knockout("Gene_7", adata=query, only_expressing=False, inplace=False, progress=False)
 
 
 def test_knockout_groups_are_groups_of_cells(transition_model):

@@ -97,8 +97,11 @@ def test_reannotating_removes_earlier_outputs_the_new_ones_contradict():
     model.annotate(terminal=["P3"], conformal_alpha=0.1)
     assert {"kdcpt_prediction_set", "kdcpt_set_size"} <= set(adata.obs)
     assert "kdcpt_fate_probabilities" in adata.obsm and "kdcpt_transitions" in adata.obsp
-    adata.obs["kdcpt_proba_Old"] = 0.5  # a phenotype of an earlier model, under the same key
-    adata.uns["kdcpt"]["classes"] = np.asarray([*model.classes_, "Old"], dtype=object)
+    # predictions of another model with a phenotype "Old", written under the same key
+    other = pd.DataFrame({"Old": 0.5, model.classes_[0]: 0.5}, index=adata.obs_names)
+    kdcpt.writers.write_predictions(
+        adata, kdcpt.results.Predictions(proba=other, labels=pd.Series(np.nan, index=adata.obs_names))
+    )
     adata.obs["mine"] = 1.0
     adata.obs["kdcpt_proba_user"] = 2.0  # the user's own column with the prefix: no model wrote it
     model.annotate(direction="posterior")  # no sets asked for, no chain

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -184,7 +186,10 @@ def test_integer_labels_keep_integer_names(adata):
     # -1 as the unlabelled code (scikit-learn's convention) failed inside pandas
     adata.obs["cluster"] = np.where(np.arange(adata.n_obs) < 30, -1, codes)
     names = _classes(adata, labels_key="cluster", unlabeled_category=-1)
-    assert "-1" not in names and set(names) >= {str(c) for c in np.unique(codes)}
+    assert names == [str(c) for c in np.unique(codes)]  # in their order (scvi-tools' swap put '3' first)
+    # text labels with a number as the unlabelled category: scvi-tools compared it as an integer
+    adata.obs["text"] = np.where(np.arange(adata.n_obs) < 30, "0", adata.obs["phenotype"].astype(str))
+    assert "0" not in _classes(adata, labels_key="text", unlabeled_category=0)
     # integer ids with a missing value arrive as floats: the phenotypes were "0.0", "1.0", ... and
     # a query labelled with integers then matched none of them
     ids = codes.astype(float)
@@ -200,9 +205,13 @@ def test_a_batch_column_with_missing_values_is_refused_before_anything_is_writte
     batch[:7] = np.nan
     adata.obs["donor"] = batch
     columns = list(adata.obs.columns)
-    with pytest.raises(InvalidInputError, match=r"'donor'\] has 7 cells without a batch"):
+    with pytest.raises(InvalidInputError, match=r"'donor'\] has 7 cells without a batch") as error:
         KDCPT.setup_anndata(adata, labels_key="phenotype", batch_key="donor")
     assert list(adata.obs.columns) == columns
+    fix = str(error.value).split("(e.g. ", 1)[1].split(") or leave", 1)[0]  # the fix the message offers works
+    exec(fix, {"adata": adata})
+    assert set(adata.obs["donor"]) == {"b1", "b2", "unknown"}  # not a batch named 'nan'
+    KDCPT.setup_anndata(adata, labels_key="phenotype", batch_key="donor")
 
 
 def test_an_empty_prior_and_a_sparse_embedding_are_said(adata):
@@ -211,6 +220,10 @@ def test_an_empty_prior_and_a_sparse_embedding_are_said(adata):
     adata.var["none"] = False  # e.g. the TF list matched against Ensembl IDs
     with pytest.warns(UserWarning, match="flags no gene.*Ensembl"):
         KDCPT.setup_anndata(adata, labels_key="phenotype", prior_key="none")
+    adata.var["all"] = True  # every gene a regulator (krumsiek11): the GRN's candidates, not a mistake
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        KDCPT.setup_anndata(adata, labels_key="phenotype", prior_key="all")
     adata.obsm["X_emb"] = sparse.csr_matrix(np.random.default_rng(0).normal(size=(adata.n_obs, 8)))
     with pytest.raises(InvalidInputError, match=r"'X_emb'\] is a sparse matrix.*toarray"):
         KDCPT.setup_anndata(adata, labels_key="phenotype", embedding_key="X_emb")

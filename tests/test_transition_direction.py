@@ -224,6 +224,45 @@ def test_a_graph_of_twenty_long_named_phenotypes_stays_readable():
     plt.close("all")
 
 
+def test_graph_edges_and_names_on_inputs_users_have():
+    from matplotlib.figure import Figure
+
+    names = ["A/1", "B", "C", "D"]
+    P = np.array([[0.4, 0.3, 0.2, 0.1], [0.1, 0.5, 0.2, 0.2], [0.1, 0.1, 0.6, 0.2], [0.3, 0.1, 0.1, 0.5]])
+    umap = [[0, 0], [3, 0], [0, 3], [3, 3]]
+    a, _ = _annotated(P, names, np.full(4, 30.0), method="directed", direction={"kind": "pseudotime"}, umap=umap)
+    pred = a.obs["kdcpt_pred"].astype(str).to_numpy()
+    pred[pred == "D"] = "C"  # no cell predicted as D: D and its edges are left out before the cap
+    a.obs["kdcpt_pred"] = pd.Categorical(pred, categories=names)
+    ax = kdcpt.pl.transition_graph(a, weights="probability", threshold=0.0, max_edges=3, show=False)
+    arrows = [p for p in ax.patches if isinstance(p, FancyArrowPatch)]
+    assert len(arrows) == 3 and "the 3 largest of 6 arrows" in ax.get_title()  # 6 among A/1, B, C
+    plt.close("all")
+    # the stored matrix (h5ad-safe names, "A_1") passed back in: its nodes are found on the embedding
+    stored = a.uns["kdcpt"]["transition_matrix"]
+    ax = kdcpt.pl.transition_graph(a, matrix=stored, show=False)
+    assert "A_1" in [t.get_text() for t in ax.texts]
+    plt.close("all")
+    with pytest.warns(UserWarning, match="None of the matrix's phenotypes"):  # it raised an IndexError
+        kdcpt.pl.transition_graph(a, matrix=pd.DataFrame(P, index=list("wxyz"), columns=list("wxyz")), show=False)
+    plt.close("all")
+    # a figure made without pyplot (its canvas has no get_renderer): it raised an AttributeError
+    ax = Figure().subplots()
+    assert kdcpt.pl.transition_graph(a, ax=ax, show=False) is ax
+
+
+def test_cut_names_never_read_alike():
+    from scanpy_kdcpt.pl import _read
+
+    names = ["CD4-positive, alpha-beta memory T cell", "CD4-positive, alpha-beta cytotoxic T cell"]
+    P = np.array([[0.9, 0.1], [0.2, 0.8]])
+    a, _ = _annotated(P, names, np.full(2, 30.0), method="posterior")
+    fig = kdcpt.pl.transition_matrix(a, return_fig=True, show=False)
+    rows = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert len(set(rows)) == 2 and len(set(_read.wrap_names(names, 16))) == 2
+    plt.close("all")
+
+
 def test_a_row_of_few_cells_says_so():
     a, _ = _annotated(P3, ["a", "b", "c"], np.array([60.0, 40.0, 3.0]), method="posterior")
     fig = kdcpt.pl.transition_matrix(a, return_fig=True, show=False)

@@ -72,6 +72,8 @@ def write_predictions(
         logg.info(f"removed .obs {stale}: earlier outputs of key_added={key_added!r} these predictions replace")
     for k, v in obs.items():
         adata.obs[k] = v
+    # the phenotypes whose columns these are: a later write knows which columns were of its predecessor
+    _uns(adata, key_added)[_keys.UNS_CLASSES] = np.asarray(result.phenotypes, dtype=object)
     _added(".obs", obs)
     if colors is not None:
         adata.uns[keys.colors] = np.asarray(colors, dtype=object)

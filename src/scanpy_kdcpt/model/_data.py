@@ -211,7 +211,10 @@ def check_labels(adata: AnnData, labels_key: str, unlabeled_category, where: str
         copy_key = f"{LABELS_COPY_PREFIX}{labels_key}"
         # copied only to leave out unused categories: the column's order (as without the copy); with
         # missing or non-text labels the order stays as it has been (sorted), so saved models load alike
-        order = [str(c) for c in values if c not in unused] if not (labels.isna().any() or not_text) else None
+        if labels.isna().any() or not_text:  # the phenotypes in their natural order (2 before 10), unlabelled last
+            order = sorted(set(copy) - {fill}, key=_natural) + ([fill] if (copy == fill).any() else [])
+        else:
+            order = [str(c) for c in values if c not in unused]
         adata.obs[copy_key] = pd.Categorical(copy, categories=order)
         if labels.isna().any():
             logg.info(f"{int(labels.isna().sum())} cells without a label are predicted but left out of the loss.")
@@ -220,7 +223,15 @@ def check_labels(adata: AnnData, labels_key: str, unlabeled_category, where: str
         if unused:
             logg.info(f"adata.obs[{labels_key!r}]: categories without a cell are not phenotypes: {unused[:10]}.")
         return copy_key, unlabeled
-    return labels_key, unlabeled_category
+    # the column holds text: scvi-tools compares the unlabelled category with it as text (0 → "0")
+    return labels_key, None if unlabeled_category is None else label_text(unlabeled_category)
+
+
+def _natural(name: str) -> tuple:
+    """Sort key: names that are whole numbers by their value, before the other names."""
+    text = name.strip()
+    number = text.lstrip("-").isdigit()
+    return (0, int(text), "") if number else (1, 0, name)
 
 
 def _check_label_names(names: pd.Series, labels_key: str, known: pd.Series) -> None:
@@ -279,8 +290,8 @@ def check_batch(adata: AnnData, batch_key: str, where: str = "adata") -> None:
     if n_missing:
         raise InvalidInputError(
             f"{where}.obs[{batch_key!r}] has {n_missing} cells without a batch (NaN). Give them one (e.g. "
-            f"{where}.obs[{batch_key!r}] = {where}.obs[{batch_key!r}].astype(str).fillna('unknown')) or leave "
-            "batch_key out."
+            f"{where}.obs[{batch_key!r}] = {where}.obs[{batch_key!r}].astype(object).fillna('unknown')) or "
+            "leave batch_key out."
         )
 
 
@@ -315,10 +326,9 @@ def check_prior(adata: AnnData, prior_key: str, where: str = "adata") -> None:
         raise InvalidInputError(
             f"adata.var[{prior_key!r}] must be boolean or numbers in [0, 1] with no missing values."
         )
-    if not (prior > 0).any() or (prior >= 1).all():
-        what = "no gene" if not (prior > 0).any() else "every gene"
+    if not (prior > 0).any():  # (every gene flagged is a choice: krumsiek11's genes are all regulators)
         warnings.warn(
-            f"{where}.var[{prior_key!r}] flags {what} of the {len(prior)}, so the prior guides nothing. "
+            f"{where}.var[{prior_key!r}] flags no gene of the {len(prior)}, so the prior guides nothing. "
             "kdcpt.datasets.is_transcription_factor matches gene symbols: with Ensembl IDs as var_names, pass "
             "the symbols (e.g. adata.var['gene_symbols']) instead.",
             UserWarning,

@@ -41,6 +41,7 @@ class Perturbation:
     unit_of: np.ndarray  # unit of each pair
     n_rerun: np.ndarray  # pairs per unit
     level: dict[int, float]  # overexpression level per gene
+    n_expressing: dict[int, int]  # cells expressing each gene (0: no perturbation can change it)
     library: np.ndarray | None  # library sizes (counts, overexpression only)
     propagation: list | None = None  # per unit: width × genes matrix of propagated log changes
     normalize: Callable | None = None  # input → log-normalised (the module's), with propagation
@@ -71,7 +72,8 @@ class Perturbation:
             cells.append(rows.astype(np.int64))
             unit_of.append(np.full(len(rows), u, dtype=np.int64))
         n_rerun = np.array([len(c) for c in cells], dtype=np.int64)
-        return cls(units, mode, np.concatenate(cells), np.concatenate(unit_of), n_rerun, level, library)
+        n_expressing = {g: len(rows) for g, rows in nonzero.items()}
+        return cls(units, mode, np.concatenate(cells), np.concatenate(unit_of), n_rerun, level, n_expressing, library)
 
     def transform(self, device):
         """``perturb(x, positions)`` for :meth:`KDCPT._iterate`: the batch's genes set to 0 (or raised)."""

@@ -373,7 +373,7 @@ class KnockoutMixin:
         nulls = [*null.values(), *(regulator_null or {}).values()]
         run_list = list(dict.fromkeys([*units.values(), *(d for draws in nulls for d in draws)]))
         plan = Perturbation.plan(X, run_list, mode, quantile, only_expressing, self.data_type_ == "counts")
-        silent = [name for name, u in units.items() if not plan.n_rerun[run_list.index(u)]]
+        silent = [name for name, u in units.items() if not any(plan.n_expressing[g] for g in u)]
         if silent:  # an effect of 0 would read as "no effect", not "nothing to perturb"
             warnings.warn(
                 f"{len(silent)} perturbation(s) reach no cell: {silent[:10]} {'is' if len(silent) == 1 else 'are'} "

@@ -122,8 +122,8 @@ def confusion_matrix(
     cell = 0.62 if annotate else 0.4
     fig, ax = _read.new_axes(ax, (max(4.0, cell * n + 3.4), max(3.4, cell * n + 2.0)))
     im = ax.imshow(np.ma.masked_invalid(share), cmap=cmap, vmin=0.0, vmax=1.0, aspect="equal")
-    ax.set_xticks(range(n), [_read.wrap(c, wrap) for c in names], rotation=60, ha="right", rotation_mode="anchor")
-    ax.set_yticks(range(n), [f"{_read.wrap(c, wrap)} ({t})" for c, t in zip(names, totals, strict=True)])
+    ax.set_xticks(range(n), _read.wrap_names(names, wrap), rotation=60, ha="right", rotation_mode="anchor")
+    ax.set_yticks(range(n), [f"{w} ({t})" for w, t in zip(_read.wrap_names(names, wrap), totals, strict=True)])
     small = max(5.5, min(9.0, 11 - 0.25 * n))
     ax.tick_params(labelsize=small, length=0)
     ax.set_xlabel("predicted phenotype")

@@ -65,7 +65,9 @@ def entropy(
     fig, ax = _read.new_axes(ax, (5.6, max(2.6, 0.36 * len(names) + 1.4)))
     y = np.arange(len(order))
     ax.barh(y, h[order], color=[cols[names[k]] for k in order], edgecolor="black", linewidth=0.5)
-    ax.set_yticks(y, [_read.wrap(names[k], wrap) for k in order], fontsize=max(6.0, min(9.0, 11 - 0.15 * len(names))))
+    ax.set_yticks(
+        y, _read.wrap_names([names[k] for k in order], wrap), fontsize=max(6.0, min(9.0, 11 - 0.15 * len(names)))
+    )
     ax.invert_yaxis()
     ax.axvline(total, color="black", linestyle="--", linewidth=1)
     ax.text(total, -0.7, f" overall {total:.3f}", fontsize=8, va="bottom", ha="left")

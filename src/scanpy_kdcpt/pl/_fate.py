@@ -281,7 +281,7 @@ def fate_probabilities(
             if vi >= 0.12:
                 ax.text(l0 + vi / 2, yi, f"{vi:.2f}", ha="center", va="center", fontsize=7, color=ink)
         left += v
-    ax.set_yticks(y, [_read.wrap(c, 20) for c in M.index], fontsize=8)
+    ax.set_yticks(y, _read.wrap_names(M.index, 20), fontsize=8)
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
     ax.set_xlabel("mean fate probability")

@@ -169,7 +169,7 @@ def key_genes(
     axes = dp.get_axes()
     if title:  # above the rotated phenotype labels (scanpy's own title sits among them)
         fig = dp.fig
-        renderer = fig.canvas.get_renderer()
+        renderer = _read.renderer(fig)
         top = max(
             [t.get_window_extent(renderer).y1 for a in fig.axes for t in a.texts + [a.title] if t.get_text()]
             + [fig.bbox.y1]

@@ -128,8 +128,8 @@ def knockout(
     labelsize = max(6.0, min(9.0, 11 - 0.25 * max(n_r, n_c)))
     cell = 0.5 if max(n_r, n_c) <= 12 else 0.32
     line = labelsize * 1.4 / 72  # inches per line of label text
-    xlabels = [_read.wrap(str(c), wrap) for c in delta.columns]
-    ylabels = [_read.wrap(str(r), wrap) for r in delta.index]
+    xlabels = _read.wrap_names(delta.columns, wrap)
+    ylabels = _read.wrap_names(delta.index, wrap)
     # wrapped labels must clear their neighbours (x: rotated by 60°), else one line each
     if _lines(xlabels) * line / np.sin(np.radians(60)) > cell:
         xlabels = [str(c) for c in delta.columns]

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from . import _read
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
@@ -175,8 +177,7 @@ def beside_nodes(
     the axes limits are final.
     """
     fig = ax.figure
-    fig.canvas.draw()  # text extents need a renderer and the final layout
-    renderer = fig.canvas.get_renderer()
+    renderer = _read.renderer(fig)  # text extents need a renderer and the final layout
     px = fig.dpi / 72.0
     centres = ax.transData.transform(xy)
     frame = ax.get_window_extent(renderer)
@@ -253,7 +254,7 @@ def mixed_labels(
     """
     beside = beside_nodes(ax, xy, labels, offset_pt=offset_pt, lines=lines, avoid=avoid, partial=True)
     rest = [k for k in range(len(labels)) if k not in beside]
-    renderer = ax.figure.canvas.get_renderer()
+    renderer = _read.renderer(ax.figure)
     while rest:
         n_lines = len(ax.lines)
         columns = column_labels(ax, xy[rest], [labels[k] for k in rest], left=left, right=right)

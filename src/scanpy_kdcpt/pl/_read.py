@@ -82,6 +82,23 @@ def wrap(name: str, width: int = 16, max_lines: int = 2) -> str:
     return "\n".join(lines)
 
 
+def wrap_names(names, width: int = 16, max_lines: int = 2) -> list[str]:
+    """:func:`wrap` of each name, with more lines for the names it would cut to the same text
+    (Cell Ontology names such as "CD4-positive, alpha-beta memory T cell" and "... T cell" share
+    their first lines): different phenotypes never read alike.
+    """
+    names = [str(c) for c in names]
+    out = [wrap(c, width, max_lines) for c in names]
+    lines = max_lines
+    while len(set(out)) < len(set(names)) and lines < 50:
+        lines += 1
+        seen: dict[str, set] = {}
+        for c, w in zip(names, out, strict=True):
+            seen.setdefault(w, set()).add(c)
+        out = [wrap(c, width, lines) if len(seen[w]) > 1 else w for c, w in zip(names, out, strict=True)]
+    return out
+
+
 def new_axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
     import matplotlib.pyplot as plt
 
@@ -91,14 +108,21 @@ def new_axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axe
     return fig, ax
 
 
+def renderer(fig: Figure):
+    """The figure's renderer after a layout pass, on any canvas (a bare ``Figure()`` has a base
+    canvas without ``get_renderer``).
+    """
+    fig.draw_without_rendering()
+    get = getattr(fig.canvas, "get_renderer", None)
+    return get() if get is not None else fig._get_renderer()
+
+
 def grow_to_fit(fig: Figure, pad: float = 0.05) -> None:
     """Enlarge ``fig`` (inches) so that everything drawn lies inside it, every axes keeping its
     size and its place relative to the others: a plain ``fig.savefig`` then clips nothing (tick
     labels rotated below a dotplot used to). For figures the plot made itself, not a user's.
     """
-    fig.canvas.draw()
-    renderer = fig.canvas.get_renderer()
-    inner = fig.get_tightbbox(renderer)  # inches
+    inner = fig.get_tightbbox(renderer(fig))  # inches
     width, height = fig.get_size_inches()
     left, bottom = max(-inner.x0, 0.0), max(-inner.y0, 0.0)
     right, top = max(inner.x1 - width, 0.0), max(inner.y1 - height, 0.0)
@@ -238,7 +262,6 @@ def _letters(k: int) -> str:
 
 def _any_overlap(ax, texts) -> bool:
     """Whether any two of the texts' boxes overlap, once the figure is laid out."""
-    ax.figure.draw_without_rendering()  # limits and layout final (autoscaling is lazy)
-    renderer = ax.figure.canvas.get_renderer()
-    boxes = [t.get_window_extent(renderer) for t in texts]
+    r = renderer(ax.figure)  # limits and layout final (autoscaling is lazy)
+    boxes = [t.get_window_extent(r) for t in texts]
     return any(a.overlaps(b) for k, a in enumerate(boxes) for b in boxes[k + 1 :])

@@ -326,8 +326,8 @@ def knockout_fate(
         f"not reached in {int(horizon)} steps" if str(c) == "not reached" and horizon is not None else str(c)
         for c in D.columns
     ]
-    ax.set_xticks(range(D.shape[1]), [_read.wrap(t, 12) for t in ticks], fontsize=9)
-    ax.set_yticks(range(D.shape[0]), [_read.wrap(str(r), 22) for r in D.index], fontsize=9)
+    ax.set_xticks(range(D.shape[1]), _read.wrap_names(ticks, 12), fontsize=9)
+    ax.set_yticks(range(D.shape[0]), _read.wrap_names(D.index, 22), fontsize=9)
     xlabel = "eventual fate (terminals) · mass still in transit (not reached)"
     xlabel += _test_note(adata, key, gene, mode, alpha, tested)
     if against_regulators:
@@ -435,10 +435,10 @@ def knockout_flux(
             change += f" ({(ki - bi) / abs(bi):+.0%})"
         text = change.replace("-", "−") + ("*" if np.isfinite(qi) and qi < alpha else "")
         ax.text(max(ki, 0) + 0.02 * span, yi + 0.2, text, va="center", fontsize=8)
-    labels = [
-        f"{_read.wrap(s, 22, 1)} → {_read.wrap(t, 22, 1)}"
-        for s, t in zip(top["source"].astype(str), top["target"].astype(str), strict=True)
-    ]
+    src, tgt = top["source"].astype(str).tolist(), top["target"].astype(str).tolist()
+    phenotypes = list(dict.fromkeys(src + tgt))
+    short = dict(zip(phenotypes, _read.wrap_names(phenotypes, 22, 1), strict=True))  # one line each, distinct
+    labels = [f"{short[s]} → {short[t]}".replace("\n", " ") for s, t in zip(src, tgt, strict=True)]
     ax.set_yticks(y, labels, fontsize=9)
     ax.invert_yaxis()  # the largest change on top
     ax.axvline(0, color="0.3", lw=0.8)

@@ -90,8 +90,8 @@ def transition_matrix(
     fig, ax = _read.new_axes(ax, (max(4.0, cell * n + 3.2), max(3.4, cell * n + 2.0)))
     im = ax.imshow(P.to_numpy(), cmap=cmap, norm=PowerNorm(gamma=gamma, vmin=0.0, vmax=1.0), aspect="equal")
     ax.grid(False)  # no style grid through the cells and their numbers
-    ax.set_xticks(range(n), [_read.wrap(c, wrap) for c in P.columns], rotation=60, ha="right", rotation_mode="anchor")
-    ylabels = [_read.wrap(c, wrap) for c in names]
+    ax.set_xticks(range(n), _read.wrap_names(P.columns, wrap), rotation=60, ha="right", rotation_mode="anchor")
+    ylabels = _read.wrap_names(names, wrap)
     if matrix is None and _keys.UNS_PHENOTYPE_MASS in adata.uns.get(key, {}):  # a row of a handful of
         cells = _mass(adata, key, n) * adata.n_obs  # cells reads like any other: say how few
         ylabels = [f"{lab} (≈{c:.0f} cells)" if c < THIN_ROW else lab for lab, c in zip(ylabels, cells, strict=True)]
@@ -265,6 +265,21 @@ def transition_graph(
     else:
         off = values.copy()
     np.fill_diagonal(off, 0.0)
+    emb = _embedding(adata, key, basis, names)
+    if emb is not None and not emb[1]:  # none of the matrix's names is a predicted phenotype
+        warnings.warn(
+            "None of the matrix's phenotypes is among the predicted phenotypes of adata.obs: drawn with "
+            "layout= instead of on the embedding.",
+            UserWarning,
+            stacklevel=2,
+        )
+        emb = None
+    # a phenotype no cell is predicted as has no place on the embedding: not drawn, nor its edges,
+    # which neither set the threshold nor count among the arrows
+    unplaced = [c for c in names if emb is not None and c not in emb[1]]
+    dropped = [k for k, c in enumerate(names) if c in unplaced]
+    off[dropped, :] = 0.0
+    off[:, dropped] = 0.0
     top = off.max() if off.size else 0.0
     if threshold is None:
         threshold = (0.05 if weights == "probability" else 0.10) * top
@@ -276,7 +291,6 @@ def transition_graph(
     edges = edges[: min(2 * n, MAX_EDGES) if max_edges is None else max_edges]
 
     cols = _read.colors(adata, key, names)
-    emb = _embedding(adata, key, basis, names)
     labels = [
         f"{_read.wrap(c, wrap, 3)}\n(stay {values[k, k]:.2f})" if weights == "probability" else _read.wrap(c, wrap, 3)
         for k, c in enumerate(names)
@@ -291,13 +305,10 @@ def transition_graph(
     else:
         pos = _layout(layout, names, off)
     sizes = _node_sizes(adata, key, names, node_size, matrix, directed, mass) * (0.6 if emb is not None else 1.0)
-    # a phenotype no cell is predicted as has no place on the embedding: not drawn (nor its edges)
-    unplaced = [c for c in names if c not in pos]
-    if unplaced:
+    if unplaced:  # their edges are gone already: renumber the others
         keep = [k for k, c in enumerate(names) if c in pos]
         new = {k: i for i, k in enumerate(keep)}
-        n_pass -= sum(1 for i, j, _ in edges if i not in new or j not in new)
-        edges = [(new[i], new[j], p) for i, j, p in edges if i in new and j in new]
+        edges = [(new[i], new[j], p) for i, j, p in edges]
         names, labels, sizes = [names[k] for k in keep], [labels[k] for k in keep], sizes[keep]
     xy = np.array([pos[c] for c in names])
     if emb is None and layout == "circle":
@@ -313,6 +324,7 @@ def transition_graph(
         room = 0.45 * width  # a label column, in data units
         ax.set_xlim(left - room, right + room)
         ax.set_ylim(lo[1] - 0.05 * height, hi[1] + 0.05 * height)
+    ax.axis("off")  # before anything is measured: it changes the axes' box
     what = {"flux": "net flux", "probability": "P", "similarity": "similarity"}[weights]
     kind = "arrows" if directed else "edges"
     unit = " cells per step" if weights == "flux" else ""  # F = diag(n) P: cells moving i → j per step, net
@@ -420,7 +432,6 @@ def transition_graph(
             )
         elif own_figure:  # the room kept for label columns is not needed
             _trim_width(fig, ax, pts, xy, radius_pt, texts + numbers)
-    ax.axis("off")
     return _read.finish(fig, ax, show, return_fig, save)
 
 
@@ -438,7 +449,7 @@ def _trim_width(fig: Figure, ax: Axes, pts: np.ndarray, xy: np.ndarray, radius_p
     """Narrow the axes' x-range to what is drawn (cells, nodes, labels) and the figure by as much,
     so that the drawing keeps its scale and only the empty sides go. The title keeps its room.
     """
-    renderer = fig.canvas.get_renderer()
+    renderer = _read.renderer(fig)
     px = fig.dpi / 72.0
     x_pts = ax.transData.transform(pts)[:, 0]
     x_nodes = ax.transData.transform(xy)[:, 0]
@@ -522,9 +533,10 @@ def _embedding(adata: AnnData, key: str, basis: str | None, names: list[str]):
     coords, labels = coords[placed], adata.obs[pred].astype(str).to_numpy()[placed]
     if not len(coords):
         raise InvalidInputError(f"adata.obsm[{obsm_key!r}] has no cell with finite coordinates.")
+    safe = np.asarray([_keys.safe_name(x) for x in labels], dtype=object)  # names of a stored matrix's columns
     pos = {}
     for c in names:
-        sel = labels == c
+        sel = (labels == c) | (safe == c)
         if sel.any():  # a phenotype no cell is predicted as has no place: left out
             pos[c] = np.median(coords[sel], axis=0)
     return coords, pos
