@@ -196,9 +196,9 @@ def transition_graph(
     cells; :func:`scanpy_kdcpt.markov.symmetrized`); nodes are sized by the phenotype mass.
 
     Nodes sit at the phenotype centroids of ``.obsm["X_{basis}"]`` when it exists (over the
-    cells, in grey; each label beside its node, clear of the other labels, nodes and edges, or,
-    where they do not all fit there, in two columns beside the cells, each joined to its node),
-    else on a circle (labels outside it).
+    cells, in grey; each label beside its node, clear of the other labels, nodes and edges; the
+    labels of crowded nodes that have no room there stand in a column beside the cells, each
+    joined to its node), else on a circle (labels outside it).
 
     Parameters
     ----------
