@@ -171,6 +171,12 @@ def test_training_again_drops_the_earlier_calibration():
     assert not model.get_calibration().summary["calibrated"] and model.temperature_ == 1.0
     with pytest.raises(ValueError, match="call model.calibrate"):
         model.predict(conformal_alpha=0.1)  # no sets from the earlier weights' scores
+    # the chain (and a GRN) of the earlier weights: its fates used memberships that are gone
+    model.compute_transitions(direction="pseudotime", root="P0", inplace=False)
+    assert model.transitions_ is not None
+    with pytest.warns(UserWarning, match=r"discards the cell chain \(compute_transitions\)"):
+        model.train(max_epochs=1, enable_progress_bar=False, enable_model_summary=False)
+    assert model.transitions_ is None and model.grn_ is None
 
 
 def test_uncertainty_higher_for_misclassified_pbmc_cells(pbmc_model):

@@ -137,6 +137,23 @@ def test_no_propagation_means_no_shift_of_the_chain(chain_model):
     assert res.summary.loc[0, "n_shifted"] == 0
 
 
+def test_simulation_arguments_are_checked_for_nan_and_fractions():
+    from scanpy_kdcpt import simulation
+    from scanpy_kdcpt.perturb._simulate import check_simulation_args
+
+    for kwargs, match in (
+        ({"sigma": float("nan")}, "sigma must be positive"),  # left every chain unchanged
+        ({"n_propagation": 1.5}, "n_propagation must be a whole number"),  # failed inside range()
+        ({"n_shift_null": 2.5}, "n_shift_null must be a whole number"),  # was cut to 2
+    ):
+        args = {"simulate": "grn", "n_propagation": 3, "sigma": 0.25, "n_shift_null": 0, **kwargs}
+        with pytest.raises(kdcpt._errors.InvalidInputError, match=match):
+            check_simulation_args(**args)
+    X = np.random.default_rng(0).random((40, 5))
+    with pytest.raises(kdcpt._errors.InvalidInputError, match="alpha must be positive"):  # every coefficient NaN
+        simulation.fit_grn(X, np.zeros(40, int), alpha=float("nan"))
+
+
 def test_simulation_needs_a_chain_and_a_prior():
     scvi.settings.seed = 0
     adata = kdcpt.datasets.synthetic(n_cells=300, seed=2)

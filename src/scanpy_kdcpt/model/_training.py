@@ -277,7 +277,8 @@ class TrainingMixin:
 
     def _forget_calibration(self) -> None:
         """A calibration belongs to the weights it was fitted for: training anew drops it (the
-        temperature back to 1, the conformal scores gone), said in a warning.
+        temperature back to 1, the conformal scores gone), and the cell chain and GRN built from
+        the earlier memberships too, each said in a warning.
         """
         extra = self.extra_ if isinstance(getattr(self, "extra_", None), dict) else {}
         if extra.pop("calibration", None) is not None:
@@ -288,6 +289,20 @@ class TrainingMixin:
                 stacklevel=3,
             )
         self.temperature_ = 1.0
+        # the cell chain and the GRN were built from the memberships of the weights being replaced
+        dropped = [
+            what
+            for what, attr in (("the cell chain (compute_transitions)", "transitions_"), ("the GRN (fit_grn)", "grn_"))
+            if getattr(self, attr, None) is not None
+        ]
+        if dropped:
+            warnings.warn(
+                f"train() discards {' and '.join(dropped)} of the earlier training: they used the memberships of "
+                "the weights it replaces. Run them again after training.",
+                UserWarning,
+                stacklevel=3,
+            )
+            self.transitions_, self.grn_, self._grn_state = None, None, None
 
     @staticmethod
     def _split_sizes(train_size, validation_size, calibration_size) -> tuple[float, float, float]:

@@ -600,12 +600,11 @@ def _overexpression_level(X: np.ndarray, unit: Sequence[int], quantile: float, n
 def check_simulation_args(simulate: str, n_propagation: int, sigma: float, n_shift_null: int) -> None:
     if simulate not in ("auto", "grn", "classifier"):
         raise InvalidInputError(f"simulate must be 'auto', 'grn' or 'classifier', not {simulate!r}.")
-    if n_propagation < 0:
-        raise InvalidInputError(f"n_propagation must be 0 or more, got {n_propagation}.")
-    if sigma <= 0:
+    for name, n in (("n_propagation", n_propagation), ("n_shift_null", n_shift_null)):
+        if isinstance(n, bool) or not float(n).is_integer() or n < 0:  # 1.5 failed inside range(), 2.5 became 2
+            raise InvalidInputError(f"{name} must be a whole number, 0 or more, got {n!r}.")
+    if not sigma > 0:  # NaN too: it left every chain unchanged
         raise InvalidInputError(f"sigma must be positive, got {sigma}.")
-    if n_shift_null < 0:
-        raise InvalidInputError(f"n_shift_null must be 0 or more, got {n_shift_null}.")
 
 
 def resolve_simulate(simulate: str, T, query, model) -> str:

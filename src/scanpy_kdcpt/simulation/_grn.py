@@ -241,7 +241,7 @@ def fit_grn(
     codes = np.asarray(codes).astype(int).ravel()
     if codes.shape != (n_cells,):
         raise InvalidInputError(f"codes must have one entry per cell ({n_cells}), got {codes.shape}.")
-    if alpha <= 0:
+    if not alpha > 0:  # NaN too: every coefficient was NaN
         raise InvalidInputError(f"alpha must be positive, got {alpha}.")
     n_phenotypes = int(codes.max()) + 1 if n_phenotypes is None else int(n_phenotypes)
     reg_mask = np.ones(n_genes, bool) if regulators is None else np.asarray(regulators, dtype=bool).ravel()
