@@ -85,6 +85,11 @@ def test_fit_grn_base_and_shared_paths_agree():
     only_decoy = sparse.csr_matrix(([1.0], ([DECOY], [GA])), shape=(N_GENES, N_GENES))
     g = sim.fit_grn(X, codes, base=only_decoy, n_phenotypes=5, min_cells=20)
     assert g.coef[A_MID][REG].nnz == 0 and g.coef[A_MID].nnz <= 1
+    # a base whose TFs are none of the regulators: the message said only "regulators (and base) leave none"
+    only_ga = np.zeros(N_GENES, bool)
+    only_ga[GA] = True
+    with pytest.raises(ValueError, match="base network has edges from 1 of the genes, and none of them is among the 1"):
+        sim.fit_grn(X, codes, regulators=only_ga, base=only_decoy, n_phenotypes=5, min_cells=20)
 
 
 def test_fit_grn_on_a_response_controls_for_the_targets_own_level():

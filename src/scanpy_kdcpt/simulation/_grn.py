@@ -254,7 +254,14 @@ def fit_grn(
         if base.shape != (n_genes, n_genes):
             raise InvalidInputError(f"base must be genes × genes ({n_genes} × {n_genes}), got {base.shape}.")
         groups = _regulator_groups(base, reg_mask)
-        reg_mask = reg_mask & (np.asarray(abs(base).sum(1)).ravel() > 0)
+        in_base = np.asarray(abs(base).sum(1)).ravel() > 0
+        if not (reg_mask & in_base).any():  # say which of the two is empty
+            raise InvalidInputError(
+                f"No candidate regulator: the base network has edges from {int(in_base.sum())} of the genes, and "
+                f"none of them is among the {int(reg_mask.sum())} regulators (prior_key / regulators=). Check that "
+                "the base uses the same gene names as the data, and that its TFs are flagged as regulators."
+            )
+        reg_mask = reg_mask & in_base
     R = np.flatnonzero(reg_mask)
     if not len(R):
         raise InvalidInputError("No candidate regulator: regulators (and base) leave none.")
