@@ -18,6 +18,13 @@ def safe_name(name: str) -> str:
     return str(name).replace("/", "_")
 
 
+def basis_key(obsm, basis: str) -> str:
+    """The ``.obsm`` key of an embedding named as scanpy names it: ``basis`` itself when ``obsm``
+    holds it, else ``"X_" + basis`` (``"umap"`` → ``"X_umap"``).
+    """
+    return basis if basis in obsm else f"X_{basis}"
+
+
 @dataclass(frozen=True)
 class Keys:
     """Names of the ``.obs``, ``.var``, ``.obsp`` and ``.uns`` entries for one ``key_added``."""

@@ -20,7 +20,7 @@ import pandas as pd
 from scanpy import logging as logg
 from scipy import sparse
 
-from .. import _expression, markov, simulation
+from .. import _expression, _keys, markov, simulation
 from .._errors import InvalidInputError, KeyNotFoundError
 from ..simulation._grn import _block_rows
 from ._fate import resolve_chain
@@ -653,7 +653,7 @@ def embed_shifts(adata, T, chains: dict, basis: str | None) -> tuple[dict[str, n
     """
     if basis is None:
         return {}, "None"
-    key = basis if basis in adata.obsm else f"X_{basis}"
+    key = _keys.basis_key(adata.obsm, basis)
     if key not in adata.obsm:
         logg.info(f"KDCPT: no adata.obsm[{key!r}]: the knockouts' shifts are not projected for plotting.")
         return {}, "None"

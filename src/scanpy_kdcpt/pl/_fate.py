@@ -22,12 +22,11 @@ def _basis(adata: AnnData, basis: str, *, finite: bool = True) -> np.ndarray:
     """The first two coordinates of ``.obsm["X_{basis}"]`` (or ``.obsm[basis]``); with ``finite``,
     refused when a cell has none (a NaN row failed inside matplotlib or scikit-learn).
     """
-    obsm_key = basis if basis in adata.obsm else f"X_{basis}"
+    obsm_key = _keys.basis_key(adata.obsm, basis)
     if obsm_key not in adata.obsm:
-        embeddings = [k for k in adata.obsm.keys() if str(k).startswith("X_")]
         raise KeyNotFoundError(
             f"adata.obsm[{obsm_key!r}] not found: compute the embedding first (e.g. sc.tl.umap) or pass "
-            f"basis= one of {embeddings}."
+            f"basis= one of {_read.embeddings(adata)}."
         )
     X = np.asarray(adata.obsm[obsm_key])[:, :2].astype(float)
     missing = ~np.isfinite(X).all(1)

@@ -158,6 +158,11 @@ def _hit(a: tuple, b: tuple) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
+def _blocked(box: tuple, boxes: list[tuple], segments: list) -> bool:
+    """Whether ``box`` meets any of ``boxes`` or of the two-point ``segments`` (display pixels)."""
+    return any(_hit(box, o) for o in boxes) or any(_segment_hits_box(p0, p1, box) for p0, p1 in segments)
+
+
 def beside_nodes(
     ax: Axes,
     xy: np.ndarray,
@@ -168,6 +173,7 @@ def beside_nodes(
     avoid: list = (),
     fontsize: float = 8,
     partial: bool = False,
+    renderer=None,
 ) -> list | dict | None:
     """Each label just beside its node, on the first of eight sides (right, left, the diagonals,
     above, below) where it covers no other label, node, edge (``lines``: polylines in display
@@ -177,15 +183,15 @@ def beside_nodes(
     the axes limits are final.
     """
     fig = ax.figure
-    renderer = _read.renderer(fig)  # text extents need a renderer and the final layout
+    if renderer is None:  # text extents need a renderer and the final layout
+        renderer = _read.renderer(fig)
     px = fig.dpi / 72.0
     centres = ax.transData.transform(xy)
-    frame = ax.get_window_extent(renderer)
-    frame = (frame.x0, frame.y0, frame.x1, frame.y1)
+    frame = _extent(ax, renderer)
     nodes = [
         (c[0] - r * px, c[1] - r * px, c[0] + r * px, c[1] + r * px) for c, r in zip(centres, offset_pt, strict=True)
     ]
-    others = [(b.x0, b.y0, b.x1, b.y1) for b in (a.get_window_extent(renderer) for a in avoid)]
+    others = [_extent(a, renderer) for a in avoid]
     segments = [(pl[k], pl[k + 1]) for pl in lines for k in range(len(pl) - 1)]
     sizes = []
     for lab in labels:
@@ -206,9 +212,7 @@ def beside_nodes(
     def free(k: int, b: tuple) -> bool:
         if b[0] < frame[0] or b[2] > frame[2] or b[1] < frame[1] or b[3] > frame[3]:
             return False
-        if any(_hit(b, nodes[m]) for m in range(len(labels)) if m != k) or any(_hit(b, o) for o in others):
-            return False
-        return not any(_segment_hits_box(p0, p1, b) for p0, p1 in segments)
+        return not _blocked(b, [nodes[m] for m in range(len(labels)) if m != k] + others, segments)
 
     options = [[s for s in range(len(_SIDES)) if free(k, box(k, s))] for k in range(len(labels))]
     placed: dict[int, int] = {}
@@ -252,16 +256,18 @@ def mixed_labels(
     line. A label beside its node that a column label or a leader line would cover goes to the
     columns too.
     """
-    beside = beside_nodes(ax, xy, labels, offset_pt=offset_pt, lines=lines, avoid=avoid, partial=True)
-    rest = [k for k in range(len(labels)) if k not in beside]
     renderer = _read.renderer(ax.figure)
+    beside = beside_nodes(
+        ax, xy, labels, offset_pt=offset_pt, lines=lines, avoid=avoid, partial=True, renderer=renderer
+    )
+    rest = [k for k in range(len(labels)) if k not in beside]
     while rest:
         n_lines = len(ax.lines)
         columns = column_labels(ax, xy[rest], [labels[k] for k in rest], left=left, right=right)
         leaders = ax.lines[n_lines:]
-        taken = [(b.x0, b.y0, b.x1, b.y1) for b in (t.get_window_extent(renderer) for t in columns)]
+        taken = [_extent(t, renderer) for t in columns]
         segments = [ax.transData.transform(np.column_stack(line.get_data())) for line in leaders]
-        clash = [k for k, t in beside.items() if _covered(t, renderer, taken, segments)]
+        clash = [k for k, t in beside.items() if _blocked(_extent(t, renderer), taken, segments)]
         if not clash:
             return
         for artist in [*columns, *leaders, *(beside.pop(k) for k in clash)]:
@@ -269,8 +275,7 @@ def mixed_labels(
         rest = sorted(rest + clash)
 
 
-def _covered(text, renderer, boxes: list[tuple], segments: list[np.ndarray]) -> bool:
-    """Whether a text's box meets any of ``boxes`` or of the two-point ``segments`` (display pixels)."""
-    b = text.get_window_extent(renderer)
-    box = (b.x0, b.y0, b.x1, b.y1)
-    return any(_hit(box, o) for o in boxes) or any(_segment_hits_box(p[0], p[1], box) for p in segments)
+def _extent(artist, renderer) -> tuple:
+    """An artist's box in display pixels, ``(x0, y0, x1, y1)``."""
+    b = artist.get_window_extent(renderer)
+    return (b.x0, b.y0, b.x1, b.y1)

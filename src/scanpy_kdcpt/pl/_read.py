@@ -108,6 +108,11 @@ def new_axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axe
     return fig, ax
 
 
+def embeddings(adata: AnnData) -> list[str]:
+    """The ``.obsm`` keys that name embeddings (``X_umap``, ``X_pca``, ...), not the package's outputs."""
+    return [str(k) for k in adata.obsm.keys() if str(k).startswith("X_")]
+
+
 def renderer(fig: Figure):
     """The figure's renderer after a layout pass, on any canvas (a bare ``Figure()`` has a base
     canvas without ``get_renderer``).

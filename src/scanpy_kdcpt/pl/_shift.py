@@ -142,7 +142,7 @@ def knockout_shift(
         )
     bases = adata.uns.get(key, {}).get(_keys.UNS_KNOCKOUT_SHIFT_BASIS, {})
     projected = str(bases.get(_keys.safe_name(gene), "")) if isinstance(bases, dict) else ""
-    wanted = basis if basis in adata.obsm else f"X_{basis}"
+    wanted = _keys.basis_key(adata.obsm, basis)
     if projected and projected not in (wanted, basis):  # arrows of one embedding on another's coordinates
         raise InvalidInputError(
             f"The knockout shifts were projected on {projected!r}, not on {wanted!r}: pass "

@@ -517,13 +517,13 @@ def _embedding(adata: AnnData, key: str, basis: str | None, names: list[str]):
     """Cell coordinates and phenotype centroids on ``.obsm["X_{basis}"]``, or None."""
     if basis is None:
         return None
-    obsm_key = basis if basis in adata.obsm else f"X_{basis}"
+    obsm_key = _keys.basis_key(adata.obsm, basis)
     pred = _keys.Keys(key).pred
     if obsm_key not in adata.obsm or pred not in adata.obs:
         if basis != "umap" and obsm_key not in adata.obsm:  # asked for by name: a typo would pass unseen
             warnings.warn(
                 f"adata.obsm[{obsm_key!r}] not found: the graph is drawn with layout= instead of on the embedding "
-                f"(embeddings: {[k for k in adata.obsm.keys() if str(k).startswith('X_')]}).",
+                f"(embeddings: {_read.embeddings(adata)}).",
                 UserWarning,
                 stacklevel=3,
             )
@@ -533,7 +533,8 @@ def _embedding(adata: AnnData, key: str, basis: str | None, names: list[str]):
     coords, labels = coords[placed], adata.obs[pred].astype(str).to_numpy()[placed]
     if not len(coords):
         raise InvalidInputError(f"adata.obsm[{obsm_key!r}] has no cell with finite coordinates.")
-    safe = np.asarray([_keys.safe_name(x) for x in labels], dtype=object)  # names of a stored matrix's columns
+    uniq, inverse = np.unique(labels, return_inverse=True)  # names of a stored matrix's columns, per phenotype
+    safe = np.asarray([_keys.safe_name(u) for u in uniq], dtype=object)[inverse]
     pos = {}
     for c in names:
         sel = (labels == c) | (safe == c)
